@@ -1,0 +1,49 @@
+# One command per job. Each target installs what it needs on a fresh Debian machine (as root).
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+APT_PACKAGES := wireguard-go wireguard-tools iproute2 iputils-ping nftables
+# Commands the apt packages provide; when all are present nothing is installed.
+APT_COMMANDS := wireguard-go wg ip ping nft
+
+.PHONY: test test-unit lint bench demo sysdeps venv clean
+
+## sysdeps: install the system packages the data plane needs (root only; otherwise say what is missing)
+sysdeps:
+	@missing=""; for c in $(APT_COMMANDS); do command -v $$c >/dev/null 2>&1 || PATH=$$PATH:/usr/sbin:/sbin command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then echo "note: missing$$missing; as root, make installs: $(APT_PACKAGES)"; exit 0; fi; \
+	echo "installing system packages: $(APT_PACKAGES)"; \
+	export DEBIAN_FRONTEND=noninteractive; \
+	apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends $(APT_PACKAGES) >/dev/null
+
+## venv: a virtualenv with the project and its test and lint extras
+venv: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
+	@$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test,lint]' 2>&1 | grep -v '^WARNING: Location' || true
+	@$(BIN)/python -c 'import wgmesh, pyroute2, fastapi, websockets' && touch $@
+
+## test: every tier; root tiers skip with a reason when not root
+test: sysdeps venv
+	$(BIN)/pytest -q -ra tests
+
+test-unit: venv
+	$(BIN)/pytest -q tests/unit
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+bench: sysdeps venv
+	$(BIN)/python -m bench
+
+## demo: a lab mesh of 3 hosts with a controller on SQLite; KEEP=1 leaves it up
+demo: sysdeps venv
+	$(BIN)/wgmesh lab demo -n 3 $(if $(KEEP),--keep,)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

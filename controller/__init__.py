@@ -1,0 +1,1 @@
+"""controller: the FastAPI app factory, store, enrollment, IPAM, topology and routing, netmap building and push."""

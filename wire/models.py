@@ -1,0 +1,188 @@
+"""Wire models: what an agent sends, what the controller returns, and the admin views.
+
+Split by direction (innernet's PeerContents / Peer): a `*Request` is what a client sends; the record the
+server returns carries its id. Every optional field says what its absence means.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from wire import PROTOCOL_VERSION
+from wire.fields import Endpoint, Hostname, IdPublicKey, Port, Role, WgPublicKey
+
+NodeId = Annotated[int, Field(ge=1, description="Controller-assigned node id, never reused.")]
+IPAddress = IPv4Address | IPv6Address
+IPNetwork = IPv4Network | IPv6Network
+
+
+class WireModel(BaseModel):
+    """Strict about shape: unknown fields are refused so a typo is an error, not a silent default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- enrollment -------------------------------------------------------------------------------------
+
+
+class EnrollRequest(WireModel):
+    """A host asks to join. `signature` is the host's Ed25519 identity signature over
+    `enroll_signing_bytes(request)`: it proves the host holds the identity key it names, so nobody can
+    re-enroll someone else's identity."""
+
+    preauth_key: str = Field(min_length=8, max_length=200, examples=["wgm_pak_3f9a..."])
+    hostname: Hostname
+    wg_public_key: WgPublicKey
+    identity_public_key: IdPublicKey
+    endpoints: list[Endpoint] = Field(
+        default_factory=list, max_length=16, description="Underlay endpoints; empty: reachable only outbound."
+    )
+    listen_port: Port = 51820
+    protocol_version: int = PROTOCOL_VERSION
+    signature: str = Field(description="base64 Ed25519 signature, see enroll_signing_bytes")
+
+
+def enroll_signing_bytes(req: EnrollRequest) -> bytes:
+    """The canonical bytes an enrolling host signs: every field but the signature, in a fixed order."""
+    parts = [
+        "wgmesh-enroll-v1",
+        req.preauth_key,
+        req.hostname,
+        req.wg_public_key.base64(),
+        req.identity_public_key.base64(),
+        ",".join(req.endpoints),
+        str(req.listen_port),
+    ]
+    return "\n".join(parts).encode()
+
+
+class EnrollResponse(WireModel):
+    node_id: NodeId
+    name: str
+    tunnel_address: IPAddress
+    mesh_cidr: IPNetwork
+    node_credential: str = Field(
+        description="Bearer credential for every later call as this node. Shown once; store it 0600."
+    )
+    protocol_version: int = PROTOCOL_VERSION
+
+
+# --- network map ------------------------------------------------------------------------------------
+
+
+class Peer(WireModel):
+    node_id: NodeId
+    name: str
+    role: Role
+    wg_public_key: WgPublicKey
+    identity_public_key: IdPublicKey
+    tunnel_address: IPAddress
+    endpoints: list[Endpoint] = Field(default_factory=list, description="Empty: wait for the peer to call.")
+    allowed_ips: list[IPNetwork] = Field(
+        description="The peer's own /32 plus destinations relayed through it."
+    )
+    persistent_keepalive: int | None = Field(default=None, ge=0, le=65535, description="None: off.")
+
+
+class Route(WireModel):
+    """How this node reaches one destination: `via` is the peer that carries it (itself when direct)."""
+
+    destination: NodeId
+    destination_address: IPAddress
+    via: NodeId
+    cost: float | None = Field(default=None, description="Path weight; None when no measurements exist yet.")
+
+
+class SelfNode(WireModel):
+    node_id: NodeId
+    name: str
+    role: Role
+    tunnel_address: IPAddress
+    mesh_cidr: IPNetwork
+    listen_port: Port
+
+
+class NetMap(WireModel):
+    """Everything one node's agent needs, and nothing about anyone else's private state."""
+
+    serial: int = Field(ge=1, description="Grows every time this node's map changes; same serial, same map.")
+    node: SelfNode
+    peers: list[Peer]
+    routes: list[Route]
+    forward: bool = Field(description="True when other nodes relay through this one: enable IP forwarding.")
+    protocol_version: int = PROTOCOL_VERSION
+
+
+# --- link measurements ------------------------------------------------------------------------------
+
+
+class LinkMeasurement(WireModel):
+    peer_id: NodeId
+    rtt_ms: float | None = Field(default=None, ge=0, le=600_000, description="None: no reply in the window.")
+    loss: float = Field(ge=0.0, le=1.0, description="Fraction of probes lost in the window.")
+    handshake_age_s: float | None = Field(default=None, ge=0, description="None: never handshaken.")
+
+
+class LinkReport(WireModel):
+    measurements: list[LinkMeasurement] = Field(max_length=10_000)
+
+
+# --- admin ------------------------------------------------------------------------------------------
+
+
+class PreAuthKeyRequest(WireModel):
+    role: Role = "node"
+    reusable: bool = False
+    expires_in_s: int | None = Field(
+        default=3600, ge=1, le=10 * 365 * 86400, description="None: never expires."
+    )
+
+
+class PreAuthKeyInfo(WireModel):
+    id: int
+    role: Role
+    reusable: bool
+    created_at: datetime
+    expires_at: datetime | None = Field(default=None, description="None: never expires.")
+    revoked: bool
+    used_count: int
+    key: str | None = Field(default=None, description="The secret; present only in the response to create.")
+
+
+class NodeInfo(WireModel):
+    node_id: NodeId
+    name: str
+    role: Role
+    wg_public_key: WgPublicKey
+    identity_public_key: IdPublicKey
+    tunnel_address: IPAddress
+    endpoints: list[Endpoint]
+    listen_port: Port
+    enrolled_at: datetime
+    last_seen: datetime | None = Field(default=None, description="None: never polled since enrollment.")
+    serial: int
+
+
+class TopologyEdge(WireModel):
+    a: NodeId
+    b: NodeId
+    weight: float
+    rtt_ms: float | None = None
+    loss: float | None = None
+
+
+class Topology(WireModel):
+    nodes: list[NodeInfo]
+    edges: list[TopologyEdge]
+    routes: dict[NodeId, list[Route]] = Field(description="Per source node, its chosen routes.")
+
+
+class ErrorBody(WireModel):
+    detail: str
+
+
+Status = Literal["ok"]
