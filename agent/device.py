@@ -1,0 +1,116 @@
+"""The WireGuard device as wgmesh sees it: what we want (`DeviceConfig`), what is there (`Device`), and
+the declarative update that moves one to the other (`DeviceUpdate`). Pure data; no I/O.
+
+Invariants:
+- Peers are keyed by public key; allowed IPs are kept sorted and de-duplicated so equal configs compare
+  equal whatever order they were built in.
+- `DeviceUpdate` is per peer and incremental: it never asks a backend to replace all peers, because
+  that drops every session (UAPI `replace_peers`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network, ip_network
+
+from keys.types import PresharedKey, WireGuardPrivateKey, WireGuardPublicKey
+
+IPNetwork = IPv4Network | IPv6Network
+
+
+def normalize_ips(ips: Iterable[IPNetwork | str]) -> tuple[IPNetwork, ...]:
+    """Sorted, de-duplicated networks (IPv4 before IPv6); strings are parsed strictly."""
+    nets = {ip if isinstance(ip, IPv4Network | IPv6Network) else ip_network(ip) for ip in ips}
+    return tuple(sorted(nets, key=lambda n: (n.version, n.network_address, n.prefixlen)))
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    public_key: WireGuardPublicKey
+    allowed_ips: tuple[IPNetwork, ...] = ()
+    endpoint: str | None = None  # "host:port" / "[v6]:port"; None: learn it from the peer's packets
+    persistent_keepalive: int | None = None  # seconds; None or 0: off
+    preshared_key: PresharedKey | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "allowed_ips", normalize_ips(self.allowed_ips))
+        if self.persistent_keepalive == 0:
+            object.__setattr__(self, "persistent_keepalive", None)
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    """The whole desired state of one interface."""
+
+    private_key: WireGuardPrivateKey
+    listen_port: int | None = None  # None: let the implementation choose
+    fwmark: int | None = None
+    peers: Mapping[WireGuardPublicKey, PeerConfig] = field(default_factory=dict)
+
+    @classmethod
+    def build(
+        cls,
+        private_key: WireGuardPrivateKey,
+        peers: Iterable[PeerConfig] = (),
+        listen_port: int | None = None,
+        fwmark: int | None = None,
+    ) -> DeviceConfig:
+        return cls(private_key, listen_port, fwmark, {p.public_key: p for p in peers})
+
+
+@dataclass(frozen=True)
+class PeerStatus:
+    """A peer as read from a running device: its config plus what the data plane observed."""
+
+    config: PeerConfig
+    last_handshake: float | None = None  # unix seconds; None: never
+    rx_bytes: int = 0
+    tx_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class Device:
+    """A running interface as a backend reads it."""
+
+    name: str
+    private_key: WireGuardPrivateKey | None
+    listen_port: int | None
+    fwmark: int | None
+    peers: Mapping[WireGuardPublicKey, PeerStatus]
+
+    def config(self) -> DeviceConfig | None:
+        """The device's configuration without runtime counters (None when it has no private key)."""
+        if self.private_key is None:
+            return None
+        return DeviceConfig(
+            self.private_key, self.listen_port, self.fwmark, {k: p.config for k, p in self.peers.items()}
+        )
+
+
+@dataclass(frozen=True)
+class PeerUpdate:
+    """Create or change one peer. `replace_allowed_ips` is always set: the update carries the full list."""
+
+    config: PeerConfig
+    update_only: bool = False  # True: the peer exists; never create it by accident
+
+
+@dataclass(frozen=True)
+class DeviceUpdate:
+    """A declarative, incremental change to one device. Empty means nothing to do."""
+
+    private_key: WireGuardPrivateKey | None = None  # None: unchanged
+    listen_port: int | None = None  # None: unchanged
+    fwmark: int | None = None  # None: unchanged
+    upsert: tuple[PeerUpdate, ...] = ()
+    remove: tuple[WireGuardPublicKey, ...] = ()
+
+    def is_empty(self) -> bool:
+        return (
+            self.private_key is None
+            and self.listen_port is None
+            and self.fwmark is None
+            and not self.upsert
+            and not self.remove
+        )

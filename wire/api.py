@@ -1,0 +1,15 @@
+"""HTTP paths and the authentication scheme of protocol version 1, named once for both sides.
+
+Every node call carries `Authorization: Bearer <node_credential>` (from EnrollResponse); every admin
+call carries `Authorization: Bearer <admin credential>`.
+"""
+
+HEALTH = "/v1/health"  # GET -> {"status": "ok", "protocol_version": 1}
+ENROLL = "/v1/enroll"  # POST EnrollRequest -> EnrollResponse (no auth: the pre-auth key is the auth)
+NETMAP = "/v1/netmap"  # GET ?since=SERIAL&timeout=SECONDS (node) -> 200 NetMap, or 204 when nothing newer
+LINKS = "/v1/links"  # POST LinkReport (node) -> 204
+NODES = "/v1/nodes"  # GET (admin) -> list[NodeInfo]; /v1/nodes/{id}: GET NodeInfo, DELETE -> 204
+PREAUTH_KEYS = "/v1/preauth-keys"  # POST PreAuthKeyRequest -> PreAuthKeyInfo with key; GET list; DELETE /{id}
+TOPOLOGY = "/v1/topology"  # GET (admin) -> Topology; ?format=dot -> text/vnd.graphviz
+
+NETMAP_MAX_TIMEOUT_S = 300
