@@ -121,9 +121,18 @@ class NetMap(WireModel):
 
 
 class LinkMeasurement(WireModel):
+    """The state of the DIRECT link to one peer, as this node sees it.
+
+    While the peer is reached through a relay, probes over the tunnel measure the relayed path, not the
+    direct link, so the agent reports `loss=None` and `rtt_ms=None` and only the handshake age: a
+    handshake newer than the moment the link went down proves the direct link works again.
+    """
+
     peer_id: NodeId
-    rtt_ms: float | None = Field(default=None, ge=0, le=600_000, description="None: no reply in the window.")
-    loss: float = Field(ge=0.0, le=1.0, description="Fraction of probes lost in the window.")
+    rtt_ms: float | None = Field(default=None, ge=0, le=600_000, description="None: no reply, or not probed.")
+    loss: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="Fraction of probes lost; None: not probed (relayed)."
+    )
     handshake_age_s: float | None = Field(default=None, ge=0, description="None: never handshaken.")
 
 

@@ -62,6 +62,7 @@ def test_parse_endpoint(text, expected):
     assert parse_endpoint(text) == expected
 
 
-def test_loss_is_a_fraction():
-    with pytest.raises(ValidationError):
+def test_loss_is_a_fraction_or_absent():
+    with pytest.raises(ValidationError, match="less than or equal to 1"):
         LinkMeasurement(peer_id=1, loss=1.5)
+    assert LinkMeasurement(peer_id=1).loss is None
