@@ -1,0 +1,33 @@
+"""Run every benchmark in turn, each in its own process, and repeat their RESULT lines at the end."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+BENCHES = ["topology", "push", "p2p", "backend", "lab"]
+
+
+def main(argv: list[str]) -> int:
+    names = argv or BENCHES
+    results: list[str] = []
+    failed: list[str] = []
+    for name in names:
+        print(f"\n== bench.{name} ==", flush=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", f"bench.{name}"], capture_output=False, text=True, stdout=subprocess.PIPE
+        )
+        print(proc.stdout, end="")
+        lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+        if proc.returncode != 0 or not lines:
+            failed.append(name)
+        results.extend(lines[-1:])
+    print("\n== summary ==")
+    print("\n".join(results))
+    if failed:
+        print(f"failed: {' '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
