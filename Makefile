@@ -21,9 +21,10 @@ sysdeps:
 ## venv: a virtualenv with the project and its test and lint extras
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
+	@echo "installing the project into $(VENV) (log: $(VENV)/install.log)"
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	@$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
-	@$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test,lint]' 2>&1 | grep -v '^WARNING: Location' || true
+	@$(BIN)/python -m pip install --disable-pip-version-check -e '.[test,lint]' > $(VENV)/install.log 2>&1 \
+		|| { tail -30 $(VENV)/install.log; echo "pip install failed; full log: $(VENV)/install.log"; exit 1; }
 	@$(BIN)/python -c 'import wgmesh, pyroute2, fastapi, websockets' && touch $@
 
 ## test: every tier; root tiers skip with a reason when not root
