@@ -1,0 +1,103 @@
+"""What the host should look like for one network map: the WireGuard device, the interface addresses and
+routes, IP forwarding, and how each peer is reached. Pure: a NetMap and the private key in, data out.
+
+Rules:
+- The controller's `Peer.allowed_ips` are authoritative: a destination relayed through peer R appears in
+  R's allowed IPs, not in its own peer's (WireGuard gives an allowed IP to exactly one peer).
+- Should a map ever list one network under two peers, the route decides (`Route.via` of the destination
+  whose address it is), else the lowest node id keeps it: the result never depends on list order.
+- This node's own tunnel address is never an allowed IP of a peer.
+- A peer's endpoint is its first advertised endpoint; none means we wait for it to call us.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from ipaddress import IPv4Interface, IPv6Interface, ip_interface, ip_network
+
+from agent.device import DeviceConfig, IPNetwork, PeerConfig
+from agent.status import RouteKind
+from keys.types import WireGuardPrivateKey
+from wire.models import IPAddress, NetMap, NodeId, Peer
+
+IPInterface = IPv4Interface | IPv6Interface
+
+
+@dataclass(frozen=True)
+class PeerRoute:
+    """How this node reaches one peer: straight, through a relay, or not at all."""
+
+    peer: Peer
+    kind: RouteKind
+    via: Peer | None = None  # the relay when kind == "relay"
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    device: DeviceConfig
+    addresses: tuple[IPInterface, ...]  # on the WireGuard interface
+    routes: tuple[IPNetwork, ...]  # destinations routed into the WireGuard interface
+    forward: bool  # forward packets between peers (this node relays)
+
+
+def host_network(address: IPAddress) -> IPNetwork:
+    """The /32 (or /128) of one address."""
+    return ip_network(address)
+
+
+def build_desired(netmap: NetMap, private_key: WireGuardPrivateKey) -> DesiredState:
+    own = host_network(netmap.node.tunnel_address)
+    owner = _allowed_ip_owners(netmap)
+    peers = []
+    for peer in netmap.peers:
+        ips = [net for net in peer.allowed_ips if net != own and owner.get(net) == peer.node_id]
+        peers.append(
+            PeerConfig(
+                public_key=peer.wg_public_key,
+                allowed_ips=tuple(ips),
+                endpoint=peer.endpoints[0] if peer.endpoints else None,
+                persistent_keepalive=peer.persistent_keepalive,
+            )
+        )
+    device = DeviceConfig.build(private_key, peers, listen_port=netmap.node.listen_port)
+    address = ip_interface(f"{netmap.node.tunnel_address}/{netmap.node.mesh_cidr.prefixlen}")
+    return DesiredState(
+        device=device, addresses=(address,), routes=(netmap.node.mesh_cidr,), forward=netmap.forward
+    )
+
+
+def _allowed_ip_owners(netmap: NetMap) -> dict[IPNetwork, NodeId]:
+    """For every network some peer claims, the one peer that gets it (see the module rules)."""
+    claims: dict[IPNetwork, list[NodeId]] = {}
+    for peer in netmap.peers:
+        for net in peer.allowed_ips:
+            claims.setdefault(net, []).append(peer.node_id)
+    via_for = {host_network(r.destination_address): r.via for r in netmap.routes}
+    owners: dict[IPNetwork, NodeId] = {}
+    for net, ids in claims.items():
+        routed = via_for.get(net)
+        owners[net] = routed if routed in ids else min(ids)
+    return owners
+
+
+def peer_routes(netmap: NetMap) -> dict[NodeId, PeerRoute]:
+    """Every peer of the map, keyed by node id, with the way this node reaches it."""
+    by_id = {p.node_id: p for p in netmap.peers}
+    via_of = {r.destination: r.via for r in netmap.routes}
+    owner = _allowed_ip_owners(netmap)
+    result: dict[NodeId, PeerRoute] = {}
+    for peer in netmap.peers:
+        # A peer without a Route entry is reached through whichever peer holds its address.
+        via = via_of.get(peer.node_id, owner.get(host_network(peer.tunnel_address)))
+        if via is None or (via != peer.node_id and via not in by_id):
+            result[peer.node_id] = PeerRoute(peer, "none")
+        elif via == peer.node_id:
+            result[peer.node_id] = PeerRoute(peer, "direct")
+        else:
+            result[peer.node_id] = PeerRoute(peer, "relay", by_id[via])
+    return result
+
+
+def direct_peers(netmap: NetMap) -> list[Peer]:
+    """The peers whose direct link the agent probes: those the map routes straight to."""
+    return [r.peer for r in peer_routes(netmap).values() if r.kind == "direct"]
