@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from ipaddress import IPv4Network, IPv6Network, ip_network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 
 from keys.types import PresharedKey, WireGuardPrivateKey, WireGuardPublicKey
 
@@ -25,6 +25,39 @@ def normalize_ips(ips: Iterable[IPNetwork | str]) -> tuple[IPNetwork, ...]:
     return tuple(sorted(nets, key=lambda n: (n.version, n.network_address, n.prefixlen)))
 
 
+def canonical_endpoint(text: str) -> str:
+    """`host:port` / `[v6]:port` in one spelling: IP literals are normalized (`[0::1]` -> `[::1]`),
+    host names are kept (resolving them is the caller's job; UAPI and netlink accept only IPs).
+    Raises ValueError naming what is wrong."""
+    text = text.strip()
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"endpoint {text!r}: expected host:port or [v6]:port")
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"endpoint {text!r}: port must be 1..65535")
+    port = int(port_text)
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            return f"[{IPv6Address(host[1:-1])}]:{port}"
+        except ValueError:
+            raise ValueError(f"endpoint {text!r}: {host} is not an IPv6 address") from None
+    if ":" in host:
+        raise ValueError(f"endpoint {text!r}: write an IPv6 endpoint as [addr]:port")
+    try:
+        return f"{IPv4Address(host)}:{port}"
+    except ValueError:
+        return host.lower() + f":{port}"
+
+
+def endpoint_address(endpoint: str) -> tuple[IPv4Address | IPv6Address, int] | None:
+    """The (IP, port) of a canonical endpoint, or None when its host is a name, not an IP."""
+    host, _, port = endpoint.rpartition(":")
+    try:
+        return ip_address(host.strip("[]")), int(port)
+    except ValueError:
+        return None
+
+
 @dataclass(frozen=True)
 class PeerConfig:
     public_key: WireGuardPublicKey
@@ -35,6 +68,10 @@ class PeerConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "allowed_ips", normalize_ips(self.allowed_ips))
+        if self.endpoint is not None:
+            object.__setattr__(self, "endpoint", canonical_endpoint(self.endpoint))
+        if self.persistent_keepalive is not None and not 0 <= self.persistent_keepalive <= 65535:
+            raise ValueError(f"persistent keepalive {self.persistent_keepalive}: must be 0..65535 seconds")
         if self.persistent_keepalive == 0:
             object.__setattr__(self, "persistent_keepalive", None)
 
@@ -45,8 +82,14 @@ class DeviceConfig:
 
     private_key: WireGuardPrivateKey
     listen_port: int | None = None  # None: let the implementation choose
-    fwmark: int | None = None
+    fwmark: int | None = None  # None or 0: no mark
     peers: Mapping[WireGuardPublicKey, PeerConfig] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.fwmark == 0:
+            object.__setattr__(self, "fwmark", None)
+        if self.listen_port is not None and not 1 <= self.listen_port <= 65535:
+            raise ValueError(f"listen port {self.listen_port}: must be 1..65535")
 
     @classmethod
     def build(
@@ -67,6 +110,7 @@ class PeerStatus:
     last_handshake: float | None = None  # unix seconds; None: never
     rx_bytes: int = 0
     tx_bytes: int = 0
+    protocol_version: int | None = None  # None: the backend did not say
 
 
 @dataclass(frozen=True)
@@ -102,7 +146,7 @@ class DeviceUpdate:
 
     private_key: WireGuardPrivateKey | None = None  # None: unchanged
     listen_port: int | None = None  # None: unchanged
-    fwmark: int | None = None  # None: unchanged
+    fwmark: int | None = None  # None: unchanged; 0: clear the mark
     upsert: tuple[PeerUpdate, ...] = ()
     remove: tuple[WireGuardPublicKey, ...] = ()
 
