@@ -1,0 +1,174 @@
+"""The agent's side of the controller protocol (wire/api.py) over httpx.
+
+The transport is injected: production uses httpx's default (real sockets), component tests pass
+`httpx.ASGITransport(create_app(...))` and run agents and controller in one process.
+
+Errors are split by what the agent should do about them:
+- `ControllerUnreachable`: no answer, a timeout, or a 5xx; the agent retries with backoff.
+- `ControllerRejected`: a 4xx; retrying the same request will not help (bad pre-auth key, credential
+  refused). `status` says which, `detail` is the controller's one-line reason.
+Secrets (pre-auth key, node credential) go in bodies and headers only, never in URLs or error texts.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from wire import PROTOCOL_VERSION, api
+from wire.models import EnrollRequest, EnrollResponse, LinkReport, NetMap
+
+CONNECT_TIMEOUT_S = 5.0
+REQUEST_TIMEOUT_S = 10.0
+# A long poll may hold the request for `timeout` seconds; allow this much on top before giving up.
+LONG_POLL_GRACE_S = 10.0
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class ControllerError(RuntimeError):
+    """A controller call failed; the message is one line an operator can act on."""
+
+
+class ControllerUnreachable(ControllerError):
+    pass
+
+
+class ControllerRejected(ControllerError):
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(f"controller refused the request ({status}): {detail}")
+        self.status = status
+        self.detail = detail
+
+
+class ControllerClient:
+    """Calls to one controller. `credential` is the node credential (None before enrollment)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        credential: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._credential = credential
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            transport=transport,
+            timeout=httpx.Timeout(REQUEST_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
+            headers={"User-Agent": f"wgmesh-agent/{PROTOCOL_VERSION}"},
+            follow_redirects=False,
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> ControllerClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def set_credential(self, credential: str) -> None:
+        self._credential = credential
+
+    # --- calls --------------------------------------------------------------------------------------
+
+    async def enroll(self, request: EnrollRequest) -> EnrollResponse:
+        response = await self._call("POST", api.ENROLL, json=request.model_dump(mode="json"), auth=False)
+        return self._parse(response, EnrollResponse)
+
+    async def netmap(self, since: int, timeout_s: float) -> NetMap | None:
+        """The node's map if its serial is above `since`, waiting up to `timeout_s`; None when nothing
+        newer came within the wait (204)."""
+        wait = max(0, min(int(timeout_s), api.NETMAP_MAX_TIMEOUT_S))
+        response = await self._call(
+            "GET",
+            api.NETMAP,
+            params={"since": str(since), "timeout": str(wait)},
+            timeout=httpx.Timeout(wait + LONG_POLL_GRACE_S, connect=CONNECT_TIMEOUT_S),
+        )
+        if response.status_code == 204:
+            return None
+        return self._parse(response, NetMap)
+
+    async def report_links(self, report: LinkReport) -> None:
+        await self._call("POST", api.LINKS, json=report.model_dump(mode="json"))
+
+    # --- plumbing -----------------------------------------------------------------------------------
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        auth: bool = True,
+        json: Any = None,
+        params: dict[str, str] | None = None,
+        timeout: httpx.Timeout | None = None,
+    ) -> httpx.Response:
+        headers = {}
+        if auth:
+            if self._credential is None:
+                raise ControllerError("this node has no credential yet: enroll first")
+            headers["Authorization"] = f"Bearer {self._credential}"
+        extra: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+        try:
+            response = await self._http.request(
+                method, path, json=json, params=params, headers=headers, **extra
+            )
+        except httpx.TimeoutException:
+            raise ControllerUnreachable(f"controller {self.base_url} did not answer in time") from None
+        except httpx.HTTPError as e:
+            raise ControllerUnreachable(f"cannot reach controller {self.base_url}: {_reason(e)}") from None
+        if response.status_code >= 500:
+            raise ControllerUnreachable(
+                f"controller {self.base_url} failed ({response.status_code}): {_detail(response)}"
+            )
+        if response.status_code >= 400:
+            raise ControllerRejected(response.status_code, _detail(response))
+        if 300 <= response.status_code < 400:
+            raise ControllerRejected(
+                response.status_code, f"redirected to {response.headers.get('location', '?')}"
+            )
+        return response
+
+    def _parse(self, response: httpx.Response, model: type[M]) -> M:
+        try:
+            return model.model_validate_json(response.content)
+        except ValidationError as e:
+            raise ControllerUnreachable(
+                f"controller {self.base_url} sent a {model.__name__} this agent cannot read "
+                f"({e.error_count()} errors; protocol version {PROTOCOL_VERSION} here)"
+            ) from None
+
+
+def _detail(response: httpx.Response) -> str:
+    """The controller's one-line reason: ErrorBody.detail when present, else the status phrase."""
+    try:
+        body = response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return response.reason_phrase or "no reason given"
+    detail = body.get("detail") if isinstance(body, dict) else None
+    if isinstance(detail, str):
+        return detail
+    if isinstance(detail, list) and detail and isinstance(detail[0], dict):
+        # FastAPI's validation error list: name the first field
+        first = detail[0]
+        loc = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        return f"{loc}: {first.get('msg', 'invalid')}" if loc else str(first.get("msg", "invalid"))
+    return response.reason_phrase or "no reason given"
+
+
+def _reason(error: httpx.HTTPError) -> str:
+    cause: BaseException | None = error
+    # the innermost OSError says it best ("Connection refused", "No route to host")
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.strerror:
+            return cause.strerror
+        cause = cause.__cause__ or cause.__context__
+    return str(error) or type(error).__name__
