@@ -7,15 +7,18 @@ Rules:
 - Should a map ever list one network under two peers, the route decides (`Route.via` of the destination
   whose address it is), else the lowest node id keeps it: the result never depends on list order.
 - This node's own tunnel address is never an allowed IP of a peer.
-- A peer's endpoint is its first advertised endpoint; none means we wait for it to call us.
+- A peer's endpoint is its first advertised endpoint that is usable: an IP literal, or a host name the
+  caller resolved (`resolved`: name endpoint -> "ip:port", or None when it does not resolve). None
+  usable means we wait for the peer to call us.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Interface, IPv6Interface, ip_interface, ip_network
 
-from agent.device import DeviceConfig, IPNetwork, PeerConfig
+from agent.device import DeviceConfig, IPNetwork, PeerConfig, endpoint_address
 from agent.status import RouteKind
 from keys.types import WireGuardPrivateKey
 from wire.models import IPAddress, NetMap, NodeId, Peer
@@ -45,7 +48,24 @@ def host_network(address: IPAddress) -> IPNetwork:
     return ip_network(address)
 
 
-def build_desired(netmap: NetMap, private_key: WireGuardPrivateKey) -> DesiredState:
+def choose_endpoint(endpoints: Sequence[str], resolved: Mapping[str, str | None]) -> str | None:
+    for endpoint in endpoints:
+        if endpoint_address(endpoint) is not None:
+            return endpoint
+        usable = resolved.get(endpoint)
+        if usable is not None:
+            return usable
+    return None
+
+
+def name_endpoints(netmap: NetMap) -> list[str]:
+    """The endpoints of the map that name a host instead of an IP: the caller resolves them."""
+    return sorted({e for p in netmap.peers for e in p.endpoints if endpoint_address(e) is None})
+
+
+def build_desired(
+    netmap: NetMap, private_key: WireGuardPrivateKey, resolved: Mapping[str, str | None] | None = None
+) -> DesiredState:
     own = host_network(netmap.node.tunnel_address)
     owner = _allowed_ip_owners(netmap)
     peers = []
@@ -55,7 +75,7 @@ def build_desired(netmap: NetMap, private_key: WireGuardPrivateKey) -> DesiredSt
             PeerConfig(
                 public_key=peer.wg_public_key,
                 allowed_ips=tuple(ips),
-                endpoint=peer.endpoints[0] if peer.endpoints else None,
+                endpoint=choose_endpoint(peer.endpoints, resolved or {}),
                 persistent_keepalive=peer.persistent_keepalive,
             )
         )

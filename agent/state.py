@@ -19,8 +19,6 @@ Rules:
 
 from __future__ import annotations
 
-import contextlib
-import os
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -193,12 +191,6 @@ def load_netmap(state_dir: Path) -> NetMap | None:
         return NetMap.model_validate_json(text)
     except ValidationError as e:
         raise StateError(f"{path}: not a valid network map: {_first_error(e)}") from None
-
-
-def remove_netmap(state_dir: Path) -> None:
-    """Forget the cached map (a removed node must not bring its old mesh back on restart)."""
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(StatePaths(Path(state_dir)).netmap)
 
 
 def _first_error(e: ValidationError) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ipaddress import ip_address, ip_interface, ip_network
 
-from agent.desired import build_desired, direct_peers, peer_routes
+from agent.desired import build_desired, direct_peers, name_endpoints, peer_routes
 from keys.types import IdentityPrivateKey, WireGuardPrivateKey
 from wire.models import NetMap, Peer, Route, SelfNode
 
@@ -114,3 +114,19 @@ def test_a_peer_without_a_route_entry_is_reached_by_whoever_holds_its_address():
     m = netmap([peer(2, [2, 3]), peer(3, [])], [])
     routes = peer_routes(m)
     assert (routes[2].kind, routes[3].kind) == ("direct", "relay")
+
+
+def test_host_name_endpoints_use_what_the_caller_resolved():
+    m = netmap(
+        [
+            peer(2, [2], endpoints=["gone.example:51820", "b.example:51820"]),
+            peer(3, [3], endpoints=["c.example:1"]),
+        ],
+        [],
+    )
+    assert name_endpoints(m) == ["b.example:51820", "c.example:1", "gone.example:51820"]
+    desired = build_desired(
+        m, PRIVATE, {"gone.example:51820": None, "b.example:51820": "198.18.0.22:51820", "c.example:1": None}
+    )
+    assert desired.device.peers[KEYS[2]].endpoint == "198.18.0.22:51820"
+    assert desired.device.peers[KEYS[3]].endpoint is None
