@@ -1,0 +1,384 @@
+"""`wgmesh lab`: build, inspect, break and remove a mesh of N hosts in network namespaces on this machine.
+
+Exit codes: 0 success; 1 the lab did not reach the asked state (mesh incomplete, a ping failed) or an
+error said on one line; 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+from lab import render
+from lab.command import LabError
+from lab.instance import Lab, read_topology
+from lab.layout import LABS_ROOT, MAX_HOSTS, LabLayout, LayoutError, check_lab_name
+from lab.observe import MeshView
+from lab.record import RecordError
+from lab.teardown import known_labs, tear_down
+
+DEFAULT_NAME = "lab"
+
+DESCRIPTION = f"""\
+A real mesh on this machine: an underlay namespace with a bridge on 198.18.0.0/16 (the controller
+listens on 198.18.0.1:8420), N host namespaces wgl-NAME-hN (host N on 198.18.1.N), each with a real
+agent and wg0 (mesh 198.19.0.0/16). Nothing leaves these namespaces. Lab files (record lab.json,
+controller state, per-host state, logs) are under {LABS_ROOT}/NAME/. Needs root.
+"""
+
+EPILOG = """\
+examples:
+  wgmesh lab up -n 3            build a 3-host mesh and wait until every pair has a handshake
+  wgmesh lab ping               ping matrix over tunnel addresses
+  wgmesh lab exec h1 -- wg show run a command on host h1 (its own /run/wireguard)
+  wgmesh lab cut h1 h2          drop the underlay between h1 and h2 (heal undoes it)
+  wgmesh lab down               remove everything the lab created
+"""
+
+
+def default_timeout(hosts: int) -> float:
+    return 60.0 + 6.0 * hosts
+
+
+def _host_count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 1 <= n <= MAX_HOSTS:
+        raise argparse.ArgumentTypeError(f"a lab has 1 to {MAX_HOSTS} hosts")
+    return n
+
+
+def _lab_name(text: str) -> str:
+    try:
+        return check_lab_name(text)
+    except LayoutError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def build_parser(prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--name",
+        type=_lab_name,
+        default=DEFAULT_NAME,
+        help=f"lab name, 1-8 of [a-z0-9] (default {DEFAULT_NAME})",
+    )
+    sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    up = sub.add_parser("up", parents=[common], help="build the lab and wait for a complete mesh")
+    up.add_argument("-n", "--hosts", type=_host_count, default=3, help="number of hosts (default 3)")
+    up.add_argument("--timeout", type=float, help="seconds to wait for the mesh (default 60 + 6 per host)")
+
+    sub.add_parser("status", parents=[common], help="hosts, processes, handshakes and log files")
+    ping = sub.add_parser(
+        "ping", parents=[common], help="ping matrix over tunnel addresses (exit 0: all answer)"
+    )
+    ping.add_argument("--wait", type=float, default=1.0, help="seconds to wait for each echo (default 1)")
+
+    ex = sub.add_parser("exec", parents=[common], help="run a command on a host: lab exec h1 -- wg show")
+    ex.add_argument("host", help="h1, h2, ... or `underlay` (where the controller runs)")
+    ex.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
+
+    for name, text in (("cut", "drop the underlay between two hosts"), ("heal", "undo `cut`")):
+        p = sub.add_parser(name, parents=[common], help=text)
+        p.add_argument("a")
+        p.add_argument("b")
+    for name, text in (
+        ("stop", "stop a host's agent (wg0 keeps running)"),
+        ("start", "start a host's agent"),
+    ):
+        p = sub.add_parser(name, parents=[common], help=f"{text}; `controller` for the controller")
+        p.add_argument("host", help="h1, h2, ... or controller")
+
+    add = sub.add_parser("add", parents=[common], help="add one host and wait until it reaches every host")
+    add.add_argument("--timeout", type=float, default=90.0, help="seconds to wait (default 90)")
+    add.add_argument("--no-wait", action="store_true", help="return once the agent has started")
+
+    down = sub.add_parser(
+        "down", parents=[common], help="remove every namespace, process and file of the lab"
+    )
+    down.add_argument("--all", action="store_true", help="remove every lab on this machine")
+    sub.add_parser("list", help="labs that exist on this machine")
+
+    demo = sub.add_parser("demo", parents=[common], help="up, ping matrix, topology, then down")
+    demo.add_argument("-n", "--hosts", type=_host_count, default=3, help="number of hosts (default 3)")
+    demo.add_argument("--keep", action="store_true", help="leave the lab up and say how to look around")
+    demo.add_argument("--timeout", type=float, help="seconds to wait for the mesh")
+    return parser
+
+
+def main(argv: Sequence[str], prog: str = "wgmesh lab") -> int:
+    args = build_parser(prog).parse_args(argv)
+    try:
+        return COMMANDS[args.cmd](args)
+    except (LabError, LayoutError, RecordError) as e:
+        print(f"{prog} {args.cmd}: {e}", file=sys.stderr)
+        return 1
+
+
+# --- commands -----------------------------------------------------------------------------------------
+
+
+def _wait_for_mesh(lab: Lab, timeout: float, names: Sequence[str] | None = None) -> MeshView:
+    line = render.ProgressLine()
+
+    def show(view: MeshView, elapsed: float) -> None:
+        text, key = render.mesh_progress(view, elapsed)
+        line.update(text, key)
+
+    view = lab.wait_for_mesh(timeout, show, names)
+    line.finish()
+    return view
+
+
+def _report_incomplete(lab: Lab, view: MeshView, timeout: float) -> None:
+    print(f"the mesh is not complete after {timeout:.0f} s; missing pairs:", file=sys.stderr)
+    print(render.missing_pairs(view), file=sys.stderr)
+    print(f"logs: {lab.layout.controller_log} and {lab.layout.dir}/hosts/*/agent.log", file=sys.stderr)
+    print(
+        f"the lab is left up for a look; `wgmesh lab down --name {lab.layout.name}` removes it",
+        file=sys.stderr,
+    )
+
+
+def _up(name: str, hosts: int, timeout: float | None) -> tuple[Lab | None, bool]:
+    """Build the lab and wait for the mesh. (lab, complete); lab is None when building failed."""
+    line = render.ProgressLine()
+    started = time.monotonic()
+    try:
+        lab = Lab.create(
+            name, hosts, lambda text: line.update(f"[{time.monotonic() - started:5.1f}s] {text}")
+        )
+    except LabError as e:
+        line.finish()
+        print(f"building the lab failed: {e}", file=sys.stderr)
+        if LabLayout(name).dir.exists():
+            print(f"what was built is left; `wgmesh lab down --name {name}` removes it", file=sys.stderr)
+        return None, False
+    line.finish()
+    wait = timeout if timeout is not None else default_timeout(hosts)
+    view = _wait_for_mesh(lab, wait)
+    if not view.complete:
+        _report_incomplete(lab, view, wait)
+        return lab, False
+    pairs = len(view.pairs)
+    print(
+        f"mesh of {hosts} hosts complete: {pairs} pairs with a handshake after {time.monotonic() - started:.1f} s"
+    )
+    return lab, True
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    lab, complete = _up(args.name, args.hosts, args.timeout)
+    if lab is None or not complete:
+        return 1
+    print(_hosts_table(lab, lab.observe()))
+    return 0
+
+
+def _agent_cell(lab: Lab, name: str) -> str:
+    state = lab.agent_state(name)
+    if state.pid is None:
+        return "never started"
+    return f"{state.pid} {'running' if state.running else 'STOPPED'}"
+
+
+def _hosts_table(lab: Lab, view: MeshView) -> str:
+    hosts = {h.name: h for h in lab.hosts}
+    rows = []
+    for hv in view.hosts:
+        host = hosts[hv.name]
+        peers = len(hv.device.peers) if hv.device else None
+        shaken = sum(
+            1 for other in view.hosts if other.name != hv.name and view.handshake_time(hv.name, other.name)
+        )
+        cut = ",".join(lab.cut_from(hv.name)) or "-"
+        rows.append(
+            [
+                hv.name,
+                host.underlay_address,
+                hv.tunnel_address,
+                _agent_cell(lab, hv.name),
+                "up" if hv.device else "DOWN",
+                peers,
+                f"{shaken}/{len(view.hosts) - 1}",
+                cut,
+                host.agent_log,
+            ]
+        )
+    return render.table(
+        ["host", "underlay", "tunnel", "agent", "wg0", "peers", "handshakes", "cut from", "log"], rows
+    )
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    lab = Lab.open(args.name)
+    view = lab.observe()
+    ctl = lab.controller_state()
+    health = (
+        "healthy" if ctl.running and lab.controller_healthy() else ("NOT ANSWERING" if ctl.running else "")
+    )
+    print(f"lab {lab.layout.name!r}: {len(view.hosts)} hosts, files in {lab.layout.dir}")
+    ctl_state = (
+        "never started" if ctl.pid is None else f"pid {ctl.pid} {'running' if ctl.running else 'STOPPED'}"
+    )
+    print(f"controller {lab.layout.controller_url}: {ctl_state} {health}".rstrip() + f"; log {ctl.log}")
+    print()
+    print(_hosts_table(lab, view))
+    if len(view.hosts) > 1:
+        print()
+        print("last handshake, as each host sees each peer")
+        print(render.handshake_matrix(view, time.time()))
+    return 0
+
+
+def _ping(lab: Lab, wait: float = 1.0) -> bool:
+    names = [h.name for h in lab.hosts]
+    results = lab.ping_matrix(timeout_s=wait)
+    print(render.ping_matrix(names, results))
+    failed = [r for r in results if r.rtt_ms is None]
+    if failed:
+        print(f"{len(failed)} of {len(results)} pairs did not answer", file=sys.stderr)
+    else:
+        print(f"all {len(results)} pairs answer")
+    return not failed
+
+
+def cmd_ping(args: argparse.Namespace) -> int:
+    return 0 if _ping(Lab.open(args.name), args.wait) else 1
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    command = list(args.command)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if not command:
+        print("usage: wgmesh lab exec HOST -- COMMAND ...", file=sys.stderr)
+        return 2
+    lab = Lab.open(args.name)
+    return subprocess.call(lab.exec_argv(args.host, command))
+
+
+def cmd_cut(args: argparse.Namespace) -> int:
+    Lab.open(args.name).cut(args.a, args.b)
+    print(f"underlay between {args.a} and {args.b} cut (`wgmesh lab heal {args.a} {args.b}` undoes it)")
+    return 0
+
+
+def cmd_heal(args: argparse.Namespace) -> int:
+    Lab.open(args.name).heal(args.a, args.b)
+    print(f"underlay between {args.a} and {args.b} healed")
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    lab = Lab.open(args.name)
+    stopped = lab.stop_controller() if args.host == "controller" else lab.stop_agent(args.host)
+    print(f"{args.host}: {'stopped' if stopped else 'was not running'}")
+    return 0
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    lab = Lab.open(args.name)
+    if args.host == "controller":
+        running = lab.controller_state().running
+        lab.start_controller()
+        started = not running
+    else:
+        started = lab.start_agent(args.host)
+    state = lab.controller_state() if args.host == "controller" else lab.agent_state(args.host)
+    print(f"{args.host}: {'started' if started else 'already running'} (pid {state.pid}, log {state.log})")
+    return 0
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    lab = Lab.open(args.name)
+    started = time.monotonic()
+    host = lab.add_host()
+    print(f"{host.name} added (underlay {host.underlay_address}, log {host.agent_log})")
+    if args.no_wait:
+        return 0
+    view = _wait_for_mesh(lab, args.timeout)
+    if not view.complete:
+        _report_incomplete(lab, view, args.timeout)
+        return 1
+    print(f"{host.name} has a handshake with every host after {time.monotonic() - started:.1f} s")
+    return 0
+
+
+def _down(name: str) -> None:
+    line = render.ProgressLine()
+    report = tear_down(LabLayout(name), lambda text: line.update(text))
+    line.finish()
+    if report.found_anything:
+        print(
+            f"lab {name!r} removed: {report.recorded_processes + report.other_processes} processes, "
+            f"{report.namespaces} namespaces, {'its directory' if report.removed_dir else 'no directory'}"
+        )
+    else:
+        print(f"no lab named {name!r} on this machine; nothing to remove")
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    names = known_labs() if args.all else [args.name]
+    for name in names:
+        _down(name)
+    if args.all and not names:
+        print("no labs on this machine")
+    return 0
+
+
+def cmd_list(_: argparse.Namespace) -> int:
+    names = known_labs()
+    print("\n".join(names) if names else "no labs on this machine")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    lab, complete = _up(args.name, args.hosts, args.timeout)
+    ok = False
+    try:
+        if lab is not None and complete:
+            print("\nping matrix (round-trip over the tunnel)")
+            ok = _ping(lab)
+            print("\ntopology, as the controller sees it")
+            print(render.topology(read_topology(lab)))
+    finally:
+        if args.keep and lab is not None:
+            n = args.name
+            flag = "" if n == DEFAULT_NAME else f" --name {n}"
+            print(
+                f"\nthe lab stays up. Look around:\n  wgmesh lab status{flag}\n  wgmesh lab ping{flag}\n"
+                f"  wgmesh lab exec{flag} h1 -- wg show\n  wgmesh lab down{flag}"
+            )
+        else:
+            print()
+            _down(args.name)
+    return 0 if ok else 1
+
+
+COMMANDS = {
+    "up": cmd_up,
+    "status": cmd_status,
+    "ping": cmd_ping,
+    "exec": cmd_exec,
+    "cut": cmd_cut,
+    "heal": cmd_heal,
+    "stop": cmd_stop,
+    "start": cmd_start,
+    "add": cmd_add,
+    "down": cmd_down,
+    "list": cmd_list,
+    "demo": cmd_demo,
+}

@@ -1,0 +1,371 @@
+"""A lab as a Python object: builds it, starts and stops its controller and agents, cuts links, and
+reads its state. The CLI and the e2e tests both drive labs through this class.
+
+Rules:
+- The record is saved BEFORE each step that creates something and right after each process starts,
+  so `lab down` (see `lab.teardown`) can always undo what exists.
+- Every host runs the real agent with the userspace backend; the controller runs in the underlay
+  namespace, on the bridge address, with its SQLite state in the lab directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from lab import firewall, netns, processes
+from lab.command import LabError, check_can_run_lab, run
+from lab.layout import MESH_CIDR, WG_INTERFACE, WG_LISTEN_PORT, HostLayout, LabLayout, host_index
+from lab.observe import MeshView, PingResult, observe, ping_matrix
+from lab.record import HostRecord, LabRecord, ProcessRecord, load, save
+from lab.underlay_http import request
+from wire.models import Topology
+
+Progress = Callable[[str], None]
+CONTROLLER_READY_TIMEOUT_S = 30.0
+NUDGE_EVERY_S = 2.0
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class ProcessState:
+    pid: int | None
+    running: bool
+    log: Path
+
+
+class Lab:
+    def __init__(self, layout: LabLayout, record: LabRecord) -> None:
+        self.layout = layout
+        self.record = record
+
+    # --- opening and building -----------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, name: str) -> Lab:
+        layout = LabLayout(name)
+        return cls(layout, load(layout))
+
+    @classmethod
+    def create(cls, name: str, hosts: int, progress: Progress = _quiet) -> Lab:
+        """Build the underlay, `hosts` hosts, the controller and one agent per host; does not wait for
+        the mesh (see `wait_for_mesh`). On failure the lab is left for `lab down` to remove."""
+        check_can_run_lab()
+        layout = LabLayout(name)
+        if hosts < 1:
+            raise LabError("a lab needs at least one host")
+        host_layouts = [layout.host(i) for i in range(1, hosts + 1)]  # validates the count
+        leftovers = [ns for ns in netns.list_namespaces() if layout.owns_namespace(ns)]
+        if layout.record_path.exists() or leftovers:
+            raise LabError(
+                f"a lab named {name!r} exists already; remove it with `wgmesh lab down --name {name}`"
+            )
+        lab = cls(layout, LabRecord(name=name))
+        lab.save()
+        progress("creating the underlay")
+        netns.create_underlay(layout)
+        for h in host_layouts:
+            progress(f"creating host namespaces {h.index}/{hosts}")
+            lab._create_host(h)
+        progress("starting the controller")
+        lab.start_controller()
+        lab.ensure_preauth_key()
+        for h in host_layouts:
+            progress(f"starting agents {h.index}/{hosts}")
+            lab.start_agent(h.name)
+        return lab
+
+    def _create_host(self, host: HostLayout) -> None:
+        self.record.hosts.append(HostRecord(index=host.index))
+        self.save()
+        for d in (host.dir, host.state_dir, host.run_dir):
+            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        netns.create_host(self.layout, host)
+
+    def add_host(self) -> HostLayout:
+        """One more host with a running agent (the mesh is not waited for)."""
+        host = self.layout.host(self.record.next_index())
+        self._create_host(host)
+        self.start_agent(host.name)
+        return host
+
+    def save(self) -> None:
+        save(self.layout, self.record)
+
+    # --- hosts --------------------------------------------------------------------------------------
+
+    @property
+    def hosts(self) -> list[HostLayout]:
+        return [self.layout.host(h.index) for h in sorted(self.record.hosts, key=lambda h: h.index)]
+
+    def host(self, name: str) -> HostLayout:
+        index = host_index(name)
+        if not self.record.has_host(index):
+            known = ", ".join(h.name for h in self.hosts) or "none"
+            raise LabError(f"lab {self.layout.name!r} has no host {name!r} (hosts: {known})")
+        return self.layout.host(index)
+
+    # --- processes ----------------------------------------------------------------------------------
+
+    def _state(self, proc: ProcessRecord | None, log: Path) -> ProcessState:
+        if proc is None:
+            return ProcessState(None, False, log)
+        return ProcessState(proc.pid, processes.is_ours(proc, self.layout.dir), log)
+
+    def controller_state(self) -> ProcessState:
+        return self._state(self.record.controller, self.layout.controller_log)
+
+    def agent_state(self, name: str) -> ProcessState:
+        host = self.host(name)
+        return self._state(self.record.host(host.index).agent, host.agent_log)
+
+    def start_controller(self, timeout_s: float = CONTROLLER_READY_TIMEOUT_S) -> None:
+        """Start the controller (unless it runs) and wait until GET /v1/health answers 200."""
+        if self.controller_state().running:
+            return
+        self.layout.controller_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        argv = processes.wgmesh_argv(
+            "controller", "serve",
+            "--listen", self.layout.controller_listen,
+            "--state-dir", str(self.layout.controller_dir),
+            "--mesh-cidr", str(MESH_CIDR),
+        )  # fmt: skip
+        proc = processes.start(
+            processes.in_namespace(self.layout.underlay_namespace, argv), self.layout.controller_log
+        )
+        self.record.controller = proc
+        self.save()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not processes.is_ours(proc, self.layout.dir):
+                raise LabError(
+                    f"the controller exited during start; last lines of {self.layout.controller_log}:\n"
+                    + processes.log_tail(self.layout.controller_log)
+                )
+            if self.controller_healthy():
+                return
+            time.sleep(0.1)
+        raise LabError(
+            f"the controller did not answer /v1/health within {timeout_s:.0f} s; see {self.layout.controller_log}"
+        )
+
+    def controller_healthy(self) -> bool:
+        try:
+            reply = request(
+                self.layout.underlay_namespace, "GET", f"{self.layout.controller_url}/v1/health", timeout=2
+            )
+        except OSError:
+            return False
+        return reply.status == 200
+
+    def stop_controller(self, *, kill: bool = False) -> bool:
+        """End the controller (SIGKILL with kill=True, as in a crash). False when it was not running."""
+        if self.record.controller is None:
+            return False
+        sig = signal.SIGKILL if kill else signal.SIGTERM
+        return processes.end_recorded(self.record.controller, self.layout.dir, sig=sig)
+
+    def run_in_underlay(self, argv: Sequence[str], timeout: float = 30.0) -> str:
+        """Run a wgmesh admin command (or any command) in the underlay namespace; its stdout."""
+        return run(processes.in_namespace(self.layout.underlay_namespace, argv), timeout=timeout).stdout
+
+    def admin_argv(self, *args: str) -> list[str]:
+        """`wgmesh <args> --controller URL --state-dir CONTROLLERDIR`, for the admin commands."""
+        return processes.wgmesh_argv(
+            *args, "--controller", self.layout.controller_url, "--state-dir", str(self.layout.controller_dir)
+        )
+
+    def ensure_preauth_key(self) -> str:
+        if self.record.preauth_key is None:
+            out = self.run_in_underlay(
+                self.admin_argv("controller", "token", "create", "--reusable", "--expires", "never")
+            )
+            lines = [line.strip() for line in out.splitlines() if line.strip()]
+            if not lines:
+                raise LabError("`wgmesh controller token create` printed no key")
+            self.record.preauth_key = lines[-1]
+            self.save()
+        return self.record.preauth_key
+
+    def agent_argv(self, host: HostLayout) -> list[str]:
+        return processes.wgmesh_argv(
+            "agent", "up",
+            "--controller", self.layout.controller_url,
+            "--token", self.ensure_preauth_key(),
+            "--interface", WG_INTERFACE,
+            "--backend", "userspace",
+            "--state-dir", str(host.state_dir),
+            "--listen-port", str(WG_LISTEN_PORT),
+            "--endpoint", host.endpoint,
+            "--hostname", host.name,
+        )  # fmt: skip
+
+    def start_agent(self, name: str) -> bool:
+        """Start the host's agent unless it runs. False when it was running already."""
+        host = self.host(name)
+        hrec = self.record.host(host.index)
+        if hrec.agent is not None and processes.is_ours(hrec.agent, self.layout.dir):
+            return False
+        hrec.agent = processes.start(processes.in_host(host, self.agent_argv(host)), host.agent_log)
+        self.save()
+        return True
+
+    def stop_agent(self, name: str, *, kill: bool = False) -> bool:
+        """End the host's agent process only (its wireguard-go keeps running). False when not running."""
+        host = self.host(name)
+        agent = self.record.host(host.index).agent
+        if agent is None:
+            return False
+        sig = signal.SIGKILL if kill else signal.SIGTERM
+        return processes.end_recorded(agent, self.layout.dir, sig=sig)
+
+    def delete_interface(self, name: str) -> None:
+        """Remove the host's wg0 (its wireguard-go exits with it), as after a reboot."""
+        netns.delete_link(self.host(name).namespace, WG_INTERFACE)
+
+    def exec_argv(self, name: str, argv: Sequence[str]) -> list[str]:
+        """`argv` wrapped to run on host `name` (or in the underlay for `underlay`)."""
+        if name in ("underlay", "u"):
+            return processes.in_namespace(self.layout.underlay_namespace, argv)
+        return processes.in_host(self.host(name), argv)
+
+    def exec(self, name: str, argv: Sequence[str], timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        return run(self.exec_argv(name, argv), timeout=timeout, check=False)
+
+    # --- underlay faults ----------------------------------------------------------------------------
+
+    def cut(self, a: str, b: str) -> None:
+        ha, hb = self._two_hosts(a, b)
+        firewall.block(ha.namespace, hb.underlay_address)
+        firewall.block(hb.namespace, ha.underlay_address)
+
+    def heal(self, a: str, b: str) -> None:
+        ha, hb = self._two_hosts(a, b)
+        firewall.unblock(ha.namespace, hb.underlay_address)
+        firewall.unblock(hb.namespace, ha.underlay_address)
+
+    def cut_from(self, name: str) -> list[str]:
+        """Names of the hosts whose underlay `name` cannot reach."""
+        by_address = {h.underlay_address: h.name for h in self.hosts}
+        return [by_address.get(a, str(a)) for a in firewall.cut_addresses(self.host(name).namespace)]
+
+    def _two_hosts(self, a: str, b: str) -> tuple[HostLayout, HostLayout]:
+        ha, hb = self.host(a), self.host(b)
+        if ha == hb:
+            raise LabError(f"{a} and {b} are the same host")
+        return ha, hb
+
+    # --- observing ----------------------------------------------------------------------------------
+
+    def observe(self, names: Sequence[str] | None = None) -> MeshView:
+        return observe([self.host(n) for n in names] if names else self.hosts)
+
+    def tunnel_addresses(self, names: Sequence[str] | None = None) -> dict[str, IPv4Address | None]:
+        hosts = [self.host(n) for n in names] if names else self.hosts
+        return {h.name: netns.interface_ipv4(h.namespace, WG_INTERFACE) for h in hosts}
+
+    def ping_matrix(
+        self, names: Sequence[str] | None = None, *, timeout_s: float = 1.0, attempts: int = 2
+    ) -> list[PingResult]:
+        hosts = [self.host(n) for n in names] if names else self.hosts
+        return ping_matrix(hosts, self.tunnel_addresses(names), timeout_s=timeout_s, attempts=attempts)
+
+    def wait_for_mesh(
+        self,
+        timeout_s: float,
+        progress: Callable[[MeshView, float], None] | None = None,
+        names: Sequence[str] | None = None,
+        *,
+        nudge: bool = True,
+    ) -> MeshView:
+        """Poll until every pair among `names` (default: all hosts) has a handshake, or the deadline.
+
+        Returns the last view either way (check `.complete`). With `nudge`, a pair whose two sides are
+        configured but have not handshaken gets one ping every few seconds: WireGuard handshakes only
+        when there is something to send.
+        """
+        start = time.monotonic()
+        last_nudge: dict[tuple[str, str], float] = {}
+        pinging: list[subprocess.Popen[bytes]] = []
+        try:
+            while True:
+                view = self.observe(names)
+                if progress is not None:
+                    progress(view, time.monotonic() - start)
+                if view.complete or time.monotonic() - start >= timeout_s:
+                    return view
+                if nudge:
+                    pinging = [p for p in pinging if p.poll() is None]
+                    pinging += self._nudge(view, last_nudge)
+                time.sleep(0.25)
+        finally:
+            for p in pinging:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    p.wait(timeout=3)
+
+    def _nudge(self, view: MeshView, last: dict[tuple[str, str], float]) -> list[subprocess.Popen[bytes]]:
+        now = time.monotonic()
+        addresses = {h.name: h.tunnel_address for h in view.hosts}
+        started = []
+        for pair in view.missing():
+            key = (pair.a, pair.b)
+            target = addresses.get(pair.b)
+            if not pair.configured or target is None or now - last.get(key, 0.0) < NUDGE_EVERY_S:
+                continue
+            last[key] = now
+            argv = [
+                "ip",
+                "netns",
+                "exec",
+                self.host(pair.a).namespace,
+                "ping",
+                "-n",
+                "-q",
+                "-c",
+                "1",
+                "-W",
+                "1",
+                str(target),
+            ]
+            started.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        return started
+
+
+def read_topology(lab: Lab) -> Topology:
+    """GET /v1/topology with the admin credential, from inside the underlay."""
+    try:
+        credential = lab.layout.admin_credential_path.read_text().strip()
+    except FileNotFoundError:
+        raise LabError(
+            f"no admin credential at {lab.layout.admin_credential_path}: is the controller up?"
+        ) from None
+    try:
+        reply = request(
+            lab.layout.underlay_namespace,
+            "GET",
+            f"{lab.layout.controller_url}/v1/topology",
+            bearer=credential,
+        )
+    except OSError as e:
+        raise LabError(f"the controller at {lab.layout.controller_url} does not answer: {e}") from None
+    if reply.status != 200:
+        raise LabError(
+            f"GET /v1/topology answered {reply.status}: {reply.body[:200].decode(errors='replace')}"
+        )
+    try:
+        return Topology.model_validate_json(reply.body)
+    except ValidationError as e:
+        raise LabError(
+            f"GET /v1/topology returned something else than a topology: {e.errors()[0]['msg']}"
+        ) from None

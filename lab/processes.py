@@ -1,0 +1,158 @@
+"""Starting, identifying and ending the lab's processes.
+
+Rules:
+- Every host process (agent, the wireguard-go it starts, whatever `lab exec` runs) runs in the host's
+  network namespace AND a private mount namespace where the host's own directory is bind-mounted on
+  /run/wireguard, so each host's `wg0.sock` is its own and `wg show` inside the host just works.
+- The exec chain (`ip netns exec` -> `unshare` -> `sh -c 'exec ...'`) replaces itself at every step,
+  so the pid we get from Popen is the pid of the final program; we record it with its kernel start
+  time.
+- A process is ended only by its recorded pid, and only after checking that the pid still names the
+  same process (same start time) and that its command line mentions the lab directory. The only other
+  processes the lab ends are those still inside the lab's own network namespaces (the wireguard-go an
+  agent started), found through the namespace, never by name.
+- Output goes to a log file in the lab directory, never to the terminal of `lab up`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from lab.layout import HostLayout
+from lab.record import ProcessRecord
+
+_MOUNT_WIREGUARD = 'mkdir -p /run/wireguard && mount --bind "$0" /run/wireguard && exec "$@"'
+
+
+def wgmesh_argv(*args: str) -> list[str]:
+    """Our own CLI under the interpreter running the lab, so the lab works from a venv."""
+    return [sys.executable, "-m", "wgmesh", *args]
+
+
+def in_namespace(namespace: str, argv: Sequence[str]) -> list[str]:
+    return ["ip", "netns", "exec", namespace, *argv]
+
+
+def in_host(host: HostLayout, argv: Sequence[str]) -> list[str]:
+    """`argv` as it must run on `host`: its network namespace plus its private /run/wireguard."""
+    private_mounts = ["unshare", "-m", "--propagation", "private", "sh", "-c", _MOUNT_WIREGUARD]
+    return in_namespace(host.namespace, [*private_mounts, str(host.run_dir), *argv])
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    # The command name may contain spaces and parentheses; the fields after the last ')' do not.
+    return text[text.rfind(")") + 2 :].split()
+
+
+def start_ticks(pid: int) -> int | None:
+    """The kernel start time of a live process; None when it is gone or a zombie."""
+    fields = _stat_fields(pid)
+    if fields is None or fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return ""
+
+
+def is_ours(proc: ProcessRecord, lab_dir: Path) -> bool:
+    """True while the recorded process runs: same pid, same start time, and it names the lab dir."""
+    return start_ticks(proc.pid) == proc.start_ticks and str(lab_dir) in _cmdline(proc.pid)
+
+
+def start(argv: Sequence[str], log: Path) -> ProcessRecord:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    with open(log, "ab") as out:
+        out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} start: {' '.join(argv)}\n".encode())
+        out.flush()
+        popen = subprocess.Popen(
+            list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
+            start_new_session=True,  # survives the `lab up` that started it and its Ctrl-C
+        )  # fmt: skip
+    ticks = start_ticks(popen.pid)
+    # Popen keeps no reference we need: the process outlives this command; zombies are reaped in `end`.
+    return ProcessRecord(pid=popen.pid, start_ticks=ticks or 0, argv=list(argv), log=str(log))
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def _wait_gone(pid: int, ticks: int, deadline: float) -> bool:
+    while time.monotonic() < deadline:
+        _reap(pid)
+        if start_ticks(pid) != ticks:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def end(pid: int, *, ticks: int, grace_s: float = 5.0, sig: signal.Signals = signal.SIGTERM) -> None:
+    """Send `sig` to the process started at `ticks`; SIGKILL it if it is still there after `grace_s`."""
+    if start_ticks(pid) != ticks:
+        _reap(pid)
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+    if _wait_gone(pid, ticks, time.monotonic() + grace_s):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    _wait_gone(pid, ticks, time.monotonic() + 5.0)
+
+
+def end_recorded(
+    proc: ProcessRecord, lab_dir: Path, *, grace_s: float = 5.0, sig: signal.Signals = signal.SIGTERM
+) -> bool:
+    """End a recorded lab process. False when it was not running (or the pid is someone else's now)."""
+    if not is_ours(proc, lab_dir):
+        _reap(proc.pid)
+        return False
+    end(proc.pid, ticks=proc.start_ticks, grace_s=grace_s, sig=sig)
+    return True
+
+
+def end_in_namespace(pids: Sequence[int], grace_s: float = 3.0) -> int:
+    """End processes found inside one of the lab's namespaces (see module rules). Returns how many."""
+    count = 0
+    for pid in pids:
+        ticks = start_ticks(pid)
+        if ticks is not None and pid != os.getpid():
+            end(pid, ticks=ticks, grace_s=grace_s)
+            count += 1
+    return count
+
+
+def peak_memory_kib(pid: int) -> int | None:
+    """VmHWM (peak resident set) of a live process, in KiB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return None
+
+
+def log_tail(path: Path, lines: int = 5) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"
