@@ -1,0 +1,605 @@
+"""The agent daemon: enroll once, then follow the network map and keep the host's interface matching it.
+
+Every I/O edge is injected (`AgentEdges`): the WireGuard backend, the host network (addresses, routes,
+forwarding), the link prober, the HTTP transport to the controller, the clock and the log. Production
+wires real ones in `agent.cli`; component tests wire the fake backend and an in-process controller.
+
+Rules:
+- The data plane never waits for the controller: the cached map is applied at start, and a controller
+  that goes away changes nothing on the interface.
+- Apply is reconcile: read the device, diff against the desired state, apply only the difference.
+  A restart therefore changes nothing and keeps every session.
+- The connection state (connecting / connected / disconnected / rejected) is logged once per change,
+  never once per retry; retries back off exponentially with jitter.
+- Link measurements describe the DIRECT link: a peer routed through a relay is reported with
+  rtt/loss None and only its handshake age.
+- status.json is rewritten (atomically) whenever something in it other than its timestamp changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal, Protocol
+
+import httpx
+
+from agent.backends.base import Backend, BackendError
+from agent.backoff import Backoff
+from agent.client import ControllerClient, ControllerError, ControllerRejected, ControllerUnreachable
+from agent.desired import DesiredState, IPInterface, build_desired, name_endpoints, peer_routes
+from agent.device import Device, IPNetwork
+from agent.eventlog import EventLog
+from agent.probe import Prober
+from agent.reconcile import (
+    Change,
+    FwmarkChanged,
+    ListenPortChanged,
+    PeerAdded,
+    PeerChanged,
+    PeerRemoved,
+    PrivateKeyRotated,
+    diff,
+)
+from agent.state import (
+    AgentState,
+    BackendName,
+    HostKeys,
+    StateError,
+    StatePaths,
+    load_credential,
+    load_netmap,
+    load_or_create_keys,
+    save_credential,
+    save_netmap,
+)
+from agent.status import AgentStatus, ControllerState, PeerView
+from keys.types import WireGuardPublicKey
+from wire.models import EnrollRequest, LinkMeasurement, LinkReport, NetMap, NodeId, enroll_signing_bytes
+
+DEFAULT_INTERFACE = "wg0"
+DEFAULT_LISTEN_PORT = 51820
+DEFAULT_PROBE_INTERVAL_S = 10.0
+DEFAULT_POLL_TIMEOUT_S = 30.0
+RESOLVE_TIMEOUT_S = 5.0
+
+
+class AgentError(RuntimeError):
+    """The agent cannot start; the message is one line saying what to do."""
+
+
+class HostNetwork(Protocol):
+    """The host side of the interface: its addresses, the routes into it, and IP forwarding."""
+
+    async def apply(
+        self, ifname: str, addresses: Sequence[IPInterface], routes: Sequence[IPNetwork], forward: bool
+    ) -> list[str]:
+        """Make `ifname` carry exactly `addresses` and `routes` and set forwarding; return one text per
+        change made (empty: nothing to do)."""
+        ...
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    """What the operator chose on the command line; None means 'what the state dir says, else default'."""
+
+    state_dir: Path
+    controller_url: str | None = None
+    token: str | None = None
+    interface: str | None = None
+    hostname: str | None = None
+    listen_port: int = DEFAULT_LISTEN_PORT
+    endpoints: tuple[str, ...] = ()
+    probe_interval_s: float = DEFAULT_PROBE_INTERVAL_S
+    poll_timeout_s: float = DEFAULT_POLL_TIMEOUT_S
+    down_on_stop: bool = False
+
+
+@dataclass
+class AgentEdges:
+    backend: Backend
+    host_network: HostNetwork
+    prober: Prober
+    log: EventLog
+    transport: httpx.AsyncBaseTransport | None = None  # None: real sockets
+    clock: Callable[[], float] = time.time
+    backoff: Backoff = field(default_factory=Backoff)
+
+
+_CHANGE_EVENTS: dict[type, str] = {
+    PeerAdded: "peer_added",
+    PeerRemoved: "peer_removed",
+    PeerChanged: "peer_changed",
+    ListenPortChanged: "listen_port_changed",
+    FwmarkChanged: "fwmark_changed",
+    PrivateKeyRotated: "private_key_set",
+}
+
+
+def _short_error(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+class Agent:
+    """One host's agent. `start()` enrolls or loads, attaches the interface and applies the cached map;
+    `serve(stop)` follows the controller until `stop` is set; `shutdown()` leaves (or removes) the
+    interface and marks the status stopped. `run(stop)` does all three."""
+
+    def __init__(self, settings: AgentSettings, edges: AgentEdges) -> None:
+        self.settings = settings
+        self.edges = edges
+        self.log = edges.log
+        self.paths = StatePaths(settings.state_dir)
+        self.keys: HostKeys | None = None
+        self.state: AgentState | None = None
+        self.client: ControllerClient | None = None
+        self.netmap: NetMap | None = None
+        self.netmap_source: str | None = None
+        self.controller: ControllerState = "connecting"
+        self.controller_since: float | None = None
+        self.last_error: str | None = None
+        self.measurements: dict[NodeId, LinkMeasurement] = {}
+        self._device: Device | None = None
+        self._pending: tuple[NetMap, str] | None = None  # a map the data plane refused, to retry
+        self._names: dict[WireGuardPublicKey, str] = {}
+        self._status: AgentStatus | None = None
+        self._apply_lock = asyncio.Lock()
+        self._disconnected_at: float | None = None
+        self._report_error: str | None = None
+
+    @property
+    def ifname(self) -> str:
+        assert self.state is not None
+        return self.state.interface
+
+    # --- lifecycle ----------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.start()
+        try:
+            await self.serve(stop)
+        finally:
+            await self.shutdown()
+
+    async def start(self) -> None:
+        """Keys, enrollment (first start only), interface, and the cached map. AgentError on failure."""
+        try:
+            self.keys, created = load_or_create_keys(self.settings.state_dir)
+        except (StateError, OSError) as e:
+            raise AgentError(_short_error(e)) from None
+        self.log.add_secret(self.keys.wireguard)
+        self.log.add_secret(self.keys.identity)
+        if self.settings.token:
+            self.log.add_secret(self.settings.token)
+        if created:
+            self.log.info(
+                "keys_generated",
+                state_dir=self.settings.state_dir,
+                wg_public_key=self.keys.wireguard.public_key(),
+            )
+        self.state = await self._load_or_enroll()
+        self.log.node = self.state.name
+        credential = self._load_credential()
+        self.log.add_secret(credential)
+        self.client = ControllerClient(
+            self.state.controller_url, credential=credential, transport=self.edges.transport
+        )
+        try:
+            await asyncio.to_thread(self.edges.backend.create, self.ifname)
+        except BackendError as e:
+            raise AgentError(f"cannot create interface {self.ifname}: {_short_error(e)}") from None
+        self.log.info(
+            "started",
+            interface=self.ifname,
+            backend=self.edges.backend.name,
+            node_id=self.state.node_id,
+            tunnel_address=self.state.tunnel_address,
+            controller=self.state.controller_url,
+            pid=os.getpid(),
+        )
+        try:
+            cached = load_netmap(self.settings.state_dir)
+        except StateError as e:
+            self.log.warning("cache_unreadable", error=_short_error(e))
+            cached = None
+        if cached is not None:
+            await self.apply(cached, source="cache")
+        self._write_status()
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        tasks = [
+            asyncio.create_task(self._follow_netmap(), name="netmap"),
+            asyncio.create_task(self._measure_links(), name="links"),
+        ]
+        stopper = asyncio.create_task(stop.wait(), name="stop")
+        try:
+            done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is not stopper and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]  # a loop died: surface it
+        finally:
+            for task in [stopper, *tasks]:
+                task.cancel()
+            await asyncio.gather(stopper, *tasks, return_exceptions=True)
+
+    async def shutdown(self) -> None:
+        async with self._apply_lock:  # let an apply running in a worker thread finish first
+            pass
+        if self.client is not None:
+            await self.client.aclose()
+        if self.state is None:
+            return
+        if self.settings.down_on_stop:
+            try:
+                await asyncio.to_thread(self.edges.backend.delete, self.ifname)
+                self.log.info("interface_removed", interface=self.ifname)
+            except BackendError as e:
+                self.log.error("interface_remove_failed", interface=self.ifname, error=_short_error(e))
+        self._write_status(running=False)
+        self.log.info("stopped", interface=self.ifname, interface_kept=not self.settings.down_on_stop)
+
+    # --- enrollment ---------------------------------------------------------------------------------
+
+    async def _load_or_enroll(self) -> AgentState:
+        assert self.keys is not None
+        try:
+            state = AgentState.load(self.settings.state_dir)
+        except StateError as e:
+            if self.paths.node.exists():
+                raise AgentError(_short_error(e)) from None
+            return await self._enroll()
+        if self.settings.token:
+            self.log.info("already_enrolled", name=state.name, node_id=state.node_id, note="--token ignored")
+        update: dict[str, object] = {"backend": self._backend_name()}
+        if self.settings.controller_url and self.settings.controller_url != state.controller_url:
+            update["controller_url"] = self.settings.controller_url
+        if self.settings.interface and self.settings.interface != state.interface:
+            update["interface"] = self.settings.interface
+        new_state = state.model_copy(update=update)
+        if new_state != state:
+            new_state.save(self.settings.state_dir)
+        return new_state
+
+    def _backend_name(self) -> BackendName:
+        name = self.edges.backend.name
+        if name not in ("kernel", "userspace", "fake"):
+            raise AgentError(f"backend {name!r} is not one the state dir can record")
+        return name  # type: ignore[return-value]  # checked just above
+
+    async def _enroll(self) -> AgentState:
+        assert self.keys is not None
+        url, token = self.settings.controller_url, self.settings.token
+        if not url or not token:
+            raise AgentError(
+                f"this host has not enrolled yet ({self.paths.node} is missing): "
+                "give --controller URL and --token PRE-AUTH-KEY"
+            )
+        hostname = self.settings.hostname or "localhost"
+        unsigned = EnrollRequest(
+            preauth_key=token,
+            hostname=hostname,
+            wg_public_key=self.keys.wireguard.public_key(),
+            identity_public_key=self.keys.identity.public_key(),
+            endpoints=list(self.settings.endpoints),
+            listen_port=self.settings.listen_port,
+            signature="",
+        )
+        signature = base64.b64encode(self.keys.identity.sign(enroll_signing_bytes(unsigned))).decode()
+        request = unsigned.model_copy(update={"signature": signature})
+        async with ControllerClient(url, transport=self.edges.transport) as client:
+            try:
+                response = await client.enroll(request)
+            except ControllerError as e:
+                raise AgentError(f"enrollment with {url} failed: {_short_error(e)}") from None
+        self.log.add_secret(response.node_credential)
+        save_credential(self.settings.state_dir, response.node_credential)
+        state = AgentState(
+            node_id=response.node_id,
+            name=response.name,
+            tunnel_address=response.tunnel_address,
+            mesh_cidr=response.mesh_cidr,
+            controller_url=url,
+            interface=self.settings.interface or DEFAULT_INTERFACE,
+            backend=self._backend_name(),
+            listen_port=self.settings.listen_port,
+            enrolled_at=datetime.fromtimestamp(self.edges.clock(), UTC),
+        )
+        state.save(self.settings.state_dir)  # written last: its presence means "enrolled"
+        self.log.node = state.name
+        self.log.info(
+            "enrolled",
+            node_id=state.node_id,
+            tunnel_address=state.tunnel_address,
+            mesh_cidr=state.mesh_cidr,
+            controller=url,
+        )
+        return state
+
+    def _load_credential(self) -> str:
+        try:
+            return load_credential(self.settings.state_dir)
+        except StateError as e:
+            raise AgentError(_short_error(e)) from None
+
+    # --- applying a map -----------------------------------------------------------------------------
+
+    async def apply(self, netmap: NetMap, source: str) -> bool:
+        """Make the host match `netmap`. Returns False (and logs why) when the data plane refused."""
+        assert self.keys is not None and self.state is not None
+        async with self._apply_lock:
+            for peer in netmap.peers:
+                self._names[peer.wg_public_key] = peer.name
+            try:
+                resolved = await self._resolve(name_endpoints(netmap))
+                desired = build_desired(netmap, self.keys.wireguard, resolved)
+                changes = await asyncio.to_thread(self._reconcile_device, desired)
+                host_changes = await self.edges.host_network.apply(
+                    self.ifname, desired.addresses, desired.routes, desired.forward
+                )
+            except (BackendError, OSError, ValueError) as e:
+                self.last_error = _short_error(e)
+                self._pending = (netmap, source)
+                self.log.error("apply_failed", serial=netmap.serial, source=source, error=self.last_error)
+                self._write_status()
+                return False
+            for change in changes:
+                self._log_change(change)
+            for text in host_changes:
+                self.log.info("host_network_changed", interface=self.ifname, detail=text)
+            total = len(changes) + len(host_changes)
+            if self.netmap is None or netmap.serial != self.netmap.serial or total:
+                self.log.info(
+                    "netmap_applied",
+                    serial=netmap.serial,
+                    source=source,
+                    peers=len(netmap.peers),
+                    changes=total,
+                    forward=netmap.forward,
+                )
+            previous = self.netmap
+            self.netmap, self.netmap_source = netmap, source
+            self.last_error = None
+            self._pending = None
+            if source == "controller" and netmap != previous:
+                save_netmap(self.settings.state_dir, netmap)
+            self._write_status()
+            return True
+
+    def _reconcile_device(self, desired: DesiredState) -> tuple[Change, ...]:
+        """In a worker thread: read, diff, apply the difference. Creates the interface if it vanished."""
+        backend, ifname = self.edges.backend, self.ifname
+        if not backend.exists(ifname):
+            backend.create(ifname)
+        current = backend.read(ifname)
+        reconciliation = diff(current, desired.device)
+        if not reconciliation.is_empty():
+            backend.apply(ifname, reconciliation.update)
+        self._device = backend.read(ifname) if not reconciliation.is_empty() else current
+        return reconciliation.changes
+
+    def _log_change(self, change: Change) -> None:
+        event = _CHANGE_EVENTS.get(type(change), "device_changed")
+        key = getattr(change, "public_key", None)
+        if isinstance(key, WireGuardPublicKey):
+            self.log.info(event, peer=self._names.get(key, "?"), detail=str(change))
+        else:
+            self.log.info(event, interface=self.ifname, detail=str(change))
+
+    async def _resolve(self, endpoints: list[str]) -> dict[str, str | None]:
+        """Host-name endpoints to 'ip:port'; None for a name that does not resolve (logged)."""
+        loop = asyncio.get_running_loop()
+        result: dict[str, str | None] = {}
+        for endpoint in endpoints:
+            host, _, port = endpoint.rpartition(":")
+            try:
+                infos = await asyncio.wait_for(
+                    loop.getaddrinfo(host, int(port), type=socket.SOCK_DGRAM), RESOLVE_TIMEOUT_S
+                )
+                address = str(infos[0][4][0])
+                result[endpoint] = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+            except (OSError, TimeoutError, IndexError) as e:
+                self.log.warning("endpoint_unresolved", endpoint=endpoint, error=_short_error(e))
+                result[endpoint] = None
+        return result
+
+    # --- following the controller -------------------------------------------------------------------
+
+    async def _follow_netmap(self) -> None:
+        assert self.client is not None
+        fresh = True  # after start and after a failure, ask for the whole map right away
+        backoff = self.edges.backoff
+        while True:
+            since = 0 if fresh or self.netmap is None else self.netmap.serial
+            timeout = 0.0 if fresh else self.settings.poll_timeout_s
+            try:
+                netmap = await self.client.netmap(since=since, timeout_s=timeout)
+            except ControllerRejected as e:
+                self._set_controller("rejected", e)
+                fresh = True
+                await asyncio.sleep(backoff.next_delay())
+                continue
+            except ControllerError as e:
+                self._set_controller("disconnected", e)
+                fresh = True
+                await asyncio.sleep(backoff.next_delay())
+                continue
+            backoff.reset()
+            fresh = False
+            self._set_controller("connected")
+            if netmap is not None:
+                await self.apply(netmap, source="controller")
+
+    def _set_controller(self, state: ControllerState, error: BaseException | None = None) -> None:
+        """Record the connection state; log and write status only when it changes."""
+        if state == self.controller:
+            return
+        now = self.edges.clock()
+        previous, self.controller, self.controller_since = self.controller, state, now
+        url = self.state.controller_url if self.state else None
+        if state == "connected":
+            if previous == "connecting":
+                self.log.info("controller_connected", controller=url)
+            else:
+                away = now - self._disconnected_at if self._disconnected_at is not None else None
+                self.log.info("controller_reconnected", controller=url, away_s=away)
+            self._disconnected_at = None
+        elif state == "disconnected":
+            if self._disconnected_at is None:
+                self._disconnected_at = now
+            note = "keeping the data plane; retrying with backoff"
+            if previous == "connecting" and self.netmap_source == "cache":
+                note = "running from the cached map; retrying with backoff"
+            self.log.warning(
+                "controller_disconnected",
+                controller=url,
+                error=_short_error(error) if error else None,
+                note=note,
+            )
+        else:
+            if self._disconnected_at is None:
+                self._disconnected_at = now
+            self.log.error(
+                "controller_rejected",
+                controller=url,
+                error=_short_error(error) if error else None,
+                note="this node's credential is refused (removed from the mesh?); retrying with backoff",
+            )
+        self._write_status()
+
+    # --- link measurements --------------------------------------------------------------------------
+
+    async def _measure_links(self) -> None:
+        assert self.client is not None
+        while True:
+            await asyncio.sleep(self.settings.probe_interval_s)
+            if self._pending is not None:
+                await self.apply(*self._pending)
+            if self.netmap is None:
+                continue
+            report = await self.measure()
+            self._write_status()
+            if not report.measurements:
+                continue
+            try:
+                await self.client.report_links(report)
+            except ControllerRejected as e:
+                if e.status in (401, 403):
+                    self._set_controller("rejected", e)
+                elif self._report_error != e.detail:
+                    self._report_error = e.detail
+                    self.log.warning("link_report_refused", error=_short_error(e))
+            except ControllerUnreachable as e:
+                self._set_controller("disconnected", e)
+            else:
+                self._report_error = None
+                self._set_controller("connected")
+
+    async def measure(self) -> LinkReport:
+        """Probe the directly routed peers and read handshake ages from the device."""
+        netmap = self.netmap
+        assert netmap is not None
+        routes = peer_routes(netmap)
+        try:
+            self._device = await asyncio.to_thread(self.edges.backend.read, self.ifname)
+        except BackendError as e:
+            self._pending = self._pending or (netmap, self.netmap_source or "cache")
+            if self.last_error != _short_error(e):
+                self.last_error = _short_error(e)
+                self.log.error("device_unreadable", interface=self.ifname, error=self.last_error)
+        direct = [r.peer for r in routes.values() if r.kind == "direct"]
+        results = await self.edges.prober.probe([p.tunnel_address for p in direct])
+        now = self.edges.clock()
+        measurements = {}
+        for route in routes.values():
+            peer = route.peer
+            handshake = self._handshake(peer.wg_public_key)
+            age = max(0.0, now - handshake) if handshake is not None else None
+            result = results.get(peer.tunnel_address) if route.kind == "direct" else None
+            measurements[peer.node_id] = LinkMeasurement(
+                peer_id=peer.node_id,
+                rtt_ms=result.rtt_ms if result is not None else None,
+                loss=result.loss if result is not None else None,
+                handshake_age_s=age,
+            )
+        self.measurements = measurements
+        return LinkReport(measurements=list(measurements.values()))
+
+    def _handshake(self, key: WireGuardPublicKey) -> float | None:
+        if self._device is None:
+            return None
+        status = self._device.peers.get(key)
+        return status.last_handshake if status is not None else None
+
+    # --- status -------------------------------------------------------------------------------------
+
+    def build_status(self, running: bool = True) -> AgentStatus:
+        assert self.state is not None
+        netmap = self.netmap
+        peers: list[PeerView] = []
+        if netmap is not None:
+            for route in peer_routes(netmap).values():
+                peer = route.peer
+                live = self._device.peers.get(peer.wg_public_key) if self._device is not None else None
+                measured = self.measurements.get(peer.node_id)
+                peers.append(
+                    PeerView(
+                        node_id=peer.node_id,
+                        name=peer.name,
+                        tunnel_address=peer.tunnel_address,
+                        wg_public_key=peer.wg_public_key.base64(),
+                        endpoint=(live.config.endpoint if live is not None else None)
+                        or (peer.endpoints[0] if peer.endpoints else None),
+                        latest_handshake=live.last_handshake if live is not None else None,
+                        rx_bytes=live.rx_bytes if live is not None else 0,
+                        tx_bytes=live.tx_bytes if live is not None else 0,
+                        rtt_ms=measured.rtt_ms if measured is not None else None,
+                        loss=measured.loss if measured is not None else None,
+                        route=route.kind,
+                        via=route.via.name if route.via is not None else None,
+                    )
+                )
+        return AgentStatus(
+            node_id=self.state.node_id,
+            name=netmap.node.name if netmap is not None else self.state.name,
+            tunnel_address=self.state.tunnel_address,
+            mesh_cidr=self.state.mesh_cidr,
+            interface=self.ifname,
+            backend=self.edges.backend.name,
+            controller_url=self.state.controller_url,
+            controller=self.controller,
+            controller_since=self.controller_since,
+            serial=netmap.serial if netmap is not None else None,
+            netmap_source=self._source_label(),
+            forward=netmap.forward if netmap is not None else False,
+            running=running,
+            pid=os.getpid() if running else None,
+            last_error=self.last_error,
+            updated_at=self.edges.clock(),
+            peers=sorted(peers, key=lambda p: p.node_id),
+        )
+
+    def _source_label(self) -> Literal["controller", "cache"] | None:
+        if self.netmap is None:
+            return None
+        return "cache" if self.netmap_source == "cache" else "controller"
+
+    def _write_status(self, running: bool = True) -> None:
+        if self.state is None:
+            return
+        status = self.build_status(running)
+        if status.same_as(self._status):
+            return
+        try:
+            status.save(self.paths.status)
+        except OSError as e:
+            self.log.error("status_write_failed", path=self.paths.status, error=_short_error(e))
+            return
+        self._status = status
