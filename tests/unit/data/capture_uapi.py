@@ -24,8 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
-from agent.backends.userspace import UserspaceBackend, uapi_request  # noqa: E402
-from keys.types import PresharedKey, WireGuardPrivateKey  # noqa: E402
+from agent.backends.userspace import UserspaceBackend, uapi_request
+from keys.types import PresharedKey, WireGuardPrivateKey
 
 OUT = Path(__file__).resolve().parent
 NS = ("wgt2capa", "wgt2capb")
