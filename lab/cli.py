@@ -79,6 +79,11 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     up = sub.add_parser("up", parents=[common], help="build the lab and wait for a complete mesh")
     up.add_argument("-n", "--hosts", type=_host_count, default=3, help="number of hosts (default 3)")
     up.add_argument("--timeout", type=float, help="seconds to wait for the mesh (default 60 + 6 per host)")
+    up.add_argument(
+        "--underlay-only",
+        action="store_true",
+        help="only the namespaces and the underlay: no controller, no agents",
+    )
 
     sub.add_parser("status", parents=[common], help="hosts, processes, handshakes and log files")
     ping = sub.add_parser(
@@ -180,6 +185,19 @@ def _up(name: str, hosts: int, timeout: float | None) -> tuple[Lab | None, bool]
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    if args.underlay_only:
+        started = time.monotonic()
+        lab = Lab.create(args.name, args.hosts, mesh=False)
+        print(
+            f"underlay of {args.hosts} hosts built in {time.monotonic() - started:.1f} s (no controller, no agents)"
+        )
+        print(
+            render.table(
+                ["host", "namespace", "underlay"],
+                [[h.name, h.namespace, h.underlay_address] for h in lab.hosts],
+            )
+        )
+        return 0
     lab, complete = _up(args.name, args.hosts, args.timeout)
     if lab is None or not complete:
         return 1

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from lab import firewall, netns, processes
 from lab.command import LabError, check_can_run_lab, run
 from lab.layout import MESH_CIDR, WG_INTERFACE, WG_LISTEN_PORT, HostLayout, LabLayout, host_index
-from lab.observe import MeshView, PingResult, observe, ping_matrix
+from lab.observe import MeshView, PingResult, observe, ping_matrix, ping_once
 from lab.record import HostRecord, LabRecord, ProcessRecord, load, save
 from lab.underlay_http import request
 from wire.models import Topology
@@ -58,9 +58,10 @@ class Lab:
         return cls(layout, load(layout))
 
     @classmethod
-    def create(cls, name: str, hosts: int, progress: Progress = _quiet) -> Lab:
+    def create(cls, name: str, hosts: int, progress: Progress = _quiet, *, mesh: bool = True) -> Lab:
         """Build the underlay, `hosts` hosts, the controller and one agent per host; does not wait for
-        the mesh (see `wait_for_mesh`). On failure the lab is left for `lab down` to remove."""
+        the mesh (see `wait_for_mesh`). With mesh=False only the namespaces and the underlay are built
+        (no controller, no agents). On failure the lab is left for `lab down` to remove."""
         check_can_run_lab()
         layout = LabLayout(name)
         if hosts < 1:
@@ -78,6 +79,8 @@ class Lab:
         for h in host_layouts:
             progress(f"creating host namespaces {h.index}/{hosts}")
             lab._create_host(h)
+        if not mesh:
+            return lab
         progress("starting the controller")
         lab.start_controller()
         lab.ensure_preauth_key()
@@ -274,6 +277,13 @@ class Lab:
     def tunnel_addresses(self, names: Sequence[str] | None = None) -> dict[str, IPv4Address | None]:
         hosts = [self.host(n) for n in names] if names else self.hosts
         return {h.name: netns.interface_ipv4(h.namespace, WG_INTERFACE) for h in hosts}
+
+    def ping(self, source: str, target: str, *, timeout_s: float = 1.0, attempts: int = 1) -> float | None:
+        """RTT in ms of an echo from `source` to `target`'s tunnel address; None: no answer or no address."""
+        address = netns.interface_ipv4(self.host(target).namespace, WG_INTERFACE)
+        if address is None:
+            return None
+        return ping_once(self.host(source).namespace, address, timeout_s, attempts)
 
     def ping_matrix(
         self, names: Sequence[str] | None = None, *, timeout_s: float = 1.0, attempts: int = 2
