@@ -187,14 +187,14 @@ def _up(name: str, hosts: int, timeout: float | None) -> tuple[Lab | None, bool]
 def cmd_up(args: argparse.Namespace) -> int:
     if args.underlay_only:
         started = time.monotonic()
-        lab = Lab.create(args.name, args.hosts, mesh=False)
+        bare = Lab.create(args.name, args.hosts, mesh=False)
         print(
             f"underlay of {args.hosts} hosts built in {time.monotonic() - started:.1f} s (no controller, no agents)"
         )
         print(
             render.table(
                 ["host", "namespace", "underlay"],
-                [[h.name, h.namespace, h.underlay_address] for h in lab.hosts],
+                [[h.name, h.namespace, h.underlay_address] for h in bare.hosts],
             )
         )
         return 0
