@@ -212,6 +212,16 @@ def _agent_cell(lab: Lab, name: str) -> str:
     return f"{state.pid} {'running' if state.running else 'STOPPED'}"
 
 
+def _agent_view(lab: Lab, name: str) -> tuple[str, str, str]:
+    """(controller as the agent sees it, applied map, relayed peers) from the agent's status.json."""
+    status = lab.agent_status(name)
+    if status is None:
+        return "-", "-", "-"
+    netmap = f"#{status.serial} ({status.netmap_source})" if status.serial is not None else "none"
+    relayed = ",".join(f"{p.name} via {p.via}" for p in status.peers if p.route == "relay") or "-"
+    return status.controller, netmap, relayed
+
+
 def _hosts_table(lab: Lab, view: MeshView) -> str:
     hosts = {h.name: h for h in lab.hosts}
     rows = []
@@ -221,23 +231,25 @@ def _hosts_table(lab: Lab, view: MeshView) -> str:
         shaken = sum(
             1 for other in view.hosts if other.name != hv.name and view.handshake_time(hv.name, other.name)
         )
-        cut = ",".join(lab.cut_from(hv.name)) or "-"
+        controller, netmap, relayed = _agent_view(lab, hv.name)
         rows.append(
             [
                 hv.name,
                 host.underlay_address,
                 hv.tunnel_address,
                 _agent_cell(lab, hv.name),
+                controller,
+                netmap,
                 "up" if hv.device else "DOWN",
                 peers,
                 f"{shaken}/{len(view.hosts) - 1}",
-                cut,
+                relayed,
+                ",".join(lab.cut_from(hv.name)) or "-",
                 host.agent_log,
             ]
         )
-    return render.table(
-        ["host", "underlay", "tunnel", "agent", "wg0", "peers", "handshakes", "cut from", "log"], rows
-    )
+    headers = ["host", "underlay", "tunnel", "agent", "controller", "map", "wg0", "peers", "handshakes"]
+    return render.table([*headers, "relayed", "cut from", "log"], rows)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -21,6 +21,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from agent.state import StatePaths
+from agent.status import AgentStatus, StatusError
 from lab import firewall, netns, processes
 from lab.command import LabError, check_can_run_lab, run
 from lab.layout import MESH_CIDR, WG_INTERFACE, WG_LISTEN_PORT, HostLayout, LabLayout, host_index
@@ -31,6 +33,8 @@ from wire.models import Topology
 
 Progress = Callable[[str], None]
 CONTROLLER_READY_TIMEOUT_S = 30.0
+# Faster than the agent's default (10 s) so a cut link shows in the measurements within seconds.
+AGENT_PROBE_INTERVAL_S = 2.0
 NUDGE_EVERY_S = 2.0
 
 
@@ -212,6 +216,7 @@ class Lab:
             "--listen-port", str(WG_LISTEN_PORT),
             "--endpoint", host.endpoint,
             "--hostname", host.name,
+            "--probe-interval", f"{AGENT_PROBE_INTERVAL_S:g}",
         )  # fmt: skip
 
     def start_agent(self, name: str) -> bool:
@@ -232,6 +237,13 @@ class Lab:
             return False
         sig = signal.SIGKILL if kill else signal.SIGTERM
         return processes.end_recorded(agent, self.layout.dir, sig=sig)
+
+    def agent_status(self, name: str) -> AgentStatus | None:
+        """What the host's agent last wrote to its status.json; None before it wrote one."""
+        try:
+            return AgentStatus.load(StatePaths(self.host(name).state_dir).status)
+        except StatusError:
+            return None
 
     def delete_interface(self, name: str) -> None:
         """Remove the host's wg0 (its wireguard-go exits with it), as after a reboot."""
