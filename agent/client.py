@@ -13,6 +13,7 @@ Secrets (pre-auth key, node credential) go in bodies and headers only, never in 
 from __future__ import annotations
 
 import json
+import os
 from typing import Any, TypeVar
 
 import httpx
@@ -168,6 +169,8 @@ def _reason(error: httpx.HTTPError) -> str:
     cause: BaseException | None = error
     # the innermost OSError says it best ("Connection refused", "No route to host")
     while cause is not None:
+        if isinstance(cause, OSError) and cause.errno:
+            return os.strerror(cause.errno)
         if isinstance(cause, OSError) and cause.strerror:
             return cause.strerror
         cause = cause.__cause__ or cause.__context__

@@ -86,6 +86,31 @@ class HostNetwork(Protocol):
         ...
 
 
+class InMemoryHostNetwork:
+    """The host network of a dry run (`--backend fake`): remembers what it was asked for, touches
+    nothing, and reports changes the way the real one does."""
+
+    def __init__(self) -> None:
+        self.addresses: dict[str, tuple[IPInterface, ...]] = {}
+        self.routes: dict[str, tuple[IPNetwork, ...]] = {}
+        self.forward: dict[str, bool] = {}
+
+    async def apply(
+        self, ifname: str, addresses: Sequence[IPInterface], routes: Sequence[IPNetwork], forward: bool
+    ) -> list[str]:
+        changes = []
+        old_addresses, old_routes = self.addresses.get(ifname, ()), self.routes.get(ifname, ())
+        changes += [f"address {a} removed" for a in old_addresses if a not in addresses]
+        changes += [f"address {a} added" for a in addresses if a not in old_addresses]
+        changes += [f"route {r} removed" for r in old_routes if r not in routes]
+        changes += [f"route {r} added" for r in routes if r not in old_routes]
+        if self.forward.get(ifname, False) != forward:
+            changes.append(f"forwarding {'on' if forward else 'off'}")
+        self.addresses[ifname], self.routes[ifname] = tuple(addresses), tuple(routes)
+        self.forward[ifname] = forward
+        return changes
+
+
 @dataclass(frozen=True)
 class AgentSettings:
     """What the operator chose on the command line; None means 'what the state dir says, else default'."""

@@ -1,0 +1,349 @@
+"""`wgmesh agent`: up (run the daemon), down (remove the interface), status (peers table), export
+(wg-quick file).
+
+This is the entry point that builds the settings once and wires the real I/O edges into the daemon.
+A user mistake (bad argument, unreadable state, unreachable controller at enrollment) is one line on
+stderr and a non-zero exit, never a traceback: 2 for bad usage, 1 for everything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+from urllib.parse import urlsplit
+
+from pydantic import TypeAdapter, ValidationError
+
+from agent.backends import BACKEND_NAMES, BackendError, open_backend
+from agent.daemon import (
+    DEFAULT_LISTEN_PORT,
+    DEFAULT_POLL_TIMEOUT_S,
+    DEFAULT_PROBE_INTERVAL_S,
+    Agent,
+    AgentEdges,
+    AgentError,
+    AgentSettings,
+    HostNetwork,
+    InMemoryHostNetwork,
+)
+from agent.eventlog import EventLog
+from agent.probe import IcmpProber
+from agent.state import DEFAULT_STATE_DIR, AgentState, StateError, StatePaths
+from agent.status import AgentStatus, StatusError, render_table, with_live_device
+from wire.fields import Hostname, parse_endpoint
+
+IFNAME_MAX = 15
+
+
+class UsageError(Exception):
+    """Bad command-line input; the message is the one line shown."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad argument as one line (no usage dump) and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
+# --- argument checks (each raises argparse.ArgumentTypeError with one clear line) -------------------
+
+
+def _controller_url(text: str) -> str:
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise argparse.ArgumentTypeError(f"controller URL {text!r}: expected http(s)://HOST[:PORT]")
+    try:
+        _ = parts.port
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"controller URL {text!r}: bad port") from None
+    if parts.query or parts.fragment or parts.username:
+        raise argparse.ArgumentTypeError(f"controller URL {text!r}: no user, query or fragment allowed")
+    return text.rstrip("/")
+
+
+def _token(text: str) -> str:
+    if len(text.strip()) < 8 or any(c.isspace() for c in text):
+        raise argparse.ArgumentTypeError("pre-auth key: expected the key `wgmesh controller` printed")
+    return text
+
+
+def _ifname(text: str) -> str:
+    if not text or len(text) > IFNAME_MAX or any(c in text for c in "/ \t\n:") or text in (".", ".."):
+        raise argparse.ArgumentTypeError(
+            f"interface name {text!r}: 1-{IFNAME_MAX} characters, no '/', ':' or spaces"
+        )
+    return text
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"port {text!r}: must be 1-65535")
+    return int(text)
+
+
+def _endpoint(text: str) -> str:
+    try:
+        parse_endpoint(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+_HOSTNAME = TypeAdapter(Hostname)
+
+
+def _hostname(text: str) -> str:
+    try:
+        return str(_HOSTNAME.validate_python(text))
+    except ValidationError:
+        raise argparse.ArgumentTypeError(
+            f"hostname {text!r}: letters, digits, '-' and '.', at most 253 characters"
+        ) from None
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number of seconds") from None
+    if not 0.1 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be between 0.1 and 3600 seconds")
+    return value
+
+
+def _poll_seconds(text: str) -> float:
+    value = _seconds(text)
+    if value > 300:
+        raise argparse.ArgumentTypeError(f"{text!r}: the controller holds a poll at most 300 seconds")
+    return value
+
+
+# --- the parser -------------------------------------------------------------------------------------
+
+
+def build_parser(prog: str) -> argparse.ArgumentParser:
+    parser = _Parser(prog=prog, description="Run and inspect the wgmesh agent of this host.")
+    sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    def state_dir(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--state-dir",
+            type=Path,
+            default=DEFAULT_STATE_DIR,
+            help=f"keys, enrollment and cached map (default {DEFAULT_STATE_DIR})",
+        )
+
+    up = sub.add_parser("up", help="enroll (first start) and run the agent until SIGTERM")
+    up.add_argument("--controller", type=_controller_url, help="controller URL (first start; later: stored)")
+    up.add_argument("--token", type=_token, help="pre-auth key (first start only)")
+    up.add_argument("--interface", type=_ifname, help="WireGuard interface (default wg0, or the stored one)")
+    up.add_argument(
+        "--backend",
+        choices=BACKEND_NAMES,
+        default="auto",
+        help="WireGuard implementation (default auto: kernel module if present, else wireguard-go)",
+    )
+    state_dir(up)
+    up.add_argument("--listen-port", type=_port, default=DEFAULT_LISTEN_PORT, help="UDP port (enrollment)")
+    up.add_argument(
+        "--endpoint",
+        type=_endpoint,
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="underlay address peers reach this host at (repeatable; enrollment)",
+    )
+    up.add_argument("--hostname", type=_hostname, help="name to enroll under (default: this host's name)")
+    up.add_argument(
+        "--probe-interval",
+        type=_seconds,
+        default=DEFAULT_PROBE_INTERVAL_S,
+        metavar="S",
+        help=f"seconds between link probes and reports (default {DEFAULT_PROBE_INTERVAL_S:g})",
+    )
+    up.add_argument(
+        "--poll-timeout",
+        type=_poll_seconds,
+        default=DEFAULT_POLL_TIMEOUT_S,
+        metavar="S",
+        help=f"seconds the controller may hold a map request (default {DEFAULT_POLL_TIMEOUT_S:g})",
+    )
+    up.add_argument("--down", action="store_true", help="remove the interface when the agent stops")
+
+    down = sub.add_parser("down", help="remove this host's WireGuard interface")
+    state_dir(down)
+    down.add_argument("--interface", type=_ifname, help="interface (default: the stored one)")
+    down.add_argument("--backend", choices=BACKEND_NAMES, help="backend (default: the stored one)")
+
+    status = sub.add_parser("status", help="peers, handshakes, transfer, RTT and routes")
+    state_dir(status)
+    status.add_argument("--json", action="store_true", help="print status.json (with live counters)")
+
+    export = sub.add_parser("export", help="the current interface as a wg-quick file (mode 0600)")
+    state_dir(export)
+    export.add_argument("--output", type=Path, help="file to write (default: stdout)")
+    return parser
+
+
+def main(argv: Sequence[str], prog: str = "wgmesh agent") -> int:
+    args = build_parser(prog).parse_args(list(argv))
+    command = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "export": cmd_export}[args.cmd]
+    try:
+        return command(args)
+    except (AgentError, StateError, StatusError, BackendError, UsageError) as e:
+        print(f"{prog} {args.cmd}: {e}", file=sys.stderr)
+        return 1
+
+
+# --- up -----------------------------------------------------------------------------------------------
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    state_dir: Path = args.state_dir
+    stored = _stored_state(state_dir)
+    backend_name = args.backend
+    if backend_name == "auto" and stored is not None:
+        backend_name = stored.backend
+    settings = AgentSettings(
+        state_dir=state_dir,
+        controller_url=args.controller,
+        token=args.token,
+        interface=args.interface,
+        hostname=args.hostname or _default_hostname(),
+        listen_port=args.listen_port,
+        endpoints=tuple(args.endpoint),
+        probe_interval_s=args.probe_interval,
+        poll_timeout_s=args.poll_timeout,
+        down_on_stop=args.down,
+    )
+    if stored is None and not (args.controller and args.token):
+        raise UsageError(
+            f"this host has not enrolled yet ({StatePaths(state_dir).node} is missing): "
+            "give --controller URL and --token PRE-AUTH-KEY"
+        )
+    try:
+        backend = open_backend(backend_name)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    log = EventLog(sys.stderr)
+    edges = AgentEdges(
+        backend=backend, host_network=_host_network(backend.name), prober=IcmpProber(), log=log
+    )
+    return asyncio.run(_serve(Agent(settings, edges)))
+
+
+async def _serve(agent: Agent) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await agent.run(stop)
+    return 0
+
+
+def _host_network(backend_name: str) -> HostNetwork:
+    """The fake backend is a dry run: no interface exists, so the host network is not touched."""
+    if backend_name == "fake":
+        return InMemoryHostNetwork()
+    raise UsageError("host networking is not wired yet")  # TODO(wga4): agent.hostnet
+
+
+def _stored_state(state_dir: Path) -> AgentState | None:
+    """The stored enrollment, None when there is none; a corrupt node.json is an error."""
+    if not StatePaths(state_dir).node.exists():
+        return None
+    return AgentState.load(state_dir)
+
+
+def _default_hostname() -> str:
+    name = socket.gethostname().split(".")[0]
+    try:
+        return _hostname(name)
+    except argparse.ArgumentTypeError:
+        return "host"
+
+
+# --- down ---------------------------------------------------------------------------------------------
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    stored = _stored_state(args.state_dir)
+    ifname = args.interface or (stored.interface if stored else None)
+    backend_name = args.backend or (stored.backend if stored else None)
+    if ifname is None or backend_name is None:
+        raise UsageError(
+            f"{StatePaths(args.state_dir).node} is missing: name the interface with --interface and --backend"
+        )
+    running = _running_agent_pid(args.state_dir)
+    if running is not None:
+        raise UsageError(
+            f"the agent (pid {running}) still runs and would bring {ifname} back: "
+            "stop it first (or run it with --down)"
+        )
+    backend = open_backend(backend_name)
+    if not backend.exists(ifname):
+        print(f"{ifname}: no such interface; nothing to do")
+        return 0
+    backend.delete(ifname)
+    print(f"removed interface {ifname}")
+    return 0
+
+
+def _running_agent_pid(state_dir: Path) -> int | None:
+    """The pid of the agent that last wrote status.json, if that process still lives."""
+    try:
+        status = AgentStatus.load(StatePaths(state_dir).status)
+    except StatusError:
+        return None
+    if not status.running or status.pid is None or status.pid == os.getpid():
+        return None
+    return status.pid if _alive(status.pid) else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# --- status -------------------------------------------------------------------------------------------
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    state = AgentState.load(args.state_dir)
+    status = AgentStatus.load(StatePaths(args.state_dir).status)
+    if status.running and (status.pid is None or not _alive(status.pid)):
+        status = status.model_copy(update={"running": False})
+    if state.backend != "fake":  # the fake lives in its agent's memory; the file is all there is
+        try:
+            device = open_backend(state.backend).read(state.interface)
+        except (BackendError, OSError):
+            pass  # interface down or unreadable: show what the agent last wrote
+        else:
+            status = with_live_device(status, device)
+    if args.json:
+        print(json.dumps(status.model_dump(mode="json"), indent=2))
+    else:
+        sys.stdout.write(render_table(status, time.time()))
+    return 0
+
+
+# --- export -------------------------------------------------------------------------------------------
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    raise UsageError("export is not wired yet")

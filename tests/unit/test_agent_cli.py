@@ -1,0 +1,165 @@
+"""`wgmesh agent`: bad input is one clear line and a non-zero exit; status reads the state dir."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import UTC, datetime
+from ipaddress import ip_address, ip_network
+
+import pytest
+
+from agent.cli import main
+from agent.state import AgentState, StatePaths
+from agent.status import AgentStatus, PeerView
+from keys.types import WireGuardPrivateKey
+
+
+def run(capsys, *argv):
+    code = main(list(argv), prog="wgmesh agent")
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def run_exit(capsys, *argv):
+    """argparse exits for usage errors; return (code, stderr) either way."""
+    try:
+        code = main(list(argv), prog="wgmesh agent")
+    except SystemExit as e:
+        code = e.code
+    _, err = capsys.readouterr()
+    return code, err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["up", "--controller", "ftp://x"], "controller URL 'ftp://x': expected http(s)://HOST[:PORT]"),
+        (["up", "--controller", "http://x:99999"], "bad port"),
+        (["up", "--token", "short"], "pre-auth key"),
+        (["up", "--interface", "a-very-long-interface-name"], "interface name"),
+        (["up", "--listen-port", "0"], "port '0': must be 1-65535"),
+        (["up", "--endpoint", "198.18.0.2"], "expected 'host:port'"),
+        (["up", "--hostname", "bad host"], "hostname 'bad host'"),
+        (["up", "--probe-interval", "0"], "between 0.1 and 3600"),
+        (["up", "--backend", "magic"], "invalid choice: 'magic'"),
+        (["status", "--wat"], "unrecognized arguments: --wat"),
+        ([], "the following arguments are required: COMMAND"),
+    ],
+)
+def test_bad_arguments_are_one_line_and_exit_2(capsys, args, message):
+    code, err = run_exit(capsys, *args)
+    assert code == 2
+    assert message in err
+    assert len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err
+
+
+def test_up_without_enrollment_or_token_says_what_to_give(capsys, tmp_path):
+    code, out, err = run(capsys, "up", "--backend", "fake", "--state-dir", str(tmp_path / "s"))
+    assert code == 1
+    assert err.strip().splitlines() == [
+        f"wgmesh agent up: this host has not enrolled yet ({tmp_path / 's' / 'node.json'} is missing): "
+        "give --controller URL and --token PRE-AUTH-KEY"
+    ]
+
+
+def test_up_with_an_unreachable_controller_at_enrollment_is_one_line(capsys, tmp_path):
+    # port 9 on loopback: nothing listens, the connection is refused at once
+    code, _, err = run(
+        capsys,
+        "up",
+        "--backend",
+        "fake",
+        "--state-dir",
+        str(tmp_path / "s"),
+        "--controller",
+        "http://127.0.0.1:9",
+        "--token",
+        "wgm_pak_0123456789",
+        "--hostname",
+        "h1",
+    )
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert lines[-1] == (
+        "wgmesh agent up: enrollment with http://127.0.0.1:9 failed: "
+        "cannot reach controller http://127.0.0.1:9: Connection refused"
+    )
+    assert "Traceback" not in err
+    assert "wgm_pak_0123456789" not in err
+    # keys were made on the host and stay there for the next try; nothing claims enrollment
+    paths = StatePaths(tmp_path / "s")
+    assert paths.wireguard_key.exists() and paths.identity_key.exists()
+    assert not paths.node.exists()
+
+
+def test_status_before_any_run_is_one_line(capsys, tmp_path):
+    code, _, err = run(capsys, "status", "--state-dir", str(tmp_path))
+    assert code == 1
+    assert (
+        err.strip()
+        == f"wgmesh agent status: {tmp_path / 'node.json'} does not exist: this host has not enrolled yet"
+    )
+
+
+def write_state(tmp_path, pid):
+    AgentState(
+        node_id=1,
+        name="alpha",
+        tunnel_address=ip_address("10.99.0.1"),
+        mesh_cidr=ip_network("10.99.0.0/16"),
+        controller_url="http://198.18.0.1:8080",
+        interface="wg0",
+        backend="fake",
+        listen_port=51820,
+        enrolled_at=datetime(2026, 11, 24, tzinfo=UTC),
+    ).save(tmp_path)
+    now = time.time()
+    AgentStatus(
+        node_id=1,
+        name="alpha",
+        tunnel_address=ip_address("10.99.0.1"),
+        mesh_cidr=ip_network("10.99.0.0/16"),
+        interface="wg0",
+        backend="fake",
+        controller_url="http://198.18.0.1:8080",
+        controller="disconnected",
+        controller_since=now - 30,
+        serial=3,
+        netmap_source="cache",
+        pid=pid,
+        updated_at=now,
+        peers=[
+            PeerView(
+                node_id=2,
+                name="beta",
+                tunnel_address=ip_address("10.99.0.2"),
+                wg_public_key=WireGuardPrivateKey.generate().public_key().base64(),
+                latest_handshake=now - 12,
+                route="relay",
+                via="gamma",
+            )
+        ],
+    ).save(StatePaths(tmp_path).status)
+
+
+def test_status_table_from_the_state_dir(capsys, tmp_path):
+    write_state(tmp_path, os.getpid())
+    code, out, _ = run(capsys, "status", "--state-dir", str(tmp_path))
+    assert code == 0
+    lines = out.splitlines()
+    assert "controller http://198.18.0.1:8080: disconnected since 30s; map serial 3 (from cache)" in lines[0]
+    row = lines[-1].split()
+    assert row[0] == "beta" and row[-2:] == ["via", "gamma"]
+    assert "12s ago" in lines[-1] or "13s ago" in lines[-1]
+
+
+def test_status_says_when_the_agent_is_gone(capsys, tmp_path):
+    write_state(tmp_path, pid=2**22 + 12345)  # above pid_max: no such process
+    code, out, _ = run(capsys, "status", "--state-dir", str(tmp_path), "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["running"] is False
+    assert data["peers"][0]["via"] == "gamma"
