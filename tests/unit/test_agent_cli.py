@@ -57,7 +57,7 @@ def test_bad_arguments_are_one_line_and_exit_2(capsys, args, message):
 
 
 def test_up_without_enrollment_or_token_says_what_to_give(capsys, tmp_path):
-    code, out, err = run(capsys, "up", "--backend", "fake", "--state-dir", str(tmp_path / "s"))
+    code, _, err = run(capsys, "up", "--backend", "fake", "--state-dir", str(tmp_path / "s"))
     assert code == 1
     assert err.strip().splitlines() == [
         f"wgmesh agent up: this host has not enrolled yet ({tmp_path / 's' / 'node.json'} is missing): "
