@@ -171,7 +171,7 @@ def main() -> int:
             mib(f.agent_hwm_mean_kib),
             mib(f.wireguard_go_hwm_kib),
             mib(f.controller_hwm_kib),
-        ]  # fmt: skip
+        ]
         for f in results
     ]
     headers = [
