@@ -73,3 +73,18 @@ def run_cli(*argv: str) -> tuple[int, str, str]:
 def reachable(lab: Lab, source: str, target: str, timeout_s: float = 1.0) -> bool:
     """One echo from `source` to `target`'s tunnel address answers."""
     return lab.ping(source, target, timeout_s=timeout_s) is not None
+
+
+def both_ways(host: str, others: list[str]) -> set[tuple[str, str]]:
+    return {(host, o) for o in others} | {(o, host) for o in others}
+
+
+def wait_all_reach(lab: Lab, pairs: set[tuple[str, str]], timeout: float, what: str) -> None:
+    """Wait until every (source, target) pair has answered an echo (a pair that answered once is done)."""
+    pending = set(pairs)
+
+    def probe() -> bool:
+        pending.difference_update({p for p in sorted(pending) if reachable(lab, *p, timeout_s=0.5)})
+        return not pending
+
+    wait_until(what, probe, timeout, show=lambda: f"still silent: {sorted(pending)}\n{logs(lab)}")
