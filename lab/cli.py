@@ -19,6 +19,7 @@ from lab.layout import LABS_ROOT, MAX_HOSTS, LabLayout, LayoutError, check_lab_n
 from lab.observe import MeshView
 from lab.record import RecordError
 from lab.teardown import known_labs, tear_down
+from wire.models import Topology
 
 DEFAULT_NAME = "lab"
 
@@ -130,6 +131,13 @@ def main(argv: Sequence[str], prog: str = "wgmesh lab") -> int:
     except (LabError, LayoutError, RecordError) as e:
         print(f"{prog} {args.cmd}: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        name = getattr(args, "name", DEFAULT_NAME)
+        print(
+            f"\ninterrupted; the lab is left as it is (`{prog} down --name {name}` removes it)",
+            file=sys.stderr,
+        )
+        return 130
 
 
 # --- commands -----------------------------------------------------------------------------------------
@@ -375,6 +383,17 @@ def cmd_list(_: argparse.Namespace) -> int:
     return 0
 
 
+def _measured_topology(lab: Lab, hosts: int, timeout_s: float = 20.0) -> Topology:
+    """The topology once every pair has a measured link (agents report every few seconds), or as it is
+    at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    topo = read_topology(lab)
+    while len(topo.edges) < hosts * (hosts - 1) // 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
+        topo = read_topology(lab)
+    return topo
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     lab, complete = _up(args.name, args.hosts, args.timeout)
     ok = False
@@ -383,7 +402,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print("\nping matrix (round-trip over the tunnel)")
             ok = _ping(lab)
             print("\ntopology, as the controller sees it")
-            print(render.topology(read_topology(lab)))
+            print(render.topology(_measured_topology(lab, args.hosts)))
     finally:
         if args.keep and lab is not None:
             n = args.name
