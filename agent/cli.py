@@ -255,7 +255,9 @@ def _host_network(backend_name: str) -> HostNetwork:
     """The fake backend is a dry run: no interface exists, so the host network is not touched."""
     if backend_name == "fake":
         return InMemoryHostNetwork()
-    raise UsageError("host networking is not wired yet")  # TODO(wga4): agent.hostnet
+    from agent.hostnet import NetlinkHostNetwork  # pyroute2 is imported only when really needed
+
+    return NetlinkHostNetwork()
 
 
 def _stored_state(state_dir: Path) -> AgentState | None:
