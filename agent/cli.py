@@ -17,6 +17,7 @@ import socket
 import sys
 import time
 from collections.abc import Sequence
+from ipaddress import ip_interface
 from pathlib import Path
 from typing import NoReturn
 from urllib.parse import urlsplit
@@ -37,7 +38,7 @@ from agent.daemon import (
 )
 from agent.eventlog import EventLog
 from agent.probe import IcmpProber
-from agent.state import DEFAULT_STATE_DIR, AgentState, StateError, StatePaths
+from agent.state import DEFAULT_STATE_DIR, AgentState, StateError, StatePaths, load_netmap
 from agent.status import AgentStatus, StatusError, render_table, with_live_device
 from wire.fields import Hostname, parse_endpoint
 
@@ -348,4 +349,32 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    raise UsageError("export is not wired yet")
+    """The running interface (keys, port, peers as the device has them) plus this node's address."""
+    from agent.wgquick import render_wgquick, write_wgquick
+
+    state = AgentState.load(args.state_dir)
+    try:
+        device = open_backend(state.backend).read(state.interface)
+    except (BackendError, OSError) as e:
+        raise UsageError(f"cannot read interface {state.interface}: {e}") from None
+    names = {}
+    try:
+        netmap = load_netmap(args.state_dir)
+    except StateError:
+        netmap = None
+    if netmap is not None:
+        names = {p.wg_public_key: p.name for p in netmap.peers}
+    address = ip_interface(f"{state.tunnel_address}/{state.mesh_cidr.prefixlen}")
+    try:
+        text = render_wgquick(device, [address], peer_names=names)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if args.output is None:
+        sys.stdout.write(text)
+        return 0
+    try:
+        write_wgquick(args.output, text)
+    except OSError as e:
+        raise UsageError(f"cannot write {args.output}: {e.strerror}") from None
+    print(f"wrote {args.output} (mode 0600; it holds the private key)", file=sys.stderr)
+    return 0
