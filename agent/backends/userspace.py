@@ -166,15 +166,18 @@ class UserspaceBackend:
             deadline = time.monotonic() + self.start_timeout
             while not self.exists(ifname):
                 if proc.poll() is not None:
+                    reason = _last_line(log)
                     self._forget(ifname)
                     raise BackendError(
-                        f"wireguard-go for {ifname} exited with status {proc.returncode}: {_last_line(log)}"
+                        f"wireguard-go for {ifname} exited with status {proc.returncode}: {reason}"
                     )
                 if time.monotonic() > deadline:
+                    reason = _last_line(log)
                     self._stop(ifname, proc.pid)
+                    self._forget(ifname)
                     raise BackendError(
                         f"wireguard-go for {ifname} did not open {self.socket_path(ifname)} within "
-                        f"{self.start_timeout:g}s: {_last_line(log)}"
+                        f"{self.start_timeout:g}s: {reason}"
                     )
                 time.sleep(0.01)
 

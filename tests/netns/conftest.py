@@ -1,0 +1,151 @@
+"""Harness of the namespace tier for the data plane: network namespaces, veth underlays and userspace
+backends (real wireguard-go), all named with the `wgt2` prefix and always removed, also when a test
+fails. Only the wireguard-go processes started here are ended, by pid (through the backend).
+
+Every test here needs root, `ip`, `wireguard-go`, `wg`, `nsenter`, `unshare` and `ping`; without them it
+is skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from agent.backends.userspace import UserspaceBackend
+
+PREFIX = "wgt2"
+WG_IF = "wgt2wg"  # the same WireGuard interface name in every namespace: they must not collide
+TOOLS = ("ip", "wireguard-go", "wg", "nsenter", "unshare", "ping")
+T = TypeVar("T")
+
+
+def missing_requirement() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (network namespaces, wireguard-go)"
+    missing = [t for t in TOOLS if shutil.which(t) is None]
+    if missing:
+        return f"needs {', '.join(missing)} (apt install wireguard-go wireguard-tools iproute2 iputils-ping)"
+    return None
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    reason = missing_requirement()
+    here = Path(__file__).parent
+    for item in items:
+        if Path(str(item.fspath)).parent == here:
+            item.add_marker(pytest.mark.root)
+            if reason:
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def run(*argv: str, check: bool = True, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=timeout)
+
+
+def in_ns(ns: str, *argv: str, check: bool = True, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+    return run("ip", "netns", "exec", ns, *argv, check=check, timeout=timeout)
+
+
+def wait_until(what: str, probe: Callable[[], T | None], timeout: float, interval: float = 0.05) -> T:
+    """Poll `probe` until it returns something truthy; fail naming `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+def ping(ns: str, address: str, count: int = 1, wait_s: float = 1.0) -> bool:
+    """True when `address` answers an echo from namespace `ns`."""
+    result = in_ns(ns, "ping", "-n", "-q", "-c", str(count), "-W", f"{wait_s:g}", address, check=False)
+    return result.returncode == 0
+
+
+def delete_netns(name: str) -> None:
+    if Path("/run/netns", name).exists():
+        run("ip", "netns", "del", name, check=False)
+
+
+@dataclass
+class Host:
+    """One namespace with a userspace backend whose sockets live in its private run dir."""
+
+    ns: str
+    backend: UserspaceBackend
+    underlay: str  # the address on its veth, e.g. "198.18.250.1"
+
+    def wg(self, *args: str) -> str:
+        """The real `wg` run in wireguard-go's mount+net namespace (where its socket is)."""
+        pid = self.backend.pid(WG_IF)
+        assert pid is not None, f"no wireguard-go running for {WG_IF} in {self.ns}"
+        return run("nsenter", "-t", str(pid), "-m", "-n", "wg", *args).stdout
+
+
+class Namespaces:
+    """Creates `wgt2*` namespaces and removes them (and their wireguard-go processes) at the end."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.names: list[str] = []
+        self.backends: list[UserspaceBackend] = []
+
+    def add(self, name: str) -> str:
+        assert name.startswith(PREFIX)
+        delete_netns(name)  # a leftover of a crashed run
+        run("ip", "netns", "add", name)
+        self.names.append(name)
+        in_ns(name, "ip", "link", "set", "lo", "up")
+        return name
+
+    def backend(self, ns: str) -> UserspaceBackend:
+        run_dir = self.tmp / ns
+        run_dir.mkdir(mode=0o700, exist_ok=True)
+        backend = UserspaceBackend(netns=ns, run_dir=run_dir)
+        self.backends.append(backend)
+        return backend
+
+    def veth(self, a: str, a_if: str, a_addr: str, b: str, b_if: str, b_addr: str) -> None:
+        run("ip", "link", "add", a_if, "netns", a, "type", "veth", "peer", b_if, "netns", b)
+        for ns, dev, addr in ((a, a_if, a_addr), (b, b_if, b_addr)):
+            run("ip", "-n", ns, "addr", "add", addr, "dev", dev)
+            run("ip", "-n", ns, "link", "set", dev, "up")
+
+    def close(self) -> None:
+        for backend in self.backends:
+            with contextlib.suppress(Exception):
+                backend.delete(WG_IF)
+        for name in self.names:
+            delete_netns(name)
+
+
+@pytest.fixture
+def namespaces(tmp_path: Path) -> Iterator[Namespaces]:
+    made = Namespaces(tmp_path)
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+@pytest.fixture
+def two_hosts(namespaces: Namespaces) -> tuple[Host, Host]:
+    """Namespaces wgt2a and wgt2b joined by a veth underlay 198.18.250.1/24 <-> .2, each with a
+    userspace backend (nothing created on the WireGuard side yet)."""
+    a, b = namespaces.add("wgt2a"), namespaces.add("wgt2b")
+    namespaces.veth(a, "wgt2va", "198.18.250.1/24", b, "wgt2vb", "198.18.250.2/24")
+    return (
+        Host(a, namespaces.backend(a), "198.18.250.1"),
+        Host(b, namespaces.backend(b), "198.18.250.2"),
+    )
