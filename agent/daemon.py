@@ -178,7 +178,8 @@ class Agent:
         self._status: AgentStatus | None = None
         self._apply_lock = asyncio.Lock()
         self._disconnected_at: float | None = None
-        self._report_error: str | None = None
+        self._report_error: str | None = None  # last refused link report, logged once
+        self._probe_error: str | None = None  # last probe failure, logged once
 
     @property
     def ifname(self) -> str:
@@ -188,7 +189,19 @@ class Agent:
     # --- lifecycle ----------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        await self.start()
+        """start, serve until `stop`, shutdown. A stop during start (say, a slow enrollment) ends it."""
+        starting = asyncio.create_task(self.start(), name="start")
+        stopping = asyncio.create_task(stop.wait(), name="stop")
+        try:
+            await asyncio.wait([starting, stopping], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if not starting.done():
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
+            await self.shutdown()
+            return
+        starting.result()  # raises AgentError when the start failed
         try:
             await self.serve(stop)
         finally:
@@ -503,8 +516,13 @@ class Agent:
 
     async def _measure_links(self) -> None:
         assert self.client is not None
+        loop = asyncio.get_running_loop()
+        interval = self.settings.probe_interval_s
+        next_round = loop.time() + interval
         while True:
-            await asyncio.sleep(self.settings.probe_interval_s)
+            # a steady cadence: a slow round shortens the next wait instead of shifting every later one
+            await asyncio.sleep(max(0.0, next_round - loop.time()))
+            next_round = max(next_round + interval, loop.time())
             if self._pending is not None:
                 await self.apply(*self._pending)
             if self.netmap is None:
@@ -540,7 +558,15 @@ class Agent:
                 self.last_error = _short_error(e)
                 self.log.error("device_unreadable", interface=self.ifname, error=self.last_error)
         direct = [r.peer for r in routes.values() if r.kind == "direct"]
-        results = await self.edges.prober.probe([p.tunnel_address for p in direct])
+        try:
+            results = await self.edges.prober.probe([p.tunnel_address for p in direct])
+        except OSError as e:  # probing is best effort: report handshake ages anyway
+            if self._probe_error != _short_error(e):
+                self._probe_error = _short_error(e)
+                self.log.warning("probe_failed", error=self._probe_error)
+            results = {}
+        else:
+            self._probe_error = None
         now = self.edges.clock()
         measurements = {}
         for route in routes.values():
