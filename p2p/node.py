@@ -1,0 +1,826 @@
+"""`Node`: the asyncio/websockets transport that drives the sans-I/O core for one mesh node.
+
+    async with Node(directory, identity_key) as node:
+        node.handle("gradient", on_gradient)
+        await node.send(2, "gradient", data, priority=7)
+        await node.broadcast("block", block)
+        reply = await node.request(3, "task_status", {}, timeout=2.0)
+
+Rules:
+- The node listens on its tunnel address (the directory's `self` entry, default port 8421) and keeps one
+  authenticated connection per peer. Of two listening nodes, the one with the lower node id dials and the
+  other waits, so two nodes never dial each other at once; a node that does not listen (`listen=False`,
+  e.g. the CLI) dials every peer in its directory. A newer authenticated connection from a peer replaces
+  the older one.
+- Delivery is at most once: a message is queued per peer (bounded, highest priority first) and written
+  when the peer is connected; frames in flight when a connection breaks are lost (a request then times
+  out). `drain()` waits until the queues are written.
+- Inbound messages wait in a bounded per-peer queue for that peer's handler task(s), so a flooding peer
+  fills only its own queue and then its own TCP window; other peers' messages keep flowing.
+- Every drop is counted in `counters`; nothing a peer sends raises in the program.
+- Wall-clock time (`clock`) stamps messages and judges the replay window; timers use the loop's
+  monotonic clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from keys.types import IdentityPrivateKey
+from p2p.core.admission import Admission, Delivery
+from p2p.core.codec import COMPRESSION_THRESHOLD, BodyCodec, BodyError, BodyTooLarge
+from p2p.core.counters import Counters
+from p2p.core.directory import Directory, DirectoryEntry
+from p2p.core.frame import (
+    DIRECT,
+    FLAG_ERROR,
+    FLAG_REPLY,
+    FLAG_REQUEST,
+    GOSSIP,
+    Envelope,
+    gossip_signing_input,
+    signed_bytes,
+)
+from p2p.core.history import History
+from p2p.core.message import PRIORITY_DEFAULT, PRIORITY_MAX, Message, MessageIds, check_priority, check_type
+from p2p.core.pacing import Backoff
+from p2p.core.queue import BoundedPriorityQueue
+from p2p.core.replay import ReplayWindow
+from p2p.core.session import (
+    Closed,
+    GossipArrived,
+    HeartbeatDue,
+    Opened,
+    Outgoing,
+    Session,
+    SessionLimits,
+    SessionState,
+)
+from p2p.directory import DirectoryFile
+from p2p.errors import NodeClosed, PayloadError, RequestFailed, RequestTimeout, SendTimeout, UnknownPeer
+from p2p.events import PeerDown, PeerEvent, PeerEventStream, PeerUp
+from p2p.link import PeerConnection, PeerLink
+from p2p.middleware import Handler, Middleware, Next, Refused, chain
+
+ITEM_OVERHEAD = 64  # bytes charged per queued item besides its body
+HEARTBEAT_SIZE = 16
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    host: str | None = None  # listen address; None: the directory's own address
+    port: int | None = None  # listen port; None: the directory's own port; 0: any free port
+    listen: bool = True
+    max_message_bytes: int = 4 * 1024 * 1024  # encoded payload, before compression
+    compression_threshold: int = COMPRESSION_THRESHOLD
+    send_queue_items: int = 4096
+    send_queue_bytes: int = 32 * 1024 * 1024
+    inbound_queue_items: int = 4096
+    inbound_queue_bytes: int = 32 * 1024 * 1024
+    batch_items: int = 256  # at most this many messages per frame when there is a backlog
+    batch_bytes: int = 256 * 1024
+    send_timeout: float = 10.0  # how long send() waits for room in a full queue
+    handshake_timeout: float = 5.0
+    heartbeat_interval: float = 1.0
+    dead_after: float = 3.5  # seconds of silence before a peer is declared dead
+    backoff_initial: float = 0.1
+    backoff_max: float = 10.0
+    replay_window: float = 60.0
+    replay_per_origin: int = 32_768
+    gossip_ttl: int = 4  # hops a broadcast may travel
+    handlers_per_peer: int = 1  # concurrent handler calls per peer; 1 keeps a peer's order
+    directory_poll_interval: float = 1.0
+    max_pending_handshakes: int = 64
+    ws_max_queue: int = 8  # frames websockets buffers per connection before it stops reading
+
+    @property
+    def max_frame_bytes(self) -> int:
+        return self.max_message_bytes + 64 * 1024
+
+
+class Node:
+    def __init__(
+        self,
+        directory: Directory | Path | str,
+        identity: IdentityPrivateKey,
+        *,
+        config: NodeConfig | None = None,
+        history: History | None = None,
+        clock: Callable[[], float] = time.time,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.config = config or NodeConfig()
+        self._directory_file: DirectoryFile | None = None
+        if not isinstance(directory, Directory):
+            self._directory_file = DirectoryFile(Path(directory))
+            directory = self._directory_file.load()
+        _check_identity(directory, identity)
+        self.directory = directory
+        self.identity = identity
+        self.counters = Counters()
+        self.history = history if history is not None else History()
+        self._clock = clock
+        self._log = logger or logging.getLogger("p2p")
+        self._codec = BodyCodec(
+            max_bytes=self.config.max_message_bytes, threshold=self.config.compression_threshold
+        )
+        self._admission = Admission(
+            directory=directory,
+            history=self.history,
+            replay=ReplayWindow(self.config.replay_window, self.config.replay_per_origin),
+            codec=self._codec,
+            counters=self.counters,
+        )
+        self._limits = SessionLimits(
+            max_frame_bytes=self.config.max_frame_bytes,
+            handshake_timeout=self.config.handshake_timeout,
+            heartbeat_interval=self.config.heartbeat_interval,
+            dead_after=self.config.dead_after,
+        )
+        self._backoff = Backoff(self.config.backoff_initial, self.config.backoff_max)
+        self._random = random.Random()
+        self._ids = MessageIds(os.urandom(8))
+        self._links: dict[int, PeerLink] = {}
+        self._connections: set[PeerConnection] = set()
+        self._pending: dict[bytes, tuple[int, asyncio.Future[Any]]] = {}
+        self._handlers: dict[str, Handler] = {}
+        self._fallback: Handler | None = None
+        self._middlewares: list[Middleware] = []
+        self._chains: dict[str, Next] = {}
+        self._streams: list[PeerEventStream] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._server: Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+        self.port: int | None = None  # the port actually listened on, once started
+
+    # --- lifecycle -------------------------------------------------------------------------------------
+
+    @property
+    def node_id(self) -> int:
+        return self.directory.own.node_id
+
+    async def __aenter__(self) -> Node:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        if self._loop is not None:
+            raise RuntimeError("node already started")
+        self._loop = asyncio.get_running_loop()
+        if self.config.listen:
+            host = self.config.host if self.config.host is not None else str(self.directory.own.address)
+            port = self.config.port if self.config.port is not None else self.directory.own.port
+            self._server = await serve(self._accept, host, port, **self._ws_options())
+            self.port = self._server.sockets[0].getsockname()[1]
+        for entry in self.directory:
+            self._add_link(entry)
+        self._tasks.append(asyncio.create_task(self._tick_loop(), name=f"p2p-{self.node_id}-tick"))
+        if self._directory_file is not None:
+            self._tasks.append(asyncio.create_task(self._follow_directory(), name=f"p2p-{self.node_id}-dir"))
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._server is not None:
+            self._server.close(close_connections=False)
+        tasks = list(self._tasks)
+        for link in self._links.values():
+            link.cancel_tasks()
+            tasks += link.tasks + ([link.dial_task] if link.dial_task else [])
+        for task in self._tasks:
+            task.cancel()
+        conns = list(self._connections)
+        await asyncio.gather(*(self._close_ws(c) for c in conns), return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+        for _, future in self._pending.values():
+            if not future.done():
+                future.set_exception(NodeClosed(f"node {self.node_id} closed while waiting for a reply"))
+        self._pending.clear()
+        for stream in self._streams:
+            stream.close()
+        self._streams.clear()
+
+    def _ws_options(self) -> dict[str, Any]:
+        return {
+            "compression": None,  # payloads are compressed above the threshold by the codec
+            "max_size": self.config.max_frame_bytes,
+            "max_queue": self.config.ws_max_queue,
+            "ping_interval": None,  # heartbeats are the session's, inside the MAC'd stream
+            "close_timeout": 1.0,
+        }
+
+    # --- handlers --------------------------------------------------------------------------------------
+
+    def handle(self, message_type: str, handler: Handler | None = None) -> Any:
+        """Register `handler` for `message_type`; usable as a decorator: `@node.handle("x")`."""
+        check_type(message_type)
+
+        def register(fn: Handler) -> Handler:
+            self._handlers[message_type] = fn
+            self._chains.clear()
+            return fn
+
+        return register(handler) if handler is not None else register
+
+    def handle_any(self, handler: Handler) -> Handler:
+        """The handler for every type without its own."""
+        self._fallback = handler
+        self._chains.clear()
+        return handler
+
+    def use(self, middleware: Middleware) -> None:
+        """Add a middleware around every handler; the first added is the outermost."""
+        self._middlewares.append(middleware)
+        self._chains.clear()
+
+    def _chain_for(self, message_type: str) -> Next | None:
+        found = self._chains.get(message_type)
+        if found is None:
+            handler = self._handlers.get(message_type, self._fallback)
+            if handler is None:
+                return None
+            found = self._chains[message_type] = chain(handler, self._middlewares)
+        return found
+
+    # --- what a program reads ---------------------------------------------------------------------------
+
+    @property
+    def connected_peers(self) -> set[int]:
+        return {node_id for node_id, link in self._links.items() if link.up}
+
+    def peer_events(self) -> PeerEventStream:
+        """Follow peer up/down events from now on: `async for event in node.peer_events(): ...`."""
+        stream = PeerEventStream()
+        self._streams.append(stream)
+        return stream
+
+    def recent(self, message_id: bytes) -> Message | None:
+        """A message from the history (sent or received), or None when it is not (or no longer) kept."""
+        return self.history.get(message_id, self._clock())
+
+    def queued(self, peer: int) -> int:
+        """How many messages wait in the send queue for `peer`."""
+        return len(self._link(peer).outbox)
+
+    async def wait_connected(self, peers: Iterable[int] | None = None, timeout: float = 10.0) -> None:
+        """Wait until every peer in `peers` (default: every peer in the directory) is connected;
+        TimeoutError naming the missing ones otherwise."""
+        wanted = set(peers) if peers is not None else set(self._links)
+        for peer in wanted:
+            self._link(peer)
+        try:
+            async with asyncio.timeout(timeout):
+                while missing := wanted - self.connected_peers:
+                    await self._links[next(iter(missing))].connected.wait()
+        except TimeoutError:
+            names = ", ".join(
+                self._links[p].entry.describe()
+                for p in sorted(wanted - self.connected_peers)
+                if p in self._links
+            )
+            raise TimeoutError(f"not connected within {timeout:g} s to {names}") from None
+
+    async def drain(self, timeout: float = 10.0) -> None:
+        """Wait until every send queue has been written out; SendTimeout naming the peers whose queue
+        is still not empty (usually: they are down)."""
+        try:
+            async with asyncio.timeout(timeout):
+                for link in list(self._links.values()):
+                    await link.outbox_idle.wait()
+        except TimeoutError:
+            stuck = [link.entry.describe() for link in self._links.values() if not link.outbox_idle.is_set()]
+            raise SendTimeout(f"messages still queued after {timeout:g} s for {', '.join(stuck)}") from None
+
+    # --- sending ---------------------------------------------------------------------------------------
+
+    def _link(self, peer: int) -> PeerLink:
+        link = self._links.get(peer)
+        if link is None:
+            if peer == self.node_id:
+                raise UnknownPeer(f"node {peer} is this node")
+            raise UnknownPeer(f"node {peer!r} is not in the directory")
+        return link
+
+    def _running(self) -> None:
+        if self._loop is None:
+            raise RuntimeError("node is not running: use `async with Node(...)` or `await node.start()`")
+        if self._closed:
+            raise NodeClosed(f"node {self.node_id} is closed")
+
+    def _encode(self, data: Any) -> tuple[int, bytes]:
+        try:
+            return self._codec.encode(data)
+        except BodyTooLarge as e:
+            raise PayloadError(str(e)) from None
+        except BodyError as e:
+            raise PayloadError(str(e)) from None
+
+    def _direct(
+        self, message_type: str, data: Any, priority: int, flags: int = 0, reply_to: bytes | None = None
+    ) -> tuple[bytes, list[Any], int]:
+        body_flags, body = self._encode(data)
+        message_id = self._ids.next()
+        now = self._clock()
+        item = [DIRECT, message_id, message_type, now, priority, flags | body_flags, body, reply_to]
+        if reply_to is None:
+            message = Message(message_type, data, now, self.node_id, message_id, priority)
+            self.history.add(message, len(body), now)
+        return message_id, item, len(body) + ITEM_OVERHEAD
+
+    async def _enqueue(self, link: PeerLink, item: list[Any], priority: int, size: int) -> None:
+        if link.push_outbox(item, priority, size):
+            return
+        assert self._loop is not None
+        deadline = self._loop.time() + self.config.send_timeout
+        if not await link.wait_outbox_room(item, priority, size, deadline):
+            why = "the peer is down" if not link.up else "the peer reads slower than we send"
+            raise SendTimeout(
+                f"{link.entry.describe()}: send queue stayed full for {self.config.send_timeout:g} s ({why})"
+            )
+
+    async def send(
+        self, peer: int, message_type: str, data: Any, *, priority: int = PRIORITY_DEFAULT
+    ) -> bytes:
+        """Queue a message for `peer`; returns its id. Waits while the peer's queue is full
+        (SendTimeout after `config.send_timeout`)."""
+        self._running()
+        link = self._link(peer)
+        check_type(message_type)
+        check_priority(priority)
+        message_id, item, size = self._direct(message_type, data, priority)
+        await self._enqueue(link, item, priority, size)
+        return message_id
+
+    async def request(
+        self,
+        peer: int,
+        message_type: str,
+        data: Any,
+        *,
+        priority: int = PRIORITY_DEFAULT,
+        timeout: float = 5.0,
+    ) -> Any:
+        """Send a request and return the reply (what the peer's handler returned). RequestTimeout when no
+        reply comes within `timeout` seconds; RequestFailed when the peer answers with an error."""
+        self._running()
+        link = self._link(peer)
+        check_type(message_type)
+        check_priority(priority)
+        message_id, item, size = self._direct(message_type, data, priority, FLAG_REQUEST)
+        assert self._loop is not None
+        future: asyncio.Future[Any] = self._loop.create_future()
+        self._pending[message_id] = (peer, future)
+        try:
+            async with asyncio.timeout(timeout):
+                await self._enqueue(link, item, priority, size)
+                return await future
+        except SendTimeout:
+            raise
+        except TimeoutError:
+            state = "connected" if link.up else "not connected"
+            raise RequestTimeout(
+                f"no reply from {link.entry.describe()} to {message_type!r} within {timeout:g} s (peer {state})"
+            ) from None
+        finally:
+            self._pending.pop(message_id, None)
+
+    async def broadcast(self, message_type: str, data: Any, *, priority: int = PRIORITY_DEFAULT) -> bytes:
+        """Send a signed message to every connected peer; peers relay it (up to `gossip_ttl` hops, each
+        node delivering it once) so it also reaches nodes this one has no connection to."""
+        self._running()
+        check_type(message_type)
+        check_priority(priority)
+        flags, body = self._encode(data)
+        message_id = self._ids.next()
+        now = self._clock()
+        signed = signed_bytes(
+            id=message_id,
+            type=message_type,
+            origin=self.node_id,
+            timestamp=now,
+            priority=priority,
+            flags=flags,
+            body=body,
+        )
+        signature = self.identity.sign(gossip_signing_input(signed))
+        item = [GOSSIP, self.config.gossip_ttl, signed, signature]
+        self.history.add(Message(message_type, data, now, self.node_id, message_id, priority), len(body), now)
+        size = len(signed) + ITEM_OVERHEAD
+        full: list[str] = []
+        for link in [link for link in self._links.values() if link.up]:
+            try:
+                await self._enqueue(link, item, priority, size)
+            except SendTimeout:
+                full.append(link.entry.describe())
+        if full:
+            raise SendTimeout(f"broadcast not queued for {', '.join(full)}: send queue full")
+        return message_id
+
+    # --- directory -------------------------------------------------------------------------------------
+
+    def set_directory(self, directory: Directory) -> None:
+        """Replace the directory: links are added, removed, or reconnected when a peer's address or key
+        changed. ValueError (and nothing changes) when the new directory is not for this node."""
+        old = self.directory
+        if directory.own.node_id != old.own.node_id:
+            raise ValueError(
+                f"new directory is for node {directory.own.node_id}, this is node {old.own.node_id}"
+            )
+        _check_identity(directory, self.identity)
+        if directory.own != old.own and (directory.own.address, directory.own.port) != (
+            old.own.address,
+            old.own.port,
+        ):
+            self._log.warning("this node's own address changed in the directory; restart to listen there")
+        self.directory = directory
+        self._admission.directory = directory
+        if self._loop is None:
+            return
+        for node_id in list(self._links):
+            if directory.peers.get(node_id) is None:
+                self._remove_link(node_id, "removed from the directory")
+        for entry in directory:
+            link = self._links.get(entry.node_id)
+            if link is None:
+                self._add_link(entry)
+                continue
+            before = link.entry
+            link.entry = entry
+            if (before.identity_public_key, before.address, before.port) != (
+                entry.identity_public_key,
+                entry.address,
+                entry.port,
+            ):
+                if link.connection is not None:
+                    link.connection.reason = "its address or key changed in the directory"
+                    link.connection.abort()
+                self._restart_dialing(link)
+
+    async def _follow_directory(self) -> None:
+        assert self._directory_file is not None
+        reported: str | None = None
+        while True:
+            await asyncio.sleep(self.config.directory_poll_interval)
+            new = self._directory_file.changed()
+            if self._directory_file.last_error and self._directory_file.last_error != reported:
+                reported = self._directory_file.last_error
+                self._log.error("keeping the previous directory: %s", reported)
+            if new is not None:
+                try:
+                    self.set_directory(new)
+                except ValueError as e:
+                    self._log.error("keeping the previous directory: %s", e)
+
+    # --- links -----------------------------------------------------------------------------------------
+
+    def _dials(self, entry: DirectoryEntry) -> bool:
+        return not self.config.listen or self.node_id < entry.node_id
+
+    def _add_link(self, entry: DirectoryEntry) -> None:
+        cfg = self.config
+        link = PeerLink(
+            entry=entry,
+            outbox=BoundedPriorityQueue(cfg.send_queue_items, cfg.send_queue_bytes),
+            inbox=BoundedPriorityQueue(cfg.inbound_queue_items, cfg.inbound_queue_bytes),
+        )
+        self._links[entry.node_id] = link
+        name = f"p2p-{self.node_id}-{entry.node_id}"
+        link.tasks.append(asyncio.create_task(self._write_loop(link), name=f"{name}-write"))
+        for i in range(cfg.handlers_per_peer):
+            link.tasks.append(asyncio.create_task(self._work_loop(link), name=f"{name}-handle{i}"))
+        self._restart_dialing(link)
+
+    def _restart_dialing(self, link: PeerLink) -> None:
+        if link.dial_task is not None:
+            link.dial_task.cancel()
+            link.dial_task = None
+        if self._dials(link.entry):
+            link.dial_task = asyncio.create_task(
+                self._dial_loop(link), name=f"p2p-{self.node_id}-{link.node_id}-dial"
+            )
+
+    def _remove_link(self, node_id: int, reason: str) -> None:
+        link = self._links.pop(node_id)
+        link.cancel_tasks()
+        conn = link.connection
+        if conn is not None:
+            conn.reason = reason
+            conn.abort()
+            link.connection = None
+            self._emit(PeerDown(link.entry, reason))
+        self._admission.replay.forget_origin(node_id)
+        for message_id, (peer, future) in list(self._pending.items()):
+            if peer == node_id and not future.done():
+                future.set_exception(RequestFailed(f"{link.entry.describe()} was {reason}"))
+                self._pending.pop(message_id, None)
+
+    def _emit(self, event: PeerEvent) -> None:
+        if isinstance(event, PeerUp):
+            self._log.info("%s is up", event.peer.describe())
+        else:
+            self._log.info("%s is down: %s", event.peer.describe(), event.reason)
+        for stream in self._streams:
+            stream.put(event)
+
+    def _attach(self, conn: PeerConnection, peer: DirectoryEntry) -> PeerLink | None:
+        link = self._links.get(peer.node_id)
+        if link is None or link.entry.identity_public_key != peer.identity_public_key:
+            conn.reason = "the directory changed during the handshake"
+            return None
+        old = link.connection
+        link.connection = conn
+        link.disconnected.clear()
+        link.connected.set()
+        link.outbox_ready.set()
+        if old is not None:
+            # The newest connection wins: a restarted peer replaces its half-open predecessor.
+            old.reason = "replaced by a newer connection from the same peer"
+            old.abort()
+        else:
+            self._emit(PeerUp(link.entry))
+        return link
+
+    def _detach(self, link: PeerLink, conn: PeerConnection) -> None:
+        if link.connection is not conn:
+            return
+        link.connection = None
+        link.connected.clear()
+        link.disconnected.set()
+        if self._links.get(link.node_id) is link and not self._closed:
+            self._emit(PeerDown(link.entry, conn.reason or "connection closed"))
+
+    # --- connections -----------------------------------------------------------------------------------
+
+    def _new_session_inputs(self) -> dict[str, Any]:
+        assert self._loop is not None
+        return {
+            "own_key": self.identity,
+            "directory": self.directory,
+            "nonce": os.urandom(16),
+            "ephemeral": os.urandom(32),
+            "now": self._loop.time(),
+            "counters": self.counters,
+            "limits": self._limits,
+        }
+
+    async def _accept(self, ws: ServerConnection) -> None:
+        handshaking = sum(1 for c in self._connections if c.session.state is SessionState.HANDSHAKE)
+        if handshaking >= self.config.max_pending_handshakes or self._closed:
+            self.counters.handshake_failed += 1
+            await ws.close(1013, "too many connections in handshake")
+            return
+        session = Session.listener(**self._new_session_inputs())
+        await self._run_connection(PeerConnection(ws, session, dialed=False))
+
+    async def _dial_loop(self, link: PeerLink) -> None:
+        attempt = 0
+        while True:
+            if link.connection is not None:
+                await link.disconnected.wait()
+                attempt = 0
+                await asyncio.sleep(self._backoff.delay(0, self._random.random()))
+                continue
+            opened = False
+            entry = link.entry
+            try:
+                ws = await connect(
+                    entry.url(), open_timeout=self.config.handshake_timeout, proxy=None, **self._ws_options()
+                )
+            except (OSError, TimeoutError, InvalidHandshake, InvalidURI, ConnectionClosed) as e:
+                if attempt == 0:
+                    self._log.info("cannot reach %s: %s", entry.describe(), e or type(e).__name__)
+            else:
+                session, hello = Session.dialer(peer=entry, **self._new_session_inputs())
+                conn = PeerConnection(ws, session, dialed=True)
+                try:
+                    await ws.send(hello)
+                except ConnectionClosed:
+                    pass
+                else:
+                    opened = await self._run_connection(conn)
+            if opened:
+                attempt = 0
+            delay = self._backoff.delay(attempt, self._random.random())
+            attempt += 1
+            await asyncio.sleep(delay)
+
+    async def _run_connection(self, conn: PeerConnection) -> bool:
+        """Read frames until the connection ends; True when it was authenticated at some point."""
+        assert self._loop is not None
+        self._connections.add(conn)
+        session = conn.session
+        ws = conn.ws
+        link: PeerLink | None = None
+        loop_time = self._loop.time
+        try:
+            async for frame in ws:
+                if type(frame) is not bytes:
+                    self.counters.malformed += 1
+                    conn.reason = "peer sent a text frame"
+                    break
+                for event in session.receive(frame, loop_time()):
+                    if isinstance(event, Envelope):
+                        assert link is not None
+                        await self._on_direct(link, event)
+                    elif isinstance(event, GossipArrived):
+                        assert link is not None
+                        await self._on_gossip(link, event)
+                    elif isinstance(event, HeartbeatDue):
+                        if link is not None and link.connection is conn:
+                            link.push_outbox(event.item, PRIORITY_MAX, HEARTBEAT_SIZE)
+                    elif isinstance(event, Outgoing):
+                        await ws.send(event.frame)
+                    elif isinstance(event, Opened):
+                        link = self._attach(conn, event.peer)
+                        if link is None:
+                            session.close()
+                    else:
+                        conn.reason = event.reason
+                if session.state is SessionState.CLOSED:
+                    break
+        except ConnectionClosed as e:
+            if e.sent is not None and e.sent.code == 1009:
+                self.counters.oversized += 1
+                conn.reason = "peer sent a frame above the size limit"
+            elif conn.reason is None:
+                conn.reason = "connection lost"
+        finally:
+            self._connections.discard(conn)
+            session.close()
+            if link is not None:
+                self._detach(link, conn)
+            if conn.reason and link is None and not self._closed:
+                self._log.info("connection refused or failed: %s", conn.reason)
+            await self._close_ws(conn)
+        return link is not None
+
+    async def _close_ws(self, conn: PeerConnection) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(conn.ws.close(), 1.0)
+
+    # --- inbound ---------------------------------------------------------------------------------------
+
+    async def _on_direct(self, link: PeerLink, envelope: Envelope) -> None:
+        if envelope.reply_to is not None:
+            self._on_reply(link, envelope)
+            return
+        delivery = self._admission.direct(envelope, link.entry, self._clock())
+        if delivery is not None and not link.push_inbox(delivery, len(envelope.body)):
+            await link.wait_inbox_room(delivery, len(envelope.body))
+
+    def _on_reply(self, link: PeerLink, envelope: Envelope) -> None:
+        assert envelope.reply_to is not None
+        pending = self._pending.get(envelope.reply_to)
+        if pending is None or pending[0] != link.node_id or not envelope.flags & FLAG_REPLY:
+            self.counters.unexpected_reply += 1
+            return
+        reply = self._admission.reply(envelope)
+        if reply is None:
+            return
+        future = pending[1]
+        if future.done():
+            return
+        if reply.error is not None:
+            future.set_exception(
+                RequestFailed(f"{link.entry.describe()} answered {envelope.type!r}: {reply.error}")
+            )
+        else:
+            future.set_result(reply.data)
+
+    async def _on_gossip(self, link: PeerLink, event: GossipArrived) -> None:
+        admitted = self._admission.gossip(event.ttl, event.envelope, link.entry, self._clock())
+        if admitted is None:
+            return
+        delivery, ttl = admitted
+        envelope = event.envelope
+        if ttl > 0:
+            item = envelope.item(ttl)
+            size = len(envelope.signed) + ITEM_OVERHEAD
+            for other in self._links.values():
+                if other is link or other.node_id == envelope.origin or other.connection is None:
+                    continue
+                if not other.push_outbox(item, envelope.priority, size):
+                    self.counters.relay_dropped += 1
+        if not link.push_inbox(delivery, len(envelope.body)):
+            await link.wait_inbox_room(delivery, len(envelope.body))
+
+    async def _work_loop(self, link: PeerLink) -> None:
+        while True:
+            delivery = link.inbox.pop()
+            if delivery is None:
+                link.inbox_ready.clear()
+                await link.inbox_ready.wait()
+                continue
+            link.inbox_room.set()
+            await self._dispatch(link, delivery)
+
+    async def _dispatch(self, link: PeerLink, delivery: Delivery) -> None:
+        message = delivery.message
+        handle = self._chain_for(message.type)
+        if handle is None:
+            self.counters.no_handler += 1
+            if delivery.expects_reply:
+                await self._reply(
+                    link, message, f"node {self.node_id} has no handler for {message.type!r}", True
+                )
+            return
+        try:
+            result = await handle(delivery)
+        except Refused as e:
+            setattr(self.counters, e.counter, getattr(self.counters, e.counter) + 1)
+            if delivery.expects_reply:
+                await self._reply(link, message, f"refused: {e.reason}", True)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            self.counters.handler_error += 1
+            self._log.exception("handler for %r from node %d failed", message.type, message.sender)
+            if delivery.expects_reply:
+                text = f"handler for {message.type!r} failed on node {self.node_id}: {type(e).__name__}: {e}"
+                await self._reply(link, message, text, True)
+            return
+        if delivery.expects_reply:
+            await self._reply(link, message, result, False)
+
+    async def _reply(self, link: PeerLink, request: Message, data: Any, error: bool) -> None:
+        try:
+            _, item, size = self._direct(
+                request.type, data, request.priority, FLAG_REPLY | (FLAG_ERROR if error else 0), request.id
+            )
+        except PayloadError as e:
+            self.counters.handler_error += 1
+            text = f"handler for {request.type!r} returned a reply that cannot be sent: {e}"
+            _, item, size = self._direct(
+                request.type, text, request.priority, FLAG_REPLY | FLAG_ERROR, request.id
+            )
+        try:
+            await self._enqueue(link, item, request.priority, size)
+        except SendTimeout as e:
+            self._log.warning("reply dropped: %s", e)
+
+    # --- outbound --------------------------------------------------------------------------------------
+
+    async def _write_loop(self, link: PeerLink) -> None:
+        cfg = self.config
+        while True:
+            await link.outbox_ready.wait()
+            link.outbox_ready.clear()
+            while len(link.outbox):
+                conn = link.connection
+                if conn is None or conn.session.state is not SessionState.OPEN:
+                    break
+                batch = link.outbox.pop_batch(cfg.batch_items, cfg.batch_bytes)
+                link.outbox_room.set()
+                # Seal and send with no await between: frames must leave in sealing order.
+                frame = conn.session.seal(batch)
+                with contextlib.suppress(ConnectionClosed):
+                    await conn.ws.send(frame)
+            if not len(link.outbox):
+                link.outbox_idle.set()
+
+    async def _tick_loop(self) -> None:
+        assert self._loop is not None
+        interval = min(self.config.heartbeat_interval / 4, 0.25)
+        while True:
+            await asyncio.sleep(interval)
+            now = self._loop.time()
+            for conn in list(self._connections):
+                for event in conn.session.tick(now):
+                    if isinstance(event, HeartbeatDue):
+                        peer = conn.session.peer
+                        link = self._links.get(peer.node_id) if peer is not None else None
+                        if link is not None and link.connection is conn:
+                            link.push_outbox(event.item, PRIORITY_MAX, HEARTBEAT_SIZE)
+                    elif isinstance(event, Closed):
+                        conn.reason = event.reason
+                        conn.abort()
+            self.history.prune(self._clock())
+
+
+def _check_identity(directory: Directory, identity: IdentityPrivateKey) -> None:
+    if identity.public_key() != directory.own.identity_public_key:
+        raise ValueError(
+            f"the identity key does not match the directory's self entry (node {directory.own.node_id}): "
+            "wrong --identity-key or a stale directory"
+        )
