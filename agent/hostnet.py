@@ -97,14 +97,16 @@ def _addresses(ipr: Any, index: int) -> tuple[IPInterface, ...]:
     return normalize_interfaces(found)
 
 
-def _routes(ipr: Any, index: int) -> tuple[IPNetwork, ...]:
-    found: list[IPNetwork] = []
+def _routes(ipr: Any, index: int) -> dict[IPNetwork, int]:
+    """The routes wgmesh owns on the interface, with the scope each was installed with (deleting a
+    route must name its scope, or the kernel answers ESRCH)."""
+    found: dict[IPNetwork, int] = {}
     for msg in ipr.route("dump", oif=index):
         if msg["proto"] != ROUTE_PROTO or (msg.get_attr("RTA_TABLE") or msg["table"]) != MAIN_TABLE:
             continue
         dst = msg.get_attr("RTA_DST") or ("0.0.0.0" if msg["family"] == 2 else "::")
-        found.append(ip_network(f"{dst}/{msg['dst_len']}"))
-    return normalize_ips(found)
+        found[ip_network(f"{dst}/{msg['dst_len']}")] = int(msg["scope"])
+    return found
 
 
 def read_interface(ifname: str, netns: str | None = None) -> InterfaceState:
@@ -116,7 +118,7 @@ def read_interface(ifname: str, netns: str | None = None) -> InterfaceState:
             _addresses(ipr, index),
             int(link.get_attr("IFLA_MTU")),
             bool(link["flags"] & IFF_UP),
-            _routes(ipr, index),
+            normalize_ips(_routes(ipr, index)),
         )
 
 
@@ -160,9 +162,9 @@ def configure_interface(
                 ipr.link("set", index=index, state="up")
                 changes.append(f"{ifname}: link up")
             have_routes = _routes(ipr, index)
-            for net in have_routes:
+            for net, scope in have_routes.items():
                 if net not in want_routes:
-                    ipr.route("del", dst=str(net), oif=index, proto=ROUTE_PROTO, table=MAIN_TABLE)
+                    _del_route(ipr, index, net, scope)
                     changes.append(f"{ifname}: route {net} removed")
             for net in want_routes:
                 if net not in have_routes:
@@ -182,10 +184,14 @@ def remove_routes(ifname: str, netns: str | None = None) -> list[str]:
     with _iproute(netns) as ipr:
         index = _index(ipr, ifname, netns)
         removed = []
-        for net in _routes(ipr, index):
-            ipr.route("del", dst=str(net), oif=index, proto=ROUTE_PROTO, table=MAIN_TABLE)
+        for net, scope in _routes(ipr, index).items():
+            _del_route(ipr, index, net, scope)
             removed.append(f"{ifname}: route {net} removed")
         return removed
+
+
+def _del_route(ipr: Any, index: int, net: IPNetwork, scope: int) -> None:
+    ipr.route("del", dst=str(net), oif=index, proto=ROUTE_PROTO, table=MAIN_TABLE, scope=scope)
 
 
 # --- forwarding -------------------------------------------------------------------------------------

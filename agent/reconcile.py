@@ -220,12 +220,14 @@ def diff(current: Device | None, desired: DeviceConfig) -> Reconciliation:
     check_allowed_ips(desired.peers)
     changes: list[Change] = []
 
+    # Keys are compared by their public keys: implementations store the private key clamped (X25519),
+    # so a key that was not generated clamped reads back different bytes but is the same key.
     old_private = current.private_key if current is not None else None
+    old_pub = old_private.public_key() if old_private is not None else None
     private_key = None
-    if old_private is None or old_private != desired.private_key:
+    if old_pub is None or old_pub != own:
         private_key = desired.private_key
-        old_pub = old_private.public_key() if old_private is not None else None
-        changes.append(PrivateKeyRotated(old_pub, desired.private_key.public_key()))
+        changes.append(PrivateKeyRotated(old_pub, own))
 
     old_port = current.listen_port if current is not None else None
     listen_port = None

@@ -7,6 +7,7 @@ It behaves like the real thing where reconcile depends on it:
   peer loses them;
 - `update_only` never creates a peer; `remove` of an unknown peer is a no-op;
 - an allowed IP given to one peer is taken away from any other peer (WireGuard's allowed-IPs trie);
+- the private key is stored X25519-clamped, as WireGuard stores it;
 - the allowed IPs of an upserted peer are replaced (`replace_allowed_ips`); a desired endpoint of None
   keeps the endpoint the device had learned.
 
@@ -25,6 +26,14 @@ from dataclasses import dataclass, field, replace
 from agent.backends.base import BackendError
 from agent.device import Device, DeviceUpdate, PeerConfig, PeerStatus
 from keys.types import WireGuardPrivateKey, WireGuardPublicKey
+
+
+def clamped(key: WireGuardPrivateKey) -> WireGuardPrivateKey:
+    """The key as WireGuard stores it: X25519-clamped (same public key, possibly different bytes)."""
+    raw = bytearray(key.raw())
+    raw[0] &= 248
+    raw[31] = (raw[31] & 127) | 64
+    return WireGuardPrivateKey(bytes(raw))
 
 
 @dataclass
@@ -75,7 +84,7 @@ class FakeBackend:
             dev = self._get(ifname)
             dev.history.append(update)
             if update.private_key is not None:
-                dev.private_key = update.private_key
+                dev.private_key = clamped(update.private_key)
                 # WireGuard drops a peer whose key is now the device's own public key.
                 dev.peers.pop(update.private_key.public_key(), None)
             if update.listen_port is not None:

@@ -155,6 +155,20 @@ def test_device_round_trip_with_every_field(namespaces: Namespaces) -> None:
     assert diff(backend.read(WG_IF), desired).changes == ()
 
 
+def test_an_unclamped_private_key_is_not_a_change_forever(namespaces: Namespaces) -> None:
+    """wireguard-go stores the X25519-clamped key; reconcile must still see the same key."""
+    ns = namespaces.add("wgt2u8")
+    backend = namespaces.backend(ns)
+    backend.create(WG_IF)
+    unclamped = WireGuardPrivateKey(b"\xff" * 32)
+    desired = DeviceConfig.build(unclamped, listen_port=51820)
+    backend.apply(WG_IF, diff(backend.read(WG_IF), desired).update)
+    read = backend.read(WG_IF)
+    assert read.private_key is not None and read.private_key.raw() != unclamped.raw()
+    assert read.private_key.public_key() == unclamped.public_key()
+    assert diff(read, desired).changes == ()
+
+
 def test_kernel_module_detection_creates_nothing(namespaces: Namespaces) -> None:
     ns = namespaces.add("wgt2k1")
     before = links(ns)
