@@ -13,7 +13,8 @@ Rules:
   never once per retry; retries back off exponentially with jitter.
 - Link measurements describe the DIRECT link: a peer routed through a relay is reported with
   rtt/loss None and only its handshake age.
-- status.json is rewritten (atomically) whenever something in it other than its timestamp changes.
+- status.json is rewritten (atomically) whenever something in it other than its timestamp changes;
+  p2p-directory.json whenever the applied map changes.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ from agent.state import (
 )
 from agent.status import AgentStatus, ControllerState, PeerView
 from keys.types import WireGuardPublicKey
+from p2p.directory import directory_from_netmap, write_directory
 from wire.models import EnrollRequest, LinkMeasurement, LinkReport, NetMap, NodeId, enroll_signing_bytes
 
 DEFAULT_INTERFACE = "wg0"
@@ -408,8 +410,19 @@ class Agent:
             self._pending = None
             if source == "controller" and netmap != previous:
                 save_netmap(self.settings.state_dir, netmap)
+            if netmap != previous or not self.paths.p2p_directory.exists():
+                self._write_directory(netmap)
             self._write_status()
             return True
+
+    def _write_directory(self, netmap: NetMap) -> None:
+        """STATE_DIR/p2p-directory.json: who is in the mesh, for p2p on this host."""
+        assert self.keys is not None
+        try:
+            directory = directory_from_netmap(netmap, self.keys.identity.public_key())
+            write_directory(self.paths.p2p_directory, directory)
+        except (OSError, ValueError) as e:
+            self.log.error("p2p_directory_write_failed", path=self.paths.p2p_directory, error=_short_error(e))
 
     def _reconcile_device(self, desired: DesiredState) -> tuple[Change, ...]:
         """In a worker thread: read, diff, apply the difference. Creates the interface if it vanished."""

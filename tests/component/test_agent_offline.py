@@ -19,6 +19,7 @@ from agent.probe import ProbeResult
 from agent.state import AgentState, StatePaths, load_or_create_keys, save_credential, save_netmap
 from agent.status import AgentStatus
 from keys.types import IdentityPrivateKey, WireGuardPrivateKey
+from p2p.directory import load_directory
 from wire.models import NetMap, Peer, Route, SelfNode
 
 CREDENTIAL = "wgm_node_credential_offline_1234"
@@ -130,6 +131,9 @@ async def test_starts_from_the_cached_map_and_logs_the_outage_once(tmp_path):
     assert log.count("event=controller_disconnected") == 1
     assert 'note="running from the cached map; retrying with backoff"' in log
     status = AgentStatus.load(StatePaths(tmp_path).status)
+    directory = load_directory(StatePaths(tmp_path).p2p_directory)
+    assert (directory.serial, sorted(e.name for e in directory)) == (9, ["host2", "host3"])
+    assert directory.own.identity_public_key == load_or_create_keys(tmp_path)[0].identity.public_key()
     assert (status.controller, status.netmap_source, status.serial, status.running) == (
         "disconnected",
         "cache",
