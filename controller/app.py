@@ -1,0 +1,418 @@
+"""The HTTP API: `create_app(settings, store, clock)` builds the FastAPI app of protocol version 1.
+
+Routes only translate HTTP to `ControlPlane` calls and back. Rules:
+- Every error is JSON `{"detail": "<one line>"}` with a 4xx status; bad input changes nothing.
+- Request bodies are capped at `settings.max_body_bytes` (413), whether or not they announce a length.
+- Node routes take the node credential, admin routes the admin credential, both as
+  `Authorization: Bearer ...`; a node can only ever name itself (no route takes a node id from a node).
+- GET /v1/netmap answers at once when the caller's serial is not the current one, otherwise holds the
+  request until the node's map changes (200) or the timeout passes (204).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, Literal
+
+from fastapi import Body, Depends, FastAPI, Path, Query, Request, Response, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.exceptions import HTTPException
+
+from controller import api_examples as ex
+from controller.clock import Clock, SystemClock
+from controller.control import ApiError, ControlPlane
+from controller.push import MapNotifier
+from controller.settings import Settings
+from controller.store import Store
+from wire import PROTOCOL_VERSION, api
+from wire.models import (
+    EnrollRequest,
+    EnrollResponse,
+    ErrorBody,
+    LinkReport,
+    NetMap,
+    NodeInfo,
+    PreAuthKeyInfo,
+    PreAuthKeyRequest,
+    Topology,
+    enroll_signing_bytes,
+)
+
+MAX_ID = 2**62
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+_node_bearer = HTTPBearer(
+    scheme_name="NodeCredential",
+    description="The node credential from EnrollResponse.node_credential.",
+    auto_error=False,
+)
+_admin_bearer = HTTPBearer(
+    scheme_name="AdminCredential",
+    description="The admin credential from STATE_DIR/admin-credential on the controller host.",
+    auto_error=False,
+)
+
+
+class BodyTooLarge(HTTPException):
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body too large: at most {limit} bytes")
+
+
+class BodyLimit:
+    """ASGI middleware: refuse request bodies over `limit` bytes with 413, before or while reading."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                if not value.isdigit():
+                    await _send_error(send, 400, "Content-Length must be a number")
+                    return
+                if int(value) > self.limit:
+                    await _send_error(send, 413, f"request body too large: at most {self.limit} bytes")
+                    return
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise BodyTooLarge(self.limit)
+            return message
+
+        await self.app(scope, limited, send)
+
+
+async def _send_error(send: Send, status: int, detail: str) -> None:
+    response = JSONResponse({"detail": detail}, status_code=status)
+    body = response.body
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def _validation_detail(exc: RequestValidationError) -> tuple[int, str]:
+    errors = list(exc.errors())
+    for e in errors:
+        if e.get("type") == "json_invalid":
+            reason = (e.get("ctx") or {}).get("error", "cannot parse")
+            return 400, f"malformed JSON: {reason}"
+    parts = []
+    for e in errors[:4]:
+        loc = [str(x) for x in e.get("loc", ()) if x != "body"]
+        where = ".".join(loc)
+        msg = str(e.get("msg", "invalid")).removeprefix("Value error, ")
+        if e.get("type") == "missing" and not loc:
+            parts.append("a JSON request body is required")
+        else:
+            parts.append(f"{where}: {msg}" if where else msg)
+    if len(errors) > 4:
+        parts.append(f"and {len(errors) - 4} more")
+    return 422, "; ".join(parts) or "invalid request"
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    text = {
+        400: "malformed request",
+        401: "missing or unknown credential",
+        403: "credential not allowed here, or enrollment refused",
+        404: "no such object",
+        409: "conflicts with an existing node",
+        410: "the node was removed",
+        413: "request body too large",
+        422: "invalid field values",
+    }
+    return {s: {"model": ErrorBody, "description": text[s]} for s in statuses}
+
+
+def _plane(request: Request) -> ControlPlane:
+    plane: ControlPlane = request.app.state.plane
+    return plane
+
+
+def caller_node(
+    request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Security(_node_bearer)]
+) -> int:
+    """The node whose credential the request carries."""
+    plane = _plane(request)
+    if creds is None:
+        raise ApiError(401, "missing credential: send 'Authorization: Bearer <node credential>'")
+    node = plane.node_of(creds.credentials)
+    if node is None:
+        if plane.is_admin(creds.credentials):
+            raise ApiError(403, "this route needs a node credential, not the admin credential")
+        raise ApiError(401, "unknown node credential (was the node removed or re-enrolled?)")
+    return node
+
+
+def caller_admin(
+    request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Security(_admin_bearer)]
+) -> None:
+    plane = _plane(request)
+    if creds is None:
+        raise ApiError(401, "missing credential: send 'Authorization: Bearer <admin credential>'")
+    if not plane.is_admin(creds.credentials):
+        if plane.node_of(creds.credentials) is not None:
+            raise ApiError(403, "this route needs the admin credential, not a node credential")
+        raise ApiError(401, "wrong admin credential")
+
+
+NodeCaller = Annotated[int, Depends(caller_node)]
+ADMIN = Depends(caller_admin)
+IdPath = Annotated[int, Path(ge=1, le=MAX_ID, description="Node id")]
+KeyIdPath = Annotated[int, Path(ge=1, le=MAX_ID, description="Pre-auth key id")]
+
+
+def create_app(settings: Settings, store: Store, clock: Clock | None = None) -> FastAPI:
+    notifier = MapNotifier()
+    plane = ControlPlane(settings, store, clock or SystemClock(), on_maps_changed=notifier.notify)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        plane.close()
+
+    app = FastAPI(
+        title="wgmesh controller",
+        version=str(PROTOCOL_VERSION),
+        summary="Enrolls WireGuard hosts, computes their network maps and pushes them by long-poll.",
+        lifespan=lifespan,
+        openapi_tags=[
+            {"name": "node", "description": "Calls an agent makes with its node credential."},
+            {"name": "admin", "description": "Calls that need the admin credential."},
+        ],
+    )
+    app.state.plane = plane
+    app.state.notifier = notifier
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_req: Request, exc: ApiError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(req: Request, exc: RequestValidationError) -> JSONResponse:
+        content_type = req.headers.get("content-type", "").partition(";")[0].strip().lower()
+        body_not_json = any(
+            tuple(e.get("loc", ())) == ("body",) and e.get("type") != "missing" for e in exc.errors()
+        )
+        if body_not_json and content_type != "application/json":
+            shown = content_type or "none"
+            return JSONResponse(
+                {"detail": f"send the body as JSON with Content-Type: application/json (got {shown})"},
+                status_code=415,
+            )
+        status, detail = _validation_detail(exc)
+        return JSONResponse({"detail": detail}, status_code=status)
+
+    @app.exception_handler(HTTPException)
+    async def _http(_req: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.get(
+        api.HEALTH,
+        tags=["node"],
+        responses={
+            200: {"content": {"application/json": {"example": {"status": "ok", "protocol_version": 1}}}}
+        },
+    )
+    async def health() -> dict[str, object]:
+        """Liveness and protocol version; needs no credential."""
+        return {"status": "ok", "protocol_version": PROTOCOL_VERSION}
+
+    @app.post(
+        api.ENROLL,
+        tags=["node"],
+        response_model=EnrollResponse,
+        responses={
+            200: {"content": {"application/json": {"example": ex.ENROLL_RESPONSE}}},
+            **_errors(400, 403, 409, 413, 422),
+        },
+    )
+    async def enroll(
+        req: Annotated[EnrollRequest, Body(openapi_examples=ex.ENROLL_REQUEST)],
+    ) -> EnrollResponse:
+        """Join the mesh with a pre-auth key; re-enrolling the same identity key returns the same node
+        with a fresh credential (the old one stops working)."""
+        return plane.enroll(req, enroll_signing_bytes(req))
+
+    @app.get(
+        api.NETMAP,
+        tags=["node"],
+        response_class=Response,
+        responses={
+            200: {
+                "model": NetMap,
+                "description": "The caller's network map",
+                "content": {"application/json": {"example": ex.NETMAP}},
+            },
+            204: {"description": "No newer map before the timeout"},
+            **_errors(401, 403, 410, 422),
+        },
+    )
+    async def netmap(
+        node: NodeCaller,
+        since: Annotated[
+            int, Query(ge=0, le=MAX_ID, description="Serial of the map the caller holds; 0: none")
+        ] = 0,
+        timeout: Annotated[
+            float,
+            Query(
+                ge=0,
+                le=api.NETMAP_MAX_TIMEOUT_S,
+                description="Seconds to hold the request when nothing is newer",
+            ),
+        ] = 0,
+    ) -> Response:
+        """The caller's network map: at once when its serial differs from `since`, otherwise as soon as
+        it changes, or 204 after `timeout` seconds."""
+        plane.polled(node, since)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while plane.has_node(node) and plane.serial(node) == since:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return Response(status_code=204)
+            await notifier.wait(node, remaining)
+        if not plane.has_node(node):
+            raise ApiError(410, f"node {node} was removed from the mesh")
+        return Response(plane.netmap_json(node), media_type="application/json")
+
+    @app.post(
+        api.LINKS,
+        tags=["node"],
+        status_code=204,
+        response_class=Response,
+        responses=_errors(401, 403, 413, 422),
+    )
+    async def links(
+        node: NodeCaller, report: Annotated[LinkReport, Body(openapi_examples=ex.LINK_REPORT)]
+    ) -> Response:
+        """The caller's measurements of its direct links, one per peer."""
+        plane.report(node, report)
+        return Response(status_code=204)
+
+    @app.get(
+        api.NODES,
+        tags=["admin"],
+        dependencies=[ADMIN],
+        response_model=list[NodeInfo],
+        responses={200: {"content": {"application/json": {"example": [ex.NODE_INFO]}}}, **_errors(401, 403)},
+    )
+    async def list_nodes() -> list[NodeInfo]:
+        return plane.node_infos()
+
+    @app.get(
+        api.NODES + "/{node_id}",
+        tags=["admin"],
+        dependencies=[ADMIN],
+        response_model=NodeInfo,
+        responses={
+            200: {"content": {"application/json": {"example": ex.NODE_INFO}}},
+            **_errors(401, 403, 404, 422),
+        },
+    )
+    async def show_node(node_id: IdPath) -> NodeInfo:
+        return plane.node_info(node_id)
+
+    @app.delete(
+        api.NODES + "/{node_id}",
+        tags=["admin"],
+        dependencies=[ADMIN],
+        status_code=204,
+        response_class=Response,
+        responses=_errors(401, 403, 404, 422),
+    )
+    async def remove_node(node_id: IdPath) -> Response:
+        """Remove a node: it disappears from every peer's map at once, its credential stops working."""
+        plane.remove_node(node_id)
+        return Response(status_code=204)
+
+    @app.post(
+        api.PREAUTH_KEYS,
+        tags=["admin"],
+        dependencies=[ADMIN],
+        status_code=201,
+        response_model=PreAuthKeyInfo,
+        responses={
+            201: {"content": {"application/json": {"example": ex.PREAUTH_INFO}}},
+            **_errors(401, 403, 422),
+        },
+    )
+    async def create_key(
+        req: Annotated[PreAuthKeyRequest, Body(openapi_examples=ex.PREAUTH_REQUEST)],
+    ) -> PreAuthKeyInfo:
+        """A new pre-auth key; the secret is in this response only."""
+        return plane.create_preauth_key(req)
+
+    @app.get(
+        api.PREAUTH_KEYS,
+        tags=["admin"],
+        dependencies=[ADMIN],
+        response_model=list[PreAuthKeyInfo],
+        responses={
+            200: {"content": {"application/json": {"example": [{**ex.PREAUTH_INFO, "key": None}]}}},
+            **_errors(401, 403),
+        },
+    )
+    async def list_keys() -> list[PreAuthKeyInfo]:
+        return plane.preauth_keys()
+
+    @app.delete(
+        api.PREAUTH_KEYS + "/{key_id}",
+        tags=["admin"],
+        dependencies=[ADMIN],
+        status_code=204,
+        response_class=Response,
+        responses=_errors(401, 403, 404, 422),
+    )
+    async def revoke_key(key_id: KeyIdPath) -> Response:
+        """Revoke a pre-auth key (again: no error). Nodes it enrolled stay."""
+        plane.revoke_preauth_key(key_id)
+        return Response(status_code=204)
+
+    @app.get(
+        api.TOPOLOGY,
+        tags=["admin"],
+        dependencies=[ADMIN],
+        response_model=Topology,
+        responses={
+            200: {
+                "content": {
+                    "application/json": {"example": ex.TOPOLOGY},
+                    "text/vnd.graphviz": {"example": ex.TOPOLOGY_DOT},
+                }
+            },
+            **_errors(401, 403, 422),
+        },
+    )
+    async def topology(
+        format: Annotated[Literal["json", "dot"], Query(description="json, or dot for Graphviz")] = "json",
+    ) -> Any:
+        """Nodes, up links with their weights, and every node's chosen routes."""
+        if format == "dot":
+            return PlainTextResponse(plane.topology_dot(), media_type="text/vnd.graphviz")
+        return Response(plane.topology().model_dump_json(), media_type="application/json")
+
+    return app

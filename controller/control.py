@@ -1,0 +1,320 @@
+"""The control plane: every operation the API offers, on the mesh model and the store, without HTTP.
+
+Rules:
+- State changes happen in the order: check everything (raise `ApiError`, nothing changed) -> store
+  transaction -> in-memory mesh -> persist the map serials -> wake the agents whose map changed.
+  A crash between the store write and the serials is repaired at start-up (digests are compared).
+- Methods are synchronous and never yield to the event loop, so requests that change state are
+  serialized by the loop they run on; the store's conditional updates guard the rest.
+- A node is identified by its identity key: re-enrolling with the same identity key (proved by the
+  signature) returns the same node with a fresh credential; the old credential stops working.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+
+from controller.clock import Clock
+from controller.credentials import (
+    NODE_PREFIX,
+    PREAUTH_PREFIX,
+    credential_hash,
+    ensure_admin_credential,
+    new_secret,
+    same_hash,
+)
+from controller.ipam import AddressHolds, AddressPool, PoolExhausted, unique_name
+from controller.mesh import Mesh, MeshChange
+from controller.netmap import NodeCard
+from controller.settings import Settings
+from controller.store import KeyRefused, NodeRecord, NodeWrite, PreAuthKeyRecord, Store, StoreConflict
+from wire import PROTOCOL_VERSION
+from wire.models import (
+    EnrollRequest,
+    EnrollResponse,
+    LinkReport,
+    NodeInfo,
+    PreAuthKeyInfo,
+    PreAuthKeyRequest,
+    Topology,
+)
+
+LAST_SEEN_WRITE_EVERY = timedelta(seconds=60)
+
+
+class ApiError(Exception):
+    """A refused request: HTTP status and one line saying what is wrong."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who sent a request: the admin, or one node."""
+
+    node_id: int | None  # None: the admin
+
+
+def card_of(record: NodeRecord) -> NodeCard:
+    return NodeCard(
+        node_id=record.node_id,
+        name=record.name,
+        role=record.role,
+        wg_public_key=record.wg_public_key,
+        identity_public_key=record.identity_public_key,
+        tunnel_address=record.tunnel_address,
+        endpoints=record.endpoints,
+        listen_port=record.listen_port,
+    )
+
+
+class ControlPlane:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        clock: Clock,
+        on_maps_changed: Callable[[Iterable[int]], None] = lambda _nodes: None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.clock = clock
+        self._wake = on_maps_changed
+        admin, _created = ensure_admin_credential(settings.state_dir)
+        self._admin_hash = credential_hash(admin)
+        self.pool = AddressPool(settings.mesh_cidr)
+        snapshot = store.load()
+        self.nodes: dict[int, NodeRecord] = {n.node_id: n for n in snapshot.nodes}
+        self._by_credential = {n.credential_hash: n.node_id for n in snapshot.nodes}
+        self._by_identity = {n.identity_public_key: n.node_id for n in snapshot.nodes}
+        self.holds = AddressHolds(snapshot.holds)
+        self.mesh = Mesh(
+            settings.mesh_cidr,
+            settings.policy,
+            settings.persistent_keepalive_s,
+            (card_of(n) for n in snapshot.nodes),
+            snapshot.links,
+            snapshot.maps,
+        )
+        store.save_maps(self.mesh.initial.maps)
+        self._last_seen = {n.node_id: n.last_seen for n in snapshot.nodes if n.last_seen}
+        self._seen_written = dict(self._last_seen)
+
+    # --- authentication ----------------------------------------------------------------------------
+
+    def node_of(self, credential: str) -> int | None:
+        return self._by_credential.get(credential_hash(credential))
+
+    def is_admin(self, credential: str) -> bool:
+        return same_hash(credential_hash(credential), self._admin_hash)
+
+    # --- enrollment --------------------------------------------------------------------------------
+
+    def enroll(self, req: EnrollRequest, signing_bytes: bytes) -> EnrollResponse:
+        if req.protocol_version != PROTOCOL_VERSION:
+            raise ApiError(
+                400,
+                f"protocol version {req.protocol_version} is not supported; this controller speaks {PROTOCOL_VERSION}",
+            )
+        try:
+            signature = base64.b64decode(req.signature, validate=True)
+        except (binascii.Error, ValueError):
+            raise ApiError(422, "signature: not valid base64") from None
+        if len(signature) != 64 or not req.identity_public_key.verify(signature, signing_bytes):
+            raise ApiError(
+                403,
+                "signature does not verify against identity_public_key "
+                "(sign wire.models.enroll_signing_bytes(request) with the identity private key)",
+            )
+        identity = req.identity_public_key.base64()
+        wg_key = req.wg_public_key.base64()
+        existing = self.nodes.get(self._by_identity.get(identity, 0))
+        for other in self.nodes.values():
+            if other.wg_public_key == wg_key and other is not existing:
+                raise ApiError(
+                    409, f"WireGuard public key already belongs to node {other.node_id} ({other.name})"
+                )
+        if existing is not None and existing.hostname == req.hostname:
+            name = existing.name
+        else:
+            taken = {n.name for n in self.nodes.values() if n is not existing}
+            name = unique_name(req.hostname, taken)
+        if existing is not None:
+            address = existing.tunnel_address
+        else:
+            taken_addresses = {n.tunnel_address for n in self.nodes.values()} | self.holds.held()
+            try:
+                address = self.pool.first_free(taken_addresses)
+            except PoolExhausted as e:
+                raise ApiError(409, str(e)) from None
+        credential = new_secret(NODE_PREFIX)
+        write = NodeWrite(
+            node_id=existing.node_id if existing else None,
+            name=name,
+            hostname=req.hostname,
+            wg_public_key=wg_key,
+            identity_public_key=identity,
+            tunnel_address=address,
+            endpoints=tuple(dict.fromkeys(req.endpoints)),
+            listen_port=req.listen_port,
+            credential_hash=credential_hash(credential),
+        )
+        try:
+            record = self.store.enroll(credential_hash(req.preauth_key), write, self.clock.now())
+        except KeyRefused as e:
+            raise ApiError(403, str(e)) from None
+        except StoreConflict as e:
+            raise ApiError(409, str(e)) from None
+        if existing is not None:
+            self._by_credential.pop(existing.credential_hash, None)
+        self.nodes[record.node_id] = record
+        self._by_credential[record.credential_hash] = record.node_id
+        self._by_identity[identity] = record.node_id
+        self._apply(self.mesh.upsert(card_of(record)))
+        return EnrollResponse(
+            node_id=record.node_id,
+            name=record.name,
+            tunnel_address=record.tunnel_address,
+            mesh_cidr=self.settings.mesh_cidr,
+            node_credential=credential,
+        )
+
+    # --- maps and measurements ---------------------------------------------------------------------
+
+    def has_node(self, node_id: int) -> bool:
+        return node_id in self.nodes
+
+    def serial(self, node_id: int) -> int:
+        return self.mesh.serial(node_id)
+
+    def netmap_json(self, node_id: int) -> bytes:
+        return self.mesh.render(node_id)
+
+    def polled(self, node_id: int, since: int) -> None:
+        """The node asked for maps newer than `since`: it is alive and holds map `since`."""
+        now = self.clock.now()
+        self._last_seen[node_id] = now
+        written = self._seen_written.get(node_id)
+        if written is None or now - written >= LAST_SEEN_WRITE_EVERY:
+            self.store.touch({node_id: now})
+            self._seen_written[node_id] = now
+        if 0 < since <= self.mesh.serial(node_id) and self.holds.acknowledge(node_id, since):
+            self.store.release_holds(node_id, since)
+
+    def report(self, node_id: int, report: LinkReport) -> None:
+        seen: set[int] = set()
+        for m in report.measurements:
+            if m.peer_id == node_id:
+                raise ApiError(422, f"measurements: peer_id {m.peer_id} is the reporting node itself")
+            if m.peer_id in seen:
+                raise ApiError(422, f"measurements: peer_id {m.peer_id} appears more than once")
+            seen.add(m.peer_id)
+        unknown = sorted(seen - self.nodes.keys())
+        if unknown:
+            raise ApiError(422, f"measurements: unknown peer ids {', '.join(map(str, unknown[:10]))}")
+        self._apply(self.mesh.report(node_id, report.measurements, self.clock.now()))
+
+    # --- admin -------------------------------------------------------------------------------------
+
+    def node_info(self, node_id: int) -> NodeInfo:
+        record = self.nodes.get(node_id)
+        if record is None:
+            raise ApiError(404, f"no node {node_id}")
+        return NodeInfo(
+            node_id=record.node_id,
+            name=record.name,
+            role=record.role,
+            wg_public_key=record.wg_public_key,
+            identity_public_key=record.identity_public_key,
+            tunnel_address=record.tunnel_address,
+            endpoints=list(record.endpoints),
+            listen_port=record.listen_port,
+            enrolled_at=record.enrolled_at,
+            last_seen=self._last_seen.get(node_id),
+            serial=self.mesh.serial(node_id),
+        )
+
+    def node_infos(self) -> list[NodeInfo]:
+        return [self.node_info(n) for n in sorted(self.nodes)]
+
+    def remove_node(self, node_id: int) -> None:
+        record = self.nodes.get(node_id)
+        if record is None:
+            raise ApiError(404, f"no node {node_id}")
+        change = self.mesh.remove(node_id)
+        self.holds.drop_holder(node_id)
+        holds = self.holds.hold(record.tunnel_address, {n: s.serial for n, s in change.maps.items()})
+        self.store.remove_node(node_id, holds)
+        del self.nodes[node_id]
+        self._by_credential.pop(record.credential_hash, None)
+        self._by_identity.pop(record.identity_public_key, None)
+        self._last_seen.pop(node_id, None)
+        self._seen_written.pop(node_id, None)
+        self._apply(change, also_wake=[node_id])
+
+    def create_preauth_key(self, req: PreAuthKeyRequest) -> PreAuthKeyInfo:
+        key = new_secret(PREAUTH_PREFIX)
+        now = self.clock.now()
+        expires = None if req.expires_in_s is None else now + timedelta(seconds=req.expires_in_s)
+        record = self.store.create_preauth_key(credential_hash(key), req.role, req.reusable, now, expires)
+        return _key_info(record, key)
+
+    def preauth_keys(self) -> list[PreAuthKeyInfo]:
+        return [_key_info(r) for r in self.store.list_preauth_keys()]
+
+    def revoke_preauth_key(self, key_id: int) -> None:
+        if self.store.revoke_preauth_key(key_id) is None:
+            raise ApiError(404, f"no pre-auth key {key_id}")
+
+    def topology(self) -> Topology:
+        return Topology.model_construct(
+            nodes=self.node_infos(),
+            edges=self.mesh.edges(),
+            routes={n: self.mesh.routes_of(n) for n in sorted(self.nodes)},
+        )
+
+    def topology_dot(self) -> str:
+        used = self.mesh.used_links()
+        lines = ["graph wgmesh {", "  node [shape=box];"]
+        for n in sorted(self.nodes):
+            r = self.nodes[n]
+            relay = ", peripheries=2" if self.mesh.router.forwards(n) else ""
+            lines.append(f'  n{n} [label="{r.name}\\n{r.tunnel_address}"{relay}];')
+        for e in self.mesh.edges():
+            style = "bold" if (e.a, e.b) in used else "dashed"
+            label = f"{e.weight:g}" if e.rtt_ms is None else f"{e.rtt_ms:g} ms"
+            lines.append(f'  n{e.a} -- n{e.b} [label="{label}", style={style}];')
+        lines.append("}")
+        return "\n".join(lines) + "\n"
+
+    def close(self) -> None:
+        pending = {n: t for n, t in self._last_seen.items() if t and self._seen_written.get(n) != t}
+        self.store.touch(pending)
+        self.store.close()
+
+    # --- internals ---------------------------------------------------------------------------------
+
+    def _apply(self, change: MeshChange, also_wake: Iterable[int] = ()) -> None:
+        self.store.save_links(change.links)
+        self.store.save_maps(change.maps)
+        self._wake([*change.maps, *also_wake])
+
+
+def _key_info(r: PreAuthKeyRecord, key: str | None = None) -> PreAuthKeyInfo:
+    return PreAuthKeyInfo(
+        id=r.id,
+        role=r.role,
+        reusable=r.reusable,
+        created_at=r.created_at,
+        expires_at=r.expires_at,
+        revoked=r.revoked,
+        used_count=r.used_count,
+        key=key,
+    )

@@ -1,0 +1,73 @@
+"""Credentials: the admin credential file, node credentials and pre-auth keys.
+
+Rules:
+- Every secret is 256 random bits from `secrets`, with a prefix that says what it is.
+- Only SHA-256 hashes are stored: the secrets are random, so a plain hash is as good as a slow one
+  and lets a request be authenticated by one dictionary lookup.
+- Comparisons of secrets go through hashes and `hmac.compare_digest`.
+- The admin credential lives in STATE_DIR/admin-credential, one line, mode 0600.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import stat
+from pathlib import Path
+
+from keys.store import write_private_file
+
+ADMIN_PREFIX = "wgm_admin_"
+NODE_PREFIX = "wgm_node_"
+PREAUTH_PREFIX = "wgm_pak_"
+ADMIN_CREDENTIAL_FILE = "admin-credential"
+
+
+class CredentialError(Exception):
+    """The admin credential file cannot be used; the message says why."""
+
+
+def new_secret(prefix: str) -> str:
+    return prefix + secrets.token_urlsafe(32)
+
+
+def credential_hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def same_hash(a: str, b: str) -> bool:
+    return hmac.compare_digest(a.encode(), b.encode())
+
+
+def admin_credential_path(state_dir: Path) -> Path:
+    return state_dir / ADMIN_CREDENTIAL_FILE
+
+
+def ensure_admin_credential(state_dir: Path) -> tuple[str, bool]:
+    """The admin credential, created (0600) when missing. Returns (credential, created_now)."""
+    path = admin_credential_path(state_dir)
+    if path.exists():
+        return read_admin_credential(path), False
+    credential = new_secret(ADMIN_PREFIX)
+    write_private_file(path, credential + "\n")
+    return credential, True
+
+
+def read_admin_credential(path: Path) -> str:
+    try:
+        st = path.stat()
+        text = path.read_text("utf-8")
+    except FileNotFoundError:
+        raise CredentialError(f"admin credential file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise CredentialError(f"admin credential file {path}: {e}") from None
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise CredentialError(
+            f"admin credential file {path} has mode {stat.S_IMODE(st.st_mode):04o}: "
+            f"other users can read it; run `chmod 600 {path}`"
+        )
+    credential = text.strip()
+    if not credential or "\n" in credential:
+        raise CredentialError(f"admin credential file {path} must hold exactly one line")
+    return credential

@@ -1,0 +1,177 @@
+"""The mesh model: the controller's in-memory view of nodes, links, routes and every node's map serial.
+
+It composes controller.topology (link state), controller.routing (next hops) and controller.netmap
+(rendering), and decides which maps really changed: a node's serial grows only when the digest of its
+new map differs from the stored one. It does no I/O and reads no clock: the caller persists the
+returned `MeshChange` and wakes the agents it names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+
+from controller.netmap import Directory, NodeCard, cost_tenths, map_digest, render_netmap
+from controller.routing import Router
+from controller.topology import LinkPolicy, LinkRecord, Topology
+from wire.models import IPNetwork, LinkMeasurement, Route, TopologyEdge
+
+
+@dataclass(frozen=True)
+class MapState:
+    """A node's current map serial and the digest of that map's content."""
+
+    serial: int
+    digest: str
+
+
+@dataclass
+class MeshChange:
+    maps: dict[int, MapState] = field(default_factory=dict)  # nodes whose map changed: new serial
+    links: list[LinkRecord] = field(default_factory=list)  # link state to persist
+
+    def __bool__(self) -> bool:
+        return bool(self.maps or self.links)
+
+
+class Mesh:
+    def __init__(
+        self,
+        mesh_cidr: IPNetwork,
+        policy: LinkPolicy,
+        keepalive_s: int | None,
+        cards: Iterable[NodeCard],
+        links: Iterable[LinkRecord] = (),
+        maps: Mapping[int, MapState] | None = None,
+    ) -> None:
+        self.mesh_cidr = mesh_cidr
+        self.policy = policy
+        self.keepalive_s = keepalive_s
+        self.cards: dict[int, NodeCard] = {c.node_id: c for c in cards}
+        self.topology = Topology(policy, self.cards, links)
+        self.router = Router(self.cards, self.topology.edges())
+        self._maps: dict[int, MapState] = {n: s for n, s in (maps or {}).items() if n in self.cards}
+        self._directory = self._new_directory()
+        self.initial = MeshChange(maps=self._refresh(self.cards))
+        """What start-up changed (maps whose stored digest no longer matches): persist it."""
+
+    # --- queries ---------------------------------------------------------------------------------
+
+    def __contains__(self, node_id: object) -> bool:
+        return node_id in self.cards
+
+    def serial(self, node_id: int) -> int:
+        return self._maps[node_id].serial
+
+    def map_state(self, node_id: int) -> MapState:
+        return self._maps[node_id]
+
+    def render(self, node_id: int) -> bytes:
+        """The node's current NetMap as JSON."""
+        index = self.router.index[node_id]
+        row = self.router.next_hop_row(node_id)
+        tenths = cost_tenths(self.router.cost_row(node_id))
+        serial = self._maps[node_id].serial
+        return render_netmap(self._directory, index, serial, row, tenths, self.router.forwards(node_id))
+
+    def routes_of(self, node_id: int) -> list[Route]:
+        out = []
+        for d in self.router.nodes:
+            if d == node_id:
+                continue
+            via = self.router.next_hop(node_id, d)
+            cost = self.router.cost(node_id, d)
+            out.append(
+                Route.model_construct(
+                    destination=d,
+                    destination_address=self.cards[d].tunnel_address,
+                    via=d if via is None else via,
+                    cost=None if cost is None else round(cost, 1),
+                )
+            )
+        return out
+
+    def edges(self) -> list[TopologyEdge]:
+        out = []
+        for a, b, d in self.topology.graph.edges(data=True):
+            lo, hi = min(a, b), max(a, b)
+            state = self.topology.link(lo, hi)
+            samples = list(state.samples.values()) if state else []
+            rtts = [s.rtt_ms for s in samples if s.rtt_ms is not None]
+            losses = [s.loss for s in samples if s.loss is not None]
+            out.append(
+                TopologyEdge(
+                    a=lo,
+                    b=hi,
+                    weight=round(d["weight"], 3),
+                    rtt_ms=round(sum(rtts) / len(rtts), 3) if rtts else None,
+                    loss=max(losses) if losses else None,
+                )
+            )
+        return sorted(out, key=lambda e: (e.a, e.b))
+
+    def used_links(self) -> set[tuple[int, int]]:
+        """Edges (low id, high id) that carry at least one route."""
+        nodes = np.array(self.router.nodes, dtype=np.int64)
+        used: set[tuple[int, int]] = set()
+        for s in self.router.nodes:
+            hops = np.unique(self.router.next_hop_row(s))
+            for h in hops.tolist():
+                if h >= 0 and nodes[h] != s:
+                    t = int(nodes[h])
+                    used.add((min(s, t), max(s, t)))
+        return used
+
+    # --- changes ---------------------------------------------------------------------------------
+
+    def upsert(self, card: NodeCard) -> MeshChange:
+        """A node enrolled, or re-enrolled (maybe with new keys or endpoints)."""
+        old = self.cards.get(card.node_id)
+        if old == card:
+            return MeshChange()
+        self.cards[card.node_id] = card
+        if old is None:
+            edges = self.topology.add_node(card.node_id)
+            if self.router.nodes and card.node_id < self.router.nodes[-1]:
+                self.router = Router(self.cards, self.topology.edges())
+            else:
+                self.router.add_node(card.node_id, edges)
+        self._directory = self._new_directory()
+        return MeshChange(maps=self._refresh(self.cards))
+
+    def remove(self, node_id: int) -> MeshChange:
+        """A node left: every remaining map changes (one peer fewer)."""
+        del self.cards[node_id]
+        self._maps.pop(node_id, None)
+        self.topology.remove_node(node_id)
+        self.router.remove_node(node_id)
+        self._directory = self._new_directory()
+        return MeshChange(maps=self._refresh(self.cards))
+
+    def report(self, reporter: int, measurements: Sequence[LinkMeasurement], now: datetime) -> MeshChange:
+        """One node's link measurements (peers already checked to be other known nodes)."""
+        update = self.topology.report(reporter, measurements, now)
+        changed = self.router.set_edges(update.edges)
+        return MeshChange(maps=self._refresh(changed), links=update.records)
+
+    # --- internals -------------------------------------------------------------------------------
+
+    def _new_directory(self) -> Directory:
+        return Directory([self.cards[n] for n in self.router.nodes], self.mesh_cidr, self.keepalive_s)
+
+    def _refresh(self, candidates: Iterable[int]) -> dict[int, MapState]:
+        changed: dict[int, MapState] = {}
+        for node in candidates:
+            index = self.router.index[node]
+            row = self.router.next_hop_row(node)
+            tenths = cost_tenths(self.router.cost_row(node))
+            digest = map_digest(self._directory, index, row, tenths, self.router.forwards(node)).hex()
+            old = self._maps.get(node)
+            if old is not None and old.digest == digest:
+                continue
+            state = MapState((old.serial if old else 0) + 1, digest)
+            self._maps[node] = changed[node] = state
+        return changed

@@ -1,0 +1,165 @@
+"""Network maps: one node's `wire.models.NetMap`, rendered as JSON bytes, and its content digest.
+
+A map is a pure function of (the directory of node cards in routing order, the node's row of next hops
+and path costs, its forward flag, the mesh CIDR, the keepalive). `map_digest` hashes exactly those
+inputs, so two maps are equal iff their digests are (up to hash collisions): the controller compares
+digests to decide whether a node's map really changed, without rendering a map nobody asked for.
+
+Rules:
+- Every other node appears as a peer, with its endpoints, so WireGuard keeps trying the direct link
+  (a handshake newer than the failure is what brings a link back).
+- A destination D reached through relay R: D's /32 is in R's allowed IPs and NOT in D's own peer
+  entry (an allowed IP belongs to one peer only). An unreachable destination keeps its own /32.
+- Per-node JSON fragments are rendered once per card; a map is mostly a join of them, which is what
+  makes pushing a thousand maps cheap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import numpy.typing as npt
+
+from wire import PROTOCOL_VERSION
+from wire.models import IPAddress, IPNetwork
+
+DEFAULT_KEEPALIVE_S = 25
+
+
+@dataclass(frozen=True)
+class NodeCard:
+    """The public part of one node: what every peer's map says about it."""
+
+    node_id: int
+    name: str
+    role: str
+    wg_public_key: str  # base64
+    identity_public_key: str  # base64
+    tunnel_address: IPAddress
+    endpoints: tuple[str, ...]
+    listen_port: int
+
+    @cached_property
+    def host_route(self) -> str:
+        """The node's own tunnel address as a one-address network, JSON-quoted."""
+        return json.dumps(f"{self.tunnel_address}/{self.tunnel_address.max_prefixlen}")
+
+    @cached_property
+    def peer_head(self) -> str:
+        return (
+            f'{{"node_id":{self.node_id},"name":{json.dumps(self.name)},"role":{json.dumps(self.role)},'
+            f'"wg_public_key":{json.dumps(self.wg_public_key)},'
+            f'"identity_public_key":{json.dumps(self.identity_public_key)},'
+            f'"tunnel_address":{json.dumps(str(self.tunnel_address))},'
+            f'"endpoints":{json.dumps(list(self.endpoints))},"allowed_ips":['
+        )
+
+    @cached_property
+    def route_head(self) -> str:
+        return (
+            f'{{"destination":{self.node_id},'
+            f'"destination_address":{json.dumps(str(self.tunnel_address))},"via":'
+        )
+
+
+class Directory:
+    """The node cards in routing-index order, the shared parts of every map, and their digest."""
+
+    def __init__(self, cards: Sequence[NodeCard], mesh_cidr: IPNetwork, keepalive_s: int | None) -> None:
+        self.cards = list(cards)
+        self.mesh_cidr = mesh_cidr
+        self.ids = np.array([c.node_id for c in self.cards], dtype=np.int64)
+        keepalive = "null" if keepalive_s is None else str(int(keepalive_s))
+        self.peer_tail = f'],"persistent_keepalive":{keepalive}}}'
+        self.direct_peers = [c.peer_head + c.host_route + self.peer_tail for c in self.cards]
+        h = hashlib.blake2b(digest_size=32)
+        h.update(f"{PROTOCOL_VERSION}|{mesh_cidr}|{keepalive}|".encode())
+        for c in self.cards:
+            h.update(c.peer_head.encode())
+            h.update(c.host_route.encode())
+            h.update(f"|{c.listen_port}\n".encode())
+        self.digest = h.digest()
+
+
+def cost_tenths(costs: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
+    """Path costs as maps show them: tenths of a unit, -1 when unreachable."""
+    finite = np.isfinite(costs)
+    return np.where(finite, np.rint(np.where(finite, costs, 0.0) * 10), -1).astype(np.int64)
+
+
+def map_digest(
+    directory: Directory,
+    index: int,
+    next_row: npt.NDArray[np.int32],
+    tenths: npt.NDArray[np.int64],
+    forward: bool,
+) -> bytes:
+    """Digest of everything `render_netmap` puts in this node's map except the serial."""
+    h = hashlib.blake2b(directory.digest, digest_size=32)
+    h.update(index.to_bytes(4, "big"))
+    h.update(np.ascontiguousarray(next_row, dtype=np.int32).tobytes())
+    h.update(np.ascontiguousarray(tenths, dtype=np.int64).tobytes())
+    h.update(b"\x01" if forward else b"\x00")
+    return h.digest()
+
+
+def render_netmap(
+    directory: Directory,
+    index: int,
+    serial: int,
+    next_row: npt.NDArray[np.int32],
+    tenths: npt.NDArray[np.int64],
+    forward: bool,
+) -> bytes:
+    """The JSON of `wire.models.NetMap` for the node at `index`.
+
+    `next_row[d]` is the index of the peer carrying traffic to the node at index d (d itself when direct,
+    -1 when unreachable); `tenths[d]` the path cost in tenths (-1 when unreachable).
+    """
+    cards = directory.cards
+    me = cards[index]
+    n = len(cards)
+    positions = np.arange(n)
+    reachable = next_row >= 0
+    via = np.where(reachable, next_row, positions)  # unreachable: try the direct link anyway
+    relayed = via != positions
+    relayed[index] = False
+
+    if relayed.any():
+        extra: dict[int, list[str]] = {}
+        for d in np.nonzero(relayed)[0].tolist():
+            extra.setdefault(int(via[d]), []).append(cards[d].host_route)
+        peers = []
+        for d in range(n):
+            if d == index:
+                continue
+            ips = [] if relayed[d] else [cards[d].host_route]
+            ips += extra.get(d, [])
+            if not relayed[d] and d not in extra:
+                peers.append(directory.direct_peers[d])
+            else:
+                peers.append(cards[d].peer_head + ",".join(ips) + directory.peer_tail)
+    else:
+        peers = directory.direct_peers[:index] + directory.direct_peers[index + 1 :]
+
+    via_ids = directory.ids[via].tolist()
+    costs = tenths.tolist()
+    routes = [
+        f'{cards[d].route_head}{via_ids[d]},"cost":{"null" if costs[d] < 0 else f"{costs[d] // 10}.{costs[d] % 10}"}}}'
+        for d in range(n)
+        if d != index
+    ]
+    node = (
+        f'{{"node_id":{me.node_id},"name":{json.dumps(me.name)},"role":{json.dumps(me.role)},'
+        f'"tunnel_address":{json.dumps(str(me.tunnel_address))},'
+        f'"mesh_cidr":{json.dumps(str(directory.mesh_cidr))},"listen_port":{me.listen_port}}}'
+    )
+    return (
+        f'{{"serial":{serial},"node":{node},"peers":[{",".join(peers)}],"routes":[{",".join(routes)}],'
+        f'"forward":{"true" if forward else "false"},"protocol_version":{PROTOCOL_VERSION}}}'
+    ).encode()

@@ -1,0 +1,292 @@
+"""Routing: for every (source, destination) pair, the next hop, from shortest-path trees over the link graph.
+
+Rules (WireGuard cryptokey routing makes them necessary, see DESIGN.md):
+- Edge costs are symmetric and make shortest paths unique (controller.topology adds a per-hop penalty
+  and a deterministic tiny perturbation per edge). This module only relies on them being positive.
+- `next_hop(S, D)` is the parent of S in the shortest-path tree rooted at D. Following next hops from
+  any node toward D therefore walks that one tree: every intermediate node continues the same path
+  (hop-by-hop consistent). With unique shortest paths on an undirected graph the tree rooted at S holds
+  the reverse path, so path(D, S) = reverse(path(S, D)) (symmetric).
+- A full compute runs scipy's compiled Dijkstra from every node. An incremental change recomputes only
+  the trees it can touch: a tree whose edges are all unchanged and in which no changed edge offers a
+  shorter way (old distances still satisfy the triangle inequality under the new costs) keeps its
+  distances, so its paths are unchanged.
+
+Indexes: nodes are kept in ascending id order; row D of the predecessor matrix is the tree rooted at D.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import scipy.sparse as sp
+from scipy.sparse.csgraph import dijkstra
+
+NO_HOP = -1
+"""Next-hop value when the destination is unreachable."""
+
+_SCIPY_NONE = -9999
+# Distances closer than this (relative) are treated as "could be shorter": recomputing a tree too many
+# is always safe, skipping one that changed is not.
+_REL_TOL = 1e-9
+
+IntMatrix = npt.NDArray[np.int32]
+FloatMatrix = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class EdgeCost:
+    """The routing cost of the undirected edge a-b; `cost=None` means the edge is gone (link down)."""
+
+    a: int
+    b: int
+    cost: float | None
+
+
+class Router:
+    """Shortest-path trees of an undirected graph with symmetric positive costs, kept up to date."""
+
+    def __init__(self, node_ids: Iterable[int], edges: Iterable[EdgeCost]) -> None:
+        self.nodes: list[int] = sorted(set(node_ids))
+        self.index: dict[int, int] = {n: i for i, n in enumerate(self.nodes)}
+        n = len(self.nodes)
+        unique: dict[tuple[int, int], float] = {}
+        for e in edges:
+            _check_cost(e)
+            if e.cost is not None:
+                unique[min(e.a, e.b), max(e.a, e.b)] = e.cost
+        rows: list[int] = []
+        cols: list[int] = []
+        data: list[float] = []
+        for (a, b), c in unique.items():
+            i, j = self.index[a], self.index[b]
+            rows += (i, j)
+            cols += (j, i)
+            data += (c, c)
+        self._w = _csr(data, rows, cols, n)
+        self._pred: IntMatrix = np.empty((n, n), dtype=np.int32)
+        self._dist: FloatMatrix = np.empty((n, n), dtype=np.float64)
+        if n:
+            self._recompute(np.arange(n))
+        self._relays = self._relay_counts(self._pred, np.arange(n))
+
+    # --- queries ---------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def next_hop(self, source: int, destination: int) -> int | None:
+        """The node `source` hands packets for `destination` to (itself when source == destination);
+        None when unreachable."""
+        hop = int(self._pred[self.index[destination], self.index[source]])
+        return None if hop == NO_HOP else self.nodes[hop]
+
+    def cost(self, source: int, destination: int) -> float | None:
+        d = float(self._dist[self.index[destination], self.index[source]])
+        return None if d == np.inf else d
+
+    def next_hop_row(self, source: int) -> IntMatrix:
+        """Next-hop INDEXES of `source` toward every destination index (NO_HOP when unreachable)."""
+        return np.ascontiguousarray(self._pred[:, self.index[source]])
+
+    def cost_row(self, source: int) -> FloatMatrix:
+        """Path costs from `source` to every destination index (inf when unreachable)."""
+        return np.ascontiguousarray(self._dist[:, self.index[source]])
+
+    def forwards(self, node: int) -> bool:
+        """True when some other pair's path passes through `node`."""
+        return bool(self._relays[self.index[node]] > 0)
+
+    def path(self, source: int, destination: int) -> list[int] | None:
+        """The node sequence source..destination, following next hops; None when unreachable."""
+        d = self.index[destination]
+        i = self.index[source]
+        out = [source]
+        while i != d:
+            i = int(self._pred[d, i])
+            if i == NO_HOP or len(out) > len(self.nodes):
+                return None
+            out.append(self.nodes[i])
+        return out
+
+    # --- changes ---------------------------------------------------------------------------------
+
+    def set_edges(self, changes: Sequence[EdgeCost]) -> set[int]:
+        """Apply edge cost changes (None: remove). Returns the nodes whose next hops, path costs or
+        forward flag changed."""
+        if not changes:
+            return set()
+        us: list[int] = []
+        vs: list[int] = []
+        new_costs: list[float] = []
+        for e in changes:
+            _check_cost(e)
+            u, v = self.index[e.a], self.index[e.b]
+            us.append(u)
+            vs.append(v)
+            new_costs.append(np.inf if e.cost is None else e.cost)
+        affected = self._affected_trees(np.array(us), np.array(vs), np.array(new_costs))
+        self._write_costs(us, vs, new_costs)
+        return self._recompute_and_diff(affected)
+
+    def add_node(self, node_id: int, edges: Sequence[EdgeCost]) -> None:
+        """Add a node (with a larger id than every present one) and its edges."""
+        if self.nodes and node_id <= self.nodes[-1]:
+            raise ValueError(f"node {node_id} must have a larger id than {self.nodes[-1]}")
+        n = len(self.nodes)
+        self.nodes.append(node_id)
+        self.index[node_id] = n
+        nbrs: list[int] = []
+        costs: list[float] = []
+        for e in edges:
+            if e.cost is None:
+                continue
+            _check_cost(e)
+            other = e.b if e.a == node_id else e.a
+            if node_id not in (e.a, e.b) or other == node_id:
+                raise ValueError(f"edge {e.a}-{e.b} does not join node {node_id} to another node")
+            nbrs.append(self.index[other])
+            costs.append(e.cost)
+        w = self._w.tocoo()
+        rows = np.concatenate([w.row, np.full(len(nbrs), n), np.array(nbrs, dtype=np.int64)])
+        cols = np.concatenate([w.col, np.array(nbrs, dtype=np.int64), np.full(len(nbrs), n)])
+        data = np.concatenate([w.data, np.array(costs), np.array(costs)])
+        self._w = _csr(data, rows, cols, n + 1)
+        pred = np.full((n + 1, n + 1), NO_HOP, dtype=np.int32)
+        dist = np.full((n + 1, n + 1), np.inf, dtype=np.float64)
+        pred[:n, :n] = self._pred
+        dist[:n, :n] = self._dist
+        self._pred, self._dist = pred, dist
+        self._recompute(np.array([n]))
+        # The new node's tree gives its distance to every old node; by symmetry that is the old trees'
+        # distance to it. An old tree changes only if the new node offers a shorter way to someone.
+        self._dist[:n, n] = self._dist[n, :n]
+        affected = np.zeros(n, dtype=bool)
+        if nbrs and n:
+            nb = np.array(nbrs)
+            c = np.array(costs)
+            via_new = self._dist[:n, n][:, None] + c[None, :]
+            affected = (via_new < self._dist[:n, nb] * (1 + _REL_TOL)).any(axis=1)
+            # In the unaffected trees the new node hangs as a leaf off its cheapest neighbour.
+            leaf = self._dist[:n, nb] + c[None, :]
+            parent = nb[np.argmin(leaf, axis=1)]
+            reachable = np.isfinite(self._dist[:n, n])
+            self._pred[:n, n] = np.where(reachable, parent, NO_HOP)
+        if affected.any():
+            self._recompute(np.nonzero(affected)[0])
+        self._relays = self._relay_counts(self._pred, np.arange(n + 1))
+
+    def remove_node(self, node_id: int) -> None:
+        x = self.index[node_id]
+        # Trees where x is a leaf lose only x; trees where x is inner must be recomputed.
+        inner = (self._pred == x).any(axis=1)
+        inner[x] = False
+        keep = np.ones(len(self.nodes), dtype=bool)
+        keep[x] = False
+        self._w = sp.csr_array(self._w[keep][:, keep])
+        self._pred = np.delete(np.delete(self._pred, x, axis=0), x, axis=1)
+        self._dist = np.delete(np.delete(self._dist, x, axis=0), x, axis=1)
+        self._pred[self._pred > x] -= 1
+        inner = np.delete(inner, x)
+        del self.nodes[x]
+        self.index = {n: i for i, n in enumerate(self.nodes)}
+        if inner.any():
+            self._recompute(np.nonzero(inner)[0])
+        self._relays = self._relay_counts(self._pred, np.arange(len(self.nodes)))
+
+    # --- internals -------------------------------------------------------------------------------
+
+    def _affected_trees(
+        self, us: npt.NDArray[np.int64], vs: npt.NDArray[np.int64], new: FloatMatrix
+    ) -> npt.NDArray[np.intp]:
+        pred, dist = self._pred, self._dist
+        # A tree that uses a changed edge (either direction) ...
+        uses = ((pred[:, vs] == us[None, :]) | (pred[:, us] == vs[None, :])).any(axis=1)
+        # ... or in which a changed edge is now a shortcut.
+        du, dv = dist[:, us], dist[:, vs]
+        shortcut = (du + new < dv * (1 + _REL_TOL)) | (dv + new < du * (1 + _REL_TOL))
+        return np.nonzero(uses | shortcut.any(axis=1))[0]
+
+    def _write_costs(self, us: list[int], vs: list[int], costs: list[float]) -> None:
+        missing: list[tuple[int, int, float]] = []
+        w = self._w
+        for u, v, c in zip(us, vs, costs, strict=True):
+            for i, j in ((u, v), (v, u)):
+                lo, hi = w.indptr[i], w.indptr[i + 1]
+                k = lo + int(np.searchsorted(w.indices[lo:hi], j))
+                if k < hi and w.indices[k] == j:
+                    w.data[k] = c  # inf keeps the slot: a down edge costs nothing to bring back
+                elif c != np.inf:
+                    missing.append((i, j, c))
+        if missing:
+            coo = w.tocoo()
+            extra = np.array(missing)
+            self._w = _csr(
+                np.concatenate([coo.data, extra[:, 2]]),
+                np.concatenate([coo.row, extra[:, 0].astype(np.int64)]),
+                np.concatenate([coo.col, extra[:, 1].astype(np.int64)]),
+                len(self.nodes),
+            )
+
+    def _recompute(self, trees: npt.NDArray[np.intp]) -> None:
+        if len(trees) == 0:
+            return
+        dist, pred = dijkstra(self._w, directed=True, indices=trees, return_predecessors=True)
+        pred = pred.astype(np.int32, copy=False)
+        pred[pred == _SCIPY_NONE] = NO_HOP
+        pred[np.arange(len(trees)), trees] = trees
+        self._pred[trees] = pred
+        self._dist[trees] = dist
+
+    def _recompute_and_diff(self, trees: npt.NDArray[np.intp]) -> set[int]:
+        if len(trees) == 0:
+            return set()
+        old_pred = self._pred[trees].copy()
+        old_dist = self._dist[trees].copy()
+        old_relays = self._relays.copy()
+        self._recompute(trees)
+        changed = (old_pred != self._pred[trees]).any(axis=0)
+        changed |= (_rounded(old_dist) != _rounded(self._dist[trees])).any(axis=0)
+        self._relays = (
+            self._relays - self._relay_counts(old_pred, trees) + self._relay_counts(self._pred[trees], trees)
+        )
+        changed |= (old_relays > 0) != (self._relays > 0)
+        return {self.nodes[i] for i in np.nonzero(changed)[0]}
+
+    def _relay_counts(self, pred_rows: IntMatrix, trees: npt.NDArray[np.intp]) -> npt.NDArray[np.int64]:
+        """How many (source, destination) pairs of these trees pass through each node."""
+        n = len(self.nodes)
+        if n == 0 or len(trees) == 0:
+            return np.zeros(n, dtype=np.int64)
+        relayed = (pred_rows >= 0) & (pred_rows != np.asarray(trees)[:, None])
+        return np.bincount(pred_rows[relayed], minlength=n).astype(np.int64)
+
+
+def _rounded(dist: FloatMatrix) -> npt.NDArray[np.int64]:
+    """Costs as maps show them (tenths), inf as -1: what counts as a visible cost change."""
+    return np.where(np.isfinite(dist), np.rint(np.where(np.isfinite(dist), dist, 0) * 10), -1).astype(
+        np.int64
+    )
+
+
+def _check_cost(e: EdgeCost) -> None:
+    if e.a == e.b:
+        raise ValueError(f"edge {e.a}-{e.b} is a loop")
+    if e.cost is not None and not (e.cost > 0 and e.cost != np.inf):
+        raise ValueError(f"edge {e.a}-{e.b}: cost must be positive and finite, got {e.cost}")
+
+
+def _csr(data: Sequence[float] | FloatMatrix, rows: object, cols: object, n: int) -> sp.csr_array:
+    m = sp.csr_array(
+        (
+            np.asarray(data, dtype=np.float64),
+            (np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)),
+        ),
+        shape=(n, n),
+    )
+    m.sum_duplicates()
+    m.sort_indices()
+    return m

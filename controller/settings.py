@@ -1,0 +1,200 @@
+"""Controller settings: built once by the entry point from flags, then WGMESH_* environment variables,
+then an optional TOML file, then defaults (first one that says something wins).
+
+Every problem is reported as one `SettingsError` line naming the setting and where it came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from controller.ipam import pool_problem
+from controller.netmap import DEFAULT_KEEPALIVE_S
+from controller.topology import LinkPolicy
+from wire.fields import parse_endpoint
+from wire.models import IPNetwork
+
+DEFAULT_LISTEN = "0.0.0.0:8420"
+DEFAULT_MESH_CIDR = "100.64.0.0/10"
+DEFAULT_MAX_BODY_BYTES = 1 << 20
+DEFAULT_CONTROLLER_URL = "http://127.0.0.1:8420"
+
+# setting -> environment variable
+ENV = {
+    "listen": "WGMESH_LISTEN",
+    "state_dir": "WGMESH_STATE_DIR",
+    "db": "WGMESH_DB",
+    "mesh_cidr": "WGMESH_MESH_CIDR",
+    "config": "WGMESH_CONFIG",
+    "max_body_bytes": "WGMESH_MAX_BODY_BYTES",
+    "persistent_keepalive": "WGMESH_PERSISTENT_KEEPALIVE",
+}
+FILE_KEYS = {"listen", "state_dir", "db", "mesh_cidr", "max_body_bytes", "persistent_keepalive", "routing"}
+
+
+class SettingsError(Exception):
+    """One line saying which setting is wrong and why."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    state_dir: Path
+    listen_host: str = "0.0.0.0"
+    listen_port: int = 8420
+    db_url: str = ""  # empty: SQLite in the state directory
+    mesh_cidr: IPNetwork = field(default_factory=lambda: ipaddress.ip_network(DEFAULT_MESH_CIDR))
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    persistent_keepalive_s: int | None = DEFAULT_KEEPALIVE_S
+    policy: LinkPolicy = field(default_factory=LinkPolicy)
+
+    @property
+    def database_url(self) -> str:
+        return self.db_url or f"sqlite:///{self.state_dir / 'controller.db'}"
+
+    @property
+    def listen(self) -> str:
+        host = f"[{self.listen_host}]" if ":" in self.listen_host else self.listen_host
+        return f"{host}:{self.listen_port}"
+
+
+def default_state_dir(env: Mapping[str, str]) -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/lib/wgmesh/controller")
+    base = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "wgmesh" / "controller"
+
+
+def load_settings(flags: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
+    """Flags (None: not given) > environment > TOML file (flag/env `config`) > defaults."""
+    config_path = flags.get("config") or env.get(ENV["config"])
+    file_values: dict[str, Any] = {}
+    if config_path:
+        file_values = _read_toml(Path(config_path))
+
+    def pick(name: str) -> tuple[Any, str] | None:
+        if flags.get(name) is not None:
+            return flags[name], f"--{name.replace('_', '-')}"
+        if env.get(ENV[name]):
+            return env[ENV[name]], ENV[name]
+        if name in file_values:
+            return file_values[name], f"{config_path}: {name}"
+        return None
+
+    kwargs: dict[str, Any] = {}
+    listen = pick("listen")
+    host, port = _listen(*(listen or (DEFAULT_LISTEN, "default")))
+    kwargs.update(listen_host=host, listen_port=port)
+
+    state = pick("state_dir")
+    kwargs["state_dir"] = Path(_text(*state)).expanduser() if state else default_state_dir(env)
+
+    db = pick("db")
+    if db:
+        kwargs["db_url"] = _db_url(*db)
+
+    cidr = pick("mesh_cidr")
+    kwargs["mesh_cidr"] = _cidr(*(cidr or (DEFAULT_MESH_CIDR, "default")))
+
+    body = pick("max_body_bytes")
+    if body:
+        kwargs["max_body_bytes"] = _int(*body, low=1024, high=64 << 20)
+
+    keepalive = pick("persistent_keepalive")
+    if keepalive:
+        value = _int(*keepalive, low=0, high=65535)
+        kwargs["persistent_keepalive_s"] = value or None
+
+    if "routing" in file_values:
+        kwargs["policy"] = _policy(file_values["routing"], f"{config_path}: [routing]")
+    return Settings(**kwargs)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text("utf-8"))
+    except FileNotFoundError:
+        raise SettingsError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SettingsError(f"config file {path}: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise SettingsError(f"config file {path} is not valid TOML: {e}") from None
+    unknown = sorted(set(data) - FILE_KEYS)
+    if unknown:
+        raise SettingsError(
+            f"config file {path}: unknown key {unknown[0]!r} (known: {', '.join(sorted(FILE_KEYS))})"
+        )
+    return data
+
+
+def _text(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise SettingsError(f"{where}: expected a non-empty string, got {value!r}")
+    return value.strip()
+
+
+def _int(value: Any, where: str, low: int, high: int) -> int:
+    try:
+        number = int(value) if not isinstance(value, bool) else None
+    except (TypeError, ValueError):
+        number = None
+    if number is None or not low <= number <= high:
+        raise SettingsError(f"{where}: expected an integer from {low} to {high}, got {value!r}")
+    return number
+
+
+def _listen(value: Any, where: str) -> tuple[str, int]:
+    text = _text(value, where)
+    try:
+        host, port = parse_endpoint(text)
+    except ValueError as e:
+        raise SettingsError(f"{where}: {e}") from None
+    return host, port
+
+
+def _cidr(value: Any, where: str) -> IPNetwork:
+    text = _text(value, where)
+    try:
+        net = ipaddress.ip_network(text, strict=True)
+    except ValueError as e:
+        raise SettingsError(f"{where}: {text!r} is not a network in CIDR form ({e})") from None
+    problem = pool_problem(net)
+    if problem:
+        raise SettingsError(f"{where}: {problem}")
+    return net
+
+
+def _db_url(value: Any, where: str) -> str:
+    text = _text(value, where)
+    scheme = text.partition(":")[0].partition("+")[0]
+    if scheme not in ("sqlite", "postgresql", "postgres"):
+        raise SettingsError(
+            f"{where}: database URL must start with sqlite:/// or postgresql://, got {scheme!r}"
+        )
+    if scheme == "postgres":
+        text = "postgresql" + text[len("postgres") :]
+    return text
+
+
+def _policy(value: Any, where: str) -> LinkPolicy:
+    if not isinstance(value, dict):
+        raise SettingsError(f"{where}: expected a table")
+    known = {f.name: f for f in dataclasses.fields(LinkPolicy)}
+    values: dict[str, float] = {}
+    for key, raw in value.items():
+        if key not in known:
+            raise SettingsError(f"{where}: unknown key {key!r} (known: {', '.join(known)})")
+        if isinstance(raw, bool) or not isinstance(raw, int | float):
+            raise SettingsError(f"{where}: {key} must be a number, got {raw!r}")
+        values[key] = float(raw)
+    policy = LinkPolicy(**values)
+    problems = policy.problems()
+    if problems:
+        raise SettingsError(f"{where}: {problems[0]}")
+    return policy
