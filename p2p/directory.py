@@ -24,15 +24,16 @@ import json
 import os
 import tempfile
 from dataclasses import dataclass
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from keys.types import IdentityPublicKey
 from p2p.core.directory import DEFAULT_PORT, Directory, DirectoryEntry
 from wire.fields import IdPublicKey, Role
-from wire.models import IPAddress, NetMap
+from wire.models import NetMap
 
 FORMAT = "wgmesh-p2p-directory"
 FORMAT_VERSION = 1
@@ -48,10 +49,19 @@ class _EntryModel(BaseModel):
 
     node_id: int = Field(ge=1)
     name: str = Field(max_length=253)
-    address: IPAddress
+    address: str
     port: int = Field(default=DEFAULT_PORT, ge=1, le=65535)
     role: Role
     identity_public_key: IdPublicKey
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        try:
+            ip_address(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IPv4 or IPv6 address") from None
+        return value
 
 
 class _FileModel(BaseModel):
@@ -68,7 +78,7 @@ def _entry(model: _EntryModel) -> DirectoryEntry:
     return DirectoryEntry(
         node_id=model.node_id,
         name=model.name,
-        address=model.address,
+        address=ip_address(model.address),
         port=model.port,
         role=model.role,
         identity_public_key=model.identity_public_key,
@@ -92,7 +102,10 @@ def parse_directory(text: str | bytes, source: str = "directory") -> Directory:
         model = _FileModel.model_validate_json(text)
     except ValidationError as e:
         err = e.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "document"
+        # Pydantic adds validator names to the location of union fields; keep field names and indexes.
+        where = (
+            ".".join(str(p) for p in err["loc"] if isinstance(p, int) or str(p).isidentifier()) or "document"
+        )
         raise DirectoryError(f"{source}: {where}: {err['msg']}") from None
     try:
         return Directory.of(_entry(model.own), [_entry(p) for p in model.peers], serial=model.serial)

@@ -1,0 +1,155 @@
+"""What reaches a handler: forged, replayed, stale, duplicate and malformed messages are dropped and
+counted; good ones are delivered once and relayed on."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address
+
+import pytest
+
+from keys.types import IdentityPrivateKey
+from p2p.core.admission import Admission
+from p2p.core.codec import FLAG_COMPRESSED, BodyCodec
+from p2p.core.counters import Counters
+from p2p.core.directory import Directory, DirectoryEntry
+from p2p.core.frame import (
+    FLAG_ERROR,
+    FLAG_REPLY,
+    FLAG_REQUEST,
+    Envelope,
+    gossip_signing_input,
+    parse_gossip,
+    signed_bytes,
+)
+from p2p.core.history import History
+from p2p.core.replay import ReplayWindow
+
+NOW = 1_700_000_000.0
+KEYS = {i: IdentityPrivateKey.generate() for i in (1, 2, 3)}
+ENTRIES = {
+    i: DirectoryEntry(
+        i, f"n{i}", IPv4Address(f"127.0.0.{i}"), "supervisor" if i == 3 else "worker", k.public_key()
+    )
+    for i, k in KEYS.items()
+}
+
+
+def mid(n: int) -> bytes:
+    return n.to_bytes(16, "big")
+
+
+@pytest.fixture
+def admission() -> Admission:
+    directory = Directory.of(ENTRIES[1], [ENTRIES[2], ENTRIES[3]])
+    return Admission(
+        directory=directory,
+        history=History(max_entries=100),
+        replay=ReplayWindow(60, 100),
+        codec=BodyCodec(max_bytes=1 << 16),
+        counters=Counters(),
+    )
+
+
+def gossip(
+    n: int,
+    *,
+    origin: int = 3,
+    signer: int | None = None,
+    ts: float = NOW,
+    body: bytes = b"\xa2hi",
+    ttl: int = 3,
+):
+    signed = signed_bytes(
+        id=mid(n), type="block", origin=origin, timestamp=ts, priority=6, flags=0, body=body
+    )
+    signature = KEYS[signer or origin].sign(gossip_signing_input(signed))
+    return parse_gossip([1, ttl, signed, signature])
+
+
+def test_direct_message_is_delivered_with_the_peer_as_sender(admission):
+    d = admission.direct(Envelope(mid(1), "grad", NOW, 7, FLAG_REQUEST, b"\x93\x01\x02\x03"), ENTRIES[2], NOW)
+    assert d is not None
+    assert (d.message.type, d.message.data, d.message.sender, d.message.priority) == ("grad", [1, 2, 3], 2, 7)
+    assert d.expects_reply and not d.relayed and d.sender.role == "worker"
+    assert admission.history.get(mid(1)) == d.message
+
+
+def test_direct_duplicate_and_malformed_bodies_are_dropped_and_counted(admission):
+    env = Envelope(mid(1), "t", NOW, 5, 0, b"\x01")
+    assert admission.direct(env, ENTRIES[2], NOW) is not None
+    assert admission.direct(env, ENTRIES[2], NOW) is None
+    assert admission.direct(Envelope(mid(2), "t", NOW, 5, 0, b"\xc1"), ENTRIES[2], NOW) is None
+    assert admission.direct(Envelope(mid(3), "t", NOW, 5, FLAG_COMPRESSED, b"nope"), ENTRIES[2], NOW) is None
+    c = admission.counters
+    assert (c.duplicate, c.malformed) == (1, 2)
+
+
+def test_relayed_message_verified_against_the_origin_delivered_once_and_relayed_on(admission):
+    ttl, env = gossip(1)
+    delivery, relay_ttl = admission.gossip(ttl, env, ENTRIES[2], NOW)
+    assert delivery.message.sender == 3 and delivery.via == 2 and delivery.relayed
+    assert delivery.sender.role == "supervisor" and delivery.message.data == "hi"
+    assert relay_ttl == 2
+    assert admission.gossip(ttl, env, ENTRIES[3], NOW) is None  # the copy via another path
+    assert admission.counters.duplicate == 1
+
+
+def test_last_hop_is_delivered_but_not_relayed(admission):
+    ttl, env = gossip(1, ttl=1)
+    _, relay_ttl = admission.gossip(ttl, env, ENTRIES[2], NOW)
+    assert relay_ttl == 0
+
+
+def test_a_relay_cannot_forge_a_message_in_another_nodes_name(admission):
+    ttl, env = gossip(1, origin=3, signer=2)  # node 2 signs, claims to be node 3
+    assert admission.gossip(ttl, env, ENTRIES[2], NOW) is None
+    assert admission.counters.bad_signature == 1
+    assert mid(1) not in admission.history  # a forgery does not block the real message
+    ttl, real = gossip(1)
+    assert admission.gossip(ttl, real, ENTRIES[2], NOW) is not None
+
+
+def test_a_changed_body_breaks_the_signature(admission):
+    ttl, env = gossip(1)
+    from dataclasses import replace
+
+    from p2p.core.frame import pack
+
+    tampered_signed = pack(
+        [1, env.id, env.type, env.origin, env.timestamp, env.priority, env.flags, b"\xa3bye"]
+    )
+    tampered = replace(env, signed=tampered_signed, body=b"\xa3bye")
+    assert admission.gossip(ttl, tampered, ENTRIES[2], NOW) is None
+    assert admission.counters.bad_signature == 1
+
+
+def test_unknown_origin_stale_and_replayed_messages_are_counted_separately(admission):
+    stranger = IdentityPrivateKey.generate()
+    signed = signed_bytes(id=mid(9), type="x", origin=9, timestamp=NOW, priority=5, flags=0, body=b"\xc0")
+    _, env = parse_gossip([1, 3, signed, stranger.sign(gossip_signing_input(signed))])
+    assert admission.gossip(3, env, ENTRIES[2], NOW) is None
+    ttl, old = gossip(2, ts=NOW - 61)
+    assert admission.gossip(ttl, old, ENTRIES[2], NOW) is None
+    ttl, future = gossip(3, ts=NOW + 61)
+    assert admission.gossip(ttl, future, ENTRIES[2], NOW) is None
+    # a replay after the history forgot the id is still refused by the replay window
+    ttl, env = gossip(4)
+    assert admission.gossip(ttl, env, ENTRIES[2], NOW) is not None
+    admission.history = History(max_entries=1)
+    assert admission.gossip(ttl, env, ENTRIES[2], NOW + 1) is None
+    c = admission.counters
+    assert (c.unknown_sender, c.stale, c.replayed, c.duplicate) == (1, 2, 1, 0)
+
+
+def test_own_messages_coming_back_are_duplicates(admission):
+    signed = signed_bytes(id=mid(5), type="x", origin=1, timestamp=NOW, priority=5, flags=0, body=b"\xc0")
+    _, env = parse_gossip([1, 3, signed, KEYS[1].sign(gossip_signing_input(signed))])
+    assert admission.gossip(3, env, ENTRIES[2], NOW) is None
+    assert admission.counters.duplicate == 1
+
+
+def test_replies_carry_data_or_the_peers_error(admission):
+    ok = admission.reply(Envelope(mid(1), "t", NOW, 5, FLAG_REPLY, b"\x2a", mid(7)))
+    assert (ok.reply_to, ok.data, ok.error) == (mid(7), 42, None)
+    err = admission.reply(Envelope(mid(2), "t", NOW, 5, FLAG_REPLY | FLAG_ERROR, b"\xa4boom", mid(8)))
+    assert err.error == "boom"

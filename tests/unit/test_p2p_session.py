@@ -1,0 +1,285 @@
+"""The connection state machine: mutual authentication, MAC'd frames, heartbeats. Driven with bytes and
+`now` only: no sockets."""
+
+from __future__ import annotations
+
+import os
+from ipaddress import IPv4Address
+
+import pytest
+
+from keys.types import IdentityPrivateKey
+from p2p.core.counters import Counters
+from p2p.core.directory import Directory, DirectoryEntry
+from p2p.core.frame import DIRECT, HELLO, PING_ITEM, PONG_ITEM, VERSION_BYTE, Envelope, pack
+from p2p.core.session import (
+    Closed,
+    GossipArrived,
+    HeartbeatDue,
+    Opened,
+    Outgoing,
+    Session,
+    SessionLimits,
+    SessionState,
+)
+
+LIMITS = SessionLimits(
+    max_frame_bytes=64 * 1024, handshake_timeout=5.0, heartbeat_interval=1.0, dead_after=3.0
+)
+ID = bytes(16)
+
+
+class Mesh:
+    """Three nodes with keys and each one's directory."""
+
+    def __init__(self) -> None:
+        self.keys = {i: IdentityPrivateKey.generate() for i in (1, 2, 3)}
+        self.entries = {
+            i: DirectoryEntry(i, f"n{i}", IPv4Address(f"127.0.0.{i}"), "node", k.public_key())
+            for i, k in self.keys.items()
+        }
+
+    def directory(self, own: int, keys: dict[int, IdentityPrivateKey] | None = None) -> Directory:
+        entries = dict(self.entries)
+        for i, k in (keys or {}).items():
+            entries[i] = DirectoryEntry(i, f"n{i}", IPv4Address(f"127.0.0.{i}"), "node", k.public_key())
+        return Directory.of(entries[own], [e for i, e in entries.items() if i != own])
+
+    def dialer(self, own: int, peer: int, counters: Counters | None = None, key=None, directory=None):
+        directory = directory or self.directory(own)
+        return Session.dialer(
+            own_key=key or self.keys[own],
+            directory=directory,
+            peer=directory.get(peer),
+            nonce=os.urandom(16),
+            ephemeral=os.urandom(32),
+            now=0.0,
+            counters=counters or Counters(),
+            limits=LIMITS,
+        )
+
+    def listener(self, own: int, counters: Counters | None = None, directory=None) -> Session:
+        return Session.listener(
+            own_key=self.keys[own],
+            directory=directory or self.directory(own),
+            nonce=os.urandom(16),
+            ephemeral=os.urandom(32),
+            now=0.0,
+            counters=counters or Counters(),
+            limits=LIMITS,
+        )
+
+
+def frames(events):
+    return [e.frame for e in events if isinstance(e, Outgoing)]
+
+
+def handshake(client: Session, hello: bytes, server: Session) -> tuple[list, list]:
+    """Run the three handshake frames; returns (client events, server events)."""
+    challenge = server.receive(hello, 0.1)
+    client_events = client.receive(frames(challenge)[0], 0.2)
+    server_events = server.receive(frames(client_events)[0], 0.3)
+    return client_events, server_events
+
+
+@pytest.fixture
+def mesh() -> Mesh:
+    return Mesh()
+
+
+@pytest.fixture
+def pair(mesh):
+    client, hello = mesh.dialer(1, 2)
+    server = mesh.listener(2)
+    handshake(client, hello, server)
+    return client, server
+
+
+def test_both_ends_learn_who_is_on_the_other_side(mesh):
+    client, hello = mesh.dialer(1, 2)
+    server = mesh.listener(2)
+    client_events, server_events = handshake(client, hello, server)
+    assert [e.peer.node_id for e in client_events if isinstance(e, Opened)] == [2]
+    assert [e.peer.node_id for e in server_events if isinstance(e, Opened)] == [1]
+    assert client.state is server.state is SessionState.OPEN
+
+
+def test_messages_flow_both_ways_in_one_frame_each(pair):
+    client, server = pair
+    env = Envelope(ID, "grad", 1.0, 7, 0, b"\x01", None)
+    events = server.receive(client.seal([env.item(), env.item()]), 1.0)
+    assert events == [env, env]
+    assert client.receive(server.seal([env.item()]), 1.0) == [env]
+
+
+def test_a_node_with_the_wrong_key_cannot_pose_as_a_directory_node(mesh):
+    impostor = IdentityPrivateKey.generate()
+    counters = Counters()
+    client, hello = mesh.dialer(1, 2, key=impostor)
+    server = mesh.listener(2, counters=counters)
+    _client_events, server_events = handshake(client, hello, server)
+    assert isinstance(server_events[-1], Closed) and "failed to prove" in server_events[-1].reason
+    assert server.state is SessionState.CLOSED and server.peer is None
+    assert counters.handshake_failed == 1
+
+
+def test_the_dialer_refuses_a_listener_with_the_wrong_key(mesh):
+    counters = Counters()
+    # node 1 believes node 2 has another key than the one node 2 really has
+    directory = mesh.directory(1, keys={2: IdentityPrivateKey.generate()})
+    client, hello = mesh.dialer(1, 2, counters=counters, directory=directory)
+    server = mesh.listener(2)
+    events = client.receive(frames(server.receive(hello, 0.1))[0], 0.2)
+    assert isinstance(events[-1], Closed) and "failed to prove" in events[-1].reason
+    assert counters.handshake_failed == 1 and client.state is SessionState.CLOSED
+
+
+def test_an_unknown_node_is_refused_and_told_why(mesh):
+    stranger = IdentityPrivateKey.generate()
+    counters = Counters()
+    own = DirectoryEntry(9, "x", IPv4Address("127.0.0.9"), "node", stranger.public_key())
+    directory = Directory.of(own, [mesh.entries[2]])
+    client, hello = mesh.dialer(9, 2, key=stranger, directory=directory)
+    server = mesh.listener(2, counters=counters)
+    events = server.receive(hello, 0.1)
+    assert counters.unknown_sender == 1
+    assert isinstance(events[-1], Closed)
+    reply = client.receive(frames(events)[0], 0.2)
+    assert isinstance(reply[-1], Closed) and "unknown node 9" in reply[-1].reason
+
+
+def test_dialing_the_wrong_node_is_refused(mesh):
+    # node 1 dials what it thinks is node 3, but node 2 answers
+    _client, hello = mesh.dialer(1, 3)
+    counters = Counters()
+    events = mesh.listener(2, counters=counters).receive(hello, 0.1)
+    assert isinstance(events[-1], Closed) and counters.handshake_failed == 1
+
+
+def test_a_recorded_handshake_cannot_be_replayed(mesh):
+    client, hello = mesh.dialer(1, 2)
+    first = mesh.listener(2)
+    challenge = first.receive(hello, 0.1)
+    proof = frames(client.receive(frames(challenge)[0], 0.2))[0]
+    # an attacker replays HELLO and PROOF to a new listener: the listener's nonce is new
+    counters = Counters()
+    second = mesh.listener(2, counters=counters)
+    second.receive(hello, 0.1)
+    events = second.receive(proof, 0.2)
+    assert isinstance(events[-1], Closed) and counters.handshake_failed == 1
+    assert second.state is SessionState.CLOSED
+
+
+def test_a_changed_frame_fails_its_mac_and_closes(pair):
+    client, server = pair
+    frame = bytearray(client.seal([Envelope(ID, "t", 1.0, 5, 0, b"abc", None).item()]))
+    frame[5] ^= 1
+    events = server.receive(bytes(frame), 1.0)
+    assert isinstance(events[-1], Closed) and server.counters.bad_mac == 1
+
+
+def test_a_replayed_frame_fails_its_mac(pair):
+    client, server = pair
+    first = client.seal([Envelope(ID, "t", 1.0, 5, 0, b"abc", None).item()])
+    assert server.receive(first, 1.0)
+    events = server.receive(first, 1.0)
+    assert isinstance(events[-1], Closed) and server.counters.bad_mac == 1
+
+
+def test_frames_cannot_be_reordered(pair):
+    client, server = pair
+    item = Envelope(ID, "t", 1.0, 5, 0, b"abc", None).item()
+    client.seal([item])
+    second = client.seal([item])
+    events = server.receive(second, 1.0)
+    assert isinstance(events[-1], Closed) and server.counters.bad_mac == 1
+
+
+def test_a_frame_sealed_for_the_other_direction_is_refused(pair):
+    _client, server = pair
+    # the server's own frame reflected back at it: different direction key
+    reflected = server.seal([Envelope(ID, "t", 1.0, 5, 0, b"abc", None).item()])
+    events = server.receive(reflected, 1.0)
+    assert isinstance(events[-1], Closed) and server.counters.bad_mac == 1
+
+
+def test_malformed_items_are_counted_and_the_rest_delivered(pair):
+    client, server = pair
+    good = Envelope(ID, "t", 1.0, 5, 0, b"abc", None)
+    events = server.receive(client.seal([[DIRECT, b"bad"], "junk", [], [99], good.item()]), 1.0)
+    assert events == [good]
+    assert server.counters.malformed == 4
+    assert server.state is SessionState.OPEN
+
+
+def test_an_oversized_frame_is_dropped_and_the_session_goes_on(pair):
+    client, server = pair
+    big = client.seal([Envelope(ID, "t", 1.0, 5, 0, b"x" * (LIMITS.max_frame_bytes + 1), None).item()])
+    assert server.receive(big, 1.0) == []
+    assert server.counters.oversized == 1
+    env = Envelope(ID, "t", 1.0, 5, 0, b"ok", None)
+    assert server.receive(client.seal([env.item()]), 1.0) == [env]
+
+
+def test_garbage_before_authentication_closes_without_raising(mesh):
+    for junk in [
+        b"",
+        b"\x07hello",
+        VERSION_BYTE + b"\xc1",
+        VERSION_BYTE + pack({"a": 1}),
+        VERSION_BYTE + pack([HELLO, 1]),
+    ]:
+        counters = Counters()
+        session = mesh.listener(2, counters=counters)
+        events = session.receive(junk, 0.0)
+        assert isinstance(events[-1], Closed), junk
+        assert counters.handshake_failed + counters.malformed == 1
+
+
+def test_a_version_mismatch_is_answered_with_a_reason(mesh):
+    _, hello = mesh.dialer(1, 2)
+    events = mesh.listener(2).receive(b"\x02" + hello[1:], 0.0)
+    assert b"protocol version 2 not supported" in frames(events)[0]
+
+
+def test_data_before_the_handshake_finished_is_refused(mesh):
+    session = mesh.listener(2)
+    events = session.receive(VERSION_BYTE + pack([[DIRECT]]) + bytes(16), 0.0)
+    assert isinstance(events[-1], Closed)
+
+
+def test_handshake_times_out(mesh):
+    session = mesh.listener(2)
+    assert session.tick(4.9) == []
+    events = session.tick(5.1)
+    assert isinstance(events[0], Closed) and session.counters.handshake_failed == 1
+
+
+def test_heartbeats_ping_after_silence_and_declare_a_silent_peer_dead(pair):
+    client, server = pair
+    assert client.tick(0.5) == []
+    assert client.tick(1.3) == [HeartbeatDue(PING_ITEM)]
+    assert client.tick(1.5) == []  # one ping per interval
+    # a PING is answered with a PONG
+    assert server.receive(client.seal([PING_ITEM]), 1.4) == [HeartbeatDue(PONG_ITEM)]
+    assert client.receive(server.seal([PONG_ITEM]), 1.6) == []
+    assert client.tick(4.5) != [] and client.state is SessionState.OPEN  # heard at 1.6: 2.9 s ago
+    events = client.tick(4.7)
+    assert isinstance(events[0], Closed) and "no heartbeat" in events[0].reason
+    assert client.counters.dead_peer == 1
+
+
+def test_gossip_items_are_handed_up_unverified(pair):
+    from p2p.core.frame import GOSSIP, signed_bytes
+
+    client, server = pair
+    signed = signed_bytes(id=ID, type="b", origin=3, timestamp=1.0, priority=5, flags=0, body=b"\x01")
+    events = server.receive(client.seal([[GOSSIP, 2, signed, b"s" * 64]]), 1.0)
+    assert len(events) == 1 and isinstance(events[0], GossipArrived)
+    assert events[0].ttl == 2 and events[0].envelope.origin == 3
+
+
+def test_sealing_needs_an_open_session(mesh):
+    client, _ = mesh.dialer(1, 2)
+    with pytest.raises(RuntimeError, match="handshake"):
+        client.seal([PING_ITEM])
