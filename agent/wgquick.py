@@ -1,5 +1,5 @@
 """wg-quick export: a device and its addresses as the `/etc/wireguard/IFNAME.conf` text wg-quick reads,
-built with wgconfig, written atomically with mode 0600.
+built with wgconfig (which also reads the result back once), written atomically with mode 0600.
 
 Rules:
 - The file holds the private key, so it is written only through `keys.store.write_private_file`
@@ -68,25 +68,31 @@ def render_wgquick(
         if not 68 <= mtu <= 65535:
             raise ValueError(f"MTU {mtu}: must be 68..65535")
         wc.add_attr(None, "MTU", mtu)
+    # Peers are appended as lines in wgconfig's own format rather than through add_peer/add_attr:
+    # wgconfig re-parses the whole file on every call, which is quadratic (1,000 peers: ~10 s).
+    # wgconfig then parses the result once, to check every peer reads back.
     for key in sorted(config.peers, key=lambda k: k.base64()):
-        _add_peer(wc, config.peers[key], names.get(key))
+        wc.lines += _peer_lines(config.peers[key], names.get(key))
+    wc.invalidate_data()
+    if len(wc.get_peers()) != len(config.peers):
+        raise ValueError("wgconfig did not read back every peer of the rendered configuration")
     return "\n".join(wc.lines) + "\n"
 
 
-def _add_peer(wc: WGConfig, peer: PeerConfig, name: str | None) -> None:
-    comment = None
+def _peer_lines(peer: PeerConfig, name: str | None) -> list[str]:
+    lines = [""]
     if name:
-        comment = "# " + " ".join(name.split())  # one line, whatever the name holds
-    pub = peer.public_key.base64()
-    wc.add_peer(pub, comment)
+        lines.append("# " + " ".join(name.split()))  # one line, whatever the name holds
+    lines += ["[Peer]", f"PublicKey = {peer.public_key.base64()}"]
     if peer.preshared_key is not None:
-        wc.add_attr(pub, "PresharedKey", peer.preshared_key.base64())
+        lines.append(f"PresharedKey = {peer.preshared_key.base64()}")
     if peer.allowed_ips:
-        wc.add_attr(pub, "AllowedIPs", ", ".join(str(n) for n in peer.allowed_ips))
+        lines.append("AllowedIPs = " + ", ".join(str(n) for n in peer.allowed_ips))
     if peer.endpoint is not None:
-        wc.add_attr(pub, "Endpoint", peer.endpoint)
+        lines.append(f"Endpoint = {peer.endpoint}")
     if peer.persistent_keepalive:
-        wc.add_attr(pub, "PersistentKeepalive", peer.persistent_keepalive)
+        lines.append(f"PersistentKeepalive = {peer.persistent_keepalive}")
+    return lines
 
 
 def _dns_entry(entry: str) -> str:
