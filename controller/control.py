@@ -104,6 +104,7 @@ class ControlPlane:
             snapshot.maps,
         )
         store.save_maps(self.mesh.initial.maps)
+        self._highest_id = max(self.nodes, default=0)
         self._last_seen = {n.node_id: n.last_seen for n in snapshot.nodes if n.last_seen}
         self._seen_written = dict(self._last_seen)
 
@@ -175,6 +176,7 @@ class ControlPlane:
         if existing is not None:
             self._by_credential.pop(existing.credential_hash, None)
         self.nodes[record.node_id] = record
+        self._highest_id = max(self._highest_id, record.node_id)
         self._by_credential[record.credential_hash] = record.node_id
         self._by_identity[identity] = record.node_id
         self._apply(self.mesh.upsert(card_of(record)))
@@ -216,10 +218,14 @@ class ControlPlane:
             if m.peer_id in seen:
                 raise ApiError(422, f"measurements: peer_id {m.peer_id} appears more than once")
             seen.add(m.peer_id)
-        unknown = sorted(seen - self.nodes.keys())
+        # Ids are never reused: an id below the highest one known belonged to a node that was removed,
+        # which an agent may still measure until its next map arrives. Those are skipped; an id that
+        # never existed is a mistake.
+        unknown = sorted(p for p in seen - self.nodes.keys() if p > self._highest_id)
         if unknown:
             raise ApiError(422, f"measurements: unknown peer ids {', '.join(map(str, unknown[:10]))}")
-        self._apply(self.mesh.report(node_id, report.measurements, self.clock.now()))
+        current = [m for m in report.measurements if m.peer_id in self.nodes]
+        self._apply(self.mesh.report(node_id, current, self.clock.now()))
 
     # --- admin -------------------------------------------------------------------------------------
 

@@ -1,0 +1,119 @@
+"""The admin side of the API from a shell: which controller and credential to use, a small httpx client,
+and plain-text tables. Used by `wgmesh controller token ...` and `wgmesh nodes ...`.
+
+Where things come from (first wins):
+- controller URL: --controller, WGMESH_CONTROLLER, http://127.0.0.1:8420
+- admin credential: --admin-credential, WGMESH_ADMIN_CREDENTIAL, STATE_DIR/admin-credential with
+  STATE_DIR from --state-dir, WGMESH_STATE_DIR or the controller's default state directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+from pydantic import TypeAdapter
+
+from controller.credentials import CredentialError, admin_credential_path, read_admin_credential
+from controller.settings import DEFAULT_CONTROLLER_URL, default_state_dir
+from wire import api
+from wire.models import NodeInfo, PreAuthKeyInfo, PreAuthKeyRequest
+
+TIMEOUT_S = 10.0
+
+
+class AdminError(Exception):
+    """A one-line reason an admin command failed."""
+
+
+@dataclass(frozen=True)
+class AdminTarget:
+    url: str
+    credential: str
+
+
+def add_target_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--controller", metavar="URL", help=f"controller URL (default {DEFAULT_CONTROLLER_URL})"
+    )
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--state-dir", metavar="DIR", help="read the admin credential from DIR/admin-credential"
+    )
+    group.add_argument("--admin-credential", metavar="CRED", help="the admin credential itself")
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+
+def resolve_target(args: argparse.Namespace, env: Mapping[str, str]) -> AdminTarget:
+    url = (args.controller or env.get("WGMESH_CONTROLLER") or DEFAULT_CONTROLLER_URL).rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        raise AdminError(f"controller URL must start with http:// or https://, got {url!r}")
+    credential = args.admin_credential or (None if args.state_dir else env.get("WGMESH_ADMIN_CREDENTIAL"))
+    if not credential:
+        state_dir = Path(args.state_dir or env.get("WGMESH_STATE_DIR") or default_state_dir(env))
+        try:
+            credential = read_admin_credential(admin_credential_path(state_dir))
+        except CredentialError as e:
+            raise AdminError(f"{e}; pass --admin-credential or --state-dir") from None
+    return AdminTarget(url, credential.strip())
+
+
+class AdminClient:
+    def __init__(self, target: AdminTarget, transport: httpx.BaseTransport | None = None) -> None:
+        self.target = target
+        self._http = httpx.Client(
+            base_url=target.url,
+            headers={"Authorization": f"Bearer {target.credential}"},
+            timeout=TIMEOUT_S,
+            transport=transport,
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _call(self, method: str, path: str, body: Any = None) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, json=body)
+        except httpx.HTTPError as e:
+            raise AdminError(f"cannot reach the controller at {self.target.url}: {e}") from None
+        if response.status_code >= 400:
+            try:
+                detail = response.json().get("detail", response.text)
+            except ValueError:
+                detail = response.text.strip() or response.reason_phrase
+            raise AdminError(f"controller refused ({response.status_code}): {detail}")
+        return response
+
+    def create_key(self, req: PreAuthKeyRequest) -> PreAuthKeyInfo:
+        r = self._call("POST", api.PREAUTH_KEYS, req.model_dump(mode="json"))
+        return PreAuthKeyInfo.model_validate_json(r.content)
+
+    def keys(self) -> list[PreAuthKeyInfo]:
+        return TypeAdapter(list[PreAuthKeyInfo]).validate_json(self._call("GET", api.PREAUTH_KEYS).content)
+
+    def revoke_key(self, key_id: int) -> None:
+        self._call("DELETE", f"{api.PREAUTH_KEYS}/{key_id}")
+
+    def nodes(self) -> list[NodeInfo]:
+        return TypeAdapter(list[NodeInfo]).validate_json(self._call("GET", api.NODES).content)
+
+    def node(self, node_id: int) -> NodeInfo:
+        return NodeInfo.model_validate_json(self._call("GET", f"{api.NODES}/{node_id}").content)
+
+    def remove_node(self, node_id: int) -> None:
+        self._call("DELETE", f"{api.NODES}/{node_id}")
+
+
+def when(t: datetime | None, never: str = "never") -> str:
+    return never if t is None else t.strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [[str(h) for h in headers], *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells)

@@ -1,0 +1,199 @@
+"""`wgmesh controller`: `serve` runs the controller; `token create|list|revoke` manage pre-auth keys.
+
+Exit codes: 0 done, 1 the controller refused or could not be reached, 2 bad usage or settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import socket
+import sys
+from collections.abc import Mapping, Sequence
+
+from controller.admin_client import AdminClient, AdminError, add_target_options, resolve_target, table, when
+from controller.credentials import CredentialError, admin_credential_path, ensure_admin_credential
+from controller.settings import DEFAULT_LISTEN, DEFAULT_MESH_CIDR, Settings, SettingsError, load_settings
+from keys.store import ensure_private_dir
+from wire.models import PreAuthKeyRequest
+
+_DURATION = re.compile(r"^(\d+)([smhd]?)$")
+_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_expiry(text: str) -> int | None:
+    """'never' -> None; '90', '90s', '30m', '1h', '7d' -> seconds."""
+    text = text.strip().lower()
+    if text == "never":
+        return None
+    match = _DURATION.match(text)
+    if not match or int(match.group(1)) == 0:
+        raise argparse.ArgumentTypeError(f"expected a duration like 30m, 1h, 7d or 'never', got {text!r}")
+    return int(match.group(1)) * _UNIT_S[match.group(2)]
+
+
+def _parser(prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Run the wgmesh controller and manage pre-auth keys."
+    )
+    sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    serve = sub.add_parser("serve", help="run the controller (REST API on uvicorn)")
+    serve.add_argument(
+        "--listen", metavar="HOST:PORT", help=f"address to listen on (default {DEFAULT_LISTEN})"
+    )
+    serve.add_argument("--state-dir", metavar="DIR", help="where the database and admin credential live")
+    serve.add_argument("--db", metavar="URL", help="database URL (default: SQLite in the state directory)")
+    serve.add_argument(
+        "--mesh-cidr", metavar="CIDR", help=f"tunnel address pool (default {DEFAULT_MESH_CIDR})"
+    )
+    serve.add_argument("--config", metavar="FILE.toml", help="settings file (flags and WGMESH_* win over it)")
+
+    token = sub.add_parser("token", help="create, list and revoke pre-auth keys")
+    tsub = token.add_subparsers(dest="token_cmd", required=True, metavar="COMMAND")
+    create = tsub.add_parser("create", help="create a pre-auth key and print only the key")
+    create.add_argument("--role", default="node", help="role of the nodes it enrolls (default node)")
+    create.add_argument("--reusable", action="store_true", help="may enroll many hosts (default: one)")
+    create.add_argument(
+        "--expires",
+        type=parse_expiry,
+        default=3600,
+        metavar="DURATION",
+        help="1h, 30m, 7d or never (default 1h)",
+    )
+    add_target_options(create)
+    listing = tsub.add_parser("list", help="list pre-auth keys")
+    add_target_options(listing)
+    revoke = tsub.add_parser("revoke", help="revoke a pre-auth key")
+    revoke.add_argument("id", type=int, help="key id (from `token list`)")
+    add_target_options(revoke)
+    return parser
+
+
+def main(argv: Sequence[str], prog: str = "wgmesh controller") -> int:
+    args = _parser(prog).parse_args(argv)
+    env = os.environ
+    if args.cmd == "serve":
+        return serve(args, env, prog)
+    return token(args, env, f"{prog} token {args.token_cmd}")
+
+
+def serve(args: argparse.Namespace, env: Mapping[str, str], prog: str) -> int:
+    # Imported here: `token` commands must not pay for FastAPI, SQLAlchemy and uvicorn.
+    import uvicorn
+
+    from controller.app import create_app
+    from controller.sqlstore import SqlStore, StoreError
+
+    def fail(message: str) -> int:
+        print(f"{prog} serve: {message}", file=sys.stderr)
+        return 2
+
+    flags = {
+        "listen": args.listen,
+        "state_dir": args.state_dir,
+        "db": args.db,
+        "mesh_cidr": args.mesh_cidr,
+        "config": args.config,
+    }
+    try:
+        settings = load_settings(flags, env)
+        ensure_private_dir(settings.state_dir)
+        credential, created = ensure_admin_credential(settings.state_dir)
+    except (SettingsError, CredentialError) as e:
+        return fail(str(e))
+    except OSError as e:
+        return fail(f"state directory: {e}")
+    try:
+        store = SqlStore(settings.database_url)
+    except StoreError as e:
+        return fail(str(e))
+    try:
+        sock = _listen_socket(settings)
+    except OSError as e:
+        store.close()
+        return fail(f"cannot listen on {settings.listen}: {e.strerror or e}")
+    app = create_app(settings, store)
+    if created:
+        print(
+            f"admin credential (shown once; kept in {admin_credential_path(settings.state_dir)}): {credential}"
+        )
+    nodes = len(app.state.plane.nodes)
+    print(
+        f"wgmesh controller ready on http://{settings.listen} (mesh {settings.mesh_cidr}, {nodes} nodes)",
+        flush=True,
+    )
+    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=3)
+    uvicorn.Server(config).run(sockets=[sock])
+    return 0
+
+
+def _listen_socket(settings: Settings) -> socket.socket:
+    family = socket.AF_INET6 if ":" in settings.listen_host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((settings.listen_host, settings.listen_port))
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def token(args: argparse.Namespace, env: Mapping[str, str], prog: str) -> int:
+    try:
+        client = AdminClient(resolve_target(args, env))
+    except AdminError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 2
+    try:
+        if args.token_cmd == "create":
+            try:
+                req = PreAuthKeyRequest(role=args.role, reusable=args.reusable, expires_in_s=args.expires)
+            except ValueError as e:
+                print(f"{prog}: {_first_error(e)}", file=sys.stderr)
+                return 2
+            info = client.create_key(req)
+            if args.json:
+                print(info.model_dump_json())
+            else:
+                print(info.key)
+        elif args.token_cmd == "list":
+            keys = client.keys()
+            if args.json:
+                print(json.dumps([k.model_dump(mode="json") for k in keys]))
+            else:
+                rows = [
+                    (
+                        k.id,
+                        k.role,
+                        "yes" if k.reusable else "no",
+                        k.used_count,
+                        when(k.expires_at),
+                        "yes" if k.revoked else "no",
+                        when(k.created_at),
+                    )
+                    for k in keys
+                ]
+                print(table(("ID", "ROLE", "REUSABLE", "USED", "EXPIRES", "REVOKED", "CREATED"), rows))
+        else:
+            client.revoke_key(args.id)
+            print(json.dumps({"revoked": args.id}) if args.json else f"revoked pre-auth key {args.id}")
+    except AdminError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+    return 0
+
+
+def _first_error(e: ValueError) -> str:
+    errors = getattr(e, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        field = ".".join(str(x) for x in first.get("loc", ()))
+        return f"--{field.replace('_', '-')}: {str(first.get('msg', e)).removeprefix('Value error, ')}"
+    return str(e)
