@@ -293,15 +293,23 @@ def device_configs(draw: st.DrawFn) -> DeviceConfig:
 
 
 @settings(max_examples=300, deadline=None)
-@given(device_configs(), device_configs(), st.lists(st.sampled_from(PEER_NAMES), unique=True))
+@given(
+    device_configs(),
+    device_configs(),
+    st.lists(st.sampled_from(PEER_NAMES), unique=True),
+    st.lists(st.sampled_from(PEER_NAMES), unique=True),
+)
 def test_any_state_converges_in_one_step(
-    start: DeviceConfig, desired: DeviceConfig, shaken: list[str]
+    start: DeviceConfig, desired: DeviceConfig, shaken: list[str], roamed: list[str]
 ) -> None:
     fake, clock = fresh()
     apply(fake, start)
     for name in shaken:
         if PUB[name] in start.peers:
             fake.handshake(IF, PUB[name])
+    for name in roamed:  # the device learned an endpoint from the peer's packets
+        if PUB[name] in start.peers:
+            fake.roam(IF, PUB[name], "198.18.9.9:4444")
     before = fake.read(IF)
     clock.now = 5000.0
 
