@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from agent.backends import BackendError, open_backend
-from agent.backends.kernel import PROBE_IFNAME, kernel_module_present, link_kind_supported
+from agent.backends.kernel import PROBE_IFNAME, KernelBackend, kernel_module_present, link_kind_supported
 from agent.backends.userspace import UserspaceBackend
 from agent.device import DeviceConfig, DeviceUpdate, PeerConfig, PeerUpdate
 from agent.reconcile import diff
@@ -179,6 +179,11 @@ def test_kernel_module_detection_creates_nothing(namespaces: Namespaces) -> None
     if kernel_module_present():
         pytest.skip("this kernel has the WireGuard module; the absent case cannot be shown here")
     assert link_kind_supported("wireguard", netns=ns) is False
+    kernel = KernelBackend(netns=ns)
+    assert not kernel.exists(WG_IF)
+    with pytest.raises(BackendError, match="no WireGuard module: `modprobe wireguard`"):
+        kernel.create(WG_IF)
+    assert links(ns) == before
     assert open_backend("auto").name == "userspace"
     with pytest.raises(BackendError, match="no WireGuard module"):
         open_backend("kernel")
