@@ -35,9 +35,10 @@ import httpx
 from agent.backends.base import Backend, BackendError
 from agent.backoff import Backoff
 from agent.client import ControllerClient, ControllerError, ControllerRejected, ControllerUnreachable
-from agent.desired import DesiredState, IPInterface, build_desired, name_endpoints, peer_routes
+from agent.desired import DesiredState, IPInterface, build_desired, name_endpoints
 from agent.device import Device, IPNetwork
 from agent.eventlog import EventLog
+from agent.links import measure_links, peer_views, probe_targets
 from agent.probe import Prober
 from agent.reconcile import (
     Change,
@@ -61,7 +62,7 @@ from agent.state import (
     save_credential,
     save_netmap,
 )
-from agent.status import AgentStatus, ControllerState, PeerView
+from agent.status import AgentStatus, ControllerState
 from keys.types import WireGuardPublicKey
 from p2p.directory import directory_from_netmap, write_directory
 from wire.models import EnrollRequest, LinkMeasurement, LinkReport, NetMap, NodeId, enroll_signing_bytes
@@ -562,7 +563,6 @@ class Agent:
         """Probe the directly routed peers and read handshake ages from the device."""
         netmap = self.netmap
         assert netmap is not None
-        routes = peer_routes(netmap)
         try:
             self._device = await asyncio.to_thread(self.edges.backend.read, self.ifname)
         except BackendError as e:
@@ -570,9 +570,8 @@ class Agent:
             if self.last_error != _short_error(e):
                 self.last_error = _short_error(e)
                 self.log.error("device_unreadable", interface=self.ifname, error=self.last_error)
-        direct = [r.peer for r in routes.values() if r.kind == "direct"]
         try:
-            results = await self.edges.prober.probe([p.tunnel_address for p in direct])
+            results = await self.edges.prober.probe(probe_targets(netmap))
         except OSError as e:  # probing is best effort: report handshake ages anyway
             if self._probe_error != _short_error(e):
                 self._probe_error = _short_error(e)
@@ -580,56 +579,15 @@ class Agent:
             results = {}
         else:
             self._probe_error = None
-        now = self.edges.clock()
-        measurements = {}
-        for route in routes.values():
-            peer = route.peer
-            handshake = self._handshake(peer.wg_public_key)
-            age = max(0.0, now - handshake) if handshake is not None else None
-            result = results.get(peer.tunnel_address) if route.kind == "direct" else None
-            measurements[peer.node_id] = LinkMeasurement(
-                peer_id=peer.node_id,
-                rtt_ms=result.rtt_ms if result is not None else None,
-                loss=result.loss if result is not None else None,
-                handshake_age_s=age,
-            )
-        self.measurements = measurements
-        return LinkReport(measurements=list(measurements.values()))
-
-    def _handshake(self, key: WireGuardPublicKey) -> float | None:
-        if self._device is None:
-            return None
-        status = self._device.peers.get(key)
-        return status.last_handshake if status is not None else None
+        self.measurements = measure_links(netmap, self._device, results, self.edges.clock())
+        return LinkReport(measurements=list(self.measurements.values()))
 
     # --- status -------------------------------------------------------------------------------------
 
     def build_status(self, running: bool = True) -> AgentStatus:
         assert self.state is not None
         netmap = self.netmap
-        peers: list[PeerView] = []
-        if netmap is not None:
-            for route in peer_routes(netmap).values():
-                peer = route.peer
-                live = self._device.peers.get(peer.wg_public_key) if self._device is not None else None
-                measured = self.measurements.get(peer.node_id)
-                peers.append(
-                    PeerView(
-                        node_id=peer.node_id,
-                        name=peer.name,
-                        tunnel_address=peer.tunnel_address,
-                        wg_public_key=peer.wg_public_key.base64(),
-                        endpoint=(live.config.endpoint if live is not None else None)
-                        or (peer.endpoints[0] if peer.endpoints else None),
-                        latest_handshake=live.last_handshake if live is not None else None,
-                        rx_bytes=live.rx_bytes if live is not None else 0,
-                        tx_bytes=live.tx_bytes if live is not None else 0,
-                        rtt_ms=measured.rtt_ms if measured is not None else None,
-                        loss=measured.loss if measured is not None else None,
-                        route=route.kind,
-                        via=route.via.name if route.via is not None else None,
-                    )
-                )
+        peers = peer_views(netmap, self._device, self.measurements) if netmap is not None else []
         return AgentStatus(
             node_id=self.state.node_id,
             name=netmap.node.name if netmap is not None else self.state.name,
@@ -647,7 +605,7 @@ class Agent:
             pid=os.getpid() if running else None,
             last_error=self.last_error,
             updated_at=self.edges.clock(),
-            peers=sorted(peers, key=lambda p: p.node_id),
+            peers=peers,
         )
 
     def _source_label(self) -> Literal["controller", "cache"] | None:
