@@ -214,8 +214,12 @@ class Agent:
         """Keys, enrollment (first start only), interface, and the cached map. AgentError on failure."""
         try:
             self.keys, created = load_or_create_keys(self.settings.state_dir)
-        except (StateError, OSError) as e:
+        except StateError as e:
             raise AgentError(_short_error(e)) from None
+        except OSError as e:
+            raise AgentError(
+                f"cannot use state directory {self.settings.state_dir}: {e.strerror or e}"
+            ) from None
         self.log.add_secret(self.keys.wireguard)
         self.log.add_secret(self.keys.identity)
         if self.settings.token:

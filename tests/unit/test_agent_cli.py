@@ -163,3 +163,32 @@ def test_status_says_when_the_agent_is_gone(capsys, tmp_path):
     data = json.loads(out)
     assert data["running"] is False
     assert data["peers"][0]["via"] == "gamma"
+
+
+def test_up_with_a_corrupt_node_state_is_one_line(capsys, tmp_path):
+    (tmp_path / "node.json").write_text("{half")
+    code, _, err = run(capsys, "up", "--backend", "fake", "--state-dir", str(tmp_path))
+    assert code == 1
+    assert (
+        err.strip()
+        == f"wgmesh agent up: {tmp_path / 'node.json'}: not a valid node state: not JSON (Invalid JSON: key must be a string at line 1 column 2)"
+    )
+
+
+def test_up_with_a_state_dir_that_is_a_file_is_one_line(capsys, tmp_path):
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    code, _, err = run(
+        capsys,
+        "up",
+        "--backend",
+        "fake",
+        "--state-dir",
+        str(not_a_dir),
+        "--controller",
+        "http://127.0.0.1:9",
+        "--token",
+        "wgm_pak_0123456789",
+    )
+    assert code == 1
+    assert err.strip() == f"wgmesh agent up: cannot use state directory {not_a_dir}: File exists"
