@@ -110,7 +110,7 @@ class AdminClient:
 
 
 def when(t: datetime | None, never: str = "never") -> str:
-    return never if t is None else t.strftime("%Y-%m-%d %H:%M:%SZ")
+    return never if t is None else t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

@@ -1,8 +1,8 @@
 """Push: long-polling agents wait here until their map changes.
 
 One asyncio.Event per node that somebody waits for; `notify` sets and forgets it, so every waiter of
-that node wakes once and a later waiter gets a fresh event. Notifying a node nobody waits for costs a
-dictionary lookup.
+that node wakes once and a later waiter gets a fresh event. The event goes away with its last waiter,
+so nodes nobody waits for cost nothing, and notifying them costs a dictionary lookup.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from collections.abc import Iterable
 class MapNotifier:
     def __init__(self) -> None:
         self._events: dict[int, asyncio.Event] = {}
+        self._waiters: dict[int, int] = {}
 
     def notify(self, nodes: Iterable[int]) -> None:
         for node in nodes:
@@ -26,12 +27,21 @@ class MapNotifier:
         event = self._events.get(node)
         if event is None:
             event = self._events[node] = asyncio.Event()
+        self._waiters[node] = self._waiters.get(node, 0) + 1
         try:
             await asyncio.wait_for(event.wait(), timeout)
         except TimeoutError:
             return False
+        finally:
+            left = self._waiters[node] - 1
+            if left:
+                self._waiters[node] = left
+            else:
+                del self._waiters[node]
+                if self._events.get(node) is event:
+                    del self._events[node]
         return True
 
     def waiting(self) -> int:
-        """How many nodes have somebody waiting."""
-        return len(self._events)
+        """How many nodes have a request waiting."""
+        return len(self._waiters)

@@ -12,6 +12,7 @@ import ipaddress
 import json
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -331,6 +332,14 @@ def _engine(url: str) -> Engine:
     if parsed.get_backend_name() != "sqlite":
         return sa.create_engine(url, pool_pre_ping=True)
     memory = parsed.database in (None, "", ":memory:")
+    if not memory and parsed.database:
+        try:
+            # Create a missing directory private; never change the mode of an existing one.
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as e:
+            raise StoreError(
+                f"database directory {Path(parsed.database).parent}: {e.strerror or e}"
+            ) from None
     extra: dict[str, Any] = {"poolclass": StaticPool} if memory else {}
     engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **extra)
 

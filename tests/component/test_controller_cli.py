@@ -1,0 +1,239 @@
+"""`wgmesh controller serve|token` and `wgmesh nodes` as a user runs them: a real controller process on
+127.0.0.1 (uvicorn), one ready line, the admin credential shown once and stored 0600, `token create`
+printing only the key, readable tables, and one clear line (exit 2) for bad settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.component.conftest import ControllerHarness, ManualClock, enroll_request
+from wire import api
+
+WGMESH = [sys.executable, "-c", "import sys; from wgmesh.cli import main; sys.exit(main())"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*WGMESH, *args], capture_output=True, text=True, timeout=60, env=env)
+
+
+class Served:
+    def __init__(
+        self, state_dir: Path, port: int, process: subprocess.Popen[str], first_lines: list[str]
+    ) -> None:
+        self.state_dir = state_dir
+        self.url = f"http://127.0.0.1:{port}"
+        self.process = process
+        self.first_lines = first_lines
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return run(*args, "--controller", self.url, "--state-dir", str(self.state_dir))
+
+
+def start(state_dir: Path) -> Served:
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            *WGMESH,
+            "controller",
+            "serve",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--state-dir",
+            str(state_dir),
+            "--mesh-cidr",
+            "198.19.0.0/16",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    assert process.stdout is not None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        lines.append(line.rstrip("\n"))
+        if "ready" in line:
+            return Served(state_dir, port, process, lines)
+    process.kill()
+    raise AssertionError(f"no ready line: {lines} {process.stderr.read() if process.stderr else ''}")
+
+
+def stop(served: Served) -> None:
+    served.process.terminate()
+    try:
+        served.process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        served.process.kill()
+        served.process.wait()
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    s = start(tmp_path / "state")
+    try:
+        yield s
+    finally:
+        stop(s)
+
+
+def test_first_start_shows_the_admin_credential_once_and_stores_it_0600(served: Served):
+    cred_file = served.state_dir / "admin-credential"
+    credential = cred_file.read_text().strip()
+    assert stat.S_IMODE(cred_file.stat().st_mode) == 0o600
+    assert len(served.first_lines) == 2
+    assert credential in served.first_lines[0]
+    assert served.first_lines[1].startswith("wgmesh controller ready on http://127.0.0.1:")
+    assert "198.19.0.0/16" in served.first_lines[1]
+    stop(served)
+    again = start(served.state_dir)
+    try:
+        assert len(again.first_lines) == 1 and credential not in again.first_lines[0]
+    finally:
+        stop(again)
+
+
+def test_token_create_prints_only_the_key_and_it_enrolls_a_host(served: Served):
+    created = served.cli("controller", "token", "create", "--reusable", "--expires", "30m")
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip()
+    assert created.stdout == key + "\n" and key.startswith("wgm_pak_")
+    harness = ControllerHarness.__new__(ControllerHarness)
+    harness._hosts = 0
+    host = ControllerHarness.new_host(harness, "cli-host")
+    r = httpx.post(
+        served.url + api.ENROLL,
+        content=enroll_request(host, key).model_dump_json(),
+        headers={"Content-Type": "application/json"},
+    )
+    assert r.status_code == 200, r.text
+
+    listed = served.cli("controller", "token", "list")
+    assert listed.returncode == 0
+    header, row = listed.stdout.splitlines()
+    assert header.split() == ["ID", "ROLE", "REUSABLE", "USED", "EXPIRES", "REVOKED", "CREATED"]
+    assert row.split()[:4] == ["1", "node", "yes", "1"]
+
+    nodes = served.cli("nodes", "list")
+    assert nodes.returncode == 0
+    assert nodes.stdout.splitlines()[0].split()[:4] == ["ID", "NAME", "ROLE", "ADDRESS"]
+    assert "cli-host" in nodes.stdout and "198.19.0.1" in nodes.stdout
+    as_json = json.loads(served.cli("nodes", "list", "--json").stdout)
+    assert as_json[0]["name"] == "cli-host"
+    shown = served.cli("nodes", "show", "1")
+    assert "tunnel address: 198.19.0.1" in shown.stdout
+
+    removed = served.cli("nodes", "remove", "1")
+    assert removed.returncode == 0 and "removed node 1 (cli-host" in removed.stdout
+    assert json.loads(served.cli("nodes", "list", "--json").stdout) == []
+
+    revoked = served.cli("controller", "token", "revoke", "1")
+    assert revoked.returncode == 0
+    assert "yes" in served.cli("controller", "token", "list").stdout.splitlines()[1].split()[5]
+
+
+def test_admin_credential_from_the_environment(served: Served):
+    credential = (served.state_dir / "admin-credential").read_text().strip()
+    env = {**os.environ, "WGMESH_ADMIN_CREDENTIAL": credential, "WGMESH_CONTROLLER": served.url}
+    r = run("controller", "token", "create", env=env)
+    assert r.returncode == 0 and r.stdout.startswith("wgm_pak_")
+    env["WGMESH_ADMIN_CREDENTIAL"] = "wrong"
+    r = run("nodes", "list", env=env)
+    assert (
+        r.returncode == 1
+        and r.stderr.strip() == "wgmesh nodes list: controller refused (401): wrong admin credential"
+    )
+
+
+def test_refusals_and_unreachable_controllers_are_one_line(served: Served):
+    r = served.cli("nodes", "show", "42")
+    assert r.returncode == 1 and r.stderr.strip() == "wgmesh nodes show: controller refused (404): no node 42"
+    r = run(
+        "nodes",
+        "list",
+        "--controller",
+        f"http://127.0.0.1:{free_port()}",
+        "--state-dir",
+        str(served.state_dir),
+    )
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "cannot reach" in r.stderr
+    r = run("nodes", "list", "--state-dir", str(served.state_dir / "nope"))
+    assert r.returncode == 2 and "does not exist" in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--mesh-cidr", "198.19.0.1/16"], "--mesh-cidr: '198.19.0.1/16' is not a network"),
+        (["--mesh-cidr", "10.0.0.0/32"], "too small"),
+        (["--listen", "nowhere"], "--listen: endpoint 'nowhere'"),
+        (["--db", "mysql://x"], "--db: database URL must start with"),
+        (["--config", "/nonexistent.toml"], "config file /nonexistent.toml does not exist"),
+    ],
+)
+def test_invalid_settings_stop_start_up_with_one_line(tmp_path: Path, args: list[str], message: str):
+    r = run("controller", "serve", "--state-dir", str(tmp_path), *args)
+    assert r.returncode == 2
+    assert r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], r.stderr
+
+
+def test_settings_come_from_flags_then_environment_then_file(tmp_path: Path):
+    from controller.settings import load_settings
+
+    config = tmp_path / "c.toml"
+    config.write_text(
+        'mesh_cidr = "10.1.0.0/16"\nlisten = "127.0.0.1:9000"\n[routing]\nhop_penalty_ms = 30\n'
+    )
+    env = {"WGMESH_CONFIG": str(config), "WGMESH_LISTEN": "127.0.0.1:9100"}
+    s = load_settings({"mesh_cidr": "10.2.0.0/16"}, env)
+    assert str(s.mesh_cidr) == "10.2.0.0/16"  # flag
+    assert s.listen == "127.0.0.1:9100"  # environment
+    assert s.policy.hop_penalty_ms == 30  # file
+    assert s.database_url.startswith("sqlite:///")
+
+
+def test_a_served_controller_keeps_its_nodes_across_restarts(tmp_path: Path):
+    state = tmp_path / "state"
+    first = start(state)
+    try:
+        key = first.cli("controller", "token", "create").stdout.strip()
+        harness = ControllerHarness.__new__(ControllerHarness)
+        harness._hosts = 0
+        host = ControllerHarness.new_host(harness, "keeper")
+        body = enroll_request(host, key).model_dump_json()
+        assert (
+            httpx.post(
+                first.url + api.ENROLL, content=body, headers={"Content-Type": "application/json"}
+            ).status_code
+            == 200
+        )
+    finally:
+        stop(first)
+    second = start(state)
+    try:
+        assert "1 nodes" in second.first_lines[-1]
+        assert json.loads(second.cli("nodes", "list", "--json").stdout)[0]["tunnel_address"] == "198.19.0.1"
+    finally:
+        stop(second)
+    assert ManualClock  # the same harness helpers serve in-process and real-process tests

@@ -1,0 +1,107 @@
+"""The long-poll push: a waiting agent gets its new map as soon as it changes, only agents whose map
+really changed are woken, and a removal reaches every peer at once."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tests.component.conftest import ControllerHarness, Host
+from wire import api
+from wire.models import NetMap
+
+LONG = 30.0  # seconds a poll may wait; a test that would need it fails on pytest's timeout instead
+
+
+async def serial_of(controller: ControllerHarness, host: Host) -> int:
+    netmap = await controller.netmap(host)
+    assert netmap is not None
+    return netmap.serial
+
+
+async def test_a_poll_with_the_current_serial_waits_and_then_says_nothing_new(controller: ControllerHarness):
+    a = await controller.enroll()
+    serial = await serial_of(controller, a)
+    assert await controller.netmap(a, since=serial, timeout=0.2) is None
+    assert await controller.netmap(a, since=serial, timeout=0) is None
+
+
+async def test_an_older_or_unknown_serial_gets_the_map_at_once(controller: ControllerHarness):
+    a = await controller.enroll()
+    serial = await serial_of(controller, a)
+    for since in (0, serial - 1, serial + 5):
+        netmap = await controller.netmap(a, since=since, timeout=LONG)
+        assert netmap is not None and netmap.serial == serial
+
+
+async def test_a_waiting_poll_wakes_when_a_peer_enrolls(controller: ControllerHarness):
+    a = await controller.enroll()
+    serial = await serial_of(controller, a)
+    waiting = asyncio.create_task(controller.netmap(a, since=serial, timeout=LONG))
+    await wait_until_waiting(controller, 1)
+    b = await controller.enroll()
+    netmap = await waiting
+    assert netmap is not None and netmap.serial > serial
+    assert [p.node_id for p in netmap.peers] == [b.node_id]
+
+
+async def test_only_nodes_whose_map_changed_are_woken(controller: ControllerHarness):
+    a, b, c = [await controller.enroll() for _ in range(3)]
+    serials = {h.node_id: await serial_of(controller, h) for h in (a, b, c)}
+    polls = {
+        h.node_id: asyncio.create_task(controller.netmap(h, since=serials[h.node_id], timeout=1.0))
+        for h in (a, b, c)
+    }
+    await wait_until_waiting(controller, 3)
+    # A measures the A-B link faster than the default: the A-B path cost changes for A and B only.
+    await controller.report(a, {"peer_id": b.node_id, "rtt_ms": 2.0, "loss": 0.0, "handshake_age_s": 3})
+    got = {n: await t for n, t in polls.items()}
+    assert got[a.node_id] is not None and got[a.node_id].serial == serials[a.node_id] + 1
+    assert got[b.node_id] is not None and got[b.node_id].serial == serials[b.node_id] + 1
+    assert got[c.node_id] is None, "C's map did not change, so C must not be woken"
+    assert await serial_of(controller, c) == serials[c.node_id]
+
+
+async def test_nothing_changes_when_a_host_re_enrolls_with_the_same_data(controller: ControllerHarness):
+    a, b = await controller.enroll(), await controller.enroll()
+    serials = [await serial_of(controller, h) for h in (a, b)]
+    await controller.enroll(b)
+    assert [await serial_of(controller, h) for h in (a, b)] == serials
+
+
+async def test_removal_reaches_every_peer_at_once(controller: ControllerHarness):
+    a, b, c = [await controller.enroll() for _ in range(3)]
+    serials = {h.node_id: await serial_of(controller, h) for h in (a, b, c)}
+    polls = {
+        h.node_id: asyncio.create_task(controller.netmap(h, since=serials[h.node_id], timeout=LONG))
+        for h in (a, c)
+    }
+    removed_poll = asyncio.create_task(
+        controller.client.get(
+            api.NETMAP, params={"since": serials[b.node_id], "timeout": LONG}, headers=b.auth
+        )
+    )
+    await wait_until_waiting(controller, 3)
+    r = await controller.client.delete(f"{api.NODES}/{b.node_id}", headers=controller.admin)
+    assert r.status_code == 204
+    for host in (a, c):
+        netmap = await polls[host.node_id]
+        assert isinstance(netmap, NetMap)
+        assert b.node_id not in {p.node_id for p in netmap.peers}
+        assert b.node_id not in {route.destination for route in netmap.routes}
+    gone = await removed_poll
+    assert gone.status_code == 410 and "removed" in gone.json()["detail"]
+    listed = (await controller.client.get(api.NODES, headers=controller.admin)).json()
+    assert [n["node_id"] for n in listed] == [a.node_id, c.node_id]
+    assert (
+        await controller.client.get(f"{api.NODES}/{b.node_id}", headers=controller.admin)
+    ).status_code == 404
+
+
+async def wait_until_waiting(controller: ControllerHarness, nodes: int) -> None:
+    """Until `nodes` nodes have a poll parked in the controller (the condition, not a sleep)."""
+    notifier = controller.app.state.notifier
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while notifier.waiting() < nodes:
+        assert loop.time() < deadline, f"only {notifier.waiting()} of {nodes} polls are waiting"
+        await asyncio.sleep(0.005)

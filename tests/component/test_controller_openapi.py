@@ -1,0 +1,73 @@
+"""The OpenAPI document: every v1 path, every operation with a success example, every request body with
+an example that the wire models accept, both bearer schemes, and errors documented."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.component.conftest import ControllerHarness
+from wire import api
+from wire.models import LinkReport, NetMap, PreAuthKeyRequest
+
+PATHS = {
+    api.HEALTH: {"get"},
+    api.ENROLL: {"post"},
+    api.NETMAP: {"get"},
+    api.LINKS: {"post"},
+    api.NODES: {"get"},
+    api.NODES + "/{node_id}": {"get", "delete"},
+    api.PREAUTH_KEYS: {"get", "post"},
+    api.PREAUTH_KEYS + "/{key_id}": {"delete"},
+    api.TOPOLOGY: {"get"},
+}
+
+
+@pytest.fixture
+async def openapi(controller: ControllerHarness) -> dict:
+    r = await controller.client.get("/openapi.json")
+    assert r.status_code == 200
+    return r.json()
+
+
+async def test_every_v1_path_and_method_is_documented(openapi):
+    documented = {p: set(ops) for p, ops in openapi["paths"].items()}
+    assert documented == PATHS
+
+
+async def test_every_operation_has_a_success_example_and_documented_errors(openapi):
+    for path, ops in openapi["paths"].items():
+        for method, op in ops.items():
+            ok = next(code for code in op["responses"] if code.startswith("2"))
+            content = op["responses"][ok].get("content")
+            if ok == "204":
+                continue
+            assert any("example" in c for c in content.values()), f"{method} {path}: no example"
+            if path != api.HEALTH:
+                errors = [c for c in op["responses"] if c.startswith("4")]
+                assert errors, f"{method} {path}: no error documented"
+
+
+async def test_request_body_examples_are_valid_requests(openapi):
+    models = {api.LINKS: LinkReport, api.PREAUTH_KEYS: PreAuthKeyRequest}
+    for path, model in models.items():
+        body = openapi["paths"][path]["post"]["requestBody"]["content"]["application/json"]
+        for example in body["examples"].values():
+            model.model_validate(example["value"])
+    enroll = openapi["paths"][api.ENROLL]["post"]["requestBody"]["content"]["application/json"]
+    assert enroll["examples"]
+
+
+async def test_the_netmap_example_is_a_netmap(openapi):
+    example = openapi["paths"][api.NETMAP]["get"]["responses"]["200"]["content"]["application/json"][
+        "example"
+    ]
+    NetMap.model_validate(example)
+
+
+async def test_node_and_admin_routes_name_their_bearer_scheme(openapi):
+    schemes = openapi["components"]["securitySchemes"]
+    assert (
+        schemes["NodeCredential"]["scheme"] == "bearer" and schemes["AdminCredential"]["scheme"] == "bearer"
+    )
+    assert openapi["paths"][api.NETMAP]["get"]["security"] == [{"NodeCredential": []}]
+    assert openapi["paths"][api.NODES]["get"]["security"] == [{"AdminCredential": []}]
