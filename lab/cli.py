@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 
 from lab import render
-from lab.command import LabError
+from lab.command import LabError, LabExists
 from lab.instance import Lab, read_topology
 from lab.layout import LABS_ROOT, MAX_HOSTS, LabLayout, LayoutError, check_lab_name
 from lab.observe import MeshView
@@ -166,13 +166,17 @@ def _report_incomplete(lab: Lab, view: MeshView, timeout: float) -> None:
 
 
 def _up(name: str, hosts: int, timeout: float | None) -> tuple[Lab | None, bool]:
-    """Build the lab and wait for the mesh. (lab, complete); lab is None when building failed."""
+    """Build the lab and wait for the mesh. (lab, complete); lab is None when building failed.
+    Raises LabExists, touching nothing, when a lab of that name is there already."""
     line = render.ProgressLine()
     started = time.monotonic()
     try:
         lab = Lab.create(
             name, hosts, lambda text: line.update(f"[{time.monotonic() - started:5.1f}s] {text}")
         )
+    except LabExists:
+        line.finish()
+        raise  # nothing was touched: the caller must not remove the existing lab either
     except LabError as e:
         line.finish()
         print(f"building the lab failed: {e}", file=sys.stderr)
@@ -384,11 +388,15 @@ def cmd_list(_: argparse.Namespace) -> int:
 
 
 def _measured_topology(lab: Lab, hosts: int, timeout_s: float = 20.0) -> Topology:
-    """The topology once every pair has a measured link (agents report every few seconds), or as it is
-    at the deadline."""
+    """The topology once every pair's link has a measured RTT (agents report every few seconds), or as
+    it is at the deadline."""
+
+    def measured(topo: Topology) -> bool:
+        return len(topo.edges) >= hosts * (hosts - 1) // 2 and all(e.rtt_ms is not None for e in topo.edges)
+
     deadline = time.monotonic() + timeout_s
     topo = read_topology(lab)
-    while len(topo.edges) < hosts * (hosts - 1) // 2 and time.monotonic() < deadline:
+    while not measured(topo) and time.monotonic() < deadline:
         time.sleep(0.5)
         topo = read_topology(lab)
     return topo

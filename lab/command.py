@@ -20,6 +20,10 @@ class LabError(RuntimeError):
     """Something the lab could not do; the message is one line saying what and what to do."""
 
 
+class LabExists(LabError):
+    """A lab of that name is already on this machine; nothing was touched."""
+
+
 def which(tool: str) -> str | None:
     return shutil.which(tool) or shutil.which(tool, path=_SBIN_PATH)
 

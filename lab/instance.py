@@ -24,7 +24,7 @@ from pydantic import TypeAdapter, ValidationError
 from agent.state import StatePaths
 from agent.status import AgentStatus, StatusError
 from lab import firewall, netns, processes
-from lab.command import LabError, check_can_run_lab, run
+from lab.command import LabError, LabExists, check_can_run_lab, run
 from lab.layout import MESH_CIDR, WG_INTERFACE, WG_LISTEN_PORT, HostLayout, LabLayout, host_index
 from lab.observe import MeshView, PingResult, observe, ping_matrix, ping_once
 from lab.record import HostRecord, LabRecord, ProcessRecord, load, save
@@ -74,7 +74,7 @@ class Lab:
         host_layouts = [layout.host(i) for i in range(1, hosts + 1)]  # validates the count
         leftovers = [ns for ns in netns.list_namespaces() if layout.owns_namespace(ns)]
         if layout.record_path.exists() or leftovers:
-            raise LabError(
+            raise LabExists(
                 f"a lab named {name!r} exists already; remove it with `wgmesh lab down --name {name}`"
             )
         lab = cls(layout, LabRecord(name=name))

@@ -47,8 +47,9 @@ class MeshView:
 
     @property
     def complete(self) -> bool:
+        """Every host has wg0 with its tunnel address, and every pair has a handshake."""
         return all(p.handshake is not None for p in self.pairs) and all(
-            h.device is not None for h in self.hosts
+            h.device is not None and h.tunnel_address is not None for h in self.hosts
         )
 
     def missing(self) -> list[PairState]:
