@@ -1,0 +1,158 @@
+"""Routing on random graphs with random failures (hypothesis): shortest paths, symmetric and hop-by-hop
+consistent next hops, and incremental updates that end exactly where a full recompute does."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import networkx as nx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from controller.routing import EdgeCost, Router
+from controller.topology import LinkPolicy
+
+POLICY = LinkPolicy()
+# Few distinct weights: plenty of exact ties, which only the perturbation breaks.
+WEIGHTS = st.sampled_from([0.5, 1.0, 2.0, 5.0, 10.0, 40.0])
+
+
+@st.composite
+def graphs(draw: st.DrawFn, max_nodes: int = 12) -> tuple[list[int], dict[tuple[int, int], float]]:
+    ids = sorted(draw(st.sets(st.integers(1, 500), min_size=2, max_size=max_nodes)))
+    pairs = list(itertools.combinations(ids, 2))
+    chosen = draw(st.lists(st.sampled_from(pairs), unique=True, max_size=len(pairs))) if pairs else []
+    return ids, {p: draw(WEIGHTS) for p in chosen}
+
+
+def costs(weights: dict[tuple[int, int], float]) -> list[EdgeCost]:
+    return [EdgeCost(a, b, POLICY.cost(a, b, w)) for (a, b), w in weights.items()]
+
+
+def nx_graph(ids: list[int], edges: list[EdgeCost]) -> nx.Graph:
+    g = nx.Graph()
+    g.add_nodes_from(ids)
+    g.add_weighted_edges_from((e.a, e.b, e.cost) for e in edges if e.cost is not None)
+    return g
+
+
+def assert_valid(router: Router, ids: list[int], edges: list[EdgeCost]) -> None:
+    g = nx_graph(ids, edges)
+    lengths = dict(nx.all_pairs_dijkstra_path_length(g))
+    for s, d in itertools.permutations(ids, 2):
+        path = router.path(s, d)
+        if d not in lengths[s]:
+            assert path is None and router.next_hop(s, d) is None and router.cost(s, d) is None
+            continue
+        assert path is not None and path[0] == s and path[-1] == d
+        assert len(set(path)) == len(path), f"loop in {path}"
+        assert all(g.has_edge(x, y) for x, y in itertools.pairwise(path)), f"{path} uses a missing edge"
+        # A shortest path, with the cost routing reports for it.
+        weight = sum(g[x][y]["weight"] for x, y in itertools.pairwise(path))
+        assert math.isclose(weight, lengths[s][d], rel_tol=1e-9)
+        assert math.isclose(router.cost(s, d) or 0, weight, rel_tol=1e-9)
+        # Symmetric: the way back is the same path reversed.
+        assert router.path(d, s) == path[::-1]
+        # Hop by hop, as WireGuard checks it: X hands the packet for d to Y, and Y accepts source s
+        # from X only if Y's own next hop toward s is X.
+        for x, y in itertools.pairwise(path):
+            assert router.next_hop(x, d) == y
+            assert router.next_hop(y, s) == x
+    for n in ids:
+        assert router.next_hop(n, n) == n
+        relays = {x for s, d in itertools.permutations(ids, 2) for x in (router.path(s, d) or [])[1:-1]}
+        assert router.forwards(n) == (n in relays)
+
+
+@settings(max_examples=150, deadline=None)
+@given(graph=graphs(), data=st.data())
+def test_routes_are_shortest_symmetric_and_consistent_hop_by_hop(graph, data):
+    ids, weights = graph
+    failed = set(data.draw(st.lists(st.sampled_from(sorted(weights)), unique=True))) if weights else set()
+    edges = costs({p: w for p, w in weights.items() if p not in failed})
+    assert_valid(Router(ids, edges), ids, edges)
+
+
+@settings(max_examples=100, deadline=None)
+@given(graph=graphs(max_nodes=10), data=st.data())
+def test_incremental_changes_end_where_a_full_recompute_does(graph, data):
+    ids, weights = graph
+    current = {p: POLICY.cost(*p, w) for p, w in weights.items()}
+    router = Router(ids, [EdgeCost(a, b, c) for (a, b), c in current.items()])
+    nodes = list(ids)
+    next_id = max(ids) + 1
+    for _ in range(data.draw(st.integers(1, 8))):
+        op = data.draw(st.sampled_from(["edges", "edges", "add", "remove"]))
+        if op == "edges" and len(nodes) >= 2:
+            pairs = data.draw(
+                st.lists(
+                    st.sampled_from(list(itertools.combinations(nodes, 2))),
+                    unique=True,
+                    min_size=1,
+                    max_size=4,
+                )
+            )
+            batch = []
+            for p in pairs:
+                w = data.draw(st.none() | WEIGHTS)  # None: the link failed
+                cost = None if w is None else POLICY.cost(*p, w)
+                batch.append(EdgeCost(*p, cost))
+                if cost is None:
+                    current.pop(p, None)
+                else:
+                    current[p] = cost
+            changed = router.set_edges(batch)
+            assert changed <= set(nodes)
+        elif op == "add":
+            others = data.draw(st.lists(st.sampled_from(nodes), unique=True)) if nodes else []
+            new = [EdgeCost(o, next_id, POLICY.cost(o, next_id, data.draw(WEIGHTS))) for o in others]
+            router.add_node(next_id, new)
+            current.update({(e.a, e.b): e.cost for e in new if e.cost is not None})
+            nodes.append(next_id)
+            next_id += 1
+        elif op == "remove" and len(nodes) > 1:
+            gone = data.draw(st.sampled_from(nodes))
+            router.remove_node(gone)
+            nodes.remove(gone)
+            current = {p: c for p, c in current.items() if gone not in p}
+        edges = [EdgeCost(a, b, c) for (a, b), c in current.items()]
+        fresh = Router(nodes, edges)
+        for s, d in itertools.product(nodes, repeat=2):
+            assert router.next_hop(s, d) == fresh.next_hop(s, d), (s, d)
+        assert [router.forwards(n) for n in nodes] == [fresh.forwards(n) for n in nodes]
+    assert_valid(router, nodes, [EdgeCost(a, b, c) for (a, b), c in current.items()])
+
+
+def test_set_edges_reports_exactly_the_nodes_whose_routes_changed():
+    #   1 -- 2 -- 3 -- 4, plus 5 hanging off 4; the 2-3 link fails and 1-4 exists as a detour.
+    w = {(1, 2): 1.0, (2, 3): 1.0, (3, 4): 1.0, (4, 5): 1.0, (1, 4): 30.0}
+    router = Router(range(1, 6), costs(w))
+    before = {(s, d): router.next_hop(s, d) for s in range(1, 6) for d in range(1, 6)}
+    changed = router.set_edges([EdgeCost(2, 3, None)])
+    after = {(s, d): router.next_hop(s, d) for s in range(1, 6) for d in range(1, 6)}
+    moved = {s for (s, d), hop in after.items() if hop != before[(s, d)]}
+    assert moved <= changed
+    assert changed == {1, 2, 3, 4, 5}  # costs changed for 5 too (its path to 1 and 2 got longer)
+    assert router.path(2, 3) == [2, 1, 4, 3]
+
+
+def test_a_relay_is_used_only_when_it_saves_more_than_the_hop_penalty():
+    # Direct 1-3 costs 45; through 2 it is 10 + 10 plus one extra hop penalty (20): 40 < 45 -> relay.
+    router = Router([1, 2, 3], costs({(1, 2): 10.0, (2, 3): 10.0, (1, 3): 45.0}))
+    assert router.next_hop(1, 3) == 2 and router.forwards(2)
+    # Direct 35: the relay (40) is not enough better.
+    router.set_edges([EdgeCost(1, 3, POLICY.cost(1, 3, 35.0))])
+    assert router.next_hop(1, 3) == 3 and not router.forwards(2)
+
+
+def test_bad_edges_are_refused():
+    with pytest.raises(ValueError, match="loop"):
+        Router([1], [EdgeCost(1, 1, 1.0)])
+    with pytest.raises(ValueError, match="positive"):
+        Router([1, 2], [EdgeCost(1, 2, 0.0)])
+    router = Router([1, 2], [])
+    with pytest.raises(ValueError, match="larger id"):
+        router.add_node(2, [])
+    assert router.next_hop(1, 2) is None and router.path(1, 2) is None

@@ -1,0 +1,174 @@
+"""The mesh model end to end on rendered maps: WireGuard cryptokey routing delivers every packet on
+random meshes with random failures, a serial grows exactly when a map's content changes, and a
+restart from stored state changes no serial."""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import json
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from controller.mesh import Mesh
+from controller.netmap import NodeCard
+from controller.topology import LinkPolicy
+from keys import IdentityPrivateKey, WireGuardPrivateKey
+from wire.models import LinkMeasurement, NetMap
+
+CIDR = ipaddress.ip_network("198.19.0.0/16")
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+_WG = [WireGuardPrivateKey.generate().public_key().base64() for _ in range(40)]
+_ID = IdentityPrivateKey.generate().public_key().base64()
+
+
+def card(n: int) -> NodeCard:
+    return NodeCard(n, f"node-{n}", "node", _WG[n % 40], _ID, CIDR[n], (f"198.18.0.{n}:51820",), 51820)
+
+
+def mesh_of(ids: list[int]) -> Mesh:
+    return Mesh(CIDR, LinkPolicy(), 25, [card(n) for n in ids])
+
+
+def maps(mesh: Mesh) -> dict[int, NetMap]:
+    return {n: NetMap.model_validate_json(mesh.render(n)) for n in mesh.cards}
+
+
+def deliver(netmaps: dict[int, NetMap], src: int, dst: int) -> list[int]:
+    """Send a packet src -> dst the way WireGuard would, hop by hop, through the rendered maps."""
+    src_ip = ipaddress.ip_address(netmaps[src].node.tunnel_address)
+    dst_ip = ipaddress.ip_address(netmaps[dst].node.tunnel_address)
+    here, hops = src, [src]
+    while here != dst:
+        owners = [p for p in netmaps[here].peers if any(dst_ip in net for net in p.allowed_ips)]
+        assert len(owners) == 1, f"{here}: {len(owners)} peers claim {dst_ip}"
+        nxt = owners[0].node_id
+        # The receiver accepts the packet only if the source address is in the allowed IPs of the
+        # peer it came from.
+        sender = next(p for p in netmaps[nxt].peers if p.node_id == here)
+        assert any(src_ip in net for net in sender.allowed_ips), (
+            f"{nxt} drops {src}->{dst} arriving from {here}"
+        )
+        if nxt != dst:
+            assert netmaps[nxt].forward, f"{nxt} relays but was not told to forward"
+        hops.append(nxt)
+        here = nxt
+        assert len(hops) <= len(netmaps), f"routing loop {hops}"
+    return hops
+
+
+@st.composite
+def meshes_with_failures(
+    draw: st.DrawFn,
+) -> tuple[list[int], list[tuple[int, int]], dict[tuple[int, int], float]]:
+    ids = sorted(draw(st.sets(st.integers(1, 39), min_size=2, max_size=9)))
+    pairs = list(itertools.combinations(ids, 2))
+    failed = draw(st.lists(st.sampled_from(pairs), unique=True, max_size=len(pairs)))
+    rtts = {p: draw(st.sampled_from([1.0, 5.0, 20.0, 80.0, 200.0])) for p in pairs if p not in failed}
+    return ids, failed, rtts
+
+
+@settings(max_examples=120, deadline=None)
+@given(world=meshes_with_failures())
+def test_every_packet_is_delivered_by_cryptokey_routing_on_the_rendered_maps(world):
+    ids, failed, rtts = world
+    mesh = mesh_of(ids)
+    for (a, b), rtt in rtts.items():
+        mesh.report(a, [LinkMeasurement(peer_id=b, rtt_ms=rtt, loss=0.0, handshake_age_s=5)], T0)
+    for a, b in failed:
+        mesh.report(b, [LinkMeasurement(peer_id=a, loss=1.0)], T0)
+    netmaps = maps(mesh)
+    reachable = {n: set() for n in ids}
+    for s, d in itertools.permutations(ids, 2):
+        if mesh.router.path(s, d) is None:
+            continue  # partitioned: nothing can deliver it
+        hops = deliver(netmaps, s, d)
+        assert all(tuple(sorted(p)) not in failed for p in itertools.pairwise(hops)), (
+            f"{hops} uses a failed link"
+        )
+        assert deliver(netmaps, d, s) == hops[::-1]
+        reachable[s].add(d)
+    for n, m in netmaps.items():
+        # Every allowed IP belongs to one peer only, and routes agree with the allowed IPs.
+        claimed = [str(net) for p in m.peers for net in p.allowed_ips]
+        assert len(claimed) == len(set(claimed))
+        for route in m.routes:
+            if route.destination in reachable[n]:
+                owner = next(
+                    p for p in m.peers if any(route.destination_address in net for net in p.allowed_ips)
+                )
+                assert owner.node_id == route.via
+
+
+def strip_serial(netmap: NetMap) -> str:
+    return json.dumps(netmap.model_dump(mode="json", exclude={"serial"}), sort_keys=True)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    ids=st.sets(st.integers(1, 39), min_size=2, max_size=7).map(sorted),
+    reports=st.lists(
+        st.tuples(
+            st.integers(0, 6),
+            st.integers(0, 6),
+            st.sampled_from([None, 1.0, 4.0, 30.0, 150.0]),
+            st.sampled_from([None, 0.0, 0.6, 1.0]),
+            st.sampled_from([None, 2.0, 500.0]),
+        ),
+        max_size=25,
+    ),
+)
+def test_a_serial_grows_exactly_when_the_map_content_changes(ids, reports):
+    mesh = mesh_of(ids)
+    before = maps(mesh)
+    t = T0
+    for i, j, rtt, loss, hs in reports:
+        a, b = ids[i % len(ids)], ids[j % len(ids)]
+        if a == b:
+            continue
+        t += timedelta(seconds=30)
+        change = mesh.report(a, [LinkMeasurement(peer_id=b, rtt_ms=rtt, loss=loss, handshake_age_s=hs)], t)
+        after = maps(mesh)
+        for n in ids:
+            same = strip_serial(before[n]) == strip_serial(after[n])
+            assert (after[n].serial == before[n].serial) == same, f"node {n}: serial vs content disagree"
+            assert (n in change.maps) == (not same)
+            if not same:
+                assert after[n].serial == before[n].serial + 1
+        before = after
+
+
+def test_adding_and_removing_nodes_changes_every_map_and_keeps_ids_in_order():
+    mesh = mesh_of([1, 2, 3])
+    change = mesh.upsert(card(4))
+    assert set(change.maps) == {1, 2, 3, 4} and change.maps[4].serial == 1
+    assert mesh.upsert(card(4)).maps == {}  # the same card again: nothing changed
+    change = mesh.remove(2)
+    assert set(change.maps) == {1, 3, 4}
+    assert [p.node_id for p in maps(mesh)[1].peers] == [3, 4]
+
+
+def test_a_restart_from_stored_state_changes_no_serial():
+    mesh = mesh_of([1, 2, 3, 4])
+    mesh.report(1, [LinkMeasurement(peer_id=2, loss=1.0)], T0)
+    mesh.report(3, [LinkMeasurement(peer_id=4, rtt_ms=3.0, loss=0.0, handshake_age_s=1)], T0)
+    links = [s.record() for s in mesh.topology.links.values()]
+    stored = {n: mesh.map_state(n) for n in mesh.cards}
+    again = Mesh(CIDR, LinkPolicy(), 25, [card(n) for n in [1, 2, 3, 4]], links, stored)
+    assert again.initial.maps == {}
+    assert {n: again.render(n) for n in again.cards} == {n: mesh.render(n) for n in mesh.cards}
+    # Other settings make other maps: those serials grow.
+    other = Mesh(CIDR, LinkPolicy(), None, [card(n) for n in [1, 2, 3, 4]], links, stored)
+    assert {n: s.serial for n, s in other.initial.maps.items()} == {
+        n: s.serial + 1 for n, s in stored.items()
+    }
+
+
+def test_an_unreachable_peer_keeps_its_own_address_and_has_no_cost():
+    mesh = mesh_of([1, 2])
+    mesh.report(1, [LinkMeasurement(peer_id=2, loss=1.0)], T0)
+    m = maps(mesh)[1]
+    assert [str(n) for n in m.peers[0].allowed_ips] == [f"{CIDR[2]}/32"]
+    assert m.routes[0].via == 2 and m.routes[0].cost is None

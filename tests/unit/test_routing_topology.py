@@ -1,0 +1,122 @@
+"""Link state from measurements: new links up at the default weight, down when either end says so,
+back only on a handshake newer than the failure, and edge weights that ignore noise (hysteresis)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from controller.topology import LinkPolicy, LinkRecord, Topology
+from wire.models import LinkMeasurement as M
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+POLICY = LinkPolicy()
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def healthy(peer: int, rtt: float = 5.0) -> M:
+    return M(peer_id=peer, rtt_ms=rtt, loss=0.0, handshake_age_s=10)
+
+
+def test_a_new_link_is_up_with_the_default_weight_and_a_symmetric_cost():
+    topo = Topology(POLICY, [1, 2, 3])
+    assert topo.graph.number_of_edges() == 3
+    assert topo.graph[1][2]["weight"] == POLICY.default_weight_ms
+    assert POLICY.cost(1, 2, None) == POLICY.cost(2, 1, None)
+    assert POLICY.cost(1, 2, None) != POLICY.cost(1, 3, None)  # the perturbation tells edges apart
+    added = topo.add_node(4)
+    assert {(e.a, e.b) for e in added} == {(4, 1), (4, 2), (4, 3)}
+
+
+def test_either_end_takes_a_link_down_by_loss_or_an_old_handshake():
+    topo = Topology(POLICY, [1, 2, 3])
+    update = topo.report(1, [M(peer_id=2, loss=POLICY.loss_down)], at(0))
+    assert [(e.a, e.b, e.cost) for e in update.edges] == [(1, 2, None)]
+    assert update.records == [LinkRecord(1, 2, None, at(0))]
+    assert not topo.graph.has_edge(1, 2)
+    update = topo.report(3, [M(peer_id=2, handshake_age_s=POLICY.handshake_stale_s + 1)], at(0))
+    assert not topo.graph.has_edge(2, 3)
+    # Below the thresholds nothing goes down.
+    topo.report(
+        1, [M(peer_id=3, loss=POLICY.loss_down - 0.01, handshake_age_s=POLICY.handshake_stale_s)], at(0)
+    )
+    assert topo.graph.has_edge(1, 3)
+
+
+def test_a_down_link_returns_only_on_a_handshake_newer_than_the_failure():
+    topo = Topology(POLICY, [1, 2])
+    topo.report(1, [M(peer_id=2, loss=1.0, handshake_age_s=100)], at(0))
+    # Relayed: no probe of the direct link; the handshake is from before the failure.
+    assert topo.report(2, [M(peer_id=1, handshake_age_s=150)], at(50)).edges == []
+    # A handshake after the failure, but still inside the hold-down: not yet.
+    assert topo.report(2, [M(peer_id=1, handshake_age_s=1)], at(POLICY.hold_down_s / 2)).edges == []
+    # A handshake exactly at the failure is not newer than it.
+    assert topo.report(2, [M(peer_id=1, handshake_age_s=60)], at(60)).edges == []
+    update = topo.report(2, [M(peer_id=1, handshake_age_s=59)], at(60))
+    assert [(e.a, e.b) for e in update.edges] == [(1, 2)] and update.edges[0].cost is not None
+    assert topo.graph.has_edge(1, 2) and topo.link(1, 2).down_since is None
+
+
+def test_a_fresh_handshake_with_heavy_loss_does_not_bring_a_link_back():
+    topo = Topology(POLICY, [1, 2])
+    topo.report(1, [M(peer_id=2, loss=1.0)], at(0))
+    assert topo.report(1, [M(peer_id=2, loss=0.9, handshake_age_s=1)], at(60)).edges == []
+
+
+def test_a_measured_link_moves_off_the_default_and_then_only_on_big_changes():
+    topo = Topology(POLICY, [1, 2])
+    update = topo.report(1, [healthy(2, rtt=50.0)], at(0))
+    assert topo.graph[1][2]["weight"] == 50.0 and len(update.edges) == 1
+    assert topo.report(2, [healthy(1, rtt=55.0)], at(1)).edges == []  # mean 52.5: inside the band
+    update = topo.report(2, [healthy(1, rtt=90.0)], at(2))  # mean 70: outside
+    assert topo.graph[1][2]["weight"] == 70.0 and len(update.edges) == 1
+
+
+def test_loss_makes_a_link_more_expensive():
+    topo = Topology(POLICY, [1, 2])
+    topo.report(1, [M(peer_id=2, rtt_ms=10.0, loss=0.2, handshake_age_s=1)], at(0))
+    assert topo.graph[1][2]["weight"] == 10.0 + 0.2 * POLICY.loss_penalty_ms
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    base=st.floats(1.0, 500.0),
+    noise=st.lists(st.tuples(st.sampled_from([1, 2]), st.floats(-1.0, 1.0)), min_size=1, max_size=40),
+)
+def test_noise_inside_the_band_never_moves_an_edge(base, noise):
+    topo = Topology(POLICY, [1, 2])
+    topo.report(1, [healthy(2, rtt=base)], at(0))
+    topo.report(2, [healthy(1, rtt=base)], at(0))
+    cost = topo.graph[1][2]["cost"]
+    half_band = max(POLICY.band_abs_ms, POLICY.band_rel * base) / 2
+    for i, (reporter, jitter) in enumerate(noise):
+        update = topo.report(reporter, [healthy(3 - reporter, rtt=base + jitter * half_band)], at(i + 1))
+        assert update.edges == [] and update.records == []
+    assert topo.graph[1][2]["cost"] == cost
+
+
+def test_restored_records_rebuild_the_same_graph():
+    topo = Topology(POLICY, [1, 2, 3])
+    topo.report(1, [healthy(2, rtt=40.0), M(peer_id=3, loss=1.0)], at(0))
+    records = [s.record() for s in topo.links.values()]
+    again = Topology(POLICY, [1, 2, 3], records)
+    assert sorted(again.edges(), key=lambda e: (e.a, e.b)) == sorted(topo.edges(), key=lambda e: (e.a, e.b))
+    assert again.link(1, 3).down_since == at(0)
+
+
+def test_removing_a_node_forgets_its_links():
+    topo = Topology(POLICY, [1, 2, 3])
+    topo.report(1, [healthy(2)], at(0))
+    topo.remove_node(2)
+    assert topo.link(1, 2) is None and set(topo.graph.nodes) == {1, 3}
+
+
+def test_policy_problems_are_named():
+    assert LinkPolicy().problems() == []
+    assert LinkPolicy(hop_penalty_ms=0).problems() == ["hop_penalty_ms must be > 0"]
+    assert LinkPolicy(loss_down=1.5).problems() == ["loss_down must be in (0, 1]"]
