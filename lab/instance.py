@@ -239,6 +239,10 @@ class Lab:
         sig = signal.SIGKILL if kill else signal.SIGTERM
         return processes.end_recorded(agent, self.layout.dir, sig=sig)
 
+    def enrolled(self, name: str) -> bool:
+        """The host's agent has enrolled (its node.json exists)."""
+        return StatePaths(self.host(name).state_dir).node.exists()
+
     def agent_status(self, name: str) -> AgentStatus | None:
         """What the host's agent last wrote to its status.json; None before it wrote one."""
         try:

@@ -46,7 +46,7 @@ def test_a_fourth_host_joins_and_every_host_reaches_it(lab: Lab, record_property
     started = time.monotonic()
     new = lab.add_host().name
     assert new == "h4"
-    wait_until("h4 to enroll", lambda: lab.agent_status("h4"), 30, show=lambda: logs(lab))
+    wait_until("h4 to enroll", lambda: lab.enrolled("h4"), 30, interval=0.05, show=lambda: logs(lab))
     enrolled = time.monotonic()
     wait_all_reach(lab, both_ways(new, old), 60, "h4 and every host to ping each other")
     reached = time.monotonic()
