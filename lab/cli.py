@@ -230,6 +230,8 @@ def _agent_view(lab: Lab, name: str) -> tuple[str, str, str]:
     if status is None:
         return "-", "-", "-"
     netmap = f"#{status.serial} ({status.netmap_source})" if status.serial is not None else "none"
+    if not lab.agent_state(name).running:
+        return "-", netmap, "-"  # what a stopped agent last wrote about the controller is stale
     relayed = ",".join(f"{p.name} via {p.via}" for p in status.peers if p.route == "relay") or "-"
     return status.controller, netmap, relayed
 
