@@ -7,16 +7,19 @@ Rules (WireGuard cryptokey routing makes them necessary, see DESIGN.md):
   any node toward D therefore walks that one tree: every intermediate node continues the same path
   (hop-by-hop consistent). With unique shortest paths on an undirected graph the tree rooted at S holds
   the reverse path, so path(D, S) = reverse(path(S, D)) (symmetric).
-- A full compute runs scipy's compiled Dijkstra from every node. An incremental change recomputes only
-  the trees it can touch: a tree whose edges are all unchanged and in which no changed edge offers a
-  shorter way (old distances still satisfy the triangle inequality under the new costs) keeps its
-  distances, so its paths are unchanged.
+- A full compute runs scipy's compiled Dijkstra from every node. An edge change touches only the trees
+  that use the edge (cost up or edge gone) or in which it becomes a shortcut (cost down or edge new);
+  every other tree keeps its distances (they still satisfy the triangle inequality), so its paths stay.
+  One change is repaired locally in each touched tree: the subtree hanging below the edge is re-attached
+  by a Dijkstra over that subtree only, or the improvement spreads from the edge by an improve-only
+  Dijkstra; a large repair recomputes the tree with scipy. Large batches recompute the touched trees.
 
 Indexes: nodes are kept in ascending id order; row D of the predecessor matrix is the tree rooted at D.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -29,6 +32,8 @@ NO_HOP = -1
 """Next-hop value when the destination is unreachable."""
 
 _SCIPY_NONE = -9999
+SEQUENTIAL_LIMIT = 16
+"""Batches up to this many edge changes are repaired one edge at a time; larger ones tree by tree."""
 # Distances closer than this (relative) are treated as "could be shorter": recomputing a tree too many
 # is always safe, skipping one that changed is not.
 _REL_TOL = 1e-9
@@ -116,20 +121,21 @@ class Router:
 
     def set_edges(self, changes: Sequence[EdgeCost]) -> set[int]:
         """Apply edge cost changes (None: remove). Returns the nodes whose next hops, path costs or
-        forward flag changed."""
-        if not changes:
-            return set()
-        us: list[int] = []
-        vs: list[int] = []
-        new_costs: list[float] = []
+        forward flag may have changed (a superset: one that changed and changed back is included)."""
         for e in changes:
             _check_cost(e)
-            u, v = self.index[e.a], self.index[e.b]
-            us.append(u)
-            vs.append(v)
-            new_costs.append(np.inf if e.cost is None else e.cost)
-        affected = self._affected_trees(np.array(us), np.array(vs), np.array(new_costs))
-        self._write_costs(us, vs, new_costs)
+        if not changes:
+            return set()
+        if len(changes) <= SEQUENTIAL_LIMIT:
+            changed: set[int] = set()
+            for e in changes:
+                changed |= self._set_one(e)
+            return changed
+        us = np.array([self.index[e.a] for e in changes])
+        vs = np.array([self.index[e.b] for e in changes])
+        new_costs = [np.inf if e.cost is None else e.cost for e in changes]
+        affected = self._affected_trees(us, vs, np.array(new_costs))
+        self._write_costs(us.tolist(), vs.tolist(), new_costs)
         return self._recompute_and_diff(affected)
 
     def add_node(self, node_id: int, edges: Sequence[EdgeCost]) -> None:
@@ -199,6 +205,130 @@ class Router:
 
     # --- internals -------------------------------------------------------------------------------
 
+    def _set_one(self, e: EdgeCost) -> set[int]:
+        u, v = self.index[e.a], self.index[e.b]
+        old = self._cost(u, v)
+        new = np.inf if e.cost is None else e.cost
+        if new == old:
+            return set()
+        self._write_costs([u], [v], [new])
+        # (tree, node, old parent, old tenths) for every entry a repair rewrote
+        rewritten: list[tuple[int, int, int, int]] = []
+        big: list[int] = []
+        if new > old:
+            for tree, child in self._trees_using(u, v):
+                if not self._reattach_subtree(tree, child, rewritten):
+                    big.append(tree)
+        else:
+            dist = self._dist
+            for t, s in ((v, u), (u, v)):
+                for tree in np.nonzero(dist[:, s] + new < dist[:, t])[0].tolist():
+                    self._spread_improvement(tree, t, s, float(dist[tree, s] + new), rewritten)
+        changed = self._apply_rewrites(rewritten)
+        if big:
+            changed |= self._recompute_and_diff(np.array(big))
+        return changed
+
+    def _cost(self, i: int, j: int) -> float:
+        w = self._w
+        lo, hi = w.indptr[i], w.indptr[i + 1]
+        k = lo + int(np.searchsorted(w.indices[lo:hi], j))
+        return float(w.data[k]) if k < hi and w.indices[k] == j else np.inf
+
+    def _neighbours(self, i: int) -> zip[tuple[int, float]]:
+        w = self._w
+        lo, hi = w.indptr[i], w.indptr[i + 1]
+        return zip(w.indices[lo:hi].tolist(), w.data[lo:hi].tolist(), strict=True)
+
+    def _trees_using(self, u: int, v: int) -> list[tuple[int, int]]:
+        """(tree, child) for every tree with the edge u-v, `child` being its end further from the root."""
+        pred = self._pred
+        below_u = np.nonzero(pred[:, v] == u)[0].tolist()
+        below_v = np.nonzero(pred[:, u] == v)[0].tolist()
+        return [(t, v) for t in below_u] + [(t, u) for t in below_v]
+
+    def _reattach_subtree(self, tree: int, child: int, rewritten: list[tuple[int, int, int, int]]) -> bool:
+        """The edge above `child` got dearer or went away: give its subtree new shortest paths.
+        False (nothing done) when the subtree is too large for a local repair."""
+        row_p, row_d = self._pred[tree], self._dist[tree]
+        subtree = [child]
+        i = 0
+        limit = max(64, len(self.nodes) // 8)
+        while i < len(subtree):
+            subtree.extend(np.flatnonzero(row_p == subtree[i]).tolist())
+            i += 1
+            if len(subtree) > limit:
+                return False
+        inside = set(subtree)
+        before = {x: (int(row_p[x]), _tenths(float(row_d[x]))) for x in subtree}
+        tentative: dict[int, float] = {}
+        heap: list[tuple[float, int, int]] = []
+        for x in subtree:
+            best, parent = np.inf, NO_HOP
+            for y, w in self._neighbours(x):
+                if y not in inside:
+                    d = float(row_d[y]) + w
+                    if d < best:
+                        best, parent = d, y
+            tentative[x] = best
+            if parent != NO_HOP:
+                heapq.heappush(heap, (best, x, parent))
+        settled: dict[int, tuple[float, int]] = {}
+        while heap:
+            d, x, p = heapq.heappop(heap)
+            if x in settled:
+                continue
+            settled[x] = (d, p)
+            for y, w in self._neighbours(x):
+                if y in inside and y not in settled and d + w < tentative[y]:
+                    tentative[y] = d + w
+                    heapq.heappush(heap, (d + w, y, x))
+        for x in subtree:
+            d, p = settled.get(x, (np.inf, NO_HOP))
+            row_p[x], row_d[x] = p, d
+            old_p, old_t = before[x]
+            if old_p != p or old_t != _tenths(d):
+                rewritten.append((tree, x, old_p, old_t))
+        return True
+
+    def _spread_improvement(
+        self, tree: int, start: int, via: int, d0: float, rewritten: list[tuple[int, int, int, int]]
+    ) -> None:
+        """The edge via-start got cheaper (or appeared): spread the shorter distances from `start`."""
+        row_p, row_d = self._pred[tree], self._dist[tree]
+        heap = [(d0, start, via)]
+        seen: set[int] = set()
+        while heap:
+            d, x, p = heapq.heappop(heap)
+            if not d < row_d[x]:
+                continue
+            old_p, old_t = int(row_p[x]), _tenths(float(row_d[x]))
+            row_p[x], row_d[x] = p, d
+            if x not in seen:
+                seen.add(x)
+                rewritten.append((tree, x, old_p, old_t))
+            for y, w in self._neighbours(x):
+                if d + w < row_d[y]:
+                    heapq.heappush(heap, (d + w, y, x))
+
+    def _apply_rewrites(self, rewritten: list[tuple[int, int, int, int]]) -> set[int]:
+        """Sources whose next hop or shown cost changed, with relay counts and forward flags kept."""
+        changed: set[int] = set()
+        touched: dict[int, bool] = {}
+        for tree, x, old_p, old_t in rewritten:
+            new_p = int(self._pred[tree, x])
+            if new_p == old_p and _tenths(float(self._dist[tree, x])) == old_t:
+                continue
+            changed.add(self.nodes[x])
+            if new_p == old_p:
+                continue
+            for p, delta in ((old_p, -1), (new_p, 1)):
+                if p != NO_HOP and p != tree:
+                    touched.setdefault(p, bool(self._relays[p] > 0))
+                    self._relays[p] += delta
+        changed.update(self.nodes[p] for p, was in touched.items() if was != (self._relays[p] > 0))
+        return changed
+
     def _affected_trees(
         self, us: npt.NDArray[np.int64], vs: npt.NDArray[np.int64], new: FloatMatrix
     ) -> npt.NDArray[np.intp]:
@@ -263,6 +393,11 @@ class Router:
             return np.zeros(n, dtype=np.int64)
         relayed = (pred_rows >= 0) & (pred_rows != np.asarray(trees)[:, None])
         return np.bincount(pred_rows[relayed], minlength=n).astype(np.int64)
+
+
+def _tenths(d: float) -> int:
+    """One cost as maps show it (see `_rounded`)."""
+    return int(np.rint(d * 10)) if d != np.inf else -1
 
 
 def _rounded(dist: FloatMatrix) -> npt.NDArray[np.int64]:

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.routing import EdgeCost, Router
+from controller.routing import SEQUENTIAL_LIMIT, EdgeCost, Router
 from controller.topology import LinkPolicy
 
 POLICY = LinkPolicy()
@@ -156,3 +156,37 @@ def test_bad_edges_are_refused():
     with pytest.raises(ValueError, match="larger id"):
         router.add_node(2, [])
     assert router.next_hop(1, 2) is None and router.path(1, 2) is None
+
+
+@settings(max_examples=40, deadline=None)
+@given(graph=graphs(max_nodes=12), data=st.data())
+def test_a_large_batch_of_changes_ends_where_a_full_recompute_does(graph, data):
+    ids, weights = graph
+    pairs = list(itertools.combinations(ids, 2))
+    if len(pairs) <= SEQUENTIAL_LIMIT:
+        return
+    router = Router(ids, costs(weights))
+    batch = [
+        EdgeCost(a, b, None if (w := data.draw(st.none() | WEIGHTS)) is None else POLICY.cost(a, b, w))
+        for a, b in pairs
+    ]
+    assert len(batch) > SEQUENTIAL_LIMIT
+    router.set_edges(batch)
+    fresh = [e for e in batch if e.cost is not None]
+    assert_valid(router, ids, fresh)
+
+
+def test_a_subtree_too_large_to_repair_locally_is_recomputed():
+    # A long chain 1-2-...-200 with a costly shortcut 1-200: cutting 1-2 re-roots almost everything.
+    n = 200
+    w = {(i, i + 1): 1.0 for i in range(1, n)}
+    w[(1, n)] = 30.0
+    edges = costs(w)
+    router = Router(range(1, n + 1), edges)
+    router.set_edges([EdgeCost(1, 2, None)])
+    remaining = [e for e in edges if (e.a, e.b) != (1, 2)]
+    fresh = Router(range(1, n + 1), remaining)
+    for s in (1, 2, 50, 199):
+        for d in range(1, n + 1):
+            assert router.next_hop(s, d) == fresh.next_hop(s, d)
+    assert router.path(1, 2) == [1, *range(n, 1, -1)]
