@@ -64,10 +64,16 @@ def start_ticks(pid: int) -> int | None:
 
 
 def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return ""
+    # A process in the middle of execve() briefly shows an empty command line; read again then.
+    for _ in range(20):
+        try:
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            return ""
+        if raw or start_ticks(pid) is None:
+            return raw.replace(b"\0", b" ").decode(errors="replace")
+        time.sleep(0.01)
+    return ""
 
 
 def is_ours(proc: ProcessRecord, lab_dir: Path) -> bool:
