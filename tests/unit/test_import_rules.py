@@ -75,7 +75,8 @@ def is_pure(module: str) -> bool:
 
 
 def project_deps(module: str) -> set[str]:
-    """Project modules reachable from `module` through imports (including the package __init__s)."""
+    """Project modules reachable from `module` through the imports it names. An ancestor package's
+    `__init__` (which may re-export a transport for users' convenience) is not the core's code."""
     seen: set[str] = set()
     todo = [module]
     while todo:
@@ -84,11 +85,13 @@ def project_deps(module: str) -> set[str]:
             continue
         seen.add(current)
         for name in IMPORTS.get(current, set()):
+            # `from pkg.mod import name`: the deepest project module the name denotes
             parts = name.split(".")
-            for i in range(1, len(parts) + 1):
+            for i in range(len(parts), 0, -1):
                 candidate = ".".join(parts[:i])
                 if candidate in MODULES:
                     todo.append(candidate)
+                    break
     return seen
 
 
