@@ -24,7 +24,7 @@ import base64
 import os
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -261,19 +261,30 @@ class Agent:
 
     async def serve(self, stop: asyncio.Event) -> None:
         tasks = [
-            asyncio.create_task(self._follow_netmap(), name="netmap"),
-            asyncio.create_task(self._measure_links(), name="links"),
+            asyncio.create_task(self._supervised("netmap", self._follow_netmap), name="netmap"),
+            asyncio.create_task(self._supervised("links", self._measure_links), name="links"),
         ]
-        stopper = asyncio.create_task(stop.wait(), name="stop")
         try:
-            done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                if task is not stopper and task.exception() is not None:
-                    raise task.exception()  # type: ignore[misc]  # a loop died: surface it
+            await stop.wait()
         finally:
-            for task in [stopper, *tasks]:
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(stopper, *tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _supervised(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
+        """Run one of the agent's loops for as long as the agent serves. A loop that dies of an
+        unexpected error is logged (once per distinct error) and started again after a pause: one bug
+        must not take the mesh's agent down."""
+        last: str | None = None
+        while True:
+            try:
+                await loop()
+            except Exception as e:  # the supervisor's whole job; asyncio.CancelledError passes through
+                error = f"{type(e).__name__}: {_short_error(e)}"
+                if error != last:
+                    self.log.error("internal_error", loop=name, error=error, note="restarting the loop")
+                    last = error
+                await asyncio.sleep(max(1.0, self.settings.probe_interval_s))
 
     async def shutdown(self) -> None:
         async with self._apply_lock:  # let an apply running in a worker thread finish first
@@ -390,9 +401,11 @@ class Agent:
                     self.ifname, desired.addresses, desired.routes, desired.forward
                 )
             except (BackendError, OSError, ValueError) as e:
-                self.last_error = _short_error(e)
+                error = _short_error(e)
+                if error != self.last_error:  # a retry that fails the same way is not news
+                    self.log.error("apply_failed", serial=netmap.serial, source=source, error=error)
+                self.last_error = error
                 self._pending = (netmap, source)
-                self.log.error("apply_failed", serial=netmap.serial, source=source, error=self.last_error)
                 self._write_status()
                 return False
             for change in changes:
@@ -414,7 +427,10 @@ class Agent:
             self.last_error = None
             self._pending = None
             if source == "controller" and netmap != previous:
-                save_netmap(self.settings.state_dir, netmap)
+                try:
+                    save_netmap(self.settings.state_dir, netmap)
+                except OSError as e:
+                    self.log.error("cache_write_failed", path=self.paths.netmap, error=_short_error(e))
             if netmap != previous or not self.paths.p2p_directory.exists():
                 self._write_directory(netmap)
             self._write_status()
@@ -472,8 +488,11 @@ class Agent:
         assert self.client is not None
         fresh = True  # after start and after a failure, ask for the whole map right away
         backoff = self.edges.backoff
+        received = 0  # serial of the last map the controller sent, applied or not
         while True:
-            since = 0 if fresh or self.netmap is None else self.netmap.serial
+            # Long-poll from the last map received, not the last applied: a map the data plane refused
+            # is retried by the link loop, never fetched again in a tight loop.
+            since = 0 if fresh else received
             timeout = 0.0 if fresh else self.settings.poll_timeout_s
             try:
                 netmap = await self.client.netmap(since=since, timeout_s=timeout)
@@ -491,6 +510,7 @@ class Agent:
             fresh = False
             self._set_controller("connected")
             if netmap is not None:
+                received = netmap.serial
                 await self.apply(netmap, source="controller")
 
     def _set_controller(self, state: ControllerState, error: BaseException | None = None) -> None:
