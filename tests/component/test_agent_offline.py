@@ -203,3 +203,31 @@ async def test_the_log_never_shows_a_secret(tmp_path):
     assert "event=started" in log
     for secret in (keys.wireguard.base64(), keys.wireguard.hex(), keys.identity.base64(), CREDENTIAL):
         assert secret not in log
+
+
+class ExplodingProber:
+    """A prober with a bug: every round raises something no one expects."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def probe(self, targets):
+        self.calls += 1
+        raise ZeroDivisionError("division by zero")
+
+
+async def test_a_loop_that_hits_a_bug_is_logged_once_and_restarted(tmp_path):
+    enrolled_state_dir(tmp_path)
+    out, prober = io.StringIO(), ExplodingProber()
+    agent = make_agent(tmp_path, FakeBackend(), out, prober)
+    await agent.start()
+    stop = asyncio.Event()
+    serving = asyncio.create_task(agent.serve(stop))
+    await wait_for("the link loop to be restarted twice", lambda: prober.calls >= 3)
+    assert not serving.done(), "the agent stopped serving"
+    stop.set()
+    await serving
+    await agent.shutdown()
+    lines = [line for line in out.getvalue().splitlines() if "event=internal_error" in line]
+    assert len(lines) == 1
+    assert 'loop=links error="ZeroDivisionError: division by zero" note="restarting the loop"' in lines[0]
