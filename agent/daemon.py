@@ -397,19 +397,16 @@ class Agent:
                 resolved = await self._resolve(name_endpoints(netmap))
                 desired = build_desired(netmap, self.keys.wireguard, resolved)
                 changes = await asyncio.to_thread(self._reconcile_device, desired)
+            except (BackendError, OSError, ValueError) as e:
+                return self._apply_failed(netmap, source, e)
+            for change in changes:  # logged now: they are made even if the host network fails next
+                self._log_change(change)
+            try:
                 host_changes = await self.edges.host_network.apply(
                     self.ifname, desired.addresses, desired.routes, desired.forward
                 )
-            except (BackendError, OSError, ValueError) as e:
-                error = _short_error(e)
-                if error != self.last_error:  # a retry that fails the same way is not news
-                    self.log.error("apply_failed", serial=netmap.serial, source=source, error=error)
-                self.last_error = error
-                self._pending = (netmap, source)
-                self._write_status()
-                return False
-            for change in changes:
-                self._log_change(change)
+            except (OSError, ValueError) as e:
+                return self._apply_failed(netmap, source, e)
             for text in host_changes:
                 self.log.info("host_network_changed", interface=self.ifname, detail=text)
             total = len(changes) + len(host_changes)
@@ -435,6 +432,15 @@ class Agent:
                 self._write_directory(netmap)
             self._write_status()
             return True
+
+    def _apply_failed(self, netmap: NetMap, source: str, error: BaseException) -> bool:
+        text = _short_error(error)
+        if text != self.last_error:  # a retry that fails the same way is not news
+            self.log.error("apply_failed", serial=netmap.serial, source=source, error=text)
+        self.last_error = text
+        self._pending = (netmap, source)
+        self._write_status()
+        return False
 
     def _write_directory(self, netmap: NetMap) -> None:
         """STATE_DIR/p2p-directory.json: who is in the mesh, for p2p on this host."""
