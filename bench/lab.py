@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 from lab import netns, processes
 from lab.command import LabError, check_can_run_lab
-from lab.instance import Lab, node_id
+from lab.controller_admin import node_id
+from lab.instance import Lab
 from lab.layout import LabLayout
 from lab.render import table
 from lab.teardown import tear_down
@@ -81,7 +82,8 @@ def underlay_baseline(hosts: int) -> float:
 
 def memory(lab: Lab) -> tuple[list[int], list[int], int]:
     """Peak RSS (KiB) of the agents, of the wireguard-go processes, and of the controller."""
-    agents, wggo = [], []
+    agents: list[int] = []
+    wggo: list[int] = []
     for h in lab.hosts:
         agent = lab.record.host(h.index).agent
         agent_pid = agent.pid if agent else None

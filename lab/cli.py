@@ -14,7 +14,8 @@ from collections.abc import Sequence
 
 from lab import render
 from lab.command import LabError, LabExists
-from lab.instance import Lab, read_topology
+from lab.controller_admin import read_topology
+from lab.instance import Lab
 from lab.layout import LABS_ROOT, MAX_HOSTS, LabLayout, LayoutError, check_lab_name
 from lab.observe import MeshView
 from lab.record import RecordError

@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
 
-from pydantic import TypeAdapter, ValidationError
-
 from agent.state import StatePaths
 from agent.status import AgentStatus, StatusError
 from lab import firewall, netns, processes
@@ -29,8 +27,6 @@ from lab.layout import MESH_CIDR, WG_INTERFACE, WG_LISTEN_PORT, HostLayout, LabL
 from lab.observe import MeshView, PingResult, observe, ping_matrix, ping_once
 from lab.record import HostRecord, LabRecord, ProcessRecord, load, save
 from lab.underlay_http import request
-from wire.api import NODES, TOPOLOGY
-from wire.models import NodeInfo, Topology
 
 Progress = Callable[[str], None]
 CONTROLLER_READY_TIMEOUT_S = 30.0
@@ -367,55 +363,3 @@ class Lab:
             ]
             started.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         return started
-
-
-def _admin_get(lab: Lab, path: str) -> bytes:
-    """GET `path` on the controller with the admin credential, from inside the underlay."""
-    try:
-        credential = lab.layout.admin_credential_path.read_text().strip()
-    except FileNotFoundError:
-        raise LabError(
-            f"no admin credential at {lab.layout.admin_credential_path}: is the controller up?"
-        ) from None
-    try:
-        reply = request(
-            lab.layout.underlay_namespace, "GET", f"{lab.layout.controller_url}{path}", bearer=credential
-        )
-    except OSError as e:
-        raise LabError(f"the controller at {lab.layout.controller_url} does not answer: {e}") from None
-    if reply.status != 200:
-        raise LabError(f"GET {path} answered {reply.status}: {reply.body[:200].decode(errors='replace')}")
-    return reply.body
-
-
-def read_topology(lab: Lab) -> Topology:
-    """GET /v1/topology: the controller's nodes, measured links and chosen routes."""
-    body = _admin_get(lab, TOPOLOGY)
-    try:
-        return Topology.model_validate_json(body)
-    except ValidationError as e:
-        raise LabError(
-            f"GET {TOPOLOGY} returned something else than a topology: {e.errors()[0]['msg']}"
-        ) from None
-
-
-_NODE_LIST = TypeAdapter(list[NodeInfo])
-
-
-def read_nodes(lab: Lab) -> list[NodeInfo]:
-    """GET /v1/nodes: the enrolled nodes."""
-    body = _admin_get(lab, NODES)
-    try:
-        return _NODE_LIST.validate_json(body)
-    except ValidationError as e:
-        raise LabError(
-            f"GET {NODES} returned something else than a node list: {e.errors()[0]['msg']}"
-        ) from None
-
-
-def node_id(lab: Lab, name: str) -> int:
-    """The controller's id of the node enrolled as host `name`."""
-    for node in read_nodes(lab):
-        if node.name == name:
-            return node.node_id
-    raise LabError(f"the controller has no node named {name!r}")

@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from lab.instance import Lab, node_id
+from lab.controller_admin import node_id
+from lab.instance import Lab
 from lab.observe import ping_once
 from tests.e2e.conftest import both_ways, logs, reachable, run_cli, running_lab, wait_all_reach, wait_until
 

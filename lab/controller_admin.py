@@ -1,0 +1,64 @@
+"""Admin reads from the lab's controller (nodes, topology), made from inside the underlay namespace
+with the admin credential the controller keeps in the lab directory."""
+
+from __future__ import annotations
+
+from pydantic import TypeAdapter, ValidationError
+
+from lab.command import LabError
+from lab.instance import Lab
+from lab.underlay_http import request
+from wire.api import NODES, TOPOLOGY
+from wire.models import NodeInfo, Topology
+
+
+def _admin_get(lab: Lab, path: str) -> bytes:
+    """GET `path` on the controller with the admin credential, from inside the underlay."""
+    try:
+        credential = lab.layout.admin_credential_path.read_text().strip()
+    except FileNotFoundError:
+        raise LabError(
+            f"no admin credential at {lab.layout.admin_credential_path}: is the controller up?"
+        ) from None
+    try:
+        reply = request(
+            lab.layout.underlay_namespace, "GET", f"{lab.layout.controller_url}{path}", bearer=credential
+        )
+    except OSError as e:
+        raise LabError(f"the controller at {lab.layout.controller_url} does not answer: {e}") from None
+    if reply.status != 200:
+        raise LabError(f"GET {path} answered {reply.status}: {reply.body[:200].decode(errors='replace')}")
+    return reply.body
+
+
+def read_topology(lab: Lab) -> Topology:
+    """GET /v1/topology: the controller's nodes, measured links and chosen routes."""
+    body = _admin_get(lab, TOPOLOGY)
+    try:
+        return Topology.model_validate_json(body)
+    except ValidationError as e:
+        raise LabError(
+            f"GET {TOPOLOGY} returned something else than a topology: {e.errors()[0]['msg']}"
+        ) from None
+
+
+_NODE_LIST = TypeAdapter(list[NodeInfo])
+
+
+def read_nodes(lab: Lab) -> list[NodeInfo]:
+    """GET /v1/nodes: the enrolled nodes."""
+    body = _admin_get(lab, NODES)
+    try:
+        return _NODE_LIST.validate_json(body)
+    except ValidationError as e:
+        raise LabError(
+            f"GET {NODES} returned something else than a node list: {e.errors()[0]['msg']}"
+        ) from None
+
+
+def node_id(lab: Lab, name: str) -> int:
+    """The controller's id of the node enrolled as host `name`."""
+    for node in read_nodes(lab):
+        if node.name == name:
+            return node.node_id
+    raise LabError(f"the controller has no node named {name!r}")
