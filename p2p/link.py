@@ -29,6 +29,8 @@ class PeerConnection:
     session: Session
     dialed: bool
     reason: str | None = None  # why it closed, for the PeerDown event and logs
+    held: bool = False  # the reader waits for inbound room: the peer's silence is not its fault
+    task: asyncio.Task[Any] | None = None  # the task reading it
 
     def abort(self) -> None:
         self.session.close()
@@ -94,10 +96,15 @@ class PeerLink:
         self.inbox_ready.set()
         return True
 
-    async def wait_inbox_room(self, delivery: Delivery, size: int) -> None:
-        while not self.push_inbox(delivery, size):
-            self.inbox_room.clear()
-            await self.inbox_room.wait()
+    async def wait_inbox_room(self, delivery: Delivery, size: int, conn: PeerConnection) -> None:
+        """Queue an inbound delivery, holding the connection unread until there is room."""
+        conn.held = True
+        try:
+            while not self.push_inbox(delivery, size):
+                self.inbox_room.clear()
+                await self.inbox_room.wait()
+        finally:
+            conn.held = False
 
     def cancel_tasks(self) -> None:
         for task in self.tasks:

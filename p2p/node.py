@@ -209,6 +209,11 @@ class Node:
             task.cancel()
         conns = list(self._connections)
         await asyncio.gather(*(self._close_ws(c) for c in conns), return_exceptions=True)
+        for conn in conns:
+            # a reader may be holding its connection for inbound room that will never come now
+            if conn.task is not None and conn.task is not asyncio.current_task():
+                conn.task.cancel()
+                tasks.append(conn.task)
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
@@ -628,6 +633,7 @@ class Node:
         """Read frames until the connection ends; True when it was authenticated at some point."""
         assert self._loop is not None
         self._connections.add(conn)
+        conn.task = asyncio.current_task()
         session = conn.session
         ws = conn.ws
         link: PeerLink | None = None
@@ -686,7 +692,8 @@ class Node:
             return
         delivery = self._admission.direct(envelope, link.entry, self._clock())
         if delivery is not None and not link.push_inbox(delivery, len(envelope.body)):
-            await link.wait_inbox_room(delivery, len(envelope.body))
+            assert link.connection is not None
+            await link.wait_inbox_room(delivery, len(envelope.body), link.connection)
 
     def _on_reply(self, link: PeerLink, envelope: Envelope) -> None:
         assert envelope.reply_to is not None
@@ -722,7 +729,8 @@ class Node:
                 if not other.push_outbox(item, envelope.priority, size):
                     self.counters.relay_dropped += 1
         if not link.push_inbox(delivery, len(envelope.body)):
-            await link.wait_inbox_room(delivery, len(envelope.body))
+            assert link.connection is not None
+            await link.wait_inbox_room(delivery, len(envelope.body), link.connection)
 
     async def _work_loop(self, link: PeerLink) -> None:
         while True:
@@ -794,8 +802,10 @@ class Node:
                 link.outbox_room.set()
                 # Seal and send with no await between: frames must leave in sealing order.
                 frame = conn.session.seal(batch)
-                with contextlib.suppress(ConnectionClosed):
+                try:
                     await conn.ws.send(frame)
+                except ConnectionClosed:
+                    self.counters.lost_in_flight += len(batch)
             if not len(link.outbox):
                 link.outbox_idle.set()
 
@@ -806,7 +816,7 @@ class Node:
             await asyncio.sleep(interval)
             now = self._loop.time()
             for conn in list(self._connections):
-                for event in conn.session.tick(now):
+                for event in conn.session.tick(now, held=conn.held):
                     if isinstance(event, HeartbeatDue):
                         peer = conn.session.peer
                         link = self._links.get(peer.node_id) if peer is not None else None

@@ -31,6 +31,7 @@ class Counters:
     handler_error: int = 0  # a handler raised
     # sending
     relay_dropped: int = 0  # a message to relay found the next hop's send queue full
+    lost_in_flight: int = 0  # messages in a frame whose connection closed while it was written
     dead_peer: int = 0  # connections closed because heartbeats stopped
 
     def as_dict(self) -> dict[str, int]:

@@ -20,7 +20,9 @@ Rules:
 - The transport must send frames in the order `seal` made them: one writer per connection seals and
   sends; heartbeats are handed to it as `HeartbeatDue` items.
 - Any received frame counts as a sign of life; after `heartbeat_interval` of silence the session asks
-  for a PING to be sent, after `dead_after` it closes (`Closed`).
+  for a PING to be sent, after `dead_after` it closes (`Closed`). A connection the transport holds
+  unread for backpressure is ticked with `held=True`: a slow consumer neither declares a live peer
+  dead nor looks dead to it.
 - Nothing here raises for bad input: it is counted in `Counters` and answered with events.
 """
 
@@ -252,8 +254,13 @@ class Session:
             return self._receive_handshake(frame)
         return self._receive_data(frame)
 
-    def tick(self, now: float) -> list[Event]:
-        """Timers: handshake timeout, heartbeats, dead-peer detection."""
+    def tick(self, now: float, *, held: bool = False) -> list[Event]:
+        """Timers: handshake timeout, heartbeats, dead-peer detection.
+
+        `held`: the transport has stopped reading this connection on purpose (backpressure: the inbound
+        queue is full). The silence is then ours, not the peer's, so the dead-peer timer restarts; and
+        since we cannot read the peer's PINGs to answer them, we PING every interval ourselves, which
+        tells the peer we are alive."""
         if self.state is SessionState.HANDSHAKE:
             if now - self._started > self.limits.handshake_timeout:
                 self.counters.handshake_failed += 1
@@ -262,12 +269,18 @@ class Session:
             return []
         if self.state is SessionState.CLOSED:
             return []
+        interval = self.limits.heartbeat_interval
+        if held:
+            self._last_received = now
+            if now - self._last_ping >= interval:
+                self._last_ping = now
+                return [HeartbeatDue(PING_ITEM)]
+            return []
         silent = now - self._last_received
         if silent > self.limits.dead_after:
             self.counters.dead_peer += 1
             self.state = SessionState.CLOSED
             return [Closed(f"no heartbeat for {silent:.1f} s")]
-        interval = self.limits.heartbeat_interval
         if silent >= interval and now - self._last_ping >= interval:
             self._last_ping = now
             return [HeartbeatDue(PING_ITEM)]

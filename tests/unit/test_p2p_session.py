@@ -269,6 +269,16 @@ def test_heartbeats_ping_after_silence_and_declare_a_silent_peer_dead(pair):
     assert client.counters.dead_peer == 1
 
 
+def test_a_held_connection_is_not_declared_dead_and_pings_to_show_it_is_alive(pair):
+    client, _ = pair
+    # the transport stopped reading (its inbound queue is full) from t=0.3 to t=10
+    pings = [e for t in range(3, 100) for e in client.tick(t / 10, held=True)]
+    assert pings == [HeartbeatDue(PING_ITEM)] * 10  # one per interval
+    assert client.state is SessionState.OPEN and client.counters.dead_peer == 0
+    assert client.tick(12.8) == [HeartbeatDue(PING_ITEM)]  # reading again; silent for 2.9 s
+    assert isinstance(client.tick(13.0)[0], Closed)  # silent for more than dead_after: dead
+
+
 def test_gossip_items_are_handed_up_unverified(pair):
     from p2p.core.frame import GOSSIP, signed_bytes
 

@@ -1,0 +1,538 @@
+"""p2p nodes on loopback: 3-5 real `Node`s in one event loop, each on its own 127.0.0.x address with an
+ephemeral port, talking over real WebSockets. Rogue peers are built from the sans-I/O core directly.
+
+(Over real WireGuard tunnels in namespaces, this belongs to the e2e tier, which comes later.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+from collections.abc import Callable
+from ipaddress import IPv4Address
+
+import pytest
+from websockets.asyncio.client import connect
+
+from keys.types import IdentityPrivateKey
+from p2p import (
+    History,
+    Message,
+    Node,
+    NodeConfig,
+    PeerDown,
+    PeerUp,
+    RequestFailed,
+    RequestTimeout,
+    SendTimeout,
+    UnknownPeer,
+    authorize_roles,
+    rate_limit,
+)
+from p2p.core.counters import Counters
+from p2p.core.directory import Directory, DirectoryEntry
+from p2p.core.frame import GOSSIP, Envelope, gossip_signing_input, signed_bytes
+from p2p.core.session import Opened, Outgoing, Session, SessionLimits
+from p2p.directory import write_directory
+from p2p.errors import PayloadError
+
+FAST = NodeConfig(
+    heartbeat_interval=0.1,
+    dead_after=0.6,
+    backoff_initial=0.05,
+    backoff_max=0.3,
+    handshake_timeout=2.0,
+    send_timeout=2.0,
+)
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+async def until(condition: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+class Mesh:
+    """n nodes: keys, directory entries on 127.0.0.(10+i), and nodes started on demand."""
+
+    def __init__(self, n: int, roles: dict[int, str] | None = None) -> None:
+        self.keys = {i: IdentityPrivateKey.generate() for i in range(1, n + 1)}
+        self.entries: dict[int, DirectoryEntry] = {}
+        for i, key in self.keys.items():
+            host = f"127.0.0.{10 + i}"
+            self.entries[i] = DirectoryEntry(
+                i,
+                f"n{i}",
+                IPv4Address(host),
+                (roles or {}).get(i, "worker"),
+                key.public_key(),
+                free_port(host),
+            )
+        self.nodes: dict[int, Node] = {}
+        self.inbox: dict[int, list[Message]] = {i: [] for i in self.keys}
+
+    def directory(self, own: int, overrides: dict[int, DirectoryEntry] | None = None) -> Directory:
+        entries = {**self.entries, **(overrides or {})}
+        return Directory.of(entries[own], [e for i, e in entries.items() if i != own])
+
+    async def start(
+        self, i: int, *, directory: Directory | None = None, config: NodeConfig = FAST, **kw
+    ) -> Node:
+        node = Node(directory or self.directory(i), self.keys[i], config=config, **kw)
+
+        async def record(message: Message) -> str:
+            self.inbox[i].append(message)
+            return f"n{i} got {message.type}"
+
+        node.handle_any(record)
+        await node.start()
+        self.nodes[i] = node
+        return node
+
+    async def stop(self, i: int) -> None:
+        await self.nodes.pop(i).close()
+
+    async def close(self) -> None:
+        for node in self.nodes.values():
+            await node.close()
+
+    def got(self, i: int, type_: str) -> list[Message]:
+        return [m for m in self.inbox[i] if m.type == type_]
+
+
+@pytest.fixture
+async def mesh_factory():
+    meshes: list[Mesh] = []
+
+    def make(n: int, roles: dict[int, str] | None = None) -> Mesh:
+        meshes.append(Mesh(n, roles))
+        return meshes[-1]
+
+    yield make
+    for m in meshes:
+        await m.close()
+
+
+async def rogue_session(mesh: Mesh, me: int, peer: int, key: IdentityPrivateKey | None = None):
+    """A hand-driven connection to `peer` claiming to be node `me`: (websocket, session, opened?)."""
+    counters = Counters()
+    directory = mesh.directory(me)
+    session, hello = Session.dialer(
+        own_key=key or mesh.keys[me],
+        directory=directory,
+        peer=directory.get(peer),
+        nonce=os.urandom(16),
+        ephemeral=os.urandom(32),
+        now=0.0,
+        counters=counters,
+        limits=SessionLimits(),
+    )
+    ws = await connect(mesh.entries[peer].url(), compression=None, proxy=None, max_size=None)
+    await ws.send(hello)
+    opened = False
+    while not opened:
+        try:
+            frame = await asyncio.wait_for(ws.recv(), 2.0)
+        except Exception:
+            return ws, session, False
+        for event in session.receive(frame, 0.1):
+            if isinstance(event, Outgoing):
+                await ws.send(event.frame)
+            elif isinstance(event, Opened):
+                opened = True
+        if session.state.value == "closed":
+            return ws, session, False
+    return ws, session, True
+
+
+# --- send, broadcast, request ---------------------------------------------------------------------------
+
+
+async def test_send_delivers_type_data_sender_and_priority_and_reuses_one_connection(mesh_factory):
+    mesh = mesh_factory(3)
+    a, b, _ = [await mesh.start(i) for i in (1, 2, 3)]
+    events = a.peer_events()
+    await a.wait_connected(timeout=5)
+    ups = {(await events.__anext__()).peer.node_id for _ in range(2)}
+    assert ups == {2, 3}
+    for n in range(50):
+        await a.send(2, "gradient", {"step": n, "values": [0.1, 0.2]}, priority=7)
+    await until(lambda: len(mesh.got(2, "gradient")) == 50, what="50 messages")
+    first = mesh.got(2, "gradient")[0]
+    assert (first.sender, first.priority, first.data) == (1, 7, {"step": 0, "values": [0.1, 0.2]})
+    assert [m.data["step"] for m in mesh.got(2, "gradient")] == list(range(50))  # one priority: in order
+    assert a.recent(first.id) == Message("gradient", first.data, first.timestamp, 1, first.id, 7)
+    assert b.recent(first.id) == first
+    # still exactly one connection per peer pair
+    assert len(a._connections) == 2 and len(b._connections) == 2
+
+
+async def test_a_large_gradient_travels_compressed_and_arrives_intact(mesh_factory):
+    mesh = mesh_factory(2)
+    a, _ = [await mesh.start(i) for i in (1, 2)]
+    await a.wait_connected(timeout=5)
+    gradient = [0.001 * (i % 1000) for i in range(150_000)]  # 1.35 MB as msgpack floats
+    await a.send(2, "gradient", gradient)
+    await until(lambda: mesh.got(2, "gradient"), what="the gradient")
+    assert mesh.got(2, "gradient")[0].data == gradient
+
+
+async def test_broadcast_reaches_a_node_without_a_direct_connection_once(mesh_factory):
+    mesh = mesh_factory(4)
+    # node 1 has a stale address for node 4: nothing listens there, so 1 and 4 are never connected
+    dead = DirectoryEntry(
+        4, "n4", IPv4Address("127.0.0.14"), "worker", mesh.keys[4].public_key(), free_port("127.0.0.14")
+    )
+    a = await mesh.start(1, directory=mesh.directory(1, {4: dead}))
+    b, c, d = [await mesh.start(i) for i in (2, 3, 4)]
+    await a.wait_connected([2, 3], timeout=5)
+    await b.wait_connected([1, 3, 4], timeout=5)
+    await c.wait_connected([1, 2, 4], timeout=5)
+    assert 4 not in a.connected_peers and 1 not in d.connected_peers
+    message_id = await a.broadcast("block", {"height": 7}, priority=9)
+    for i in (2, 3, 4):
+        await until(lambda i=i: mesh.got(i, "block"), what=f"the block at node {i}")
+    await asyncio.sleep(0.2)  # let every relayed copy arrive before counting
+    [got] = mesh.got(4, "block")
+    assert (got.sender, got.data, got.id, got.priority) == (1, {"height": 7}, message_id, 9)
+    assert all(len(mesh.got(i, "block")) == 1 for i in (2, 3, 4))
+    assert mesh.got(1, "block") == []  # the origin does not deliver to itself
+    assert d.counters.duplicate >= 1  # it came both through 2 and through 3
+    assert sum(n.counters.bad_signature for n in (a, b, c, d)) == 0
+
+
+async def test_request_returns_the_handlers_reply_or_a_clear_error(mesh_factory):
+    mesh = mesh_factory(3)
+    a, b, _ = [await mesh.start(i) for i in (1, 2, 3)]
+
+    @b.handle("add")
+    async def add(message: Message) -> int:
+        return message.data[0] + message.data[1]
+
+    @b.handle("crash")
+    async def crash(message: Message) -> None:
+        raise RuntimeError("disk full")
+
+    @b.handle("slow")
+    async def slow(message: Message) -> None:
+        await asyncio.sleep(1.0)
+
+    @b.handle("unsendable")
+    async def unsendable(message: Message) -> object:
+        return object()
+
+    await a.wait_connected(timeout=5)
+    assert await a.request(2, "add", [2, 3], timeout=2) == 5
+    assert await a.request(3, "anything", None, timeout=2) == "n3 got anything"
+    with pytest.raises(
+        RequestFailed,
+        match=r"answered 'crash': handler for 'crash' failed on node 2: RuntimeError: disk full",
+    ):
+        await a.request(2, "crash", None, timeout=2)
+    with pytest.raises(RequestFailed, match="cannot be sent"):
+        await a.request(2, "unsendable", None, timeout=2)
+    with pytest.raises(
+        RequestTimeout, match=r"no reply from node 2 \(n2\) at .* to 'slow' within 0.2 s \(peer connected\)"
+    ):
+        await a.request(2, "slow", None, timeout=0.2)
+    await until(lambda: a.counters.unexpected_reply == 1, what="the late reply to be counted")
+    assert b.counters.handler_error == 2
+
+
+async def test_bad_calls_raise_one_clear_error(mesh_factory):
+    mesh = mesh_factory(2)
+    a = await mesh.start(1)
+    with pytest.raises(UnknownPeer, match="node 9 is not in the directory"):
+        await a.send(9, "t", 1)
+    with pytest.raises(UnknownPeer, match="node 1 is this node"):
+        await a.send(1, "t", 1)
+    with pytest.raises(PayloadError, match="cannot be encoded"):
+        await a.send(2, "t", {1, 2})
+    with pytest.raises(ValueError, match=r"priority must be an integer 1\.\.10"):
+        await a.send(2, "t", 1, priority=11)
+    with pytest.raises(ValueError, match="message type"):
+        await a.broadcast("", 1)
+
+
+async def test_only_supervisors_may_assign_tasks(mesh_factory):
+    mesh = mesh_factory(3, roles={1: "supervisor"})
+    nodes = [await mesh.start(i) for i in (1, 2, 3)]
+    c = nodes[2]
+    c.use(authorize_roles({"task_assignment": ["supervisor"]}))
+    for node in nodes:
+        await node.wait_connected(timeout=5)
+    assert await nodes[0].request(3, "task_assignment", {"task": 1}, timeout=2) == "n3 got task_assignment"
+    with pytest.raises(
+        RequestFailed, match="refused: role 'worker' of node 2 may not send 'task_assignment'"
+    ):
+        await nodes[1].request(3, "task_assignment", {"task": 2}, timeout=2)
+    await nodes[1].send(3, "task_assignment", {"task": 3})
+    await until(lambda: c.counters.unauthorized == 2, what="two refusals")
+    assert [m.data for m in mesh.got(3, "task_assignment")] == [{"task": 1}]
+
+
+# --- priorities and backpressure -------------------------------------------------------------------------
+
+
+async def test_queued_messages_leave_highest_priority_first(mesh_factory):
+    mesh = mesh_factory(2)
+    a = await mesh.start(1)  # node 2 is down: everything queues
+    for n in range(5):
+        await a.send(2, "job", n, priority=1)
+    await a.send(2, "job", "urgent", priority=10)
+    await a.send(2, "job", "normal", priority=5)
+    await mesh.start(2)
+    await until(lambda: len(mesh.got(2, "job")) == 7, what="7 jobs")
+    assert [m.data for m in mesh.got(2, "job")] == ["urgent", "normal", 0, 1, 2, 3, 4]
+
+
+async def test_a_peer_that_stops_reading_gets_backpressure_not_memory_growth_nor_loss(mesh_factory):
+    mesh = mesh_factory(2)
+    small = NodeConfig(
+        **{
+            **FAST.__dict__,
+            "send_queue_items": 50,
+            "inbound_queue_items": 20,
+            "send_timeout": 0.5,
+            "ws_max_queue": 1,
+        }
+    )
+    a = await mesh.start(1, config=small)
+    b = await mesh.start(2, config=small)
+    gate = asyncio.Event()
+    received: list[int] = []
+
+    @b.handle("work")
+    async def work(message: Message) -> None:
+        received.append(message.data[0])
+        await gate.wait()
+
+    await a.wait_connected(timeout=5)
+    queued = 0
+    with pytest.raises(SendTimeout, match=r"send queue stayed full for 0.5 s \(the peer reads slower"):
+        for n in range(100_000):
+            await a.send(2, "work", [n, os.urandom(10_000)])  # incompressible
+            queued = n + 1
+    assert queued < 5_000  # bounded by the queues and socket buffers, far below what we tried
+    assert a.queued(2) <= 50 and len(b._links[1].inbox) <= 20
+    # held longer than dead_after: the busy peer is not mistaken for a dead one, on either side
+    await asyncio.sleep(3 * FAST.dead_after)
+    assert a.connected_peers == {2} and b.connected_peers == {1}
+    assert a.counters.dead_peer == b.counters.dead_peer == 0
+    gate.set()
+    await until(lambda: len(received) == queued, timeout=10, what="every queued message")
+    assert received == list(range(queued))  # nothing lost, in order
+
+
+async def test_under_inbound_backlog_high_priority_is_handled_first(mesh_factory):
+    mesh = mesh_factory(2)
+    a, b = [await mesh.start(i) for i in (1, 2)]
+    gate = asyncio.Event()
+    order: list[str] = []
+
+    @b.handle("task")
+    async def task(message: Message) -> None:
+        order.append(message.data)
+        await gate.wait()
+
+    await a.wait_connected(timeout=5)
+    await a.send(2, "task", "first", priority=5)
+    await until(lambda: order == ["first"], what="the first task")
+    for n in range(5):
+        await a.send(2, "task", f"low{n}", priority=1)
+    await a.send(2, "task", "high", priority=10)
+    await until(lambda: len(b._links[1].inbox) == 6, what="the backlog")
+    gate.set()
+    await until(lambda: len(order) == 7, what="all tasks")
+    assert order == ["first", "high", "low0", "low1", "low2", "low3", "low4"]
+
+
+# --- failures ---------------------------------------------------------------------------------------------
+
+
+async def test_a_peer_dying_and_coming_back(mesh_factory):
+    mesh = mesh_factory(3)
+    a, _, _ = [await mesh.start(i) for i in (1, 2, 3)]
+    events = a.peer_events()
+    await a.wait_connected(timeout=5)
+    seen = [await events.__anext__() for _ in range(2)]
+    assert all(isinstance(e, PeerUp) for e in seen)
+    await mesh.stop(3)
+    down = await asyncio.wait_for(events.__anext__(), 3)
+    assert isinstance(down, PeerDown) and down.peer.node_id == 3
+    assert a.connected_peers == {2}
+    await a.send(3, "while_down", 1)  # queued, not lost
+    with pytest.raises(RequestTimeout, match=r"\(peer not connected\)"):
+        await a.request(3, "ping", None, timeout=0.2)
+    await mesh.start(3)
+    up = await asyncio.wait_for(events.__anext__(), 5)
+    assert isinstance(up, PeerUp) and up.peer.node_id == 3
+    await until(lambda: mesh.got(3, "while_down"), what="the queued message after the restart")
+    assert await a.request(3, "ping", None, timeout=2) == "n3 got ping"
+
+
+async def test_a_hung_peer_is_detected_by_heartbeats(mesh_factory):
+    mesh = mesh_factory(2)
+    a = await mesh.start(1)
+    events = a.peer_events()
+    # node 2 authenticates and then never sends another byte (a hung process)
+    ws, _, opened = await rogue_session(mesh, 2, 1)
+    assert opened
+    assert isinstance(await asyncio.wait_for(events.__anext__(), 2), PeerUp)
+    down = await asyncio.wait_for(events.__anext__(), 3)
+    assert isinstance(down, PeerDown) and "no heartbeat" in down.reason
+    assert a.counters.dead_peer == 1
+    await ws.close()
+
+
+# --- forgeries and floods ---------------------------------------------------------------------------------
+
+
+async def test_a_node_with_the_wrong_key_cannot_connect_as_another(mesh_factory):
+    mesh = mesh_factory(2)
+    a = await mesh.start(1)
+    ws, session, opened = await rogue_session(mesh, 2, 1, key=IdentityPrivateKey.generate())
+    # the impostor cannot even verify node 1 ... and node 1 refuses its proof
+    assert not opened or session.peer is not None
+    await until(lambda: a.counters.handshake_failed == 1, what="the refused handshake")
+    assert a.connected_peers == set() and mesh.inbox[1] == []
+    await ws.close()
+
+
+async def test_an_unknown_node_is_refused(mesh_factory):
+    mesh = mesh_factory(2)
+    a = await mesh.start(1)
+    stranger = IdentityPrivateKey.generate()
+    mesh.entries[9] = DirectoryEntry(9, "x", IPv4Address("127.0.0.19"), "worker", stranger.public_key(), 1)
+    mesh.keys[9] = stranger
+    ws, _, opened = await rogue_session(mesh, 9, 1)
+    assert not opened
+    assert a.counters.unknown_sender == 1
+    await ws.close()
+
+
+async def test_forged_and_replayed_relayed_messages_are_dropped_counted_and_not_relayed(mesh_factory):
+    mesh = mesh_factory(4)
+    a, _, d = [await mesh.start(i) for i in (1, 2, 4)]
+    await a.wait_connected([2, 4], timeout=5)
+    # node 3 is a real directory member but malicious: it relays "blocks" in node 2's name
+    ws, session, opened = await rogue_session(mesh, 3, 1)
+    assert opened
+    await until(lambda: 3 in a.connected_peers, what="node 3 up")
+
+    def gossip(body: bytes, *, signer: int = 2, age: float = 0.0) -> list:
+        signed = signed_bytes(
+            id=os.urandom(16),
+            type="block",
+            origin=2,
+            timestamp=time.time() - age,
+            priority=5,
+            flags=0,
+            body=body,
+        )
+        return [GOSSIP, 3, signed, mesh.keys[signer].sign(gossip_signing_input(signed))]
+
+    genuine = gossip(b"\xa4real")  # a genuine message of node 2, captured and replayed by node 3
+    await ws.send(session.seal([gossip(b"\xa4fake", signer=3)]))
+    await ws.send(session.seal([genuine, genuine]))
+    await ws.send(session.seal([gossip(b"\xa3old", age=3600), ["garbage"]]))
+    await until(lambda: a.counters.stale == 1, what="the stale message")
+    assert (a.counters.bad_signature, a.counters.duplicate, a.counters.malformed) == (1, 1, 1)
+    assert [m.data for m in mesh.got(1, "block")] == ["real"]
+    # node 1 relays only what it verified: node 4 gets the genuine message, never the forgery
+    await until(lambda: mesh.got(4, "block"), what="the genuine message relayed to node 4")
+    await asyncio.sleep(0.2)
+    assert [m.data for m in mesh.got(4, "block")] == ["real"]
+    assert mesh.got(2, "block") == []  # never sent back to its origin
+    assert d.counters.bad_signature == 0
+    await ws.close()
+
+
+async def test_a_tampered_frame_closes_the_connection_and_nothing_is_delivered(mesh_factory):
+    mesh = mesh_factory(2)
+    a = await mesh.start(1)
+    ws, session, opened = await rogue_session(mesh, 2, 1)
+    assert opened
+    frame = bytearray(session.seal([Envelope(os.urandom(16), "t", 0.0, 5, 0, b"\x01").item()]))
+    frame[3] ^= 0xFF
+    await ws.send(bytes(frame))
+    await until(lambda: a.counters.bad_mac == 1, what="the MAC failure")
+    await until(lambda: a.connected_peers == set(), what="the connection to close")
+    assert mesh.inbox[1] == []
+
+
+async def test_a_flood_from_one_peer_does_not_starve_the_others(mesh_factory):
+    mesh = mesh_factory(3)
+    a = await mesh.start(1, history=History(max_entries=500))
+    a.use(rate_limit(rate=200, burst=150))  # node 2 sends a burst of 100: within its limit
+    b, c = [await mesh.start(i) for i in (2, 3)]
+    await a.wait_connected(timeout=5)
+
+    async def flood() -> None:
+        for n in range(20_000):
+            await c.send(1, "spam", n, priority=10)
+
+    flooding = asyncio.create_task(flood())
+    for n in range(100):
+        await b.send(1, "work", n, priority=1)
+    await until(lambda: len(mesh.got(1, "work")) == 100, timeout=10, what="all of node 2's messages")
+    await flooding
+    await until(lambda: c.queued(1) == 0, timeout=10, what="the flood to drain")
+    await asyncio.sleep(0.2)
+    assert [m.data for m in mesh.got(1, "work")] == list(range(100))
+    assert len(mesh.got(1, "spam")) < 5_000 and a.counters.rate_limited > 15_000
+    assert len(mesh.got(1, "spam")) + a.counters.rate_limited == 20_000
+    assert len(a.history) <= 500
+
+
+async def test_oversized_frames_are_counted_and_the_node_keeps_serving(mesh_factory):
+    mesh = mesh_factory(3)
+    small = NodeConfig(**{**FAST.__dict__, "max_message_bytes": 10_000})
+    a = await mesh.start(1, config=small)
+    await mesh.start(2)
+    with pytest.raises(PayloadError, match="limit is 10000"):
+        await a.send(2, "big", b"x" * 20_000)
+    ws, session, opened = await rogue_session(mesh, 3, 1)
+    assert opened
+    await ws.send(session.seal([Envelope(os.urandom(16), "big", 0.0, 5, 0, b"x" * 200_000).item()]))
+    await until(lambda: a.counters.oversized == 1, what="the oversized frame")
+    await a.wait_connected([2], timeout=5)
+    assert await a.request(2, "still_there", None, timeout=2) == "n2 got still_there"
+    await ws.close()
+
+
+# --- the directory file -----------------------------------------------------------------------------------
+
+
+async def test_a_node_follows_its_directory_file(mesh_factory, tmp_path):
+    mesh = mesh_factory(3)
+    path = tmp_path / "p2p-directory.json"
+    only_2 = Directory.of(mesh.entries[1], [mesh.entries[2]])
+    write_directory(path, only_2)
+    config = NodeConfig(**{**FAST.__dict__, "directory_poll_interval": 0.05})
+    a = await mesh.start(1, directory=None, config=config) if False else None
+    node = Node(path, mesh.keys[1], config=config)
+    node.handle_any(lambda m: asyncio.sleep(0))
+    await node.start()
+    mesh.nodes[1] = node
+    await mesh.start(2)
+    await mesh.start(3)
+    await node.wait_connected([2], timeout=5)
+    with pytest.raises(UnknownPeer):
+        await node.send(3, "t", 1)
+    write_directory(path, mesh.directory(1))  # the agent learned about node 3
+    await until(lambda: 3 in node.connected_peers, what="node 3 to be connected")
+    write_directory(path, Directory.of(mesh.entries[1], [mesh.entries[3]]))  # node 2 left the mesh
+    await until(lambda: node.connected_peers == {3}, what="node 2 to be dropped")
+    del a
