@@ -10,12 +10,23 @@ direct link works again.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from agent.desired import peer_routes
 from agent.device import Device
-from agent.probe import ProbeResult
 from agent.status import PeerView
 from wire.models import IPAddress, LinkMeasurement, NetMap, NodeId, Peer
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    sent: int
+    received: int
+    rtt_ms: float | None  # median of the replies; None: no reply
+
+    @property
+    def loss(self) -> float:
+        return 1.0 if self.sent == 0 else (self.sent - self.received) / self.sent
 
 
 def probe_targets(netmap: NetMap) -> list[IPAddress]:

@@ -23,26 +23,15 @@ import statistics
 import struct
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Protocol
 
+from agent.links import ProbeResult
 from wire.models import IPAddress
 
 ECHO_REQUEST = {4: 8, 6: 128}
 ECHO_REPLY = {4: 0, 6: 129}
 PAYLOAD_MAGIC = b"wgmesh-probe"
-
-
-@dataclass(frozen=True)
-class ProbeResult:
-    sent: int
-    received: int
-    rtt_ms: float | None  # median of the replies; None: no reply
-
-    @property
-    def loss(self) -> float:
-        return 1.0 if self.sent == 0 else (self.sent - self.received) / self.sent
 
 
 class Prober(Protocol):

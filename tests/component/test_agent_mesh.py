@@ -24,7 +24,7 @@ from agent.backends.fake import FakeBackend
 from agent.backoff import Backoff
 from agent.daemon import Agent, AgentEdges, AgentSettings, InMemoryHostNetwork
 from agent.eventlog import EventLog
-from agent.probe import ProbeResult
+from agent.links import ProbeResult
 from agent.state import AgentState, StatePaths, load_keys
 from agent.status import AgentStatus
 from controller.app import create_app

@@ -6,8 +6,7 @@ from __future__ import annotations
 from ipaddress import ip_address, ip_network
 
 from agent.device import Device, PeerConfig, PeerStatus
-from agent.links import measure_links, peer_views, probe_targets
-from agent.probe import ProbeResult
+from agent.links import ProbeResult, measure_links, peer_views, probe_targets
 from keys.types import IdentityPrivateKey, WireGuardPrivateKey
 from wire.models import NetMap, Peer, Route, SelfNode
 

@@ -6,7 +6,8 @@ import struct
 
 import pytest
 
-from agent.probe import ProbeResult, checksum, echo_request, parse_echo_reply
+from agent.links import ProbeResult
+from agent.probe import checksum, echo_request, parse_echo_reply
 
 
 def test_checksum_of_a_packet_with_its_checksum_is_zero():

@@ -32,6 +32,10 @@ PURE_CORES = [
     "controller.netmap",
     "agent.reconcile",
     "agent.uapi",
+    "agent.desired",
+    "agent.links",
+    "agent.backoff",
+    "agent.status",
     "p2p.core",
 ]
 # package -> packages it must never import
