@@ -150,7 +150,7 @@ def _plane(request: Request) -> ControlPlane:
     return plane
 
 
-def caller_node(
+async def caller_node(
     request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Security(_node_bearer)]
 ) -> int:
     """The node whose credential the request carries."""
@@ -165,7 +165,7 @@ def caller_node(
     return node
 
 
-def caller_admin(
+async def caller_admin(
     request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Security(_admin_bearer)]
 ) -> None:
     plane = _plane(request)

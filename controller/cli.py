@@ -124,7 +124,11 @@ def serve(args: argparse.Namespace, env: Mapping[str, str], prog: str) -> int:
         f"wgmesh controller ready on http://{settings.listen} (mesh {settings.mesh_cidr}, {nodes} nodes)",
         flush=True,
     )
-    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=3)
+    # Agents keep one connection and poll again right after each answer; a busy agent may take a while,
+    # so idle connections live longer than uvicorn's default 5 s.
+    config = uvicorn.Config(
+        app, log_level="warning", access_log=False, timeout_graceful_shutdown=3, timeout_keep_alive=75
+    )
     uvicorn.Server(config).run(sockets=[sock])
     return 0
 

@@ -163,12 +163,15 @@ class Mesh:
         return Directory([self.cards[n] for n in self.router.nodes], self.mesh_cidr, self.keepalive_s)
 
     def _refresh(self, candidates: Iterable[int]) -> dict[int, MapState]:
+        nodes = list(candidates)
         changed: dict[int, MapState] = {}
-        for node in candidates:
+        if not nodes:
+            return changed
+        rows, costs = self.router.rows_of(nodes)
+        tenths = cost_tenths(costs)
+        for i, node in enumerate(nodes):
             index = self.router.index[node]
-            row = self.router.next_hop_row(node)
-            tenths = cost_tenths(self.router.cost_row(node))
-            digest = map_digest(self._directory, index, row, tenths, self.router.forwards(node)).hex()
+            digest = map_digest(self._directory, index, rows[i], tenths[i], self.router.forwards(node)).hex()
             old = self._maps.get(node)
             if old is not None and old.digest == digest:
                 continue

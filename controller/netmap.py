@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -45,26 +46,26 @@ class NodeCard:
     listen_port: int
 
     @cached_property
-    def host_route(self) -> str:
+    def host_route(self) -> bytes:
         """The node's own tunnel address as a one-address network, JSON-quoted."""
-        return json.dumps(f"{self.tunnel_address}/{self.tunnel_address.max_prefixlen}")
+        return json.dumps(f"{self.tunnel_address}/{self.tunnel_address.max_prefixlen}").encode()
 
     @cached_property
-    def peer_head(self) -> str:
+    def peer_head(self) -> bytes:
         return (
             f'{{"node_id":{self.node_id},"name":{json.dumps(self.name)},"role":{json.dumps(self.role)},'
             f'"wg_public_key":{json.dumps(self.wg_public_key)},'
             f'"identity_public_key":{json.dumps(self.identity_public_key)},'
             f'"tunnel_address":{json.dumps(str(self.tunnel_address))},'
             f'"endpoints":{json.dumps(list(self.endpoints))},"allowed_ips":['
-        )
+        ).encode()
 
     @cached_property
-    def route_head(self) -> str:
+    def route_head(self) -> bytes:
         return (
             f'{{"destination":{self.node_id},'
             f'"destination_address":{json.dumps(str(self.tunnel_address))},"via":'
-        )
+        ).encode()
 
 
 class Directory:
@@ -75,15 +76,24 @@ class Directory:
         self.mesh_cidr = mesh_cidr
         self.ids = np.array([c.node_id for c in self.cards], dtype=np.int64)
         keepalive = "null" if keepalive_s is None else str(int(keepalive_s))
-        self.peer_tail = f'],"persistent_keepalive":{keepalive}}}'
+        self.peer_tail = f'],"persistent_keepalive":{keepalive}}}'.encode()
         self.direct_peers = [c.peer_head + c.host_route + self.peer_tail for c in self.cards]
+        self.direct_route_heads = [c.route_head + b'%d,"cost":' % c.node_id for c in self.cards]
+        self._cost_texts: dict[int, bytes] = {-1: b"null"}
         h = hashlib.blake2b(digest_size=32)
         h.update(f"{PROTOCOL_VERSION}|{mesh_cidr}|{keepalive}|".encode())
         for c in self.cards:
-            h.update(c.peer_head.encode())
-            h.update(c.host_route.encode())
-            h.update(f"|{c.listen_port}\n".encode())
+            h.update(c.peer_head)
+            h.update(c.host_route)
+            h.update(b"|%d\n" % c.listen_port)
         self.digest = h.digest()
+
+    def cost_texts(self, tenths: list[int]) -> list[bytes]:
+        """JSON numbers for costs in tenths (-1: null), from a cache: maps repeat the same few costs."""
+        cache = self._cost_texts
+        for t in set(tenths) - cache.keys():
+            cache[t] = b"%d.%d" % divmod(t, 10)
+        return list(map(cache.__getitem__, tenths))
 
 
 def cost_tenths(costs: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
@@ -125,41 +135,39 @@ def render_netmap(
     me = cards[index]
     n = len(cards)
     positions = np.arange(n)
-    reachable = next_row >= 0
-    via = np.where(reachable, next_row, positions)  # unreachable: try the direct link anyway
+    via = np.where(next_row >= 0, next_row, positions)  # unreachable: try the direct link anyway
     relayed = via != positions
     relayed[index] = False
 
+    peers = directory.direct_peers[:index] + directory.direct_peers[index + 1 :]
+    heads = directory.direct_route_heads[:index] + directory.direct_route_heads[index + 1 :]
     if relayed.any():
-        extra: dict[int, list[str]] = {}
+        extra: dict[int, list[bytes]] = {}
         for d in np.nonzero(relayed)[0].tolist():
             extra.setdefault(int(via[d]), []).append(cards[d].host_route)
-        peers = []
-        for d in range(n):
-            if d == index:
-                continue
-            ips = [] if relayed[d] else [cards[d].host_route]
-            ips += extra.get(d, [])
-            if not relayed[d] and d not in extra:
-                peers.append(directory.direct_peers[d])
-            else:
-                peers.append(cards[d].peer_head + ",".join(ips) + directory.peer_tail)
-    else:
-        peers = directory.direct_peers[:index] + directory.direct_peers[index + 1 :]
-
-    via_ids = directory.ids[via].tolist()
+            heads[d - (d > index)] = cards[d].route_head + b'%d,"cost":' % directory.ids[via[d]]
+        for d in set(extra) | set(np.nonzero(relayed)[0].tolist()):
+            ips = ([] if relayed[d] else [cards[d].host_route]) + extra.get(d, [])
+            peers[d - (d > index)] = cards[d].peer_head + b",".join(ips) + directory.peer_tail
     costs = tenths.tolist()
-    routes = [
-        f'{cards[d].route_head}{via_ids[d]},"cost":{"null" if costs[d] < 0 else f"{costs[d] // 10}.{costs[d] % 10}"}}}'
-        for d in range(n)
-        if d != index
-    ]
+    del costs[index]
+    routes = b"},".join(map(operator.add, heads, directory.cost_texts(costs)))
     node = (
         f'{{"node_id":{me.node_id},"name":{json.dumps(me.name)},"role":{json.dumps(me.role)},'
         f'"tunnel_address":{json.dumps(str(me.tunnel_address))},'
         f'"mesh_cidr":{json.dumps(str(directory.mesh_cidr))},"listen_port":{me.listen_port}}}'
-    )
-    return (
-        f'{{"serial":{serial},"node":{node},"peers":[{",".join(peers)}],"routes":[{",".join(routes)}],'
-        f'"forward":{"true" if forward else "false"},"protocol_version":{PROTOCOL_VERSION}}}'
     ).encode()
+    return b"".join(
+        (
+            b'{"serial":%d,"node":' % serial,
+            node,
+            b',"peers":[',
+            b",".join(peers),
+            b'],"routes":[',
+            routes,
+            b"}" if routes else b"",
+            b'],"forward":',
+            b"true" if forward else b"false",
+            b',"protocol_version":%d}' % PROTOCOL_VERSION,
+        )
+    )

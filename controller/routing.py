@@ -72,8 +72,10 @@ class Router:
             cols += (j, i)
             data += (c, c)
         self._w = _csr(data, rows, cols, n)
-        self._pred: IntMatrix = np.empty((n, n), dtype=np.int32)
-        self._dist: FloatMatrix = np.empty((n, n), dtype=np.float64)
+        self._pred_buf: IntMatrix = np.empty((n, n), dtype=np.int32)
+        self._dist_buf: FloatMatrix = np.empty((n, n), dtype=np.float64)
+        self._pred: IntMatrix = self._pred_buf
+        self._dist: FloatMatrix = self._dist_buf
         if n:
             self._recompute(np.arange(n))
         self._relays = self._relay_counts(self._pred, np.arange(n))
@@ -100,6 +102,11 @@ class Router:
     def cost_row(self, source: int) -> FloatMatrix:
         """Path costs from `source` to every destination index (inf when unreachable)."""
         return np.ascontiguousarray(self._dist[:, self.index[source]])
+
+    def rows_of(self, sources: Sequence[int]) -> tuple[IntMatrix, FloatMatrix]:
+        """Next-hop indexes and path costs of many sources at once: row i belongs to sources[i]."""
+        idx = np.array([self.index[s] for s in sources], dtype=np.int64)
+        return np.ascontiguousarray(self._pred.T[idx]), np.ascontiguousarray(self._dist.T[idx])
 
     def forwards(self, node: int) -> bool:
         """True when some other pair's path passes through `node`."""
@@ -156,34 +163,53 @@ class Router:
                 raise ValueError(f"edge {e.a}-{e.b} does not join node {node_id} to another node")
             nbrs.append(self.index[other])
             costs.append(e.cost)
-        w = self._w.tocoo()
-        rows = np.concatenate([w.row, np.full(len(nbrs), n), np.array(nbrs, dtype=np.int64)])
-        cols = np.concatenate([w.col, np.array(nbrs, dtype=np.int64), np.full(len(nbrs), n)])
-        data = np.concatenate([w.data, np.array(costs), np.array(costs)])
-        self._w = _csr(data, rows, cols, n + 1)
-        pred = np.full((n + 1, n + 1), NO_HOP, dtype=np.int32)
-        dist = np.full((n + 1, n + 1), np.inf, dtype=np.float64)
-        pred[:n, :n] = self._pred
-        dist[:n, :n] = self._dist
-        self._pred, self._dist = pred, dist
+        order = np.argsort(np.array(nbrs, dtype=np.int64), kind="stable")
+        nb = np.array(nbrs, dtype=np.int64)[order]
+        c = np.array(costs, dtype=np.float64)[order]
+        if len(nb) != len(np.unique(nb)):
+            raise ValueError(f"node {node_id}: an edge appears twice")
+        self._w = _append_node(self._w, nb, c)
+        self._grow(n + 1)
         self._recompute(np.array([n]))
         # The new node's tree gives its distance to every old node; by symmetry that is the old trees'
         # distance to it. An old tree changes only if the new node offers a shorter way to someone.
         self._dist[:n, n] = self._dist[n, :n]
+        self._relays = np.append(self._relays, 0) + self._relay_counts(self._pred[[n]], np.array([n]))
         affected = np.zeros(n, dtype=bool)
-        if nbrs and n:
-            nb = np.array(nbrs)
-            c = np.array(costs)
+        if len(nb) and n:
             via_new = self._dist[:n, n][:, None] + c[None, :]
-            affected = (via_new < self._dist[:n, nb] * (1 + _REL_TOL)).any(axis=1)
+            affected = np.asarray((via_new < self._dist[:n, nb] * (1 + _REL_TOL)).any(axis=1))
             # In the unaffected trees the new node hangs as a leaf off its cheapest neighbour.
             leaf = self._dist[:n, nb] + c[None, :]
             parent = nb[np.argmin(leaf, axis=1)]
             reachable = np.isfinite(self._dist[:n, n])
             self._pred[:n, n] = np.where(reachable, parent, NO_HOP)
+            trees = np.arange(n)
+            relayed = reachable & (parent != trees)
+            self._relays += np.bincount(parent[relayed], minlength=n + 1)
         if affected.any():
-            self._recompute(np.nonzero(affected)[0])
-        self._relays = self._relay_counts(self._pred, np.arange(n + 1))
+            trees = np.nonzero(affected)[0]
+            self._relays -= self._relay_counts(self._pred[trees], trees)
+            self._recompute(trees)
+            self._relays += self._relay_counts(self._pred[trees], trees)
+
+    def _grow(self, n: int) -> None:
+        """Make the matrices n x n, keeping what they hold; room grows by a quarter at a time so a run
+        of enrollments does not copy them every time."""
+        old = self._pred.shape[0]
+        if self._pred_buf.shape[0] < n:
+            room = max(n, old + old // 4 + 8)
+            pred = np.full((room, room), NO_HOP, dtype=np.int32)
+            dist = np.full((room, room), np.inf, dtype=np.float64)
+            pred[:old, :old] = self._pred
+            dist[:old, :old] = self._dist
+            self._pred_buf, self._dist_buf = pred, dist
+        self._pred = self._pred_buf[:n, :n]
+        self._dist = self._dist_buf[:n, :n]
+        self._pred[old:, :] = NO_HOP
+        self._pred[:, old:] = NO_HOP
+        self._dist[old:, :] = np.inf
+        self._dist[:, old:] = np.inf
 
     def remove_node(self, node_id: int) -> None:
         x = self.index[node_id]
@@ -193,8 +219,8 @@ class Router:
         keep = np.ones(len(self.nodes), dtype=bool)
         keep[x] = False
         self._w = sp.csr_array(self._w[keep][:, keep])
-        self._pred = np.delete(np.delete(self._pred, x, axis=0), x, axis=1)
-        self._dist = np.delete(np.delete(self._dist, x, axis=0), x, axis=1)
+        self._pred = self._pred_buf = np.delete(np.delete(self._pred, x, axis=0), x, axis=1)
+        self._dist = self._dist_buf = np.delete(np.delete(self._dist, x, axis=0), x, axis=1)
         self._pred[self._pred > x] -= 1
         inner = np.delete(inner, x)
         del self.nodes[x]
@@ -412,6 +438,24 @@ def _check_cost(e: EdgeCost) -> None:
         raise ValueError(f"edge {e.a}-{e.b} is a loop")
     if e.cost is not None and not (e.cost > 0 and e.cost != np.inf):
         raise ValueError(f"edge {e.a}-{e.b}: cost must be positive and finite, got {e.cost}")
+
+
+def _append_node(w: sp.csr_array, nbrs: npt.NDArray[np.int64], costs: FloatMatrix) -> sp.csr_array:
+    """`w` with one more node (the last index) joined to sorted `nbrs`: the new column goes at the end
+    of each neighbour's row, so every row stays sorted and nothing is re-sorted."""
+    n = w.shape[0]
+    ends = w.indptr[1:][nbrs]
+    indices = np.insert(w.indices, ends, n)
+    data = np.insert(w.data, ends, costs)
+    grown = np.zeros(n + 1, dtype=np.int64)
+    grown[nbrs + 1] = 1
+    indptr = w.indptr.astype(np.int64) + np.cumsum(grown)
+    indptr = np.append(indptr, indptr[-1] + len(nbrs))
+    indices = np.concatenate([indices, nbrs])
+    data = np.concatenate([data, costs])
+    m = sp.csr_array((data, indices, indptr), shape=(n + 1, n + 1))
+    m.has_sorted_indices = True
+    return m
 
 
 def _csr(data: Sequence[float] | FloatMatrix, rows: object, cols: object, n: int) -> sp.csr_array:
