@@ -64,6 +64,16 @@ class Host:
         return {"Authorization": f"Bearer {self.credential}"}
 
 
+def make_host(hostname: str, number: int = 1, endpoints: list[str] | None = None) -> Host:
+    """A host with fresh keys that has not enrolled yet; `number` picks its underlay endpoint."""
+    return Host(
+        hostname=hostname,
+        identity=IdentityPrivateKey.generate(),
+        wg=WireGuardPrivateKey.generate(),
+        endpoints=endpoints if endpoints is not None else [f"198.18.0.{number}:51820"],
+    )
+
+
 def enroll_request(host: Host, key: str, listen_port: int = 51820) -> EnrollRequest:
     unsigned = EnrollRequest(
         preauth_key=key,
@@ -109,12 +119,7 @@ class ControllerHarness:
 
     def new_host(self, hostname: str | None = None, endpoints: list[str] | None = None) -> Host:
         self._hosts += 1
-        return Host(
-            hostname=hostname or f"host-{self._hosts}",
-            identity=IdentityPrivateKey.generate(),
-            wg=WireGuardPrivateKey.generate(),
-            endpoints=endpoints if endpoints is not None else [f"198.18.0.{self._hosts}:51820"],
-        )
+        return make_host(hostname or f"host-{self._hosts}", self._hosts, endpoints)
 
     async def enroll_raw(self, host: Host, key: str) -> httpx.Response:
         body = enroll_request(host, key).model_dump_json()

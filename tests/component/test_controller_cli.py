@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.component.conftest import ControllerHarness, ManualClock, enroll_request
+from tests.component.conftest import enroll_request, make_host
 from wire import api
 
 WGMESH = [sys.executable, "-c", "import sys; from wgmesh.cli import main; sys.exit(main())"]
@@ -117,9 +117,7 @@ def test_token_create_prints_only_the_key_and_it_enrolls_a_host(served: Served):
     assert created.returncode == 0, created.stderr
     key = created.stdout.strip()
     assert created.stdout == key + "\n" and key.startswith("wgm_pak_")
-    harness = ControllerHarness.__new__(ControllerHarness)
-    harness._hosts = 0
-    host = ControllerHarness.new_host(harness, "cli-host")
+    host = make_host("cli-host")
     r = httpx.post(
         served.url + api.ENROLL,
         content=enroll_request(host, key).model_dump_json(),
@@ -218,9 +216,7 @@ def test_a_served_controller_keeps_its_nodes_across_restarts(tmp_path: Path):
     first = start(state)
     try:
         key = first.cli("controller", "token", "create").stdout.strip()
-        harness = ControllerHarness.__new__(ControllerHarness)
-        harness._hosts = 0
-        host = ControllerHarness.new_host(harness, "keeper")
+        host = make_host("keeper")
         body = enroll_request(host, key).model_dump_json()
         assert (
             httpx.post(
@@ -236,4 +232,3 @@ def test_a_served_controller_keeps_its_nodes_across_restarts(tmp_path: Path):
         assert json.loads(second.cli("nodes", "list", "--json").stdout)[0]["tunnel_address"] == "198.19.0.1"
     finally:
         stop(second)
-    assert ManualClock  # the same harness helpers serve in-process and real-process tests

@@ -19,7 +19,7 @@ from controller.app import create_app
 from controller.credentials import admin_credential_path
 from controller.settings import Settings
 from controller.sqlstore import SqlStore
-from tests.component.conftest import MESH_CIDR, ControllerHarness, ManualClock, enroll_request
+from tests.component.conftest import MESH_CIDR, ManualClock, enroll_request, make_host
 from wire import api
 
 ROUTES = [
@@ -49,10 +49,9 @@ class World:
         )
         admin = admin_credential_path(tmp).read_text().strip()
         self.admin = {"Authorization": f"Bearer {admin}"}
-        harness = ControllerHarness.__new__(ControllerHarness)
         self.nodes = []
         for i in range(2):
-            host = harness_host(harness, i)
+            host = make_host(f"h{i}", i + 1)
             key = self.client.post(api.PREAUTH_KEYS, json={}, headers=self.admin).json()["key"]
             r = self.client.post(
                 api.ENROLL, content=enroll_request(host, key).model_dump_json(), headers=JSON
@@ -72,11 +71,6 @@ class World:
 
 
 JSON = {"Content-Type": "application/json"}
-
-
-def harness_host(harness: ControllerHarness, i: int) -> Any:
-    harness._hosts = i
-    return ControllerHarness.new_host(harness, f"h{i}")
 
 
 @pytest.fixture(scope="module")
@@ -226,11 +220,7 @@ def test_infinite_handshake_age_is_taken_as_long_ago(world):
 )
 def test_bad_enrollments_say_what_is_wrong_and_change_nothing(world, change, reason):
     before = world.state()
-    body = json.loads(
-        enroll_request(
-            harness_host(ControllerHarness.__new__(ControllerHarness), 7), "wgm_pak_unknown-key"
-        ).model_dump_json()
-    )
+    body = json.loads(enroll_request(make_host("h7", 7), "wgm_pak_unknown-key").model_dump_json())
     body.update(change)
     r = world.client.post(api.ENROLL, content=json.dumps(body), headers=JSON)
     assert 400 <= r.status_code < 500, r.text
