@@ -137,3 +137,25 @@ async def test_many_agents_poll_at_once_and_all_get_the_new_map(controller: Cont
     for poll in polls:
         netmap = await poll
         assert netmap is not None and newcomer.node_id in {p.node_id for p in netmap.peers}
+
+
+async def test_the_topology_shows_nodes_weighted_edges_and_chosen_routes(controller: ControllerHarness):
+    a, b, c = [await controller.enroll(controller.new_host(n)) for n in ("alpha", "beta", "gamma")]
+    await controller.report(a, {"peer_id": c.node_id, "rtt_ms": 4.0, "loss": 0.0, "handshake_age_s": 2})
+    await controller.report(a, {"peer_id": b.node_id, "loss": 1.0})
+    r = await controller.client.get(api.TOPOLOGY, headers=controller.admin)
+    assert r.status_code == 200
+    topology = r.json()
+    assert [n["name"] for n in topology["nodes"]] == ["alpha", "beta", "gamma"]
+    edges = {(e["a"], e["b"]): e for e in topology["edges"]}
+    assert set(edges) == {(a.node_id, c.node_id), (b.node_id, c.node_id)}  # the failed link has no edge
+    assert edges[(a.node_id, c.node_id)]["weight"] == 4.0 and edges[(a.node_id, c.node_id)]["rtt_ms"] == 4.0
+    routes_a = {r["destination"]: r["via"] for r in topology["routes"][str(a.node_id)]}
+    assert routes_a == {b.node_id: c.node_id, c.node_id: c.node_id}
+
+    dot = await controller.client.get(api.TOPOLOGY, params={"format": "dot"}, headers=controller.admin)
+    assert dot.status_code == 200 and dot.headers["content-type"].startswith("text/vnd.graphviz")
+    text = dot.text
+    assert text.startswith("graph wgmesh {") and text.rstrip().endswith("}")
+    assert f'n{c.node_id} [label="gamma\\n{c.address}", peripheries=2];' in text  # gamma relays
+    assert f"n{a.node_id} -- n{c.node_id}" in text and f"n{a.node_id} -- n{b.node_id}" not in text
