@@ -32,8 +32,18 @@ NO_HOP = -1
 """Next-hop value when the destination is unreachable."""
 
 _SCIPY_NONE = -9999
-SEQUENTIAL_LIMIT = 16
-"""Batches up to this many edge changes are repaired one edge at a time; larger ones tree by tree."""
+# How a batch of edge changes is applied, by estimated cost (seconds on the machine this was tuned on;
+# only their ratios matter): repairing the touched trees one change at a time costs about
+# REPAIR_S + REPAIR_PER_NEIGHBOUR_S * average degree per (change, tree it touches); recomputing every
+# touched tree once costs a Dijkstra each. A sparse graph with many changes favours recomputing; a
+# dense mesh whose changes are one node's direct links (each touches two or three trees) favours
+# repairing.
+REPAIR_S = 2e-5
+REPAIR_PER_NEIGHBOUR_S = 1e-7
+DIJKSTRA_BASE_S = 1.5e-4
+DIJKSTRA_PER_ENTRY_S = 1.4e-9
+_VECTOR_DEGREE = 48
+"""Neighbour lists longer than this are scanned with numpy, shorter ones in Python (cheaper per call)."""
 # Distances closer than this (relative) are treated as "could be shorter": recomputing a tree too many
 # is always safe, skipping one that changed is not.
 _REL_TOL = 1e-9
@@ -133,17 +143,21 @@ class Router:
             _check_cost(e)
         if not changes:
             return set()
-        if len(changes) <= SEQUENTIAL_LIMIT:
+        us = np.array([self.index[e.a] for e in changes])
+        vs = np.array([self.index[e.b] for e in changes])
+        new_costs = [np.inf if e.cost is None else e.cost for e in changes]
+        touched = self._touched_trees(us, vs, np.array(new_costs))
+        trees = np.nonzero(touched.any(axis=1))[0]
+        degree = self._w.nnz / max(1, len(self.nodes))
+        repair = float(touched.sum()) * (REPAIR_S + REPAIR_PER_NEIGHBOUR_S * degree)
+        recompute = len(trees) * (DIJKSTRA_BASE_S + self._w.nnz * DIJKSTRA_PER_ENTRY_S)
+        if len(changes) == 1 or repair <= recompute:
             changed: set[int] = set()
             for e in changes:
                 changed |= self._set_one(e)
             return changed
-        us = np.array([self.index[e.a] for e in changes])
-        vs = np.array([self.index[e.b] for e in changes])
-        new_costs = [np.inf if e.cost is None else e.cost for e in changes]
-        affected = self._affected_trees(us, vs, np.array(new_costs))
         self._write_costs(us.tolist(), vs.tolist(), new_costs)
-        return self._recompute_and_diff(affected)
+        return self._recompute_and_diff(trees)
 
     def add_node(self, node_id: int, edges: Sequence[EdgeCost]) -> None:
         """Add a node (with a larger id than every present one) and its edges."""
@@ -261,10 +275,11 @@ class Router:
         k = lo + int(np.searchsorted(w.indices[lo:hi], j))
         return float(w.data[k]) if k < hi and w.indices[k] == j else np.inf
 
-    def _neighbours(self, i: int) -> zip[tuple[int, float]]:
+    def _slice(self, i: int) -> tuple[npt.NDArray[np.int32], FloatMatrix]:
+        """Neighbour indexes of node index i and the edge costs (inf: edge down)."""
         w = self._w
         lo, hi = w.indptr[i], w.indptr[i + 1]
-        return zip(w.indices[lo:hi].tolist(), w.data[lo:hi].tolist(), strict=True)
+        return w.indices[lo:hi], w.data[lo:hi]
 
     def _trees_using(self, u: int, v: int) -> list[tuple[int, int]]:
         """(tree, child) for every tree with the edge u-v, `child` being its end further from the root."""
@@ -285,19 +300,30 @@ class Router:
             i += 1
             if len(subtree) > limit:
                 return False
-        inside = set(subtree)
+        members = np.array(subtree, dtype=np.int64)
         before = {x: (int(row_p[x]), _tenths(float(row_d[x]))) for x in subtree}
         tentative: dict[int, float] = {}
         heap: list[tuple[float, int, int]] = []
+        inner_edges: dict[int, list[tuple[int, float]]] = {}
+        inside = set(subtree)
         for x in subtree:
-            best, parent = np.inf, NO_HOP
-            for y, w in self._neighbours(x):
-                if y not in inside:
-                    d = float(row_d[y]) + w
-                    if d < best:
-                        best, parent = d, y
+            nbrs, weights = self._slice(x)
+            if len(nbrs) > _VECTOR_DEGREE:
+                inner = np.isin(nbrs, members)
+                via_outside = np.where(inner, np.inf, row_d[nbrs] + weights)
+                k = int(np.argmin(via_outside))
+                best, parent = float(via_outside[k]), int(nbrs[k])
+                inner_edges[x] = list(zip(nbrs[inner].tolist(), weights[inner].tolist(), strict=True))
+            else:
+                best, parent = np.inf, NO_HOP
+                inner_edges[x] = []
+                for y, w in zip(nbrs.tolist(), weights.tolist(), strict=True):
+                    if y in inside:
+                        inner_edges[x].append((y, w))
+                    elif row_d[y] + w < best:
+                        best, parent = float(row_d[y] + w), y
             tentative[x] = best
-            if parent != NO_HOP:
+            if best < np.inf:
                 heapq.heappush(heap, (best, x, parent))
         settled: dict[int, tuple[float, int]] = {}
         while heap:
@@ -305,8 +331,8 @@ class Router:
             if x in settled:
                 continue
             settled[x] = (d, p)
-            for y, w in self._neighbours(x):
-                if y in inside and y not in settled and d + w < tentative[y]:
+            for y, w in inner_edges[x]:
+                if y not in settled and d + w < tentative[y]:
                     tentative[y] = d + w
                     heapq.heappush(heap, (d + w, y, x))
         for x in subtree:
@@ -333,9 +359,16 @@ class Router:
             if x not in seen:
                 seen.add(x)
                 rewritten.append((tree, x, old_p, old_t))
-            for y, w in self._neighbours(x):
-                if d + w < row_d[y]:
-                    heapq.heappush(heap, (d + w, y, x))
+            nbrs, weights = self._slice(x)
+            if len(nbrs) > _VECTOR_DEGREE:
+                reach = d + weights
+                better = reach < row_d[nbrs]
+                for y, dy in zip(nbrs[better].tolist(), reach[better].tolist(), strict=True):
+                    heapq.heappush(heap, (dy, y, x))
+            else:
+                for y, w in zip(nbrs.tolist(), weights.tolist(), strict=True):
+                    if d + w < row_d[y]:
+                        heapq.heappush(heap, (d + w, y, x))
 
     def _apply_rewrites(self, rewritten: list[tuple[int, int, int, int]]) -> set[int]:
         """Sources whose next hop or shown cost changed, with relay counts and forward flags kept."""
@@ -355,16 +388,16 @@ class Router:
         changed.update(self.nodes[p] for p, was in touched.items() if was != (self._relays[p] > 0))
         return changed
 
-    def _affected_trees(
+    def _touched_trees(
         self, us: npt.NDArray[np.int64], vs: npt.NDArray[np.int64], new: FloatMatrix
-    ) -> npt.NDArray[np.intp]:
+    ) -> npt.NDArray[np.bool_]:
+        """[tree, change]: the tree uses the changed edge (either direction), or the changed edge is
+        now a shortcut in it."""
         pred, dist = self._pred, self._dist
-        # A tree that uses a changed edge (either direction) ...
-        uses = ((pred[:, vs] == us[None, :]) | (pred[:, us] == vs[None, :])).any(axis=1)
-        # ... or in which a changed edge is now a shortcut.
+        uses = (pred[:, vs] == us[None, :]) | (pred[:, us] == vs[None, :])
         du, dv = dist[:, us], dist[:, vs]
         shortcut = (du + new < dv * (1 + _REL_TOL)) | (dv + new < du * (1 + _REL_TOL))
-        return np.nonzero(uses | shortcut.any(axis=1))[0]
+        return np.asarray(uses | shortcut)
 
     def _write_costs(self, us: list[int], vs: list[int], costs: list[float]) -> None:
         missing: list[tuple[int, int, float]] = []

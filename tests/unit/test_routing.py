@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.routing import SEQUENTIAL_LIMIT, EdgeCost, Router
+import controller.routing
+from controller.routing import EdgeCost, Router
 from controller.topology import LinkPolicy
 
 POLICY = LinkPolicy()
@@ -158,22 +159,24 @@ def test_bad_edges_are_refused():
     assert router.next_hop(1, 2) is None and router.path(1, 2) is None
 
 
+@pytest.mark.parametrize("way", ["repair", "recompute"])
 @settings(max_examples=40, deadline=None)
 @given(graph=graphs(max_nodes=12), data=st.data())
-def test_a_large_batch_of_changes_ends_where_a_full_recompute_does(graph, data):
+def test_a_batch_of_changes_ends_where_a_full_recompute_does_either_way(way, graph, data):
     ids, weights = graph
     pairs = list(itertools.combinations(ids, 2))
-    if len(pairs) <= SEQUENTIAL_LIMIT:
-        return
     router = Router(ids, costs(weights))
+    draws = [data.draw(st.none() | WEIGHTS) for _ in pairs]
     batch = [
-        EdgeCost(a, b, None if (w := data.draw(st.none() | WEIGHTS)) is None else POLICY.cost(a, b, w))
-        for a, b in pairs
+        EdgeCost(a, b, None if w is None else POLICY.cost(a, b, w))
+        for (a, b), w in zip(pairs, draws, strict=True)
     ]
-    assert len(batch) > SEQUENTIAL_LIMIT
-    router.set_edges(batch)
-    fresh = [e for e in batch if e.cost is not None]
-    assert_valid(router, ids, fresh)
+    # The cost estimate picks the way; tilt it so both ways are exercised on the same inputs.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(controller.routing, "REPAIR_S", 0.0 if way == "repair" else 1e9)
+        mp.setattr(controller.routing, "REPAIR_PER_NEIGHBOUR_S", 0.0)
+        router.set_edges(batch)
+    assert_valid(router, ids, [e for e in batch if e.cost is not None])
 
 
 def test_a_subtree_too_large_to_repair_locally_is_recomputed():
@@ -190,3 +193,32 @@ def test_a_subtree_too_large_to_repair_locally_is_recomputed():
         for d in range(1, n + 1):
             assert router.next_hop(s, d) == fresh.next_hop(s, d)
     assert router.path(1, 2) == [1, *range(n, 1, -1)]
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_dense_meshes_repair_like_a_full_recompute(seed):
+    """Degrees above the vector threshold take the numpy paths of the local repairs."""
+    import random
+
+    rng = random.Random(seed)
+    n = 60
+    ids = list(range(1, n + 1))
+    current = {
+        (a, b): POLICY.cost(a, b, rng.choice([1.0, 5.0, 10.0, 60.0]))
+        for a, b in itertools.combinations(ids, 2)
+    }
+    router = Router(ids, [EdgeCost(a, b, c) for (a, b), c in current.items()])
+    for _ in range(12):
+        a, b = rng.sample(ids, 2)
+        p = (min(a, b), max(a, b))
+        cost = None if rng.random() < 0.3 else POLICY.cost(*p, rng.choice([0.5, 2.0, 30.0, 90.0]))
+        router.set_edges([EdgeCost(*p, cost)])
+        if cost is None:
+            current.pop(p, None)
+        else:
+            current[p] = cost
+    fresh = Router(ids, [EdgeCost(a, b, c) for (a, b), c in current.items()])
+    for s, d in itertools.product(ids, repeat=2):
+        assert router.next_hop(s, d) == fresh.next_hop(s, d), (s, d)
+    assert [router.forwards(x) for x in ids] == [fresh.forwards(x) for x in ids]
