@@ -109,6 +109,23 @@ def link_changes(n: int, rng: random.Random) -> dict[str, float]:
     }
 
 
+def full_mesh(n: int, rng: random.Random) -> dict[str, float]:
+    """The controller's default policy: every pair linked. One node's first report moves all of its
+    links off the default weight at once."""
+    edges = [EdgeCost(a, b, POLICY.cost(a, b, None)) for a in range(1, n + 1) for b in range(a + 1, n + 1)]
+    build, router = timed(lambda: Router(range(1, n + 1), edges))
+    x = rng.randint(1, n)
+    report = [
+        EdgeCost(min(x, y), max(x, y), POLICY.cost(x, y, rng.uniform(1.0, 5.0)))
+        for y in range(1, n + 1)
+        if y != x
+    ]
+    first_report, _ = timed(lambda: router.set_edges(report))
+    a, b = rng.sample(range(1, n + 1), 2)
+    one_down, _ = timed(lambda: router.set_edges([EdgeCost(min(a, b), max(a, b), None)]))
+    return {"edges": len(edges), "build": build, "report": first_report, "down": one_down}
+
+
 def main() -> int:
     rng = random.Random(SEED)
     print(f"full routing, random connected graphs, average degree {DEGREE} (median of 3 runs)")
@@ -131,6 +148,10 @@ def main() -> int:
         f"{c['median_ms']:>10.1f} {c['p95_ms']:>7.1f} {c['max_ms']:>7.1f} {c['down_ms']:>6.1f} {c['up_ms']:>6.1f} "
         f"{c['weight_ms']:>7.1f} {c['nodes_touched']:>11.0f}"
     )
+    m = full_mesh(1000, rng)
+    print("\nfull mesh of 1000 nodes (the controller's default policy; for information, no goal)")
+    print(f"{'edges':>7} {'full s':>7} {'one node reports 999 links ms':>30} {'one link down ms':>17}")
+    print(f"{m['edges']:>7} {m['build']:>7.2f} {m['report'] * 1000:>30.1f} {m['down'] * 1000:>17.1f}")
     r1, r2 = rows
     same_paths = r1["mismatches"] == r2["mismatches"] == c["mismatches"] == 0
     ok = r1["ours"] <= 0.3 and r1["baseline"] / r1["ours"] >= 20 and c["p95_ms"] <= 50 and same_paths
@@ -139,7 +160,8 @@ def main() -> int:
         f"speedup_1000={r1['baseline'] / r1['ours']:.1f} full_2000_s={r2['ours']:.3f} "
         f"networkx_2000_s={r2['baseline']:.2f} speedup_2000={r2['baseline'] / r2['ours']:.1f} "
         f"change_1000_median_ms={c['median_ms']:.1f} change_1000_p95_ms={c['p95_ms']:.1f} "
-        f"change_1000_max_ms={c['max_ms']:.1f} same_paths={'yes' if same_paths else 'no'} "
+        f"change_1000_max_ms={c['max_ms']:.1f} fullmesh_1000_s={m['build']:.2f} "
+        f"fullmesh_1000_report_ms={m['report'] * 1000:.1f} same_paths={'yes' if same_paths else 'no'} "
         f"goals_met={'yes' if ok else 'no'}"
     )
     return 0
