@@ -373,7 +373,8 @@ class Node:
         check_type(message_type)
         check_priority(priority)
         message_id, item, size = self._direct(message_type, data, priority)
-        await self._enqueue(link, item, priority, size)
+        if not link.push_outbox(item, priority, size):
+            await self._enqueue(link, item, priority, size)
         return message_id
 
     async def request(
@@ -638,6 +639,8 @@ class Node:
         ws = conn.ws
         link: PeerLink | None = None
         loop_time = self._loop.time
+        admit_direct = self._admission.direct
+        clock = self._clock
         try:
             async for frame in ws:
                 if type(frame) is not bytes:
@@ -647,7 +650,13 @@ class Node:
                 for event in session.receive(frame, loop_time()):
                     if isinstance(event, Envelope):
                         assert link is not None
-                        await self._on_direct(link, event)
+                        if event.reply_to is not None:
+                            self._on_reply(link, event)
+                            continue
+                        # the common case inline: no coroutine per message
+                        delivery = admit_direct(event, link.entry, clock())
+                        if delivery is not None and not link.push_inbox(delivery, len(event.body)):
+                            await link.wait_inbox_room(delivery, len(event.body), conn)
                     elif isinstance(event, GossipArrived):
                         assert link is not None
                         await self._on_gossip(link, event)
@@ -685,15 +694,6 @@ class Node:
             await asyncio.wait_for(conn.ws.close(), 1.0)
 
     # --- inbound ---------------------------------------------------------------------------------------
-
-    async def _on_direct(self, link: PeerLink, envelope: Envelope) -> None:
-        if envelope.reply_to is not None:
-            self._on_reply(link, envelope)
-            return
-        delivery = self._admission.direct(envelope, link.entry, self._clock())
-        if delivery is not None and not link.push_inbox(delivery, len(envelope.body)):
-            assert link.connection is not None
-            await link.wait_inbox_room(delivery, len(envelope.body), link.connection)
 
     def _on_reply(self, link: PeerLink, envelope: Envelope) -> None:
         assert envelope.reply_to is not None
@@ -791,6 +791,8 @@ class Node:
 
     async def _write_loop(self, link: PeerLink) -> None:
         cfg = self.config
+        assert self._loop is not None
+        loop_time = self._loop.time
         while True:
             await link.outbox_ready.wait()
             link.outbox_ready.clear()
@@ -801,7 +803,7 @@ class Node:
                 batch = link.outbox.pop_batch(cfg.batch_items, cfg.batch_bytes)
                 link.outbox_room.set()
                 # Seal and send with no await between: frames must leave in sealing order.
-                frame = conn.session.seal(batch)
+                frame = conn.session.seal(batch, loop_time())
                 try:
                     await conn.ws.send(frame)
                 except ConnectionClosed:

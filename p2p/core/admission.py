@@ -24,9 +24,10 @@ from p2p.core.message import Message
 from p2p.core.replay import Freshness, ReplayWindow
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Delivery:
-    """A message on its way to a handler, with who sent it and how it came."""
+    """A message on its way to a handler, with who sent it and how it came. Never mutated (not frozen:
+    built once per message, see Envelope)."""
 
     message: Message
     sender: DirectoryEntry  # the origin; its role is what authorization looks at

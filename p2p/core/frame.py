@@ -8,7 +8,7 @@
     data frame = [item, ...]   several messages per frame when the send queue has a backlog
     item       = [DIRECT, id, type, timestamp, priority, flags, body, reply_to | nil]
                | [GOSSIP, ttl, signed, signature]
-               | [PING] | [PONG]
+               | [PING]           a heartbeat beacon, sent after an interval with nothing else sent
     signed     = msgpack [version, id, type, origin, timestamp, priority, flags, body]
 
 A DIRECT item has no sender field: the sender is the peer the session authenticated, so it cannot be
@@ -43,7 +43,6 @@ REJECT = 13
 DIRECT = 0
 GOSSIP = 1
 PING = 2
-PONG = 3
 
 # flags (FLAG_COMPRESSED = 1 lives in codec.py)
 FLAG_REQUEST = 2  # the sender waits for a reply
@@ -51,16 +50,16 @@ FLAG_REPLY = 4  # reply_to names the request
 FLAG_ERROR = 8  # a reply whose body is an error text, not the handler's result
 
 PING_ITEM: list[Any] = [PING]
-PONG_ITEM: list[Any] = [PONG]
 
 
 class FrameError(ValueError):
     """A frame or item does not follow the format; the message says what is wrong."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Envelope:
-    """A direct message as it travels; the sender is the session's peer."""
+    """A direct message as it travels; the sender is the session's peer. Never mutated (not declared
+    frozen only because a frozen dataclass costs ~4x as much to build, once per message)."""
 
     id: bytes
     type: str

@@ -24,21 +24,41 @@ from p2p.core.message import PRIORITY_MAX, PRIORITY_MIN, Message
 ENTRY_OVERHEAD = 200  # bytes charged per entry besides its payload: the objects around it
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class HistoryEntry:
+    """Never mutated (not frozen: built once per message, and a frozen dataclass costs ~4x to build)."""
+
     message: Message
     size: int
     recorded_at: float
 
 
 class Retention(Protocol):
-    """Which entry goes when the history is full, and which have expired. Entries are keyed by id."""
+    """Which entry goes when the history is full, and which have expired. Entries are keyed by id; the
+    strategy keeps its own order and forgets a key when it hands it out (evict, expired) or is told
+    (removed)."""
 
     def added(self, key: bytes, entry: HistoryEntry) -> None: ...
     def accessed(self, key: bytes, entry: HistoryEntry) -> None: ...
     def removed(self, key: bytes, entry: HistoryEntry) -> None: ...
-    def victim(self) -> bytes | None: ...
-    def expired(self, now: float) -> list[bytes]: ...
+    def evict(self) -> bytes | None:
+        """Forget and return the key to drop when the history is full (None when empty)."""
+        ...
+
+    def expired(self, now: float) -> list[bytes]:
+        """Forget and return the keys past their lifetime at `now`."""
+        ...
+
+    def next_expiry(self) -> float:
+        """The earliest time a kept entry expires (infinity when none will); lets `add` skip pruning."""
+        ...
+
+    def expires_at(self, entry: HistoryEntry) -> float:
+        """When `entry` expires (infinity: never)."""
+        ...
+
+
+_NEVER = float("inf")
 
 
 class LeastRecentlyUsed:
@@ -56,11 +76,17 @@ class LeastRecentlyUsed:
     def removed(self, key: bytes, entry: HistoryEntry) -> None:
         self._order.pop(key, None)
 
-    def victim(self) -> bytes | None:
-        return next(iter(self._order), None)
+    def evict(self) -> bytes | None:
+        return self._order.popitem(last=False)[0] if self._order else None
 
     def expired(self, now: float) -> list[bytes]:
         return []
+
+    def next_expiry(self) -> float:
+        return _NEVER
+
+    def expires_at(self, entry: HistoryEntry) -> float:
+        return _NEVER
 
 
 class MaxAge:
@@ -81,17 +107,28 @@ class MaxAge:
     def removed(self, key: bytes, entry: HistoryEntry) -> None:
         self._order.pop(key, None)
 
-    def victim(self) -> bytes | None:
-        return next(iter(self._order), None)
+    def evict(self) -> bytes | None:
+        return self._order.popitem(last=False)[0] if self._order else None
 
     def expired(self, now: float) -> list[bytes]:
         horizon = now - self.seconds
         out: list[bytes] = []
-        for key, at in self._order.items():
+        order = self._order
+        while order:
+            key, at = next(iter(order.items()))
             if at > horizon:
                 break
+            order.popitem(last=False)
             out.append(key)
         return out
+
+    def next_expiry(self) -> float:
+        for at in self._order.values():
+            return at + self.seconds
+        return _NEVER
+
+    def expires_at(self, entry: HistoryEntry) -> float:
+        return entry.recorded_at + self.seconds
 
 
 class ByPriority:
@@ -112,11 +149,11 @@ class ByPriority:
     def removed(self, key: bytes, entry: HistoryEntry) -> None:
         self._buckets[entry.message.priority].pop(key, None)
 
-    def victim(self) -> bytes | None:
+    def evict(self) -> bytes | None:
         for priority in range(PRIORITY_MIN, PRIORITY_MAX + 1):
             bucket = self._buckets[priority]
             if bucket:
-                return next(iter(bucket))
+                return bucket.popitem(last=False)[0]
         return None
 
     def expired(self, now: float) -> list[bytes]:
@@ -125,15 +162,33 @@ class ByPriority:
         out: list[bytes] = []
         for priority in range(PRIORITY_MIN, PRIORITY_MAX + 1):
             horizon = now - self.base_age * priority
-            for key, at in self._buckets[priority].items():
+            bucket = self._buckets[priority]
+            while bucket:
+                key, at = next(iter(bucket.items()))
                 if at > horizon:
                     break
+                bucket.popitem(last=False)
                 out.append(key)
         return out
 
+    def next_expiry(self) -> float:
+        if self.base_age is None:
+            return _NEVER
+        soonest = _NEVER
+        for priority in range(PRIORITY_MIN, PRIORITY_MAX + 1):
+            for at in self._buckets[priority].values():
+                soonest = min(soonest, at + self.base_age * priority)
+                break
+        return soonest
+
+    def expires_at(self, entry: HistoryEntry) -> float:
+        if self.base_age is None:
+            return _NEVER
+        return entry.recorded_at + self.base_age * entry.message.priority
+
 
 class History:
-    __slots__ = ("_bytes", "_entries", "max_bytes", "max_entries", "retention")
+    __slots__ = ("_bytes", "_entries", "_next_expiry", "max_bytes", "max_entries", "retention")
 
     def __init__(
         self,
@@ -149,6 +204,7 @@ class History:
         self.max_bytes = max_bytes
         self._entries: dict[bytes, HistoryEntry] = {}
         self._bytes = 0
+        self._next_expiry = _NEVER
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -163,28 +219,32 @@ class History:
     def add(self, message: Message, payload_size: int, now: float) -> bool:
         """Record `message`. False (and nothing changes) when its id is already recorded or it is
         larger than the whole history may hold."""
-        if message.id in self._entries:
+        entries = self._entries
+        if message.id in entries:
             return False
         size = payload_size + ENTRY_OVERHEAD
         if size > self.max_bytes:
             return False
-        self.prune(now)
-        while self._entries and (
-            len(self._entries) >= self.max_entries or self._bytes + size > self.max_bytes
-        ):
-            victim = self.retention.victim()
+        if now >= self._next_expiry:
+            self.prune(now)
+        retention = self.retention
+        while entries and (len(entries) >= self.max_entries or self._bytes + size > self.max_bytes):
+            victim = retention.evict()
             if victim is None:
                 raise AssertionError("retention strategy lost track of entries")
-            self._remove(victim)
+            self._bytes -= entries.pop(victim).size
         entry = HistoryEntry(message, size, now)
-        self._entries[message.id] = entry
+        entries[message.id] = entry
         self._bytes += size
-        self.retention.added(message.id, entry)
+        retention.added(message.id, entry)
+        expires = retention.expires_at(entry)
+        if expires < self._next_expiry:
+            self._next_expiry = expires
         return True
 
     def get(self, message_id: bytes, now: float | None = None) -> Message | None:
         """The message with this id, or None. With `now`, expired messages are dropped first."""
-        if now is not None:
+        if now is not None and now >= self._next_expiry:
             self.prune(now)
         entry = self._entries.get(message_id)
         if entry is None:
@@ -196,10 +256,6 @@ class History:
         """Drop expired messages; returns how many."""
         expired = self.retention.expired(now)
         for key in expired:
-            self._remove(key)
+            self._bytes -= self._entries.pop(key).size
+        self._next_expiry = self.retention.next_expiry()
         return len(expired)
-
-    def _remove(self, key: bytes) -> None:
-        entry = self._entries.pop(key)
-        self._bytes -= entry.size
-        self.retention.removed(key, entry)

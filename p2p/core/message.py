@@ -8,8 +8,7 @@ Rules:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 PRIORITY_MIN = 1
 PRIORITY_MAX = 10
@@ -18,10 +17,10 @@ MESSAGE_ID_LEN = 16
 MAX_TYPE_LEN = 64
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
+class Message(NamedTuple):
     """One delivered (or sent) message. `data` is the decoded payload (msgpack types: None, bool, int,
-    float, str, bytes, list, dict)."""
+    float, str, bytes, list, dict). Immutable; a NamedTuple because it is built for every message and
+    costs a third of a frozen dataclass to construct."""
 
     type: str
     data: Any

@@ -19,10 +19,11 @@ signature: messages on the connection need no signature of their own.
 Rules:
 - The transport must send frames in the order `seal` made them: one writer per connection seals and
   sends; heartbeats are handed to it as `HeartbeatDue` items.
-- Any received frame counts as a sign of life; after `heartbeat_interval` of silence the session asks
-  for a PING to be sent, after `dead_after` it closes (`Closed`). A connection the transport holds
-  unread for backpressure is ticked with `held=True`: a slow consumer neither declares a live peer
-  dead nor looks dead to it.
+- Heartbeats are beacons: each end asks for a PING whenever it has sent nothing for
+  `heartbeat_interval`, and any received frame counts as a sign of life; after `dead_after` of silence
+  the session closes (`Closed`). Beacons (rather than ping/pong) keep liveness independent of the other
+  direction: a receiver working through a backlog of our data still tells us it is alive. A connection
+  the transport holds unread for backpressure is ticked with `held=True`: its silence is ours.
 - Nothing here raises for bad input: it is counted in `Counters` and answered with events.
 """
 
@@ -48,8 +49,6 @@ from p2p.core.frame import (
     MAC_LEN,
     PING,
     PING_ITEM,
-    PONG,
-    PONG_ITEM,
     PROOF,
     PROTOCOL_VERSION,
     REJECT,
@@ -109,13 +108,13 @@ class Closed:
 
 @dataclass(frozen=True, slots=True)
 class HeartbeatDue:
-    """Queue this heartbeat item (PING or PONG) for the peer, ahead of data. Only the transport's writer
+    """Queue this heartbeat item (a PING beacon) for the peer, ahead of data. Only the transport's writer
     seals data frames, so frames leave in the order they were sealed."""
 
     item: list[Any]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class GossipArrived:
     """A relayable message arrived; its signature is checked by `Admission`, not here."""
 
@@ -164,6 +163,7 @@ class Session:
         self._ephemeral_public = self._ephemeral.public_key().public_bytes_raw()
         self._started = now
         self._last_received = now
+        self._last_sent = now
         self._last_ping = -1.0
         self._send_key = b""
         self._recv_key = b""
@@ -226,7 +226,7 @@ class Session:
 
     # --- sending --------------------------------------------------------------------------------------
 
-    def seal(self, items: list[Any]) -> bytes:
+    def seal(self, items: list[Any], now: float) -> bytes:
         """A data frame carrying `items` (each an item array, e.g. `Envelope.item()`)."""
         if self.state is not SessionState.OPEN:
             raise RuntimeError(f"session is {self.state.value}, not open")
@@ -235,6 +235,7 @@ class Session:
         mac.update(self._send_seq.to_bytes(8, "big"))
         mac.update(body)
         self._send_seq += 1
+        self._last_sent = now
         return body + mac.digest()
 
     # --- receiving ------------------------------------------------------------------------------------
@@ -255,12 +256,10 @@ class Session:
         return self._receive_data(frame)
 
     def tick(self, now: float, *, held: bool = False) -> list[Event]:
-        """Timers: handshake timeout, heartbeats, dead-peer detection.
+        """Timers: handshake timeout, heartbeat beacons, dead-peer detection.
 
         `held`: the transport has stopped reading this connection on purpose (backpressure: the inbound
-        queue is full). The silence is then ours, not the peer's, so the dead-peer timer restarts; and
-        since we cannot read the peer's PINGs to answer them, we PING every interval ourselves, which
-        tells the peer we are alive."""
+        queue is full). The silence is then ours, not the peer's, so the dead-peer timer restarts."""
         if self.state is SessionState.HANDSHAKE:
             if now - self._started > self.limits.handshake_timeout:
                 self.counters.handshake_failed += 1
@@ -269,19 +268,16 @@ class Session:
             return []
         if self.state is SessionState.CLOSED:
             return []
-        interval = self.limits.heartbeat_interval
         if held:
             self._last_received = now
-            if now - self._last_ping >= interval:
-                self._last_ping = now
-                return [HeartbeatDue(PING_ITEM)]
-            return []
         silent = now - self._last_received
         if silent > self.limits.dead_after:
             self.counters.dead_peer += 1
             self.state = SessionState.CLOSED
             return [Closed(f"no heartbeat for {silent:.1f} s")]
-        if silent >= interval and now - self._last_ping >= interval:
+        interval = self.limits.heartbeat_interval
+        # one beacon per interval at most: a writer stuck behind backpressure must not pile them up
+        if now - self._last_sent >= interval and now - self._last_ping >= interval:
             self._last_ping = now
             return [HeartbeatDue(PING_ITEM)]
         return []
@@ -458,9 +454,7 @@ class Session:
                     ttl, envelope = parse_gossip(item)
                     events.append(GossipArrived(ttl, envelope))
                 elif kind == PING:
-                    events.append(HeartbeatDue(PONG_ITEM))
-                elif kind == PONG:
-                    pass
+                    pass  # a beacon: receiving it was the point
                 else:
                     self.counters.malformed += 1
             except FrameError:

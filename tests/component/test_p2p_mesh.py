@@ -446,9 +446,9 @@ async def test_forged_and_replayed_relayed_messages_are_dropped_counted_and_not_
         return [GOSSIP, 3, signed, mesh.keys[signer].sign(gossip_signing_input(signed))]
 
     genuine = gossip(b"\xa4real")  # a genuine message of node 2, captured and replayed by node 3
-    await ws.send(session.seal([gossip(b"\xa4fake", signer=3)]))
-    await ws.send(session.seal([genuine, genuine]))
-    await ws.send(session.seal([gossip(b"\xa3old", age=3600), ["garbage"]]))
+    await ws.send(session.seal([gossip(b"\xa4fake", signer=3)], 0.0))
+    await ws.send(session.seal([genuine, genuine], 0.0))
+    await ws.send(session.seal([gossip(b"\xa3old", age=3600), ["garbage"]], 0.0))
     await until(lambda: a.counters.stale == 1, what="the stale message")
     assert (a.counters.bad_signature, a.counters.duplicate, a.counters.malformed) == (1, 1, 1)
     assert [m.data for m in mesh.got(1, "block")] == ["real"]
@@ -466,7 +466,7 @@ async def test_a_tampered_frame_closes_the_connection_and_nothing_is_delivered(m
     a = await mesh.start(1)
     ws, session, opened = await rogue_session(mesh, 2, 1)
     assert opened
-    frame = bytearray(session.seal([Envelope(os.urandom(16), "t", 0.0, 5, 0, b"\x01").item()]))
+    frame = bytearray(session.seal([Envelope(os.urandom(16), "t", 0.0, 5, 0, b"\x01").item()], 0.0))
     frame[3] ^= 0xFF
     await ws.send(bytes(frame))
     await until(lambda: a.counters.bad_mac == 1, what="the MAC failure")
@@ -510,7 +510,7 @@ async def test_oversized_frames_are_counted_and_the_node_keeps_serving(mesh_fact
         await a.send(2, "big", b"x" * 20_000)
     ws, session, opened = await rogue_session(mesh, 3, 1)
     assert opened
-    await ws.send(session.seal([Envelope(os.urandom(16), "big", 0.0, 5, 0, b"x" * 200_000).item()]))
+    await ws.send(session.seal([Envelope(os.urandom(16), "big", 0.0, 5, 0, b"x" * 200_000).item()], 0.0))
     await until(lambda: a.counters.oversized == 1, what="the oversized frame")
     await a.wait_connected([2], timeout=5)
     assert await a.request(2, "still_there", None, timeout=2) == "n2 got still_there"

@@ -88,6 +88,12 @@ def test_history_stays_bounded_and_consistent_whatever_arrives(kind, operations,
         "prio": ByPriority,
         "prio_age": lambda: ByPriority(base_age=0.5),
     }[kind]()
+    lifetime = {
+        "lru": lambda p: float("inf"),
+        "age": lambda p: 5.0,
+        "prio": lambda p: float("inf"),
+        "prio_age": lambda p: 0.5 * p,
+    }[kind]
     max_bytes = 8 * (1000 + ENTRY_OVERHEAD)
     h = History(retention, max_entries=max_entries, max_bytes=max_bytes)
     now = 0.0
@@ -97,6 +103,9 @@ def test_history_stays_bounded_and_consistent_whatever_arrives(kind, operations,
         if lookup:
             got = h.get(message.id, now)
             assert got is None or got.id == message.id
+            # nothing past its lifetime is ever returned
+            for entry in h._entries.values():
+                assert entry.recorded_at + lifetime(entry.message.priority) > now
         else:
             h.add(message, size, now)
         assert len(h) <= max_entries

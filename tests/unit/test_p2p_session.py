@@ -11,7 +11,7 @@ import pytest
 from keys.types import IdentityPrivateKey
 from p2p.core.counters import Counters
 from p2p.core.directory import Directory, DirectoryEntry
-from p2p.core.frame import DIRECT, HELLO, PING_ITEM, PONG_ITEM, VERSION_BYTE, Envelope, pack
+from p2p.core.frame import DIRECT, HELLO, PING_ITEM, VERSION_BYTE, Envelope, pack
 from p2p.core.session import (
     Closed,
     GossipArrived,
@@ -107,9 +107,9 @@ def test_both_ends_learn_who_is_on_the_other_side(mesh):
 def test_messages_flow_both_ways_in_one_frame_each(pair):
     client, server = pair
     env = Envelope(ID, "grad", 1.0, 7, 0, b"\x01", None)
-    events = server.receive(client.seal([env.item(), env.item()]), 1.0)
+    events = server.receive(client.seal([env.item(), env.item()], 1.0), 1.0)
     assert events == [env, env]
-    assert client.receive(server.seal([env.item()]), 1.0) == [env]
+    assert client.receive(server.seal([env.item()], 1.0), 1.0) == [env]
 
 
 def test_a_node_with_the_wrong_key_cannot_pose_as_a_directory_node(mesh):
@@ -172,7 +172,7 @@ def test_a_recorded_handshake_cannot_be_replayed(mesh):
 
 def test_a_changed_frame_fails_its_mac_and_closes(pair):
     client, server = pair
-    frame = bytearray(client.seal([Envelope(ID, "t", 1.0, 5, 0, b"abc", None).item()]))
+    frame = bytearray(client.seal([Envelope(ID, "t", 1.0, 5, 0, b"abc", None).item()], 1.0))
     frame[5] ^= 1
     events = server.receive(bytes(frame), 1.0)
     assert isinstance(events[-1], Closed) and server.counters.bad_mac == 1
@@ -180,7 +180,7 @@ def test_a_changed_frame_fails_its_mac_and_closes(pair):
 
 def test_a_replayed_frame_fails_its_mac(pair):
     client, server = pair
-    first = client.seal([Envelope(ID, "t", 1.0, 5, 0, b"abc", None).item()])
+    first = client.seal([Envelope(ID, "t", 1.0, 5, 0, b"abc", None).item()], 1.0)
     assert server.receive(first, 1.0)
     events = server.receive(first, 1.0)
     assert isinstance(events[-1], Closed) and server.counters.bad_mac == 1
@@ -189,8 +189,8 @@ def test_a_replayed_frame_fails_its_mac(pair):
 def test_frames_cannot_be_reordered(pair):
     client, server = pair
     item = Envelope(ID, "t", 1.0, 5, 0, b"abc", None).item()
-    client.seal([item])
-    second = client.seal([item])
+    client.seal([item], 1.0)
+    second = client.seal([item], 1.0)
     events = server.receive(second, 1.0)
     assert isinstance(events[-1], Closed) and server.counters.bad_mac == 1
 
@@ -198,7 +198,7 @@ def test_frames_cannot_be_reordered(pair):
 def test_a_frame_sealed_for_the_other_direction_is_refused(pair):
     _client, server = pair
     # the server's own frame reflected back at it: different direction key
-    reflected = server.seal([Envelope(ID, "t", 1.0, 5, 0, b"abc", None).item()])
+    reflected = server.seal([Envelope(ID, "t", 1.0, 5, 0, b"abc", None).item()], 1.0)
     events = server.receive(reflected, 1.0)
     assert isinstance(events[-1], Closed) and server.counters.bad_mac == 1
 
@@ -206,7 +206,7 @@ def test_a_frame_sealed_for_the_other_direction_is_refused(pair):
 def test_malformed_items_are_counted_and_the_rest_delivered(pair):
     client, server = pair
     good = Envelope(ID, "t", 1.0, 5, 0, b"abc", None)
-    events = server.receive(client.seal([[DIRECT, b"bad"], "junk", [], [99], good.item()]), 1.0)
+    events = server.receive(client.seal([[DIRECT, b"bad"], "junk", [], [99], good.item()], 1.0), 1.0)
     assert events == [good]
     assert server.counters.malformed == 4
     assert server.state is SessionState.OPEN
@@ -214,11 +214,11 @@ def test_malformed_items_are_counted_and_the_rest_delivered(pair):
 
 def test_an_oversized_frame_is_dropped_and_the_session_goes_on(pair):
     client, server = pair
-    big = client.seal([Envelope(ID, "t", 1.0, 5, 0, b"x" * (LIMITS.max_frame_bytes + 1), None).item()])
+    big = client.seal([Envelope(ID, "t", 1.0, 5, 0, b"x" * (LIMITS.max_frame_bytes + 1), None).item()], 1.0)
     assert server.receive(big, 1.0) == []
     assert server.counters.oversized == 1
     env = Envelope(ID, "t", 1.0, 5, 0, b"ok", None)
-    assert server.receive(client.seal([env.item()]), 1.0) == [env]
+    assert server.receive(client.seal([env.item()], 1.0), 1.0) == [env]
 
 
 def test_garbage_before_authentication_closes_without_raising(mesh):
@@ -255,25 +255,48 @@ def test_handshake_times_out(mesh):
     assert isinstance(events[0], Closed) and session.counters.handshake_failed == 1
 
 
-def test_heartbeats_ping_after_silence_and_declare_a_silent_peer_dead(pair):
-    client, server = pair
+def test_a_quiet_end_sends_beacons_and_a_silent_peer_is_declared_dead(pair):
+    client, server = pair  # opened at t=0.2 (client) and t=0.3 (server)
     assert client.tick(0.5) == []
-    assert client.tick(1.3) == [HeartbeatDue(PING_ITEM)]
-    assert client.tick(1.5) == []  # one ping per interval
-    # a PING is answered with a PONG
-    assert server.receive(client.seal([PING_ITEM]), 1.4) == [HeartbeatDue(PONG_ITEM)]
-    assert client.receive(server.seal([PONG_ITEM]), 1.6) == []
-    assert client.tick(4.5) != [] and client.state is SessionState.OPEN  # heard at 1.6: 2.9 s ago
-    events = client.tick(4.7)
-    assert isinstance(events[0], Closed) and "no heartbeat" in events[0].reason
+    assert client.tick(1.3) == [HeartbeatDue(PING_ITEM)]  # sent nothing for an interval
+    assert client.tick(1.5) == []  # one beacon per interval
+    assert server.receive(client.seal([PING_ITEM], 1.4), 1.4) == []  # a beacon is only a sign of life
+    assert client.state is SessionState.OPEN
+    events = client.tick(3.3)  # heard nothing since 0.2
+    assert isinstance(events[0], Closed) and events[0].reason == "no heartbeat for 3.1 s"
     assert client.counters.dead_peer == 1
 
 
-def test_a_held_connection_is_not_declared_dead_and_pings_to_show_it_is_alive(pair):
+def test_an_end_that_keeps_sending_needs_no_beacon(pair):
+    client, server = pair
+    for step in range(1, 50):
+        now = step / 10
+        server.receive(client.seal([Envelope(ID, "t", 1.0, 5, 0, b"x", None).item()], now), now)
+        assert client.tick(now) == []
+        for event in server.tick(now):  # the quiet server beacons
+            client.receive(server.seal([event.item], now), now)
+    assert client.state is SessionState.OPEN
+
+
+def test_a_receiver_busy_with_our_backlog_still_tells_us_it_is_alive(pair):
+    client, server = pair
+    # the client floods for 5 s; the server sends no data back, only beacons, and the client stays up
+    for step in range(1, 50):
+        now = step / 10
+        server.receive(client.seal([Envelope(ID, "t", 1.0, 5, 0, b"x", None).item()], now), now)
+        for event in server.tick(now):
+            assert event == HeartbeatDue(PING_ITEM)
+            client.receive(server.seal([PING_ITEM], now), now)
+        client.tick(now)
+    assert client.state is server.state is SessionState.OPEN
+    assert client.counters.dead_peer == 0
+
+
+def test_a_held_connection_is_not_declared_dead(pair):
     client, _ = pair
     # the transport stopped reading (its inbound queue is full) from t=0.3 to t=10
-    pings = [e for t in range(3, 100) for e in client.tick(t / 10, held=True)]
-    assert pings == [HeartbeatDue(PING_ITEM)] * 10  # one per interval
+    events = [e for t in range(3, 100) for e in client.tick(t / 10, held=True)]
+    assert events == [HeartbeatDue(PING_ITEM)] * 9  # still beaconing, once a second: nothing else is sent
     assert client.state is SessionState.OPEN and client.counters.dead_peer == 0
     assert client.tick(12.8) == [HeartbeatDue(PING_ITEM)]  # reading again; silent for 2.9 s
     assert isinstance(client.tick(13.0)[0], Closed)  # silent for more than dead_after: dead
@@ -284,7 +307,7 @@ def test_gossip_items_are_handed_up_unverified(pair):
 
     client, server = pair
     signed = signed_bytes(id=ID, type="b", origin=3, timestamp=1.0, priority=5, flags=0, body=b"\x01")
-    events = server.receive(client.seal([[GOSSIP, 2, signed, b"s" * 64]]), 1.0)
+    events = server.receive(client.seal([[GOSSIP, 2, signed, b"s" * 64]], 1.0), 1.0)
     assert len(events) == 1 and isinstance(events[0], GossipArrived)
     assert events[0].ttl == 2 and events[0].envelope.origin == 3
 
@@ -292,4 +315,4 @@ def test_gossip_items_are_handed_up_unverified(pair):
 def test_sealing_needs_an_open_session(mesh):
     client, _ = mesh.dialer(1, 2)
     with pytest.raises(RuntimeError, match="handshake"):
-        client.seal([PING_ITEM])
+        client.seal([PING_ITEM], 1.0)
