@@ -3,6 +3,9 @@
 PROTOCOL_VERSION history (one integer, bumped on any incompatible change):
   1 (2026-11-24): enrollment, bearer node credential, network map with long-poll serial, link reports,
                   admin views of nodes, pre-auth keys and topology.
+  1 (2026-11-24, additive): `GET /v1/netmap?delta=1` may answer a NetMapDelta (kind "delta") against
+                  the serial named in `since`; NetMap gains `kind` ("full", absent: full). Clients that
+                  do not send delta=1 get the same answers as before, so the version stays 1.
 """
 
 PROTOCOL_VERSION = 1

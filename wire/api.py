@@ -6,7 +6,10 @@ call carries `Authorization: Bearer <admin credential>`.
 
 HEALTH = "/v1/health"  # GET -> {"status": "ok", "protocol_version": 1}
 ENROLL = "/v1/enroll"  # POST EnrollRequest -> EnrollResponse (no auth: the pre-auth key is the auth)
-NETMAP = "/v1/netmap"  # GET ?since=SERIAL&timeout=SECONDS (node) -> 200 NetMap, or 204 when nothing newer
+# GET ?since=SERIAL&timeout=SECONDS (node) -> 200 NetMap, or 204 when nothing newer.
+# With &delta=1: 200 NetMapUpdate, i.e. a NetMapDelta (kind "delta") from `since` when the controller
+# still holds map `since`, else the full NetMap (kind "full").
+NETMAP = "/v1/netmap"
 LINKS = "/v1/links"  # POST LinkReport (node) -> 204
 NODES = "/v1/nodes"  # GET (admin) -> list[NodeInfo]; /v1/nodes/{id}: GET NodeInfo, DELETE -> 204
 PREAUTH_KEYS = "/v1/preauth-keys"  # POST PreAuthKeyRequest -> PreAuthKeyInfo with key; GET list; DELETE /{id}

@@ -10,7 +10,7 @@ from datetime import datetime
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from wire import PROTOCOL_VERSION
 from wire.fields import Endpoint, Hostname, IdPublicKey, Port, Role, WgPublicKey
@@ -107,14 +107,64 @@ class SelfNode(WireModel):
 
 
 class NetMap(WireModel):
-    """Everything one node's agent needs, and nothing about anyone else's private state."""
+    """Everything one node's agent needs, and nothing about anyone else's private state.
 
+    Canonical order: `peers` by node_id, `routes` by destination, each id at most once."""
+
+    kind: Literal["full"] = Field(
+        default="full",
+        description="Tells a full map from a NetMapDelta in answers to `delta=1` polls; "
+        "absent (old answers, cached maps): a full map.",
+    )
     serial: int = Field(ge=1, description="Grows every time this node's map changes; same serial, same map.")
     node: SelfNode
     peers: list[Peer]
     routes: list[Route]
     forward: bool = Field(description="True when other nodes relay through this one: enable IP forwarding.")
     protocol_version: int = PROTOCOL_VERSION
+
+
+class NetMapDelta(WireModel):
+    """What changed in one node's map between serial `base_serial` (the map the agent holds) and
+    `serial`, as Tailscale's MapResponse PeersChanged/PeersRemoved. Sent only to a poll that asked with
+    `delta=1` and named, in `since`, a serial the controller can still diff from; `wire.delta.apply_delta`
+    turns (held map, delta) into the full map at `serial`.
+
+    Peers and routes not named here are unchanged; the node and the forward flag are always whole."""
+
+    kind: Literal["delta"] = Field(description="Always 'delta': tells a delta from a full NetMap.")
+    serial: int = Field(ge=1, description="Serial of the map this delta produces.")
+    base_serial: int = Field(
+        ge=1, description="Serial of the map this delta applies to; any other: ignore it."
+    )
+    node: SelfNode
+    forward: bool = Field(description="As NetMap.forward at `serial`.")
+    peers_upserted: list[Peer] = Field(
+        default_factory=list,
+        description="Full records of peers new or changed since base_serial; absent: none.",
+    )
+    peers_removed: list[NodeId] = Field(
+        default_factory=list, description="Node ids no longer peers; absent: none."
+    )
+    routes_upserted: list[Route] = Field(
+        default_factory=list, description="Routes new or changed since base_serial; absent: none."
+    )
+    routes_removed: list[NodeId] = Field(
+        default_factory=list, description="Destinations no longer routed; absent: none."
+    )
+    protocol_version: int = PROTOCOL_VERSION
+
+
+def _update_kind(value: object) -> str:
+    """`kind` of a poll answer; absent means a full map (a controller that predates deltas)."""
+    kind = value.get("kind", "full") if isinstance(value, dict) else getattr(value, "kind", "full")
+    return str(kind)
+
+
+NetMapUpdate = Annotated[
+    Annotated[NetMap, Tag("full")] | Annotated[NetMapDelta, Tag("delta")], Discriminator(_update_kind)
+]
+"""The answer to a `delta=1` poll: a full map or a delta, told apart by `kind` (absent: full)."""
 
 
 # --- link measurements ------------------------------------------------------------------------------
