@@ -31,6 +31,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from keys.types import IdentityPrivateKey
-from p2p.core.admission import Admission, Delivery
+from p2p.core.admission import Admission, Delivery, verify_signatures
 from p2p.core.codec import COMPRESSION_THRESHOLD, BodyCodec, BodyError, BodyTooLarge
 from p2p.core.counters import Counters
 from p2p.core.directory import Directory, DirectoryEntry
@@ -61,6 +62,7 @@ from p2p.core.queue import BoundedPriorityQueue
 from p2p.core.replay import ReplayWindow
 from p2p.core.session import (
     Closed,
+    Event,
     GossipArrived,
     HeartbeatDue,
     Opened,
@@ -105,6 +107,7 @@ class NodeConfig:
     directory_poll_interval: float = 1.0
     max_pending_handshakes: int = 64
     ws_max_queue: int = 8  # frames websockets buffers per connection before it stops reading
+    verify_threads: int = 0  # threads verifying relayed messages' signatures; 0: one per core
 
     @property
     def max_frame_bytes(self) -> int:
@@ -163,6 +166,8 @@ class Node:
         self._streams: list[PeerEventStream] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._server: Server | None = None
+        self._verify_threads = self.config.verify_threads or os.cpu_count() or 1
+        self._verifier: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self.port: int | None = None  # the port actually listened on, once started
@@ -184,6 +189,9 @@ class Node:
         if self._loop is not None:
             raise RuntimeError("node already started")
         self._loop = asyncio.get_running_loop()
+        self._verifier = ThreadPoolExecutor(
+            self._verify_threads, thread_name_prefix=f"p2p-{self.node_id}-verify"
+        )
         if self.config.listen:
             host = self.config.host if self.config.host is not None else str(self.directory.own.address)
             port = self.config.port if self.config.port is not None else self.directory.own.port
@@ -224,6 +232,8 @@ class Node:
         for stream in self._streams:
             stream.close()
         self._streams.clear()
+        if self._verifier is not None:
+            self._verifier.shutdown(wait=False, cancel_futures=True)
 
     def _ws_options(self) -> dict[str, Any]:
         return {
@@ -647,7 +657,9 @@ class Node:
                     self.counters.malformed += 1
                     conn.reason = "peer sent a text frame"
                     break
-                for event in session.receive(frame, loop_time()):
+                events = session.receive(frame, loop_time())
+                admitted = iter(await self._admit_gossip(link, events) if link is not None else ())
+                for event in events:
                     if isinstance(event, Envelope):
                         assert link is not None
                         if event.reply_to is not None:
@@ -659,7 +671,7 @@ class Node:
                             await link.wait_inbox_room(delivery, len(event.body), conn)
                     elif isinstance(event, GossipArrived):
                         assert link is not None
-                        await self._on_gossip(link, event)
+                        await self._on_gossip(link, event, next(admitted))
                     elif isinstance(event, HeartbeatDue):
                         if link is not None and link.connection is conn:
                             link.push_outbox(event.item, PRIORITY_MAX, HEARTBEAT_SIZE)
@@ -714,8 +726,32 @@ class Node:
         else:
             future.set_result(reply.data)
 
-    async def _on_gossip(self, link: PeerLink, event: GossipArrived) -> None:
-        admitted = self._admission.gossip(event.ttl, event.envelope, link.entry, self._clock())
+    async def _admit_gossip(self, link: PeerLink, events: list[Event]) -> list[tuple[Delivery, int] | None]:
+        """Admission of every gossip item of one frame, in order. Signatures are verified in the
+        thread pool, split across its threads: off the event loop, and on every core."""
+        now = self._clock()
+        gossip = [e for e in events if isinstance(e, GossipArrived)]
+        pending = [self._admission.gossip_precheck(e.ttl, e.envelope, link.entry, now) for e in gossip]
+        to_verify = [p for p in pending if p is not None]
+        verdicts: list[bool] = []
+        if to_verify:
+            assert self._loop is not None and self._verifier is not None
+            chunk = -(-len(to_verify) // self._verify_threads)
+            parts = [to_verify[i : i + chunk] for i in range(0, len(to_verify), chunk)]
+            done = await asyncio.gather(
+                *(self._loop.run_in_executor(self._verifier, verify_signatures, part) for part in parts)
+            )
+            verdicts = [ok for part in done for ok in part]
+        results: list[tuple[Delivery, int] | None] = []
+        checked = iter(verdicts)
+        now = self._clock()
+        for p in pending:
+            results.append(None if p is None else self._admission.gossip_accept(p, next(checked), now))
+        return results
+
+    async def _on_gossip(
+        self, link: PeerLink, event: GossipArrived, admitted: tuple[Delivery, int] | None
+    ) -> None:
         if admitted is None:
             return
         delivery, ttl = admitted
