@@ -27,7 +27,7 @@ import socket
 import sys
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from ipaddress import IPv4Address
 from multiprocessing.connection import Connection
 from typing import Any
@@ -166,8 +166,7 @@ def directory(own: int, entries: dict[int, DirectoryEntry], peers: list[int]) ->
 
 
 def child_main(kind: str, args: dict[str, Any], pipe: Connection) -> None:
-    child: Callable[..., Any] = CHILDREN[kind]
-    asyncio.run(child(pipe, **args))
+    asyncio.run(CHILDREN[kind](pipe, **args))
 
 
 async def baseline_sink(pipe: Connection, port: int, count: int) -> None:
@@ -222,7 +221,11 @@ async def node_child(
         await asyncio.get_running_loop().run_in_executor(None, pipe.recv)
 
 
-CHILDREN = {"baseline_sink": baseline_sink, "baseline_echo": baseline_echo, "node": node_child}
+CHILDREN: dict[str, Callable[..., Coroutine[Any, Any, None]]] = {
+    "baseline_sink": baseline_sink,
+    "baseline_echo": baseline_echo,
+    "node": node_child,
+}
 
 
 class Child:
