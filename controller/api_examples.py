@@ -65,6 +65,19 @@ NETMAP: dict[str, Any] = {
     "protocol_version": 1,
 }
 
+NETMAP_DELTA: dict[str, Any] = {
+    "kind": "delta",
+    "serial": 7,
+    "base_serial": 6,
+    "node": NETMAP["node"],
+    "forward": False,
+    "peers_upserted": [NETMAP["peers"][0]],
+    "peers_removed": [4],
+    "routes_upserted": [NETMAP["routes"][1]],
+    "routes_removed": [4],
+    "protocol_version": 1,
+}
+
 LINK_REPORT: dict[str, Any] = {
     "direct links": {
         "summary": "One direct link measured, one peer currently relayed",

@@ -6,7 +6,9 @@ Routes only translate HTTP to `ControlPlane` calls and back. Rules:
 - Node routes take the node credential, admin routes the admin credential, both as
   `Authorization: Bearer ...`; a node can only ever name itself (no route takes a node id from a node).
 - GET /v1/netmap answers at once when the caller's serial is not the current one, otherwise holds the
-  request until the node's map changes (200) or the timeout passes (204).
+  request until the node's map changes (200) or the timeout passes (204). With `delta=1` the answer
+  is a NetMapDelta against `since` when the controller still keeps that map, else the full map; both
+  carry `kind`. Without it the answer is the full map exactly as before deltas.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from wire.models import (
     ErrorBody,
     LinkReport,
     NetMap,
+    NetMapDelta,
     NodeInfo,
     PreAuthKeyInfo,
     PreAuthKeyRequest,
@@ -263,9 +266,23 @@ def create_app(settings: Settings, store: Store, clock: Clock | None = None) -> 
         response_class=Response,
         responses={
             200: {
-                "model": NetMap,
-                "description": "The caller's network map",
-                "content": {"application/json": {"example": ex.NETMAP}},
+                "model": NetMap | NetMapDelta,
+                "description": "The caller's network map (NetMap); with delta=1, a NetMapDelta against "
+                "`since` (kind 'delta') or the full map (kind 'full')",
+                "content": {
+                    "application/json": {
+                        "examples": {
+                            "full": {
+                                "summary": "The full map (without delta=1: no 'kind')",
+                                "value": ex.NETMAP,
+                            },
+                            "delta": {
+                                "summary": "delta=1 and since=6: what changed since serial 6",
+                                "value": ex.NETMAP_DELTA,
+                            },
+                        }
+                    }
+                },
             },
             204: {"description": "No newer map before the timeout"},
             **_errors(401, 403, 410, 422),
@@ -284,9 +301,17 @@ def create_app(settings: Settings, store: Store, clock: Clock | None = None) -> 
                 description="Seconds to hold the request when nothing is newer",
             ),
         ] = 0,
+        delta: Annotated[
+            bool,
+            Query(
+                description="1: answer a NetMapDelta against `since` when the controller still keeps "
+                "that map (else the full map with kind 'full'); 0: always the full map, without 'kind'"
+            ),
+        ] = False,
     ) -> Response:
         """The caller's network map: at once when its serial differs from `since`, otherwise as soon as
-        it changes, or 204 after `timeout` seconds."""
+        it changes, or 204 after `timeout` seconds. With `delta=1`, only what changed since `since`
+        when possible."""
         plane.polled(node, since)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -297,7 +322,8 @@ def create_app(settings: Settings, store: Store, clock: Clock | None = None) -> 
             await notifier.wait(node, remaining)
         if not plane.has_node(node):
             raise ApiError(410, f"node {node} was removed from the mesh")
-        return Response(plane.netmap_json(node), media_type="application/json")
+        body = plane.netmap_update_json(node, since) if delta else plane.netmap_json(node)
+        return Response(body, media_type="application/json")
 
     @app.post(
         api.LINKS,

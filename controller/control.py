@@ -199,6 +199,10 @@ class ControlPlane:
     def netmap_json(self, node_id: int) -> bytes:
         return self.mesh.render(node_id)
 
+    def netmap_update_json(self, node_id: int, since: int) -> bytes:
+        """For a node holding map `since` that asked for deltas: a NetMapDelta, or the full map."""
+        return self.mesh.render_update(node_id, since)
+
     def polled(self, node_id: int, since: int) -> None:
         """The node asked for maps newer than `since`: it is alive and holds map `since`."""
         now = self.clock.now()

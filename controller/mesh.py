@@ -4,6 +4,10 @@ It composes controller.topology (link state), controller.routing (next hops) and
 (rendering), and decides which maps really changed: a node's serial grows only when the digest of its
 new map differs from the stored one. It does no I/O and reads no clock: the caller persists the
 returned `MeshChange` and wakes the agents it names.
+
+For deltas it keeps, per node, what its maps at the last `MAP_HISTORY` serials were rendered from
+(about 8 bytes per node per kept map): an agent holding one of those gets a delta, any other a full map.
+Nothing of it is persisted: after a restart every agent gets a full map first.
 """
 
 from __future__ import annotations
@@ -14,10 +18,21 @@ from datetime import datetime
 
 import numpy as np
 
-from controller.netmap import Directory, NodeCard, cost_tenths, map_digest, render_netmap
+from controller.netmap import (
+    Directory,
+    MapInputs,
+    NodeCard,
+    cost_tenths,
+    map_digest,
+    render_delta,
+    render_map,
+)
 from controller.routing import Router
 from controller.topology import LinkPolicy, LinkRecord, Topology
 from wire.models import IPNetwork, LinkMeasurement, Route, TopologyEdge
+
+MAP_HISTORY = 3
+"""Maps kept per node to diff from: the current one and the two before it."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +69,7 @@ class Mesh:
         self.topology = Topology(policy, self.cards, links)
         self.router = Router(self.cards, self.topology.edges())
         self._maps: dict[int, MapState] = {n: s for n, s in (maps or {}).items() if n in self.cards}
+        self._inputs: dict[int, dict[int, MapInputs]] = {}  # node -> serial -> what that map was made of
         self._directory = self._new_directory()
         self.initial = MeshChange(maps=self._refresh(self.cards))
         """What start-up changed (maps whose stored digest no longer matches): persist it."""
@@ -69,13 +85,19 @@ class Mesh:
     def map_state(self, node_id: int) -> MapState:
         return self._maps[node_id]
 
-    def render(self, node_id: int) -> bytes:
-        """The node's current NetMap as JSON."""
-        index = self.router.index[node_id]
-        row = self.router.next_hop_row(node_id)
-        tenths = cost_tenths(self.router.cost_row(node_id))
+    def render(self, node_id: int, with_kind: bool = False) -> bytes:
+        """The node's current NetMap as JSON (`with_kind`: with `"kind":"full"`)."""
         serial = self._maps[node_id].serial
-        return render_netmap(self._directory, index, serial, row, tenths, self.router.forwards(node_id))
+        return render_map(self._inputs[node_id][serial], serial, with_kind)
+
+    def render_update(self, node_id: int, since: int) -> bytes:
+        """The answer to a delta poll from a node holding map `since`: a NetMapDelta from `since` to
+        the current map when map `since` is still kept, else the full map with its kind."""
+        serial = self._maps[node_id].serial
+        kept = self._inputs[node_id]
+        if since != serial and since in kept:
+            return render_delta(kept[since], kept[serial], since, serial)
+        return render_map(kept[serial], serial, with_kind=True)
 
     def routes_of(self, node_id: int) -> list[Route]:
         out = []
@@ -146,6 +168,7 @@ class Mesh:
         """A node left: every remaining map changes (one peer fewer)."""
         del self.cards[node_id]
         self._maps.pop(node_id, None)
+        self._inputs.pop(node_id, None)
         self.topology.remove_node(node_id)
         self.router.remove_node(node_id)
         self._directory = self._new_directory()
@@ -171,10 +194,17 @@ class Mesh:
         tenths = cost_tenths(costs)
         for i, node in enumerate(nodes):
             index = self.router.index[node]
-            digest = map_digest(self._directory, index, rows[i], tenths[i], self.router.forwards(node)).hex()
+            forward = self.router.forwards(node)
+            digest = map_digest(self._directory, index, rows[i], tenths[i], forward).hex()
             old = self._maps.get(node)
-            if old is not None and old.digest == digest:
-                continue
-            state = MapState((old.serial if old else 0) + 1, digest)
-            self._maps[node] = changed[node] = state
+            if old is None or old.digest != digest:
+                self._maps[node] = changed[node] = MapState((old.serial if old else 0) + 1, digest)
+            serial = self._maps[node].serial
+            kept = self._inputs.setdefault(node, {})
+            if serial not in kept:
+                kept[serial] = MapInputs(
+                    self._directory, index, rows[i].copy(), tenths[i].astype(np.int32), forward
+                )
+                for old_serial in sorted(kept)[:-MAP_HISTORY]:
+                    del kept[old_serial]
         return changed

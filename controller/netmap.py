@@ -12,13 +12,15 @@ Rules:
   entry (an allowed IP belongs to one peer only). An unreachable destination keeps its own /32.
 - Per-node JSON fragments are rendered once per card; a map is mostly a join of them, which is what
   makes pushing a thousand maps cheap.
+- A delta (`render_delta`) compares the fragments of two maps of one node by node id: a peer or route
+  whose JSON differs is sent whole, an id only in the old map is removed. It is therefore exactly
+  `wire.delta.netmap_delta` of the two maps, without parsing either.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -75,6 +77,7 @@ class Directory:
         self.cards = list(cards)
         self.mesh_cidr = mesh_cidr
         self.ids = np.array([c.node_id for c in self.cards], dtype=np.int64)
+        self.id_list = [c.node_id for c in self.cards]
         keepalive = "null" if keepalive_s is None else str(int(keepalive_s))
         self.peer_tail = f'],"persistent_keepalive":{keepalive}}}'.encode()
         self.direct_peers = [c.peer_head + c.host_route + self.peer_tail for c in self.cards]
@@ -118,6 +121,94 @@ def map_digest(
     return h.digest()
 
 
+@dataclass(frozen=True)
+class MapInputs:
+    """Everything one node's map at one serial is rendered from (kept to diff a later map against).
+
+    `next_row[d]` is the index of the peer carrying traffic to the node at index d (d itself when direct,
+    -1 when unreachable); `tenths[d]` the path cost in tenths (-1 when unreachable). The arrays are
+    private copies: nobody changes them after construction."""
+
+    directory: Directory
+    index: int
+    next_row: npt.NDArray[np.int32]
+    tenths: npt.NDArray[np.int32]
+    forward: bool
+
+    @property
+    def peer_ids(self) -> list[int]:
+        ids = self.directory.id_list
+        return ids[: self.index] + ids[self.index + 1 :]
+
+
+def _peer_fragments(m: MapInputs) -> list[bytes]:
+    """The JSON of each peer, in index order, without the node itself."""
+    directory, index, next_row = m.directory, m.index, m.next_row
+    cards = directory.cards
+    n = len(cards)
+    positions = np.arange(n)
+    via = np.where(next_row >= 0, next_row, positions)  # unreachable: try the direct link anyway
+    relayed = via != positions
+    relayed[index] = False
+    peers = directory.direct_peers[:index] + directory.direct_peers[index + 1 :]
+    if relayed.any():
+        extra: dict[int, list[bytes]] = {}
+        relayed_ids = np.nonzero(relayed)[0].tolist()
+        for d in relayed_ids:
+            extra.setdefault(int(via[d]), []).append(cards[d].host_route)
+        for d in set(extra) | set(relayed_ids):
+            ips = ([] if relayed[d] else [cards[d].host_route]) + extra.get(d, [])
+            peers[d - (d > index)] = cards[d].peer_head + b",".join(ips) + directory.peer_tail
+    return peers
+
+
+def _route_fragments(m: MapInputs) -> list[bytes]:
+    """The JSON of each route, in index order, without the node itself."""
+    directory, index, next_row = m.directory, m.index, m.next_row
+    cards = directory.cards
+    positions = np.arange(len(cards))
+    via = np.where(next_row >= 0, next_row, positions)
+    relayed = via != positions
+    relayed[index] = False
+    heads = directory.direct_route_heads[:index] + directory.direct_route_heads[index + 1 :]
+    for d in np.nonzero(relayed)[0].tolist():
+        heads[d - (d > index)] = cards[d].route_head + b'%d,"cost":' % directory.ids[via[d]]
+    costs = m.tenths.tolist()
+    del costs[index]
+    return list(map(_close, heads, directory.cost_texts(costs)))
+
+
+def _close(head: bytes, cost: bytes) -> bytes:
+    return head + cost + b"}"
+
+
+def _node_json(m: MapInputs) -> bytes:
+    me = m.directory.cards[m.index]
+    return (
+        f'{{"node_id":{me.node_id},"name":{json.dumps(me.name)},"role":{json.dumps(me.role)},'
+        f'"tunnel_address":{json.dumps(str(me.tunnel_address))},'
+        f'"mesh_cidr":{json.dumps(str(m.directory.mesh_cidr))},"listen_port":{me.listen_port}}}'
+    ).encode()
+
+
+def render_map(m: MapInputs, serial: int, with_kind: bool = False) -> bytes:
+    """The JSON of `wire.models.NetMap` at `serial`; `with_kind` adds `"kind":"full"` (answers to delta
+    polls), otherwise the bytes are exactly those of protocol version 1 before deltas."""
+    return b"".join(
+        (
+            b'{"kind":"full","serial":%d,"node":' % serial if with_kind else b'{"serial":%d,"node":' % serial,
+            _node_json(m),
+            b',"peers":[',
+            b",".join(_peer_fragments(m)),
+            b'],"routes":[',
+            b",".join(_route_fragments(m)),
+            b'],"forward":',
+            b"true" if m.forward else b"false",
+            b',"protocol_version":%d}' % PROTOCOL_VERSION,
+        )
+    )
+
+
 def render_netmap(
     directory: Directory,
     index: int,
@@ -126,48 +217,40 @@ def render_netmap(
     tenths: npt.NDArray[np.int64],
     forward: bool,
 ) -> bytes:
-    """The JSON of `wire.models.NetMap` for the node at `index`.
+    """The JSON of `wire.models.NetMap` for the node at `index` (see MapInputs for the arrays)."""
+    return render_map(MapInputs(directory, index, next_row, tenths.astype(np.int32), forward), serial)
 
-    `next_row[d]` is the index of the peer carrying traffic to the node at index d (d itself when direct,
-    -1 when unreachable); `tenths[d]` the path cost in tenths (-1 when unreachable).
-    """
-    cards = directory.cards
-    me = cards[index]
-    n = len(cards)
-    positions = np.arange(n)
-    via = np.where(next_row >= 0, next_row, positions)  # unreachable: try the direct link anyway
-    relayed = via != positions
-    relayed[index] = False
 
-    peers = directory.direct_peers[:index] + directory.direct_peers[index + 1 :]
-    heads = directory.direct_route_heads[:index] + directory.direct_route_heads[index + 1 :]
-    if relayed.any():
-        extra: dict[int, list[bytes]] = {}
-        for d in np.nonzero(relayed)[0].tolist():
-            extra.setdefault(int(via[d]), []).append(cards[d].host_route)
-            heads[d - (d > index)] = cards[d].route_head + b'%d,"cost":' % directory.ids[via[d]]
-        for d in set(extra) | set(np.nonzero(relayed)[0].tolist()):
-            ips = ([] if relayed[d] else [cards[d].host_route]) + extra.get(d, [])
-            peers[d - (d > index)] = cards[d].peer_head + b",".join(ips) + directory.peer_tail
-    costs = tenths.tolist()
-    del costs[index]
-    routes = b"},".join(map(operator.add, heads, directory.cost_texts(costs)))
-    node = (
-        f'{{"node_id":{me.node_id},"name":{json.dumps(me.name)},"role":{json.dumps(me.role)},'
-        f'"tunnel_address":{json.dumps(str(me.tunnel_address))},'
-        f'"mesh_cidr":{json.dumps(str(directory.mesh_cidr))},"listen_port":{me.listen_port}}}'
-    ).encode()
+def _changed(
+    old_ids: list[int], old: list[bytes], new_ids: list[int], new: list[bytes]
+) -> tuple[list[bytes], list[int]]:
+    """(fragments new or different in `new`, ids only in `old`), keyed by node id."""
+    before = dict(zip(old_ids, old, strict=True))
+    upserted = [f for i, f in zip(new_ids, new, strict=True) if before.get(i) != f]
+    removed = sorted(before.keys() - set(new_ids))
+    return upserted, removed
+
+
+def render_delta(old: MapInputs, new: MapInputs, base_serial: int, serial: int) -> bytes:
+    """The JSON of `wire.models.NetMapDelta` turning the map rendered from `old` at `base_serial` into
+    the one rendered from `new` at `serial` (what `wire.delta.netmap_delta` of the two maps gives)."""
+    old_ids, new_ids = old.peer_ids, new.peer_ids
+    peers, peers_removed = _changed(old_ids, _peer_fragments(old), new_ids, _peer_fragments(new))
+    routes, routes_removed = _changed(old_ids, _route_fragments(old), new_ids, _route_fragments(new))
     return b"".join(
         (
-            b'{"serial":%d,"node":' % serial,
-            node,
-            b',"peers":[',
+            b'{"kind":"delta","serial":%d,"base_serial":%d,"node":' % (serial, base_serial),
+            _node_json(new),
+            b',"forward":',
+            b"true" if new.forward else b"false",
+            b',"peers_upserted":[',
             b",".join(peers),
-            b'],"routes":[',
-            routes,
-            b"}" if routes else b"",
-            b'],"forward":',
-            b"true" if forward else b"false",
+            b'],"peers_removed":',
+            json.dumps(peers_removed).encode(),
+            b',"routes_upserted":[',
+            b",".join(routes),
+            b'],"routes_removed":',
+            json.dumps(routes_removed).encode(),
             b',"protocol_version":%d}' % PROTOCOL_VERSION,
         )
     )

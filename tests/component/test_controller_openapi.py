@@ -4,10 +4,11 @@ an example that the wire models accept, both bearer schemes, and errors document
 from __future__ import annotations
 
 import pytest
+from pydantic import TypeAdapter
 
 from tests.component.conftest import ControllerHarness
 from wire import api
-from wire.models import LinkReport, NetMap, PreAuthKeyRequest
+from wire.models import LinkReport, NetMap, NetMapDelta, NetMapUpdate, PreAuthKeyRequest
 
 PATHS = {
     api.HEALTH: {"get"},
@@ -41,7 +42,9 @@ async def test_every_operation_has_a_success_example_and_documented_errors(opena
             content = op["responses"][ok].get("content")
             if ok == "204":
                 continue
-            assert any("example" in c for c in content.values()), f"{method} {path}: no example"
+            assert any("example" in c or "examples" in c for c in content.values()), (
+                f"{method} {path}: no example"
+            )
             if path != api.HEALTH:
                 errors = [c for c in op["responses"] if c.startswith("4")]
                 assert errors, f"{method} {path}: no error documented"
@@ -57,11 +60,16 @@ async def test_request_body_examples_are_valid_requests(openapi):
     assert enroll["examples"]
 
 
-async def test_the_netmap_example_is_a_netmap(openapi):
-    example = openapi["paths"][api.NETMAP]["get"]["responses"]["200"]["content"]["application/json"][
-        "example"
-    ]
-    NetMap.model_validate(example)
+async def test_the_netmap_examples_are_a_map_and_a_delta_that_applies_to_it(openapi):
+    op = openapi["paths"][api.NETMAP]["get"]
+    examples = op["responses"]["200"]["content"]["application/json"]["examples"]
+    full = NetMap.model_validate(examples["full"]["value"])
+    delta = TypeAdapter(NetMapUpdate).validate_python(examples["delta"]["value"])
+    assert isinstance(delta, NetMapDelta) and delta.serial == full.serial
+    # the delta's upserts are records of the full map
+    assert all(p in full.peers for p in delta.peers_upserted)
+    assert all(r in full.routes for r in delta.routes_upserted)
+    assert {p["name"] for p in op["parameters"]} == {"since", "timeout", "delta"}
 
 
 async def test_node_and_admin_routes_name_their_bearer_scheme(openapi):
