@@ -17,10 +17,10 @@ import os
 from typing import Any, TypeVar
 
 import httpx
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from wire import PROTOCOL_VERSION, api
-from wire.models import EnrollRequest, EnrollResponse, LinkReport, NetMap
+from wire.models import EnrollRequest, EnrollResponse, LinkReport, NetMap, NetMapDelta, NetMapUpdate
 
 CONNECT_TIMEOUT_S = 5.0
 REQUEST_TIMEOUT_S = 10.0
@@ -28,6 +28,7 @@ REQUEST_TIMEOUT_S = 10.0
 LONG_POLL_GRACE_S = 10.0
 
 M = TypeVar("M", bound=BaseModel)
+_UPDATE: TypeAdapter[NetMap | NetMapDelta] = TypeAdapter(NetMapUpdate)
 
 
 class ControllerError(RuntimeError):
@@ -86,16 +87,34 @@ class ControllerClient:
     async def netmap(self, since: int, timeout_s: float) -> NetMap | None:
         """The node's map if its serial is above `since`, waiting up to `timeout_s`; None when nothing
         newer came within the wait (204)."""
+        response = await self._poll(since, timeout_s, {})
+        if response is None:
+            return None
+        return self._parse(response, NetMap)
+
+    async def netmap_update(self, since: int, timeout_s: float) -> NetMap | NetMapDelta | None:
+        """As `netmap`, asking for a delta against map `since` (`delta=1`): a NetMapDelta to apply to
+        that map, or the full map when the controller cannot diff from it (or predates deltas)."""
+        response = await self._poll(since, timeout_s, {"delta": "1"})
+        if response is None:
+            return None
+        try:
+            return _UPDATE.validate_json(response.content)
+        except ValidationError as e:
+            raise ControllerUnreachable(
+                f"controller {self.base_url} sent a network map this agent cannot read "
+                f"({e.error_count()} errors; protocol version {PROTOCOL_VERSION} here)"
+            ) from None
+
+    async def _poll(self, since: int, timeout_s: float, extra: dict[str, str]) -> httpx.Response | None:
         wait = max(0, min(int(timeout_s), api.NETMAP_MAX_TIMEOUT_S))
         response = await self._call(
             "GET",
             api.NETMAP,
-            params={"since": str(since), "timeout": str(wait)},
+            params={"since": str(since), "timeout": str(wait), **extra},
             timeout=httpx.Timeout(wait + LONG_POLL_GRACE_S, connect=CONNECT_TIMEOUT_S),
         )
-        if response.status_code == 204:
-            return None
-        return self._parse(response, NetMap)
+        return None if response.status_code == 204 else response
 
     async def report_links(self, report: LinkReport) -> None:
         await self._call("POST", api.LINKS, json=report.model_dump(mode="json"))

@@ -13,6 +13,8 @@ Rules:
   never once per retry; retries back off exponentially with jitter.
 - Link measurements describe the DIRECT link: a peer routed through a relay is reported with
   rtt/loss None and only its handshake age.
+- The agent asks for deltas (`delta=1`) against the last map the controller sent; a delta that does
+  not apply to that map is dropped and the full map asked for. netmap.json always holds the full map.
 - status.json is rewritten (atomically) whenever something in it other than its timestamp changes;
   p2p-directory.json whenever the applied map changes.
 """
@@ -65,7 +67,16 @@ from agent.state import (
 from agent.status import AgentStatus, ControllerState
 from keys.types import WireGuardPublicKey
 from p2p.directory import directory_from_netmap, write_directory
-from wire.models import EnrollRequest, LinkMeasurement, LinkReport, NetMap, NodeId, enroll_signing_bytes
+from wire.delta import DeltaMismatch, apply_delta
+from wire.models import (
+    EnrollRequest,
+    LinkMeasurement,
+    LinkReport,
+    NetMap,
+    NetMapDelta,
+    NodeId,
+    enroll_signing_bytes,
+)
 
 DEFAULT_INTERFACE = "wg0"
 DEFAULT_LISTEN_PORT = 51820
@@ -494,14 +505,15 @@ class Agent:
         assert self.client is not None
         fresh = True  # after start and after a failure, ask for the whole map right away
         backoff = self.edges.backoff
-        received = 0  # serial of the last map the controller sent, applied or not
+        # The last map the controller sent (deltas applied), applied or not: the base of the next delta.
+        received: NetMap | None = None
         while True:
             # Long-poll from the last map received, not the last applied: a map the data plane refused
             # is retried by the link loop, never fetched again in a tight loop.
-            since = 0 if fresh else received
+            since = 0 if fresh or received is None else received.serial
             timeout = 0.0 if fresh else self.settings.poll_timeout_s
             try:
-                netmap = await self.client.netmap(since=since, timeout_s=timeout)
+                answer = await self.client.netmap_update(since=since, timeout_s=timeout)
             except ControllerRejected as e:
                 self._set_controller("rejected", e)
                 fresh = True
@@ -515,9 +527,27 @@ class Agent:
             backoff.reset()
             fresh = False
             self._set_controller("connected")
-            if netmap is not None:
-                received = netmap.serial
-                await self.apply(netmap, source="controller")
+            if answer is None:
+                continue
+            if isinstance(answer, NetMapDelta):
+                try:
+                    netmap = apply_delta(received, answer) if received is not None else None
+                except DeltaMismatch:
+                    netmap = None
+                if netmap is None:
+                    # Not a delta to the map held: drop it and ask for the whole map.
+                    self.log.warning(
+                        "netmap_delta_dropped",
+                        base_serial=answer.base_serial,
+                        held_serial=received.serial if received is not None else None,
+                        note="asking for the full map",
+                    )
+                    fresh = True
+                    continue
+            else:
+                netmap = answer
+            received = netmap
+            await self.apply(netmap, source="controller")
 
     def _set_controller(self, state: ControllerState, error: BaseException | None = None) -> None:
         """Record the connection state; log and write status only when it changes."""
