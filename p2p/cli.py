@@ -1,0 +1,251 @@
+"""`wgmesh p2p`: try the messaging layer from a shell on a mesh host.
+
+    wgmesh p2p listen                      print every message this node receives (and answer requests)
+    wgmesh p2p send PEER TYPE JSON         send one message to PEER (node id or name)
+    wgmesh p2p send --request PEER TYPE JSON   ... and print the reply
+    wgmesh p2p broadcast TYPE JSON         send a signed message to every reachable node
+
+The node's identity and directory come from the agent's state directory (`--state-dir`, default
+/var/lib/wgmesh: identity.key and p2p-directory.json), or from `--directory FILE --identity-key FILE`.
+`send` and `broadcast` only dial out (they do not listen), so they work next to a running program that
+listens on the node's p2p port. Exit codes: 0 done, 1 the mesh did not cooperate (peer unreachable,
+timeout, refused), 2 bad input (arguments, JSON, unknown peer, unreadable files).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from keys.store import load_key
+from keys.types import IdentityPrivateKey, InvalidKey
+from p2p.core.directory import Directory, DirectoryEntry
+from p2p.core.message import PRIORITY_DEFAULT, PRIORITY_MAX, PRIORITY_MIN, Message
+from p2p.directory import FILE_NAME, DirectoryError, load_directory
+from p2p.errors import P2PError
+from p2p.events import PeerDown
+
+DEFAULT_STATE_DIR = Path("/var/lib/wgmesh")
+IDENTITY_FILE = "identity.key"
+
+
+class UsageError(Exception):
+    """Bad input: one line, exit 2."""
+
+
+def _priority(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer {PRIORITY_MIN}-{PRIORITY_MAX}") from None
+    if not PRIORITY_MIN <= value <= PRIORITY_MAX:
+        raise argparse.ArgumentTypeError(f"must be an integer {PRIORITY_MIN}-{PRIORITY_MAX}")
+    return value
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("must be a number of seconds") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be more than 0 seconds")
+    return value
+
+
+def _parser(prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="Try the p2p messaging layer from a shell.")
+    common = argparse.ArgumentParser(add_help=False)
+    where = common.add_argument_group("node identity")
+    where.add_argument(
+        "--state-dir", type=Path, default=DEFAULT_STATE_DIR, help="the agent's state directory"
+    )
+    where.add_argument(
+        "--directory", type=Path, help=f"the p2p directory file (default: STATE_DIR/{FILE_NAME})"
+    )
+    where.add_argument(
+        "--identity-key", type=Path, help=f"the identity key (default: STATE_DIR/{IDENTITY_FILE})"
+    )
+    common.add_argument("-v", "--verbose", action="store_true", help="log connections and drops")
+    sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    listen = sub.add_parser("listen", parents=[common], help="print every message this node receives")
+    listen.add_argument("--host", help="listen address (default: this node's tunnel address)")
+    listen.add_argument("--port", type=int, help="listen port (default: this node's p2p port)")
+
+    send = sub.add_parser("send", parents=[common], help="send one message to a peer")
+    send.add_argument("peer", metavar="PEER", help="node id or name")
+    send.add_argument("type", metavar="TYPE", help="message type")
+    send.add_argument("data", metavar="JSON", help="the payload, as JSON")
+    send.add_argument("--priority", type=_priority, default=PRIORITY_DEFAULT, help="1 (low) .. 10 (high)")
+    send.add_argument("--request", action="store_true", help="wait for the reply and print it")
+    send.add_argument("--timeout", type=_positive, default=5.0, help="seconds to connect, send and reply")
+
+    broadcast = sub.add_parser("broadcast", parents=[common], help="send a signed message to every node")
+    broadcast.add_argument("type", metavar="TYPE", help="message type")
+    broadcast.add_argument("data", metavar="JSON", help="the payload, as JSON")
+    broadcast.add_argument(
+        "--priority", type=_priority, default=PRIORITY_DEFAULT, help="1 (low) .. 10 (high)"
+    )
+    broadcast.add_argument("--timeout", type=_positive, default=5.0, help="seconds to connect and send")
+    return parser
+
+
+def _load(args: argparse.Namespace) -> tuple[Directory, IdentityPrivateKey]:
+    directory_path = args.directory or args.state_dir / FILE_NAME
+    key_path = args.identity_key or args.state_dir / IDENTITY_FILE
+    try:
+        directory = load_directory(directory_path)
+    except DirectoryError as e:
+        raise UsageError(str(e)) from None
+    try:
+        key = load_key(key_path, IdentityPrivateKey)
+    except InvalidKey as e:
+        raise UsageError(str(e)) from None
+    except PermissionError:
+        raise UsageError(f"{key_path}: permission denied (run as root or the agent's user)") from None
+    if key.public_key() != directory.own.identity_public_key:
+        raise UsageError(
+            f"{key_path} is not the identity of node {directory.own.node_id} in {directory_path}"
+        )
+    return directory, key
+
+
+def _json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UsageError(f"the JSON argument is not valid JSON: {e}") from None
+
+
+def _peer(directory: Directory, name: str) -> DirectoryEntry:
+    for entry in directory:
+        if str(entry.node_id) == name or entry.name == name:
+            return entry
+    known = ", ".join(f"{e.node_id} ({e.name})" for e in sorted(directory, key=lambda e: e.node_id))
+    raise UsageError(f"unknown peer {name!r}; the directory has: {known or 'no peers'}")
+
+
+def _show(data: Any) -> str:
+    """Data as one line of JSON; bytes as base64-free hex with a marker."""
+
+    def default(value: object) -> object:
+        if isinstance(value, bytes):
+            return {"bytes": value.hex()}
+        return repr(value)
+
+    return json.dumps(data, default=default, separators=(",", ":"), sort_keys=True)
+
+
+async def _listen(args: argparse.Namespace, directory: Directory, key: IdentityPrivateKey) -> int:
+    from p2p.node import Node, NodeConfig
+
+    config = NodeConfig(host=args.host, port=args.port)
+    path = args.directory or args.state_dir / FILE_NAME
+    node = Node(path, key, config=config)
+
+    async def show(message: Message) -> dict[str, Any]:
+        sender = node.directory.get(message.sender)
+        name = sender.name if sender else "?"
+        when = time.strftime("%H:%M:%S", time.localtime(message.timestamp))
+        print(
+            f"{when}  from {message.sender} ({name})  {message.type}  priority {message.priority}  {_show(message.data)}",
+            flush=True,
+        )
+        return {"received": message.type, "by": node.node_id}
+
+    node.handle_any(show)
+    events = node.peer_events()
+    try:
+        await node.start()
+    except OSError as e:
+        host = args.host or directory.own.address
+        raise P2PError(f"cannot listen on {host}:{args.port or directory.own.port}: {e.strerror}") from None
+    print(
+        f"node {node.node_id} ({directory.own.name}) listening on port {node.port}; Ctrl-C stops", flush=True
+    )
+    try:
+        async for event in events:
+            state = f"down ({event.reason})" if isinstance(event, PeerDown) else "up"
+            print(f"-- {event.peer.describe()} is {state}", flush=True)
+    finally:
+        await node.close()
+    return 0
+
+
+async def _send(args: argparse.Namespace, directory: Directory, key: IdentityPrivateKey) -> int:
+    from p2p.node import Node, NodeConfig
+
+    target = _peer(directory, args.peer)
+    data = _json(args.data)
+    # Only the target in the directory: the CLI dials it and nobody else.
+    only = Directory.of(directory.own, [target], serial=directory.serial)
+    config = NodeConfig(listen=False, send_timeout=args.timeout)
+    deadline = time.monotonic() + args.timeout
+    async with Node(only, key, config=config) as node:
+        try:
+            await node.wait_connected([target.node_id], timeout=args.timeout)
+        except TimeoutError:
+            raise P2PError(f"cannot reach {target.describe()} within {args.timeout:g} s") from None
+        remaining = max(0.1, deadline - time.monotonic())
+        if args.request:
+            reply = await node.request(
+                target.node_id, args.type, data, priority=args.priority, timeout=remaining
+            )
+            print(_show(reply))
+        else:
+            message_id = await node.send(target.node_id, args.type, data, priority=args.priority)
+            await node.drain(timeout=remaining)
+            print(f"sent {args.type} to {target.describe()} (id {message_id.hex()})")
+    return 0
+
+
+async def _broadcast(args: argparse.Namespace, directory: Directory, key: IdentityPrivateKey) -> int:
+    from p2p.node import Node, NodeConfig
+
+    data = _json(args.data)
+    if not len(directory):
+        raise UsageError("the directory has no peers to broadcast to")
+    config = NodeConfig(listen=False, send_timeout=args.timeout)
+    deadline = time.monotonic() + args.timeout
+    async with Node(directory, key, config=config) as node:
+        # Wait for everyone up to a third of the time; whoever is connected by then gets it and relays it.
+        with contextlib.suppress(TimeoutError):
+            await node.wait_connected(timeout=args.timeout / 3)
+        reached = sorted(node.connected_peers)
+        if not reached:
+            raise P2PError(f"cannot reach any of the {len(directory)} peers within {args.timeout / 3:.1f} s")
+        message_id = await node.broadcast(args.type, data, priority=args.priority)
+        await node.drain(timeout=max(0.1, deadline - time.monotonic()))
+        names = ", ".join(f"{p} ({node.directory.peers[p].name})" for p in reached)
+        print(f"broadcast {args.type} (id {message_id.hex()}) to {names}; they relay it to the rest")
+    return 0
+
+
+def main(argv: Sequence[str], prog: str = "wgmesh p2p") -> int:
+    args = _parser(prog).parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    if not args.verbose:
+        logging.getLogger("websockets").setLevel(logging.ERROR)
+    run = {"listen": _listen, "send": _send, "broadcast": _broadcast}[args.cmd]
+    try:
+        if args.cmd in ("send", "broadcast"):
+            _json(args.data)  # bad JSON is reported before any file is read
+        directory, key = _load(args)
+        return asyncio.run(run(args, directory, key))
+    except UsageError as e:
+        print(f"{prog} {args.cmd}: {e}", file=sys.stderr)
+        return 2
+    except (P2PError, ValueError) as e:
+        print(f"{prog} {args.cmd}: {e}", file=sys.stderr)
+        return 1

@@ -1,0 +1,204 @@
+"""`wgmesh p2p listen|send|broadcast` as a user runs them: real processes on loopback, state
+directories as the agent writes them (identity.key, p2p-directory.json)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import pytest
+
+from keys.store import save_key
+from keys.types import IdentityPrivateKey
+from p2p import Message, Node, NodeConfig, PeerDown, PeerUp
+from p2p.core.directory import Directory, DirectoryEntry
+from p2p.directory import write_directory
+
+WGMESH = [sys.executable, "-m", "wgmesh"]
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class Hosts:
+    """Three state directories, a (1, supervisor), b (2) and c (3), each with its key and directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.keys = {i: IdentityPrivateKey.generate() for i in (1, 2, 3)}
+        self.entries = {
+            i: DirectoryEntry(
+                i,
+                name,
+                IPv4Address(f"127.0.0.{30 + i}"),
+                "supervisor" if i == 1 else "worker",
+                self.keys[i].public_key(),
+                free_port(f"127.0.0.{30 + i}"),
+            )
+            for i, name in ((1, "a"), (2, "b"), (3, "c"))
+        }
+        for i in self.keys:
+            state = self.state(i)
+            save_key(state / "identity.key", self.keys[i])
+            write_directory(state / "p2p-directory.json", self.directory(i))
+
+    def state(self, i: int) -> Path:
+        return self.root / f"host{i}"
+
+    def directory(self, i: int) -> Directory:
+        return Directory.of(self.entries[i], [e for j, e in self.entries.items() if j != i])
+
+    def run(self, i: int, *args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*WGMESH, "p2p", *args, "--state-dir", str(self.state(i))],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def listen(self, i: int) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [*WGMESH, "p2p", "listen", "--state-dir", str(self.state(i))],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        first = proc.stdout.readline() if proc.stdout else ""
+        assert "listening on port" in first, first
+        return proc
+
+
+def stop(proc: subprocess.Popen[str]) -> str:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.stdout.read() if proc.stdout else ""
+
+
+@pytest.fixture
+def hosts(tmp_path):
+    return Hosts(tmp_path)
+
+
+@pytest.fixture
+def listeners():
+    procs: list[subprocess.Popen[str]] = []
+    yield procs
+    for proc in procs:
+        stop(proc)
+
+
+def test_send_request_and_broadcast_reach_a_listening_node(hosts, listeners):
+    listeners.append(hosts.listen(2))
+    sent = hosts.run(1, "send", "b", "greeting", '{"hello": "world"}', "--priority", "8")
+    assert sent.returncode == 0, sent.stderr
+    assert sent.stdout.startswith("sent greeting to node 2 (b) at 127.0.0.32:")
+    reply = hosts.run(1, "send", "--request", "2", "task", "[1, 2]")
+    assert reply.returncode == 0, reply.stderr
+    assert reply.stdout.strip() == '{"by":2,"received":"task"}'
+    cast = hosts.run(3, "broadcast", "block", '{"height": 7}', "--timeout", "3")
+    assert cast.returncode == 0, cast.stderr
+    assert "to 2 (b)" in cast.stdout  # node 1 is not listening; node 2 is the one reached
+    out = stop(listeners.pop())
+    lines = [line for line in out.splitlines() if not line.startswith("--")]
+    assert lines[0].endswith('from 1 (a)  greeting  priority 8  {"hello":"world"}')
+    assert lines[1].endswith("from 1 (a)  task  priority 5  [1,2]")
+    assert lines[2].endswith('from 3 (c)  block  priority 5  {"height":7}')
+    assert "-- node 1 (a) at 127.0.0.31:" in out and " is up" in out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("send", "zeta", "t", "{}"), "unknown peer 'zeta'; the directory has: 2 (b), 3 (c)"),
+        (("send", "b", "t", "{oops"), "the JSON argument is not valid JSON: Expecting property name"),
+        (("broadcast", "t", "[1,"), "the JSON argument is not valid JSON"),
+        (("send", "b", "t", "{}", "--priority", "0"), "argument --priority: must be an integer 1-10"),
+    ],
+)
+def test_bad_input_gets_one_clear_line_and_exit_2(hosts, args, message):
+    result = hosts.run(1, *args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_missing_or_mismatched_state_is_a_clear_error(hosts, tmp_path):
+    result = subprocess.run(
+        [*WGMESH, "p2p", "send", "b", "t", "{}", "--state-dir", str(tmp_path / "nowhere")],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().endswith(
+        "p2p-directory.json: no such file (is the agent running and enrolled?)"
+    )
+    wrong = hosts.run(1, "send", "b", "t", "{}", "--identity-key", str(hosts.state(2) / "identity.key"))
+    assert wrong.returncode == 2 and "is not the identity of node 1" in wrong.stderr
+
+
+def test_an_unreachable_peer_is_reported_not_hung(hosts):
+    result = hosts.run(1, "send", "c", "t", "{}", "--timeout", "1")
+    assert result.returncode == 1
+    assert (
+        result.stderr.strip()
+        == f"wgmesh p2p send: cannot reach node 3 (c) at 127.0.0.33:{hosts.entries[3].port} within 1 s"
+    )
+
+
+async def test_a_killed_peer_process_is_seen_down_and_up_again_when_it_restarts(hosts):
+    """Node 1 runs here; node 3 is a `wgmesh p2p listen` process, killed with SIGKILL and restarted."""
+    node = Node(hosts.directory(1), hosts.keys[1], config=NodeConfig(backoff_initial=0.05, backoff_max=0.5))
+    got: list[Message] = []
+
+    async def record(message: Message) -> None:
+        got.append(message)
+
+    node.handle_any(record)
+    events = node.peer_events()
+
+    async def listen() -> asyncio.subprocess.Process:
+        proc = await asyncio.create_subprocess_exec(
+            *WGMESH, "p2p", "listen", "--state-dir", str(hosts.state(3)), stdout=asyncio.subprocess.PIPE
+        )
+        assert proc.stdout is not None
+        assert b"listening on port" in await asyncio.wait_for(proc.stdout.readline(), 20)
+        return proc
+
+    async def next_event(kind: type) -> PeerUp | PeerDown:
+        while True:
+            event = await asyncio.wait_for(events.__anext__(), 10)
+            if event.peer.node_id == 3:
+                assert isinstance(event, kind), event
+                return event
+
+    async with node:
+        proc = await listen()
+        try:
+            await next_event(PeerUp)
+            assert await node.request(3, "ping", None, timeout=5) == {"by": 3, "received": "ping"}
+            os.kill(proc.pid, signal.SIGKILL)
+            await proc.wait()
+            down = await next_event(PeerDown)
+            assert down.reason == "connection lost"
+            proc = await listen()
+            await next_event(PeerUp)
+            assert await node.request(3, "ping", None, timeout=5) == {"by": 3, "received": "ping"}
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
