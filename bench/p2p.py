@@ -39,10 +39,11 @@ from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 
 from keys.types import IdentityPrivateKey
+from p2p.config import NodeConfig
 from p2p.core.codec import BodyCodec
 from p2p.core.directory import Directory, DirectoryEntry
 from p2p.core.message import Message
-from p2p.node import Node, NodeConfig
+from p2p.node import Node
 
 MESSAGE_BYTES = 200
 DIRECT_N = 100_000

@@ -37,7 +37,7 @@ _EXPORTS = {
     "log_messages": "p2p.middleware",
     "rate_limit": "p2p.middleware",
     "Node": "p2p.node",
-    "NodeConfig": "p2p.node",
+    "NodeConfig": "p2p.config",
 }
 __all__ = [
     "DEFAULT_PORT",
@@ -80,6 +80,7 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:
+    from p2p.config import NodeConfig
     from p2p.core.admission import Delivery
     from p2p.core.counters import Counters
     from p2p.core.directory import DEFAULT_PORT, Directory, DirectoryEntry
@@ -96,4 +97,4 @@ if TYPE_CHECKING:
     )
     from p2p.events import PeerDown, PeerEvent, PeerUp
     from p2p.middleware import Refused, authorize_roles, log_messages, rate_limit
-    from p2p.node import Node, NodeConfig
+    from p2p.node import Node

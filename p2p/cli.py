@@ -146,7 +146,8 @@ def _show(data: Any) -> str:
 
 
 async def _listen(args: argparse.Namespace, directory: Directory, key: IdentityPrivateKey) -> int:
-    from p2p.node import Node, NodeConfig
+    from p2p.config import NodeConfig
+    from p2p.node import Node
 
     config = NodeConfig(host=args.host, port=args.port)
     path = args.directory or args.state_dir / FILE_NAME
@@ -182,7 +183,8 @@ async def _listen(args: argparse.Namespace, directory: Directory, key: IdentityP
 
 
 async def _send(args: argparse.Namespace, directory: Directory, key: IdentityPrivateKey) -> int:
-    from p2p.node import Node, NodeConfig
+    from p2p.config import NodeConfig
+    from p2p.node import Node
 
     target = _peer(directory, args.peer)
     data = _json(args.data)
@@ -209,7 +211,8 @@ async def _send(args: argparse.Namespace, directory: Directory, key: IdentityPri
 
 
 async def _broadcast(args: argparse.Namespace, directory: Directory, key: IdentityPrivateKey) -> int:
-    from p2p.node import Node, NodeConfig
+    from p2p.config import NodeConfig
+    from p2p.node import Node
 
     data = _json(args.data)
     if not len(directory):

@@ -32,7 +32,6 @@ import random
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +40,9 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from keys.types import IdentityPrivateKey
+from p2p.config import NodeConfig
 from p2p.core.admission import Admission, Delivery, verify_signatures
-from p2p.core.codec import COMPRESSION_THRESHOLD, BodyCodec, BodyError, BodyTooLarge
+from p2p.core.codec import BodyCodec, BodyError, BodyTooLarge
 from p2p.core.counters import Counters
 from p2p.core.directory import Directory, DirectoryEntry
 from p2p.core.frame import (
@@ -74,44 +74,12 @@ from p2p.core.session import (
 from p2p.directory import DirectoryFile
 from p2p.errors import NodeClosed, PayloadError, RequestFailed, RequestTimeout, SendTimeout, UnknownPeer
 from p2p.events import PeerDown, PeerEvent, PeerEventStream, PeerUp
+from p2p.handlers import HandlerTable
 from p2p.link import PeerConnection, PeerLink
-from p2p.middleware import Handler, Middleware, Next, Refused, chain
+from p2p.middleware import Handler, Middleware
 
 ITEM_OVERHEAD = 64  # bytes charged per queued item besides its body
 HEARTBEAT_SIZE = 16
-
-
-@dataclass(frozen=True)
-class NodeConfig:
-    host: str | None = None  # listen address; None: the directory's own address
-    port: int | None = None  # listen port; None: the directory's own port; 0: any free port
-    listen: bool = True
-    max_message_bytes: int = 4 * 1024 * 1024  # encoded payload, before compression
-    compression_threshold: int = COMPRESSION_THRESHOLD
-    send_queue_items: int = 4096
-    send_queue_bytes: int = 32 * 1024 * 1024
-    inbound_queue_items: int = 4096
-    inbound_queue_bytes: int = 32 * 1024 * 1024
-    batch_items: int = 256  # at most this many messages per frame when there is a backlog
-    batch_bytes: int = 256 * 1024
-    send_timeout: float = 10.0  # how long send() waits for room in a full queue
-    handshake_timeout: float = 5.0
-    heartbeat_interval: float = 1.0
-    dead_after: float = 3.5  # seconds of silence before a peer is declared dead
-    backoff_initial: float = 0.1
-    backoff_max: float = 10.0
-    replay_window: float = 60.0
-    replay_per_origin: int = 32_768
-    gossip_ttl: int = 4  # hops a broadcast may travel
-    handlers_per_peer: int = 1  # concurrent handler calls per peer; 1 keeps a peer's order
-    directory_poll_interval: float = 1.0
-    max_pending_handshakes: int = 64
-    ws_max_queue: int = 8  # frames websockets buffers per connection before it stops reading
-    verify_threads: int = 0  # threads verifying relayed messages' signatures; 0: one per core
-
-    @property
-    def max_frame_bytes(self) -> int:
-        return self.max_message_bytes + 64 * 1024
 
 
 class Node:
@@ -159,10 +127,7 @@ class Node:
         self._links: dict[int, PeerLink] = {}
         self._connections: set[PeerConnection] = set()
         self._pending: dict[bytes, tuple[int, asyncio.Future[Any]]] = {}
-        self._handlers: dict[str, Handler] = {}
-        self._fallback: Handler | None = None
-        self._middlewares: list[Middleware] = []
-        self._chains: dict[str, Next] = {}
+        self.handlers = HandlerTable(node_id=directory.own.node_id, counters=self.counters, log=self._log)
         self._streams: list[PeerEventStream] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._server: Server | None = None
@@ -247,35 +212,17 @@ class Node:
     # --- handlers --------------------------------------------------------------------------------------
 
     def handle(self, message_type: str, handler: Handler | None = None) -> Any:
-        """Register `handler` for `message_type`; usable as a decorator: `@node.handle("x")`."""
-        check_type(message_type)
-
-        def register(fn: Handler) -> Handler:
-            self._handlers[message_type] = fn
-            self._chains.clear()
-            return fn
-
-        return register(handler) if handler is not None else register
+        """Register `handler` for `message_type`; usable as a decorator: `@node.handle("x")`. A handler
+        is `async def handler(message) -> reply`; the reply goes back when the sender made a request."""
+        return self.handlers.handle(message_type, handler)
 
     def handle_any(self, handler: Handler) -> Handler:
         """The handler for every type without its own."""
-        self._fallback = handler
-        self._chains.clear()
-        return handler
+        return self.handlers.handle_any(handler)
 
     def use(self, middleware: Middleware) -> None:
         """Add a middleware around every handler; the first added is the outermost."""
-        self._middlewares.append(middleware)
-        self._chains.clear()
-
-    def _chain_for(self, message_type: str) -> Next | None:
-        found = self._chains.get(message_type)
-        if found is None:
-            handler = self._handlers.get(message_type, self._fallback)
-            if handler is None:
-                return None
-            found = self._chains[message_type] = chain(handler, self._middlewares)
-        return found
+        self.handlers.use(middleware)
 
     # --- what a program reads ---------------------------------------------------------------------------
 
@@ -625,6 +572,8 @@ class Node:
             except (OSError, TimeoutError, InvalidHandshake, InvalidURI, ConnectionClosed) as e:
                 if attempt == 0:
                     self._log.info("cannot reach %s: %s", entry.describe(), e or type(e).__name__)
+            except Exception:
+                self._log.exception("dialing %s failed unexpectedly", entry.describe())
             else:
                 session, hello = Session.dialer(peer=entry, **self._new_session_inputs())
                 conn = PeerConnection(ws, session, dialed=True)
@@ -691,6 +640,10 @@ class Node:
                 conn.reason = "peer sent a frame above the size limit"
             elif conn.reason is None:
                 conn.reason = "connection lost"
+        except Exception as e:
+            # A bug must cost one connection (which is redialed), never the node.
+            self._log.exception("connection failed unexpectedly")
+            conn.reason = f"internal error: {type(e).__name__}"
         finally:
             self._connections.discard(conn)
             session.close()
@@ -779,33 +732,9 @@ class Node:
             await self._dispatch(link, delivery)
 
     async def _dispatch(self, link: PeerLink, delivery: Delivery) -> None:
-        message = delivery.message
-        handle = self._chain_for(message.type)
-        if handle is None:
-            self.counters.no_handler += 1
-            if delivery.expects_reply:
-                await self._reply(
-                    link, message, f"node {self.node_id} has no handler for {message.type!r}", True
-                )
-            return
-        try:
-            result = await handle(delivery)
-        except Refused as e:
-            setattr(self.counters, e.counter, getattr(self.counters, e.counter) + 1)
-            if delivery.expects_reply:
-                await self._reply(link, message, f"refused: {e.reason}", True)
-            return
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:
-            self.counters.handler_error += 1
-            self._log.exception("handler for %r from node %d failed", message.type, message.sender)
-            if delivery.expects_reply:
-                text = f"handler for {message.type!r} failed on node {self.node_id}: {type(e).__name__}: {e}"
-                await self._reply(link, message, text, True)
-            return
+        answer = await self.handlers.run(delivery)
         if delivery.expects_reply:
-            await self._reply(link, message, result, False)
+            await self._reply(link, delivery.message, answer.data, answer.error)
 
     async def _reply(self, link: PeerLink, request: Message, data: Any, error: bool) -> None:
         try:
@@ -844,6 +773,10 @@ class Node:
                     await conn.ws.send(frame)
                 except ConnectionClosed:
                     self.counters.lost_in_flight += len(batch)
+                except Exception:
+                    self._log.exception("writing to %s failed", link.entry.describe())
+                    self.counters.lost_in_flight += len(batch)
+                    conn.abort()
             if not len(link.outbox):
                 link.outbox_idle.set()
 

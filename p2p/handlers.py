@@ -1,0 +1,88 @@
+"""`HandlerTable`: the handlers a node runs, by message type, and the middleware chain around each.
+
+`run(delivery)` calls the handler through the chain and turns every way it can end into an `Answer`
+(what a requester gets back) and at most one counter: no handler, refused by a middleware, handler
+raised. Nothing a handler does escapes to the transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from p2p.core.admission import Delivery
+from p2p.core.counters import Counters
+from p2p.core.message import check_type
+from p2p.middleware import Handler, Middleware, Next, Refused, chain
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """The outcome of a delivery: the handler's result, or an error text (`error` True)."""
+
+    data: Any
+    error: bool
+
+
+class HandlerTable:
+    def __init__(self, *, node_id: int, counters: Counters, log: logging.Logger) -> None:
+        self._node_id = node_id
+        self._counters = counters
+        self._log = log
+        self._handlers: dict[str, Handler] = {}
+        self._fallback: Handler | None = None
+        self._middlewares: list[Middleware] = []
+        self._chains: dict[str, Next] = {}  # built on first use, dropped on every registration
+
+    def handle(self, message_type: str, handler: Handler | None = None) -> Any:
+        """Register `handler` for `message_type`; usable as a decorator: `@node.handle("x")`."""
+        check_type(message_type)
+
+        def register(fn: Handler) -> Handler:
+            self._handlers[message_type] = fn
+            self._chains.clear()
+            return fn
+
+        return register(handler) if handler is not None else register
+
+    def handle_any(self, handler: Handler) -> Handler:
+        """The handler for every type without its own."""
+        self._fallback = handler
+        self._chains.clear()
+        return handler
+
+    def use(self, middleware: Middleware) -> None:
+        """Add a middleware around every handler; the first added is the outermost."""
+        self._middlewares.append(middleware)
+        self._chains.clear()
+
+    def _chain_for(self, message_type: str) -> Next | None:
+        found = self._chains.get(message_type)
+        if found is None:
+            handler = self._handlers.get(message_type, self._fallback)
+            if handler is None:
+                return None
+            found = self._chains[message_type] = chain(handler, self._middlewares)
+        return found
+
+    async def run(self, delivery: Delivery) -> Answer:
+        message = delivery.message
+        handle = self._chain_for(message.type)
+        if handle is None:
+            self._counters.no_handler += 1
+            return Answer(f"node {self._node_id} has no handler for {message.type!r}", True)
+        try:
+            return Answer(await handle(delivery), False)
+        except Refused as e:
+            setattr(self._counters, e.counter, getattr(self._counters, e.counter) + 1)
+            return Answer(f"refused: {e.reason}", True)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            self._counters.handler_error += 1
+            self._log.exception("handler for %r from node %d failed", message.type, message.sender)
+            return Answer(
+                f"handler for {message.type!r} failed on node {self._node_id}: {type(e).__name__}: {e}", True
+            )
