@@ -541,3 +541,9 @@ async def test_a_node_follows_its_directory_file(mesh_factory, tmp_path):
     write_directory(path, Directory.of(mesh.entries[1], [mesh.entries[3]]))  # node 2 left the mesh
     await until(lambda: node.connected_peers == {3}, what="node 2 to be dropped")
     del a
+
+
+async def test_a_node_refuses_an_identity_key_that_is_not_its_directory_entry(mesh_factory):
+    mesh = mesh_factory(2)
+    with pytest.raises(ValueError, match=r"identity key does not match the directory's self entry \(node 1\)"):
+        Node(mesh.directory(1), mesh.keys[2])

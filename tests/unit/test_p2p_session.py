@@ -7,6 +7,8 @@ import os
 from ipaddress import IPv4Address
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from keys.types import IdentityPrivateKey
 from p2p.core.counters import Counters
@@ -316,3 +318,42 @@ def test_sealing_needs_an_open_session(mesh):
     client, _ = mesh.dialer(1, 2)
     with pytest.raises(RuntimeError, match="handshake"):
         client.seal([PING_ITEM], 1.0)
+
+
+# --- whatever arrives, nothing raises ---------------------------------------------------------------------
+
+msgpack_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats()
+    | st.text(max_size=70)
+    | st.binary(max_size=70),
+    lambda inner: st.lists(inner, max_size=9) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    frames=st.lists(
+        st.binary(max_size=200) | msgpack_values.map(lambda v: VERSION_BYTE + pack(v)), max_size=4
+    )
+)
+def test_arbitrary_bytes_before_authentication_never_raise(mesh, frames):
+    session = mesh.listener(2)
+    for frame in frames:
+        events = session.receive(frame, 0.0)
+        assert all(isinstance(e, Outgoing | Closed) for e in events)
+    assert session.state is not SessionState.OPEN
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(items=st.lists(msgpack_values, max_size=6))
+def test_arbitrary_items_from_an_authenticated_peer_never_raise(pair, items):
+    client, server = pair
+    events = server.receive(client.seal(items, 1.0), 1.0)
+    # whatever was not a valid item was counted, and the connection stays open
+    assert server.state is SessionState.OPEN
+    assert all(isinstance(e, Envelope | GossipArrived) for e in events)
+    assert len(events) + server.counters.malformed >= sum(1 for i in items if i != [2])
