@@ -1,14 +1,20 @@
 """Push figures: 1,000 simulated agents long-poll one real controller process (uvicorn on 127.0.0.1,
-full-mesh policy); a new host enrolls; how long until every agent holds its new map (the bytes of a
-map with the new serial naming the new host's key).
+full-mesh policy); a new host enrolls; how long until every agent holds its new map.
 
-Baseline, measured in the same run: the same 1,000 agents fetching their current map all at once with
-no long-poll (`since=0`), i.e. the floor any push of 1,000 full maps can reach on this machine.
+Three rows, measured in the same run against the same controller:
+- baseline: the 1,000 agents fetch their current full map all at once with no long-poll (`since=0`),
+  the floor any push of 1,000 full maps can reach on this machine;
+- full push: agents long-poll without `delta=1` (protocol 1 before deltas): every agent gets its whole
+  ~380 KB map; it holds the new map when the answer has the new serial and names the new host's key;
+- delta push: agents long-poll with `delta=1`: every agent gets a NetMapDelta against the serial it
+  holds; it holds the new map when the delta's base_serial is its serial and the delta names the new
+  host's key. A few agents (VERIFIED) also keep the parsed map, apply every delta with
+  `wire.delta.apply_delta` and compare it with a full fetch at the end.
 
 The 1,000 nodes are written into the store before the controller starts (enrolling them one by one
 over HTTP would only measure enrollment); the measured enrollments go through the real API. The
 controller is a child process ended by its pid; its state lives in a temporary directory removed at
-the end. Goal: <= 1 s for all 1,000.
+the end. Goal: the delta push reaches all 1,000 agents in <= 1 s.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import base64
 import contextlib
 import ipaddress
 import os
+import re
 import resource
 import shutil
 import socket
@@ -32,16 +39,19 @@ from pathlib import Path
 
 import httpcore
 import httpx
+from pydantic import TypeAdapter
 
 from controller.credentials import NODE_PREFIX, credential_hash, ensure_admin_credential, new_secret
 from controller.sqlstore import SqlStore
 from controller.store import NodeWrite
 from keys import IdentityPrivateKey, WireGuardPrivateKey
 from wire import api
-from wire.models import EnrollRequest, enroll_signing_bytes
+from wire.delta import apply_delta
+from wire.models import EnrollRequest, NetMap, NetMapDelta, NetMapUpdate, enroll_signing_bytes
 
 AGENTS = 1000
 ROUNDS = 5
+VERIFIED = 10  # agents that also apply every delta to a parsed map and check it against a full fetch
 MESH = ipaddress.ip_network("198.19.0.0/16")
 POLL_TIMEOUT_S = 60
 ROUND_DEADLINE_S = 60.0
@@ -54,7 +64,10 @@ class SimAgent:
     credential: str
     serial: int = 0
     got: dict[int, float] = field(default_factory=dict)  # serial -> time it arrived
+    got_bytes: int = 0  # size of the answer that brought the new map
     client: httpx.AsyncClient | None = None  # each agent its own connection, as on its own host
+    held: NetMap | None = None  # VERIFIED agents only: the map, with every delta applied
+    mismatches: int = 0  # deltas whose base_serial was not the serial held
 
 
 def lighten_simulated_agents() -> None:
@@ -140,21 +153,32 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+_HEAD = re.compile(rb'^\{(?:"kind":"(full|delta)",)?"serial":(\d+),(?:"base_serial":(\d+),)?')
+_UPDATE: TypeAdapter[NetMap | NetMapDelta] = TypeAdapter(NetMapUpdate)
+
+
+def head_of(body: bytes) -> tuple[str, int, int | None]:
+    """(kind, serial, base_serial) of a rendered map or delta: its first fields."""
+    m = _HEAD.match(body[:120])
+    if m is None:
+        raise RuntimeError(f"not a map: {body[:120]!r}")
+    return (m[1] or b"full").decode(), int(m[2]), int(m[3]) if m[3] else None
+
+
 def serial_of(body: bytes) -> int:
-    """The serial of a rendered map: its first field."""
-    head = body[: body.index(b",")]
-    return int(head.split(b":")[1])
+    return head_of(body)[1]
 
 
-async def poll_forever(agent: SimAgent, stop: asyncio.Event, marker: list[bytes]) -> None:
+async def poll_forever(agent: SimAgent, stop: asyncio.Event, marker: list[bytes], delta: bool) -> None:
     headers = {"Authorization": f"Bearer {agent.credential}"}
     assert agent.client is not None
     failures = 0
     while not stop.is_set():
+        params = {"since": agent.serial, "timeout": POLL_TIMEOUT_S}
+        if delta:
+            params["delta"] = 1
         try:
-            r = await agent.client.get(
-                api.NETMAP, params={"since": agent.serial, "timeout": POLL_TIMEOUT_S}, headers=headers
-            )
+            r = await agent.client.get(api.NETMAP, params=params, headers=headers)
         except httpx.TransportError:
             failures += 1  # a dropped connection: an agent reconnects, as the real one does
             if stop.is_set() or failures > 3:
@@ -162,10 +186,22 @@ async def poll_forever(agent: SimAgent, stop: asyncio.Event, marker: list[bytes]
             continue
         if r.status_code == 200:
             body = r.content
-            serial = serial_of(body)
+            kind, serial, base = head_of(body)
+            if kind == "delta" and base != agent.serial:
+                agent.mismatches += 1  # not a delta to the map held: ask for the full map
+                agent.serial, agent.held = 0, None
+                continue
+            if agent.held is not None:
+                answer = _UPDATE.validate_json(body)
+                if isinstance(answer, NetMapDelta):
+                    assert agent.held is not None
+                    agent.held = apply_delta(agent.held, answer)
+                else:
+                    agent.held = answer
             # "Holds the new map": the new serial, with the newest host in it.
-            if not marker or marker[-1] in body:
-                agent.got.setdefault(serial, time.perf_counter())
+            if (not marker or marker[-1] in body) and serial not in agent.got:
+                agent.got[serial] = time.perf_counter()
+                agent.got_bytes = len(body)
             agent.serial = serial
         elif r.status_code != 204:
             raise RuntimeError(f"agent {agent.node_id}: {r.status_code} {r.text}")
@@ -198,71 +234,126 @@ def enroll_request(key: str, i: int) -> tuple[EnrollRequest, str]:
     return unsigned.model_copy(update={"signature": signature}), wg.base64()
 
 
-async def run(
-    url: str, admin: str, agents: list[SimAgent], controller_pid: int
-) -> tuple[float, list[dict[str, float]]]:
+HEADER = (
+    f"{'push':<6} {'round':>5} {'enroll s':>9} {'first s':>8} {'p50 s':>7} {'p99 s':>7} {'all s':>7} "
+    f"{'KB/agent':>9} {'server CPU s':>12} {'agents CPU s':>12}"
+)
+
+
+async def push_rounds(
+    name: str,
+    client: httpx.AsyncClient,
+    admin: str,
+    agents: list[SimAgent],
+    controller_pid: int,
+    delta: bool,
+    first_round: int,
+) -> list[dict[str, float]]:
+    """ROUNDS enrollments while every agent long-polls (with or without delta=1)."""
+    stop = asyncio.Event()
+    marker: list[bytes] = []
+    tasks = [asyncio.create_task(poll_forever(a, stop, marker, delta)) for a in agents]
+    admin_headers = {"Authorization": f"Bearer {admin}"}
+    rounds = []
+    try:
+        for i in range(first_round, first_round + ROUNDS):
+            r = await client.post(api.PREAUTH_KEYS, json={}, headers=admin_headers)
+            r.raise_for_status()
+            request, wg_key = enroll_request(r.json()["key"], i)
+            marker.append(wg_key.encode())
+            for a in agents:
+                a.got.clear()
+            body = request.model_dump_json()
+            server_cpu, agents_cpu = cpu_seconds(controller_pid), time.process_time()
+            start = time.perf_counter()
+            r = await client.post(api.ENROLL, content=body, headers={"Content-Type": "application/json"})
+            enrolled = time.perf_counter()
+            r.raise_for_status()
+            deadline = start + ROUND_DEADLINE_S
+            while sum(1 for a in agents if a.got) < len(agents):
+                for t in tasks:
+                    if t.done() and t.exception():
+                        raise t.exception()  # type: ignore[misc]
+                if time.perf_counter() > deadline:
+                    raise RuntimeError(
+                        f"round {i}: only {sum(1 for a in agents if a.got)} agents got the map"
+                    )
+                await asyncio.sleep(0.005)
+            arrivals = sorted(min(a.got.values()) - start for a in agents)
+            rounds.append(
+                {
+                    "server_cpu": cpu_seconds(controller_pid) - server_cpu,
+                    "agents_cpu": time.process_time() - agents_cpu,
+                    "enroll": enrolled - start,
+                    "first": arrivals[0],
+                    "p50": statistics.median(arrivals),
+                    "p99": arrivals[int(0.99 * (len(arrivals) - 1))],
+                    "all": arrivals[-1],
+                    "kb": statistics.mean(a.got_bytes for a in agents) / 1024,
+                }
+            )
+            x = rounds[-1]
+            print(
+                f"{name:<6} {i:>5} {x['enroll']:>9.3f} {x['first']:>8.3f} {x['p50']:>7.3f} {x['p99']:>7.3f} "
+                f"{x['all']:>7.3f} {x['kb']:>9.1f} {x['server_cpu']:>12.2f} {x['agents_cpu']:>12.2f}",
+                flush=True,
+            )
+    finally:
+        stop.set()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return rounds
+
+
+async def verify(agents: list[SimAgent]) -> tuple[int, int]:
+    """(VERIFIED agents whose delta-built map equals a full fetch, how many were checked)."""
+    ok = checked = 0
+    for a in agents:
+        if a.held is None:
+            continue
+        assert a.client is not None
+        r = await a.client.get(api.NETMAP, headers={"Authorization": f"Bearer {a.credential}"})
+        r.raise_for_status()
+        checked += 1
+        ok += NetMap.model_validate_json(r.content) == a.held
+    return ok, checked
+
+
+@dataclass
+class Figures:
+    baseline: float
+    full: list[dict[str, float]]
+    delta: list[dict[str, float]]
+    verified: tuple[int, int]
+    mismatches: int
+
+
+async def run(url: str, admin: str, agents: list[SimAgent], controller_pid: int) -> Figures:
     timeout = httpx.Timeout(POLL_TIMEOUT_S + 30)
     for a in agents:
         a.client = httpx.AsyncClient(base_url=url, timeout=timeout)
-    async with httpx.AsyncClient(base_url=url, timeout=timeout) as client:
-        await fetch_all(agents)  # connections up
-        baseline = min([await fetch_all(agents) for _ in range(2)])
-        stop = asyncio.Event()
-        marker: list[bytes] = []
-        tasks = [asyncio.create_task(poll_forever(a, stop, marker)) for a in agents]
-        admin_headers = {"Authorization": f"Bearer {admin}"}
-        rounds = []
-        try:
-            for i in range(1, ROUNDS + 1):
-                r = await client.post(api.PREAUTH_KEYS, json={}, headers=admin_headers)
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=timeout) as client:
+            await fetch_all(agents)  # connections up
+            baseline = min([await fetch_all(agents) for _ in range(2)])
+            print(
+                f"{'fetch':<6} {'':>5} {'':>9} {'':>8} {'':>7} {'':>7} {baseline:>7.3f}  (all fetch at once)"
+            )
+            full = await push_rounds("full", client, admin, agents, controller_pid, False, 1)
+            for a in agents[:VERIFIED]:  # they hold the parsed map the deltas will apply to
+                assert a.client is not None
+                r = await a.client.get(api.NETMAP, headers={"Authorization": f"Bearer {a.credential}"})
                 r.raise_for_status()
-                request, wg_key = enroll_request(r.json()["key"], i)
-                marker.append(wg_key.encode())
-                for a in agents:
-                    a.got.clear()
-                body = request.model_dump_json()
-                server_cpu, agents_cpu = cpu_seconds(controller_pid), time.process_time()
-                start = time.perf_counter()
-                r = await client.post(api.ENROLL, content=body, headers={"Content-Type": "application/json"})
-                enrolled = time.perf_counter()
-                r.raise_for_status()
-                deadline = start + ROUND_DEADLINE_S
-                while sum(1 for a in agents if a.got) < len(agents):
-                    for t in tasks:
-                        if t.done() and t.exception():
-                            raise t.exception()  # type: ignore[misc]
-                    if time.perf_counter() > deadline:
-                        raise RuntimeError(
-                            f"round {i}: only {sum(1 for a in agents if a.got)} agents got the map"
-                        )
-                    await asyncio.sleep(0.005)
-                arrivals = sorted(min(a.got.values()) - start for a in agents)
-                rounds.append(
-                    {
-                        "server_cpu": cpu_seconds(controller_pid) - server_cpu,
-                        "agents_cpu": time.process_time() - agents_cpu,
-                        "enroll": enrolled - start,
-                        "first": arrivals[0],
-                        "p50": statistics.median(arrivals),
-                        "p99": arrivals[int(0.99 * (len(arrivals) - 1))],
-                        "all": arrivals[-1],
-                    }
-                )
-                r = rounds[-1]
-                print(
-                    f"{i:>5} {r['enroll']:>9.3f} {r['first']:>8.3f} {r['p50']:>7.3f} {r['p99']:>7.3f} "
-                    f"{r['all']:>7.3f} {r['server_cpu']:>11.2f} {r['agents_cpu']:>11.2f}",
-                    flush=True,
-                )
-        finally:
-            stop.set()
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            for a in agents:
-                if a.client is not None:
-                    await a.client.aclose()
-        return baseline, rounds
+                a.held = NetMap.model_validate_json(r.content)
+                a.serial = a.held.serial
+            delta = await push_rounds("delta", client, admin, agents, controller_pid, True, ROUNDS + 1)
+            verified = await verify(agents)
+        return Figures(baseline, full, delta, verified, sum(a.mismatches for a in agents))
+    finally:
+        for a in agents:
+            if a.client is not None:
+                await a.client.aclose()
 
 
 def main() -> int:
@@ -283,11 +374,8 @@ def main() -> int:
         process = start_controller(state_dir, port)
         started = time.perf_counter() - t
         print(f"{AGENTS} nodes seeded in {seeded:.1f} s; controller (full mesh) started in {started:.1f} s")
-        print(
-            f"\n{'round':>5} {'enroll s':>9} {'first s':>8} {'p50 s':>7} {'p99 s':>7} {'all s':>7} "
-            f"{'server CPU s':>11} {'agents CPU s':>11}"
-        )
-        baseline, rounds = asyncio.run(run(f"http://127.0.0.1:{port}", admin, agents, process.pid))
+        print("\n" + HEADER)
+        figures = asyncio.run(run(f"http://127.0.0.1:{port}", admin, agents, process.pid))
     finally:
         if process is not None:
             process.terminate()
@@ -297,23 +385,43 @@ def main() -> int:
                 process.kill()
                 process.wait()
         shutil.rmtree(state_dir, ignore_errors=True)
-    push = statistics.median(r["all"] for r in rounds)
-    worst = max(r["all"] for r in rounds)
-    server_cpu = statistics.median(r["server_cpu"] for r in rounds)
-    agents_cpu = statistics.median(r["agents_cpu"] for r in rounds)
-    print(f"\nbaseline: {AGENTS} agents fetch their current map at once (no long-poll): {baseline:.3f} s")
+    baseline = figures.baseline
+
+    def med(rounds: list[dict[str, float]], key: str) -> float:
+        return statistics.median(r[key] for r in rounds)
+
+    delta_all, full_all = med(figures.delta, "all"), med(figures.full, "all")
+    delta_worst = max(r["all"] for r in figures.delta)
+    ok, checked = figures.verified
     print(
-        f"push: all {AGENTS} agents hold the new map {push:.3f} s after the enrollment started (median of {ROUNDS})"
+        f"\n{'all ' + str(AGENTS) + ' agents hold the new map':<44} {'median s':>9} {'worst s':>8} {'KB/agent':>9}"
+    )
+    print(f"{'baseline: all fetch their full map at once':<44} {baseline:>9.3f} {'':>8} {'':>9}")
+    for label, rounds in (
+        ("full-map push (long-poll, no delta)", figures.full),
+        ("delta push (delta=1)", figures.delta),
+    ):
+        worst = max(r["all"] for r in rounds)
+        print(f"{label:<44} {med(rounds, 'all'):>9.3f} {worst:>8.3f} {med(rounds, 'kb'):>9.1f}")
+    print(
+        f"\nCPU per push (median): controller {med(figures.full, 'server_cpu'):.2f} s full, "
+        f"{med(figures.delta, 'server_cpu'):.2f} s delta; the {AGENTS} simulated agents "
+        f"{med(figures.full, 'agents_cpu'):.2f} s full, {med(figures.delta, 'agents_cpu'):.2f} s delta; "
+        f"{os.cpu_count()} cores shared"
     )
     print(
-        f"CPU per push (median): controller {server_cpu:.2f} s, the {AGENTS} simulated agents {agents_cpu:.2f} s "
-        f"on {os.cpu_count()} cores; whichever is larger bounds the figure"
+        f"delta check: {ok}/{checked} agents rebuilt by apply_delta equal a full fetch; "
+        f"{figures.mismatches} deltas did not apply to the map held"
     )
+    goal = delta_all <= 1.0 and ok == checked > 0 and figures.mismatches == 0
     print(
-        f"RESULT name=push agents={AGENTS} push_all_s={push:.3f} push_all_worst_s={worst:.3f} "
-        f"push_p50_s={statistics.median(r['p50'] for r in rounds):.3f} fetch_all_baseline_s={baseline:.3f} "
-        f"push_over_fetch={push / baseline:.2f} enroll_s={statistics.median(r['enroll'] for r in rounds):.3f} "
-        f"controller_cpu_s={server_cpu:.2f} agents_cpu_s={agents_cpu:.2f} goal_met={'yes' if push <= 1.0 else 'no'}"
+        f"RESULT name=push agents={AGENTS} delta_push_all_s={delta_all:.3f} delta_push_worst_s={delta_worst:.3f} "
+        f"delta_push_p50_s={med(figures.delta, 'p50'):.3f} full_push_all_s={full_all:.3f} "
+        f"fetch_all_baseline_s={baseline:.3f} delta_over_fetch={delta_all / baseline:.2f} "
+        f"full_over_delta={full_all / delta_all:.1f} delta_kb={med(figures.delta, 'kb'):.1f} "
+        f"full_kb={med(figures.full, 'kb'):.1f} controller_cpu_delta_s={med(figures.delta, 'server_cpu'):.2f} "
+        f"agents_cpu_delta_s={med(figures.delta, 'agents_cpu'):.2f} verified={ok}/{checked} "
+        f"goal_met={'yes' if goal else 'no'}"
     )
     return 0
 
