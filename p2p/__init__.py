@@ -37,6 +37,7 @@ _EXPORTS = {
     "log_messages": "p2p.middleware",
     "rate_limit": "p2p.middleware",
     "Node": "p2p.node",
+    "LeaderElection": "p2p.election",
     "NodeConfig": "p2p.config",
 }
 __all__ = [
@@ -50,6 +51,7 @@ __all__ = [
     "Directory",
     "DirectoryEntry",
     "History",
+    "LeaderElection",
     "LeastRecentlyUsed",
     "MaxAge",
     "Message",
@@ -86,6 +88,7 @@ if TYPE_CHECKING:
     from p2p.core.directory import DEFAULT_PORT, Directory, DirectoryEntry
     from p2p.core.history import ByPriority, History, LeastRecentlyUsed, MaxAge
     from p2p.core.message import PRIORITY_DEFAULT, PRIORITY_MAX, PRIORITY_MIN, Message
+    from p2p.election import LeaderElection
     from p2p.errors import (
         NodeClosed,
         P2PError,

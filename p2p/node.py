@@ -334,6 +334,21 @@ class Node:
             await self._enqueue(link, item, priority, size)
         return message_id
 
+    def try_send(
+        self, peer: int, message_type: str, data: Any, *, priority: int = PRIORITY_DEFAULT
+    ) -> bytes | None:
+        """Queue a message for `peer` only if it is connected and its queue has room, without waiting;
+        the message id, or None (nothing was queued). For traffic that is useless late (heartbeats,
+        elections)."""
+        self._running()
+        link = self._link(peer)
+        check_type(message_type)
+        check_priority(priority)
+        if not link.up:
+            return None
+        message_id, item, size = self._direct(message_type, data, priority)
+        return message_id if link.push_outbox(item, priority, size) else None
+
     async def request(
         self,
         peer: int,

@@ -1,0 +1,80 @@
+"""Leader election over real nodes on loopback: one leader everyone agrees on, a new one when it dies."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable
+from ipaddress import IPv4Address
+
+from keys.types import IdentityPrivateKey
+from p2p import LeaderElection, Node, NodeConfig
+from p2p.core.directory import Directory, DirectoryEntry
+from p2p.core.election import ElectionTiming
+
+FAST = NodeConfig(heartbeat_interval=0.1, dead_after=0.6, backoff_initial=0.05, backoff_max=0.3)
+TIMING = ElectionTiming(election_timeout_min=0.4, election_timeout_max=0.8, heartbeat_interval=0.1)
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+async def until(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def test_three_nodes_agree_on_a_leader_and_replace_it_when_it_dies():
+    keys = {i: IdentityPrivateKey.generate() for i in (1, 2, 3)}
+    entries = {
+        i: DirectoryEntry(
+            i,
+            f"n{i}",
+            IPv4Address(f"127.0.0.{40 + i}"),
+            "worker",
+            k.public_key(),
+            free_port(f"127.0.0.{40 + i}"),
+        )
+        for i, k in keys.items()
+    }
+    nodes = {
+        i: Node(Directory.of(entries[i], [e for j, e in entries.items() if j != i]), keys[i], config=FAST)
+        for i in keys
+    }
+    elections = {i: LeaderElection(node, timing=TIMING) for i, node in nodes.items()}
+    try:
+        for i in nodes:
+            await nodes[i].start()
+            elections[i].start()
+        await until(
+            lambda: len({e.leader for e in elections.values()}) == 1 and elections[1].leader is not None,
+            what="agreement on a leader",
+        )
+        leader = elections[1].leader
+        assert sum(e.is_leader for e in elections.values()) == 1 and elections[leader].is_leader
+        first_term = elections[leader].term
+
+        await elections.pop(leader).close()
+        await nodes.pop(leader).close()
+        await until(
+            lambda: (
+                len({e.leader for e in elections.values()}) == 1
+                and next(iter(elections.values())).leader not in (None, leader)
+            ),
+            what="a new leader",
+        )
+        new = next(iter(elections.values())).leader
+        assert new != leader and elections[new].is_leader and elections[new].term > first_term
+        assert await elections[new].wait_leader(timeout=1) == new
+    finally:
+        for election in elections.values():
+            await election.close()
+        for node in nodes.values():
+            await node.close()
