@@ -70,6 +70,19 @@ class NodeCard:
         ).encode()
 
 
+@dataclass(frozen=True)
+class CardMatch:
+    """The cards of a newer directory against an older one's, per position in the newer one."""
+
+    old_pos: npt.NDArray[np.int64]  # the same node's position in the older directory; -1: a new node
+    removed: list[int]  # ids only in the older directory, ascending
+    gone: npt.NDArray[np.int64]  # their positions in the older directory
+    same_peer: npt.NDArray[np.bool_]  # the node's peer JSON head and host route are unchanged
+    same_route: npt.NDArray[np.bool_]  # the node's route JSON head is unchanged
+    same_host: npt.NDArray[np.bool_]  # the node's host route (its /32 in a relay's allowed IPs) is unchanged
+    same_tail: bool  # keepalive and mesh CIDR unchanged
+
+
 class Directory:
     """The node cards in routing-index order, the shared parts of every map, and their digest."""
 
@@ -83,6 +96,7 @@ class Directory:
         self.direct_peers = [c.peer_head + c.host_route + self.peer_tail for c in self.cards]
         self.direct_route_heads = [c.route_head + b'%d,"cost":' % c.node_id for c in self.cards]
         self._cost_texts: dict[int, bytes] = {-1: b"null"}
+        self._matches: dict[int, tuple[Directory, CardMatch]] = {}
         h = hashlib.blake2b(digest_size=32)
         h.update(f"{PROTOCOL_VERSION}|{mesh_cidr}|{keepalive}|".encode())
         for c in self.cards:
@@ -90,6 +104,39 @@ class Directory:
             h.update(c.host_route)
             h.update(b"|%d\n" % c.listen_port)
         self.digest = h.digest()
+
+    def match(self, older: Directory) -> CardMatch:
+        """How this directory's cards line up with those of `older` (cached: maps of many nodes are
+        diffed between the same two directories)."""
+        cached = self._matches.get(id(older))
+        if cached is not None and cached[0] is older:
+            return cached[1]
+        where = {node_id: p for p, node_id in enumerate(older.id_list)}
+        old_pos = np.array([where.get(node_id, -1) for node_id in self.id_list], dtype=np.int64)
+        same_peer = np.zeros(len(self.cards), dtype=bool)
+        same_route = np.zeros(len(self.cards), dtype=bool)
+        same_host = np.zeros(len(self.cards), dtype=bool)
+        for k, (card, p) in enumerate(zip(self.cards, old_pos.tolist(), strict=True)):
+            if p >= 0:
+                was = older.cards[p]
+                same = was is card
+                same_peer[k] = same or (was.peer_head == card.peer_head and was.host_route == card.host_route)
+                same_route[k] = same or was.route_head == card.route_head
+                same_host[k] = same or was.host_route == card.host_route
+        kept = set(self.id_list)
+        match = CardMatch(
+            old_pos=old_pos,
+            removed=sorted(i for i in older.id_list if i not in kept),
+            gone=np.array([p for p, i in enumerate(older.id_list) if i not in kept], dtype=np.int64),
+            same_peer=same_peer,
+            same_route=same_route,
+            same_host=same_host,
+            same_tail=older.peer_tail == self.peer_tail and older.mesh_cidr == self.mesh_cidr,
+        )
+        if len(self._matches) >= 8:
+            self._matches.pop(next(iter(self._matches)))
+        self._matches[id(older)] = (older, match)
+        return match
 
     def cost_texts(self, tenths: list[int]) -> list[bytes]:
         """JSON numbers for costs in tenths (-1: null), from a cache: maps repeat the same few costs."""
@@ -221,22 +268,74 @@ def render_netmap(
     return render_map(MapInputs(directory, index, next_row, tenths.astype(np.int32), forward), serial)
 
 
-def _changed(
-    old_ids: list[int], old: list[bytes], new_ids: list[int], new: list[bytes]
-) -> tuple[list[bytes], list[int]]:
-    """(fragments new or different in `new`, ids only in `old`), keyed by node id."""
-    before = dict(zip(old_ids, old, strict=True))
-    upserted = [f for i, f in zip(new_ids, new, strict=True) if before.get(i) != f]
-    removed = sorted(before.keys() - set(new_ids))
-    return upserted, removed
+def _vias(m: MapInputs) -> npt.NDArray[np.int64]:
+    """Per position, the position of the peer carrying traffic to it (itself: direct or unreachable)."""
+    positions = np.arange(len(m.directory.cards))
+    via = np.where(m.next_row >= 0, m.next_row, positions).astype(np.int64)
+    via[m.index] = m.index
+    return via
+
+
+# Above this many changed peers a delta renders the whole peer list and picks from it.
+_FEW_PEERS = 32
 
 
 def render_delta(old: MapInputs, new: MapInputs, base_serial: int, serial: int) -> bytes:
     """The JSON of `wire.models.NetMapDelta` turning the map rendered from `old` at `base_serial` into
-    the one rendered from `new` at `serial` (what `wire.delta.netmap_delta` of the two maps gives)."""
-    old_ids, new_ids = old.peer_ids, new.peer_ids
-    peers, peers_removed = _changed(old_ids, _peer_fragments(old), new_ids, _peer_fragments(new))
-    routes, routes_removed = _changed(old_ids, _route_fragments(old), new_ids, _route_fragments(new))
+    the one rendered from `new` at `serial`: exactly what `wire.delta.netmap_delta` of the two maps
+    gives, found on the arrays without rendering either map.
+
+    A peer's JSON changes when its card does, or when the set of destinations it carries does (its own
+    /32 when direct, plus every destination relayed through it); a route's when its card, its via or
+    its cost does."""
+    d_old, d_new = old.directory, new.directory
+    match = d_new.match(d_old)
+    ids = d_new.ids
+    via_old, via_new = _vias(old), _vias(new)
+    vid_old, vid_new = d_old.ids[via_old], ids[via_new]  # via as node ids
+    present = match.old_pos >= 0
+    at = np.where(present, match.old_pos, 0)
+    was_vid = np.where(present, vid_old[at], -1)  # per new position: its via in the old map
+    direct_new = vid_new == ids
+    direct_was = was_vid == ids
+    moved = present & (was_vid != vid_new)
+    gone = match.gone
+    carriers = np.concatenate(
+        (
+            was_vid[moved & ~direct_was],  # lost a relayed destination
+            vid_new[moved & ~direct_new],  # gained one
+            vid_new[~present & ~direct_new],  # a new node relayed through it
+            vid_old[gone][vid_old[gone] != d_old.ids[gone]],  # a removed node was relayed through it
+            vid_new[~match.same_host & ~direct_new],  # a relayed destination's address changed
+        )
+    )
+    peer_changed = ~present | ~match.same_peer | np.isin(ids, carriers) | (moved & (direct_new != direct_was))
+    if not match.same_tail:
+        peer_changed[:] = True
+    peer_changed[new.index] = False
+    route_changed = ~present | ~match.same_route | moved | (present & (old.tenths[at] != new.tenths))
+    route_changed[new.index] = False
+
+    cards = d_new.cards
+    changed = np.nonzero(peer_changed)[0].tolist()
+    if len(changed) > _FEW_PEERS:
+        every = _peer_fragments(new)
+        peers = [every[k - (k > new.index)] for k in changed]
+    else:
+        peers = []
+        for k in changed:
+            extra = np.nonzero(via_new == k)[0].tolist()
+            ips = [cards[x].host_route for x in extra if x != k]
+            if direct_new[k]:
+                ips.insert(0, cards[k].host_route)
+            peers.append(cards[k].peer_head + b",".join(ips) + d_new.peer_tail)
+    routes = []
+    for k in np.nonzero(route_changed)[0].tolist():
+        head = (
+            d_new.direct_route_heads[k] if direct_new[k] else cards[k].route_head + b'%d,"cost":' % vid_new[k]
+        )
+        routes.append(head + d_new.cost_texts([int(new.tenths[k])])[0] + b"}")
+    removed = json.dumps(match.removed).encode()
     return b"".join(
         (
             b'{"kind":"delta","serial":%d,"base_serial":%d,"node":' % (serial, base_serial),
@@ -246,11 +345,11 @@ def render_delta(old: MapInputs, new: MapInputs, base_serial: int, serial: int) 
             b',"peers_upserted":[',
             b",".join(peers),
             b'],"peers_removed":',
-            json.dumps(peers_removed).encode(),
+            removed,
             b',"routes_upserted":[',
             b",".join(routes),
             b'],"routes_removed":',
-            json.dumps(routes_removed).encode(),
+            removed,
             b',"protocol_version":%d}' % PROTOCOL_VERSION,
         )
     )
