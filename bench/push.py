@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-import httpcore
 import httpx
 from pydantic import TypeAdapter
 
@@ -55,6 +54,7 @@ VERIFIED = 10  # agents that also apply every delta to a parsed map and check it
 MESH = ipaddress.ip_network("198.19.0.0/16")
 POLL_TIMEOUT_S = 60
 ROUND_DEADLINE_S = 60.0
+SETTLE_S = 1.0
 START_DEADLINE_S = 120.0
 
 
@@ -65,25 +65,59 @@ class SimAgent:
     serial: int = 0
     got: dict[int, float] = field(default_factory=dict)  # serial -> time it arrived
     got_bytes: int = 0  # size of the answer that brought the new map
-    client: httpx.AsyncClient | None = None  # each agent its own connection, as on its own host
+    conn: AgentConnection | None = None  # each agent its own connection, as on its own host
     held: NetMap | None = None  # VERIFIED agents only: the map, with every delta applied
     mismatches: int = 0  # deltas whose base_serial was not the serial held
 
 
-def lighten_simulated_agents() -> None:
-    """1,000 agents share one core of this machine; real agents each have a host. Two costs of httpx
-    that only the simulation feels are taken out, so the figures measure the controller:
-    - httpcore asks `import sniffio` on every request; where sniffio is not installed each failed
-      import walks sys.path (about 0.5 ms a request);
-    - httpcore reads a response 64 KiB at a time, and the Python work per read is most of what the
-      agents spend on a ~380 KB map; they read 1 MiB at a time instead.
-    """
-    if "sniffio" not in sys.modules:
-        try:
-            import sniffio  # noqa: F401
-        except ImportError:
-            sys.modules["sniffio"] = None  # type: ignore[assignment]
-    httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = 1 << 20
+class AgentConnection:
+    """One simulated agent's keep-alive HTTP/1.1 connection to the controller: GET with the node's
+    bearer credential, answers with a Content-Length body (all uvicorn sends for these routes).
+
+    1,000 agents share one core of this machine with the controller; real agents each have a host.
+    httpx costs an agent about a millisecond of Python per request, which would make the simulated
+    agents, not the controller, the bottleneck; this speaks the bare protocol instead. The controller
+    sees ordinary requests on ordinary connections, one per agent."""
+
+    def __init__(self, port: int, credential: str) -> None:
+        self.port = port
+        self._head = b"host: 127.0.0.1:%d\r\nauthorization: Bearer %s\r\n\r\n" % (port, credential.encode())
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def get(self, target: str) -> tuple[int, bytes]:
+        """(status, body); reconnects once when the controller closed an idle connection."""
+        for attempt in (1, 2):
+            if self._writer is None:
+                self._reader, self._writer = await asyncio.open_connection("127.0.0.1", self.port)
+            assert self._reader is not None
+            try:
+                self._writer.write(b"GET " + target.encode() + b" HTTP/1.1\r\n" + self._head)
+                head = await self._reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n")[1:]:
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                body = await self._reader.readexactly(length) if length else b""
+                return int(head[9:12]), body
+            except (asyncio.IncompleteReadError, ConnectionError):
+                await self.close()
+                if attempt == 2:
+                    raise
+            except asyncio.CancelledError:
+                # a request cut off midway leaves its answer on the connection: never reuse it
+                self._writer.close()
+                self._reader = self._writer = None
+                raise
+        raise AssertionError("unreachable")
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            with contextlib.suppress(OSError):
+                await self._writer.wait_closed()
+        self._reader = self._writer = None
 
 
 def free_port() -> int:
@@ -169,29 +203,22 @@ def serial_of(body: bytes) -> int:
     return head_of(body)[1]
 
 
-async def poll_forever(agent: SimAgent, stop: asyncio.Event, marker: list[bytes], delta: bool) -> None:
-    headers = {"Authorization": f"Bearer {agent.credential}"}
-    assert agent.client is not None
-    failures = 0
-    while not stop.is_set():
-        params = {"since": agent.serial, "timeout": POLL_TIMEOUT_S}
-        if delta:
-            params["delta"] = 1
-        try:
-            r = await agent.client.get(api.NETMAP, params=params, headers=headers)
-        except httpx.TransportError:
-            failures += 1  # a dropped connection: an agent reconnects, as the real one does
-            if stop.is_set() or failures > 3:
-                raise
-            continue
-        if r.status_code == 200:
-            body = r.content
+async def poll_forever(agent: SimAgent, polling: Polling) -> None:
+    assert agent.conn is not None
+    while not polling.stop.is_set():
+        flag = "&delta=1" if polling.delta else ""
+        status, body = await agent.conn.get(
+            f"{api.NETMAP}?since={agent.serial}&timeout={POLL_TIMEOUT_S}{flag}"
+        )
+        if status == 200:
             kind, serial, base = head_of(body)
-            if kind == "delta" and base != agent.serial:
+            if kind == "delta" and (
+                base != agent.serial or (agent.held is None and agent.node_id <= VERIFIED)
+            ):
                 agent.mismatches += 1  # not a delta to the map held: ask for the full map
                 agent.serial, agent.held = 0, None
                 continue
-            if agent.held is not None:
+            if agent.held is not None or (polling.delta and agent.node_id <= VERIFIED):
                 answer = _UPDATE.validate_json(body)
                 if isinstance(answer, NetMapDelta):
                     assert agent.held is not None
@@ -199,20 +226,25 @@ async def poll_forever(agent: SimAgent, stop: asyncio.Event, marker: list[bytes]
                 else:
                     agent.held = answer
             # "Holds the new map": the new serial, with the newest host in it.
-            if (not marker or marker[-1] in body) and serial not in agent.got:
+            if polling.marker in body and serial not in agent.got:
                 agent.got[serial] = time.perf_counter()
                 agent.got_bytes = len(body)
             agent.serial = serial
-        elif r.status_code != 204:
-            raise RuntimeError(f"agent {agent.node_id}: {r.status_code} {r.text}")
+        elif status != 204:
+            raise RuntimeError(f"agent {agent.node_id}: {status} {body[:200]!r}")
+
+
+async def full_map(agent: SimAgent) -> bytes:
+    assert agent.conn is not None
+    status, body = await agent.conn.get(api.NETMAP)
+    if status != 200:
+        raise RuntimeError(f"agent {agent.node_id}: {status} {body[:200]!r}")
+    return body
 
 
 async def fetch_all(agents: list[SimAgent]) -> float:
     async def one(agent: SimAgent) -> None:
-        assert agent.client is not None
-        r = await agent.client.get(api.NETMAP, headers={"Authorization": f"Bearer {agent.credential}"})
-        r.raise_for_status()
-        agent.serial = serial_of(r.content)
+        agent.serial = serial_of(await full_map(agent))
 
     start = time.perf_counter()
     await asyncio.gather(*(one(a) for a in agents))
@@ -240,70 +272,69 @@ HEADER = (
 )
 
 
-async def push_rounds(
+@dataclass
+class Polling:
+    """The agents' long-poll loops: whether they ask for deltas, and the newest host's key (an answer
+    naming it brings the new map)."""
+
+    delta: bool = False
+    marker: bytes = b""
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+async def push_round(
     name: str,
+    number: int,
     client: httpx.AsyncClient,
     admin: str,
     agents: list[SimAgent],
+    tasks: list[asyncio.Task[None]],
+    polling: Polling,
     controller_pid: int,
-    delta: bool,
-    first_round: int,
-) -> list[dict[str, float]]:
-    """ROUNDS enrollments while every agent long-polls (with or without delta=1)."""
-    stop = asyncio.Event()
-    marker: list[bytes] = []
-    tasks = [asyncio.create_task(poll_forever(a, stop, marker, delta)) for a in agents]
+    show: bool = True,
+) -> dict[str, float]:
+    """One enrollment while every agent long-polls; figures of how it reached them."""
+    # A push into idle long-polls: every agent's poll is parked before the enrollment.
+    await asyncio.sleep(SETTLE_S)
     admin_headers = {"Authorization": f"Bearer {admin}"}
-    rounds = []
-    try:
-        for i in range(first_round, first_round + ROUNDS):
-            r = await client.post(api.PREAUTH_KEYS, json={}, headers=admin_headers)
-            r.raise_for_status()
-            request, wg_key = enroll_request(r.json()["key"], i)
-            marker.append(wg_key.encode())
-            for a in agents:
-                a.got.clear()
-            body = request.model_dump_json()
-            server_cpu, agents_cpu = cpu_seconds(controller_pid), time.process_time()
-            start = time.perf_counter()
-            r = await client.post(api.ENROLL, content=body, headers={"Content-Type": "application/json"})
-            enrolled = time.perf_counter()
-            r.raise_for_status()
-            deadline = start + ROUND_DEADLINE_S
-            while sum(1 for a in agents if a.got) < len(agents):
-                for t in tasks:
-                    if t.done() and t.exception():
-                        raise t.exception()  # type: ignore[misc]
-                if time.perf_counter() > deadline:
-                    raise RuntimeError(
-                        f"round {i}: only {sum(1 for a in agents if a.got)} agents got the map"
-                    )
-                await asyncio.sleep(0.005)
-            arrivals = sorted(min(a.got.values()) - start for a in agents)
-            rounds.append(
-                {
-                    "server_cpu": cpu_seconds(controller_pid) - server_cpu,
-                    "agents_cpu": time.process_time() - agents_cpu,
-                    "enroll": enrolled - start,
-                    "first": arrivals[0],
-                    "p50": statistics.median(arrivals),
-                    "p99": arrivals[int(0.99 * (len(arrivals) - 1))],
-                    "all": arrivals[-1],
-                    "kb": statistics.mean(a.got_bytes for a in agents) / 1024,
-                }
-            )
-            x = rounds[-1]
-            print(
-                f"{name:<6} {i:>5} {x['enroll']:>9.3f} {x['first']:>8.3f} {x['p50']:>7.3f} {x['p99']:>7.3f} "
-                f"{x['all']:>7.3f} {x['kb']:>9.1f} {x['server_cpu']:>12.2f} {x['agents_cpu']:>12.2f}",
-                flush=True,
-            )
-    finally:
-        stop.set()
+    r = await client.post(api.PREAUTH_KEYS, json={}, headers=admin_headers)
+    r.raise_for_status()
+    request, wg_key = enroll_request(r.json()["key"], number)
+    polling.marker = wg_key.encode()
+    for a in agents:
+        a.got.clear()
+    body = request.model_dump_json()
+    server_cpu, agents_cpu = cpu_seconds(controller_pid), time.process_time()
+    start = time.perf_counter()
+    r = await client.post(api.ENROLL, content=body, headers={"Content-Type": "application/json"})
+    enrolled = time.perf_counter()
+    r.raise_for_status()
+    deadline = start + ROUND_DEADLINE_S
+    while sum(1 for a in agents if a.got) < len(agents):
         for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    return rounds
+            if t.done() and t.exception():
+                raise t.exception()  # type: ignore[misc]
+        if time.perf_counter() > deadline:
+            raise RuntimeError(f"round {number}: only {sum(1 for a in agents if a.got)} agents got the map")
+        await asyncio.sleep(0.005)
+    arrivals = sorted(min(a.got.values()) - start for a in agents)
+    x = {
+        "server_cpu": cpu_seconds(controller_pid) - server_cpu,
+        "agents_cpu": time.process_time() - agents_cpu,
+        "enroll": enrolled - start,
+        "first": arrivals[0],
+        "p50": statistics.median(arrivals),
+        "p99": arrivals[int(0.99 * (len(arrivals) - 1))],
+        "all": arrivals[-1],
+        "kb": statistics.mean(a.got_bytes for a in agents) / 1024,
+    }
+    if show:
+        print(
+            f"{name:<6} {number:>5} {x['enroll']:>9.3f} {x['first']:>8.3f} {x['p50']:>7.3f} {x['p99']:>7.3f} "
+            f"{x['all']:>7.3f} {x['kb']:>9.1f} {x['server_cpu']:>12.2f} {x['agents_cpu']:>12.2f}",
+            flush=True,
+        )
+    return x
 
 
 async def verify(agents: list[SimAgent]) -> tuple[int, int]:
@@ -312,11 +343,8 @@ async def verify(agents: list[SimAgent]) -> tuple[int, int]:
     for a in agents:
         if a.held is None:
             continue
-        assert a.client is not None
-        r = await a.client.get(api.NETMAP, headers={"Authorization": f"Bearer {a.credential}"})
-        r.raise_for_status()
         checked += 1
-        ok += NetMap.model_validate_json(r.content) == a.held
+        ok += NetMap.model_validate_json(await full_map(a)) == a.held
     return ok, checked
 
 
@@ -329,10 +357,11 @@ class Figures:
     mismatches: int
 
 
-async def run(url: str, admin: str, agents: list[SimAgent], controller_pid: int) -> Figures:
+async def run(port: int, admin: str, agents: list[SimAgent], controller_pid: int) -> Figures:
+    url = f"http://127.0.0.1:{port}"
     timeout = httpx.Timeout(POLL_TIMEOUT_S + 30)
     for a in agents:
-        a.client = httpx.AsyncClient(base_url=url, timeout=timeout)
+        a.conn = AgentConnection(port, a.credential)
     try:
         async with httpx.AsyncClient(base_url=url, timeout=timeout) as client:
             await fetch_all(agents)  # connections up
@@ -340,24 +369,37 @@ async def run(url: str, admin: str, agents: list[SimAgent], controller_pid: int)
             print(
                 f"{'fetch':<6} {'':>5} {'':>9} {'':>8} {'':>7} {'':>7} {baseline:>7.3f}  (all fetch at once)"
             )
-            full = await push_rounds("full", client, admin, agents, controller_pid, False, 1)
-            for a in agents[:VERIFIED]:  # they hold the parsed map the deltas will apply to
-                assert a.client is not None
-                r = await a.client.get(api.NETMAP, headers={"Authorization": f"Bearer {a.credential}"})
-                r.raise_for_status()
-                a.held = NetMap.model_validate_json(r.content)
-                a.serial = a.held.serial
-            delta = await push_rounds("delta", client, admin, agents, controller_pid, True, ROUNDS + 1)
+            polling = Polling()
+            tasks = [asyncio.create_task(poll_forever(a, polling)) for a in agents]
+            try:
+                full = [
+                    await push_round("full", i, client, admin, agents, tasks, polling, controller_pid)
+                    for i in range(1, ROUNDS + 1)
+                ]
+                # From now on the agents ask for deltas; the polls parked without delta=1 are answered
+                # by one unmeasured enrollment (VERIFIED agents keep that full map to apply deltas to).
+                polling.delta = True
+                await push_round(
+                    "warmup", 0, client, admin, agents, tasks, polling, controller_pid, show=False
+                )
+                delta = [
+                    await push_round("delta", i, client, admin, agents, tasks, polling, controller_pid)
+                    for i in range(ROUNDS + 1, 2 * ROUNDS + 1)
+                ]
+            finally:
+                polling.stop.set()
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
             verified = await verify(agents)
         return Figures(baseline, full, delta, verified, sum(a.mismatches for a in agents))
     finally:
         for a in agents:
-            if a.client is not None:
-                await a.client.aclose()
+            if a.conn is not None:
+                await a.conn.close()
 
 
 def main() -> int:
-    lighten_simulated_agents()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < 4 * AGENTS:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8 * AGENTS), hard))
@@ -375,7 +417,7 @@ def main() -> int:
         started = time.perf_counter() - t
         print(f"{AGENTS} nodes seeded in {seeded:.1f} s; controller (full mesh) started in {started:.1f} s")
         print("\n" + HEADER)
-        figures = asyncio.run(run(f"http://127.0.0.1:{port}", admin, agents, process.pid))
+        figures = asyncio.run(run(port, admin, agents, process.pid))
     finally:
         if process is not None:
             process.terminate()
