@@ -542,5 +542,7 @@ async def test_a_node_follows_its_directory_file(mesh_factory, tmp_path):
 
 async def test_a_node_refuses_an_identity_key_that_is_not_its_directory_entry(mesh_factory):
     mesh = mesh_factory(2)
-    with pytest.raises(ValueError, match=r"identity key does not match the directory's self entry \(node 1\)"):
+    with pytest.raises(
+        ValueError, match=r"identity key does not match the directory's self entry \(node 1\)"
+    ):
         Node(mesh.directory(1), mesh.keys[2])
