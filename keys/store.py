@@ -24,13 +24,13 @@ def ensure_private_dir(path: Path) -> None:
     os.chmod(path, 0o700)
 
 
-def write_private_file(path: Path, data: bytes | str) -> None:
-    """Write `data` to `path` atomically with mode 0600: readers see the old file or the new one."""
+def write_file_atomically(path: Path, data: bytes | str, mode: int) -> None:
+    """Write `data` to `path` atomically with `mode` (temp file, fsync, rename, fsync of the directory):
+    readers see the old file or the new one, never a torn one, also after a crash."""
     payload = data.encode() if isinstance(data, str) else data
-    ensure_private_dir(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, 0o600)
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
             f.flush()
@@ -45,6 +45,12 @@ def write_private_file(path: Path, data: bytes | str) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def write_private_file(path: Path, data: bytes | str) -> None:
+    """Write `data` to `path` atomically with mode 0600 in a 0700 directory."""
+    ensure_private_dir(path.parent)
+    write_file_atomically(path, data, 0o600)
 
 
 def save_key(path: Path, key: _Key) -> None:

@@ -9,12 +9,12 @@ something, so `lab down` can undo a half-finished `lab up`.
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from keys.store import write_file_atomically
 from lab.layout import LabLayout
 
 RECORD_VERSION = 1
@@ -63,13 +63,7 @@ class LabRecord(_Model):
 
 def save(layout: LabLayout, record: LabRecord) -> None:
     layout.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = layout.record_path.with_suffix(".json.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(record.model_dump_json(indent=2))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, layout.record_path)
+    write_file_atomically(layout.record_path, record.model_dump_json(indent=2), 0o600)
 
 
 def load(layout: LabLayout) -> LabRecord:

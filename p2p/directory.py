@@ -19,10 +19,7 @@ IPv6). Unknown fields are refused so a typo is an error, not a silent default.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from ipaddress import ip_address
 from pathlib import Path
@@ -30,6 +27,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from keys.store import write_file_atomically
 from keys.types import IdentityPublicKey
 from p2p.core.directory import DEFAULT_PORT, Directory, DirectoryEntry
 from wire.fields import IdPublicKey, Role
@@ -137,20 +135,8 @@ def load_directory(path: Path) -> Directory:
 def write_directory(path: Path, directory: Directory) -> None:
     """Write atomically (temp file, fsync, rename): a reader sees the old file or the new one, never a
     torn one. Mode 0644: the directory holds only public keys and addresses."""
-    data = directory_json(directory).encode()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    write_file_atomically(path, directory_json(directory), 0o644)
 
 
 def directory_from_netmap(
