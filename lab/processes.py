@@ -4,6 +4,8 @@ Rules:
 - Every host process (agent, the wireguard-go it starts, whatever `lab exec` runs) runs in the host's
   network namespace AND a private mount namespace where the host's own directory is bind-mounted on
   /run/wireguard, so each host's `wg0.sock` is its own and `wg show` inside the host just works.
+- Every host process also gets WGMESH_STATE_DIR=the host's state directory, so a `wgmesh p2p` command
+  run on the host (`lab exec`) finds the host's identity key and p2p directory without `--state-dir`.
 - The exec chain (`ip netns exec` -> `unshare` -> `sh -c 'exec ...'`) replaces itself at every step,
   so the pid we get from Popen is the pid of the final program; we record it with its kernel start
   time.
@@ -29,6 +31,8 @@ from lab.layout import HostLayout
 from lab.record import ProcessRecord
 
 _MOUNT_WIREGUARD = 'mkdir -p /run/wireguard && mount --bind "$0" /run/wireguard && exec "$@"'
+# Read by `wgmesh p2p` (p2p.cli.STATE_DIR_ENV) when no --state-dir is given.
+STATE_DIR_ENV = "WGMESH_STATE_DIR"
 
 
 def wgmesh_argv(*args: str) -> list[str]:
@@ -41,9 +45,11 @@ def in_namespace(namespace: str, argv: Sequence[str]) -> list[str]:
 
 
 def in_host(host: HostLayout, argv: Sequence[str]) -> list[str]:
-    """`argv` as it must run on `host`: its network namespace plus its private /run/wireguard."""
+    """`argv` as it must run on `host`: its network namespace, its private /run/wireguard and its state
+    directory in the environment (`env` execs too, so the pid is still the final program's)."""
     private_mounts = ["unshare", "-m", "--propagation", "private", "sh", "-c", _MOUNT_WIREGUARD]
-    return in_namespace(host.namespace, [*private_mounts, str(host.run_dir), *argv])
+    state = ["env", f"{STATE_DIR_ENV}={host.state_dir}"]
+    return in_namespace(host.namespace, [*private_mounts, str(host.run_dir), *state, *argv])
 
 
 def _stat_fields(pid: int) -> list[str] | None:

@@ -5,8 +5,10 @@
     wgmesh p2p send --request PEER TYPE JSON   ... and print the reply
     wgmesh p2p broadcast TYPE JSON         send a signed message to every reachable node
 
-The node's identity and directory come from the agent's state directory (`--state-dir`, default
-/var/lib/wgmesh: identity.key and p2p-directory.json), or from `--directory FILE --identity-key FILE`.
+The node's identity and directory come from the agent's state directory (`--state-dir`; default: the
+environment variable WGMESH_STATE_DIR when set, else /var/lib/wgmesh; it holds identity.key and
+p2p-directory.json), or from `--directory FILE --identity-key FILE`. A lab host sets WGMESH_STATE_DIR
+for every command it runs, so `wgmesh lab exec h1 -- wgmesh p2p listen` finds h1's state.
 `send` and `broadcast` only dial out (they do not listen), so they work next to a running program that
 listens on the node's p2p port. Exit codes: 0 done, 1 the mesh did not cooperate (peer unreachable,
 timeout, refused), 2 bad input (arguments, JSON, unknown peer, unreadable files).
@@ -19,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -34,6 +37,8 @@ from p2p.errors import P2PError
 from p2p.events import PeerDown
 
 DEFAULT_STATE_DIR = Path("/var/lib/wgmesh")
+# Names the state directory when --state-dir is not given (an empty value counts as unset).
+STATE_DIR_ENV = "WGMESH_STATE_DIR"
 IDENTITY_FILE = "identity.key"
 
 
@@ -61,12 +66,15 @@ def _positive(text: str) -> float:
     return value
 
 
-def _parser(prog: str) -> argparse.ArgumentParser:
+def _parser(prog: str, default_state_dir: Path) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description="Try the p2p messaging layer from a shell.")
     common = argparse.ArgumentParser(add_help=False)
     where = common.add_argument_group("node identity")
     where.add_argument(
-        "--state-dir", type=Path, default=DEFAULT_STATE_DIR, help="the agent's state directory"
+        "--state-dir",
+        type=Path,
+        default=default_state_dir,
+        help=f"the agent's state directory (default: ${STATE_DIR_ENV} or {DEFAULT_STATE_DIR})",
     )
     where.add_argument(
         "--directory", type=Path, help=f"the p2p directory file (default: STATE_DIR/{FILE_NAME})"
@@ -234,7 +242,8 @@ async def _broadcast(args: argparse.Namespace, directory: Directory, key: Identi
 
 
 def main(argv: Sequence[str], prog: str = "wgmesh p2p") -> int:
-    args = _parser(prog).parse_args(argv)
+    default_state_dir = Path(os.environ.get(STATE_DIR_ENV) or DEFAULT_STATE_DIR)
+    args = _parser(prog, default_state_dir).parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )

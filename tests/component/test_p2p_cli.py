@@ -202,3 +202,22 @@ async def test_a_killed_peer_process_is_seen_down_and_up_again_when_it_restarts(
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
+
+
+def test_the_state_dir_comes_from_wgmesh_state_dir_when_not_given(hosts, tmp_path):
+    def run(env_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+        env = dict(os.environ, WGMESH_STATE_DIR=str(env_dir))
+        return subprocess.run(
+            [*WGMESH, "p2p", "send", *args], capture_output=True, text=True, timeout=20, env=env
+        )
+
+    # Host 1's state is found through the variable: it knows c, and c is not listening.
+    found = run(hosts.state(1), "c", "t", "{}", "--timeout", "1")
+    assert found.returncode == 1
+    assert "cannot reach node 3 (c)" in found.stderr
+    nowhere = run(tmp_path / "nowhere", "c", "t", "{}")
+    assert nowhere.returncode == 2
+    assert f"{tmp_path / 'nowhere' / 'p2p-directory.json'}: no such file" in nowhere.stderr
+    # --state-dir wins over the variable.
+    given = run(tmp_path / "nowhere", "c", "t", "{}", "--timeout", "1", "--state-dir", str(hosts.state(1)))
+    assert given.returncode == 1 and "cannot reach node 3 (c)" in given.stderr

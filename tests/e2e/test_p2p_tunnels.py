@@ -68,7 +68,8 @@ class Listener:
 
 
 def p2p_argv(lab: Lab, host: str, *args: str) -> list[str]:
-    return lab.exec_argv(host, wgmesh_argv("p2p", *args, "--state-dir", str(lab.host(host).state_dir)))
+    """`wgmesh lab exec HOST -- wgmesh p2p ARGS`: no --state-dir, the host's own state is found."""
+    return lab.exec_argv(host, wgmesh_argv("p2p", *args))
 
 
 def p2p(lab: Lab, host: str, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
