@@ -111,12 +111,13 @@ class MaxAge:
         return self._order.popitem(last=False)[0] if self._order else None
 
     def expired(self, now: float) -> list[bytes]:
-        horizon = now - self.seconds
+        # Same expression as expires_at: `now - seconds` rounds differently and would keep an entry
+        # whose expiry time has passed.
         out: list[bytes] = []
         order = self._order
         while order:
             key, at = next(iter(order.items()))
-            if at > horizon:
+            if at + self.seconds > now:
                 break
             order.popitem(last=False)
             out.append(key)
@@ -161,11 +162,11 @@ class ByPriority:
             return []
         out: list[bytes] = []
         for priority in range(PRIORITY_MIN, PRIORITY_MAX + 1):
-            horizon = now - self.base_age * priority
+            lifetime = self.base_age * priority
             bucket = self._buckets[priority]
             while bucket:
                 key, at = next(iter(bucket.items()))
-                if at > horizon:
+                if at + lifetime > now:
                     break
                 bucket.popitem(last=False)
                 out.append(key)
