@@ -181,7 +181,8 @@ async def test_a_killed_peer_process_is_seen_down_and_up_again_when_it_restarts(
 
     async def next_event(kind: type) -> PeerUp | PeerDown:
         while True:
-            event = await asyncio.wait_for(events.__anext__(), 10)
+            # deadlines, not timing goals: generous so a loaded 2-core machine does not flake
+            event = await asyncio.wait_for(events.__anext__(), 30)
             if event.peer.node_id == 3:
                 assert isinstance(event, kind), event
                 return event
@@ -190,14 +191,14 @@ async def test_a_killed_peer_process_is_seen_down_and_up_again_when_it_restarts(
         proc = await listen()
         try:
             await next_event(PeerUp)
-            assert await node.request(3, "ping", None, timeout=5) == {"by": 3, "received": "ping"}
+            assert await node.request(3, "ping", None, timeout=15) == {"by": 3, "received": "ping"}
             os.kill(proc.pid, signal.SIGKILL)
             await proc.wait()
             down = await next_event(PeerDown)
             assert down.reason == "connection lost"
             proc = await listen()
             await next_event(PeerUp)
-            assert await node.request(3, "ping", None, timeout=5) == {"by": 3, "received": "ping"}
+            assert await node.request(3, "ping", None, timeout=15) == {"by": 3, "received": "ping"}
         finally:
             if proc.returncode is None:
                 proc.kill()
