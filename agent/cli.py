@@ -38,7 +38,15 @@ from agent.daemon import (
 )
 from agent.eventlog import EventLog
 from agent.probe import IcmpProber
-from agent.state import DEFAULT_STATE_DIR, AgentState, StateError, StatePaths, load_netmap
+from agent.state import (
+    DEFAULT_STATE_DIR,
+    STATE_DIR_ENV,
+    AgentState,
+    StateError,
+    StatePaths,
+    default_state_dir,
+    load_netmap,
+)
 from agent.status import AgentStatus, StatusError, render_table, with_live_device
 from wire.fields import Hostname, parse_endpoint
 
@@ -140,8 +148,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         p.add_argument(
             "--state-dir",
             type=Path,
-            default=DEFAULT_STATE_DIR,
-            help=f"keys, enrollment and cached map (default {DEFAULT_STATE_DIR})",
+            default=default_state_dir(os.environ),
+            help=f"keys, enrollment and cached map (default: ${STATE_DIR_ENV} or {DEFAULT_STATE_DIR})",
         )
 
     up = sub.add_parser("up", help="enroll (first start) and run the agent until SIGTERM")

@@ -19,6 +19,7 @@ Rules:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -32,6 +33,14 @@ from wire.models import IPAddress, IPNetwork, NetMap, NodeId
 
 STATE_FORMAT = 1
 DEFAULT_STATE_DIR = Path("/var/lib/wgmesh")
+# Names the state directory when --state-dir is not given (empty counts as unset). The lab sets it for
+# every command it runs on a host; `wgmesh p2p` reads the same variable.
+STATE_DIR_ENV = "WGMESH_STATE_DIR"
+
+
+def default_state_dir(environ: Mapping[str, str]) -> Path:
+    return Path(environ.get(STATE_DIR_ENV) or DEFAULT_STATE_DIR)
+
 
 BackendName = Literal["kernel", "userspace", "fake"]
 

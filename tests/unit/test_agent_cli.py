@@ -192,3 +192,15 @@ def test_up_with_a_state_dir_that_is_a_file_is_one_line(capsys, tmp_path):
     )
     assert code == 1
     assert err.strip() == f"wgmesh agent up: cannot use state directory {not_a_dir}: File exists"
+
+
+def test_the_state_dir_comes_from_wgmesh_state_dir_when_not_given(capsys, tmp_path, monkeypatch):
+    """`wgmesh lab exec h1 -- wgmesh agent status` works: the lab names the host's state dir this way."""
+    write_state(tmp_path, os.getpid())
+    monkeypatch.setenv("WGMESH_STATE_DIR", str(tmp_path))
+    code, out, _ = run(capsys, "status")
+    assert code == 0
+    assert out.splitlines()[-1].split()[0] == "beta"
+    other = tmp_path / "other"
+    code, _, err = run(capsys, "status", "--state-dir", str(other))
+    assert code == 1 and str(other / "node.json") in err
