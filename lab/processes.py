@@ -5,7 +5,9 @@ Rules:
   network namespace AND a private mount namespace where the host's own directory is bind-mounted on
   /run/wireguard, so each host's `wg0.sock` is its own and `wg show` inside the host just works.
 - Every host process also gets WGMESH_STATE_DIR=the host's state directory, so a `wgmesh p2p` command
-  run on the host (`lab exec`) finds the host's identity key and p2p directory without `--state-dir`.
+  run on the host (`lab exec`) finds the host's identity key and p2p directory without `--state-dir`,
+  and a PATH that starts with the directory of the interpreter running the lab, so a plain `wgmesh`
+  in `lab exec` is the lab's own, also when its virtualenv is not activated.
 - The exec chain (`ip netns exec` -> `unshare` -> `sh -c 'exec ...'`) replaces itself at every step,
   so the pid we get from Popen is the pid of the final program; we record it with its kernel start
   time.
@@ -27,12 +29,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from agent.state import STATE_DIR_ENV
 from lab.layout import HostLayout
 from lab.record import ProcessRecord
 
 _MOUNT_WIREGUARD = 'mkdir -p /run/wireguard && mount --bind "$0" /run/wireguard && exec "$@"'
-# Read by `wgmesh p2p` (p2p.cli.STATE_DIR_ENV) when no --state-dir is given.
-STATE_DIR_ENV = "WGMESH_STATE_DIR"
 
 
 def wgmesh_argv(*args: str) -> list[str]:
@@ -48,7 +49,8 @@ def in_host(host: HostLayout, argv: Sequence[str]) -> list[str]:
     """`argv` as it must run on `host`: its network namespace, its private /run/wireguard and its state
     directory in the environment (`env` execs too, so the pid is still the final program's)."""
     private_mounts = ["unshare", "-m", "--propagation", "private", "sh", "-c", _MOUNT_WIREGUARD]
-    state = ["env", f"{STATE_DIR_ENV}={host.state_dir}"]
+    path = f"{Path(sys.executable).parent}:{os.environ.get('PATH') or os.defpath}"
+    state = ["env", f"{STATE_DIR_ENV}={host.state_dir}", f"PATH={path}"]
     return in_namespace(host.namespace, [*private_mounts, str(host.run_dir), *state, *argv])
 
 
