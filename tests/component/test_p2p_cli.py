@@ -4,6 +4,7 @@ directories as the agent writes them (identity.key, p2p-directory.json)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -193,7 +194,7 @@ async def test_a_killed_peer_process_is_seen_down_and_up_again_when_it_restarts(
             await next_event(PeerUp)
             assert await node.request(3, "ping", None, timeout=15) == {"by": 3, "received": "ping"}
             os.kill(proc.pid, signal.SIGKILL)
-            await proc.wait()
+            await asyncio.wait_for(proc.wait(), 30)
             down = await next_event(PeerDown)
             assert down.reason == "connection lost"
             proc = await listen()
@@ -202,7 +203,10 @@ async def test_a_killed_peer_process_is_seen_down_and_up_again_when_it_restarts(
         finally:
             if proc.returncode is None:
                 proc.kill()
-                await proc.wait()
+                # SIGKILL cannot be survived; on a loaded machine asyncio's exit bookkeeping was seen
+                # to never finish (Python 3.11), so the wait is bounded rather than hanging the run.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(proc.wait(), 10)
 
 
 def test_the_state_dir_comes_from_wgmesh_state_dir_when_not_given(hosts, tmp_path):
