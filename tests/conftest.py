@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-ROOT_TOOLS = ("ip", "wireguard-go", "wg", "nft", "ping")
+ROOT_TOOLS = ("ip", "wireguard-go", "wg", "nft", "ping", "nsenter", "unshare")
 
 
 def root_tier_missing() -> str | None:
@@ -27,6 +27,7 @@ def root_tier_missing() -> str | None:
     return None
 
 
+@pytest.hookimpl(trylast=True)  # after tier conftests have marked their tests `root`
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     reason = root_tier_missing()
     if reason is None:

@@ -2,15 +2,13 @@
 backends (real wireguard-go), all named with the `wgt2` prefix and always removed, also when a test
 fails. Only the wireguard-go processes started here are ended, by pid (through the backend).
 
-Every test here needs root, `ip`, `wireguard-go`, `wg`, `nsenter`, `unshare` and `ping`; without them it
-is skipped with the reason.
+Every test here is in the root tier: without root or its tools, tests/conftest.py skips it with the
+reason.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -24,27 +22,15 @@ from agent.backends.userspace import UserspaceBackend
 
 PREFIX = "wgt2"
 WG_IF = "wgt2wg"  # the same WireGuard interface name in every namespace: they must not collide
-TOOLS = ("ip", "wireguard-go", "wg", "nsenter", "unshare", "ping")
 T = TypeVar("T")
 
 
-def missing_requirement() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (network namespaces, wireguard-go)"
-    missing = [t for t in TOOLS if shutil.which(t) is None]
-    if missing:
-        return f"needs {', '.join(missing)} (apt install wireguard-go wireguard-tools iproute2 iputils-ping)"
-    return None
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    reason = missing_requirement()
+    """Every test here is in the root tier; tests/conftest.py skips that tier with its reason."""
     here = Path(__file__).parent
     for item in items:
         if Path(str(item.fspath)).parent == here:
             item.add_marker(pytest.mark.root)
-            if reason:
-                item.add_marker(pytest.mark.skip(reason=reason))
 
 
 def run(*argv: str, check: bool = True, timeout: float = 20) -> subprocess.CompletedProcess[str]:
