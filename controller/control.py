@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -238,14 +239,7 @@ class ControlPlane:
         if record is None:
             raise ApiError(404, f"no node {node_id}")
         return NodeInfo(
-            node_id=record.node_id,
-            name=record.name,
-            role=record.role,
-            wg_public_key=record.wg_public_key,
-            identity_public_key=record.identity_public_key,
-            tunnel_address=record.tunnel_address,
-            endpoints=list(record.endpoints),
-            listen_port=record.listen_port,
+            **dataclasses.asdict(card_of(record)),
             enrolled_at=record.enrolled_at,
             last_seen=self._last_seen.get(node_id),
             serial=self.mesh.serial(node_id),
