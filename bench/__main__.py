@@ -14,11 +14,16 @@ def main(argv: list[str]) -> int:
     failed: list[str] = []
     for name in names:
         print(f"\n== bench.{name} ==", flush=True)
-        proc = subprocess.run(
-            [sys.executable, "-m", f"bench.{name}"], capture_output=False, text=True, stdout=subprocess.PIPE
-        )
-        print(proc.stdout, end="")
-        lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+        lines: list[str] = []
+        # Streamed as it comes: a person watches progress, not a minute of silence.
+        with subprocess.Popen(
+            [sys.executable, "-m", f"bench.{name}"], stdout=subprocess.PIPE, text=True
+        ) as proc:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                print(line, end="", flush=True)
+                if line.startswith("RESULT "):
+                    lines.append(line.rstrip("\n"))
         if proc.returncode != 0 or not lines:
             failed.append(name)
         results.extend(lines[-1:])
