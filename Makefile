@@ -3,15 +3,18 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := wireguard-go wireguard-tools iproute2 iputils-ping nftables
-# Commands the apt packages provide; when all are present nothing is installed.
+APT_PACKAGES := wireguard-go wireguard-tools iproute2 iputils-ping nftables postgresql
+# Commands the apt packages provide; when all are present nothing is installed. PostgreSQL's server
+# binaries live outside PATH (/usr/lib/postgresql/N/bin); the tests start a private cluster with them.
 APT_COMMANDS := wireguard-go wg ip ping nft
+APT_FILES := /usr/lib/postgresql/*/bin/initdb
 
 .PHONY: test test-unit lint bench demo sysdeps venv clean
 
 ## sysdeps: install the system packages the data plane needs (root only; otherwise say what is missing)
 sysdeps:
 	@missing=""; for c in $(APT_COMMANDS); do command -v $$c >/dev/null 2>&1 || PATH=$$PATH:/usr/sbin:/sbin command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
+	for f in $(APT_FILES); do test -e "$$f" || missing="$$missing $$f"; done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" != 0 ]; then echo "note: missing$$missing; as root, make installs: $(APT_PACKAGES)"; exit 0; fi; \
 	echo "installing system packages: $(APT_PACKAGES)"; \

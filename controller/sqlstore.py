@@ -1,7 +1,26 @@
-"""`Store` on SQLAlchemy Core: SQLite by default (WAL, foreign keys, full sync), PostgreSQL by URL.
+"""`Store` on SQLAlchemy Core: SQLite by default (WAL, foreign keys, full sync), PostgreSQL by URL
+(psycopg 3), both migrated by Alembic at start-up.
 
-The schema is versioned: `schema_version` holds one integer, and `MIGRATIONS[n]` brings a database from
-version n-1 to n inside one transaction. A database newer than this code is refused, not guessed at.
+Schema and migrations:
+- `metadata` below is the schema this code reads and writes; `controller/migrations/versions/` holds
+  the Alembic revisions that build it, one linear chain (`0001_baseline` is the schema of the
+  pre-Alembic `schema_version` 1, which an existing database is stamped with, never re-created).
+- Start-up upgrades the database to the head revision in one transaction (PostgreSQL: under an
+  advisory lock, so replicas starting together migrate once). A database at a revision this code does
+  not know (a newer wgmesh wrote it) is refused, not guessed at.
+- To add a migration: change `metadata`, then add `controller/migrations/versions/NNNN_what.py` with
+  `revision = "NNNN_what"`, `down_revision = "<the current head>"` and `upgrade()` / `downgrade()`
+  written with `alembic.op` (in SQLite, change constraints or column types inside
+  `op.batch_alter_table`; adding a nullable column or a table needs no batch). Never edit a landed
+  revision. tests/component/test_controller_store.py checks there is one head and that the migrated
+  schema matches `metadata` on both databases; run it (`make test` starts a PostgreSQL for it).
+
+Replicas: every write the mesh model must see bumps `mesh_version` and appends `changes` rows in the
+same transaction (`_bump`), and on PostgreSQL sends `NOTIFY wgmesh_changes` (delivered at commit: a
+wake-up only, the log is the truth). Writes that decide on the caller's view name the version it is
+at; the row lock on `mesh_version` (SQLite: BEGIN IMMEDIATE) serializes them across replicas.
+The log is pruned to the last `CHANGES_KEPT` versions; a replica further behind reloads everything.
+
 SQLite write transactions start with BEGIN IMMEDIATE, so two writers serialize instead of failing
 halfway. Timestamps are stored as naive UTC and come back timezone-aware.
 """
@@ -10,7 +29,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,22 +38,31 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
 from controller.ipam import AddressHold
 from controller.mesh import MapState
 from controller.store import (
+    ChangeBatch,
     KeyRefused,
     NodeRecord,
     NodeWrite,
     PreAuthKeyRecord,
     Snapshot,
+    StaleVersion,
     StoreConflict,
+    StoreUnavailable,
 )
 from controller.topology import LinkRecord
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""What `schema_version` holds once Alembic manages the database; wgmesh before Alembic knew only 1
+and so refuses a migrated database."""
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+NOTIFY_CHANNEL = "wgmesh_changes"
+CHANGES_KEPT = 10_000
+_MIGRATION_LOCK = 0x77676D65  # pg_advisory_xact_lock key: "wgme"
 
 
 class StoreError(Exception):
@@ -119,14 +148,25 @@ address_holds = sa.Table(
     sa.Column("min_serial", sa.Integer, nullable=False),
 )
 
+mesh_version = sa.Table(
+    "mesh_version",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("version", sa.BigInteger, nullable=False),
+    sa.CheckConstraint("id = 1", name="mesh_version_one_row"),
+)
 
-def _migrate_to_1(c: Connection) -> None:
-    for table in (preauth_keys, nodes, map_states, links, address_holds):
-        table.create(c)
-
-
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _migrate_to_1}
-"""version -> step from version-1. Append new steps; never edit a released one."""
+changes = sa.Table(
+    "changes",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("version", sa.BigInteger, nullable=False, index=True),
+    # "node": node_id enrolled, changed or removed; "link": link (node_id, peer_id) written
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("node_id", sa.Integer, nullable=True),
+    sa.Column("peer_id", sa.Integer, nullable=True),
+    sqlite_autoincrement=True,
+)
 
 
 def sqlite_url(path: str) -> str:
@@ -143,50 +183,139 @@ class SqlStore:
             raise StoreError(f"database {_safe(url)}: driver missing ({e.name}); install it") from None
         except SQLAlchemyError as e:
             raise StoreError(f"database {_safe(url)}: {_first_line(e)}") from None
-        self._upsert = postgresql.insert if self._engine.dialect.name == "postgresql" else sqlite.insert
+        self.postgres = self._engine.dialect.name == "postgresql"
+        self._upsert = postgresql.insert if self.postgres else sqlite.insert
 
     # --- lifecycle -------------------------------------------------------------------------------
 
     def _migrate(self) -> None:
+        from alembic.runtime.environment import EnvironmentContext
+        from alembic.runtime.migration import MigrationContext
+        from alembic.script import ScriptDirectory
+        from alembic.util.exc import CommandError
+
+        config = _alembic_config()
+        script = ScriptDirectory.from_config(config)
+        head = script.get_current_head()
         with self._engine.begin() as c:
-            schema_version.create(c, checkfirst=True)
-            current = c.execute(sa.select(schema_version.c.version)).scalar()
-            if current is None:
-                current = 0
-                c.execute(schema_version.insert().values(version=0))
-            if current > SCHEMA_VERSION:
-                raise StoreError(
-                    f"database {_safe(self.url)} has schema version {current}, newer than this wgmesh "
-                    f"understands ({SCHEMA_VERSION}); upgrade wgmesh"
-                )
-            for version in range(current + 1, SCHEMA_VERSION + 1):
-                MIGRATIONS[version](c)
-                c.execute(schema_version.update().values(version=version))
+            if c.dialect.name == "postgresql":
+                c.execute(sa.text(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})"))
+            current = MigrationContext.configure(c).get_current_heads()
+            for revision in current:
+                try:
+                    script.get_revision(revision)
+                except CommandError:
+                    raise StoreError(
+                        f"database {_safe(self.url)} has schema revision {revision}, newer than this "
+                        f"wgmesh understands ({head}); upgrade wgmesh"
+                    ) from None
+            stamp: str | None = None
+            if not current and sa.inspect(c).has_table("schema_version"):
+                legacy = c.execute(sa.select(schema_version.c.version)).scalar()
+                if legacy is not None and legacy > 1:
+                    raise StoreError(
+                        f"database {_safe(self.url)} has schema version {legacy}, newer than this "
+                        f"wgmesh understands ({SCHEMA_VERSION}); upgrade wgmesh"
+                    )
+                if legacy == 1:
+                    stamp = "0001_baseline"  # made by wgmesh before Alembic: today's baseline
+
+            def upgrade(rev: Any, _context: Any) -> Any:
+                return script._upgrade_revs("head", rev)
+
+            with EnvironmentContext(config, script, fn=upgrade, destination_rev="head") as env:
+                env.configure(connection=c, render_as_batch=True)
+                if stamp:
+                    env.get_context().stamp(script, stamp)
+                with env.begin_transaction():
+                    env.run_migrations()
 
     def schema_version(self) -> int:
         with self._engine.begin() as c:
             return int(c.execute(sa.select(schema_version.c.version)).scalar_one())
 
+    def schema_revision(self) -> str | None:
+        from alembic.runtime.migration import MigrationContext
+
+        with self._engine.begin() as c:
+            return MigrationContext.configure(c).get_current_revision()
+
     def close(self) -> None:
         self._engine.dispose()
+
+    @contextmanager
+    def _tx(self, snapshot: bool = False) -> Iterator[Connection]:
+        """One transaction; a lost or refusing database becomes StoreUnavailable.
+        `snapshot`: every statement sees the same committed state (PostgreSQL REPEATABLE READ)."""
+        try:
+            with self._engine.connect() as conn:
+                if snapshot and self.postgres:
+                    conn = conn.execution_options(isolation_level="REPEATABLE READ")
+                with conn.begin():
+                    yield conn
+        except OperationalError as e:
+            raise StoreUnavailable(f"database unavailable: {_first_line(e)}") from None
+        except SQLAlchemyError as e:
+            if isinstance(e, IntegrityError):
+                raise
+            raise StoreUnavailable(f"database error: {_first_line(e)}") from None
 
     # --- reads -----------------------------------------------------------------------------------
 
     def load(self) -> Snapshot:
-        with self._engine.begin() as c:
+        with self._tx(snapshot=True) as c:
+            version = c.execute(sa.select(mesh_version.c.version)).scalar_one()
             node_rows = c.execute(sa.select(nodes).order_by(nodes.c.id)).all()
             link_rows = c.execute(sa.select(links)).all()
             map_rows = c.execute(sa.select(map_states)).all()
             hold_rows = c.execute(sa.select(address_holds)).all()
         return Snapshot(
             nodes=[_node(r) for r in node_rows],
-            links=[LinkRecord(r.a, r.b, r.weight, r.down_since) for r in link_rows],
+            links=[_link(r) for r in link_rows],
             maps={r.node_id: MapState(r.serial, r.digest) for r in map_rows},
-            holds=[AddressHold(ipaddress.ip_address(r.address), r.holder, r.min_serial) for r in hold_rows],
+            holds=[_hold(r) for r in hold_rows],
+            version=int(version),
+        )
+
+    def version(self) -> int:
+        with self._tx() as c:
+            return int(c.execute(sa.select(mesh_version.c.version)).scalar_one())
+
+    def changes_since(self, since: int) -> ChangeBatch | None:
+        with self._tx(snapshot=True) as c:
+            version = int(c.execute(sa.select(mesh_version.c.version)).scalar_one())
+            if version == since:
+                return ChangeBatch(since, version, [], [], [], [])
+            rows = c.execute(
+                sa.select(changes).where(changes.c.version > since).order_by(changes.c.version, changes.c.id)
+            ).all()
+            if version < since or not rows or rows[0].version != since + 1:
+                return None
+            node_ids = {r.node_id for r in rows if r.kind == "node"}
+            pairs = {(r.node_id, r.peer_id) for r in rows if r.kind == "link"}
+            node_rows = (
+                c.execute(sa.select(nodes).where(nodes.c.id.in_(node_ids)).order_by(nodes.c.id)).all()
+                if node_ids
+                else []
+            )
+            link_rows = (
+                c.execute(sa.select(links).where(sa.tuple_(links.c.a, links.c.b).in_(pairs))).all()
+                if pairs
+                else []
+            )
+            hold_rows = c.execute(sa.select(address_holds)).all()
+        present = {r.id for r in node_rows}
+        return ChangeBatch(
+            since=since,
+            version=version,
+            nodes=[_node(r) for r in node_rows],
+            removed=sorted(node_ids - present),
+            links=[_link(r) for r in link_rows],
+            holds=[_hold(r) for r in hold_rows],
         )
 
     def list_preauth_keys(self) -> list[PreAuthKeyRecord]:
-        with self._engine.begin() as c:
+        with self._tx() as c:
             return [_key(r) for r in c.execute(sa.select(preauth_keys).order_by(preauth_keys.c.id))]
 
     # --- writes ----------------------------------------------------------------------------------
@@ -194,7 +323,7 @@ class SqlStore:
     def create_preauth_key(
         self, key_hash: str, role: str, reusable: bool, created_at: datetime, expires_at: datetime | None
     ) -> PreAuthKeyRecord:
-        with self._engine.begin() as c:
+        with self._tx() as c:
             key_id = _new_id(
                 c,
                 preauth_keys.insert().values(
@@ -210,15 +339,20 @@ class SqlStore:
             return _key(c.execute(sa.select(preauth_keys).where(preauth_keys.c.id == key_id)).one())
 
     def revoke_preauth_key(self, key_id: int) -> PreAuthKeyRecord | None:
-        with self._engine.begin() as c:
+        with self._tx() as c:
             c.execute(preauth_keys.update().where(preauth_keys.c.id == key_id).values(revoked=True))
             row = c.execute(sa.select(preauth_keys).where(preauth_keys.c.id == key_id)).first()
             return None if row is None else _key(row)
 
-    def enroll(self, key_hash: str, node: NodeWrite, now: datetime) -> NodeRecord:
+    def enroll(
+        self, key_hash: str, node: NodeWrite, now: datetime, at_version: int | None = None
+    ) -> NodeRecord:
         try:
-            with self._engine.begin() as c:
-                return self._enroll(c, key_hash, node, now)
+            with self._tx() as c:
+                version = self._lock_version(c, at_version)
+                record = self._enroll(c, key_hash, node, now)
+                self._bump(c, version, [("node", record.node_id, None)])
+                return record
         except IntegrityError as e:
             raise StoreConflict(f"already in use: {_constraint(e)}") from None
 
@@ -269,8 +403,9 @@ class SqlStore:
             node_id = _new_id(c, nodes.insert().values(enrolled_at=now, **values))
         return _node(c.execute(sa.select(nodes).where(nodes.c.id == node_id)).one())
 
-    def remove_node(self, node_id: int, holds: Sequence[AddressHold]) -> bool:
-        with self._engine.begin() as c:
+    def remove_node(self, node_id: int, holds: Sequence[AddressHold], at_version: int | None = None) -> bool:
+        with self._tx() as c:
+            version = self._lock_version(c, at_version)
             gone = c.execute(nodes.delete().where(nodes.c.id == node_id)).rowcount == 1
             if gone and holds:
                 c.execute(
@@ -280,6 +415,8 @@ class SqlStore:
                         for h in holds
                     ],
                 )
+            if gone:
+                self._bump(c, version, [("node", node_id, None)])
             return gone
 
     def save_maps(self, maps: Mapping[int, MapState]) -> None:
@@ -289,26 +426,41 @@ class SqlStore:
         stmt = stmt.on_conflict_do_update(
             index_elements=[map_states.c.node_id],
             set_={"serial": stmt.excluded.serial, "digest": stmt.excluded.digest},
+            where=map_states.c.serial < stmt.excluded.serial,
         )
-        with self._engine.begin() as c:
-            c.execute(stmt, [{"node_id": n, "serial": s.serial, "digest": s.digest} for n, s in maps.items()])
+        rows = [{"node_id": n, "serial": s.serial, "digest": s.digest} for n, s in maps.items()]
+        with self._tx() as c:
+            # A node another replica removed meanwhile has no row to refer to: skip it.
+            present = set(c.execute(sa.select(nodes.c.id).where(nodes.c.id.in_(list(maps)))).scalars())
+            rows = [r for r in rows if r["node_id"] in present]
+            if rows:
+                c.execute(stmt, rows)
 
-    def save_links(self, records: Sequence[LinkRecord]) -> None:
-        if not records:
-            return
+    def save_links(self, records: Sequence[LinkRecord]) -> int:
         stmt = self._upsert(links)
         stmt = stmt.on_conflict_do_update(
             index_elements=[links.c.a, links.c.b],
             set_={"weight": stmt.excluded.weight, "down_since": stmt.excluded.down_since},
         )
-        with self._engine.begin() as c:
-            c.execute(
-                stmt,
-                [{"a": r.a, "b": r.b, "weight": r.weight, "down_since": r.down_since} for r in records],
+        with self._tx() as c:
+            version = self._lock_version(c, None)
+            if not records:
+                return version
+            present = set(
+                c.execute(
+                    sa.select(nodes.c.id).where(nodes.c.id.in_({n for r in records for n in (r.a, r.b)}))
+                ).scalars()
             )
+            kept = [r for r in records if r.a in present and r.b in present]
+            if not kept:
+                return version
+            c.execute(
+                stmt, [{"a": r.a, "b": r.b, "weight": r.weight, "down_since": r.down_since} for r in kept]
+            )
+            return self._bump(c, version, [("link", r.a, r.b) for r in kept])
 
     def release_holds(self, holder: int, up_to_serial: int) -> None:
-        with self._engine.begin() as c:
+        with self._tx() as c:
             c.execute(
                 address_holds.delete().where(
                     address_holds.c.holder == holder, address_holds.c.min_serial <= up_to_serial
@@ -318,7 +470,7 @@ class SqlStore:
     def touch(self, last_seen: Mapping[int, datetime]) -> None:
         if not last_seen:
             return
-        with self._engine.begin() as c:
+        with self._tx() as c:
             c.execute(
                 nodes.update()
                 .where(nodes.c.id == sa.bindparam("node_id"))
@@ -326,11 +478,70 @@ class SqlStore:
                 [{"node_id": n, "seen": t} for n, t in last_seen.items()],
             )
 
+    # --- the mesh version ------------------------------------------------------------------------
+
+    def _lock_version(self, c: Connection, at_version: int | None) -> int:
+        """Take the version row for this transaction; StaleVersion when it is not `at_version`."""
+        query = sa.select(mesh_version.c.version).where(mesh_version.c.id == 1)
+        version = int(c.execute(query.with_for_update() if self.postgres else query).scalar_one())
+        if at_version is not None and version != at_version:
+            raise StaleVersion(f"the mesh is at version {version}, not {at_version}")
+        return version
+
+    def _bump(self, c: Connection, version: int, touched: Sequence[tuple[str, int, int | None]]) -> int:
+        """Log `touched` as version+1 and make it the mesh version; the caller holds the row lock."""
+        new = version + 1
+        c.execute(mesh_version.update().where(mesh_version.c.id == 1).values(version=new))
+        c.execute(
+            changes.insert(), [{"version": new, "kind": k, "node_id": n, "peer_id": p} for k, n, p in touched]
+        )
+        if new % 1000 == 0:
+            c.execute(changes.delete().where(changes.c.version <= new - CHANGES_KEPT))
+        if self.postgres:
+            c.execute(sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, str(new))))
+        return new
+
+
+def _alembic_config() -> Any:
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return config
+
+
+def engine_url(url: str) -> sa.URL:
+    """The SQLAlchemy URL: plain postgresql:// means psycopg 3 (SQLAlchemy's default is psycopg2)."""
+    parsed = sa.engine.make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+# A lost server must show within seconds, not after TCP's minutes: bounded connects, statements,
+# lock waits and unacknowledged sends.
+PG_CONNECT_ARGS: dict[str, Any] = {
+    "connect_timeout": 3,
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 2,
+    "tcp_user_timeout": 5000,
+    "options": "-c statement_timeout=10000 -c lock_timeout=10000",
+}
+
 
 def _engine(url: str) -> Engine:
-    parsed = sa.engine.make_url(url)
+    parsed = engine_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return sa.create_engine(url, pool_pre_ping=True)
+        return sa.create_engine(
+            parsed,
+            pool_pre_ping=True,
+            pool_size=5,
+            max_overflow=5,
+            pool_timeout=5,
+            connect_args=PG_CONNECT_ARGS,
+        )
     memory = parsed.database in (None, "", ":memory:")
     if not memory and parsed.database:
         try:
@@ -382,6 +593,14 @@ def _node(r: sa.Row[Any]) -> NodeRecord:
         preauth_key_id=r.preauth_key_id,
         credential_hash=r.credential_hash,
     )
+
+
+def _link(r: sa.Row[Any]) -> LinkRecord:
+    return LinkRecord(r.a, r.b, r.weight, r.down_since)
+
+
+def _hold(r: sa.Row[Any]) -> AddressHold:
+    return AddressHold(ipaddress.ip_address(r.address), r.holder, r.min_serial)
 
 
 def _key(r: sa.Row[Any]) -> PreAuthKeyRecord:

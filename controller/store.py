@@ -5,6 +5,12 @@ SQLAlchemy Core for SQLite (the default) and PostgreSQL URLs.
 
 Rules every implementation keeps:
 - Each method is one transaction: it happens completely or not at all.
+- Several controllers (replicas) may share one database. Every change the mesh model must see bumps
+  the mesh version by one in the same transaction and logs what it touched (`Change`); a replica
+  catches up with `changes_since`. Writes that decide from the caller's view of the mesh (`enroll`,
+  `remove_node`) name the version that view is at and fail with `StaleVersion` when another replica
+  wrote first: the writers serialize on the version row, so keys, addresses and removals are
+  exactly-once across replicas.
 - `enroll` checks and consumes the pre-auth key in the same transaction that writes the node, with a
   conditional update, so a single-use key lets exactly one enrollment through even across processes.
 - Node ids are never reused; no two nodes share an address, name, WireGuard key or identity key.
@@ -26,6 +32,14 @@ from wire.models import IPAddress
 
 class KeyRefused(Exception):
     """The pre-auth key cannot enroll this host; the message says why."""
+
+
+class StaleVersion(Exception):
+    """Another replica changed the mesh since the version the caller's view is at: catch up, retry."""
+
+
+class StoreUnavailable(Exception):
+    """The database cannot be reached or refused the transaction; nothing was changed."""
 
 
 class StoreConflict(Exception):
@@ -77,11 +91,28 @@ class NodeWrite:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """Everything the controller loads at start-up."""
+    """Everything the controller loads at start-up, as of mesh version `version`."""
 
     nodes: list[NodeRecord]
     links: list[LinkRecord]
     maps: dict[int, MapState]
+    holds: list[AddressHold]
+    version: int = 0
+
+
+@dataclass(frozen=True)
+class ChangeBatch:
+    """What changed after version `since` up to `version`, read in one transaction.
+
+    `nodes`: the current rows of nodes enrolled or changed; `removed`: ids of nodes gone; `links`: the
+    current records of links written; `holds`: every address hold now (the table is small).
+    """
+
+    since: int
+    version: int
+    nodes: list[NodeRecord]
+    removed: list[int]
+    links: list[LinkRecord]
     holds: list[AddressHold]
 
 
@@ -98,22 +129,37 @@ class Store(Protocol):
         """Revoke (idempotent); None when no such key."""
         ...
 
-    def enroll(self, key_hash: str, node: NodeWrite, now: datetime) -> NodeRecord:
+    def enroll(
+        self, key_hash: str, node: NodeWrite, now: datetime, at_version: int | None = None
+    ) -> NodeRecord:
         """Check and use the pre-auth key, then insert (node_id None) or update the node.
 
-        Raises KeyRefused (unknown, revoked, expired, single-use already used by another host) or
-        StoreConflict; changes nothing then. A re-enrollment may present the single-use key that
-        enrolled this very node before: it is not consumed twice.
+        Raises KeyRefused (unknown, revoked, expired, single-use already used by another host),
+        StoreConflict or StaleVersion (the mesh is no longer at `at_version`; None: do not check);
+        changes nothing then. A re-enrollment may present the single-use key that enrolled this very
+        node before: it is not consumed twice.
         """
         ...
 
-    def remove_node(self, node_id: int, holds: Sequence[AddressHold]) -> bool:
+    def remove_node(self, node_id: int, holds: Sequence[AddressHold], at_version: int | None = None) -> bool:
         """Delete the node with its link state and map state, and add the holds on its address."""
         ...
 
-    def save_maps(self, maps: Mapping[int, MapState]) -> None: ...
+    def version(self) -> int:
+        """The mesh version: the number of changes ever committed."""
+        ...
 
-    def save_links(self, links: Sequence[LinkRecord]) -> None: ...
+    def changes_since(self, since: int) -> ChangeBatch | None:
+        """What changed after `since`; None when the log no longer reaches back that far."""
+        ...
+
+    def save_maps(self, maps: Mapping[int, MapState]) -> None:
+        """Keep the map serials (a stored serial only grows)."""
+        ...
+
+    def save_links(self, links: Sequence[LinkRecord]) -> int:
+        """Write link state; the mesh version after it (unchanged when `links` is empty)."""
+        ...
 
     def release_holds(self, holder: int, up_to_serial: int) -> None: ...
 

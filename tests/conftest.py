@@ -1,12 +1,20 @@
 """Test tiers: tests marked `root` need root, network namespaces and wireguard-go; where those are
-missing they are skipped with the reason, never silently passed."""
+missing they are skipped with the reason, never silently passed.
+
+Stores: `store_url` runs a test once on SQLite and once on PostgreSQL (a private cluster, `postgres`,
+started once per run in a temporary directory and stopped at the end).
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+
+from lab.postgres import PostgresCluster, PostgresMissing
 
 ROOT_TOOLS = ("ip", "wireguard-go", "wg", "nft", "ping", "nsenter", "unshare")
 
@@ -36,3 +44,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("root"):
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    """A private PostgreSQL cluster for the whole run (started on first use, removed at the end)."""
+    try:
+        cluster = PostgresCluster(prefix="wgq-pg-test-")
+    except PostgresMissing as e:
+        pytest.skip(str(e))
+    with cluster:
+        yield cluster
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty database for one test: SQLite in tmp_path, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'controller.db'}"
+    cluster: PostgresCluster = request.getfixturevalue("postgres")
+    return cluster.create_database()

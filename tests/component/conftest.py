@@ -1,5 +1,6 @@
-"""Fixtures for component tests: a real controller (`create_app` on a temporary SQLite) reached over
-httpx.ASGITransport, with a hand-driven clock.
+"""Fixtures for component tests: a real controller (`create_app` on a temporary database) reached over
+httpx.ASGITransport, with a hand-driven clock. Every test that takes `controller` runs twice: on
+SQLite and on PostgreSQL (`store_url` in tests/conftest.py).
 
 - `controller_clock`: a `ManualClock` (wall time for key expiry and link state; long-poll timeouts
   still run on the event loop's clock).
@@ -154,8 +155,10 @@ def controller_clock() -> ManualClock:
 
 
 @pytest.fixture
-async def controller(tmp_path: Path, controller_clock: ManualClock) -> AsyncIterator[ControllerHarness]:
-    harness = ControllerHarness(tmp_path / "controller", controller_clock)
+async def controller(
+    tmp_path: Path, controller_clock: ManualClock, store_url: str
+) -> AsyncIterator[ControllerHarness]:
+    harness = ControllerHarness(tmp_path / "controller", controller_clock, db_url=store_url)
     try:
         yield harness
     finally:
