@@ -20,7 +20,6 @@ from collections.abc import Sequence
 from ipaddress import ip_interface
 from pathlib import Path
 from typing import NoReturn
-from urllib.parse import urlsplit
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -48,6 +47,7 @@ from agent.state import (
     load_netmap,
 )
 from agent.status import AgentStatus, StatusError, render_table, with_live_device
+from agent.targets import split_urls, url_problem
 from wire.fields import Hostname, parse_endpoint
 
 IFNAME_MAX = 15
@@ -68,16 +68,15 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _controller_url(text: str) -> str:
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    """One URL, or several replicas' URLs separated by commas."""
+    urls = split_urls(text)
+    if not urls:
         raise argparse.ArgumentTypeError(f"controller URL {text!r}: expected http(s)://HOST[:PORT]")
-    try:
-        _ = parts.port
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"controller URL {text!r}: bad port") from None
-    if parts.query or parts.fragment or parts.username:
-        raise argparse.ArgumentTypeError(f"controller URL {text!r}: no user, query or fragment allowed")
-    return text.rstrip("/")
+    for url in urls:
+        problem = url_problem(url)
+        if problem:
+            raise argparse.ArgumentTypeError(f"controller URL {url!r}: {problem}")
+    return ",".join(urls)
 
 
 def _token(text: str) -> str:
@@ -153,7 +152,11 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         )
 
     up = sub.add_parser("up", help="enroll (first start) and run the agent until SIGTERM")
-    up.add_argument("--controller", type=_controller_url, help="controller URL (first start; later: stored)")
+    up.add_argument(
+        "--controller",
+        type=_controller_url,
+        help="controller URL, or several replicas' URLs separated by commas (first start; later: stored)",
+    )
     up.add_argument("--token", type=_token, help="pre-auth key (first start only)")
     up.add_argument("--interface", type=_ifname, help="WireGuard interface (default wg0, or the stored one)")
     up.add_argument(

@@ -3,6 +3,12 @@
 The transport is injected: production uses httpx's default (real sockets), component tests pass
 `httpx.ASGITransport(create_app(...))` and run agents and controller in one process.
 
+The controller may be several replicas (agent.targets): a comma-separated list of URLs, or a name
+with several addresses. A call goes to the replica in use; when that one does not answer (no
+connection, a timeout, a 5xx) the call is tried at once on the next, each once, and the replica that
+answered stays in use. Every call here is safe to repeat (a poll, a link report, an enrollment with the
+same identity key). `ControllerUnreachable` means no replica answered.
+
 Errors are split by what the agent should do about them:
 - `ControllerUnreachable`: no answer, a timeout, or a 5xx; the agent retries with backoff.
 - `ControllerRejected`: a 4xx; retrying the same request will not help (bad pre-auth key, credential
@@ -19,6 +25,7 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from agent.targets import Target, Targets
 from wire import PROTOCOL_VERSION, api
 from wire.models import EnrollRequest, EnrollResponse, LinkReport, NetMap, NetMapDelta, NetMapUpdate
 
@@ -47,7 +54,8 @@ class ControllerRejected(ControllerError):
 
 
 class ControllerClient:
-    """Calls to one controller. `credential` is the node credential (None before enrollment)."""
+    """Calls to one controller (one or several replicas). `credential` is the node credential (None
+    before enrollment)."""
 
     def __init__(
         self,
@@ -55,16 +63,21 @@ class ControllerClient:
         *,
         credential: str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        targets: Targets | None = None,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        self.targets = targets or Targets(base_url, resolve=transport is None)
         self._credential = credential
         self._http = httpx.AsyncClient(
-            base_url=self.base_url,
             transport=transport,
             timeout=httpx.Timeout(REQUEST_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
             headers={"User-Agent": f"wgmesh-agent/{PROTOCOL_VERSION}"},
             follow_redirects=False,
         )
+
+    @property
+    def base_url(self) -> str:
+        """The replica in use."""
+        return self.targets.current.label
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -137,18 +150,50 @@ class ControllerClient:
                 raise ControllerError("this node has no credential yet: enroll first")
             headers["Authorization"] = f"Bearer {self._credential}"
         extra: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+        order = await self.targets.aorder()
+        problems: list[str] = []
+        for target in order:
+            try:
+                response = await self._send(target, method, path, json, params, headers, extra)
+            except ControllerUnreachable as e:
+                problems.append(str(e))
+                self.targets.failed(target)
+                continue
+            return self._check(response)
+        self.targets.all_failed()
+        if len(problems) == 1:
+            raise ControllerUnreachable(problems[0])
+        raise ControllerUnreachable(f"no controller replica answered: {'; '.join(problems)}")
+
+    async def _send(
+        self,
+        target: Target,
+        method: str,
+        path: str,
+        json: Any,
+        params: dict[str, str] | None,
+        headers: dict[str, str],
+        extra: dict[str, Any],
+    ) -> httpx.Response:
+        if target.host_header:
+            headers = {**headers, "Host": target.host_header}
+        if target.sni_hostname:
+            extra = {**extra, "extensions": {"sni_hostname": target.sni_hostname}}
         try:
             response = await self._http.request(
-                method, path, json=json, params=params, headers=headers, **extra
+                method, target.url + path, json=json, params=params, headers=headers, **extra
             )
         except httpx.TimeoutException:
-            raise ControllerUnreachable(f"controller {self.base_url} did not answer in time") from None
+            raise ControllerUnreachable(f"controller {target.label} did not answer in time") from None
         except httpx.HTTPError as e:
-            raise ControllerUnreachable(f"cannot reach controller {self.base_url}: {_reason(e)}") from None
+            raise ControllerUnreachable(f"cannot reach controller {target.label}: {_reason(e)}") from None
         if response.status_code >= 500:
             raise ControllerUnreachable(
-                f"controller {self.base_url} failed ({response.status_code}): {_detail(response)}"
+                f"controller {target.label} failed ({response.status_code}): {_detail(response)}"
             )
+        return response
+
+    def _check(self, response: httpx.Response) -> httpx.Response:
         if response.status_code >= 400:
             raise ControllerRejected(response.status_code, _detail(response))
         if 300 <= response.status_code < 400:

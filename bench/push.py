@@ -126,9 +126,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def seed(state_dir: Path, n: int) -> list[SimAgent]:
-    """Write n nodes with their credentials straight into the store."""
-    store = SqlStore(f"sqlite:///{state_dir / 'controller.db'}")
+def seed(state_dir: Path, n: int, db_url: str | None = None) -> list[SimAgent]:
+    """Write n nodes with their credentials straight into the store (default: SQLite in state_dir)."""
+    store = SqlStore(db_url or f"sqlite:///{state_dir / 'controller.db'}")
     now = datetime.now(UTC)
     store.create_preauth_key(credential_hash("bench-seed"), "node", True, now, None)
     agents = []
@@ -154,7 +154,7 @@ def seed(state_dir: Path, n: int) -> list[SimAgent]:
     return agents
 
 
-def start_controller(state_dir: Path, port: int) -> subprocess.Popen[str]:
+def start_controller(state_dir: Path, port: int, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     cmd = [
         sys.executable,
         "-c",
@@ -168,7 +168,7 @@ def start_controller(state_dir: Path, port: int) -> subprocess.Popen[str]:
         "--mesh-cidr",
         str(MESH),
     ]
-    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     assert process.stdout is not None
     deadline = time.monotonic() + START_DEADLINE_S
     while time.monotonic() < deadline:

@@ -2,7 +2,10 @@
 and plain-text tables. Used by `wgmesh controller token ...` and `wgmesh nodes ...`.
 
 Where things come from (first wins):
-- controller URL: --controller, WGMESH_CONTROLLER, http://127.0.0.1:8420
+- controller URL: --controller, WGMESH_CONTROLLER, http://127.0.0.1:8420; one URL or several
+  replicas' URLs separated by commas, or a name with several addresses (agent.targets). A call that
+  cannot connect, or that a replica refuses with 503 (it lost its database; nothing changed), goes
+  to the next replica; any other failure is reported, never repeated (a write may have happened).
 - admin credential: --admin-credential, WGMESH_ADMIN_CREDENTIAL, STATE_DIR/admin-credential with
   STATE_DIR from --state-dir, WGMESH_STATE_DIR or the controller's default state directory.
 """
@@ -19,6 +22,7 @@ from typing import Any
 import httpx
 from pydantic import TypeAdapter
 
+from agent.targets import Targets, split_urls
 from controller.credentials import CredentialError, admin_credential_path, read_admin_credential
 from controller.settings import DEFAULT_CONTROLLER_URL, default_state_dir
 from wire import api
@@ -50,9 +54,13 @@ def add_target_options(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_target(args: argparse.Namespace, env: Mapping[str, str]) -> AdminTarget:
-    url = (args.controller or env.get("WGMESH_CONTROLLER") or DEFAULT_CONTROLLER_URL).rstrip("/")
-    if not url.startswith(("http://", "https://")):
-        raise AdminError(f"controller URL must start with http:// or https://, got {url!r}")
+    urls = split_urls(args.controller or env.get("WGMESH_CONTROLLER") or DEFAULT_CONTROLLER_URL)
+    for one in urls:
+        if not one.startswith(("http://", "https://")):
+            raise AdminError(f"controller URL must start with http:// or https://, got {one!r}")
+    if not urls:
+        raise AdminError("controller URL: none given")
+    url = ",".join(urls)
     credential = args.admin_credential or (None if args.state_dir else env.get("WGMESH_ADMIN_CREDENTIAL"))
     if not credential:
         state_dir = Path(args.state_dir or env.get("WGMESH_STATE_DIR") or default_state_dir(env))
@@ -66,8 +74,8 @@ def resolve_target(args: argparse.Namespace, env: Mapping[str, str]) -> AdminTar
 class AdminClient:
     def __init__(self, target: AdminTarget, transport: httpx.BaseTransport | None = None) -> None:
         self.target = target
+        self.targets = Targets(target.url, resolve=transport is None)
         self._http = httpx.Client(
-            base_url=target.url,
             headers={"Authorization": f"Bearer {target.credential}"},
             timeout=TIMEOUT_S,
             transport=transport,
@@ -77,16 +85,29 @@ class AdminClient:
         self._http.close()
 
     def _call(self, method: str, path: str, body: Any = None) -> httpx.Response:
-        try:
-            response = self._http.request(method, path, json=body)
-        except httpx.HTTPError as e:
-            raise AdminError(f"cannot reach the controller at {self.target.url}: {e}") from None
-        if response.status_code >= 400:
+        problems = []
+        for replica in self.targets.order():
+            headers = {"Host": replica.host_header} if replica.host_header else {}
+            extensions = {"sni_hostname": replica.sni_hostname} if replica.sni_hostname else None
             try:
-                detail = response.json().get("detail", response.text)
-            except ValueError:
-                detail = response.text.strip() or response.reason_phrase
-            raise AdminError(f"controller refused ({response.status_code}): {detail}")
+                response = self._http.request(
+                    method, replica.url + path, json=body, headers=headers, extensions=extensions
+                )
+            except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+                problems.append(f"cannot reach the controller at {replica.label}: {e}")
+                self.targets.failed(replica)
+                continue
+            except httpx.HTTPError as e:
+                raise AdminError(f"cannot reach the controller at {replica.label}: {e}") from None
+            if response.status_code == 503:
+                problems.append(f"the controller at {replica.label} is unavailable: {_detail(response)}")
+                self.targets.failed(replica)
+                continue
+            break
+        else:
+            raise AdminError("; ".join(problems))
+        if response.status_code >= 400:
+            raise AdminError(f"controller refused ({response.status_code}): {_detail(response)}")
         return response
 
     def create_key(self, req: PreAuthKeyRequest) -> PreAuthKeyInfo:
@@ -107,6 +128,13 @@ class AdminClient:
 
     def remove_node(self, node_id: int) -> None:
         self._call("DELETE", f"{api.NODES}/{node_id}")
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        return str(response.json().get("detail", response.text))
+    except (ValueError, AttributeError):
+        return response.text.strip() or response.reason_phrase
 
 
 def when(t: datetime | None, never: str = "never") -> str:

@@ -5,6 +5,8 @@ Routes only translate HTTP to `ControlPlane` calls and back. Rules:
 - Request bodies are capped at `settings.max_body_bytes` (413), whether or not they announce a length.
 - Node routes take the node credential, admin routes the admin credential, both as
   `Authorization: Bearer ...`; a node can only ever name itself (no route takes a node id from a node).
+- GET /v1/health answers 503 with the reason while this replica cannot reach its database; then
+  writes and map requests answer 503 too, so agents and admin tools move to another replica.
 - GET /v1/netmap answers at once when the caller's serial is not the current one, otherwise holds the
   request until the node's map changes (200) or the timeout passes (204). With `delta=1` the answer
   is a NetMapDelta against `since` when the controller still keeps that map, else the full map; both
@@ -14,6 +16,7 @@ Routes only translate HTTP to `ControlPlane` calls and back. Rules:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
@@ -28,8 +31,9 @@ from controller import api_examples as ex
 from controller.clock import Clock, SystemClock
 from controller.control import ApiError, ControlPlane
 from controller.push import MapNotifier
+from controller.replication import Follower
 from controller.settings import Settings
-from controller.store import Store
+from controller.store import Store, StoreUnavailable
 from wire import PROTOCOL_VERSION, api
 from wire.models import (
     EnrollRequest,
@@ -189,11 +193,18 @@ KeyIdPath = Annotated[int, Path(ge=1, le=MAX_ID, description="Pre-auth key id")]
 def create_app(settings: Settings, store: Store, clock: Clock | None = None) -> FastAPI:
     notifier = MapNotifier()
     plane = ControlPlane(settings, store, clock or SystemClock(), on_maps_changed=notifier.notify)
+    follower = Follower(plane, on_unavailable=notifier.notify_all, listen_url=store.listen_url())
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        yield
-        plane.close()
+        task = asyncio.create_task(follower.run())
+        try:
+            yield
+        finally:
+            follower.stop()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            plane.close()
 
     app = FastAPI(
         title="wgmesh controller",
@@ -207,12 +218,17 @@ def create_app(settings: Settings, store: Store, clock: Clock | None = None) -> 
     )
     app.state.plane = plane
     app.state.notifier = notifier
+    app.state.follower = follower
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
 
     @app.exception_handler(ApiError)
     async def _api_error(_req: Request, exc: ApiError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=headers)
+
+    @app.exception_handler(StoreUnavailable)
+    async def _unavailable(_req: Request, exc: StoreUnavailable) -> JSONResponse:
+        return JSONResponse({"detail": f"this controller cannot reach its database: {exc}"}, status_code=503)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(req: Request, exc: RequestValidationError) -> JSONResponse:
@@ -237,12 +253,28 @@ def create_app(settings: Settings, store: Store, clock: Clock | None = None) -> 
         api.HEALTH,
         tags=["node"],
         responses={
-            200: {"content": {"application/json": {"example": {"status": "ok", "protocol_version": 1}}}}
+            200: {"content": {"application/json": {"example": {"status": "ok", "protocol_version": 1}}}},
+            503: {
+                "description": "This replica cannot reach its database and serves nothing",
+                "content": {
+                    "application/json": {
+                        "example": {
+                            "status": "unhealthy",
+                            "protocol_version": 1,
+                            "detail": "database unavailable: connection refused",
+                        }
+                    }
+                },
+            },
         },
     )
-    async def health() -> dict[str, object]:
-        """Liveness and protocol version; needs no credential."""
-        return {"status": "ok", "protocol_version": PROTOCOL_VERSION}
+    async def health() -> Response:
+        """Liveness and protocol version; needs no credential. 503 while the database is away."""
+        problem = plane.health()
+        if problem is not None:
+            body = {"status": "unhealthy", "protocol_version": PROTOCOL_VERSION, "detail": problem}
+            return JSONResponse(body, status_code=503)
+        return JSONResponse({"status": "ok", "protocol_version": PROTOCOL_VERSION})
 
     @app.post(
         api.ENROLL,
@@ -315,11 +347,14 @@ def create_app(settings: Settings, store: Store, clock: Clock | None = None) -> 
         plane.polled(node, since)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while plane.has_node(node) and plane.serial(node) == since:
+        while plane.health() is None and plane.has_node(node) and plane.serial(node) == since:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return Response(status_code=204)
             await notifier.wait(node, remaining)
+        problem = plane.health()
+        if problem is not None:
+            raise ApiError(503, f"this controller cannot reach its database: {problem}")
         if not plane.has_node(node):
             raise ApiError(410, f"node {node} was removed from the mesh")
         body = plane.netmap_update_json(node, since) if delta else plane.netmap_json(node)

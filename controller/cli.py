@@ -44,7 +44,13 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         "--listen", metavar="HOST:PORT", help=f"address to listen on (default {DEFAULT_LISTEN})"
     )
     serve.add_argument("--state-dir", metavar="DIR", help="where the database and admin credential live")
-    serve.add_argument("--db", metavar="URL", help="database URL (default: SQLite in the state directory)")
+    serve.add_argument(
+        "--db",
+        metavar="URL",
+        help="database URL: sqlite:///PATH (default: SQLite in the state directory) or "
+        "postgresql://USER@HOST/DB for replicas sharing one PostgreSQL (the password from WGMESH_DB "
+        "or the config file, never the command line)",
+    )
     serve.add_argument(
         "--mesh-cidr", metavar="CIDR", help=f"tunnel address pool (default {DEFAULT_MESH_CIDR})"
     )
@@ -85,6 +91,7 @@ def serve(args: argparse.Namespace, env: Mapping[str, str], prog: str) -> int:
 
     from controller.app import create_app
     from controller.sqlstore import SqlStore, StoreError
+    from controller.store import StoreUnavailable
 
     def fail(message: str) -> int:
         print(f"{prog} serve: {message}", file=sys.stderr)
@@ -114,7 +121,12 @@ def serve(args: argparse.Namespace, env: Mapping[str, str], prog: str) -> int:
     except OSError as e:
         store.close()
         return fail(f"cannot listen on {settings.listen}: {e.strerror or e}")
-    app = create_app(settings, store)
+    try:
+        app = create_app(settings, store)
+    except StoreUnavailable as e:
+        store.close()
+        sock.close()
+        return fail(str(e))
     if created:
         print(
             f"admin credential (shown once; kept in {admin_credential_path(settings.state_dir)}): {credential}"

@@ -8,12 +8,18 @@ Rules:
   serialized by the loop they run on; the store's conditional updates guard the rest.
 - A node is identified by its identity key: re-enrolling with the same identity key (proved by the
   signature) returns the same node with a fresh credential; the old credential stops working.
+- Replicas: the plane's view is the store at mesh version `version`. Before a write it catches up
+  (`sync`); a write that decides on the view (enroll, remove) names that version and, when another
+  replica wrote first, catches up and decides again. `apply` takes the changes other replicas made,
+  fed by controller.replication. While the database is unreachable the plane refuses writes (503)
+  and says so in `health`, rather than serving a map it cannot keep current.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import dataclasses
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -28,11 +34,22 @@ from controller.credentials import (
     new_secret,
     same_hash,
 )
-from controller.ipam import AddressHolds, AddressPool, PoolExhausted, unique_name
-from controller.mesh import Mesh, MeshChange
+from controller.ipam import AddressHold, AddressHolds, AddressPool, PoolExhausted, unique_name
+from controller.mesh import MapState, Mesh, MeshChange
 from controller.netmap import NodeCard
 from controller.settings import Settings
-from controller.store import KeyRefused, NodeRecord, NodeWrite, PreAuthKeyRecord, Store, StoreConflict
+from controller.store import (
+    ChangeBatch,
+    KeyRefused,
+    NodeRecord,
+    NodeWrite,
+    PreAuthKeyRecord,
+    Snapshot,
+    StaleVersion,
+    Store,
+    StoreConflict,
+    StoreUnavailable,
+)
 from wire import PROTOCOL_VERSION
 from wire.models import (
     EnrollRequest,
@@ -45,6 +62,8 @@ from wire.models import (
 )
 
 LAST_SEEN_WRITE_EVERY = timedelta(seconds=60)
+WRITE_ATTEMPTS = 8
+"""How often a write decided on a stale view is decided again before giving up (503)."""
 
 
 class ApiError(Exception):
@@ -91,28 +110,119 @@ class ControlPlane:
         admin, _created = ensure_admin_credential(settings.state_dir)
         self._admin_hash = credential_hash(admin)
         self.pool = AddressPool(settings.mesh_cidr)
+        self.unavailable: str | None = None
+        """Why the database cannot be used now (None: it can)."""
         snapshot = store.load()
+        self._load(snapshot, snapshot.maps)
+        store.save_maps(self.mesh.initial.maps)
+        self._last_seen = {n.node_id: n.last_seen for n in snapshot.nodes if n.last_seen}
+        self._seen_written = dict(self._last_seen)
+
+    def _load(self, snapshot: Snapshot, maps: dict[int, MapState]) -> None:
+        self.version = snapshot.version
         self.nodes: dict[int, NodeRecord] = {n.node_id: n for n in snapshot.nodes}
         self._by_credential = {n.credential_hash: n.node_id for n in snapshot.nodes}
         self._by_identity = {n.identity_public_key: n.node_id for n in snapshot.nodes}
         self.holds = AddressHolds(snapshot.holds)
         self.mesh = Mesh(
-            settings.mesh_cidr,
-            settings.policy,
-            settings.persistent_keepalive_s,
+            self.settings.mesh_cidr,
+            self.settings.policy,
+            self.settings.persistent_keepalive_s,
             (card_of(n) for n in snapshot.nodes),
             snapshot.links,
-            snapshot.maps,
+            maps,
+            version=snapshot.version,
         )
-        store.save_maps(self.mesh.initial.maps)
-        self._highest_id = max(self.nodes, default=0)
-        self._last_seen = {n.node_id: n.last_seen for n in snapshot.nodes if n.last_seen}
-        self._seen_written = dict(self._last_seen)
+        self._highest_id = max([*self.nodes, getattr(self, "_highest_id", 0)])
+
+    # --- replicas ----------------------------------------------------------------------------------
+
+    def health(self) -> str | None:
+        """None when this replica can serve; else one line saying why not."""
+        return self.unavailable
+
+    def sync(self) -> None:
+        """Catch up with what other replicas wrote (a query; ApiError 503 when the database is away)."""
+        try:
+            batch = self.store.changes_since(self.version)
+        except StoreUnavailable as e:
+            # Health is the follower's to judge (it also sees the database come back).
+            raise ApiError(503, f"this controller cannot reach its database: {e}") from None
+        self.apply(batch)
+
+    def apply(self, batch: ChangeBatch | None) -> None:
+        """Take a batch of others' changes read after `self.version` (None: the log no longer reaches
+        back that far: reload everything). A batch read from an older version is ignored."""
+        if batch is None:
+            self._resync()
+            return
+        if batch.since != self.version or batch.version <= self.version:
+            return
+        self.mesh.version = batch.version
+        maps: dict[int, MapState] = {}
+        wake: list[int] = []
+        for node_id in batch.removed:
+            record = self.nodes.pop(node_id, None)
+            if record is None:
+                continue
+            self._forget(record)
+            maps.update(self.mesh.remove(node_id).maps)
+            wake.append(node_id)
+        for record in batch.nodes:
+            maps.update(self._take(record))
+        maps.update(self.mesh.set_links(batch.links).maps)
+        self.holds = AddressHolds(batch.holds)
+        self.version = batch.version
+        self._persist_maps({n: s for n, s in maps.items() if n in self.nodes})
+        self._wake([*maps, *wake])
+
+    def _resync(self) -> None:
+        before = {n: self.mesh.map_state(n) for n in self.nodes}
+        snapshot = self.store.load()
+        self._load(snapshot, before)
+        changed = [n for n in before if n not in self.nodes or self.mesh.map_state(n) != before[n]]
+        self._persist_maps(self.mesh.initial.maps)
+        self._wake([*changed, *self.mesh.initial.maps])
+
+    def _take(self, record: NodeRecord) -> dict[int, MapState]:
+        """Make `record` (new or changed) part of the view; the maps that changed."""
+        existing = self.nodes.get(record.node_id)
+        if existing is not None:
+            self._by_credential.pop(existing.credential_hash, None)
+        self.nodes[record.node_id] = record
+        self._highest_id = max(self._highest_id, record.node_id)
+        self._by_credential[record.credential_hash] = record.node_id
+        self._by_identity[record.identity_public_key] = record.node_id
+        return self.mesh.upsert(card_of(record)).maps
+
+    def _forget(self, record: NodeRecord) -> None:
+        self._by_credential.pop(record.credential_hash, None)
+        self._by_identity.pop(record.identity_public_key, None)
+        self._last_seen.pop(record.node_id, None)
+        self._seen_written.pop(record.node_id, None)
+        self.holds.drop_holder(record.node_id)
+
+    def _writable(self) -> None:
+        if self.unavailable is not None:
+            raise ApiError(503, f"this controller cannot reach its database: {self.unavailable}")
+
+    def _persist_maps(self, maps: dict[int, MapState]) -> None:
+        # Serials are a convenience across restarts; losing one write costs agents a full map.
+        with contextlib.suppress(StoreUnavailable):
+            self.store.save_maps(maps)
 
     # --- authentication ----------------------------------------------------------------------------
 
     def node_of(self, credential: str) -> int | None:
-        return self._by_credential.get(credential_hash(credential))
+        """The node with this credential; one it does not know yet may have enrolled through another
+        replica a moment ago, so a miss catches up once before answering."""
+        hashed = credential_hash(credential)
+        node = self._by_credential.get(hashed)
+        if node is None and self.unavailable is None:
+            with contextlib.suppress(ApiError):
+                self.sync()
+            node = self._by_credential.get(hashed)
+        return node
 
     def is_admin(self, credential: str) -> bool:
         return same_hash(credential_hash(credential), self._admin_hash)
@@ -137,6 +247,39 @@ class ControlPlane:
             )
         identity = req.identity_public_key.base64()
         wg_key = req.wg_public_key.base64()
+        credential = new_secret(NODE_PREFIX)
+        self._writable()
+        for _attempt in range(WRITE_ATTEMPTS):
+            self.sync()
+            write = self._enroll_write(req, identity, wg_key, credential)
+            try:
+                record = self.store.enroll(
+                    credential_hash(req.preauth_key), write, self.clock.now(), at_version=self.version
+                )
+            except StaleVersion:
+                continue
+            except KeyRefused as e:
+                raise ApiError(403, str(e)) from None
+            except StoreConflict as e:
+                raise ApiError(409, str(e)) from None
+            except StoreUnavailable as e:
+                raise ApiError(503, f"this controller cannot reach its database: {e}") from None
+            break
+        else:
+            raise ApiError(503, "the mesh changed on every attempt to enroll; try again")
+        self.version += 1
+        self.mesh.version = self.version
+        self._apply(MeshChange(maps=self._take(record)))
+        return EnrollResponse(
+            node_id=record.node_id,
+            name=record.name,
+            tunnel_address=record.tunnel_address,
+            mesh_cidr=self.settings.mesh_cidr,
+            node_credential=credential,
+        )
+
+    def _enroll_write(self, req: EnrollRequest, identity: str, wg_key: str, credential: str) -> NodeWrite:
+        """The node row this enrollment writes, decided on the current view (ApiError when it cannot)."""
         existing = self.nodes.get(self._by_identity.get(identity, 0))
         for other in self.nodes.values():
             if other.wg_public_key == wg_key and other is not existing:
@@ -156,8 +299,7 @@ class ControlPlane:
                 address = self.pool.first_free(taken_addresses)
             except PoolExhausted as e:
                 raise ApiError(409, str(e)) from None
-        credential = new_secret(NODE_PREFIX)
-        write = NodeWrite(
+        return NodeWrite(
             node_id=existing.node_id if existing else None,
             name=name,
             hostname=req.hostname,
@@ -167,26 +309,6 @@ class ControlPlane:
             endpoints=tuple(dict.fromkeys(req.endpoints)),
             listen_port=req.listen_port,
             credential_hash=credential_hash(credential),
-        )
-        try:
-            record = self.store.enroll(credential_hash(req.preauth_key), write, self.clock.now())
-        except KeyRefused as e:
-            raise ApiError(403, str(e)) from None
-        except StoreConflict as e:
-            raise ApiError(409, str(e)) from None
-        if existing is not None:
-            self._by_credential.pop(existing.credential_hash, None)
-        self.nodes[record.node_id] = record
-        self._highest_id = max(self._highest_id, record.node_id)
-        self._by_credential[record.credential_hash] = record.node_id
-        self._by_identity[identity] = record.node_id
-        self._apply(self.mesh.upsert(card_of(record)))
-        return EnrollResponse(
-            node_id=record.node_id,
-            name=record.name,
-            tunnel_address=record.tunnel_address,
-            mesh_cidr=self.settings.mesh_cidr,
-            node_credential=credential,
         )
 
     # --- maps and measurements ---------------------------------------------------------------------
@@ -208,12 +330,16 @@ class ControlPlane:
         """The node asked for maps newer than `since`: it is alive and holds map `since`."""
         now = self.clock.now()
         self._last_seen[node_id] = now
+        if self.unavailable is not None:
+            return
         written = self._seen_written.get(node_id)
-        if written is None or now - written >= LAST_SEEN_WRITE_EVERY:
-            self.store.touch({node_id: now})
-            self._seen_written[node_id] = now
-        if 0 < since <= self.mesh.serial(node_id) and self.holds.acknowledge(node_id, since):
-            self.store.release_holds(node_id, since)
+        # Bookkeeping only: a failed write is retried with the next poll, the map is served anyway.
+        with contextlib.suppress(StoreUnavailable):
+            if written is None or now - written >= LAST_SEEN_WRITE_EVERY:
+                self.store.touch({node_id: now})
+                self._seen_written[node_id] = now
+            if 0 < since <= self.mesh.serial(node_id) and self.holds.acknowledge(node_id, since):
+                self.store.release_holds(node_id, since)
 
     def report(self, node_id: int, report: LinkReport) -> None:
         seen: set[int] = set()
@@ -229,8 +355,23 @@ class ControlPlane:
         unknown = sorted(p for p in seen - self.nodes.keys() if p > self._highest_id)
         if unknown:
             raise ApiError(422, f"measurements: unknown peer ids {', '.join(map(str, unknown[:10]))}")
+        self._writable()
+        self.sync()
         current = [m for m in report.measurements if m.peer_id in self.nodes]
-        self._apply(self.mesh.report(node_id, current, self.clock.now()))
+        if node_id not in self.nodes:
+            return  # removed through another replica meanwhile
+        self.mesh.version = self.version + 1
+        change = self.mesh.report(node_id, current, self.clock.now())
+        if change.links:
+            try:
+                written = self.store.save_links(change.links)
+            except StoreUnavailable as e:
+                raise ApiError(503, f"this controller cannot reach its database: {e}") from None
+            # Another replica's change may have come first: then catching up takes this one too.
+            if written == self.version + 1:
+                self.version = written
+        self._persist_maps(change.maps)
+        self._wake(change.maps)
 
     # --- admin -------------------------------------------------------------------------------------
 
@@ -249,18 +390,35 @@ class ControlPlane:
         return [self.node_info(n) for n in sorted(self.nodes)]
 
     def remove_node(self, node_id: int) -> None:
-        record = self.nodes.get(node_id)
-        if record is None:
-            raise ApiError(404, f"no node {node_id}")
-        change = self.mesh.remove(node_id)
-        self.holds.drop_holder(node_id)
-        holds = self.holds.hold(record.tunnel_address, {n: s.serial for n, s in change.maps.items()})
-        self.store.remove_node(node_id, holds)
+        self._writable()
+        for _attempt in range(WRITE_ATTEMPTS):
+            self.sync()
+            record = self.nodes.get(node_id)
+            if record is None:
+                raise ApiError(404, f"no node {node_id}")
+            # Every other node holds the address until it acknowledges a map without it: the first
+            # such map has at least the serial this removal's version gives.
+            holds = [
+                AddressHold(record.tunnel_address, n, self.version + 1) for n in self.nodes if n != node_id
+            ]
+            try:
+                gone = self.store.remove_node(node_id, holds, at_version=self.version)
+            except StaleVersion:
+                continue
+            except StoreUnavailable as e:
+                raise ApiError(503, f"this controller cannot reach its database: {e}") from None
+            if not gone:
+                raise ApiError(404, f"no node {node_id}")
+            break
+        else:
+            raise ApiError(503, "the mesh changed on every attempt to remove the node; try again")
+        self.version += 1
+        self.mesh.version = self.version
         del self.nodes[node_id]
-        self._by_credential.pop(record.credential_hash, None)
-        self._by_identity.pop(record.identity_public_key, None)
-        self._last_seen.pop(node_id, None)
-        self._seen_written.pop(node_id, None)
+        self._forget(record)
+        change = self.mesh.remove(node_id)
+        for h in holds:
+            self.holds.hold(h.address, {h.holder: h.min_serial})
         self._apply(change, also_wake=[node_id])
 
     def create_preauth_key(self, req: PreAuthKeyRequest) -> PreAuthKeyInfo:
@@ -306,8 +464,8 @@ class ControlPlane:
     # --- internals ---------------------------------------------------------------------------------
 
     def _apply(self, change: MeshChange, also_wake: Iterable[int] = ()) -> None:
-        self.store.save_links(change.links)
-        self.store.save_maps(change.maps)
+        """A change this replica already committed: persist the serials, wake the agents."""
+        self._persist_maps(change.maps)
         self._wake([*change.maps, *also_wake])
 
 

@@ -8,6 +8,11 @@ returned `MeshChange` and wakes the agents it names.
 For deltas it keeps, per node, what its maps at the last `MAP_HISTORY` serials were rendered from
 (about 8 bytes per node per kept map): an agent holding one of those gets a delta, any other a full map.
 Nothing of it is persisted: after a restart every agent gets a full map first.
+
+Serials are mesh versions: a map that changes while the mesh goes to version `version` (set by the
+caller before each change) takes serial `version` (at least one more than before), so replicas that
+apply the same changes give the same content the same serial, and an agent that moves to another
+replica either holds that replica's current serial with the same content, or gets a full map.
 """
 
 from __future__ import annotations
@@ -61,7 +66,10 @@ class Mesh:
         cards: Iterable[NodeCard],
         links: Iterable[LinkRecord] = (),
         maps: Mapping[int, MapState] | None = None,
+        version: int = 0,
     ) -> None:
+        self.version = version
+        """The mesh version the next changed maps take as their serial."""
         self.mesh_cidr = mesh_cidr
         self.policy = policy
         self.keepalive_s = keepalive_s
@@ -180,6 +188,11 @@ class Mesh:
         changed = self.router.set_edges(update.edges)
         return MeshChange(maps=self._refresh(changed), links=update.records)
 
+    def set_links(self, records: Sequence[LinkRecord]) -> MeshChange:
+        """Link state another replica decided (read from the store)."""
+        changed = self.router.set_edges(self.topology.set_records(records))
+        return MeshChange(maps=self._refresh(changed))
+
     # --- internals -------------------------------------------------------------------------------
 
     def _new_directory(self) -> Directory:
@@ -198,7 +211,8 @@ class Mesh:
             digest = map_digest(self._directory, index, rows[i], tenths[i], forward).hex()
             old = self._maps.get(node)
             if old is None or old.digest != digest:
-                self._maps[node] = changed[node] = MapState((old.serial if old else 0) + 1, digest)
+                serial = max(self.version, (old.serial if old else 0) + 1)
+                self._maps[node] = changed[node] = MapState(serial, digest)
             serial = self._maps[node].serial
             kept = self._inputs.setdefault(node, {})
             if serial not in kept:

@@ -22,6 +22,10 @@ class MapNotifier:
             if event is not None:
                 event.set()
 
+    def notify_all(self) -> None:
+        """Wake every waiter (say, to tell them this replica can no longer serve)."""
+        self.notify(list(self._events))
+
     async def wait(self, node: int, timeout: float) -> bool:
         """Wait until `node` is notified or `timeout` seconds pass; True when notified."""
         event = self._events.get(node)
@@ -29,7 +33,10 @@ class MapNotifier:
             event = self._events[node] = asyncio.Event()
         self._waiters[node] = self._waiters.get(node, 0) + 1
         try:
-            await asyncio.wait_for(event.wait(), timeout)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for loses a cancellation that arrives as
+            # the event is set, and a cancelled long-poll would then wait on.
+            async with asyncio.timeout(timeout):
+                await event.wait()
         except TimeoutError:
             return False
         finally:

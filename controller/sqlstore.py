@@ -277,6 +277,9 @@ class SqlStore:
             version=int(version),
         )
 
+    def listen_url(self) -> str | None:
+        return self.url if self.postgres else None
+
     def version(self) -> int:
         with self._tx() as c:
             return int(c.execute(sa.select(mesh_version.c.version)).scalar_one())
@@ -529,6 +532,13 @@ PG_CONNECT_ARGS: dict[str, Any] = {
     "tcp_user_timeout": 5000,
     "options": "-c statement_timeout=10000 -c lock_timeout=10000",
 }
+
+
+def listen_conninfo(url: str) -> tuple[str, dict[str, Any]]:
+    """For a connection of our own outside SQLAlchemy (LISTEN): a libpq URL and connect options."""
+    parsed = sa.engine.make_url(url).set(drivername="postgresql")
+    options = {k: v for k, v in PG_CONNECT_ARGS.items() if k != "options"}
+    return parsed.render_as_string(hide_password=False), options
 
 
 def _engine(url: str) -> Engine:

@@ -149,6 +149,10 @@ class Store(Protocol):
         """The mesh version: the number of changes ever committed."""
         ...
 
+    def listen_url(self) -> str | None:
+        """The database URL to LISTEN for change notifications on (None: none are sent)."""
+        ...
+
     def changes_since(self, since: int) -> ChangeBatch | None:
         """What changed after `since`; None when the log no longer reaches back that far."""
         ...

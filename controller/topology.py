@@ -198,6 +198,29 @@ class Topology:
                 edges.append(EdgeCost(a, b, attrs["cost"]))
         return TopologyUpdate(edges, records)
 
+    def set_records(self, records: Iterable[LinkRecord]) -> list[EdgeCost]:
+        """Take link state another replica decided (from the store); the samples here stay as they are."""
+        edges: list[EdgeCost] = []
+        for r in records:
+            a, b = pair(r.a, r.b)
+            if a == b or a not in self.graph or b not in self.graph or not self.allowed(a, b):
+                continue
+            state = self.links.get((a, b))
+            if state is None:
+                state = self.links[a, b] = LinkState(a, b)
+            if (state.weight, state.down_since) == (r.weight, r.down_since):
+                continue
+            state.weight, state.down_since = r.weight, r.down_since
+            if state.down_since is not None:
+                if self.graph.has_edge(a, b):
+                    self.graph.remove_edge(a, b)
+                    edges.append(EdgeCost(a, b, None))
+            else:
+                attrs = self._edge_attrs(a, b)
+                self.graph.add_edge(a, b, **attrs)
+                edges.append(EdgeCost(a, b, attrs["cost"]))
+        return edges
+
     # --- internals -------------------------------------------------------------------------------
 
     def _is_up(self, a: int, b: int) -> bool:

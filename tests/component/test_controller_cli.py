@@ -46,7 +46,7 @@ class Served:
         return run(*args, "--controller", self.url, "--state-dir", str(self.state_dir))
 
 
-def start(state_dir: Path) -> Served:
+def start(state_dir: Path, env: dict[str, str] | None = None) -> Served:
     port = free_port()
     process = subprocess.Popen(
         [
@@ -63,6 +63,7 @@ def start(state_dir: Path) -> Served:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env=env,
     )
     lines: list[str] = []
     assert process.stdout is not None

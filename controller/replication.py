@@ -1,0 +1,139 @@
+"""Following the other replicas: wake-ups, the periodic check, and this replica's database health.
+
+`Follower.run()` is one asyncio task per controller. It wakes when a notification arrives or every
+`CHECK_EVERY_S` (the fallback: notifications can be lost), reads the change log after the plane's
+version in a worker thread (a query must never stall the event loop), and hands the batch to
+`ControlPlane.apply` on the loop. Each successful read proves the database is there; when reads fail
+or none has succeeded for `UNHEALTHY_AFTER_S`, the plane is marked unavailable: it refuses writes,
+/v1/health answers 503 and waiting long-polls are released, so agents move to another replica.
+
+On PostgreSQL a `Listener` thread holds its own connection (never one from the pool: a pooled
+connection is handed to others and sits inside transactions, where notifications are not delivered;
+transaction-pooling proxies drop LISTEN altogether, so point replicas at the server or a session
+pooler) with `LISTEN wgmesh_changes`. Notifications sent while it was disconnected are lost: after
+every (re)connect it wakes the follower, which catches up from the log (or reloads everything when
+the log no longer reaches back to the plane's version).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from controller.control import ControlPlane
+from controller.store import StoreUnavailable
+
+CHECK_EVERY_S = 1.0
+UNHEALTHY_AFTER_S = 3.0
+RECONNECT_EVERY_S = 1.0
+
+
+class Follower:
+    def __init__(
+        self, plane: ControlPlane, on_unavailable: Callable[[], None], listen_url: str | None = None
+    ) -> None:
+        self.plane = plane
+        self._on_unavailable = on_unavailable
+        self._wake = asyncio.Event()
+        self._listener: Listener | None = None
+        self._listen_url = listen_url
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        """End `run()` soon (it also ends when cancelled)."""
+        self._stopping = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._stopping = False
+        if self._listen_url:
+            self._listener = Listener(self._listen_url, lambda: loop.call_soon_threadsafe(self._wake.set))
+            self._listener.start()
+        last_ok = loop.time()
+        try:
+            while not self._stopping:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(CHECK_EVERY_S):
+                        await self._wake.wait()
+                self._wake.clear()
+                if self._stopping:
+                    break
+                problem = await self._catch_up()
+                if problem is None:
+                    last_ok = loop.time()
+                elif self.plane.unavailable is not None or loop.time() - last_ok >= UNHEALTHY_AFTER_S:
+                    newly = self.plane.unavailable is None
+                    self.plane.unavailable = problem
+                    if newly:
+                        self._on_unavailable()
+                else:
+                    await asyncio.sleep(0.2)  # one failed read is not yet an outage: again soon
+                    self._wake.set()
+        finally:
+            if self._listener is not None:
+                await asyncio.to_thread(self._listener.stop)
+
+    async def _catch_up(self) -> str | None:
+        """Read and apply what changed; None when the database answered, else why not."""
+        read = asyncio.ensure_future(asyncio.to_thread(self.plane.store.changes_since, self.plane.version))
+        # A read that hangs (a cut network) must not keep the replica looking healthy meanwhile.
+        done, _pending = await asyncio.wait({read}, timeout=UNHEALTHY_AFTER_S)
+        if not done:
+            await asyncio.wait({read}, timeout=30)  # one read at a time: let it end
+            return "database unavailable: no answer in time"
+        try:
+            batch = read.result()
+            self.plane.unavailable = None
+            self.plane.apply(batch)
+        except StoreUnavailable as e:
+            return str(e)
+        return None
+
+
+class Listener:
+    """A thread on a dedicated PostgreSQL connection: `LISTEN`, and call `wake` on every notification
+    and after every (re)connect."""
+
+    def __init__(self, url: str, wake: Callable[[], object]) -> None:
+        self._url = url
+        self._wake = wake
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="wgmesh-listen", daemon=True)
+        self.connected = threading.Event()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        import psycopg
+
+        from controller.sqlstore import NOTIFY_CHANNEL, listen_conninfo
+
+        conninfo, kwargs = listen_conninfo(self._url)
+        while not self._stop.is_set():
+            conn: Any = None
+            try:
+                conn = psycopg.connect(conninfo, autocommit=True, **kwargs)
+                conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                self.connected.set()
+                self._wake()  # what was sent while not listening is lost: catch up
+                while not self._stop.is_set():
+                    for _notify in conn.notifies(timeout=1.0, stop_after=1):
+                        self._wake()
+            except psycopg.Error:
+                self.connected.clear()
+                self._stop.wait(RECONNECT_EVERY_S)
+            finally:
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        conn.close()

@@ -1,0 +1,119 @@
+"""`wgmesh controller serve` on PostgreSQL as an operator runs it: replicas started apart share one
+database, the admin CLI takes several replicas' URLs and goes on when one is gone, and a database URL
+that cannot work stops start-up with one line that names the problem and never the password."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from controller.sqlstore import SqlStore, engine_url
+from lab.postgres import PostgresCluster
+from tests.component.test_controller_cli import free_port, run, start, stop
+
+
+def env_with_db(url: str) -> dict[str, str]:
+    return {**os.environ, "WGMESH_DB": url}
+
+
+def test_two_served_replicas_share_one_database_and_the_cli_fails_over(
+    tmp_path: Path, postgres: PostgresCluster
+):
+    env = env_with_db(postgres.create_database())
+    first = start(tmp_path / "a", env)
+    # The replicas share the admin credential: the operator gives each the same file.
+    (tmp_path / "b").mkdir(mode=0o700)
+    shutil.copy2(tmp_path / "a" / "admin-credential", tmp_path / "b" / "admin-credential")
+    second = start(tmp_path / "b", env)
+    try:
+        dead = f"http://127.0.0.1:{free_port()}"
+        both = f"{dead},{first.url},{second.url}"
+        made = run("controller", "token", "create", "--controller", both, "--state-dir", str(first.state_dir))
+        assert made.returncode == 0, made.stderr
+        listed = run(
+            "controller",
+            "token",
+            "list",
+            "--json",
+            "--controller",
+            second.url,
+            "--state-dir",
+            str(second.state_dir),
+        )
+        assert listed.returncode == 0 and '"id":1' in listed.stdout.replace(" ", "")
+        stop(first)
+        again = run(
+            "controller",
+            "token",
+            "list",
+            "--controller",
+            f"{first.url},{second.url}",
+            "--state-dir",
+            str(second.state_dir),
+        )
+        assert again.returncode == 0, again.stderr
+        gone = run(
+            "controller",
+            "token",
+            "list",
+            "--controller",
+            f"{dead},{first.url}",
+            "--state-dir",
+            str(second.state_dir),
+        )
+        assert (
+            gone.returncode == 1
+            and len(gone.stderr.strip().splitlines()) == 1
+            and "cannot reach" in gone.stderr
+        )
+    finally:
+        stop(first)
+        stop(second)
+
+
+def one_line_refusal(tmp_path: Path, url: str) -> str:
+    r = run(
+        "controller",
+        "serve",
+        "--state-dir",
+        str(tmp_path),
+        "--listen",
+        f"127.0.0.1:{free_port()}",
+        env=env_with_db(url),
+    )
+    assert r.returncode == 2 and r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    return lines[0]
+
+
+def test_a_wrong_password_is_named_and_not_shown(tmp_path: Path, postgres: PostgresCluster):
+    line = one_line_refusal(tmp_path, postgres.url("postgres", password="Wrong-Pass-123"))
+    assert "password authentication failed" in line and "Wrong-Pass-123" not in line
+    assert postgres.password not in line
+
+
+def test_an_unreachable_server_is_named(tmp_path: Path, postgres: PostgresCluster):
+    url = postgres.url("postgres").replace(f":{postgres.port}/", f":{free_port()}/")
+    line = one_line_refusal(tmp_path, url)
+    assert "connection refused" in line.lower() or "failed" in line
+    assert postgres.password not in line and "***" in line
+
+
+def test_a_database_from_a_newer_wgmesh_stops_start_up(tmp_path: Path, postgres: PostgresCluster):
+    url = postgres.create_database()
+    SqlStore(url).close()
+    with sa.create_engine(engine_url(url)).begin() as c:
+        c.execute(sa.text("UPDATE alembic_version SET version_num = '0999_future'"))
+    line = one_line_refusal(tmp_path, url)
+    assert "schema revision 0999_future, newer than this wgmesh" in line and postgres.password not in line
+
+
+@pytest.mark.parametrize("database", ["no_such_db"])
+def test_a_missing_database_is_named(tmp_path: Path, postgres: PostgresCluster, database: str):
+    line = one_line_refusal(tmp_path, postgres.url(database))
+    assert f'database "{database}" does not exist' in line and postgres.password not in line
