@@ -17,6 +17,7 @@ from controller.admin_client import AdminClient, AdminError, add_target_options,
 from controller.credentials import CredentialError, admin_credential_path, ensure_admin_credential
 from controller.settings import DEFAULT_LISTEN, DEFAULT_MESH_CIDR, Settings, SettingsError, load_settings
 from keys.store import ensure_private_dir
+from wgmesh.systemd import Notifier, under_systemd
 from wire.models import PreAuthKeyRequest
 
 _DURATION = re.compile(r"^(\d+)([smhd]?)$")
@@ -115,7 +116,9 @@ def serve(args: argparse.Namespace, env: Mapping[str, str], prog: str) -> int:
         store.close()
         return fail(f"cannot listen on {settings.listen}: {e.strerror or e}")
     app = create_app(settings, store)
-    if created:
+    if created and under_systemd(env):  # the journal is no place for it; root reads the file
+        print(f"admin credential created in {admin_credential_path(settings.state_dir)} (root only)")
+    elif created:
         print(
             f"admin credential (shown once; kept in {admin_credential_path(settings.state_dir)}): {credential}"
         )
@@ -129,8 +132,30 @@ def serve(args: argparse.Namespace, env: Mapping[str, str], prog: str) -> int:
     config = uvicorn.Config(
         app, log_level="warning", access_log=False, timeout_graceful_shutdown=3, timeout_keep_alive=75
     )
-    uvicorn.Server(config).run(sockets=[sock])
+    _notifying_server_class()(config, Notifier(env)).run(sockets=[sock])
     return 0
+
+
+def _notifying_server_class() -> type:
+    import uvicorn
+
+    class NotifyingServer(uvicorn.Server):
+        """uvicorn that tells systemd READY=1 once it serves (Type=notify), STOPPING=1 when it stops."""
+
+        def __init__(self, config: uvicorn.Config, notifier: Notifier) -> None:
+            super().__init__(config)
+            self.notifier = notifier
+
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                self.notifier.ready("listening")
+
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            self.notifier.stopping()
+            await super().shutdown(sockets)
+
+    return NotifyingServer
 
 
 def _listen_socket(settings: Settings) -> socket.socket:
