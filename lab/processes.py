@@ -26,7 +26,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from agent.state import STATE_DIR_ENV
@@ -45,13 +45,23 @@ def in_namespace(namespace: str, argv: Sequence[str]) -> list[str]:
     return ["ip", "netns", "exec", namespace, *argv]
 
 
+def program_path() -> str:
+    """PATH for lab processes: the lab's own interpreter directory first, so a plain `wgmesh` there is
+    the lab's own program, venv active or not."""
+    return f"{Path(sys.executable).parent}:{os.environ.get('PATH') or os.defpath}"
+
+
+def with_env(env: Mapping[str, str], argv: Sequence[str]) -> list[str]:
+    """`argv` run through `env NAME=VALUE ...` (which execs, so the pid is still the final program's)."""
+    return ["env", *(f"{k}={v}" for k, v in env.items()), *argv]
+
+
 def in_host(host: HostLayout, argv: Sequence[str]) -> list[str]:
     """`argv` as it must run on `host`: its network namespace, its private /run/wireguard and its state
     directory in the environment (`env` execs too, so the pid is still the final program's)."""
     private_mounts = ["unshare", "-m", "--propagation", "private", "sh", "-c", _MOUNT_WIREGUARD]
-    path = f"{Path(sys.executable).parent}:{os.environ.get('PATH') or os.defpath}"
-    state = ["env", f"{STATE_DIR_ENV}={host.state_dir}", f"PATH={path}"]
-    return in_namespace(host.namespace, [*private_mounts, str(host.run_dir), *state, *argv])
+    state = {STATE_DIR_ENV: str(host.state_dir), "PATH": program_path()}
+    return in_namespace(host.namespace, [*private_mounts, str(host.run_dir), *with_env(state, argv)])
 
 
 def _stat_fields(pid: int) -> list[str] | None:
