@@ -81,6 +81,27 @@ def start_ticks(pid: int) -> int | None:
     return int(fields[19])
 
 
+def _entry_ticks(pid: int) -> int | None:
+    """The start time of whatever holds `pid` in the process table, zombies included."""
+    fields = _stat_fields(pid)
+    return None if fields is None else int(fields[19])
+
+
+def wait_reaped(ended: Sequence[tuple[int, int]], timeout_s: float = 10.0) -> list[int]:
+    """Wait until each ended (pid, start ticks) has left the process table: an exited process stays a
+    zombie until its parent (often PID 1, for a daemon whose agent is gone) reaps it. Returns the pids
+    still there at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    left = list(ended)
+    while True:
+        for pid, _ in left:
+            _reap(pid)
+        left = [(pid, ticks) for pid, ticks in left if _entry_ticks(pid) == ticks]
+        if not left or time.monotonic() >= deadline:
+            return [pid for pid, _ in left]
+        time.sleep(0.05)
+
+
 def _cmdline(pid: int) -> str:
     # A process in the middle of execve() briefly shows an empty command line; read again then.
     for _ in range(20):
@@ -153,15 +174,16 @@ def end_recorded(
     return True
 
 
-def end_in_namespace(pids: Sequence[int], grace_s: float = 3.0) -> int:
-    """End processes found inside one of the lab's namespaces (see module rules). Returns how many."""
-    count = 0
+def end_in_namespace(pids: Sequence[int], grace_s: float = 3.0) -> list[tuple[int, int]]:
+    """End processes found inside one of the lab's namespaces (see module rules). Returns the
+    (pid, start ticks) of those it ended, for `wait_reaped`."""
+    ended = []
     for pid in pids:
         ticks = start_ticks(pid)
         if ticks is not None and pid != os.getpid():
             end(pid, ticks=ticks, grace_s=grace_s)
-            count += 1
-    return count
+            ended.append((pid, ticks))
+    return ended
 
 
 def peak_memory_kib(pid: int) -> int | None:
