@@ -15,7 +15,14 @@ from collections.abc import Mapping, Sequence
 
 from controller.admin_client import AdminClient, AdminError, add_target_options, resolve_target, table, when
 from controller.credentials import CredentialError, admin_credential_path, ensure_admin_credential
-from controller.settings import DEFAULT_LISTEN, DEFAULT_MESH_CIDR, Settings, SettingsError, load_settings
+from controller.settings import (
+    DEFAULT_LISTEN,
+    DEFAULT_MESH_CIDR,
+    Settings,
+    SettingsError,
+    describe_settings,
+    load_settings,
+)
 from keys.store import ensure_private_dir
 from wgmesh.argparser import OneLineParser
 from wire.models import MAX_PREAUTH_EXPIRY_S, PreAuthKeyRequest
@@ -45,7 +52,12 @@ def parse_expiry(text: str) -> int | None:
 def _parser(prog: str) -> argparse.ArgumentParser:
     parser = OneLineParser(prog=prog, description="Run the wgmesh controller and manage pre-auth keys.")
     sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
-    serve = sub.add_parser("serve", help="run the controller (REST API on uvicorn)")
+    serve = sub.add_parser(
+        "serve",
+        help="run the controller (REST API on uvicorn)",
+        epilog=describe_settings(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     serve.add_argument(
         "--listen", metavar="HOST:PORT", help=f"address to listen on (default {DEFAULT_LISTEN})"
     )
