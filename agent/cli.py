@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 from pydantic import TypeAdapter, ValidationError
 
 from agent.backends import BACKEND_NAMES, BackendError, open_backend
-from agent.config import ConfigError, Source, config_path, pick, read_config, read_secret_file
+from agent.config import ConfigError, Source, config_path, pick, read_config
 from agent.daemon import (
     DEFAULT_LISTEN_PORT,
     DEFAULT_POLL_TIMEOUT_S,
@@ -49,6 +49,7 @@ from agent.state import (
     load_netmap,
 )
 from agent.status import AgentStatus, StatusError, render_table, with_live_device
+from keys.store import SecretFileError, read_secret_line
 from wgmesh.argparser import OneLineParser
 from wgmesh.systemd import Notifier
 from wire.fields import Hostname, parse_endpoint
@@ -319,7 +320,11 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def _token_from_file(path: Path) -> str:
-    key = read_secret_file(path, "pre-auth key")
+    """The pre-auth key in `path` (one line, 0600): only what enrollment needs is read."""
+    try:
+        key = read_secret_line(path, "pre-auth key")
+    except SecretFileError as e:
+        raise UsageError(str(e)) from None
     try:
         return _token(key)
     except argparse.ArgumentTypeError as e:

@@ -41,6 +41,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 class Mesh:
     fleet: Machines
     wheel: Path
+    wheelhouse: Path
     controller_url: str
     started: float
     figures: dict[str, str] = field(default_factory=dict)
@@ -100,7 +101,7 @@ def mesh() -> Iterator[Mesh]:
     )
     fleet = Machines.create(base, [CONTROLLER, *HOSTS], binds)
     try:
-        mesh = Mesh(fleet, wheel, f"http://{fleet[CONTROLLER].address}:{PORT}", started)
+        mesh = Mesh(fleet, wheel, house, f"http://{fleet[CONTROLLER].address}:{PORT}", started)
         FIGURES.unlink(missing_ok=True)
         mesh.record("rootfs", f"{rootfs_s:.1f} s ({'built now' if built else 'cached'})")
         for machine in fleet.machines.values():
