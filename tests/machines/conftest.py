@@ -10,6 +10,8 @@ Without systemd-nspawn or mmdebstrap the tier fails with the command that instal
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.conftest import wait_until
 from tests.machines import nspawn
 from tests.machines.nspawn import DEPLOY_MOUNT, WHEEL_MOUNT, WHEELHOUSE_MOUNT, Machine, Machines
 
@@ -75,6 +78,42 @@ class Mesh:
             f.write(f"{name}: {value}\n")
 
 
+def status(machine: Machine) -> dict:
+    return json.loads(machine.sh("wgmesh agent status --json").stdout)
+
+
+def tunnel_addresses(mesh: Mesh) -> dict[str, str]:
+    return {h.name: status(h)["tunnel_address"] for h in mesh.hosts()}
+
+
+def pings(source: Machine, address: str, count: int = 1, interval: float = 0.2, wait: float = 1) -> str:
+    """`ping` output from inside `source`; the caller reads its loss line."""
+    result = source.sh(
+        f"ping -n -q -c {count} -i {interval} -W {wait:g} {address}",
+        check=False,
+        timeout=count * interval + 30,
+    )
+    return result.stdout
+
+
+def loss(output: str) -> str:
+    match = re.search(r"(\d+) packets transmitted, (\d+) received", output)
+    assert match, output
+    return f"{match.group(1)} sent, {match.group(2)} received"
+
+
+def lossless(output: str) -> bool:
+    match = re.search(r"(\d+) packets transmitted, (\d+) received", output)
+    return bool(match) and match.group(1) == match.group(2)
+
+
+def full_mesh(mesh: Mesh) -> bool:
+    addresses = tunnel_addresses(mesh)
+    return all(
+        lossless(pings(h, addresses[o], count=1, wait=1)) for h in mesh.hosts() for o in HOSTS if o != h.name
+    )
+
+
 def tools_missing() -> str | None:
     missing = [t for t in ("systemd-nspawn", "mmdebstrap", "nsenter") if shutil.which(t) is None]
     if missing:
@@ -114,6 +153,8 @@ def mesh() -> Iterator[Mesh]:
         with ThreadPoolExecutor(len(HOSTS)) as pool:  # the hosts install side by side, like `vagrant up`
             list(pool.map(lambda host: mesh.install(host, *mesh.agent_args(host)), mesh.hosts()))
         mesh.record("nothing to 4 machines installed", f"{time.monotonic() - started:.1f} s")
+        wait_until("every pair of hosts to ping over the tunnel", lambda: full_mesh(mesh), timeout=120)
+        mesh.record("nothing to a 4-machine mesh (every pair pings)", f"{time.monotonic() - started:.1f} s")
         yield mesh
     finally:
         fleet.close()
