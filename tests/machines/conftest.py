@@ -33,11 +33,17 @@ WG_PORT = 51820
 FIGURES = nspawn.RUN_BASE / "figures.txt"
 
 
+# The first test pays for the mesh fixture (booting and installing four machines): on a loaded 2-core
+# machine that alone can take minutes.
+TEST_TIMEOUT_S = 900
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     here = Path(__file__).parent
     for item in items:
         if Path(str(item.fspath)).parent == here:
             item.add_marker(pytest.mark.root)
+            item.add_marker(pytest.mark.timeout(TEST_TIMEOUT_S))
 
 
 @dataclass
