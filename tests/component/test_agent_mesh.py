@@ -22,8 +22,11 @@ import pytest
 
 from agent.backends.fake import FakeBackend
 from agent.backoff import Backoff
-from agent.daemon import Agent, AgentEdges, AgentSettings, InMemoryHostNetwork
+from agent.core import EXIT_REMOVED
+from agent.daemon import Agent, AgentEdges, AgentSettings
 from agent.eventlog import EventLog
+from agent.hostnet.base import HostConfig
+from agent.hostnet.fake import FakeHostNetwork
 from agent.links import ProbeResult
 from agent.state import AgentState, StatePaths, load_keys
 from agent.status import AgentStatus
@@ -50,7 +53,7 @@ class SteadyProber:
         return {t: ProbeResult(sent=3, received=3, rtt_ms=RTT_MS) for t in targets}
 
 
-class FlakyHostNetwork(InMemoryHostNetwork):
+class FlakyHostNetwork(FakeHostNetwork):
     """A host network the kernel refuses while `broken`; counts every attempt."""
 
     def __init__(self) -> None:
@@ -58,11 +61,11 @@ class FlakyHostNetwork(InMemoryHostNetwork):
         self.broken = False
         self.calls = 0
 
-    async def apply(self, ifname, addresses, routes, forward):
+    def set(self, config: HostConfig) -> list[str]:
         self.calls += 1
         if self.broken:
             raise OSError(errno.EPERM, "Operation not permitted")
-        return await super().apply(ifname, addresses, routes, forward)
+        return super().set(config)
 
 
 class SwitchableTransport(httpx.AsyncBaseTransport):
@@ -298,11 +301,19 @@ async def test_a_fourth_host_appears_everywhere_and_a_removed_one_disappears(mes
         await wait_for(
             f"{name} to log beta's removal", lambda h=h: "event=peer_removed peer=beta" in h.log(), mesh
         )
-    # the removed host is told once that its credential is refused; its agent keeps running
+    # the removed host says so once, takes its peers, addresses and routes down, and stops
     beta = mesh.hosts["beta"]
-    await wait_for("beta rejected", lambda: beta.status().controller == "rejected", mesh)
-    await wait_for("beta to retry several times", lambda: retries(beta) >= 4, mesh)
-    assert mesh.hosts["beta"].log().count("event=controller_rejected") == 1
+    await wait_for("beta's agent to stop", lambda: beta.task is not None and beta.task.done(), mesh)
+    assert beta.agent is not None and beta.agent.stopped is not None
+    assert beta.agent.stopped.exit_code == EXIT_REMOVED
+    assert "removed this node from the mesh" in beta.agent.stopped.reason
+    assert beta.log().count("event=node_removed") == 1
+    assert beta.backend.read("wg0").peers == {}
+    assert (beta.host_network.addresses["wg0"], beta.host_network.routes["wg0"]) == ((), ())
+    assert beta.host_network.forward["wg0"] is False
+    assert beta.status().controller == "removed" and beta.status().peers == []
+    assert not StatePaths(beta.state_dir).netmap.exists(), "a restart would bring the peers back"
+    assert not StatePaths(beta.state_dir).p2p_directory.exists()
 
 
 async def test_controller_away_agents_run_from_cache_then_reconnect(mesh: Mesh) -> None:
@@ -355,7 +366,7 @@ async def test_no_log_line_shows_a_secret(mesh: Mesh) -> None:
         await mesh.start(name)
     await wait_for("two hosts meshed", lambda: full_mesh(mesh, ["alpha", "beta"]), mesh)
     await mesh.remove("beta")
-    await wait_for("beta rejected", lambda: "event=controller_rejected" in mesh.hosts["beta"].log(), mesh)
+    await wait_for("beta removed", lambda: "event=node_removed" in mesh.hosts["beta"].log(), mesh)
     logs = mesh.all_logs()
     secrets = [mesh.preauth_key, mesh.admin]
     for h in mesh.hosts.values():
