@@ -256,7 +256,8 @@ class Agent:
                 return
             timeout = None if due is None else max(0.001, due - clock())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):  # not wait_for: see agent.probe
+                    await self._wake.wait()
 
     async def _settle(self) -> None:
         """Cancel what can be cancelled, wait for applies in their threads, and take their outcomes."""
@@ -343,9 +344,8 @@ class Agent:
         for endpoint in endpoints:
             host, _, port = endpoint.rpartition(":")
             try:
-                infos = await asyncio.wait_for(
-                    loop.getaddrinfo(host, int(port), type=socket.SOCK_DGRAM), RESOLVE_TIMEOUT_S
-                )
+                async with asyncio.timeout(RESOLVE_TIMEOUT_S):
+                    infos = await loop.getaddrinfo(host, int(port), type=socket.SOCK_DGRAM)
                 address = str(infos[0][4][0])
                 addresses[endpoint] = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
             except (OSError, TimeoutError, IndexError) as e:

@@ -69,15 +69,22 @@ class FlakyHostNetwork(FakeHostNetwork):
 
 
 class SwitchableTransport(httpx.AsyncBaseTransport):
-    """The network between agents and controller; `down` makes every new request fail to connect."""
+    """The network between agents and controller; `down` makes every new request fail to connect.
+    Requests with a credential in `removed` are answered 410, as a controller that remembers removed
+    nodes answers them (today's controller does so only to a poll parked at the removal)."""
 
     def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
         self.inner = inner
         self.down = False
+        self.removed: set[str] = set()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if self.down:
             raise httpx.ConnectError("connection refused", request=request)
+        credential = request.headers.get("authorization", "").removeprefix("Bearer ")
+        if credential in self.removed:
+            body = {"detail": "node was removed from the mesh"}
+            return httpx.Response(410, json=body, request=request)
         return await self.inner.handle_async_request(request)
 
 
@@ -142,7 +149,7 @@ class Mesh:
             self.hosts[name] = Host(name, self.tmp / name)
         return self.hosts[name]
 
-    async def start(self, name: str, enroll: bool = True) -> Host:
+    async def start(self, name: str, enroll: bool = True, probe_interval_s: float = 0.1) -> Host:
         h = self.host(name)
         index = sorted(self.hosts).index(name) + 2
         settings = AgentSettings(
@@ -151,7 +158,7 @@ class Mesh:
             token=self.preauth_key if enroll else None,
             hostname=name,
             endpoints=(f"198.18.0.{index}:51820",),
-            probe_interval_s=0.1,
+            probe_interval_s=probe_interval_s,
             poll_timeout_s=5,
         )
         edges = AgentEdges(
@@ -301,8 +308,21 @@ async def test_a_fourth_host_appears_everywhere_and_a_removed_one_disappears(mes
         await wait_for(
             f"{name} to log beta's removal", lambda h=h: "event=peer_removed peer=beta" in h.log(), mesh
         )
-    # the removed host says so once, takes its peers, addresses and routes down, and stops
+    # the removed host is told once (removed: 410, or its credential refused: 401, depending on
+    # whether its poll was parked at the removal)
     beta = mesh.hosts["beta"]
+    await wait_for("beta told", lambda: beta.status().controller in ("rejected", "removed"), mesh)
+    told = beta.log().count("event=controller_rejected") + beta.log().count("event=node_removed")
+    assert 1 <= told <= 2
+
+
+async def test_a_removed_node_takes_its_peers_down_says_so_once_and_stops(mesh: Mesh) -> None:
+    for name in ("alpha", "beta"):
+        await mesh.start(name)
+    await wait_for("two hosts meshed", lambda: full_mesh(mesh, ["alpha", "beta"]), mesh)
+    beta = mesh.hosts["beta"]
+    mesh.transport.removed.add(StatePaths(beta.state_dir).credential.read_text().strip())
+    await mesh.remove("beta")
     await wait_for("beta's agent to stop", lambda: beta.task is not None and beta.task.done(), mesh)
     assert beta.agent is not None and beta.agent.stopped is not None
     assert beta.agent.stopped.exit_code == EXIT_REMOVED
