@@ -95,6 +95,11 @@ class WriteStatus:
 
 
 @dataclass(frozen=True)
+class Ready:
+    """The host runs a network map (tell the service manager: systemd READY=1)."""
+
+
+@dataclass(frozen=True)
 class Log:
     level: LogLevel
     event: str
@@ -119,6 +124,7 @@ Action = (
     | WriteDirectory
     | ForgetMap
     | WriteStatus
+    | Ready
     | Log
     | Stop
 )

@@ -18,15 +18,16 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from ipaddress import ip_interface
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from pydantic import TypeAdapter, ValidationError
 
 from agent.backends import BACKEND_NAMES, BackendError, open_backend
+from agent.config import ConfigError, Source, config_path, pick, read_config, read_secret_file
 from agent.eventlog import EventLog
 from agent.hostnet.base import HostNetwork
 from agent.settings import (
@@ -47,6 +48,7 @@ from agent.state import (
 )
 from agent.status import AgentStatus, StatusError, render_table, with_live_device
 from wgmesh.argparser import OneLineParser
+from wgmesh.systemd import Notifier
 from wire.fields import Hostname, parse_endpoint
 
 if TYPE_CHECKING:
@@ -149,18 +151,28 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
             help=f"keys, enrollment and cached map (default: ${STATE_DIR_ENV} or {DEFAULT_STATE_DIR})",
         )
 
+    # `up`'s options default to None: each one is then taken from WGMESH_*, the settings file, or its
+    # default (see _layered_up_options).
     up = sub.add_parser("up", help="enroll (first start) and run the agent until SIGTERM")
+    up.add_argument(
+        "--config", type=Path, metavar="FILE.toml", help="settings file, e.g. /etc/wgmesh/agent.toml"
+    )
     up.add_argument("--controller", type=_controller_url, help="controller URL (first start; later: stored)")
-    up.add_argument("--token", type=_token, help="pre-auth key (first start only)")
+    token = up.add_mutually_exclusive_group()
+    token.add_argument("--token-file", type=Path, metavar="FILE", help="file holding the pre-auth key (0600)")
+    token.add_argument("--token", type=_token, help="pre-auth key (first start only; prefer --token-file)")
     up.add_argument("--interface", type=_ifname, help="WireGuard interface (default wg0, or the stored one)")
     up.add_argument(
         "--backend",
         choices=BACKEND_NAMES,
-        default="auto",
         help="WireGuard implementation (default auto: kernel module if present, else wireguard-go)",
     )
-    state_dir(up)
-    up.add_argument("--listen-port", type=_port, default=DEFAULT_LISTEN_PORT, help="UDP port (enrollment)")
+    up.add_argument(
+        "--state-dir",
+        type=Path,
+        help=f"keys, enrollment and cached map (default: ${STATE_DIR_ENV} or {DEFAULT_STATE_DIR})",
+    )
+    up.add_argument("--listen-port", type=_port, help=f"UDP port (enrollment; default {DEFAULT_LISTEN_PORT})")
     up.add_argument(
         "--endpoint",
         type=_endpoint,
@@ -173,14 +185,12 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     up.add_argument(
         "--probe-interval",
         type=_seconds,
-        default=DEFAULT_PROBE_INTERVAL_S,
         metavar="S",
         help=f"seconds between link probes and reports (default {DEFAULT_PROBE_INTERVAL_S:g})",
     )
     up.add_argument(
         "--poll-timeout",
         type=_poll_seconds,
-        default=DEFAULT_POLL_TIMEOUT_S,
         metavar="S",
         help=f"seconds the controller may hold a map request (default {DEFAULT_POLL_TIMEOUT_S:g})",
     )
@@ -206,7 +216,7 @@ def main(argv: Sequence[str], prog: str = "wgmesh agent") -> int:
     command = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "export": cmd_export}[args.cmd]
     try:
         return command(args)
-    except (AgentError, StateError, StatusError, BackendError, UsageError) as e:
+    except (AgentError, StateError, StatusError, BackendError, UsageError, ConfigError) as e:
         print(f"{prog} {args.cmd}: {e}", file=sys.stderr)
         return 1
 
@@ -214,9 +224,65 @@ def main(argv: Sequence[str], prog: str = "wgmesh agent") -> int:
 # --- up -----------------------------------------------------------------------------------------------
 
 
+def _backend_choice(text: str) -> str:
+    if text not in BACKEND_NAMES:
+        raise argparse.ArgumentTypeError(f"backend {text!r}: expected one of {', '.join(BACKEND_NAMES)}")
+    return text
+
+
+def _endpoints(value: object) -> list[str]:
+    items = value if isinstance(value, list) else str(value).split(",")
+    return [_endpoint(str(item).strip()) for item in items if str(item).strip()]
+
+
+# option -> (check turning a value from the environment or the file into the flag's value, default)
+_UP_OPTIONS: dict[str, tuple[Callable[[Any], Any], Any]] = {
+    "controller": (_controller_url, None),
+    "token_file": (Path, None),
+    "interface": (_ifname, None),
+    "backend": (_backend_choice, "auto"),
+    "state_dir": (Path, DEFAULT_STATE_DIR),
+    "listen_port": (_port, DEFAULT_LISTEN_PORT),
+    "endpoint": (_endpoints, []),
+    "hostname": (_hostname, None),
+    "probe_interval": (_seconds, DEFAULT_PROBE_INTERVAL_S),
+    "poll_timeout": (_poll_seconds, DEFAULT_POLL_TIMEOUT_S),
+}
+
+
+def _layered_up_options(args: argparse.Namespace, env: Mapping[str, str]) -> argparse.Namespace:
+    """`up`'s options with each one from its flag, else WGMESH_*, else the settings file, else default."""
+    path = config_path(args.config, env)
+    file = read_config(path) if path is not None else {}
+    flags = vars(args)
+    values = dict(flags)
+    for name, (check, default) in _UP_OPTIONS.items():
+        source = pick(name, flags, env, file, path)
+        if source is None:
+            values[name] = default
+        elif source.where.startswith("--"):
+            values[name] = source.value  # argparse checked it
+        else:
+            values[name] = _checked(check, source)
+    return argparse.Namespace(**values)
+
+
+def _checked(check: Callable[[Any], Any], source: Source) -> Any:
+    value = source.value
+    if isinstance(value, bool) or not isinstance(value, str | int | float | list):
+        raise UsageError(f"{source.where}: unexpected value {value!r}")
+    try:
+        return check(value if isinstance(value, list) or check is _endpoints else str(value))
+    except argparse.ArgumentTypeError as e:
+        raise UsageError(f"{source.where}: {e}") from None
+
+
 def cmd_up(args: argparse.Namespace) -> int:
+    args = _layered_up_options(args, os.environ)
     state_dir: Path = args.state_dir
     stored = _stored_state(state_dir)
+    if stored is None and args.token is None and args.token_file is not None:
+        args.token = _token_from_file(args.token_file)  # needed only to enroll
     backend_name = args.backend
     if backend_name == "auto" and stored is not None:
         backend_name = stored.backend
@@ -235,7 +301,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     if stored is None and not (args.controller and args.token):
         raise UsageError(
             f"this host has not enrolled yet ({StatePaths(state_dir).node} is missing): "
-            "give --controller URL and --token PRE-AUTH-KEY"
+            "give --controller URL and --token-file FILE (the pre-auth key)"
         )
     try:
         backend = open_backend(backend_name)
@@ -245,14 +311,27 @@ def cmd_up(args: argparse.Namespace) -> int:
     from agent.probe import IcmpProber
 
     log = EventLog(sys.stderr)
+    notifier = Notifier(os.environ)
     edges = AgentEdges(
-        backend=backend, host_network=_host_network(backend.name), prober=IcmpProber(), log=log
+        backend=backend,
+        host_network=_host_network(backend.name),
+        prober=IcmpProber(),
+        log=log,
+        ready=lambda: notifier.ready("serving its network map"),
     )
     agent = Agent(settings, edges)
     code = asyncio.run(_serve(agent))
     if agent.stopped is not None:
         print(f"wgmesh agent up: {agent.stopped.reason}", file=sys.stderr)
     return code
+
+
+def _token_from_file(path: Path) -> str:
+    key = read_secret_file(path, "pre-auth key")
+    try:
+        return _token(key)
+    except argparse.ArgumentTypeError as e:
+        raise UsageError(f"{path}: {e}") from None
 
 
 async def _serve(agent: Agent) -> int:

@@ -52,6 +52,7 @@ from agent.actions import (
     Poll,
     PollFailed,
     PollRefused,
+    Ready,
     Reported,
     ReportFailed,
     ReportLinks,
@@ -501,7 +502,7 @@ class AgentCore:
         if source == "controller" and netmap != previous:
             actions.append(SaveCache(netmap))
         actions.append(WriteDirectory(netmap, changed=netmap != previous))
-        return actions + self._status_actions(now)
+        return [*actions, *self._status_actions(now), Ready()]
 
     def _apply_failed(self, target: _Target, error: str, now: float) -> list[Action]:
         actions: list[Action] = []

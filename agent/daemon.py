@@ -43,6 +43,7 @@ from agent.actions import (
     Poll,
     PollFailed,
     PollRefused,
+    Ready,
     Reported,
     ReportFailed,
     ReportLinks,
@@ -94,6 +95,7 @@ class AgentEdges:
     transport: httpx.AsyncBaseTransport | None = None  # None: real sockets
     clock: Callable[[], float] = time.time
     backoff: Backoff = field(default_factory=Backoff)
+    ready: Callable[[], None] = lambda: None  # called after every applied map (systemd READY=1)
 
 
 class Agent:
@@ -290,6 +292,8 @@ class Agent:
                 case ForgetMap():
                     for path in (self.paths.netmap, self.paths.p2p_directory):
                         path.unlink(missing_ok=True)
+                case Ready():
+                    self.edges.ready()
                 case Stop():
                     self.stopped = action
                 case Poll() | Resolve() | Apply() | Measure() | ReportLinks():

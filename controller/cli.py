@@ -25,6 +25,7 @@ from controller.settings import (
 )
 from keys.store import ensure_private_dir
 from wgmesh.argparser import OneLineParser
+from wgmesh.systemd import Notifier, under_systemd
 from wire.models import MAX_PREAUTH_EXPIRY_S, PreAuthKeyRequest
 
 _DURATION = re.compile(r"^(\d+)([smhd]?)$")
@@ -133,7 +134,9 @@ def serve(args: argparse.Namespace, env: Mapping[str, str], prog: str) -> int:
         store.close()
         return fail(f"cannot listen on {settings.listen}: {e.strerror or e}")
     app = create_app(settings, store)
-    if created:
+    if created and under_systemd(env):  # the journal is no place for it; root reads the file
+        print(f"admin credential created in {admin_credential_path(settings.state_dir)} (root only)")
+    elif created:
         print(
             f"admin credential (shown once; kept in {admin_credential_path(settings.state_dir)}): {credential}"
         )
@@ -147,8 +150,30 @@ def serve(args: argparse.Namespace, env: Mapping[str, str], prog: str) -> int:
     config = uvicorn.Config(
         app, log_level="warning", access_log=False, timeout_graceful_shutdown=3, timeout_keep_alive=75
     )
-    uvicorn.Server(config).run(sockets=[sock])
+    _notifying_server_class()(config, Notifier(env)).run(sockets=[sock])
     return 0
+
+
+def _notifying_server_class() -> type:
+    import uvicorn
+
+    class NotifyingServer(uvicorn.Server):
+        """uvicorn that tells systemd READY=1 once it serves (Type=notify), STOPPING=1 when it stops."""
+
+        def __init__(self, config: uvicorn.Config, notifier: Notifier) -> None:
+            super().__init__(config)
+            self.notifier = notifier
+
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                self.notifier.ready("listening")
+
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            self.notifier.stopping()
+            await super().shutdown(sockets)
+
+    return NotifyingServer
 
 
 def _listen_socket(settings: Settings) -> socket.socket:

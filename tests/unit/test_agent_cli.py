@@ -61,7 +61,7 @@ def test_up_without_enrollment_or_token_says_what_to_give(capsys, tmp_path):
     assert code == 1
     assert err.strip().splitlines() == [
         f"wgmesh agent up: this host has not enrolled yet ({tmp_path / 's' / 'node.json'} is missing): "
-        "give --controller URL and --token PRE-AUTH-KEY"
+        "give --controller URL and --token-file FILE (the pre-auth key)"
     ]
 
 
