@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 from ipaddress import ip_interface
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn, TextIO
 from urllib.parse import urlsplit
 
 from pydantic import TypeAdapter, ValidationError
@@ -49,6 +49,7 @@ from agent.state import (
 )
 from agent.status import AgentStatus, StatusError, render_table, with_live_device
 from wire.fields import Hostname, parse_endpoint
+from wire.preauth import PreAuthKey, PreAuthKeyError, parse_preauth_key
 
 IFNAME_MAX = 15
 
@@ -58,7 +59,12 @@ class UsageError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad argument as one line (no usage dump) and exit status 2."""
+    """argparse that reports a bad argument as one line (no usage dump) and exit status 2. Options are
+    never abbreviated: `--token KEY` must not be taken for `--token-file KEY`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: {message} (see --help)\n")
@@ -80,10 +86,22 @@ def _controller_url(text: str) -> str:
     return text.rstrip("/")
 
 
-def _token(text: str) -> str:
-    if len(text.strip()) < 8 or any(c.isspace() for c in text):
-        raise argparse.ArgumentTypeError("pre-auth key: expected the key `wgmesh controller` printed")
-    return text
+def read_token_file(name: str, stdin: TextIO | None = None) -> PreAuthKey:
+    """The pre-auth key in file `name` (`-`: standard input), one line. The key never travels on a
+    command line, where `ps` and /proc/PID/cmdline show it to every user of the host."""
+    try:
+        text = (stdin or sys.stdin).readline() if name == "-" else Path(name).read_text("utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"--token-file {name}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"--token-file {name}: {getattr(e, 'strerror', None) or e}") from None
+    lines = [line for line in text.splitlines() if line.strip()]
+    if len(lines) != 1:
+        raise UsageError(f"--token-file {name}: expected one line holding the pre-auth key")
+    try:
+        return parse_preauth_key(lines[0])
+    except PreAuthKeyError as e:
+        raise UsageError(f"--token-file {name}: {e}") from None
 
 
 def _ifname(text: str) -> str:
@@ -154,7 +172,11 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
 
     up = sub.add_parser("up", help="enroll (first start) and run the agent until SIGTERM")
     up.add_argument("--controller", type=_controller_url, help="controller URL (first start; later: stored)")
-    up.add_argument("--token", type=_token, help="pre-auth key (first start only)")
+    up.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="file holding the pre-auth key, '-' for standard input (first start only)",
+    )
     up.add_argument("--interface", type=_ifname, help="WireGuard interface (default wg0, or the stored one)")
     up.add_argument(
         "--backend",
@@ -223,10 +245,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     backend_name = args.backend
     if backend_name == "auto" and stored is not None:
         backend_name = stored.backend
+    key = read_token_file(args.token_file) if args.token_file else None
     settings = AgentSettings(
         state_dir=state_dir,
         controller_url=args.controller,
-        token=args.token,
+        token=key.secret if key else None,
         interface=args.interface,
         hostname=args.hostname or _default_hostname(),
         listen_port=args.listen_port,
@@ -235,10 +258,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         poll_timeout_s=args.poll_timeout,
         down_on_stop=args.down,
     )
-    if stored is None and not (args.controller and args.token):
+    if stored is None and not (args.controller and key):
         raise UsageError(
             f"this host has not enrolled yet ({StatePaths(state_dir).node} is missing): "
-            "give --controller URL and --token PRE-AUTH-KEY"
+            "give --controller URL and --token-file FILE"
         )
     try:
         backend = open_backend(backend_name)

@@ -324,7 +324,9 @@ class Agent:
                 raise AgentError(_short_error(e)) from None
             return await self._enroll()
         if self.settings.token:
-            self.log.info("already_enrolled", name=state.name, node_id=state.node_id, note="--token ignored")
+            self.log.info(
+                "already_enrolled", name=state.name, node_id=state.node_id, note="--token-file ignored"
+            )
         update: dict[str, object] = {"backend": self._backend_name()}
         if self.settings.controller_url and self.settings.controller_url != state.controller_url:
             update["controller_url"] = self.settings.controller_url
@@ -347,7 +349,7 @@ class Agent:
         if not url or not token:
             raise AgentError(
                 f"this host has not enrolled yet ({self.paths.node} is missing): "
-                "give --controller URL and --token PRE-AUTH-KEY"
+                "give --controller URL and --token-file FILE"
             )
         hostname = self.settings.hostname or "localhost"
         unsigned = EnrollRequest(

@@ -14,7 +14,12 @@ import sys
 from collections.abc import Mapping, Sequence
 
 from controller.admin_client import AdminClient, AdminError, add_target_options, resolve_target, table, when
-from controller.credentials import CredentialError, admin_credential_path, ensure_admin_credential
+from controller.credentials import (
+    CredentialError,
+    admin_credential_path,
+    ensure_admin_credential,
+    read_admin_credential,
+)
 from controller.settings import DEFAULT_LISTEN, DEFAULT_MESH_CIDR, Settings, SettingsError, load_settings
 from keys.store import ensure_private_dir
 from wire.models import PreAuthKeyRequest
@@ -50,6 +55,13 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     )
     serve.add_argument("--config", metavar="FILE.toml", help="settings file (flags and WGMESH_* win over it)")
 
+    shown = sub.add_parser(
+        "admin-credential",
+        help="print the admin credential (needs read access to the state directory: root under systemd)",
+    )
+    shown.add_argument("--state-dir", metavar="DIR", help="the controller's state directory")
+    shown.add_argument("--config", metavar="FILE.toml", help="settings file naming the state directory")
+
     token = sub.add_parser("token", help="create, list and revoke pre-auth keys")
     tsub = token.add_subparsers(dest="token_cmd", required=True, metavar="COMMAND")
     create = tsub.add_parser("create", help="create a pre-auth key and print only the key")
@@ -76,6 +88,8 @@ def main(argv: Sequence[str], prog: str = "wgmesh controller") -> int:
     env = os.environ
     if args.cmd == "serve":
         return serve(args, env, prog)
+    if args.cmd == "admin-credential":
+        return show_admin_credential(args, env, f"{prog} admin-credential")
     return token(args, env, f"{prog} token {args.token_cmd}")
 
 
@@ -116,9 +130,12 @@ def serve(args: argparse.Namespace, env: Mapping[str, str], prog: str) -> int:
         return fail(f"cannot listen on {settings.listen}: {e.strerror or e}")
     app = create_app(settings, store)
     if created:
-        print(
-            f"admin credential (shown once; kept in {admin_credential_path(settings.state_dir)}): {credential}"
-        )
+        # A terminal is read by the operator who started it; a pipe or a journal is kept and copied.
+        where = admin_credential_path(settings.state_dir)
+        if sys.stdout.isatty() and not env.get("INVOCATION_ID"):
+            print(f"admin credential (shown once; kept in {where}): {credential}")
+        else:
+            print(f"admin credential created in {where}; show it with `{prog} admin-credential`")
     nodes = len(app.state.plane.nodes)
     print(
         f"wgmesh controller ready on http://{settings.listen} (mesh {settings.mesh_cidr}, {nodes} nodes)",
@@ -130,6 +147,20 @@ def serve(args: argparse.Namespace, env: Mapping[str, str], prog: str) -> int:
         app, log_level="warning", access_log=False, timeout_graceful_shutdown=3, timeout_keep_alive=75
     )
     uvicorn.Server(config).run(sockets=[sock])
+    return 0
+
+
+def show_admin_credential(args: argparse.Namespace, env: Mapping[str, str], prog: str) -> int:
+    """Print the admin credential from the state directory; reading it takes the rights the file
+    needs (0600, owned by the controller's user), so under systemd this is a root-only command."""
+    flags = {"state_dir": args.state_dir, "config": args.config}
+    try:
+        settings = load_settings(flags, env)
+        credential = read_admin_credential(admin_credential_path(settings.state_dir))
+    except (SettingsError, CredentialError) as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 2
+    print(credential)
     return 0
 
 

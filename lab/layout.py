@@ -115,6 +115,11 @@ class LabLayout:
         return self.controller_dir / "admin-credential"
 
     @property
+    def preauth_key_path(self) -> Path:
+        """The pre-auth key every agent of the lab enrolls with (0600), handed over as --token-file."""
+        return self.dir / "preauth-key"
+
+    @property
     def controller_listen(self) -> str:
         return f"{BRIDGE_ADDRESS}:{CONTROLLER_PORT}"
 

@@ -96,12 +96,19 @@ def served(tmp_path: Path) -> Iterator[Served]:
         stop(s)
 
 
-def test_first_start_shows_the_admin_credential_once_and_stores_it_0600(served: Served):
+def test_first_start_off_a_terminal_names_the_credential_file_but_never_prints_it(served: Served):
+    """stdout here is a pipe, as under systemd or a log file: the credential stays in its 0600 file and
+    `wgmesh controller admin-credential` shows it to whoever may read that file."""
     cred_file = served.state_dir / "admin-credential"
     credential = cred_file.read_text().strip()
     assert stat.S_IMODE(cred_file.stat().st_mode) == 0o600
     assert len(served.first_lines) == 2
-    assert credential in served.first_lines[0]
+    assert served.first_lines[0] == (
+        f"admin credential created in {cred_file}; show it with `wgmesh controller admin-credential`"
+    )
+    assert credential not in "\n".join(served.first_lines)
+    shown = run("controller", "admin-credential", "--state-dir", str(served.state_dir))
+    assert shown.returncode == 0 and shown.stdout == credential + "\n"
     assert served.first_lines[1].startswith("wgmesh controller ready on http://127.0.0.1:")
     assert "198.19.0.0/16" in served.first_lines[1]
     stop(served)
@@ -110,6 +117,11 @@ def test_first_start_shows_the_admin_credential_once_and_stores_it_0600(served: 
         assert len(again.first_lines) == 1 and credential not in again.first_lines[0]
     finally:
         stop(again)
+    cred_file.chmod(0o644)
+    refused = run("controller", "admin-credential", "--state-dir", str(served.state_dir))
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert "other users can read it" in refused.stderr
+    assert credential not in refused.stderr
 
 
 def test_token_create_prints_only_the_key_and_it_enrolls_a_host(served: Served):

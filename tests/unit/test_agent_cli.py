@@ -37,7 +37,7 @@ def run_exit(capsys, *argv):
     [
         (["up", "--controller", "ftp://x"], "controller URL 'ftp://x': expected http(s)://HOST[:PORT]"),
         (["up", "--controller", "http://x:99999"], "bad port"),
-        (["up", "--token", "short"], "pre-auth key"),
+        (["up", "--token", "wgm_pak_0123456789"], "unrecognized arguments: --token"),
         (["up", "--interface", "a-very-long-interface-name"], "interface name"),
         (["up", "--listen-port", "0"], "port '0': must be 1-65535"),
         (["up", "--endpoint", "198.18.0.2"], "expected 'host:port'"),
@@ -61,8 +61,54 @@ def test_up_without_enrollment_or_token_says_what_to_give(capsys, tmp_path):
     assert code == 1
     assert err.strip().splitlines() == [
         f"wgmesh agent up: this host has not enrolled yet ({tmp_path / 's' / 'node.json'} is missing): "
-        "give --controller URL and --token PRE-AUTH-KEY"
+        "give --controller URL and --token-file FILE"
     ]
+
+
+def key_file(tmp_path, text="wgm_pak_0123456789\n"):
+    path = tmp_path / "preauth-key"
+    path.write_text(text)
+    path.chmod(0o600)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "expected one line holding the pre-auth key"),
+        ("a\nb\n", "expected one line holding the pre-auth key"),
+        ("short\n", "pre-auth key: expected wgm_pak_..."),
+        ("wgm_pak_0123456789.abc\n", "pre-auth key: the part after '.' must be 64 hex digits"),
+    ],
+)
+def test_a_bad_token_file_is_one_line_and_names_the_file(capsys, tmp_path, text, message):
+    path = key_file(tmp_path, text)
+    code, _, err = run(
+        capsys, "up", "--backend", "fake", "--state-dir", str(tmp_path / "s"),
+        "--controller", "http://127.0.0.1:9", "--token-file", path,
+    )  # fmt: skip
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"wgmesh agent up: --token-file {path}: {message}")
+    assert not (tmp_path / "s" / "node.json").exists()
+
+
+def test_a_missing_token_file_is_one_line(capsys, tmp_path):
+    code, _, err = run(capsys, "up", "--backend", "fake", "--token-file", str(tmp_path / "nope"))
+    assert code == 1
+    assert err.strip() == f"wgmesh agent up: --token-file {tmp_path / 'nope'}: no such file"
+
+
+def test_the_token_file_may_be_standard_input(capsys, tmp_path, monkeypatch):
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("wgm_pak_0123456789\n"))
+    code, _, err = run(
+        capsys, "up", "--backend", "fake", "--state-dir", str(tmp_path / "s"),
+        "--controller", "http://127.0.0.1:9", "--token-file", "-", "--hostname", "h1",
+    )  # fmt: skip
+    assert code == 1
+    assert "Connection refused" in err and "wgm_pak_0123456789" not in err
 
 
 def test_up_with_an_unreachable_controller_at_enrollment_is_one_line(capsys, tmp_path):
@@ -76,8 +122,8 @@ def test_up_with_an_unreachable_controller_at_enrollment_is_one_line(capsys, tmp
         str(tmp_path / "s"),
         "--controller",
         "http://127.0.0.1:9",
-        "--token",
-        "wgm_pak_0123456789",
+        "--token-file",
+        key_file(tmp_path),
         "--hostname",
         "h1",
     )
@@ -187,8 +233,8 @@ def test_up_with_a_state_dir_that_is_a_file_is_one_line(capsys, tmp_path):
         str(not_a_dir),
         "--controller",
         "http://127.0.0.1:9",
-        "--token",
-        "wgm_pak_0123456789",
+        "--token-file",
+        key_file(tmp_path),
     )
     assert code == 1
     assert err.strip() == f"wgmesh agent up: cannot use state directory {not_a_dir}: File exists"
