@@ -193,11 +193,14 @@ class LinkReport(WireModel):
 # --- admin ------------------------------------------------------------------------------------------
 
 
+MAX_PREAUTH_EXPIRY_S = 10 * 365 * 86400  # ten years; `never` is None
+
+
 class PreAuthKeyRequest(WireModel):
     role: Role = "node"
     reusable: bool = False
     expires_in_s: int | None = Field(
-        default=3600, ge=1, le=10 * 365 * 86400, description="None: never expires."
+        default=3600, ge=1, le=MAX_PREAUTH_EXPIRY_S, description="None: never expires."
     )
 
 

@@ -151,8 +151,15 @@ def test_token_create_prints_only_the_key_and_it_enrolls_a_host(served: Served):
     assert as_json[0]["name"] == "cli-host"
     shown = served.cli("nodes", "show", "1")
     assert "tunnel address: 198.19.0.1" in shown.stdout
+    by_name = served.cli("nodes", "show", "cli-host")
+    assert by_name.returncode == 0 and by_name.stdout == shown.stdout
+    unknown = served.cli("nodes", "remove", "no-such-host")
+    assert unknown.returncode == 1
+    assert unknown.stderr.strip() == (
+        "wgmesh nodes remove: no node named 'no-such-host' (`wgmesh nodes list` shows the nodes)"
+    )
 
-    removed = served.cli("nodes", "remove", "1")
+    removed = served.cli("nodes", "remove", "cli-host")
     assert removed.returncode == 0 and "removed node 1 (cli-host" in removed.stdout
     assert json.loads(served.cli("nodes", "list", "--json").stdout) == []
 
@@ -244,3 +251,24 @@ def test_a_served_controller_keeps_its_nodes_across_restarts(tmp_path: Path):
         assert json.loads(second.cli("nodes", "list", "--json").stdout)[0]["tunnel_address"] == "198.19.0.1"
     finally:
         stop(second)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--expires", "99999999d"],
+            "wgmesh controller token create: argument --expires: '99999999d' is too far away: "
+            "at most 3650d (10 years), or 'never' (see --help)",
+        ),
+        (
+            ["--expires", "soon"],
+            "wgmesh controller token create: argument --expires: expected a duration like 30m, 1h, "
+            "7d or 'never', got 'soon' (see --help)",
+        ),
+    ],
+)
+def test_a_bad_token_flag_is_one_line_naming_the_flag(tmp_path: Path, args: list[str], message: str):
+    r = run("controller", "token", "create", *args, "--state-dir", str(tmp_path))
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.strip() == message
