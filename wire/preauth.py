@@ -15,8 +15,12 @@ Only the secret part is sent at enrollment and hashed by the controller; the pin
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 PREAUTH_PREFIX = "wgm_pak_"
 _SECRET = re.compile(r"^wgm_pak_[A-Za-z0-9_-]{6,150}$")
@@ -59,3 +63,13 @@ def parse_preauth_key(text: str) -> PreAuthKey:
             "pre-auth key: the part after '.' must be 64 hex digits (the controller CA's SHA-256 pin)"
         )
     return PreAuthKey(secret, pin)
+
+
+def ca_pin_of_pem(pem: bytes) -> str:
+    """The pin of the first certificate in `pem`: hex SHA-256 of its SubjectPublicKeyInfo (DER).
+    ValueError when `pem` holds no certificate."""
+    cert = x509.load_pem_x509_certificate(pem)
+    spki = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(spki).hexdigest()
