@@ -121,6 +121,11 @@ class SelfNode(WireModel):
     tunnel_address: IPAddress
     mesh_cidr: IPNetwork
     listen_port: Port
+    key_rotation: int | None = Field(
+        default=None,
+        ge=1,
+        description="A key rotation the controller asks this node to make (its id); None: none asked.",
+    )
 
 
 class NetMap(WireModel):
@@ -244,6 +249,12 @@ class NodeInfo(WireModel):
     enrolled_at: datetime
     last_seen: datetime | None = Field(default=None, description="None: never polled since enrollment.")
     serial: int
+    key_created_at: datetime | None = Field(
+        default=None, description="When the node's current WireGuard key was recorded; None: not known."
+    )
+    rotation: Literal["idle", "queued", "requested", "prepared"] = Field(
+        default="idle", description="The node's key rotation now (wire.rotation.RotationState)."
+    )
 
 
 class TopologyEdge(WireModel):
