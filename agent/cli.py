@@ -166,6 +166,18 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         metavar="FILE",
         help="file holding the pre-auth key, '-' for standard input (first start only)",
     )
+    up.add_argument(
+        "--ca-file",
+        type=Path,
+        metavar="FILE",
+        help="CA of the controller's certificate, for a key without pin (first start only; "
+        "default: the system CAs)",
+    )
+    up.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a plain http:// controller URL (the credentials then cross the network in clear)",
+    )
     up.add_argument("--interface", type=_ifname, help="WireGuard interface (default wg0, or the stored one)")
     up.add_argument(
         "--backend",
@@ -239,6 +251,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         state_dir=state_dir,
         controller_url=args.controller,
         token=key.secret if key else None,
+        ca_pin=key.ca_pin if key else None,
+        ca_file=args.ca_file,
         interface=args.interface,
         hostname=args.hostname or _default_hostname(),
         listen_port=args.listen_port,
@@ -251,6 +265,12 @@ def cmd_up(args: argparse.Namespace) -> int:
         raise UsageError(
             f"this host has not enrolled yet ({StatePaths(state_dir).node} is missing): "
             "give --controller URL and --token-file FILE"
+        )
+    url = args.controller or (stored.controller_url if stored else "")
+    if url.startswith("http://") and not args.insecure:
+        raise UsageError(
+            f"controller URL {url} is plain http: the pre-auth key and the node credential would cross "
+            "the network in clear; use https:// (or pass --insecure)"
         )
     try:
         backend = open_backend(backend_name)

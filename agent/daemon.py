@@ -22,9 +22,9 @@ Rules:
 from __future__ import annotations
 
 import asyncio
-import base64
 import os
 import socket
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +39,7 @@ from agent.backoff import Backoff
 from agent.client import ControllerClient, ControllerError, ControllerRejected, ControllerUnreachable
 from agent.desired import DesiredState, IPInterface, build_desired, name_endpoints
 from agent.device import Device, IPNetwork
+from agent.enroll import enroll_host, establish_trust
 from agent.eventlog import EventLog
 from agent.links import measure_links, peer_views, probe_targets
 from agent.probe import Prober
@@ -65,17 +66,16 @@ from agent.state import (
     save_netmap,
 )
 from agent.status import AgentStatus, ControllerState
+from agent.trust import TrustError, verify_for
 from keys.types import WireGuardPublicKey
 from p2p.directory import directory_from_netmap, write_directory
 from wire.delta import DeltaMismatch, apply_delta
 from wire.models import (
-    EnrollRequest,
     LinkMeasurement,
     LinkReport,
     NetMap,
     NetMapDelta,
     NodeId,
-    enroll_signing_bytes,
 )
 
 DEFAULT_INTERFACE = "wg0"
@@ -131,7 +131,9 @@ class AgentSettings:
 
     state_dir: Path
     controller_url: str | None = None
-    token: str | None = None
+    token: str | None = None  # the secret part of the pre-auth key
+    ca_pin: str | None = None  # the pre-auth key's pin of the controller CA (agent/trust.py)
+    ca_file: Path | None = None  # the operator's CA for the controller, instead of a pin
     interface: str | None = None
     hostname: str | None = None
     listen_port: int = DEFAULT_LISTEN_PORT
@@ -246,7 +248,10 @@ class Agent:
         credential = self._load_credential()
         self.log.add_secret(credential)
         self.client = ControllerClient(
-            self.state.controller_url, credential=credential, transport=self.edges.transport
+            self.state.controller_url,
+            credential=credential,
+            transport=self.edges.transport,
+            verify=self._verify(),
         )
         try:
             await asyncio.to_thread(self.edges.backend.create, self.ifname)
@@ -351,21 +356,26 @@ class Agent:
                 f"this host has not enrolled yet ({self.paths.node} is missing): "
                 "give --controller URL and --token-file FILE"
             )
-        hostname = self.settings.hostname or "localhost"
-        unsigned = EnrollRequest(
-            preauth_key=token,
-            hostname=hostname,
-            wg_public_key=self.keys.wireguard.public_key(),
-            identity_public_key=self.keys.identity.public_key(),
-            endpoints=list(self.settings.endpoints),
-            listen_port=self.settings.listen_port,
-            signature="",
-        )
-        signature = base64.b64encode(self.keys.identity.sign(enroll_signing_bytes(unsigned))).decode()
-        request = unsigned.model_copy(update={"signature": signature})
-        async with ControllerClient(url, transport=self.edges.transport) as client:
+        try:
+            verify = await establish_trust(
+                url,
+                self.settings.ca_pin,
+                self.settings.ca_file,
+                self.settings.state_dir,
+                self.edges.transport,
+            )
+        except TrustError as e:
+            raise AgentError(f"enrollment with {url} failed: {_short_error(e)}") from None
+        async with ControllerClient(url, transport=self.edges.transport, verify=verify) as client:
             try:
-                response = await client.enroll(request)
+                response = await enroll_host(
+                    client,
+                    self.keys,
+                    token,
+                    self.settings.hostname or "localhost",
+                    self.settings.endpoints,
+                    self.settings.listen_port,
+                )
             except ControllerError as e:
                 raise AgentError(f"enrollment with {url} failed: {_short_error(e)}") from None
         self.log.add_secret(response.node_credential)
@@ -391,6 +401,12 @@ class Agent:
             controller=url,
         )
         return state
+
+    def _verify(self) -> ssl.SSLContext | bool:
+        try:
+            return verify_for(self.settings.state_dir)
+        except TrustError as e:
+            raise AgentError(_short_error(e)) from None
 
     def _load_credential(self) -> str:
         try:

@@ -250,7 +250,11 @@ def create_app(
         api.HEALTH,
         tags=["node"],
         responses={
-            200: {"content": {"application/json": {"example": {"status": "ok", "protocol_version": PROTOCOL_VERSION}}}}
+            200: {
+                "content": {
+                    "application/json": {"example": {"status": "ok", "protocol_version": PROTOCOL_VERSION}}
+                }
+            }
         },
     )
     async def health() -> dict[str, object]:

@@ -36,6 +36,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from keys.store import ensure_private_dir, write_private_file
 from wire.preauth import ca_pin_of_pem
 
+TLS_DIR = "tls"  # under the state directory
 CA_LIFETIME = timedelta(days=20 * 365)
 SERVER_LIFETIME = timedelta(days=365)
 _SIOCGIFADDR = 0x8915

@@ -169,7 +169,11 @@ class Lab:
     def controller_healthy(self) -> bool:
         try:
             reply = request(
-                self.layout.underlay_namespace, "GET", f"{self.layout.controller_url}/v1/health", timeout=2
+                self.layout.underlay_namespace,
+                "GET",
+                f"{self.layout.controller_url}/v1/health",
+                timeout=2,
+                ca_file=self.layout.controller_ca_path,
             )
         except OSError:
             return False

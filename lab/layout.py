@@ -125,7 +125,12 @@ class LabLayout:
 
     @property
     def controller_url(self) -> str:
-        return f"http://{self.controller_listen}"
+        return f"https://{self.controller_listen}"
+
+    @property
+    def controller_ca_path(self) -> Path:
+        """The CA the controller made on first start; agents pin it through the pre-auth key."""
+        return self.controller_dir / "tls" / "ca.crt"
 
     def host(self, index: int) -> HostLayout:
         name = host_name(index)
