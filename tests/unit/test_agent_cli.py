@@ -85,7 +85,7 @@ def test_a_bad_token_file_is_one_line_and_names_the_file(capsys, tmp_path, text,
     path = key_file(tmp_path, text)
     code, _, err = run(
         capsys, "up", "--backend", "fake", "--state-dir", str(tmp_path / "s"),
-        "--controller", "http://127.0.0.1:9", "--token-file", path,
+        "--controller", "https://127.0.0.1:9", "--token-file", path,
     )  # fmt: skip
     assert code == 1
     lines = err.strip().splitlines()
@@ -105,7 +105,7 @@ def test_the_token_file_may_be_standard_input(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr("sys.stdin", io.StringIO("wgm_pak_0123456789\n"))
     code, _, err = run(
         capsys, "up", "--backend", "fake", "--state-dir", str(tmp_path / "s"),
-        "--controller", "http://127.0.0.1:9", "--token-file", "-", "--hostname", "h1",
+        "--controller", "https://127.0.0.1:9", "--token-file", "-", "--hostname", "h1",
     )  # fmt: skip
     assert code == 1
     assert "Connection refused" in err and "wgm_pak_0123456789" not in err
@@ -121,7 +121,7 @@ def test_up_with_an_unreachable_controller_at_enrollment_is_one_line(capsys, tmp
         "--state-dir",
         str(tmp_path / "s"),
         "--controller",
-        "http://127.0.0.1:9",
+        "https://127.0.0.1:9",
         "--token-file",
         key_file(tmp_path),
         "--hostname",
@@ -130,8 +130,8 @@ def test_up_with_an_unreachable_controller_at_enrollment_is_one_line(capsys, tmp
     assert code == 1
     lines = err.strip().splitlines()
     assert lines[-1] == (
-        "wgmesh agent up: enrollment with http://127.0.0.1:9 failed: "
-        "cannot reach controller http://127.0.0.1:9: Connection refused"
+        "wgmesh agent up: enrollment with https://127.0.0.1:9 failed: "
+        "cannot reach controller https://127.0.0.1:9: Connection refused"
     )
     assert "Traceback" not in err
     assert "wgm_pak_0123456789" not in err
@@ -239,7 +239,7 @@ def test_up_with_a_state_dir_that_is_a_file_is_one_line(capsys, tmp_path):
         "--state-dir",
         str(not_a_dir),
         "--controller",
-        "http://127.0.0.1:9",
+        "https://127.0.0.1:9",
         "--token-file",
         key_file(tmp_path),
     )
@@ -257,3 +257,17 @@ def test_the_state_dir_comes_from_wgmesh_state_dir_when_not_given(capsys, tmp_pa
     other = tmp_path / "other"
     code, _, err = run(capsys, "status", "--state-dir", str(other))
     assert code == 1 and str(other / "node.json") in err
+
+
+def test_a_plain_http_controller_is_refused_unless_insecure(capsys, tmp_path):
+    args = ["up", "--backend", "fake", "--state-dir", str(tmp_path / "s"), "--hostname", "h1"]
+    args += ["--controller", "http://127.0.0.1:9", "--token-file", key_file(tmp_path)]
+    code, _, err = run(capsys, *args)
+    assert code == 1
+    assert err.strip() == (
+        "wgmesh agent up: controller URL http://127.0.0.1:9 is plain http: the pre-auth key and the node "
+        "credential would cross the network in clear; use https:// (or pass --insecure)"
+    )
+    assert not (tmp_path / "s").exists()  # refused before anything was made
+    code, _, err = run(capsys, *args, "--insecure")
+    assert code == 1 and "Connection refused" in err
