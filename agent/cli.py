@@ -16,15 +16,16 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from ipaddress import ip_interface
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 from urllib.parse import urlsplit
 
 from pydantic import TypeAdapter, ValidationError
 
 from agent.backends import BACKEND_NAMES, BackendError, open_backend
+from agent.config import ConfigError, Source, config_path, pick, read_config, read_secret_file
 from agent.daemon import (
     DEFAULT_LISTEN_PORT,
     DEFAULT_POLL_TIMEOUT_S,
@@ -49,6 +50,7 @@ from agent.state import (
 )
 from agent.status import AgentStatus, StatusError, render_table, with_live_device
 from wgmesh.argparser import OneLineParser
+from wgmesh.systemd import Notifier
 from wire.fields import Hostname, parse_endpoint
 from wire.preauth import PreAuthKey, PreAuthKeyError, parse_preauth_key
 
@@ -75,22 +77,6 @@ def _controller_url(text: str) -> str:
     return text.rstrip("/")
 
 
-def read_token_file(name: str, stdin: TextIO | None = None) -> PreAuthKey:
-    """The pre-auth key in file `name` (`-`: standard input), one line. The key never travels on a
-    command line, where `ps` and /proc/PID/cmdline show it to every user of the host."""
-    try:
-        text = (stdin or sys.stdin).readline() if name == "-" else Path(name).read_text("utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"--token-file {name}: no such file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"--token-file {name}: {getattr(e, 'strerror', None) or e}") from None
-    lines = [line for line in text.splitlines() if line.strip()]
-    if len(lines) != 1:
-        raise UsageError(f"--token-file {name}: expected one line holding the pre-auth key")
-    try:
-        return parse_preauth_key(lines[0])
-    except PreAuthKeyError as e:
-        raise UsageError(f"--token-file {name}: {e}") from None
 
 
 def _ifname(text: str) -> str:
@@ -159,19 +145,26 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
             help=f"keys, enrollment and cached map (default: ${STATE_DIR_ENV} or {DEFAULT_STATE_DIR})",
         )
 
+    # `up`'s options default to None: each one is then taken from WGMESH_*, the settings file, or its
+    # default (see _layered_up_options).
     up = sub.add_parser("up", help="enroll (first start) and run the agent until SIGTERM")
+    up.add_argument(
+        "--config", type=Path, metavar="FILE.toml", help="settings file, e.g. /etc/wgmesh/agent.toml"
+    )
     up.add_argument("--controller", type=_controller_url, help="controller URL (first start; later: stored)")
     up.add_argument(
         "--token-file",
+        type=Path,
         metavar="FILE",
-        help="file holding the pre-auth key, '-' for standard input (first start only)",
+        help="file holding the pre-auth key (0600), '-' for standard input (first start only); "
+        "never on the command line, where `ps` shows it",
     )
     up.add_argument(
         "--ca-file",
         type=Path,
         metavar="FILE",
         help="CA of the controller's certificate, for a key without pin (first start only; "
-        "default: the system CAs)",
+        "default: the pin in the key, else the system CAs)",
     )
     up.add_argument(
         "--insecure",
@@ -182,11 +175,14 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     up.add_argument(
         "--backend",
         choices=BACKEND_NAMES,
-        default="auto",
         help="WireGuard implementation (default auto: kernel module if present, else wireguard-go)",
     )
-    state_dir(up)
-    up.add_argument("--listen-port", type=_port, default=DEFAULT_LISTEN_PORT, help="UDP port (enrollment)")
+    up.add_argument(
+        "--state-dir",
+        type=Path,
+        help=f"keys, enrollment and cached map (default: ${STATE_DIR_ENV} or {DEFAULT_STATE_DIR})",
+    )
+    up.add_argument("--listen-port", type=_port, help=f"UDP port (enrollment; default {DEFAULT_LISTEN_PORT})")
     up.add_argument(
         "--endpoint",
         type=_endpoint,
@@ -199,14 +195,12 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     up.add_argument(
         "--probe-interval",
         type=_seconds,
-        default=DEFAULT_PROBE_INTERVAL_S,
         metavar="S",
         help=f"seconds between link probes and reports (default {DEFAULT_PROBE_INTERVAL_S:g})",
     )
     up.add_argument(
         "--poll-timeout",
         type=_poll_seconds,
-        default=DEFAULT_POLL_TIMEOUT_S,
         metavar="S",
         help=f"seconds the controller may hold a map request (default {DEFAULT_POLL_TIMEOUT_S:g})",
     )
@@ -232,7 +226,7 @@ def main(argv: Sequence[str], prog: str = "wgmesh agent") -> int:
     command = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "export": cmd_export}[args.cmd]
     try:
         return command(args)
-    except (AgentError, StateError, StatusError, BackendError, UsageError) as e:
+    except (AgentError, StateError, StatusError, BackendError, UsageError, ConfigError) as e:
         print(f"{prog} {args.cmd}: {e}", file=sys.stderr)
         return 1
 
@@ -240,13 +234,68 @@ def main(argv: Sequence[str], prog: str = "wgmesh agent") -> int:
 # --- up -----------------------------------------------------------------------------------------------
 
 
+def _backend_choice(text: str) -> str:
+    if text not in BACKEND_NAMES:
+        raise argparse.ArgumentTypeError(f"backend {text!r}: expected one of {', '.join(BACKEND_NAMES)}")
+    return text
+
+
+def _endpoints(value: object) -> list[str]:
+    items = value if isinstance(value, list) else str(value).split(",")
+    return [_endpoint(str(item).strip()) for item in items if str(item).strip()]
+
+
+# option -> (check turning a value from the environment or the file into the flag's value, default)
+_UP_OPTIONS: dict[str, tuple[Callable[[Any], Any], Any]] = {
+    "controller": (_controller_url, None),
+    "token_file": (Path, None),
+    "ca_file": (Path, None),
+    "interface": (_ifname, None),
+    "backend": (_backend_choice, "auto"),
+    "state_dir": (Path, DEFAULT_STATE_DIR),
+    "listen_port": (_port, DEFAULT_LISTEN_PORT),
+    "endpoint": (_endpoints, []),
+    "hostname": (_hostname, None),
+    "probe_interval": (_seconds, DEFAULT_PROBE_INTERVAL_S),
+    "poll_timeout": (_poll_seconds, DEFAULT_POLL_TIMEOUT_S),
+}
+
+
+def _layered_up_options(args: argparse.Namespace, env: Mapping[str, str]) -> argparse.Namespace:
+    """`up`'s options with each one from its flag, else WGMESH_*, else the settings file, else default."""
+    path = config_path(args.config, env)
+    file = read_config(path) if path is not None else {}
+    flags = vars(args)
+    values = dict(flags)
+    for name, (check, default) in _UP_OPTIONS.items():
+        source = pick(name, flags, env, file, path)
+        if source is None:
+            values[name] = default
+        elif source.where.startswith("--"):
+            values[name] = source.value  # argparse checked it
+        else:
+            values[name] = _checked(check, source)
+    return argparse.Namespace(**values)
+
+
+def _checked(check: Callable[[Any], Any], source: Source) -> Any:
+    value = source.value
+    if isinstance(value, bool) or not isinstance(value, str | int | float | list):
+        raise UsageError(f"{source.where}: unexpected value {value!r}")
+    try:
+        return check(value if isinstance(value, list) or check is _endpoints else str(value))
+    except argparse.ArgumentTypeError as e:
+        raise UsageError(f"{source.where}: {e}") from None
+
+
 def cmd_up(args: argparse.Namespace) -> int:
+    args = _layered_up_options(args, os.environ)
     state_dir: Path = args.state_dir
     stored = _stored_state(state_dir)
+    key = _key_from_file(args.token_file) if stored is None and args.token_file is not None else None
     backend_name = args.backend
     if backend_name == "auto" and stored is not None:
         backend_name = stored.backend
-    key = read_token_file(args.token_file) if args.token_file else None
     settings = AgentSettings(
         state_dir=state_dir,
         controller_url=args.controller,
@@ -264,7 +313,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     if stored is None and not (args.controller and key):
         raise UsageError(
             f"this host has not enrolled yet ({StatePaths(state_dir).node} is missing): "
-            "give --controller URL and --token-file FILE"
+            "give --controller URL and --token-file FILE (the pre-auth key)"
         )
     url = args.controller or (stored.controller_url if stored else "")
     if url.startswith("http://") and not args.insecure:
@@ -277,10 +326,29 @@ def cmd_up(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise UsageError(str(e)) from None
     log = EventLog(sys.stderr)
+    notifier = Notifier(os.environ)
     edges = AgentEdges(
-        backend=backend, host_network=_host_network(backend.name), prober=IcmpProber(), log=log
+        backend=backend,
+        host_network=_host_network(backend.name),
+        prober=IcmpProber(),
+        log=log,
+        ready=lambda: notifier.ready("serving its network map"),
     )
     return asyncio.run(_serve(Agent(settings, edges)))
+
+
+def _key_from_file(path: Path, stdin: TextIO | None = None) -> PreAuthKey:
+    """The pre-auth key in `path` (0600; `-`: one line of standard input) with its CA pin."""
+    if str(path) == "-":
+        text = (stdin or sys.stdin).readline().strip()
+        if not text:
+            raise UsageError("--token-file -: expected one line holding the pre-auth key on standard input")
+    else:
+        text = read_secret_file(path, "pre-auth key")
+    try:
+        return parse_preauth_key(text)
+    except PreAuthKeyError as e:
+        raise UsageError(f"pre-auth key file {path}: {str(e).removeprefix('pre-auth key: ')}") from None
 
 
 async def _serve(agent: Agent) -> int:

@@ -152,6 +152,7 @@ class AgentEdges:
     transport: httpx.AsyncBaseTransport | None = None  # None: real sockets
     clock: Callable[[], float] = time.time
     backoff: Backoff = field(default_factory=Backoff)
+    ready: Callable[[], None] = lambda: None  # called after every applied map (systemd READY=1)
 
 
 _CHANGE_EVENTS: dict[type, str] = {
@@ -460,6 +461,7 @@ class Agent:
             if netmap != previous or not self.paths.p2p_directory.exists():
                 self._write_directory(netmap)
             self._write_status()
+            self.edges.ready()
             return True
 
     def _apply_failed(self, netmap: NetMap, source: str, error: BaseException) -> bool:

@@ -32,6 +32,7 @@ from controller.settings import (
 from controller.tls import TLS_DIR, ServerTls, TlsError, managed_tls, operator_tls, server_names
 from keys.store import ensure_private_dir
 from wgmesh.argparser import OneLineParser
+from wgmesh.systemd import Notifier, under_systemd
 from wire.models import MAX_PREAUTH_EXPIRY_S, PreAuthKeyRequest
 
 _DURATION = re.compile(r"^(\d+)([smhd]?)$")
@@ -171,7 +172,7 @@ def serve(args: argparse.Namespace, env: Mapping[str, str], prog: str) -> int:
     if created:
         # A terminal is read by the operator who started it; a pipe or a journal is kept and copied.
         where = admin_credential_path(settings.state_dir)
-        if sys.stdout.isatty() and not env.get("INVOCATION_ID"):
+        if sys.stdout.isatty() and not under_systemd(env):
             print(f"admin credential (shown once; kept in {where}): {credential}")
         else:
             print(f"admin credential created in {where}; show it with `{prog} admin-credential`")
@@ -195,7 +196,7 @@ def serve(args: argparse.Namespace, env: Mapping[str, str], prog: str) -> int:
         timeout_keep_alive=75,
         **ssl_files,  # type: ignore[arg-type]
     )
-    uvicorn.Server(config).run(sockets=[sock])
+    _notifying_server_class()(config, Notifier(env)).run(sockets=[sock])
     return 0
 
 
@@ -222,6 +223,28 @@ def show_admin_credential(args: argparse.Namespace, env: Mapping[str, str], prog
         return 2
     print(credential)
     return 0
+
+
+def _notifying_server_class() -> type:
+    import uvicorn
+
+    class NotifyingServer(uvicorn.Server):
+        """uvicorn that tells systemd READY=1 once it serves (Type=notify), STOPPING=1 when it stops."""
+
+        def __init__(self, config: uvicorn.Config, notifier: Notifier) -> None:
+            super().__init__(config)
+            self.notifier = notifier
+
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                self.notifier.ready("listening")
+
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            self.notifier.stopping()
+            await super().shutdown(sockets)
+
+    return NotifyingServer
 
 
 def _listen_socket(settings: Settings) -> socket.socket:

@@ -41,6 +41,11 @@ def wgmesh_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "wgmesh", *args]
 
 
+def python_argv(module: str, *args: str) -> list[str]:
+    """`python -m MODULE ARGS` under the interpreter running the lab."""
+    return [sys.executable, "-m", module, *args]
+
+
 def in_namespace(namespace: str, argv: Sequence[str]) -> list[str]:
     return ["ip", "netns", "exec", namespace, *argv]
 

@@ -61,7 +61,7 @@ def test_up_without_enrollment_or_token_says_what_to_give(capsys, tmp_path):
     assert code == 1
     assert err.strip().splitlines() == [
         f"wgmesh agent up: this host has not enrolled yet ({tmp_path / 's' / 'node.json'} is missing): "
-        "give --controller URL and --token-file FILE"
+        "give --controller URL and --token-file FILE (the pre-auth key)"
     ]
 
 
@@ -75,10 +75,10 @@ def key_file(tmp_path, text="wgm_pak_0123456789\n"):
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("", "expected one line holding the pre-auth key"),
-        ("a\nb\n", "expected one line holding the pre-auth key"),
-        ("short\n", "pre-auth key: expected wgm_pak_..."),
-        ("wgm_pak_0123456789.abc\n", "pre-auth key: the part after '.' must be 64 hex digits"),
+        ("", " must hold exactly one line"),
+        ("a\nb\n", " must hold exactly one line"),
+        ("short\n", ": expected wgm_pak_..."),
+        ("wgm_pak_0123456789.abc\n", ": the part after '.' must be 64 hex digits"),
     ],
 )
 def test_a_bad_token_file_is_one_line_and_names_the_file(capsys, tmp_path, text, message):
@@ -89,14 +89,14 @@ def test_a_bad_token_file_is_one_line_and_names_the_file(capsys, tmp_path, text,
     )  # fmt: skip
     assert code == 1
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"wgmesh agent up: --token-file {path}: {message}")
+    assert len(lines) == 1 and lines[0].startswith(f"wgmesh agent up: pre-auth key file {path}{message}")
     assert not (tmp_path / "s" / "node.json").exists()
 
 
 def test_a_missing_token_file_is_one_line(capsys, tmp_path):
     code, _, err = run(capsys, "up", "--backend", "fake", "--token-file", str(tmp_path / "nope"))
     assert code == 1
-    assert err.strip() == f"wgmesh agent up: --token-file {tmp_path / 'nope'}: no such file"
+    assert err.strip() == f"wgmesh agent up: pre-auth key file {tmp_path / 'nope'} does not exist"
 
 
 def test_the_token_file_may_be_standard_input(capsys, tmp_path, monkeypatch):
