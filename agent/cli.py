@@ -77,8 +77,6 @@ def _controller_url(text: str) -> str:
     return text.rstrip("/")
 
 
-
-
 def _ifname(text: str) -> str:
     if not text or len(text) > IFNAME_MAX or any(c in text for c in "/ \t\n:") or text in (".", ".."):
         raise argparse.ArgumentTypeError(

@@ -53,10 +53,10 @@ async def hold_idle(url: str, n: int, stop: asyncio.Event) -> None:
 
 async def run(idle: int) -> tuple[int, dict[str, int]]:
     keys = {i: IdentityPrivateKey.generate() for i in (1, 2)}
+    addresses = {i: f"127.0.0.{40 + i}" for i in (1, 2)}
     entries = {
-        i: DirectoryEntry(i, f"n{i}", IPv4Address(f"127.0.0.{40 + i}"), "worker", keys[i].public_key(),
-                          free_port(f"127.0.0.{40 + i}"))  # fmt: skip
-        for i in (1, 2)
+        i: DirectoryEntry(i, f"n{i}", IPv4Address(a), "worker", keys[i].public_key(), free_port(a))
+        for i, a in addresses.items()
     }
     directory = {i: Directory.of(entries[i], [entries[3 - i]]) for i in (1, 2)}
     victim = Node(directory[2], keys[2], config=CONFIG)  # the lower id dials: node 1 comes to node 2
