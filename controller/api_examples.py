@@ -26,6 +26,8 @@ ENROLL_REQUEST: dict[str, Any] = {
     }
 }
 
+TLS_CA_PEM = "-----BEGIN CERTIFICATE-----\nMIIBhTCCASugAwIBAgIU...(the controller CA, base64 DER)...\n-----END CERTIFICATE-----\n"
+
 ENROLL_NONCE: dict[str, Any] = {"nonce": "q8V4m2Lr0cTz6YxN1bWs3A", "expires_in_s": 120}
 
 ENROLL_RESPONSE: dict[str, Any] = {

@@ -268,7 +268,9 @@ def create_app(
         responses={
             200: {
                 "description": "The controller CA certificate",
-                "content": {"application/x-pem-file": {"schema": {"type": "string"}}},
+                "content": {
+                    "application/x-pem-file": {"schema": {"type": "string"}, "example": ex.TLS_CA_PEM}
+                },
             },
             **_errors(404),
         },
@@ -284,7 +286,7 @@ def create_app(
         api.ENROLL_NONCE,
         tags=["node"],
         response_model=EnrollNonce,
-        responses={200: {"content": {"application/json": {"example": ex.ENROLL_NONCE}}}},
+        responses={200: {"content": {"application/json": {"example": ex.ENROLL_NONCE}}}, **_errors(413)},
     )
     async def enroll_nonce() -> EnrollNonce:
         """A single-use challenge for the next enrollment; needs no credential. Sign it (as

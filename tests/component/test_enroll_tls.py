@@ -17,24 +17,12 @@ from controller.settings import Settings
 from controller.sqlstore import SqlStore
 from controller.tls import managed_tls, operator_tls
 from tests.component.conftest import MESH_CIDR, ControllerHarness, enroll_request
-from tests.component.test_agent_mesh import Mesh
+from tests.component.test_agent_mesh import Mesh, mesh
 from wire import api
 from wire.preauth import parse_preauth_key
 
 JSON = {"Content-Type": "application/json"}
-
-
-@pytest.fixture
-async def mesh(tmp_path: Path):
-    m = Mesh(tmp_path)
-    await m.create_preauth_key()
-    try:
-        yield m
-    finally:
-        for name, h in m.hosts.items():
-            if h.task is not None:
-                await m.stop(name)
-        m.store.close()
+__all__ = ["mesh"]  # the fixture: a controller with its managed CA and agents around it
 
 
 async def test_the_agent_pins_the_ca_named_in_its_key_and_keeps_it(mesh: Mesh):
