@@ -3,7 +3,9 @@
 
 This is the entry point that builds the settings once and wires the real I/O edges into the daemon.
 A user mistake (bad argument, unreadable state, unreachable controller at enrollment) is one line on
-stderr and a non-zero exit, never a traceback: 2 for bad usage, 1 for everything else.
+stderr and a non-zero exit, never a traceback: 2 for bad usage, 1 for everything else. `up` exits 3
+(agent.core.EXIT_REMOVED) after the controller removed this node from the mesh: its peers are down and
+restarting will not bring them back (a service manager should not restart it).
 """
 
 from __future__ import annotations
@@ -19,26 +21,22 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from ipaddress import ip_interface
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import urlsplit
 
 from pydantic import TypeAdapter, ValidationError
 
 from agent.backends import BACKEND_NAMES, BackendError, open_backend
 from agent.config import ConfigError, Source, config_path, pick, read_config, read_secret_file
-from agent.daemon import (
+from agent.eventlog import EventLog
+from agent.hostnet.base import HostNetwork
+from agent.settings import (
     DEFAULT_LISTEN_PORT,
     DEFAULT_POLL_TIMEOUT_S,
     DEFAULT_PROBE_INTERVAL_S,
-    Agent,
-    AgentEdges,
     AgentError,
     AgentSettings,
-    HostNetwork,
-    InMemoryHostNetwork,
 )
-from agent.eventlog import EventLog
-from agent.probe import IcmpProber
 from agent.state import (
     DEFAULT_STATE_DIR,
     STATE_DIR_ENV,
@@ -53,6 +51,9 @@ from wgmesh.argparser import OneLineParser
 from wgmesh.systemd import Notifier
 from wire.fields import Hostname, parse_endpoint
 from wire.preauth import PreAuthKey, PreAuthKeyError, parse_preauth_key
+
+if TYPE_CHECKING:
+    from agent.daemon import Agent
 
 IFNAME_MAX = 15
 
@@ -323,6 +324,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         backend = open_backend(backend_name)
     except ValueError as e:
         raise UsageError(str(e)) from None
+    from agent.daemon import Agent, AgentEdges
+    from agent.probe import IcmpProber
+
     log = EventLog(sys.stderr)
     notifier = Notifier(os.environ)
     edges = AgentEdges(
@@ -332,7 +336,11 @@ def cmd_up(args: argparse.Namespace) -> int:
         log=log,
         ready=lambda: notifier.ready("serving its network map"),
     )
-    return asyncio.run(_serve(Agent(settings, edges)))
+    agent = Agent(settings, edges)
+    code = asyncio.run(_serve(agent))
+    if agent.stopped is not None:
+        print(f"wgmesh agent up: {agent.stopped.reason}", file=sys.stderr)
+    return code
 
 
 def _key_from_file(path: Path, stdin: TextIO | None = None) -> PreAuthKey:
@@ -354,15 +362,16 @@ async def _serve(agent: Agent) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await agent.run(stop)
-    return 0
+    return await agent.run(stop)
 
 
 def _host_network(backend_name: str) -> HostNetwork:
     """The fake backend is a dry run: no interface exists, so the host network is not touched."""
     if backend_name == "fake":
-        return InMemoryHostNetwork()
-    from agent.hostnet import NetlinkHostNetwork  # pyroute2 is imported only when really needed
+        from agent.hostnet.fake import FakeHostNetwork
+
+        return FakeHostNetwork()
+    from agent.hostnet.netlink import NetlinkHostNetwork  # pyroute2 is imported only when really needed
 
     return NetlinkHostNetwork()
 
