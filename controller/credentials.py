@@ -16,10 +16,13 @@ import secrets
 from pathlib import Path
 
 from keys.store import SecretFileError, read_secret_line, write_private_file
+from wire.preauth import PREAUTH_PREFIX
+
+__all__ = ["PREAUTH_PREFIX"]  # defined with the key format in wire/preauth.py
 
 ADMIN_PREFIX = "wgm_admin_"
 NODE_PREFIX = "wgm_node_"
-PREAUTH_PREFIX = "wgm_pak_"
+
 ADMIN_CREDENTIAL_FILE = "admin-credential"
 
 
