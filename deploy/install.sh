@@ -79,6 +79,9 @@ elif [ "$role" = controller ]; then
         die "controller takes --listen, --mesh-cidr, --tls-san, --from, --wheelhouse (agent options given)"
     [ -z "$listen" ] || host_port "$listen" || die "--listen '$listen': expected HOST:PORT"
     case "$mesh_cidr" in ''|*/*) ;; *) die "--mesh-cidr '$mesh_cidr': expected a network like 100.64.0.0/10" ;; esac
+    for n in $sans; do
+        case "$n" in *[!A-Za-z0-9.:-]*) die "--tls-san '$n': expected a host name or an IP address" ;; esac
+    done
 else
     [ -z "$listen$mesh_cidr$sans" ] || die "agent takes --controller, --token-file, --endpoint, --backend, --from"
     [ -n "$controller" ] || die "agent needs --controller URL"
@@ -255,10 +258,12 @@ if ! systemctl is-enabled --quiet "$unit.service"; then
 fi
 if ! systemctl is-active --quiet "$unit.service"; then
     say "starting $unit.service (ready once it $([ "$role" = agent ] && echo 'has applied its network map' || echo listens))"
-    systemctl start "$unit.service" || die "$unit.service did not start: journalctl -u $unit"
+    systemctl start "$unit.service" || { journalctl -u "$unit" -n 12 --no-pager -o cat >&2 || true
+        die "$unit.service did not start (above: the end of journalctl -u $unit)"; }
     did "started $unit.service"
 elif [ "$changed" = 1 ] || [ "$unit_changed" = 1 ]; then
-    systemctl restart "$unit.service" || die "$unit.service did not restart: journalctl -u $unit"
+    systemctl restart "$unit.service" || { journalctl -u "$unit" -n 12 --no-pager -o cat >&2 || true
+        die "$unit.service did not restart (above: the end of journalctl -u $unit)"; }
     did "restarted $unit.service"
 fi
 

@@ -1,7 +1,8 @@
-"""Harness of the machines tier: four Debian bookworm systems booted with systemd as PID 1
-(systemd-nspawn), wgmesh installed inside each by deploy/install.sh offline from a wheel of this
-checkout, the controller unit on `c`, agent units on `h1`..`h3` (h3 forced to the userspace backend,
-like the Vagrantfile). One mesh for the whole tier, always removed, also after a failure.
+"""The fixture of the machines tier (its harness: nspawn.py, mesh.py): four Debian bookworm systems
+booted with systemd as PID 1 (systemd-nspawn), wgmesh installed inside each by deploy/install.sh
+offline from a wheel of this checkout, the controller unit on `c`, agent units on `h1`..`h3` (h3 forced
+to the userspace backend, like the Vagrantfile). One mesh for the whole tier, always removed, also
+after a failure.
 
 Every test here is in the root tier; tests/conftest.py skips it with the reason where it cannot run.
 Without systemd-nspawn or mmdebstrap the tier fails with the command that installs them (CI has them:
@@ -10,28 +11,18 @@ Without systemd-nspawn or mmdebstrap the tier fails with the command that instal
 
 from __future__ import annotations
 
-import json
-import re
 import shutil
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.conftest import wait_until
 from tests.machines import nspawn
-from tests.machines.nspawn import DEPLOY_MOUNT, WHEEL_MOUNT, WHEELHOUSE_MOUNT, Machine, Machines
-
-CONTROLLER = "c"
-HOSTS = ["h1", "h2", "h3"]
-USERSPACE_HOST = "h3"
-PORT = 8420
-WG_PORT = 51820
-FIGURES = nspawn.RUN_BASE / "figures.txt"
-
+from tests.machines.mesh import CONTROLLER, FIGURES, HOSTS, PORT, Mesh, full_mesh, tools_missing
+from tests.machines.nspawn import DEPLOY_MOUNT, WHEEL_MOUNT, WHEELHOUSE_MOUNT, Machines
 
 # The first test pays for the mesh fixture (booting and installing four machines): on a loaded 2-core
 # machine that alone can take minutes.
@@ -44,87 +35,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if Path(str(item.fspath)).parent == here:
             item.add_marker(pytest.mark.root)
             item.add_marker(pytest.mark.timeout(TEST_TIMEOUT_S))
-
-
-@dataclass
-class Mesh:
-    fleet: Machines
-    wheel: Path
-    wheelhouse: Path
-    controller_url: str
-    started: float
-    figures: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def controller(self) -> Machine:
-        return self.fleet[CONTROLLER]
-
-    def hosts(self) -> list[Machine]:
-        return [self.fleet[name] for name in HOSTS]
-
-    def install(self, machine: Machine, *args: str, check: bool = True) -> str:
-        result = machine.sh(
-            f"{DEPLOY_MOUNT}/install.sh {' '.join(args)} --from {WHEEL_MOUNT}/{self.wheel.name} "
-            f"--wheelhouse {WHEELHOUSE_MOUNT}",
-            check=check,
-            timeout=600,
-        )
-        return result.stdout + result.stderr
-
-    def agent_args(self, machine: Machine) -> list[str]:
-        args = ["agent", "--controller", self.controller_url, "--token-file", "/root/preauth-key"]
-        args += ["--endpoint", f"{machine.address}:{WG_PORT}"]
-        if machine.name == USERSPACE_HOST:
-            args += ["--backend", "userspace"]
-        return args
-
-    def record(self, name: str, value: str) -> None:
-        self.figures[name] = value
-        with FIGURES.open("a") as f:
-            f.write(f"{name}: {value}\n")
-
-
-def status(machine: Machine) -> dict:
-    return json.loads(machine.sh("wgmesh agent status --json").stdout)
-
-
-def tunnel_addresses(mesh: Mesh) -> dict[str, str]:
-    return {h.name: status(h)["tunnel_address"] for h in mesh.hosts()}
-
-
-def pings(source: Machine, address: str, count: int = 1, interval: float = 0.2, wait: float = 1) -> str:
-    """`ping` output from inside `source`; the caller reads its loss line."""
-    result = source.sh(
-        f"ping -n -q -c {count} -i {interval} -W {wait:g} {address}",
-        check=False,
-        timeout=count * interval + 30,
-    )
-    return result.stdout
-
-
-def loss(output: str) -> str:
-    match = re.search(r"(\d+) packets transmitted, (\d+) received", output)
-    assert match, output
-    return f"{match.group(1)} sent, {match.group(2)} received"
-
-
-def lossless(output: str) -> bool:
-    match = re.search(r"(\d+) packets transmitted, (\d+) received", output)
-    return bool(match) and match.group(1) == match.group(2)
-
-
-def full_mesh(mesh: Mesh) -> bool:
-    addresses = tunnel_addresses(mesh)
-    return all(
-        lossless(pings(h, addresses[o], count=1, wait=1)) for h in mesh.hosts() for o in HOSTS if o != h.name
-    )
-
-
-def tools_missing() -> str | None:
-    missing = [t for t in ("systemd-nspawn", "mmdebstrap", "nsenter") if shutil.which(t) is None]
-    if missing:
-        return f"needs {', '.join(missing)}: `make test-machines` installs them (apt: systemd-container mmdebstrap)"
-    return None
 
 
 @pytest.fixture(scope="package")

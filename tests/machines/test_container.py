@@ -12,7 +12,7 @@ import subprocess
 import pytest
 
 from tests.e2e.conftest import wait_until
-from tests.machines.conftest import Mesh
+from tests.machines.mesh import Mesh
 from tests.machines.nspawn import REPO, run
 
 NETNS = "wgm-img"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 
 from tests.e2e.conftest import wait_until
-from tests.machines.conftest import (
+from tests.machines.mesh import (
     CONTROLLER,
     HOSTS,
     USERSPACE_HOST,
