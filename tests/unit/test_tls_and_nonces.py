@@ -122,3 +122,25 @@ def _handshake(client: ssl.SSLContext, server: ssl.SSLContext, name: str) -> str
         except ssl.SSLCertVerificationError as e:
             return str(e.verify_message)
     raise AssertionError("no handshake")
+
+
+def test_what_the_server_presents_follows_the_settings(tmp_path):
+    from controller.cli import server_tls
+
+    managed = server_tls(load_settings({"state_dir": str(tmp_path / "a"), "listen": "127.0.0.1:1"}, {}))
+    assert managed is not None and managed.ca_pin is not None
+    assert server_tls(load_settings({"state_dir": str(tmp_path / "b"), "insecure_http": True}, {})) is None
+    files = load_settings(
+        {
+            "state_dir": str(tmp_path / "c"),
+            "tls_cert": str(managed.cert_file),
+            "tls_key": str(managed.key_file),
+        },
+        {},
+    )
+    own = server_tls(files)
+    assert own is not None and own.ca_pin is None and own.cert_file == managed.cert_file
+    with pytest.raises(SettingsError, match="contradict"):
+        load_settings(
+            {**{"state_dir": str(tmp_path)}, "tls_cert": "x", "tls_key": "y", "insecure_http": True}, {}
+        )
