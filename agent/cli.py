@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from ipaddress import ip_interface
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import urlsplit
 
 from pydantic import TypeAdapter, ValidationError
@@ -50,6 +50,7 @@ from agent.status import AgentStatus, StatusError, render_table, with_live_devic
 from wgmesh.argparser import OneLineParser
 from wgmesh.systemd import Notifier
 from wire.fields import Hostname, parse_endpoint
+from wire.preauth import PreAuthKey, PreAuthKeyError, parse_preauth_key
 
 if TYPE_CHECKING:
     from agent.daemon import Agent
@@ -75,14 +76,6 @@ def _controller_url(text: str) -> str:
     if parts.query or parts.fragment or parts.username:
         raise argparse.ArgumentTypeError(f"controller URL {text!r}: no user, query or fragment allowed")
     return text.rstrip("/")
-
-
-def _token(text: str) -> str:
-    if len(text.strip()) < 8 or any(c.isspace() for c in text):
-        raise argparse.ArgumentTypeError(
-            "pre-auth key: expected the key `wgmesh controller token create` printed"
-        )
-    return text
 
 
 def _ifname(text: str) -> str:
@@ -158,9 +151,25 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "--config", type=Path, metavar="FILE.toml", help="settings file, e.g. /etc/wgmesh/agent.toml"
     )
     up.add_argument("--controller", type=_controller_url, help="controller URL (first start; later: stored)")
-    token = up.add_mutually_exclusive_group()
-    token.add_argument("--token-file", type=Path, metavar="FILE", help="file holding the pre-auth key (0600)")
-    token.add_argument("--token", type=_token, help="pre-auth key (first start only; prefer --token-file)")
+    up.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="FILE",
+        help="file holding the pre-auth key (0600), '-' for standard input (first start only); "
+        "never on the command line, where `ps` shows it",
+    )
+    up.add_argument(
+        "--ca-file",
+        type=Path,
+        metavar="FILE",
+        help="CA of the controller's certificate, for a key without pin (first start only; "
+        "default: the pin in the key, else the system CAs)",
+    )
+    up.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a plain http:// controller URL (the credentials then cross the network in clear)",
+    )
     up.add_argument("--interface", type=_ifname, help="WireGuard interface (default wg0, or the stored one)")
     up.add_argument(
         "--backend",
@@ -239,6 +248,7 @@ def _endpoints(value: object) -> list[str]:
 _UP_OPTIONS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "controller": (_controller_url, None),
     "token_file": (Path, None),
+    "ca_file": (Path, None),
     "interface": (_ifname, None),
     "backend": (_backend_choice, "auto"),
     "state_dir": (Path, DEFAULT_STATE_DIR),
@@ -281,15 +291,16 @@ def cmd_up(args: argparse.Namespace) -> int:
     args = _layered_up_options(args, os.environ)
     state_dir: Path = args.state_dir
     stored = _stored_state(state_dir)
-    if stored is None and args.token is None and args.token_file is not None:
-        args.token = _token_from_file(args.token_file)  # needed only to enroll
+    key = _key_from_file(args.token_file) if stored is None and args.token_file is not None else None
     backend_name = args.backend
     if backend_name == "auto" and stored is not None:
         backend_name = stored.backend
     settings = AgentSettings(
         state_dir=state_dir,
         controller_url=args.controller,
-        token=args.token,
+        token=key.secret if key else None,
+        ca_pin=key.ca_pin if key else None,
+        ca_file=args.ca_file,
         interface=args.interface,
         hostname=args.hostname or _default_hostname(),
         listen_port=args.listen_port,
@@ -298,10 +309,16 @@ def cmd_up(args: argparse.Namespace) -> int:
         poll_timeout_s=args.poll_timeout,
         down_on_stop=args.down,
     )
-    if stored is None and not (args.controller and args.token):
+    if stored is None and not (args.controller and key):
         raise UsageError(
             f"this host has not enrolled yet ({StatePaths(state_dir).node} is missing): "
             "give --controller URL and --token-file FILE (the pre-auth key)"
+        )
+    url = args.controller or (stored.controller_url if stored else "")
+    if url.startswith("http://") and not args.insecure:
+        raise UsageError(
+            f"controller URL {url} is plain http: the pre-auth key and the node credential would cross "
+            "the network in clear; use https:// (or pass --insecure)"
         )
     try:
         backend = open_backend(backend_name)
@@ -326,12 +343,18 @@ def cmd_up(args: argparse.Namespace) -> int:
     return code
 
 
-def _token_from_file(path: Path) -> str:
-    key = read_secret_file(path, "pre-auth key")
+def _key_from_file(path: Path, stdin: TextIO | None = None) -> PreAuthKey:
+    """The pre-auth key in `path` (0600; `-`: one line of standard input) with its CA pin."""
+    if str(path) == "-":
+        text = (stdin or sys.stdin).readline().strip()
+        if not text:
+            raise UsageError("--token-file -: expected one line holding the pre-auth key on standard input")
+    else:
+        text = read_secret_file(path, "pre-auth key")
     try:
-        return _token(key)
-    except argparse.ArgumentTypeError as e:
-        raise UsageError(f"{path}: {e}") from None
+        return parse_preauth_key(text)
+    except PreAuthKeyError as e:
+        raise UsageError(f"pre-auth key file {path}: {str(e).removeprefix('pre-auth key: ')}") from None
 
 
 async def _serve(agent: Agent) -> int:

@@ -24,6 +24,7 @@ CONFIG_ENV = "WGMESH_CONFIG"
 ENV = {
     "controller": "WGMESH_CONTROLLER",
     "token_file": "WGMESH_TOKEN_FILE",
+    "ca_file": "WGMESH_CA_FILE",
     "interface": "WGMESH_INTERFACE",
     "backend": "WGMESH_BACKEND",
     "state_dir": "WGMESH_STATE_DIR",

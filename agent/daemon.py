@@ -61,7 +61,7 @@ from agent.client import ControllerClient, ControllerError, ControllerRejected
 from agent.core import AgentCore, CoreSettings
 from agent.desired import DesiredState
 from agent.device import Device
-from agent.enrollment import load_or_enroll
+from agent.enrollment import load_or_enroll, trusted_verify
 from agent.eventlog import EventLog
 from agent.hostnet.base import HostNetwork
 from agent.links import ProbeResult, probe_targets
@@ -182,7 +182,10 @@ class Agent:
             raise AgentError(short_error(e)) from None
         self.log.add_secret(credential)
         self.client = ControllerClient(
-            self.state.controller_url, credential=credential, transport=self.edges.transport
+            self.state.controller_url,
+            credential=credential,
+            transport=self.edges.transport,
+            verify=trusted_verify(self.settings.state_dir),
         )
         try:
             await asyncio.to_thread(backend.create, self.ifname)

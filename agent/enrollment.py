@@ -1,24 +1,36 @@
 """Who this host is in the mesh: node.json when it has enrolled before (updated with what the operator
 changed), else a signed enrollment with the controller's pre-auth key.
 
+The enrollment exchange (protocol version 2):
+1. trust: the stored CA, else the pre-auth key's pin checked against GET /v1/tls/ca, else --ca-file,
+   else the system CAs (agent/trust.py);
+2. POST /v1/enroll/nonce on the verified connection: a single-use challenge;
+3. POST /v1/enroll with the request signed by the identity key over enroll_signing_bytes, which covers
+   the nonce, so a recorded request cannot enroll again. A nonce the controller no longer holds
+   (expired, or dropped under load) is fetched again once.
+
 Rules:
 - node.json is written last: its presence means "enrolled"; the credential is saved before it.
-- A host that enrolled once ignores --token (and says so); --controller and --interface update it.
+- A host that enrolled once ignores --token-file (and says so); --controller and --interface update it.
 - Every failure is an AgentError with one line saying what to do.
 """
 
 from __future__ import annotations
 
 import base64
+import ssl
+from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 
 import httpx
 
-from agent.client import ControllerClient, ControllerError
+from agent.client import ControllerClient, ControllerError, ControllerRejected
 from agent.eventlog import EventLog
 from agent.settings import DEFAULT_INTERFACE, AgentError, AgentSettings, short_error
 from agent.state import AgentState, BackendName, HostKeys, StateError, StatePaths, save_credential
-from wire.models import EnrollRequest, enroll_signing_bytes
+from agent.trust import TrustError, adopt_ca_file, ca_path, pin_controller_ca, verify_for
+from wire.models import EnrollRequest, EnrollResponse, enroll_signing_bytes
 
 
 def backend_name(name: str) -> BackendName:
@@ -42,7 +54,7 @@ async def load_or_enroll(
             raise AgentError(short_error(e)) from None
         return await enroll(settings, keys, backend, log, transport, now)
     if settings.token:
-        log.info("already_enrolled", name=state.name, node_id=state.node_id, note="--token ignored")
+        log.info("already_enrolled", name=state.name, node_id=state.node_id, note="--token-file ignored")
     update: dict[str, object] = {"backend": backend_name(backend)}
     if settings.controller_url and settings.controller_url != state.controller_url:
         update["controller_url"] = settings.controller_url
@@ -66,22 +78,22 @@ async def enroll(
     if not url or not token:
         raise AgentError(
             f"this host has not enrolled yet ({StatePaths(settings.state_dir).node} is missing): "
-            "give --controller URL and --token PRE-AUTH-KEY"
+            "give --controller URL and --token-file FILE"
         )
-    unsigned = EnrollRequest(
-        preauth_key=token,
-        hostname=settings.hostname or "localhost",
-        wg_public_key=keys.wireguard.public_key(),
-        identity_public_key=keys.identity.public_key(),
-        endpoints=list(settings.endpoints),
-        listen_port=settings.listen_port,
-        signature="",
-    )
-    signature = base64.b64encode(keys.identity.sign(enroll_signing_bytes(unsigned))).decode()
-    request = unsigned.model_copy(update={"signature": signature})
-    async with ControllerClient(url, transport=transport) as client:
+    try:
+        verify = await establish_trust(url, settings.ca_pin, settings.ca_file, settings.state_dir, transport)
+    except TrustError as e:
+        raise AgentError(f"enrollment with {url} failed: {short_error(e)}") from None
+    async with ControllerClient(url, transport=transport, verify=verify) as client:
         try:
-            response = await client.enroll(request)
+            response = await enroll_host(
+                client,
+                keys,
+                token,
+                settings.hostname or "localhost",
+                settings.endpoints,
+                settings.listen_port,
+            )
         except ControllerError as e:
             raise AgentError(f"enrollment with {url} failed: {short_error(e)}") from None
     log.add_secret(response.node_credential)
@@ -107,3 +119,73 @@ async def enroll(
         controller=url,
     )
     return state
+
+
+NONCE_REFUSED = "enrollment nonce"  # the start of the controller's 403 detail for a stale nonce
+
+
+async def establish_trust(
+    url: str,
+    ca_pin: str | None,
+    ca_file: Path | None,
+    state_dir: Path,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> ssl.SSLContext | bool:
+    """How to verify the controller from now on; pins or adopts its CA on first contact."""
+    if ca_path(state_dir).exists():
+        return verify_for(state_dir)
+    if ca_pin is not None:
+        return await pin_controller_ca(url, ca_pin, state_dir, transport)
+    if ca_file is not None:
+        return adopt_ca_file(ca_file, state_dir)
+    return True
+
+
+def trusted_verify(state_dir: Path) -> ssl.SSLContext | bool:
+    """How an enrolled agent verifies its controller (the CA pinned at enrollment, else the system CAs)."""
+    try:
+        return verify_for(state_dir)
+    except TrustError as e:
+        raise AgentError(short_error(e)) from None
+
+
+def signed_request(
+    keys: HostKeys,
+    preauth_secret: str,
+    nonce: str,
+    hostname: str,
+    endpoints: Sequence[str],
+    listen_port: int,
+) -> EnrollRequest:
+    unsigned = EnrollRequest(
+        preauth_key=preauth_secret,
+        nonce=nonce,
+        hostname=hostname,
+        wg_public_key=keys.wireguard.public_key(),
+        identity_public_key=keys.identity.public_key(),
+        endpoints=list(endpoints),
+        listen_port=listen_port,
+        signature="",
+    )
+    signature = base64.b64encode(keys.identity.sign(enroll_signing_bytes(unsigned))).decode()
+    return unsigned.model_copy(update={"signature": signature})
+
+
+async def enroll_host(
+    client: ControllerClient,
+    keys: HostKeys,
+    preauth_secret: str,
+    hostname: str,
+    endpoints: Sequence[str],
+    listen_port: int,
+) -> EnrollResponse:
+    """Nonce, signed request, enrollment; ControllerError when the controller refuses or is away."""
+    for attempt in range(2):
+        nonce = await client.enroll_nonce()
+        request = signed_request(keys, preauth_secret, nonce.nonce, hostname, endpoints, listen_port)
+        try:
+            return await client.enroll(request)
+        except ControllerRejected as e:
+            if attempt or e.status != 403 or not e.detail.startswith(NONCE_REFUSED):
+                raise
+    raise AssertionError("unreachable")

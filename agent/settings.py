@@ -22,7 +22,9 @@ class AgentSettings:
 
     state_dir: Path
     controller_url: str | None = None
-    token: str | None = None
+    token: str | None = None  # the secret part of the pre-auth key
+    ca_pin: str | None = None  # the pre-auth key's pin of the controller CA (agent/trust.py)
+    ca_file: Path | None = None  # the operator's CA for the controller, instead of a pin
     interface: str | None = None
     hostname: str | None = None
     listen_port: int = DEFAULT_LISTEN_PORT

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from agent.state import StatePaths
 from agent.status import AgentStatus, StatusError
+from keys.store import write_file_atomically
 from lab import firewall, impairment, netns, processes
 from lab.command import LabError, LabExists, check_can_run_lab, run
 from lab.layout import (
@@ -177,7 +178,11 @@ class Lab:
     def controller_healthy(self) -> bool:
         try:
             reply = request(
-                self.layout.underlay_namespace, "GET", f"{self.layout.controller_url}/v1/health", timeout=2
+                self.layout.underlay_namespace,
+                "GET",
+                f"{self.layout.controller_url}/v1/health",
+                timeout=2,
+                ca_file=self.layout.controller_ca_path,
             )
         except OSError:
             return False
@@ -212,11 +217,19 @@ class Lab:
             self.save()
         return self.record.preauth_key
 
+    def ensure_preauth_key_file(self) -> Path:
+        """The lab's pre-auth key in a 0600 file: agents read it there, never from their command line."""
+        path = self.layout.preauth_key_path
+        key = self.ensure_preauth_key()
+        if not path.exists() or path.read_text().strip() != key:
+            write_file_atomically(path, key + "\n", 0o600)
+        return path
+
     def agent_argv(self, host: HostLayout) -> list[str]:
         return processes.wgmesh_argv(
             "agent", "up",
             "--controller", self.layout.controller_url,
-            "--token", self.ensure_preauth_key(),
+            "--token-file", str(self.ensure_preauth_key_file()),
             "--interface", WG_INTERFACE,
             "--backend", "userspace",
             "--state-dir", str(host.state_dir),

@@ -14,6 +14,7 @@ import io
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from ipaddress import ip_network
 from pathlib import Path
 
@@ -34,9 +35,11 @@ from controller.app import create_app
 from controller.credentials import ensure_admin_credential
 from controller.settings import Settings
 from controller.sqlstore import SqlStore
+from controller.tls import managed_tls
 from p2p.directory import load_directory
 from wire import api
 from wire.models import PreAuthKeyInfo, Topology
+from wire.preauth import parse_preauth_key
 
 MESH_CIDR = ip_network("10.99.0.0/16")
 RTT_MS = 1.5
@@ -122,7 +125,10 @@ class Mesh:
         settings = Settings(state_dir=tmp / "controller", mesh_cidr=MESH_CIDR)
         settings.state_dir.mkdir(mode=0o700)
         self.store = SqlStore(settings.database_url)
-        self.app = create_app(settings, self.store)
+        # The controller's own CA: its pin is in the pre-auth key, which every agent checks on enrollment
+        # (the ASGI transport carries no TLS; the lab and the process tests run the real handshake).
+        self.tls = managed_tls(settings.state_dir / "tls", ["controller"], datetime.now(UTC))
+        self.app = create_app(settings, self.store, tls=self.tls)
         # an exception in the app becomes a 500, as uvicorn answers in production
         self.transport = SwitchableTransport(httpx.ASGITransport(app=self.app, raise_app_exceptions=False))
         self.admin = ensure_admin_credential(settings.state_dir)[0]
@@ -132,7 +138,7 @@ class Mesh:
     def admin_client(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(
             transport=self.transport,
-            base_url="http://controller",
+            base_url="https://controller",
             headers={"Authorization": f"Bearer {self.admin}"},
         )
 
@@ -154,8 +160,9 @@ class Mesh:
         index = sorted(self.hosts).index(name) + 2
         settings = AgentSettings(
             state_dir=h.state_dir,
-            controller_url="http://controller" if enroll else None,
-            token=self.preauth_key if enroll else None,
+            controller_url="https://controller" if enroll else None,
+            token=parse_preauth_key(self.preauth_key).secret if enroll else None,
+            ca_pin=parse_preauth_key(self.preauth_key).ca_pin if enroll else None,
             hostname=name,
             endpoints=(f"198.18.0.{index}:51820",),
             probe_interval_s=probe_interval_s,

@@ -100,7 +100,7 @@ def mesh() -> Iterator[Mesh]:
     )
     fleet = Machines.create(base, [CONTROLLER, *HOSTS], binds)
     try:
-        mesh = Mesh(fleet, wheel, f"http://{fleet[CONTROLLER].address}:{PORT}", started)
+        mesh = Mesh(fleet, wheel, f"https://{fleet[CONTROLLER].address}:{PORT}", started)
         FIGURES.unlink(missing_ok=True)
         mesh.record("rootfs", f"{rootfs_s:.1f} s ({'built now' if built else 'cached'})")
         for machine in fleet.machines.values():

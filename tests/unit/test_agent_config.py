@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import UsageError, _layered_up_options, _token_from_file, build_parser, main
+from agent.cli import UsageError, _key_from_file, _layered_up_options, build_parser, main
 from agent.config import ConfigError
 
 
@@ -61,11 +61,11 @@ def test_the_token_file_must_be_private_and_one_line(tmp_path):
     key.write_text("wgm_pak_0123456789abcdef\n")
     key.chmod(0o644)
     with pytest.raises(ConfigError, match=r"has mode 0644: other users can read it; run `chmod 600"):
-        _token_from_file(key)
+        _key_from_file(key)
     key.chmod(0o600)
-    assert _token_from_file(key) == "wgm_pak_0123456789abcdef"
+    assert _key_from_file(key).secret == "wgm_pak_0123456789abcdef"
     with pytest.raises(ConfigError, match="does not exist"):
-        _token_from_file(tmp_path / "missing")
+        _key_from_file(tmp_path / "missing")
 
 
 def test_up_with_a_missing_config_file_is_one_line(capsys, tmp_path):
