@@ -19,15 +19,24 @@ Secrets (pre-auth key, node credential) go in bodies and headers only, never in 
 from __future__ import annotations
 
 import json
-import os
+import ssl
 from typing import Any, TypeVar
 
 import httpx
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from agent.targets import Target, Targets
+from wgmesh.neterror import describe
 from wire import PROTOCOL_VERSION, api
-from wire.models import EnrollRequest, EnrollResponse, LinkReport, NetMap, NetMapDelta, NetMapUpdate
+from wire.models import (
+    EnrollNonce,
+    EnrollRequest,
+    EnrollResponse,
+    LinkReport,
+    NetMap,
+    NetMapDelta,
+    NetMapUpdate,
+)
 
 CONNECT_TIMEOUT_S = 5.0
 REQUEST_TIMEOUT_S = 10.0
@@ -64,6 +73,7 @@ class ControllerClient:
         credential: str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         targets: Targets | None = None,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         self.targets = targets or Targets(base_url, resolve=transport is None)
         self._credential = credential
@@ -72,6 +82,7 @@ class ControllerClient:
             timeout=httpx.Timeout(REQUEST_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
             headers={"User-Agent": f"wgmesh-agent/{PROTOCOL_VERSION}"},
             follow_redirects=False,
+            verify=verify,
         )
 
     @property
@@ -92,6 +103,10 @@ class ControllerClient:
         self._credential = credential
 
     # --- calls --------------------------------------------------------------------------------------
+
+    async def enroll_nonce(self) -> EnrollNonce:
+        response = await self._call("POST", api.ENROLL_NONCE, auth=False)
+        return self._parse(response, EnrollNonce)
 
     async def enroll(self, request: EnrollRequest) -> EnrollResponse:
         response = await self._call("POST", api.ENROLL, json=request.model_dump(mode="json"), auth=False)
@@ -230,12 +245,4 @@ def _detail(response: httpx.Response) -> str:
 
 
 def _reason(error: httpx.HTTPError) -> str:
-    cause: BaseException | None = error
-    # the innermost OSError says it best ("Connection refused", "No route to host")
-    while cause is not None:
-        if isinstance(cause, OSError) and cause.errno:
-            return os.strerror(cause.errno)
-        if isinstance(cause, OSError) and cause.strerror:
-            return cause.strerror
-        cause = cause.__cause__ or cause.__context__
-    return str(error) or type(error).__name__
+    return describe(error)

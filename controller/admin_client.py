@@ -2,17 +2,20 @@
 and plain-text tables. Used by `wgmesh controller token ...` and `wgmesh nodes ...`.
 
 Where things come from (first wins):
-- controller URL: --controller, WGMESH_CONTROLLER, http://127.0.0.1:8420; one URL or several
+- controller URL: --controller, WGMESH_CONTROLLER, https://127.0.0.1:8420; one URL or several
   replicas' URLs separated by commas, or a name with several addresses (agent.targets). A call that
   cannot connect, or that a replica refuses with 503 (it lost its database; nothing changed), goes
   to the next replica; any other failure is reported, never repeated (a write may have happened).
 - admin credential: --admin-credential, WGMESH_ADMIN_CREDENTIAL, STATE_DIR/admin-credential with
   STATE_DIR from --state-dir, WGMESH_STATE_DIR or the controller's default state directory.
+- trust for https: --ca-file, WGMESH_CA_FILE, the controller's own CA in STATE_DIR/tls/ca.crt when it
+  is there (the admin commands run on the controller host), else the system CAs.
 """
 
 from __future__ import annotations
 
 import argparse
+import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,6 +28,8 @@ from pydantic import TypeAdapter
 from agent.targets import Targets, split_urls
 from controller.credentials import CredentialError, admin_credential_path, read_admin_credential
 from controller.settings import DEFAULT_CONTROLLER_URL, default_state_dir
+from controller.tls import TLS_DIR
+from wgmesh.neterror import describe
 from wire import api
 from wire.models import NodeInfo, PreAuthKeyInfo, PreAuthKeyRequest
 
@@ -39,6 +44,7 @@ class AdminError(Exception):
 class AdminTarget:
     url: str
     credential: str
+    ca_file: Path | None = None  # None: the system CAs
 
 
 def add_target_options(parser: argparse.ArgumentParser) -> None:
@@ -50,6 +56,9 @@ def add_target_options(parser: argparse.ArgumentParser) -> None:
         "--state-dir", metavar="DIR", help="read the admin credential from DIR/admin-credential"
     )
     group.add_argument("--admin-credential", metavar="CRED", help="the admin credential itself")
+    parser.add_argument(
+        "--ca-file", metavar="FILE", help="CA to verify the controller with (default: STATE_DIR/tls/ca.crt)"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
 
 
@@ -62,23 +71,33 @@ def resolve_target(args: argparse.Namespace, env: Mapping[str, str]) -> AdminTar
         raise AdminError("controller URL: none given")
     url = ",".join(urls)
     credential = args.admin_credential or (None if args.state_dir else env.get("WGMESH_ADMIN_CREDENTIAL"))
+    state_dir = Path(args.state_dir or env.get("WGMESH_STATE_DIR") or default_state_dir(env))
     if not credential:
-        state_dir = Path(args.state_dir or env.get("WGMESH_STATE_DIR") or default_state_dir(env))
         try:
             credential = read_admin_credential(admin_credential_path(state_dir))
         except CredentialError as e:
             raise AdminError(f"{e}; pass --admin-credential or --state-dir") from None
-    return AdminTarget(url, credential.strip())
+    given = getattr(args, "ca_file", None) or env.get("WGMESH_CA_FILE")
+    if given:
+        if not Path(given).is_file():
+            raise AdminError(f"CA file {given} does not exist")
+        return AdminTarget(url, credential.strip(), Path(given))
+    ca_file = state_dir / TLS_DIR / "ca.crt"
+    return AdminTarget(url, credential.strip(), ca_file if ca_file.is_file() else None)
 
 
 class AdminClient:
     def __init__(self, target: AdminTarget, transport: httpx.BaseTransport | None = None) -> None:
         self.target = target
         self.targets = Targets(target.url, resolve=transport is None)
+        verify: ssl.SSLContext | bool = True
+        if target.ca_file is not None and "https://" in target.url:
+            verify = ssl.create_default_context(cafile=str(target.ca_file))
         self._http = httpx.Client(
             headers={"Authorization": f"Bearer {target.credential}"},
             timeout=TIMEOUT_S,
             transport=transport,
+            verify=verify,
         )
 
     def close(self) -> None:
@@ -94,11 +113,11 @@ class AdminClient:
                     method, replica.url + path, json=body, headers=headers, extensions=extensions
                 )
             except (httpx.ConnectError, httpx.ConnectTimeout) as e:
-                problems.append(f"cannot reach the controller at {replica.label}: {e}")
+                problems.append(f"cannot reach the controller at {replica.label}: {describe(e)}")
                 self.targets.failed(replica)
                 continue
             except httpx.HTTPError as e:
-                raise AdminError(f"cannot reach the controller at {replica.label}: {e}") from None
+                raise AdminError(f"cannot reach the controller at {replica.label}: {describe(e)}") from None
             if response.status_code == 503:
                 problems.append(f"the controller at {replica.label} is unavailable: {_detail(response)}")
                 self.targets.failed(replica)

@@ -33,8 +33,8 @@ class MapNotifier:
             event = self._events[node] = asyncio.Event()
         self._waiters[node] = self._waiters.get(node, 0) + 1
         try:
-            # asyncio.timeout, not wait_for: on 3.11 wait_for loses a cancellation that arrives as
-            # the event is set, and a cancelled long-poll would then wait on.
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancellation that arrives
+            # as the event is set, and the cancelled request (an agent stopping) runs on
             async with asyncio.timeout(timeout):
                 await event.wait()
         except TimeoutError:
