@@ -18,6 +18,7 @@ from datetime import datetime
 
 import numpy as np
 
+from controller.access import Access
 from controller.netmap import (
     Directory,
     MapInputs,
@@ -30,6 +31,7 @@ from controller.netmap import (
 from controller.routing import Router
 from controller.topology import LinkPolicy, LinkRecord, Topology
 from wire.models import IPNetwork, LinkMeasurement, Route, TopologyEdge
+from wire.policy import PolicyDocument
 
 MAP_HISTORY = 3
 """Maps kept per node to diff from: the current one and the two before it."""
@@ -61,8 +63,10 @@ class Mesh:
         cards: Iterable[NodeCard],
         links: Iterable[LinkRecord] = (),
         maps: Mapping[int, MapState] | None = None,
+        access: tuple[PolicyDocument, int] | None = None,
     ) -> None:
         self.mesh_cidr = mesh_cidr
+        self.access_policy = access
         self.policy = policy
         self.keepalive_s = keepalive_s
         self.cards: dict[int, NodeCard] = {c.node_id: c for c in cards}
@@ -174,10 +178,20 @@ class Mesh:
         self._directory = self._new_directory()
         return MeshChange(maps=self._refresh(self.cards))
 
+    def set_policy(self, access: tuple[PolicyDocument, int] | None, cards: Iterable[NodeCard]) -> MeshChange:
+        """A new policy (document, version; None: none, the full mesh) with the cards it gives new tags."""
+        self.access_policy = access
+        for card in cards:
+            self.cards[card.node_id] = card
+        self._directory = self._new_directory()
+        return MeshChange(maps=self._refresh(self.cards))
+
     def report(self, reporter: int, measurements: Sequence[LinkMeasurement], now: datetime) -> MeshChange:
         """One node's link measurements (peers already checked to be other known nodes)."""
         update = self.topology.report(reporter, measurements, now)
         changed = self.router.set_edges(update.edges)
+        if changed and self.access_policy is not None:
+            changed = set(self.cards)  # who relays for whom moved: any map may change
         return MeshChange(maps=self._refresh(changed), links=update.records)
 
     # --- internals -------------------------------------------------------------------------------
@@ -192,10 +206,15 @@ class Mesh:
             return changed
         rows, costs = self.router.rows_of(nodes)
         tenths = cost_tenths(costs)
+        access = None
+        if self.access_policy is not None:
+            doc, version = self.access_policy
+            access = Access(doc, version, self._directory.cards, self.router.trees())
         for i, node in enumerate(nodes):
             index = self.router.index[node]
-            forward = self.router.forwards(node)
-            digest = map_digest(self._directory, index, rows[i], tenths[i], forward).hex()
+            node_access = None if access is None else access.node(index)
+            forward = self.router.forwards(node) if node_access is None else node_access.forward
+            digest = map_digest(self._directory, index, rows[i], tenths[i], forward, node_access).hex()
             old = self._maps.get(node)
             if old is None or old.digest != digest:
                 self._maps[node] = changed[node] = MapState((old.serial if old else 0) + 1, digest)
@@ -203,7 +222,7 @@ class Mesh:
             kept = self._inputs.setdefault(node, {})
             if serial not in kept:
                 kept[serial] = MapInputs(
-                    self._directory, index, rows[i].copy(), tenths[i].astype(np.int32), forward
+                    self._directory, index, rows[i].copy(), tenths[i].astype(np.int32), forward, node_access
                 )
                 for old_serial in sorted(kept)[:-MAP_HISTORY]:
                     del kept[old_serial]

@@ -86,6 +86,9 @@ class Peer(WireModel):
         description="The peer's own /32 plus destinations relayed through it."
     )
     persistent_keepalive: int | None = Field(default=None, ge=0, le=65535, description="None: off.")
+    tags: list[str] = Field(
+        default_factory=list, description="The peer's policy tags; absent: none (or no policy in force)."
+    )
 
 
 class Route(WireModel):
@@ -104,6 +107,34 @@ class SelfNode(WireModel):
     tunnel_address: IPAddress
     mesh_cidr: IPNetwork
     listen_port: Port
+    tags: list[str] = Field(
+        default_factory=list, description="This node's policy tags; absent: none (or no policy in force)."
+    )
+
+
+class FirewallRule(WireModel):
+    """Connections one policy rule allows between this node and some peers (answers always return)."""
+
+    rule: str = Field(description="The policy rule this comes from, as `wgmesh policy test` names it.")
+    peers: list[IPNetwork] = Field(description="The other ends' tunnel addresses.")
+    ports: list[str] = Field(
+        description="Canonical port specs (`tcp/8000`, `udp/53-60`, `tcp`, `icmp`, `any`); see wire.policy."
+    )
+
+
+class NodePolicy(WireModel):
+    """The part of the access policy one node enforces. Absent from a map: no policy, the full mesh."""
+
+    version: int = Field(ge=1, description="Policy version this was made from; the agent reports it back.")
+    inbound: list[FirewallRule] = Field(description="Connections peers may open to this node.")
+    outbound: list[FirewallRule] = Field(description="Connections this node may open to peers.")
+    mesh_ports: list[Port] = Field(
+        default_factory=list, description="tcp ports open between this node and every peer (p2p)."
+    )
+    messages: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="p2p message type -> selectors of who may send it; unlisted types: anyone.",
+    )
 
 
 class NetMap(WireModel):
@@ -121,6 +152,7 @@ class NetMap(WireModel):
     peers: list[Peer]
     routes: list[Route]
     forward: bool = Field(description="True when other nodes relay through this one: enable IP forwarding.")
+    policy: NodePolicy | None = Field(default=None, description="None: no policy in force (full mesh).")
     protocol_version: int = PROTOCOL_VERSION
 
 
@@ -139,6 +171,7 @@ class NetMapDelta(WireModel):
     )
     node: SelfNode
     forward: bool = Field(description="As NetMap.forward at `serial`.")
+    policy: NodePolicy | None = Field(default=None, description="As NetMap.policy at `serial` (always whole).")
     peers_upserted: list[Peer] = Field(
         default_factory=list,
         description="Full records of peers new or changed since base_serial; absent: none.",
