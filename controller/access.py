@@ -66,7 +66,7 @@ def usable_paths(pred: npt.NDArray[np.int32], relay: npt.NDArray[np.bool_]) -> B
     n = pred.shape[0]
     roots = np.arange(n)[:, None]
     parent = np.where(pred >= 0, pred, roots).astype(np.int64)
-    ok = parent == roots
+    ok: BoolMatrix = parent == roots
     for _ in range(n):
         grown = ok | (relay[parent] & np.take_along_axis(ok, parent, axis=1))
         if np.array_equal(grown, ok):
@@ -95,15 +95,8 @@ def inside_paths(pred: npt.NDArray[np.int32], connected: BoolMatrix, ok: BoolMat
 class Access:
     """The policy's meaning for one directory and one set of shortest-path trees."""
 
-    def __init__(
-        self,
-        doc: PolicyDocument,
-        version: int,
-        cards: Sequence[NodeCard],
-        pred: npt.NDArray[np.int32],
-    ) -> None:
+    def __init__(self, doc: PolicyDocument, cards: Sequence[NodeCard], pred: npt.NDArray[np.int32]) -> None:
         self.doc = doc
-        self.version = version
         subjects = [subject_of(c) for c in cards]
         self.relay = np.array([selects(doc.relays, s) for s in subjects], dtype=bool)
         self.connected = connected_matrix(doc, subjects)
@@ -113,7 +106,6 @@ class Access:
         self._rule_parts = self._render_rules(cards, subjects)
         self._mesh_ports = json.dumps([] if doc.p2p_port is None else [doc.p2p_port]).encode()
         self._messages = json.dumps(doc.messages, separators=(",", ":")).encode()
-        self._version = version
 
     def _render_rules(
         self, cards: Sequence[NodeCard], subjects: Sequence[Subject]
@@ -133,8 +125,20 @@ class Access:
             out.append((src, dst, entry(src), entry(dst)))
         return out
 
-    def node(self, index: int) -> NodeAccess:
-        """What the node at `index` may see, route and must enforce."""
+    def rules_json(self, index: int) -> bytes:
+        """The node's firewall and message rights as NodePolicy JSON fields (without the version)."""
+        inbound = [src_json for src, dst, src_json, _ in self._rule_parts if dst[index] and src.any()]
+        outbound = [dst_json for src, dst, _, dst_json in self._rule_parts if src[index] and dst.any()]
+        return b'"inbound":[%s],"outbound":[%s],"mesh_ports":%s,"messages":%s}' % (
+            b",".join(inbound),
+            b",".join(outbound),
+            self._mesh_ports,
+            self._messages,
+        )
+
+    def node(self, index: int, version: int, rules_json: bytes | None = None) -> NodeAccess:
+        """What the node at `index` may see, route and must enforce; `version`: the policy version its
+        rules were last changed at (`rules_json`: its `rules_json`, when already made)."""
         col = self.connected[index]
         inside = self.inside[:, index]
         dests = col | inside
@@ -149,15 +153,7 @@ class Access:
         routes = dests | peers
         routes[index] = False
         relayed &= dests  # a peer that is only a first hop is reached directly
-        inbound = [src_json for src, dst, src_json, _ in self._rule_parts if dst[index] and src.any()]
-        outbound = [dst_json for src, dst, _, dst_json in self._rule_parts if src[index] and dst.any()]
-        policy = b'{"version":%d,"inbound":[%s],"outbound":[%s],"mesh_ports":%s,"messages":%s}' % (
-            self._version,
-            b",".join(inbound),
-            b",".join(outbound),
-            self._mesh_ports,
-            self._messages,
-        )
+        policy = b'{"version":%d,' % version + (self.rules_json(index) if rules_json is None else rules_json)
         return NodeAccess(
             peers=peers, routes=routes, relayed=relayed, forward=bool(inside.any()), policy_json=policy
         )

@@ -74,6 +74,9 @@ class Mesh:
         self.router = Router(self.cards, self.topology.edges())
         self._maps: dict[int, MapState] = {n: s for n, s in (maps or {}).items() if n in self.cards}
         self._inputs: dict[int, dict[int, MapInputs]] = {}  # node -> serial -> what that map was made of
+        # node -> (its firewall and message rights under the policy, the version they last changed at):
+        # a policy change that leaves a node's rules alone leaves its map alone
+        self._rules: dict[int, tuple[bytes, int]] = {}
         self._directory = self._new_directory()
         self.initial = MeshChange(maps=self._refresh(self.cards))
         """What start-up changed (maps whose stored digest no longer matches): persist it."""
@@ -173,6 +176,7 @@ class Mesh:
         del self.cards[node_id]
         self._maps.pop(node_id, None)
         self._inputs.pop(node_id, None)
+        self._rules.pop(node_id, None)
         self.topology.remove_node(node_id)
         self.router.remove_node(node_id)
         self._directory = self._new_directory()
@@ -209,10 +213,16 @@ class Mesh:
         access = None
         if self.access_policy is not None:
             doc, version = self.access_policy
-            access = Access(doc, version, self._directory.cards, self.router.trees())
+            access = Access(doc, self._directory.cards, self.router.trees())
         for i, node in enumerate(nodes):
             index = self.router.index[node]
-            node_access = None if access is None else access.node(index)
+            node_access = None
+            if access is not None:
+                rules = access.rules_json(index)
+                held = self._rules.get(node)
+                rules_version = held[1] if held is not None and held[0] == rules else version
+                self._rules[node] = (rules, rules_version)
+                node_access = access.node(index, rules_version, rules)
             forward = self.router.forwards(node) if node_access is None else node_access.forward
             digest = map_digest(self._directory, index, rows[i], tenths[i], forward, node_access).hex()
             old = self._maps.get(node)

@@ -65,12 +65,16 @@ class NodeCard:
     @cached_property
     def peer_head(self) -> bytes:
         return (
-            f'{{"node_id":{self.node_id},"name":{json.dumps(self.name)},"role":{json.dumps(self.role)},'
-            f'"wg_public_key":{json.dumps(self.wg_public_key)},'
-            f'"identity_public_key":{json.dumps(self.identity_public_key)},'
-            f'"tunnel_address":{json.dumps(str(self.tunnel_address))},'
-            f'"endpoints":{json.dumps(list(self.endpoints))},'
-        ).encode() + self.tags_json + b'"allowed_ips":['
+            (
+                f'{{"node_id":{self.node_id},"name":{json.dumps(self.name)},"role":{json.dumps(self.role)},'
+                f'"wg_public_key":{json.dumps(self.wg_public_key)},'
+                f'"identity_public_key":{json.dumps(self.identity_public_key)},'
+                f'"tunnel_address":{json.dumps(str(self.tunnel_address))},'
+                f'"endpoints":{json.dumps(list(self.endpoints))},'
+            ).encode()
+            + self.tags_json
+            + b'"allowed_ips":['
+        )
 
     @cached_property
     def route_head(self) -> bytes:
@@ -121,7 +125,9 @@ class Directory:
         return np.array(
             [
                 int.from_bytes(
-                    hashlib.blake2b(c.peer_head + c.host_route + b"|%d" % c.listen_port, digest_size=8).digest(),
+                    hashlib.blake2b(
+                        c.peer_head + c.host_route + b"|%d" % c.listen_port, digest_size=8
+                    ).digest(),
                     "big",
                 )
                 for c in self.cards
@@ -290,10 +296,14 @@ def _close(head: bytes, cost: bytes) -> bytes:
 def _node_json(m: MapInputs) -> bytes:
     me = m.directory.cards[m.index]
     return (
-        f'{{"node_id":{me.node_id},"name":{json.dumps(me.name)},"role":{json.dumps(me.role)},'
-        f'"tunnel_address":{json.dumps(str(me.tunnel_address))},'
-        f'"mesh_cidr":{json.dumps(str(m.directory.mesh_cidr))},'
-    ).encode() + me.tags_json + b'"listen_port":%d}' % me.listen_port
+        (
+            f'{{"node_id":{me.node_id},"name":{json.dumps(me.name)},"role":{json.dumps(me.role)},'
+            f'"tunnel_address":{json.dumps(str(me.tunnel_address))},'
+            f'"mesh_cidr":{json.dumps(str(m.directory.mesh_cidr))},'
+        ).encode()
+        + me.tags_json
+        + b'"listen_port":%d}' % me.listen_port
+    )
 
 
 # --- maps under a policy: only the peers and routes the node's access allows --------------------------

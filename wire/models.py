@@ -171,7 +171,9 @@ class NetMapDelta(WireModel):
     )
     node: SelfNode
     forward: bool = Field(description="As NetMap.forward at `serial`.")
-    policy: NodePolicy | None = Field(default=None, description="As NetMap.policy at `serial` (always whole).")
+    policy: NodePolicy | None = Field(
+        default=None, description="As NetMap.policy at `serial` (always whole)."
+    )
     peers_upserted: list[Peer] = Field(
         default_factory=list,
         description="Full records of peers new or changed since base_serial; absent: none.",
@@ -257,6 +259,12 @@ class NodeInfo(WireModel):
     enrolled_at: datetime
     last_seen: datetime | None = Field(default=None, description="None: never polled since enrollment.")
     serial: int
+    tags: list[str] = Field(default_factory=list, description="Its policy tags; absent: no policy in force.")
+    policy_version: int | None = Field(
+        default=None,
+        description="The policy version the node's agent last said it enforces; None: not said since "
+        "the controller started, or no policy.",
+    )
 
 
 class TopologyEdge(WireModel):

@@ -36,6 +36,7 @@ import re
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -103,9 +104,11 @@ def parse_port_spec(value: str) -> PortSpec:
     m = _PORT_SPEC.match(value.strip().lower()) if isinstance(value, str) else None
     if m is None:
         raise ValueError(f"{value!r}: expected 'tcp/PORT', 'udp/FIRST-LAST', 'tcp', 'udp', 'icmp' or 'any'")
+    protocol: Protocol = (
+        "icmp" if m.group(4) == "icmp" else "any" if m.group(4) else ("tcp" if m.group(1) == "tcp" else "udp")
+    )
     if m.group(4):
-        return PortSpec(m.group(4))  # type: ignore[arg-type]
-    protocol = m.group(1)
+        return PortSpec(protocol)
     if m.group(2) is None:
         return PortSpec(protocol)
     first = int(m.group(2))
@@ -155,7 +158,7 @@ class PolicyRule(_Doc):
 class PolicyDocument(_Doc):
     """The whole policy. Field absent means what `wire.policy`'s module docstring says."""
 
-    format: Literal[1] = POLICY_FORMAT
+    format: Literal[1] = 1
     p2p_port: int | None = Field(
         default=DEFAULT_P2P_PORT, ge=1, le=65535, description="tcp port open between peers; None: none."
     )
@@ -281,7 +284,11 @@ DEFAULT_DENY = "default deny (no rule matches)"
 
 
 def decide(
-    doc: PolicyDocument | None, src: Subject, dst: Subject, protocol: str | None = None, port: int | None = None
+    doc: PolicyDocument | None,
+    src: Subject,
+    dst: Subject,
+    protocol: str | None = None,
+    port: int | None = None,
 ) -> Decision:
     """May `src` open a connection to `dst` (on `protocol`/`port`; None: any traffic at all, i.e. are they
     peers in this direction)? The first matching rule decides."""
@@ -316,5 +323,66 @@ def message_rights(doc: PolicyDocument | None, subjects: Mapping[int, Subject]) 
     if doc is None:
         return {}
     return {
-        t: sorted(n for n, s in subjects.items() if selects(selectors, s)) for t, selectors in doc.messages.items()
+        t: sorted(n for n, s in subjects.items() if selects(selectors, s))
+        for t, selectors in doc.messages.items()
     }
+
+
+# --- the admin API's models -------------------------------------------------------------------------
+
+MAX_POLICY_TEXT = 1_000_000
+
+
+class _Api(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PolicySetRequest(_Api):
+    text: str = Field(max_length=MAX_POLICY_TEXT, description="The document, JSON or TOML.")
+    source: str = Field(
+        default="policy", max_length=200, description="A name for the text in error messages (its file)."
+    )
+    author: str = Field(
+        default="admin", max_length=200, description="Who makes the change, for the audit trail."
+    )
+
+
+class PolicyRollbackRequest(_Api):
+    version: int = Field(ge=1, description="The version to bring back (it becomes a new version).")
+    author: str = Field(default="admin", max_length=200)
+
+
+class PolicyInfo(_Api):
+    """One policy version and its audit entry."""
+
+    version: int
+    created_at: datetime
+    author: str
+    action: Literal["set", "rollback"]
+    restored: int | None = Field(default=None, description="The version a rollback restored; None: a set.")
+    text: str | None = Field(default=None, description="The document; absent in history listings.")
+
+
+class PolicyState(_Api):
+    """The policy in force: None when none was ever set (the full mesh)."""
+
+    policy: PolicyInfo | None
+
+
+class PolicyCheckResult(_Api):
+    ok: bool
+    problems: list[str] = Field(default_factory=list, description="One per problem, naming its place.")
+
+
+class PolicyTestRequest(_Api):
+    source: str = Field(max_length=253, description="A node name or id.")
+    destination: str = Field(max_length=253, description="A node name or id.")
+    port: str | None = Field(
+        default=None, max_length=20, description="'8000' (tcp), 'udp/53' or 'icmp'; None: any traffic."
+    )
+
+
+class PolicyTestResult(_Api):
+    allowed: bool
+    rule: str = Field(description="The rule that decided, or the default.")
+    version: int | None = Field(description="The policy version asked; None: no policy.")

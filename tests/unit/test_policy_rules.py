@@ -112,7 +112,10 @@ def test_json_and_toml_are_the_same_document() -> None:
     ("text", "expected"),
     [
         ('[[rules]]\nfrom = ["tag:a"]\nto = ["group:b"]\n', "policy.toml: rules[0].to[0]: 'group:b'"),
-        ('[[rules]]\nfrom = ["tag:a"]\nto = ["tag:b"]\nports = ["tcp/70000"]\n', "rules[0].ports[0]: 'tcp/70000'"),
+        (
+            '[[rules]]\nfrom = ["tag:a"]\nto = ["tag:b"]\nports = ["tcp/70000"]\n',
+            "rules[0].ports[0]: 'tcp/70000'",
+        ),
         ('[[rules]]\nfrom = ["tag:a"]\nto = ["tag:b"]\nports = ["sctp/1"]\n', "rules[0].ports"),
         ('[[rules]]\nfrom = ["tag:a"]\n', "rules[0].to: Field required"),
         ('relays = ["tag:Bad"]\n', "relays[0]"),
