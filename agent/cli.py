@@ -37,6 +37,7 @@ from agent.daemon import (
     InMemoryHostNetwork,
 )
 from agent.eventlog import EventLog
+from agent.nft import SystemNftables
 from agent.probe import IcmpProber
 from agent.state import (
     DEFAULT_STATE_DIR,
@@ -246,7 +247,11 @@ def cmd_up(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
     log = EventLog(sys.stderr)
     edges = AgentEdges(
-        backend=backend, host_network=_host_network(backend.name), prober=IcmpProber(), log=log
+        backend=backend,
+        host_network=_host_network(backend.name),
+        prober=IcmpProber(),
+        log=log,
+        firewall=None if backend.name == "fake" else SystemNftables(),
     )
     return asyncio.run(_serve(Agent(settings, edges)))
 

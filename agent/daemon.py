@@ -41,6 +41,7 @@ from agent.desired import DesiredState, IPInterface, build_desired, name_endpoin
 from agent.device import Device, IPNetwork
 from agent.eventlog import EventLog
 from agent.links import measure_links, peer_views, probe_targets
+from agent.nft import Nftables, NftError, apply_firewall
 from agent.probe import Prober
 from agent.reconcile import (
     Change,
@@ -148,6 +149,7 @@ class AgentEdges:
     prober: Prober
     log: EventLog
     transport: httpx.AsyncBaseTransport | None = None  # None: real sockets
+    firewall: Nftables | None = None  # None: the host's policy firewall is not managed here
     clock: Callable[[], float] = time.time
     backoff: Backoff = field(default_factory=Backoff)
 
@@ -310,6 +312,12 @@ class Agent:
                 self.log.info("interface_removed", interface=self.ifname)
             except BackendError as e:
                 self.log.error("interface_remove_failed", interface=self.ifname, error=_short_error(e))
+            if self.edges.firewall is not None:
+                try:
+                    for fw in await apply_firewall(self.edges.firewall, None, self.ifname):
+                        self.log.info("firewall_changed", interface=self.ifname, detail=str(fw))
+                except NftError as e:
+                    self.log.error("firewall_remove_failed", interface=self.ifname, error=_short_error(e))
         self._write_status(running=False)
         self.log.info("stopped", interface=self.ifname, interface_kept=not self.settings.down_on_stop)
 
@@ -420,7 +428,15 @@ class Agent:
                 return self._apply_failed(netmap, source, e)
             for text in host_changes:
                 self.log.info("host_network_changed", interface=self.ifname, detail=text)
-            total = len(changes) + len(host_changes)
+            firewall_changes = []
+            if self.edges.firewall is not None:
+                try:
+                    firewall_changes = await apply_firewall(self.edges.firewall, netmap.policy, self.ifname)
+                except NftError as e:
+                    return self._apply_failed(netmap, source, e)
+            for fw in firewall_changes:
+                self.log.info("firewall_changed", interface=self.ifname, detail=str(fw))
+            total = len(changes) + len(host_changes) + len(firewall_changes)
             if self.netmap is None or netmap.serial != self.netmap.serial or total:
                 self.log.info(
                     "netmap_applied",
@@ -513,7 +529,10 @@ class Agent:
             since = 0 if fresh or received is None else received.serial
             timeout = 0.0 if fresh else self.settings.poll_timeout_s
             try:
-                answer = await self.client.netmap_update(since=since, timeout_s=timeout)
+                held = self.netmap.policy if self.netmap is not None else None
+                answer = await self.client.netmap_update(
+                    since=since, timeout_s=timeout, policy_version=None if held is None else held.version
+                )
             except ControllerRejected as e:
                 self._set_controller("rejected", e)
                 fresh = True
