@@ -21,10 +21,13 @@ sysdeps:
 ## venv: a virtualenv with the project and its test and lint extras
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
-	@echo "installing the project into $(VENV) (log: $(VENV)/install.log)"
+	@echo "installing the project and its dependencies into $(VENV) (about a minute; log: $(VENV)/install.log)"
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	@$(BIN)/python -m pip install --disable-pip-version-check -e '.[test,lint]' > $(VENV)/install.log 2>&1 \
-		|| { tail -30 $(VENV)/install.log; echo "pip install failed; full log: $(VENV)/install.log"; exit 1; }
+	@set -o pipefail; start=$$(date +%s); \
+	$(BIN)/python -m pip install --disable-pip-version-check -e '.[test,lint]' 2>&1 | tee $(VENV)/install.log \
+		| bash deploy/pip-progress.sh \
+		|| { tail -30 $(VENV)/install.log; echo "pip install failed; full log: $(VENV)/install.log"; exit 1; }; \
+	echo "installed in $$(( $$(date +%s) - start )) s"
 	@$(BIN)/python -c 'import wgmesh, pyroute2, fastapi, websockets' && touch $@
 
 ## test: every tier; root tiers skip with a reason when not root

@@ -19,7 +19,6 @@ import time
 from collections.abc import Sequence
 from ipaddress import ip_interface
 from pathlib import Path
-from typing import NoReturn
 from urllib.parse import urlsplit
 
 from pydantic import TypeAdapter, ValidationError
@@ -49,6 +48,7 @@ from agent.state import (
     load_netmap,
 )
 from agent.status import AgentStatus, StatusError, render_table, with_live_device
+from wgmesh.argparser import OneLineParser
 from wire.fields import Hostname, parse_endpoint
 
 IFNAME_MAX = 15
@@ -56,13 +56,6 @@ IFNAME_MAX = 15
 
 class UsageError(Exception):
     """Bad command-line input; the message is the one line shown."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad argument as one line (no usage dump) and exit status 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: {message} (see --help)\n")
 
 
 # --- argument checks (each raises argparse.ArgumentTypeError with one clear line) -------------------
@@ -83,7 +76,9 @@ def _controller_url(text: str) -> str:
 
 def _token(text: str) -> str:
     if len(text.strip()) < 8 or any(c.isspace() for c in text):
-        raise argparse.ArgumentTypeError("pre-auth key: expected the key `wgmesh controller` printed")
+        raise argparse.ArgumentTypeError(
+            "pre-auth key: expected the key `wgmesh controller token create` printed"
+        )
     return text
 
 
@@ -142,8 +137,8 @@ def _poll_seconds(text: str) -> float:
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
-    parser = _Parser(prog=prog, description="Run and inspect the wgmesh agent of this host.")
-    sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND", parser_class=_Parser)
+    parser = OneLineParser(prog=prog, description="Run and inspect the wgmesh agent of this host.")
+    sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND", parser_class=OneLineParser)
 
     def state_dir(p: argparse.ArgumentParser) -> None:
         p.add_argument(
@@ -340,6 +335,12 @@ def _alive(pid: int) -> bool:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    paths = StatePaths(args.state_dir)
+    if not paths.node.exists() and paths.wireguard_key.exists():
+        raise StateError(
+            f"this host has not enrolled yet; its keys are in {paths.root} (made by an `agent up` that "
+            "did not enroll: the next `agent up` with a pre-auth key uses them)"
+        )
     state = AgentState.load(args.state_dir)
     status = AgentStatus.load(StatePaths(args.state_dir).status)
     if status.running and (status.pid is None or not _alive(status.pid)):

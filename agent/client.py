@@ -13,12 +13,12 @@ Secrets (pre-auth key, node credential) go in bodies and headers only, never in 
 from __future__ import annotations
 
 import json
-import os
 from typing import Any, TypeVar
 
 import httpx
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from wgmesh.neterror import describe
 from wire import PROTOCOL_VERSION, api
 from wire.models import EnrollRequest, EnrollResponse, LinkReport, NetMap, NetMapDelta, NetMapUpdate
 
@@ -191,12 +191,4 @@ def _detail(response: httpx.Response) -> str:
 
 
 def _reason(error: httpx.HTTPError) -> str:
-    cause: BaseException | None = error
-    # the innermost OSError says it best ("Connection refused", "No route to host")
-    while cause is not None:
-        if isinstance(cause, OSError) and cause.errno:
-            return os.strerror(cause.errno)
-        if isinstance(cause, OSError) and cause.strerror:
-            return cause.strerror
-        cause = cause.__cause__ or cause.__context__
-    return str(error) or type(error).__name__
+    return describe(error)

@@ -21,6 +21,7 @@ from pydantic import TypeAdapter
 
 from controller.credentials import CredentialError, admin_credential_path, read_admin_credential
 from controller.settings import DEFAULT_CONTROLLER_URL, default_state_dir
+from wgmesh.neterror import describe
 from wire import api
 from wire.models import NodeInfo, PreAuthKeyInfo, PreAuthKeyRequest
 from wire.policy import (
@@ -89,7 +90,7 @@ class AdminClient:
         try:
             response = self._http.request(method, path, json=body)
         except httpx.HTTPError as e:
-            raise AdminError(f"cannot reach the controller at {self.target.url}: {e}") from None
+            raise AdminError(f"cannot reach the controller at {self.target.url}: {describe(e)}") from None
         if response.status_code >= 400:
             try:
                 detail = response.json().get("detail", response.text)

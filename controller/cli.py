@@ -15,12 +15,22 @@ from collections.abc import Mapping, Sequence
 
 from controller.admin_client import AdminClient, AdminError, add_target_options, resolve_target, table, when
 from controller.credentials import CredentialError, admin_credential_path, ensure_admin_credential
-from controller.settings import DEFAULT_LISTEN, DEFAULT_MESH_CIDR, Settings, SettingsError, load_settings
+from controller.settings import (
+    DEFAULT_LISTEN,
+    DEFAULT_MESH_CIDR,
+    Settings,
+    SettingsError,
+    describe_settings,
+    load_settings,
+)
 from keys.store import ensure_private_dir
-from wire.models import PreAuthKeyRequest
+from wgmesh.argparser import OneLineParser
+from wire.models import MAX_PREAUTH_EXPIRY_S, PreAuthKeyRequest
 
 _DURATION = re.compile(r"^(\d+)([smhd]?)$")
 _UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+# Flags named after the request fields they fill, where the names differ.
+_FLAG_OF_FIELD = {"expires_in_s": "expires"}
 
 
 def parse_expiry(text: str) -> int | None:
@@ -31,15 +41,23 @@ def parse_expiry(text: str) -> int | None:
     match = _DURATION.match(text)
     if not match or int(match.group(1)) == 0:
         raise argparse.ArgumentTypeError(f"expected a duration like 30m, 1h, 7d or 'never', got {text!r}")
-    return int(match.group(1)) * _UNIT_S[match.group(2)]
+    seconds = int(match.group(1)) * _UNIT_S[match.group(2)]
+    if seconds > MAX_PREAUTH_EXPIRY_S:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is too far away: at most {MAX_PREAUTH_EXPIRY_S // 86400}d (10 years), or 'never'"
+        )
+    return seconds
 
 
 def _parser(prog: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog, description="Run the wgmesh controller and manage pre-auth keys."
-    )
+    parser = OneLineParser(prog=prog, description="Run the wgmesh controller and manage pre-auth keys.")
     sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
-    serve = sub.add_parser("serve", help="run the controller (REST API on uvicorn)")
+    serve = sub.add_parser(
+        "serve",
+        help="run the controller (REST API on uvicorn)",
+        epilog=describe_settings(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     serve.add_argument(
         "--listen", metavar="HOST:PORT", help=f"address to listen on (default {DEFAULT_LISTEN})"
     )
@@ -199,5 +217,6 @@ def _first_error(e: ValueError) -> str:
     if callable(errors):
         first = errors()[0]
         field = ".".join(str(x) for x in first.get("loc", ()))
-        return f"--{field.replace('_', '-')}: {str(first.get('msg', e)).removeprefix('Value error, ')}"
+        flag = _FLAG_OF_FIELD.get(field, field).replace("_", "-")
+        return f"--{flag}: {str(first.get('msg', e)).removeprefix('Value error, ')}"
     return str(e)

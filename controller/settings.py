@@ -39,6 +39,32 @@ ENV = {
 FILE_KEYS = {"listen", "state_dir", "db", "mesh_cidr", "max_body_bytes", "persistent_keepalive", "routing"}
 
 
+# What each setting means, for `controller serve --help`, the README and docs/controller.example.toml
+# (a unit test keeps these, ENV, FILE_KEYS and the example file in step).
+SETTING_DOCS: dict[str, str] = {
+    "listen": f"HOST:PORT the REST API listens on (default {DEFAULT_LISTEN})",
+    "state_dir": "directory of the database and the admin credential (default /var/lib/wgmesh/controller "
+    "as root, else $XDG_STATE_HOME/wgmesh/controller)",
+    "db": "database URL: sqlite:///PATH or postgresql://... (default SQLite in the state directory)",
+    "mesh_cidr": f"tunnel address pool (default {DEFAULT_MESH_CIDR})",
+    "config": "TOML settings file (its keys: the names of this list, and [routing])",
+    "max_body_bytes": f"largest request body accepted, in bytes (default {DEFAULT_MAX_BODY_BYTES})",
+    "persistent_keepalive": f"keepalive seconds agents set on every peer, 0 for none (default {DEFAULT_KEEPALIVE_S})",
+    "routing": "[routing] table of link weights: "
+    + ", ".join(f"{f.name} (default {f.default:g})" for f in dataclasses.fields(LinkPolicy)),
+}
+
+
+def describe_settings() -> str:
+    """The settings as `serve --help` shows them: TOML key, environment variable, meaning."""
+    lines = ["settings (flags win over WGMESH_* variables, which win over the --config TOML file):"]
+    for name, text in SETTING_DOCS.items():
+        env = f" / {ENV[name]}" if name in ENV else ""
+        lines.append(f"  {name}{env}")
+        lines.append(f"      {text}")
+    return "\n".join(lines)
+
+
 class SettingsError(Exception):
     """One line saying which setting is wrong and why."""
 

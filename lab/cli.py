@@ -20,6 +20,8 @@ from lab.layout import LABS_ROOT, MAX_HOSTS, LabLayout, LayoutError, check_lab_n
 from lab.observe import MeshView
 from lab.record import RecordError
 from lab.teardown import known_labs, tear_down
+from wgmesh.argparser import OneLineParser
+from wgmesh.invocation import program
 from wire.models import Topology
 
 DEFAULT_NAME = "lab"
@@ -36,6 +38,7 @@ examples:
   wgmesh lab up -n 3            build a 3-host mesh and wait until every pair has a handshake
   wgmesh lab ping               ping matrix over tunnel addresses
   wgmesh lab exec h1 -- wg show run a command on host h1 (its own /run/wireguard)
+  wgmesh lab admin -- nodes list an admin command against the lab's controller
   wgmesh lab cut h1 h2          drop the underlay between h1 and h2 (heal undoes it)
   wgmesh lab down               remove everything the lab created
 """
@@ -63,13 +66,13 @@ def _lab_name(text: str) -> str:
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog=prog,
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    common = argparse.ArgumentParser(add_help=False)
+    common = OneLineParser(add_help=False)
     common.add_argument(
         "--name",
         type=_lab_name,
@@ -96,6 +99,16 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     ex = sub.add_parser("exec", parents=[common], help="run a command on a host: lab exec h1 -- wg show")
     ex.add_argument("host", help="h1, h2, ... or `underlay` (where the controller runs)")
     ex.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
+
+    adm = sub.add_parser(
+        "admin",
+        parents=[common],
+        help="an admin command against the lab's controller: lab admin -- nodes list",
+        description="Runs `wgmesh ARGS` in the underlay with the lab's controller URL and admin "
+        "credential (WGMESH_CONTROLLER, WGMESH_STATE_DIR), e.g. `lab admin -- nodes list` or "
+        "`lab admin -- controller token create`. `lab exec underlay -- wgmesh ...` does the same.",
+    )
+    adm.add_argument("command", nargs=argparse.REMAINDER, help="wgmesh arguments, after --")
 
     for name, text in (("cut", "drop the underlay between two hosts"), ("heal", "undo `cut`")):
         p = sub.add_parser(name, parents=[common], help=text)
@@ -133,6 +146,8 @@ def main(argv: Sequence[str], prog: str = "wgmesh lab") -> int:
         print(f"{prog} {args.cmd}: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        if args.cmd not in BUILDING:
+            return 130  # e.g. Ctrl-C on a program run with `lab exec`: that program had its say
         name = getattr(args, "name", DEFAULT_NAME)
         print(
             f"\ninterrupted; the lab is left as it is (`{prog} down --name {name}` removes it)",
@@ -144,11 +159,16 @@ def main(argv: Sequence[str], prog: str = "wgmesh lab") -> int:
 # --- commands -----------------------------------------------------------------------------------------
 
 
-def _wait_for_mesh(lab: Lab, timeout: float, names: Sequence[str] | None = None) -> MeshView:
+def _wait_for_mesh(
+    lab: Lab, timeout: float, names: Sequence[str] | None = None, started: float | None = None
+) -> MeshView:
+    """Wait for the mesh, showing progress on one line timed from `started` (default: now), so a
+    command with several phases shows one clock."""
     line = render.ProgressLine()
+    offset = 0.0 if started is None else time.monotonic() - started
 
     def show(view: MeshView, elapsed: float) -> None:
-        text, key = render.mesh_progress(view, elapsed)
+        text, key = render.mesh_progress(view, offset + elapsed)
         line.update(text, key)
 
     view = lab.wait_for_mesh(timeout, show, names)
@@ -161,7 +181,7 @@ def _report_incomplete(lab: Lab, view: MeshView, timeout: float) -> None:
     print(render.missing_pairs(view), file=sys.stderr)
     print(f"logs: {lab.layout.controller_log} and {lab.layout.dir}/hosts/*/agent.log", file=sys.stderr)
     print(
-        f"the lab is left up for a look; `wgmesh lab down --name {lab.layout.name}` removes it",
+        f"the lab is left up for a look; `{program()} lab down --name {lab.layout.name}` removes it",
         file=sys.stderr,
     )
 
@@ -182,11 +202,11 @@ def _up(name: str, hosts: int, timeout: float | None) -> tuple[Lab | None, bool]
         line.finish()
         print(f"building the lab failed: {e}", file=sys.stderr)
         if LabLayout(name).dir.exists():
-            print(f"what was built is left; `wgmesh lab down --name {name}` removes it", file=sys.stderr)
+            print(f"what was built is left; `{program()} lab down --name {name}` removes it", file=sys.stderr)
         return None, False
     line.finish()
     wait = timeout if timeout is not None else default_timeout(hosts)
-    view = _wait_for_mesh(lab, wait)
+    view = _wait_for_mesh(lab, wait, started=started)
     if not view.complete:
         _report_incomplete(lab, view, wait)
         return lab, False
@@ -315,9 +335,22 @@ def cmd_exec(args: argparse.Namespace) -> int:
     return subprocess.call(lab.exec_argv(args.host, command))
 
 
+def cmd_admin(args: argparse.Namespace) -> int:
+    command = list(args.command)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if command[:1] == ["wgmesh"]:
+        command = command[1:]
+    if not command:
+        print(f"usage: {program()} lab admin -- nodes list (any `wgmesh` admin command)", file=sys.stderr)
+        return 2
+    lab = Lab.open(args.name)
+    return subprocess.call(lab.exec_argv("underlay", ["wgmesh", *command]))
+
+
 def cmd_cut(args: argparse.Namespace) -> int:
     Lab.open(args.name).cut(args.a, args.b)
-    print(f"underlay between {args.a} and {args.b} cut (`wgmesh lab heal {args.a} {args.b}` undoes it)")
+    print(f"underlay between {args.a} and {args.b} cut (`{program()} lab heal {args.a} {args.b}` undoes it)")
     return 0
 
 
@@ -416,23 +449,38 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print(render.topology(_measured_topology(lab, args.hosts)))
     finally:
         if args.keep and lab is not None:
-            n = args.name
-            flag = "" if n == DEFAULT_NAME else f" --name {n}"
-            print(
-                f"\nthe lab stays up. Look around:\n  wgmesh lab status{flag}\n  wgmesh lab ping{flag}\n"
-                f"  wgmesh lab exec{flag} h1 -- wg show\n  wgmesh lab down{flag}"
-            )
+            print("\nthe lab stays up. Look around:")
+            print("\n".join(f"  {line}" for line in look_around(args.name)))
         else:
             print()
             _down(args.name)
+            print("(`make demo KEEP=1`, or `lab demo --keep`, leaves the lab up to look around)")
     return 0 if ok else 1
 
+
+def look_around(name: str) -> list[str]:
+    """The commands `demo --keep` suggests, exactly as they run from the shell it was started in."""
+    lab = f"{program()} lab"
+    flag = "" if name == DEFAULT_NAME else f" --name {name}"
+    return [
+        f"{lab} status{flag}",
+        f"{lab} ping{flag}",
+        f"{lab} exec{flag} h1 -- wg show",
+        f"{lab} exec{flag} h1 -- wgmesh agent status",
+        f"{lab} admin{flag} -- nodes list",
+        f"{lab} down{flag}",
+    ]
+
+
+# Commands that build or wait: an interrupt leaves a half-built lab, and the user is told how to remove it.
+BUILDING = frozenset({"up", "add", "demo"})
 
 COMMANDS = {
     "up": cmd_up,
     "status": cmd_status,
     "ping": cmd_ping,
     "exec": cmd_exec,
+    "admin": cmd_admin,
     "cut": cmd_cut,
     "heal": cmd_heal,
     "stop": cmd_stop,

@@ -27,6 +27,7 @@ from lab.layout import MESH_CIDR, WG_INTERFACE, WG_LISTEN_PORT, HostLayout, LabL
 from lab.observe import MeshView, PingResult, observe, ping_matrix, ping_once
 from lab.record import HostRecord, LabRecord, ProcessRecord, load, save
 from lab.underlay_http import request
+from wgmesh.invocation import program
 
 Progress = Callable[[str], None]
 CONTROLLER_READY_TIMEOUT_S = 30.0
@@ -71,7 +72,7 @@ class Lab:
         leftovers = [ns for ns in netns.list_namespaces() if layout.owns_namespace(ns)]
         if layout.record_path.exists() or leftovers:
             raise LabExists(
-                f"a lab named {name!r} exists already; remove it with `wgmesh lab down --name {name}`"
+                f"a lab named {name!r} exists already; remove it with `{program()} lab down --name {name}`"
             )
         lab = cls(layout, LabRecord(name=name))
         lab.save()
@@ -253,8 +254,18 @@ class Lab:
     def exec_argv(self, name: str, argv: Sequence[str]) -> list[str]:
         """`argv` wrapped to run on host `name` (or in the underlay for `underlay`)."""
         if name in ("underlay", "u"):
-            return processes.in_namespace(self.layout.underlay_namespace, argv)
+            return processes.in_namespace(
+                self.layout.underlay_namespace, processes.with_env(self.admin_env(), argv)
+            )
         return processes.in_host(self.host(name), argv)
+
+    def admin_env(self) -> dict[str, str]:
+        """What an admin command in the underlay needs to find this lab's controller and credential."""
+        return {
+            "WGMESH_CONTROLLER": self.layout.controller_url,
+            "WGMESH_STATE_DIR": str(self.layout.controller_dir),
+            "PATH": processes.program_path(),
+        }
 
     def exec(self, name: str, argv: Sequence[str], timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
         return run(self.exec_argv(name, argv), timeout=timeout, check=False)

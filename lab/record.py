@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from keys.store import write_file_atomically
 from lab.layout import LabLayout
+from wgmesh.invocation import program
 
 RECORD_VERSION = 1
 
@@ -72,14 +73,14 @@ def load(layout: LabLayout) -> LabRecord:
         text = path.read_text()
     except FileNotFoundError:
         raise RecordError(
-            f"no lab named {layout.name!r} is up (no {path}); start one with `wgmesh lab up`"
+            f"no lab named {layout.name!r} is up (no {path}); start one with `{program()} lab up`"
         ) from None
     try:
         return LabRecord.model_validate_json(text)
     except ValidationError as e:
         first = e.errors()[0]
         raise RecordError(
-            f"{path} is not a lab record ({first['msg']}); `wgmesh lab down --name {layout.name}` "
+            f"{path} is not a lab record ({first['msg']}); `{program()} lab down --name {layout.name}` "
             "removes the lab anyway"
         ) from None
 

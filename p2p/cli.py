@@ -35,6 +35,7 @@ from p2p.core.message import PRIORITY_DEFAULT, PRIORITY_MAX, PRIORITY_MIN, Messa
 from p2p.directory import FILE_NAME, DirectoryError, load_directory
 from p2p.errors import P2PError
 from p2p.events import PeerDown
+from wgmesh.argparser import OneLineParser
 
 DEFAULT_STATE_DIR = Path("/var/lib/wgmesh")
 # Names the state directory when --state-dir is not given (an empty value counts as unset).
@@ -67,8 +68,8 @@ def _positive(text: str) -> float:
 
 
 def _parser(prog: str, default_state_dir: Path) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description="Try the p2p messaging layer from a shell.")
-    common = argparse.ArgumentParser(add_help=False)
+    parser = OneLineParser(prog=prog, description="Try the p2p messaging layer from a shell.")
+    common = OneLineParser(add_help=False)
     where = common.add_argument_group("node identity")
     where.add_argument(
         "--state-dir",
@@ -204,7 +205,7 @@ async def _send(args: argparse.Namespace, directory: Directory, key: IdentityPri
         try:
             await node.wait_connected([target.node_id], timeout=args.timeout)
         except TimeoutError:
-            raise P2PError(f"cannot reach {target.describe()} within {args.timeout:g} s") from None
+            raise P2PError(await _why_unreachable(target, args.timeout)) from None
         remaining = max(0.1, deadline - time.monotonic())
         if args.request:
             reply = await node.request(
@@ -216,6 +217,23 @@ async def _send(args: argparse.Namespace, directory: Directory, key: IdentityPri
             await node.drain(timeout=remaining)
             print(f"sent {args.type} to {target.describe()} (id {message_id.hex()})")
     return 0
+
+
+async def _why_unreachable(target: DirectoryEntry, timeout: float) -> str:
+    """Why no connection to `target` came up: nothing listening is told apart from no answer at all."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(str(target.address), target.port), 2.0)
+    except ConnectionRefusedError:
+        return (
+            f"nothing listens on {target.describe()}: start `wgmesh p2p listen` on that host "
+            "(in the lab: `wgmesh lab exec HOST -- wgmesh p2p listen`)"
+        )
+    except (OSError, TimeoutError):
+        return f"cannot reach {target.describe()} within {timeout:g} s: no answer over the tunnel"
+    writer.close()
+    return (
+        f"{target.describe()} accepts connections but did not finish the p2p handshake within {timeout:g} s"
+    )
 
 
 async def _broadcast(args: argparse.Namespace, directory: Directory, key: IdentityPrivateKey) -> int:

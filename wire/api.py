@@ -19,4 +19,11 @@ PREAUTH_KEYS = "/v1/preauth-keys"  # POST PreAuthKeyRequest -> PreAuthKeyInfo wi
 POLICY = "/v1/policy"
 TOPOLOGY = "/v1/topology"  # GET (admin) -> Topology; ?format=dot -> text/vnd.graphviz
 
+# Key rotation (wire.rotation): POST KEY (node) KeyReport -> KeyReportAnswer;
+# POST /v1/nodes/{id}/rotate (admin) -> RotationInfo; POST ROTATE_ALL (admin) -> RotationProgress;
+# GET ROTATIONS (admin) -> RotationProgress. A refusal is 404 (no such node) or 409 (already rotating).
+KEY = "/v1/key"
+ROTATE_ALL = "/v1/nodes/rotate-all"
+ROTATIONS = "/v1/rotations"
+
 NETMAP_MAX_TIMEOUT_S = 300

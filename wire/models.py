@@ -107,6 +107,11 @@ class SelfNode(WireModel):
     tunnel_address: IPAddress
     mesh_cidr: IPNetwork
     listen_port: Port
+    key_rotation: int | None = Field(
+        default=None,
+        ge=1,
+        description="A key rotation the controller asks this node to make (its id); None: none asked.",
+    )
     tags: list[str] = Field(
         default_factory=list, description="This node's policy tags; absent: none (or no policy in force)."
     )
@@ -228,11 +233,14 @@ class LinkReport(WireModel):
 # --- admin ------------------------------------------------------------------------------------------
 
 
+MAX_PREAUTH_EXPIRY_S = 10 * 365 * 86400  # ten years; `never` is None
+
+
 class PreAuthKeyRequest(WireModel):
     role: Role = "node"
     reusable: bool = False
     expires_in_s: int | None = Field(
-        default=3600, ge=1, le=10 * 365 * 86400, description="None: never expires."
+        default=3600, ge=1, le=MAX_PREAUTH_EXPIRY_S, description="None: never expires."
     )
 
 
@@ -259,6 +267,12 @@ class NodeInfo(WireModel):
     enrolled_at: datetime
     last_seen: datetime | None = Field(default=None, description="None: never polled since enrollment.")
     serial: int
+    key_created_at: datetime | None = Field(
+        default=None, description="When the node's current WireGuard key was recorded; None: not known."
+    )
+    rotation: Literal["idle", "queued", "requested", "prepared"] = Field(
+        default="idle", description="The node's key rotation now (wire.rotation.RotationState)."
+    )
     tags: list[str] = Field(default_factory=list, description="Its policy tags; absent: no policy in force.")
     policy_version: int | None = Field(
         default=None,

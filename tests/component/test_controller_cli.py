@@ -139,8 +139,15 @@ def test_token_create_prints_only_the_key_and_it_enrolls_a_host(served: Served):
     assert as_json[0]["name"] == "cli-host"
     shown = served.cli("nodes", "show", "1")
     assert "tunnel address: 198.19.0.1" in shown.stdout
+    by_name = served.cli("nodes", "show", "cli-host")
+    assert by_name.returncode == 0 and by_name.stdout == shown.stdout
+    unknown = served.cli("nodes", "remove", "no-such-host")
+    assert unknown.returncode == 1
+    assert unknown.stderr.strip() == (
+        "wgmesh nodes remove: no node named 'no-such-host' (`wgmesh nodes list` shows the nodes)"
+    )
 
-    removed = served.cli("nodes", "remove", "1")
+    removed = served.cli("nodes", "remove", "cli-host")
     assert removed.returncode == 0 and "removed node 1 (cli-host" in removed.stdout
     assert json.loads(served.cli("nodes", "list", "--json").stdout) == []
 
@@ -230,5 +237,75 @@ def test_a_served_controller_keeps_its_nodes_across_restarts(tmp_path: Path):
     try:
         assert "1 nodes" in second.first_lines[-1]
         assert json.loads(second.cli("nodes", "list", "--json").stdout)[0]["tunnel_address"] == "198.19.0.1"
+    finally:
+        stop(second)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--expires", "99999999d"],
+            "wgmesh controller token create: argument --expires: '99999999d' is too far away: "
+            "at most 3650d (10 years), or 'never' (see --help)",
+        ),
+        (
+            ["--expires", "soon"],
+            "wgmesh controller token create: argument --expires: expected a duration like 30m, 1h, "
+            "7d or 'never', got 'soon' (see --help)",
+        ),
+    ],
+)
+def test_a_bad_token_flag_is_one_line_naming_the_flag(tmp_path: Path, args: list[str], message: str):
+    r = run("controller", "token", "create", *args, "--state-dir", str(tmp_path))
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.strip() == message
+
+
+def _doc_block(name: str) -> list[str]:
+    """The shell lines of the `<!-- tested: NAME -->` block of docs/operations.md."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    block = text.split(f"<!-- tested: {name} -->\n```sh\n", 1)[1].split("```", 1)[0]
+    return [line for line in block.splitlines() if line.strip()]
+
+
+def _as_here(line: str, state: Path, backups: Path) -> str:
+    return line.replace("/var/lib/wgmesh/controller", str(state)).replace("/root/", f"{backups}/")
+
+
+def test_the_documented_backup_and_restore_bring_back_every_node(tmp_path: Path):
+    """docs/operations.md's commands, run as written (paths moved under tmp): a backup taken while the
+    controller serves, a lost state directory, the restore, and the nodes are all back."""
+    state, backups = tmp_path / "state", tmp_path / "backups"
+    backups.mkdir()
+    first = start(state)
+    try:
+        key = first.cli("controller", "token", "create", "--reusable").stdout.strip()
+        for name in ("alpha", "beta"):
+            body = enroll_request(make_host(name), key).model_dump_json()
+            reply = httpx.post(
+                first.url + api.ENROLL, content=body, headers={"Content-Type": "application/json"}
+            )
+            assert reply.status_code == 200, reply.text
+        for line in _doc_block("backup"):
+            done = subprocess.run(
+                ["bash", "-c", _as_here(line, state, backups)], capture_output=True, text=True, timeout=60
+            )
+            assert done.returncode == 0, f"{line}\n{done.stderr}"
+    finally:
+        stop(first)
+    for path in state.iterdir():  # the disk is lost
+        path.unlink()
+    for line in _doc_block("restore"):
+        done = subprocess.run(
+            ["bash", "-c", _as_here(line, state, backups)], capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, f"{line}\n{done.stderr}"
+    assert stat.S_IMODE((state / "controller.db").stat().st_mode) == 0o600
+    second = start(state)
+    try:
+        assert len(second.first_lines) == 1, "a restored controller must not make a new admin credential"
+        names = {n["name"] for n in json.loads(second.cli("nodes", "list", "--json").stdout)}
+        assert names == {"alpha", "beta"}
     finally:
         stop(second)

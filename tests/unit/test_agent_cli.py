@@ -93,6 +93,13 @@ def test_up_with_an_unreachable_controller_at_enrollment_is_one_line(capsys, tmp
     paths = StatePaths(tmp_path / "s")
     assert paths.wireguard_key.exists() and paths.identity_key.exists()
     assert not paths.node.exists()
+    # and `agent status` says so, instead of only "not enrolled"
+    code, _, err = run(capsys, "status", "--state-dir", str(tmp_path / "s"))
+    assert code == 1
+    assert err.strip() == (
+        f"wgmesh agent status: this host has not enrolled yet; its keys are in {tmp_path / 's'} "
+        "(made by an `agent up` that did not enroll: the next `agent up` with a pre-auth key uses them)"
+    )
 
 
 def test_status_before_any_run_is_one_line(capsys, tmp_path):

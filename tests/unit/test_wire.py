@@ -40,6 +40,8 @@ def test_round_trip_keeps_typed_keys():
         ("endpoints", ["198.18.0.2"], "expected 'host:port'"),
         ("endpoints", ["198.18.0.2:70000"], "port must be 1-65535"),
         ("endpoints", ["fd00::1:5"], "IPv6"),
+        ("endpoints", ["300.1.1.1:51820"], "not a valid IPv4 address"),
+        ("endpoints", ["10.0.0:51820"], "not a valid IPv4 address"),
         ("listen_port", 0, "greater than or equal to 1"),
         ("surprise", 1, "Extra inputs are not permitted"),
     ],
@@ -56,6 +58,8 @@ def test_bad_fields_are_named(field, value, message):
         ("198.18.0.2:51820", ("198.18.0.2", 51820)),
         ("[fd00::1]:1", ("fd00::1", 1)),
         ("h.example:9", ("h.example", 9)),
+        ("host-1.lan:51820", ("host-1.lan", 51820)),
+        ("255.255.255.255:1", ("255.255.255.255", 1)),
     ],
 )
 def test_parse_endpoint(text, expected):
