@@ -36,7 +36,7 @@ from agent.daemon import (
     InMemoryHostNetwork,
 )
 from agent.eventlog import EventLog
-from agent.nft import SystemNftables
+from agent.nft import NftError, SystemNftables, apply_firewall
 from agent.probe import IcmpProber
 from agent.state import (
     DEFAULT_STATE_DIR,
@@ -302,6 +302,12 @@ def cmd_down(args: argparse.Namespace) -> int:
             "stop it first (or run it with --down)"
         )
     backend = open_backend(backend_name)
+    if backend.name != "fake":
+        try:
+            for change in asyncio.run(apply_firewall(SystemNftables(), None, ifname)):
+                print(f"removed the policy firewall ({change})")
+        except NftError as e:
+            print(f"could not remove the policy firewall: {e}", file=sys.stderr)
     if not backend.exists(ifname):
         print(f"{ifname}: no such interface; nothing to do")
         return 0

@@ -92,25 +92,24 @@ def inside_paths(pred: npt.NDArray[np.int32], connected: BoolMatrix, ok: BoolMat
     return inside
 
 
-class Access:
-    """The policy's meaning for one directory and one set of shortest-path trees."""
+class PolicyMasks:
+    """What the policy says about one directory, whatever the routes: who may relay, who is connected
+    to whom, and each rule's members and firewall JSON. Kept while neither the policy nor the
+    directory changes (a link change only moves routes)."""
 
-    def __init__(self, doc: PolicyDocument, cards: Sequence[NodeCard], pred: npt.NDArray[np.int32]) -> None:
+    def __init__(self, doc: PolicyDocument, cards: Sequence[NodeCard]) -> None:
         self.doc = doc
         subjects = [subject_of(c) for c in cards]
         self.relay = np.array([selects(doc.relays, s) for s in subjects], dtype=bool)
         self.connected = connected_matrix(doc, subjects)
-        self._pred = pred
-        self.ok = usable_paths(pred, self.relay)
-        self.inside = inside_paths(pred, self.connected, self.ok)
-        self._rule_parts = self._render_rules(cards, subjects)
-        self._mesh_ports = json.dumps([] if doc.p2p_port is None else [doc.p2p_port]).encode()
-        self._messages = json.dumps(doc.messages, separators=(",", ":")).encode()
+        self.rule_parts = self._render_rules(cards, subjects)
+        self.mesh_ports = json.dumps([] if doc.p2p_port is None else [doc.p2p_port]).encode()
+        self.messages = json.dumps(doc.messages, separators=(",", ":")).encode()
 
     def _render_rules(
         self, cards: Sequence[NodeCard], subjects: Sequence[Subject]
     ) -> list[tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_], bytes, bytes]]:
-        """Per rule: its source and destination masks and the JSON heads of its firewall entries."""
+        """Per rule: its source and destination masks and the JSON of its firewall entries."""
         out = []
         for i, rule in enumerate(self.doc.rules):
             src = np.array([selects(rule.sources, s) for s in subjects], dtype=bool)
@@ -125,15 +124,28 @@ class Access:
             out.append((src, dst, entry(src), entry(dst)))
         return out
 
+
+class Access:
+    """The policy's meaning for one directory and one set of shortest-path trees."""
+
+    def __init__(self, masks: PolicyMasks, pred: npt.NDArray[np.int32]) -> None:
+        self.masks = masks
+        self.relay = masks.relay
+        self.connected = masks.connected
+        self._pred = pred
+        self.ok = usable_paths(pred, self.relay)
+        self.inside = inside_paths(pred, self.connected, self.ok)
+
     def rules_json(self, index: int) -> bytes:
         """The node's firewall and message rights as NodePolicy JSON fields (without the version)."""
-        inbound = [src_json for src, dst, src_json, _ in self._rule_parts if dst[index] and src.any()]
-        outbound = [dst_json for src, dst, _, dst_json in self._rule_parts if src[index] and dst.any()]
+        parts = self.masks.rule_parts
+        inbound = [src_json for src, dst, src_json, _ in parts if dst[index] and src.any()]
+        outbound = [dst_json for src, dst, _, dst_json in parts if src[index] and dst.any()]
         return b'"inbound":[%s],"outbound":[%s],"mesh_ports":%s,"messages":%s}' % (
             b",".join(inbound),
             b",".join(outbound),
-            self._mesh_ports,
-            self._messages,
+            self.masks.mesh_ports,
+            self.masks.messages,
         )
 
     def node(self, index: int, version: int, rules_json: bytes | None = None) -> NodeAccess:

@@ -18,7 +18,7 @@ from datetime import datetime
 
 import numpy as np
 
-from controller.access import Access
+from controller.access import Access, PolicyMasks
 from controller.netmap import (
     Directory,
     MapInputs,
@@ -77,6 +77,7 @@ class Mesh:
         # node -> (its firewall and message rights under the policy, the version they last changed at):
         # a policy change that leaves a node's rules alone leaves its map alone
         self._rules: dict[int, tuple[bytes, int]] = {}
+        self._masks: tuple[Directory, PolicyMasks] | None = None  # for the directory and policy in force
         self._directory = self._new_directory()
         self.initial = MeshChange(maps=self._refresh(self.cards))
         """What start-up changed (maps whose stored digest no longer matches): persist it."""
@@ -213,7 +214,10 @@ class Mesh:
         access = None
         if self.access_policy is not None:
             doc, version = self.access_policy
-            access = Access(doc, self._directory.cards, self.router.trees())
+            masks = self._masks
+            if masks is None or masks[0] is not self._directory or masks[1].doc is not doc:
+                masks = self._masks = (self._directory, PolicyMasks(doc, self._directory.cards))
+            access = Access(masks[1], self.router.trees())
         for i, node in enumerate(nodes):
             index = self.router.index[node]
             node_access = None

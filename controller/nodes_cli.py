@@ -104,6 +104,8 @@ def render_node(n: NodeInfo) -> str:
         ("enrolled", when(n.enrolled_at)),
         ("last seen", when(n.last_seen)),
         ("map serial", n.serial),
+        ("tags", ", ".join(n.tags) or "- (no policy in force)"),
+        ("policy version", "- (not reported)" if n.policy_version is None else n.policy_version),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k + ':':<{width + 1}} {v}" for k, v in rows)

@@ -177,3 +177,15 @@ def test_a_policy_change_opens_and_closes_access(lab: Lab, tmp_path: Path):
     )
     took_close = time.monotonic() - started
     print(f"RESULT name=policy_e2e open_s={took_open:.2f} close_s={took_close:.2f}")
+
+
+def test_the_firewall_is_on_the_interface_and_agent_down_removes_it(lab: Lab):
+    listed = lab.exec("h1", ["nft", "list", "table", "inet", "wgmesh_wg0"])
+    assert listed.returncode == 0, listed.stderr
+    assert 'iifname "wg0"' in listed.stdout and "tcp dport 8000 accept" in listed.stdout
+    assert lab.stop_agent("h5")
+    wait_until("h5's agent to stop", lambda: not (s := lab.agent_status("h5")) or not s.running, 30)
+    down = lab.exec("h5", wgmesh_argv("agent", "down"))
+    assert down.returncode == 0, down.stderr
+    assert "removed the policy firewall" in down.stdout
+    assert lab.exec("h5", ["nft", "list", "table", "inet", "wgmesh_wg0"]).returncode != 0
