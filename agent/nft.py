@@ -8,7 +8,6 @@ with nft's first error line; the transaction then changed nothing (nft applies a
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 import subprocess
@@ -25,11 +24,13 @@ class NftError(RuntimeError):
 
 
 class Nftables(Protocol):
-    async def list_table(self, table: str) -> Mapping[str, Any] | None:
+    """Synchronous, like the other host edges: the agent's driver runs applies in a worker thread."""
+
+    def list_table(self, table: str) -> Mapping[str, Any] | None:
         """`nft -j list table inet TABLE` as JSON; None when there is no such table."""
         ...
 
-    async def apply(self, document: str) -> None:
+    def apply(self, document: str) -> None:
         """Run one nftables JSON document as one transaction."""
         ...
 
@@ -50,10 +51,10 @@ class SystemNftables:
         except subprocess.TimeoutExpired:
             raise NftError(f"{self.nft} {' '.join(args[:3])}: no answer in 30 s") from None
 
-    async def list_table(self, table: str) -> Mapping[str, Any] | None:
+    def list_table(self, table: str) -> Mapping[str, Any] | None:
         if not Path(self.nft).exists():
             return None  # no nftables, no table: a host without a policy needs none
-        done = await asyncio.to_thread(self._run, ["-j", "list", "table", FAMILY, table])
+        done = self._run(["-j", "list", "table", FAMILY, table])
         if done.returncode != 0:
             if "No such file or directory" in done.stderr or "does not exist" in done.stderr:
                 return None
@@ -61,8 +62,8 @@ class SystemNftables:
         parsed: Mapping[str, Any] = json.loads(done.stdout)
         return parsed
 
-    async def apply(self, document: str) -> None:
-        done = await asyncio.to_thread(self._run, ["-j", "-f", "-"], document)
+    def apply(self, document: str) -> None:
+        done = self._run(["-j", "-f", "-"], document)
         if done.returncode != 0:
             raise NftError(f"nft -j -f -: {_first_line(done.stderr)}")
 
@@ -79,7 +80,7 @@ class FakeNftables:
         self.tables: dict[str, dict[str, list[dict[str, Any]]]] = {}  # table -> chain -> rules
         self.applied = 0
 
-    async def list_table(self, table: str) -> Mapping[str, Any] | None:
+    def list_table(self, table: str) -> Mapping[str, Any] | None:
         chains = self.tables.get(table)
         if chains is None:
             return None
@@ -89,7 +90,7 @@ class FakeNftables:
             items += [{"rule": {"family": FAMILY, "table": table, "chain": name, **r}} for r in rules]
         return {"nftables": items}
 
-    async def apply(self, document: str) -> None:
+    def apply(self, document: str) -> None:
         tables = json.loads(json.dumps(self.tables))  # all or nothing
         for command in json.loads(document)["nftables"]:
             ((verb, body),) = command.items()
@@ -117,11 +118,11 @@ class FakeNftables:
         self.applied += 1
 
 
-async def apply_firewall(nft: Nftables, policy: NodePolicy | None, ifname: str) -> list[FirewallChange]:
+def apply_firewall(nft: Nftables, policy: NodePolicy | None, ifname: str) -> list[FirewallChange]:
     """Make the interface's table what `policy` asks for (None: no table); the changes made."""
     table = table_name(ifname)
-    current = parse_listing(await nft.list_table(table), table)
+    current = parse_listing(nft.list_table(table), table)
     plan = firewall_plan(current, desired_ruleset(policy, ifname), ifname)
     if plan:
-        await nft.apply(plan.document())
+        nft.apply(plan.document())
     return plan.changes

@@ -107,14 +107,14 @@ def test_a_foreign_rule_in_our_chain_gets_the_chain_replaced() -> None:
     assert parse_listing({"nftables": []}, "wgmesh_wg0") is None
 
 
-async def test_apply_is_idempotent_and_removing_the_policy_removes_the_table() -> None:
+def test_apply_is_idempotent_and_removing_the_policy_removes_the_table() -> None:
     nft = FakeNftables()
-    assert len(await apply_firewall(nft, policy(inbound=[API]), "wg0")) == 3
-    assert await apply_firewall(nft, policy(inbound=[API]), "wg0") == []
+    assert len(apply_firewall(nft, policy(inbound=[API]), "wg0")) == 3
+    assert apply_firewall(nft, policy(inbound=[API]), "wg0") == []
     assert nft.applied == 1
-    changes = await apply_firewall(nft, policy(inbound=[API, WORK]), "wg0")
+    changes = apply_firewall(nft, policy(inbound=[API, WORK]), "wg0")
     assert [c.chain for c in changes] == ["input"]
     assert len(nft.tables["wgmesh_wg0"]["input"]) == 8
-    assert [c.what for c in await apply_firewall(nft, None, "wg0")] == ["table removed"]
+    assert [c.what for c in apply_firewall(nft, None, "wg0")] == ["table removed"]
     assert nft.tables == {}
-    assert await apply_firewall(nft, None, "wg0") == []
+    assert apply_firewall(nft, None, "wg0") == []
