@@ -294,6 +294,7 @@ class ControlPlane:
             last_seen=self._last_seen.get(node_id),
             serial=self.mesh.serial(node_id),
             policy_version=self._policy_held.get(node_id),
+            policy_version_sent=self.mesh.policy_version(node_id),
         )
 
     def node_infos(self) -> list[NodeInfo]:

@@ -90,6 +90,11 @@ class Mesh:
     def serial(self, node_id: int) -> int:
         return self._maps[node_id].serial
 
+    def policy_version(self, node_id: int) -> int | None:
+        """The policy version of the rules in the node's current map; None: no policy."""
+        held = self._rules.get(node_id)
+        return None if held is None or self.access_policy is None else held[1]
+
     def map_state(self, node_id: int) -> MapState:
         return self._maps[node_id]
 

@@ -296,6 +296,11 @@ class NodeInfo(WireModel):
         description="The policy version the node's agent last said it enforces; None: not said since "
         "the controller started, or no policy.",
     )
+    policy_version_sent: int | None = Field(
+        default=None,
+        description="The policy version of the rules in the node's current map (its rules last changed "
+        "then); the agent enforces them once policy_version says so. None: no policy.",
+    )
 
 
 class TopologyEdge(WireModel):

@@ -140,6 +140,7 @@ async def test_agents_report_the_version_they_enforce(controller: ControllerHarn
     await controller.client.get(api.NETMAP, params={"since": 0, "policy": 1}, headers=sup.auth)
     info = (await controller.client.get(f"{api.NODES}/{sup.node_id}", headers=controller.admin)).json()
     assert info["policy_version"] == 1 and info["tags"] == ["supervisor"]
+    assert info["policy_version_sent"] == 1
 
 
 async def test_policy_routes_need_the_admin(controller: ControllerHarness):
