@@ -10,13 +10,10 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from controller.policy_cli import main as policy_main
-from tests.component.conftest import enroll_request, make_host
 from tests.component.test_controller_cli import Served, start, stop
-from wire import api
 
 POLICY = """# the api is for clients
 [tags]
@@ -47,16 +44,15 @@ def policy(served: Served, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
-def enroll(served: Served, hostname: str, number: int) -> None:
+def enroll(served: Served, hostname: str) -> None:
     key = served.cli("controller", "token", "create").stdout.strip().splitlines()[-1]
-    body = enroll_request(make_host(hostname, number), key).model_dump_json()
-    r = httpx.post(served.url + api.ENROLL, content=body, headers={"Content-Type": "application/json"})
+    r = served.enroll(hostname, key)
     assert r.status_code == 200, r.text
 
 
 def test_policy_commands(served: Served, tmp_path: Path):
-    enroll(served, "web", 1)
-    enroll(served, "laptop", 2)
+    enroll(served, "web")
+    enroll(served, "laptop")
     assert policy(served, "get").stderr.strip() == "no policy: every node may reach every other (full mesh)"
     good, bad = tmp_path / "policy.toml", tmp_path / "bad.toml"
     good.write_text(POLICY)
