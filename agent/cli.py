@@ -163,7 +163,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "--ca-file",
         type=Path,
         metavar="FILE",
-        help="CA of the controller's certificate, for a key without pin (first start only; "
+        help="CA of the controller's certificate, for a key without pin, or for a host enrolled before the "
+        "controller served HTTPS (kept in the state directory; "
         "default: the pin in the key, else the system CAs)",
     )
     up.add_argument(

@@ -187,7 +187,7 @@ class Agent:
             self.state.controller_url,
             credential=credential,
             transport=self.edges.transport,
-            verify=trusted_verify(self.settings.state_dir),
+            verify=trusted_verify(self.settings),
         )
         try:
             await asyncio.to_thread(backend.create, self.ifname)
