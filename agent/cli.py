@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 from pydantic import TypeAdapter, ValidationError
 
 from agent.backends import BACKEND_NAMES, BackendError, open_backend
-from agent.config import ConfigError, Source, config_path, pick, read_config, read_secret_file
+from agent.config import ConfigError, Source, config_path, pick, read_config
 from agent.eventlog import EventLog
 from agent.hostnet.base import HostNetwork
 from agent.nft import NftError, SystemNftables, apply_firewall
@@ -48,6 +48,7 @@ from agent.state import (
     load_netmap,
 )
 from agent.status import AgentStatus, StatusError, render_table, with_live_device
+from keys.store import SecretFileError, read_secret_line
 from wgmesh.argparser import OneLineParser
 from wgmesh.systemd import Notifier
 from wire.fields import Hostname, parse_endpoint
@@ -353,7 +354,10 @@ def _key_from_file(path: Path, stdin: TextIO | None = None) -> PreAuthKey:
         if not text:
             raise UsageError("--token-file -: expected one line holding the pre-auth key on standard input")
     else:
-        text = read_secret_file(path, "pre-auth key")
+        try:
+            text = read_secret_line(path, "pre-auth key")
+        except SecretFileError as e:
+            raise UsageError(str(e)) from None
     try:
         return parse_preauth_key(text)
     except PreAuthKeyError as e:
