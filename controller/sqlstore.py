@@ -3,8 +3,8 @@
 
 Schema and migrations:
 - `metadata` below is the schema this code reads and writes; `controller/migrations/versions/` holds
-  the Alembic revisions that build it, one linear chain (`0001_baseline` is the schema of the
-  pre-Alembic `schema_version` 1, which an existing database is stamped with, never re-created).
+  the Alembic revisions that build it, one linear chain (`0001_baseline` and `0002_policy_versions`
+  are the pre-Alembic `schema_version` 1 and 2: an existing database is stamped, never re-created).
 - Start-up upgrades the database to the head revision in one transaction (PostgreSQL: under an
   advisory lock, so replicas starting together migrate once). A database at a revision this code does
   not know (a newer wgmesh wrote it) is refused, not guessed at.
@@ -48,6 +48,7 @@ from controller.store import (
     KeyRefused,
     NodeRecord,
     NodeWrite,
+    PolicyRecord,
     PreAuthKeyRecord,
     Snapshot,
     StaleVersion,
@@ -56,9 +57,9 @@ from controller.store import (
 )
 from controller.topology import LinkRecord
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """What `schema_version` holds once Alembic manages the database; wgmesh before Alembic knew only 1
-and so refuses a migrated database."""
+or 2 and so refuses a migrated database."""
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 NOTIFY_CHANNEL = "wgmesh_changes"
 CHANGES_KEPT = 10_000
@@ -161,11 +162,24 @@ changes = sa.Table(
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("version", sa.BigInteger, nullable=False, index=True),
-    # "node": node_id enrolled, changed or removed; "link": link (node_id, peer_id) written
+    # "node": node_id enrolled, changed or removed; "link": link (node_id, peer_id) written;
+    # "policy": a new policy version
     sa.Column("kind", sa.String(16), nullable=False),
     sa.Column("node_id", sa.Integer, nullable=True),
     sa.Column("peer_id", sa.Integer, nullable=True),
     sqlite_autoincrement=True,
+)
+
+# Every version of the access policy; a row is never changed or deleted (it is the audit trail too).
+policy_versions = sa.Table(
+    "policy_versions",
+    metadata,
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("author", sa.String(200), nullable=False),
+    sa.Column("action", sa.String(16), nullable=False),
+    sa.Column("restored", sa.Integer, nullable=True),
+    sa.Column("text", sa.Text, nullable=False),
 )
 
 
@@ -212,13 +226,13 @@ class SqlStore:
             stamp: str | None = None
             if not current and sa.inspect(c).has_table("schema_version"):
                 legacy = c.execute(sa.select(schema_version.c.version)).scalar()
-                if legacy is not None and legacy > 1:
+                if legacy is not None and legacy > 2:
                     raise StoreError(
                         f"database {_safe(self.url)} has schema version {legacy}, newer than this "
                         f"wgmesh understands ({SCHEMA_VERSION}); upgrade wgmesh"
                     )
-                if legacy == 1:
-                    stamp = "0001_baseline"  # made by wgmesh before Alembic: today's baseline
+                # Made by wgmesh before Alembic: its versions 1 and 2 are these revisions.
+                stamp = {1: "0001_baseline", 2: "0002_policy_versions"}.get(legacy or 0)
 
             def upgrade(rev: Any, _context: Any) -> Any:
                 return script._upgrade_revs("head", rev)
@@ -269,7 +283,11 @@ class SqlStore:
             link_rows = c.execute(sa.select(links)).all()
             map_rows = c.execute(sa.select(map_states)).all()
             hold_rows = c.execute(sa.select(address_holds)).all()
+            policy_row = c.execute(
+                sa.select(policy_versions).order_by(policy_versions.c.version.desc()).limit(1)
+            ).first()
         return Snapshot(
+            policy=None if policy_row is None else _policy(policy_row),
             nodes=[_node(r) for r in node_rows],
             links=[_link(r) for r in link_rows],
             maps={r.node_id: MapState(r.serial, r.digest) for r in map_rows},
@@ -307,6 +325,11 @@ class SqlStore:
                 else []
             )
             hold_rows = c.execute(sa.select(address_holds)).all()
+            policy_row = None
+            if any(r.kind == "policy" for r in rows):
+                policy_row = c.execute(
+                    sa.select(policy_versions).order_by(policy_versions.c.version.desc()).limit(1)
+                ).first()
         present = {r.id for r in node_rows}
         return ChangeBatch(
             since=since,
@@ -315,6 +338,7 @@ class SqlStore:
             removed=sorted(node_ids - present),
             links=[_link(r) for r in link_rows],
             holds=[_hold(r) for r in hold_rows],
+            policy=None if policy_row is None else _policy(policy_row),
         )
 
     def list_preauth_keys(self) -> list[PreAuthKeyRecord]:
@@ -491,7 +515,9 @@ class SqlStore:
             raise StaleVersion(f"the mesh is at version {version}, not {at_version}")
         return version
 
-    def _bump(self, c: Connection, version: int, touched: Sequence[tuple[str, int, int | None]]) -> int:
+    def _bump(
+        self, c: Connection, version: int, touched: Sequence[tuple[str, int | None, int | None]]
+    ) -> int:
         """Log `touched` as version+1 and make it the mesh version; the caller holds the row lock."""
         new = version + 1
         c.execute(mesh_version.update().where(mesh_version.c.id == 1).values(version=new))
@@ -503,6 +529,26 @@ class SqlStore:
         if self.postgres:
             c.execute(sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, str(new))))
         return new
+
+    def add_policy(
+        self, text: str, author: str, action: str, restored: int | None, now: datetime
+    ) -> PolicyRecord:
+        p = policy_versions.c
+        with self._tx() as c:
+            self._bump(c, self._lock_version(c, None), [("policy", None, None)])
+            version = int(c.execute(sa.select(sa.func.coalesce(sa.func.max(p.version), 0))).scalar_one()) + 1
+            values = {"version": version, "created_at": now, "author": author, "action": action}
+            c.execute(policy_versions.insert().values(restored=restored, text=text, **values))
+            return _policy(c.execute(sa.select(policy_versions).where(p.version == version)).one())
+
+    def policy_history(self) -> list[PolicyRecord]:
+        with self._tx() as c:
+            rows = c.execute(sa.select(policy_versions).order_by(policy_versions.c.version)).all()
+        return [_policy(r) for r in rows]
+
+
+def _policy(r: sa.Row[Any]) -> PolicyRecord:
+    return PolicyRecord(r.version, r.created_at, r.author, r.action, r.restored, r.text)
 
 
 def _alembic_config() -> Any:

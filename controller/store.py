@@ -90,6 +90,18 @@ class NodeWrite:
 
 
 @dataclass(frozen=True)
+class PolicyRecord:
+    """One version of the access policy, and the audit entry of the change that made it."""
+
+    version: int
+    created_at: datetime
+    author: str  # who made the change, as the admin's client said (one admin credential: "admin")
+    action: str  # "set" or "rollback"
+    restored: int | None  # the version a rollback brought back; None for a set
+    text: str  # the document as it was given
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """Everything the controller loads at start-up, as of mesh version `version`."""
 
@@ -97,6 +109,7 @@ class Snapshot:
     links: list[LinkRecord]
     maps: dict[int, MapState]
     holds: list[AddressHold]
+    policy: PolicyRecord | None = None  # the policy in force; None: none was ever set (full mesh)
     version: int = 0
 
 
@@ -114,6 +127,7 @@ class ChangeBatch:
     removed: list[int]
     links: list[LinkRecord]
     holds: list[AddressHold]
+    policy: PolicyRecord | None = None  # the policy now, when a change set it; None: unchanged
 
 
 class Store(Protocol):
@@ -168,5 +182,15 @@ class Store(Protocol):
     def release_holds(self, holder: int, up_to_serial: int) -> None: ...
 
     def touch(self, last_seen: Mapping[int, datetime]) -> None: ...
+
+    def add_policy(
+        self, text: str, author: str, action: str, restored: int | None, now: datetime
+    ) -> PolicyRecord:
+        """Store a new policy version (the highest so far, plus one) with its audit entry."""
+        ...
+
+    def policy_history(self) -> list[PolicyRecord]:
+        """Every policy version, oldest first."""
+        ...
 
     def close(self) -> None: ...
