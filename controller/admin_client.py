@@ -24,6 +24,7 @@ from controller.settings import DEFAULT_CONTROLLER_URL, default_state_dir
 from wgmesh.neterror import describe
 from wire import api
 from wire.models import NodeInfo, PreAuthKeyInfo, PreAuthKeyRequest
+from wire.rotation import RotationInfo, RotationProgress
 
 TIMEOUT_S = 10.0
 
@@ -108,6 +109,15 @@ class AdminClient:
 
     def remove_node(self, node_id: int) -> None:
         self._call("DELETE", f"{api.NODES}/{node_id}")
+
+    def rotate(self, node_id: int) -> RotationInfo:
+        return RotationInfo.model_validate_json(self._call("POST", f"{api.NODES}/{node_id}/rotate").content)
+
+    def rotate_all(self) -> RotationProgress:
+        return RotationProgress.model_validate_json(self._call("POST", api.ROTATE_ALL).content)
+
+    def rotations(self) -> RotationProgress:
+        return RotationProgress.model_validate_json(self._call("GET", api.ROTATIONS).content)
 
 
 def when(t: datetime | None, never: str = "never") -> str:

@@ -46,6 +46,7 @@ class NodeCard:
     tunnel_address: IPAddress
     endpoints: tuple[str, ...]
     listen_port: int
+    key_rotation: int | None = None  # a key rotation asked of this node: in its own map only
 
     @cached_property
     def host_route(self) -> bytes:
@@ -162,6 +163,7 @@ def map_digest(
     """Digest of everything `render_netmap` puts in this node's map except the serial."""
     h = hashlib.blake2b(directory.digest, digest_size=32)
     h.update(index.to_bytes(4, "big"))
+    h.update((directory.cards[index].key_rotation or 0).to_bytes(8, "big"))
     h.update(np.ascontiguousarray(next_row, dtype=np.int32).tobytes())
     h.update(np.ascontiguousarray(tenths, dtype=np.int64).tobytes())
     h.update(b"\x01" if forward else b"\x00")
@@ -234,7 +236,9 @@ def _node_json(m: MapInputs) -> bytes:
     return (
         f'{{"node_id":{me.node_id},"name":{json.dumps(me.name)},"role":{json.dumps(me.role)},'
         f'"tunnel_address":{json.dumps(str(me.tunnel_address))},'
-        f'"mesh_cidr":{json.dumps(str(m.directory.mesh_cidr))},"listen_port":{me.listen_port}}}'
+        f'"mesh_cidr":{json.dumps(str(m.directory.mesh_cidr))},"listen_port":{me.listen_port}'
+        + (f',"key_rotation":{me.key_rotation}' if me.key_rotation is not None else "")
+        + "}"
     ).encode()
 
 

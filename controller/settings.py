@@ -35,8 +35,18 @@ ENV = {
     "config": "WGMESH_CONFIG",
     "max_body_bytes": "WGMESH_MAX_BODY_BYTES",
     "persistent_keepalive": "WGMESH_PERSISTENT_KEEPALIVE",
+    "key_rotation_interval": "WGMESH_KEY_ROTATION_INTERVAL",
 }
-FILE_KEYS = {"listen", "state_dir", "db", "mesh_cidr", "max_body_bytes", "persistent_keepalive", "routing"}
+FILE_KEYS = {
+    "listen",
+    "state_dir",
+    "db",
+    "mesh_cidr",
+    "max_body_bytes",
+    "persistent_keepalive",
+    "key_rotation_interval",
+    "routing",
+}
 
 
 # What each setting means, for `controller serve --help`, the README and docs/controller.example.toml
@@ -50,6 +60,9 @@ SETTING_DOCS: dict[str, str] = {
     "config": "TOML settings file (its keys: the names of this list, and [routing])",
     "max_body_bytes": f"largest request body accepted, in bytes (default {DEFAULT_MAX_BODY_BYTES})",
     "persistent_keepalive": f"keepalive seconds agents set on every peer, 0 for none (default {DEFAULT_KEEPALIVE_S})",
+    "key_rotation_interval": "seconds between automatic WireGuard key rotations of each node, one node at a "
+    "time; 0 for none (default 0: off, because every agent must speak rotation first; `wgmesh nodes "
+    "rotate` works either way)",
     "routing": "[routing] table of link weights: "
     + ", ".join(f"{f.name} (default {f.default:g})" for f in dataclasses.fields(LinkPolicy)),
 }
@@ -78,6 +91,7 @@ class Settings:
     mesh_cidr: IPNetwork = field(default_factory=lambda: ipaddress.ip_network(DEFAULT_MESH_CIDR))
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     persistent_keepalive_s: int | None = DEFAULT_KEEPALIVE_S
+    key_rotation_interval_s: int | None = None  # None: no automatic rotation
     policy: LinkPolicy = field(default_factory=LinkPolicy)
 
     @property
@@ -136,6 +150,10 @@ def load_settings(flags: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
     if keepalive:
         value = _int(*keepalive, low=0, high=65535)
         kwargs["persistent_keepalive_s"] = value or None
+
+    interval = pick("key_rotation_interval")
+    if interval:
+        kwargs["key_rotation_interval_s"] = _int(*interval, low=0, high=10 * 365 * 86400) or None
 
     if "routing" in file_values:
         kwargs["policy"] = _policy(file_values["routing"], f"{config_path}: [routing]")
