@@ -260,3 +260,52 @@ def test_a_bad_token_flag_is_one_line_naming_the_flag(tmp_path: Path, args: list
     r = run("controller", "token", "create", *args, "--state-dir", str(tmp_path))
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.strip() == message
+
+
+def _doc_block(name: str) -> list[str]:
+    """The shell lines of the `<!-- tested: NAME -->` block of docs/operations.md."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    block = text.split(f"<!-- tested: {name} -->\n```sh\n", 1)[1].split("```", 1)[0]
+    return [line for line in block.splitlines() if line.strip()]
+
+
+def _as_here(line: str, state: Path, backups: Path) -> str:
+    return line.replace("/var/lib/wgmesh/controller", str(state)).replace("/root/", f"{backups}/")
+
+
+def test_the_documented_backup_and_restore_bring_back_every_node(tmp_path: Path):
+    """docs/operations.md's commands, run as written (paths moved under tmp): a backup taken while the
+    controller serves, a lost state directory, the restore, and the nodes are all back."""
+    state, backups = tmp_path / "state", tmp_path / "backups"
+    backups.mkdir()
+    first = start(state)
+    try:
+        key = first.cli("controller", "token", "create", "--reusable").stdout.strip()
+        for name in ("alpha", "beta"):
+            body = enroll_request(make_host(name), key).model_dump_json()
+            reply = httpx.post(
+                first.url + api.ENROLL, content=body, headers={"Content-Type": "application/json"}
+            )
+            assert reply.status_code == 200, reply.text
+        for line in _doc_block("backup"):
+            done = subprocess.run(
+                ["bash", "-c", _as_here(line, state, backups)], capture_output=True, text=True, timeout=60
+            )
+            assert done.returncode == 0, f"{line}\n{done.stderr}"
+    finally:
+        stop(first)
+    for path in state.iterdir():  # the disk is lost
+        path.unlink()
+    for line in _doc_block("restore"):
+        done = subprocess.run(
+            ["bash", "-c", _as_here(line, state, backups)], capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, f"{line}\n{done.stderr}"
+    assert stat.S_IMODE((state / "controller.db").stat().st_mode) == 0o600
+    second = start(state)
+    try:
+        assert len(second.first_lines) == 1, "a restored controller must not make a new admin credential"
+        names = {n["name"] for n in json.loads(second.cli("nodes", "list", "--json").stdout)}
+        assert names == {"alpha", "beta"}
+    finally:
+        stop(second)
