@@ -31,6 +31,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from agent.device import Device, DeviceConfig, PeerConfig, PeerStatus, PeerSwap
 from keys.types import IdentityPublicKey, WireGuardPrivateKey, WireGuardPublicKey
 from wire.rotation import KeyReportPhase, RotationNotice, signing_bytes
 
@@ -185,6 +186,8 @@ class Rotation:
             return []
         if p.phase in ("prepared", "switched") and now >= p.retry_at and p.attempts > 0:
             return self._report(_report_phase(p.phase), now)
+        if p.phase == "switching" and now >= p.retry_at:  # the device refused the switch: again
+            return self._switch(replace(p, retry_at=now + RETRY_FIRST_S))
         if p.phase == "recorded":
             assert p.switched_at is not None
             if unconfirmed_peers <= 0 or now - p.switched_at >= CONFIRM_GRACE_S:
@@ -326,3 +329,54 @@ class KeyOverrides:
 
     def __len__(self) -> int:
         return len(self._keys)
+
+    def apply_to(self, desired: DeviceConfig) -> DeviceConfig:
+        """`desired` (built from a map that may still name old keys) with every swapped key in place
+        of the old one."""
+        if not self._keys:
+            return desired
+        peers = dict(desired.peers)
+        for old, new in self._keys.values():
+            cfg = peers.pop(old, None)
+            if cfg is not None:
+                peers[new] = PeerConfig(
+                    new, cfg.allowed_ips, cfg.endpoint, cfg.persistent_keepalive, cfg.preshared_key
+                )
+        return DeviceConfig(desired.private_key, desired.listen_port, desired.fwmark, peers)
+
+
+# --- the swap itself --------------------------------------------------------------------------------
+
+
+def swap_for(
+    old: PeerStatus, new_key: WireGuardPublicKey, keepalive_s: int, desired: PeerConfig | None = None
+) -> PeerSwap:
+    """The one-call swap of `old` (as the device holds it) for `new_key`: every allowed IP the old peer
+    has now, its live (maybe roamed) endpoint, its preshared key, and a keepalive so the handshake on
+    the new key starts at once. `desired`, when the map already names the new key, wins for the
+    allowed IPs and keepalive (the next reconcile then has nothing to change)."""
+    cfg = old.config
+    allowed = desired.allowed_ips if desired is not None else cfg.allowed_ips
+    keepalive = (
+        desired.persistent_keepalive if desired is not None else cfg.persistent_keepalive
+    ) or keepalive_s
+    endpoint = cfg.endpoint or (desired.endpoint if desired is not None else None)
+    return PeerSwap(
+        old.config.public_key, PeerConfig(new_key, allowed, endpoint, keepalive, cfg.preshared_key)
+    )
+
+
+def fallback_swaps(device: Device, desired: DeviceConfig, keepalive_s: int) -> list[PeerSwap]:
+    """Peers whose key the map changed while the device still holds the old key (the notice was
+    missed, or the host was away): each becomes a one-call swap rather than a removal and an addition,
+    so its allowed IPs move atomically. An old peer is one on the device the map no longer names; its
+    new key is the one new peer of the map that claims one of its allowed IPs."""
+    swaps = []
+    added = [cfg for key, cfg in desired.peers.items() if key not in device.peers]
+    for key, status in device.peers.items():
+        if key in desired.peers:
+            continue
+        claims = [cfg for cfg in added if set(cfg.allowed_ips) & set(status.config.allowed_ips)]
+        if len(claims) == 1:
+            swaps.append(swap_for(status, claims[0].public_key, keepalive_s, claims[0]))
+    return swaps

@@ -225,7 +225,7 @@ def render_node(n: NodeInfo) -> str:
         ("enrolled", when(n.enrolled_at)),
         ("last seen", when(n.last_seen)),
         ("map serial", n.serial),
-        ("key created", f"{when(n.key_created_at, never='unknown')} (age {key_age(n.key_created_at)})"),
+        ("key created", when(n.key_created_at, never="unknown")),
         ("key rotation", n.rotation),
     ]
     width = max(len(k) for k, _ in rows)
