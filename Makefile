@@ -7,7 +7,11 @@ APT_PACKAGES := wireguard-go wireguard-tools iproute2 iputils-ping nftables
 # Commands the apt packages provide; when all are present nothing is installed.
 APT_COMMANDS := wireguard-go wg ip ping nft
 
-.PHONY: test test-unit lint bench demo sysdeps venv clean
+# The machines tier boots Debian systems with systemd-nspawn from an mmdebstrap root filesystem.
+MACHINES_PACKAGES := systemd-container mmdebstrap
+MACHINES_COMMANDS := systemd-nspawn mmdebstrap
+
+.PHONY: test test-unit test-machines lint bench demo sysdeps sysdeps-machines venv clean
 
 ## sysdeps: install the system packages the data plane needs (root only; otherwise say what is missing)
 sysdeps:
@@ -17,6 +21,16 @@ sysdeps:
 	echo "installing system packages: $(APT_PACKAGES)"; \
 	export DEBIAN_FRONTEND=noninteractive; \
 	apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends $(APT_PACKAGES) >/dev/null
+
+## sysdeps-machines: systemd-nspawn and mmdebstrap for tests/machines (root only)
+sysdeps-machines:
+	@missing=""; for c in $(MACHINES_COMMANDS); do PATH=$$PATH:/usr/sbin:/sbin command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then echo "note: missing$$missing; as root, make installs: $(MACHINES_PACKAGES)"; exit 0; fi; \
+	echo "installing system packages: $(MACHINES_PACKAGES)"; \
+	export DEBIAN_FRONTEND=noninteractive; \
+	apt-get -o DPkg::Lock::Timeout=600 update -qq >/dev/null && \
+	apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends $(MACHINES_PACKAGES) >/dev/null
 
 ## venv: a virtualenv with the project and its test and lint extras
 venv: $(VENV)/.installed
@@ -31,8 +45,12 @@ $(VENV)/.installed: pyproject.toml
 	@$(BIN)/python -c 'import wgmesh, pyroute2, fastapi, websockets' && touch $@
 
 ## test: every tier; root tiers skip with a reason when not root
-test: sysdeps venv
+test: sysdeps sysdeps-machines venv
 	$(BIN)/pytest -q -ra tests
+
+## test-machines: four booted Debian systems, installed by deploy/install.sh (root)
+test-machines: sysdeps sysdeps-machines venv
+	$(BIN)/pytest -q -ra tests/machines
 
 test-unit: venv
 	$(BIN)/pytest -q tests/unit

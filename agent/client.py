@@ -13,6 +13,7 @@ Secrets (pre-auth key, node credential) go in bodies and headers only, never in 
 from __future__ import annotations
 
 import json
+import ssl
 from typing import Any, TypeVar
 
 import httpx
@@ -20,7 +21,15 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from wgmesh.neterror import describe
 from wire import PROTOCOL_VERSION, api
-from wire.models import EnrollRequest, EnrollResponse, LinkReport, NetMap, NetMapDelta, NetMapUpdate
+from wire.models import (
+    EnrollNonce,
+    EnrollRequest,
+    EnrollResponse,
+    LinkReport,
+    NetMap,
+    NetMapDelta,
+    NetMapUpdate,
+)
 from wire.rotation import KeyReport, KeyReportAnswer
 
 CONNECT_TIMEOUT_S = 5.0
@@ -56,6 +65,7 @@ class ControllerClient:
         *,
         credential: str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._credential = credential
@@ -65,6 +75,7 @@ class ControllerClient:
             timeout=httpx.Timeout(REQUEST_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
             headers={"User-Agent": f"wgmesh-agent/{PROTOCOL_VERSION}"},
             follow_redirects=False,
+            verify=verify,
         )
 
     async def aclose(self) -> None:
@@ -80,6 +91,10 @@ class ControllerClient:
         self._credential = credential
 
     # --- calls --------------------------------------------------------------------------------------
+
+    async def enroll_nonce(self) -> EnrollNonce:
+        response = await self._call("POST", api.ENROLL_NONCE, auth=False)
+        return self._parse(response, EnrollNonce)
 
     async def enroll(self, request: EnrollRequest) -> EnrollResponse:
         response = await self._call("POST", api.ENROLL, json=request.model_dump(mode="json"), auth=False)

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from lab import render
 from lab.command import LabError, LabExists
 from lab.controller_admin import read_topology
+from lab.impairment import ImpairmentError, parse_delay_ms, parse_loss
 from lab.instance import Lab
 from lab.layout import LABS_ROOT, MAX_HOSTS, LabLayout, LayoutError, check_lab_name
 from lab.observe import MeshView
@@ -40,6 +41,7 @@ examples:
   wgmesh lab exec h1 -- wg show run a command on host h1 (its own /run/wireguard)
   wgmesh lab admin -- nodes list an admin command against the lab's controller
   wgmesh lab cut h1 h2          drop the underlay between h1 and h2 (heal undoes it)
+  wgmesh lab delay h1 h2 80ms   pings between h1 and h2 take 80 ms longer (heal undoes it)
   wgmesh lab down               remove everything the lab created
 """
 
@@ -56,6 +58,20 @@ def _host_count(text: str) -> int:
     if not 1 <= n <= MAX_HOSTS:
         raise argparse.ArgumentTypeError(f"a lab has 1 to {MAX_HOSTS} hosts")
     return n
+
+
+def _delay(text: str) -> float:
+    try:
+        return parse_delay_ms(text)
+    except ImpairmentError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _loss(text: str) -> float:
+    try:
+        return parse_loss(text)
+    except ImpairmentError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _lab_name(text: str) -> str:
@@ -110,7 +126,20 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     )
     adm.add_argument("command", nargs=argparse.REMAINDER, help="wgmesh arguments, after --")
 
-    for name, text in (("cut", "drop the underlay between two hosts"), ("heal", "undo `cut`")):
+    delay = sub.add_parser(
+        "delay",
+        parents=[common],
+        help="add latency (and loss) between two hosts: lab delay h1 h2 80ms --loss 5%%",
+        description="Pings between the two hosts take DELAY longer (half each way); --loss drops that "
+        "share of packets in each direction. Done in userspace (a UDP relay in the underlay): this "
+        "kernel has no netem. `lab heal A B` removes it.",
+    )
+    delay.add_argument("a")
+    delay.add_argument("b")
+    delay.add_argument("delay", type=_delay, help="added round-trip time, e.g. 80ms or 0.2s")
+    delay.add_argument("--loss", type=_loss, default=0.0, help="share dropped each way, e.g. 5%%")
+
+    for name, text in (("cut", "drop the underlay between two hosts"), ("heal", "undo `cut` and `delay`")):
         p = sub.add_parser(name, parents=[common], help=text)
         p.add_argument("a")
         p.add_argument("b")
@@ -138,7 +167,25 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     return parser
 
 
+def _negative_value(argv: Sequence[str]) -> str | None:
+    """argparse takes `-5ms` for an unknown option and complains about a missing argument; for
+    `delay`, name the real problem instead."""
+    if not argv or argv[0] != "delay":
+        return None
+    for token in argv[1:]:
+        if len(token) > 1 and token[0] == "-" and token[1].isdigit():
+            try:
+                (parse_loss if token.endswith("%") else parse_delay_ms)(token)
+            except ImpairmentError as e:
+                return str(e)
+    return None
+
+
 def main(argv: Sequence[str], prog: str = "wgmesh lab") -> int:
+    negative = _negative_value(argv)
+    if negative is not None:
+        print(f"{prog} delay: {negative}", file=sys.stderr)
+        return 2
     args = build_parser(prog).parse_args(argv)
     try:
         return COMMANDS[args.cmd](args)
@@ -354,6 +401,16 @@ def cmd_cut(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_delay(args: argparse.Namespace) -> int:
+    Lab.open(args.name).delay(args.a, args.b, args.delay, args.loss)
+    loss = f" and {args.loss:.0%} loss each way" if args.loss else ""
+    print(
+        f"{args.a} <-> {args.b}: +{args.delay:g} ms round trip{loss} "
+        f"(`{program()} lab heal {args.a} {args.b}` removes it)"
+    )
+    return 0
+
+
 def cmd_heal(args: argparse.Namespace) -> int:
     Lab.open(args.name).heal(args.a, args.b)
     print(f"underlay between {args.a} and {args.b} healed")
@@ -483,6 +540,7 @@ COMMANDS = {
     "admin": cmd_admin,
     "cut": cmd_cut,
     "heal": cmd_heal,
+    "delay": cmd_delay,
     "stop": cmd_stop,
     "start": cmd_start,
     "add": cmd_add,

@@ -41,6 +41,11 @@ def wgmesh_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "wgmesh", *args]
 
 
+def python_argv(module: str, *args: str) -> list[str]:
+    """`python -m MODULE ARGS` under the interpreter running the lab."""
+    return [sys.executable, "-m", module, *args]
+
+
 def in_namespace(namespace: str, argv: Sequence[str]) -> list[str]:
     return ["ip", "netns", "exec", namespace, *argv]
 
@@ -123,7 +128,10 @@ def is_ours(proc: ProcessRecord, lab_dir: Path) -> bool:
 def start(argv: Sequence[str], log: Path) -> ProcessRecord:
     log.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    with open(log, "ab") as out:
+    # Logs may name hosts, addresses and errors: only the lab's owner (root) reads them.
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.fchmod(fd, 0o600)
+    with open(fd, "ab") as out:
         out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} start: {' '.join(argv)}\n".encode())
         out.flush()
         popen = subprocess.Popen(

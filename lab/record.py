@@ -41,6 +41,18 @@ class HostRecord(_Model):
     agent: ProcessRecord | None = Field(default=None, description="None: the agent was never started.")
 
 
+class ImpairmentRecord(_Model):
+    """`lab delay A B`: the relay that holds the pair's packets, and the ports standing for each end."""
+
+    a: int = Field(ge=1, description="Index of the first host (the lower one).")
+    b: int = Field(ge=1)
+    delay_ms: float = Field(ge=0, description="Added round-trip time.")
+    loss: float = Field(ge=0, le=1, description="Share of packets dropped in each direction.")
+    relay: ProcessRecord
+    port_a: int = Field(ge=1, le=65535, description="Relay port host a talks to instead of host b.")
+    port_b: int = Field(ge=1, le=65535, description="Relay port host b talks to instead of host a.")
+
+
 class LabRecord(_Model):
     version: int = RECORD_VERSION
     name: str
@@ -48,6 +60,7 @@ class LabRecord(_Model):
     hosts: list[HostRecord] = Field(default_factory=list)
     controller: ProcessRecord | None = Field(default=None, description="None: not started yet.")
     preauth_key: str | None = Field(default=None, description="None: not created yet.")
+    impairments: list[ImpairmentRecord] = Field(default_factory=list)
 
     def host(self, index: int) -> HostRecord:
         for h in self.hosts:

@@ -35,7 +35,8 @@ def tear_down(layout: LabLayout, progress: Callable[[str], None] = lambda _: Non
     recorded = 0
     ended: list[tuple[int, int]] = []
     if record is not None:
-        procs = [h.agent for h in record.hosts if h.agent is not None]
+        procs = [i.relay for i in record.impairments]
+        procs += [h.agent for h in record.hosts if h.agent is not None]
         if record.controller is not None:
             procs.append(record.controller)  # last: agents may talk to it while they stop
         for proc in procs:

@@ -41,6 +41,7 @@ DEFAULT_STATE_DIR = Path("/var/lib/wgmesh")
 # Names the state directory when --state-dir is not given (an empty value counts as unset).
 STATE_DIR_ENV = "WGMESH_STATE_DIR"
 IDENTITY_FILE = "identity.key"
+REFUSALS_EVERY_S = 1.0
 
 
 class UsageError(Exception):
@@ -182,13 +183,34 @@ async def _listen(args: argparse.Namespace, directory: Directory, key: IdentityP
     print(
         f"node {node.node_id} ({directory.own.name}) listening on port {node.port}; Ctrl-C stops", flush=True
     )
+    reporter = asyncio.create_task(_report_refusals(node))
     try:
         async for event in events:
             state = f"down ({event.reason})" if isinstance(event, PeerDown) else "up"
             print(f"-- {event.peer.describe()} is {state}", flush=True)
     finally:
+        reporter.cancel()
         await node.close()
     return 0
+
+
+async def _report_refusals(node: Any, every_s: float = REFUSALS_EVERY_S) -> None:
+    """A line whenever the node refused or displaced handshakes since the last one (at most one per
+    `every_s`): one address holding connections open shows up here, with its address."""
+    last: tuple[int, int, int] = (0, 0, 0)
+    while True:
+        await asyncio.sleep(every_s)
+        c = node.counters
+        now = (c.refused_busy_source, c.refused_all_slots, c.displaced_handshake)
+        if now == last:
+            continue
+        last = now
+        busiest = ", ".join(f"{a} {n}" for a, n in node.refused_sources.most_common(3))
+        print(
+            f"-- handshakes refused: {now[0]} from busy addresses, {now[1]} with every slot held; "
+            f"{now[2]} displaced (most refused: {busiest or '-'})",
+            flush=True,
+        )
 
 
 async def _send(args: argparse.Namespace, directory: Directory, key: IdentityPrivateKey) -> int:

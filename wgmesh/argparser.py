@@ -7,11 +7,16 @@ person has to read past. `--help` still shows everything.
 from __future__ import annotations
 
 import argparse
-from typing import NoReturn
+from typing import Any, NoReturn
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are `PROG: MESSAGE (see --help)`; its subparsers are the same."""
+    """An ArgumentParser whose errors are `PROG: MESSAGE (see --help)`; its subparsers are the same.
+    Options are never abbreviated: `--token KEY` must not be taken for `--token-file KEY`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: {message} (see --help)\n")

@@ -11,6 +11,12 @@ PROTOCOL_VERSION history (one integer, bumped on any incompatible change):
                   POST /v1/key, POST /v1/nodes/{id}/rotate, POST /v1/nodes/rotate-all, GET /v1/rotations;
                   agents exchange RotationNotice/RotationAck datagrams on UDP ROTATION_PORT over the
                   tunnel. A node that never reports a key is never rotated, so the version stays 1.
+  2 (2026-12-01): the control plane is HTTPS; `GET /v1/tls/ca` serves the controller CA whose pin the
+                  pre-auth key carries (wire/preauth.py). Enrollment is challenged: `POST
+                  /v1/enroll/nonce` answers an EnrollNonce, and EnrollRequest gains the required
+                  `nonce`, covered by the identity signature (enroll_signing_bytes "wgmesh-enroll-v2");
+                  each nonce enrolls once, so a replayed request is refused. Version-1 enrollments
+                  are refused with a 400 naming both versions.
 """
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2

@@ -4,7 +4,9 @@ Every node call carries `Authorization: Bearer <node_credential>` (from EnrollRe
 call carries `Authorization: Bearer <admin credential>`.
 """
 
-HEALTH = "/v1/health"  # GET -> {"status": "ok", "protocol_version": 1}
+HEALTH = "/v1/health"  # GET -> {"status": "ok", "protocol_version": 2}
+TLS_CA = "/v1/tls/ca"  # GET -> the controller CA certificate (PEM; no auth; 404 with operator certificates)
+ENROLL_NONCE = "/v1/enroll/nonce"  # POST -> EnrollNonce (no auth): the challenge an EnrollRequest signs
 ENROLL = "/v1/enroll"  # POST EnrollRequest -> EnrollResponse (no auth: the pre-auth key is the auth)
 # GET ?since=SERIAL&timeout=SECONDS (node) -> 200 NetMap, or 204 when nothing newer.
 # With &delta=1: 200 NetMapUpdate, i.e. a NetMapDelta (kind "delta") from `since` when the controller

@@ -29,12 +29,28 @@ class WireModel(BaseModel):
 # --- enrollment -------------------------------------------------------------------------------------
 
 
+class EnrollNonce(WireModel):
+    """The controller's enrollment challenge: sign it within `expires_in_s`; it is accepted once."""
+
+    nonce: str = Field(min_length=16, max_length=64)
+    expires_in_s: int = Field(ge=1)
+
+
 class EnrollRequest(WireModel):
     """A host asks to join. `signature` is the host's Ed25519 identity signature over
     `enroll_signing_bytes(request)`: it proves the host holds the identity key it names, so nobody can
-    re-enroll someone else's identity."""
+    re-enroll someone else's identity, and it covers the controller's single-use `nonce`, so a recorded
+    request cannot enroll again."""
 
-    preauth_key: str = Field(min_length=8, max_length=200, examples=["wgm_pak_3f9a..."])
+    preauth_key: str = Field(
+        min_length=8,
+        max_length=200,
+        examples=["wgm_pak_3f9a..."],
+        description="The secret part of the pre-auth key (before any '.'; see wire/preauth.py)",
+    )
+    nonce: str = Field(
+        min_length=16, max_length=64, description="From POST /v1/enroll/nonce, used once, expires"
+    )
     hostname: Hostname
     wg_public_key: WgPublicKey
     identity_public_key: IdPublicKey
@@ -49,8 +65,9 @@ class EnrollRequest(WireModel):
 def enroll_signing_bytes(req: EnrollRequest) -> bytes:
     """The canonical bytes an enrolling host signs: every field but the signature, in a fixed order."""
     parts = [
-        "wgmesh-enroll-v1",
+        "wgmesh-enroll-v2",
         req.preauth_key,
+        req.nonce,
         req.hostname,
         req.wg_public_key.base64(),
         req.identity_public_key.base64(),

@@ -13,7 +13,7 @@ from ipaddress import ip_interface, ip_network
 
 from agent.backends.userspace import UserspaceBackend
 from agent.device import DeviceConfig, PeerConfig
-from agent.hostnet import configure_interface, read_interface
+from agent.hostnet.netlink import configure_interface, read_interface
 from agent.reconcile import PeerRemoved, diff
 from keys.types import WireGuardPrivateKey
 from tests.netns.conftest import WG_IF, Host, ping, wait_until
