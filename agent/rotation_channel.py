@@ -8,7 +8,10 @@ authenticated connection either. A datagram costs the rotation one packet per pe
 which keeps the stall down to the peer's processing and one handshake.
 
 The socket binds the tunnel address with IP_FREEBIND, so it can open before the address is on the
-interface. Unreadable datagrams are counted and dropped, never answered.
+interface, and is bound to the WireGuard interface (SO_BINDTODEVICE): a notice can only ever leave
+through the tunnel, never by a default route. Where the interface is not a real one (the fake backend)
+the channel cannot open, and peers learn new keys from their maps only. Unreadable datagrams are
+counted and dropped, never answered.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import asyncio
 import socket
 from collections.abc import Callable
 from ipaddress import IPv4Address, IPv6Address
+from typing import cast
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -51,11 +55,17 @@ class RotationChannel(asyncio.DatagramProtocol):
 
     @classmethod
     async def open(
-        cls, address: IPv4Address | IPv6Address, port: int, on_message: Callable[[Message, str], None]
+        cls,
+        ifname: str,
+        address: IPv4Address | IPv6Address,
+        port: int,
+        on_message: Callable[[Message, str], None],
     ) -> RotationChannel:
+        """OSError when the interface does not exist or the port is taken."""
         family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, ifname.encode())
             sock.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((str(address), port))
@@ -68,8 +78,7 @@ class RotationChannel(asyncio.DatagramProtocol):
         return protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self._transport = transport
+        self._transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
         message = decode(data)

@@ -269,6 +269,7 @@ class RotationDriver:
             e.log.info("rotation_key_destroyed", key=action.destroyed)
         elif isinstance(action, AdoptKey):
             adopt_key(e.state_dir, action.new_key)
+            e.set_host_key(action.new_key)
         elif isinstance(action, Event):
             e.log.info(action.name, **dict(action.detail))
         elif isinstance(action, NotifyPeers):

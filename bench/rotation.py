@@ -43,9 +43,7 @@ def wait(what: str, probe: Callable[[], bool], timeout: float) -> float:
 
 
 def admin(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        lab.admin_argv(*args), capture_output=True, text=True, timeout=900, env=lab.admin_env()
-    )
+    return lab.exec("underlay", lab.admin_argv(*args), timeout=900)
 
 
 def pings(lab: Lab) -> dict[tuple[str, str], subprocess.Popen[str]]:

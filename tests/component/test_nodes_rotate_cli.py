@@ -7,12 +7,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.component.conftest import enroll_request, make_host
 from tests.component.test_controller_cli import Served, start, stop
-from wire import api
 
 
 @pytest.fixture
@@ -21,11 +18,7 @@ def served_two(tmp_path: Path) -> Iterator[Served]:
     try:
         key = s.cli("controller", "token", "create", "--reusable").stdout.strip()
         for name in ("rot-a", "rot-b"):
-            r = httpx.post(
-                s.url + api.ENROLL,
-                content=enroll_request(make_host(name, 1 if name == "rot-a" else 2), key).model_dump_json(),
-                headers={"Content-Type": "application/json"},
-            )
+            r = s.enroll(name, key)
             assert r.status_code == 200, r.text
         yield s
     finally:
