@@ -12,11 +12,11 @@ The rotating node's phases, each persisted (with both keys, 0600) before its eff
 - prepared: the new key exists on the host only; the controller is asked to keep it as pending. A
   controller that cannot be reached delays the rotation (retry with backoff); one that refuses it
   (the rotation was cancelled, the node removed) aborts it: the new key is destroyed, nothing changed.
-- switching: persisted BEFORE the notices go out, so a crash after any notice resumes forward: the
-  notices are sent again and the device switched (both idempotent). Notices go out before the switch
-  because a switched device can no longer send on its sessions (it still receives on them).
-- switched: the device runs the new key, which becomes the host's key file; the controller is told
-  (retried until it answers: peers that missed the notice converge from the map it then pushes).
+- switching: persisted BEFORE the device switches, so a crash mid-switch resumes forward.
+- switched: the device runs the new key, which becomes the host's key file; only NOW do the notices go
+  out (a peer that swapped before the switch would drop the packets still in flight on the old
+  sessions, which it no longer holds), then the controller is told (retried until it answers: peers
+  that missed the notice converge from the map it then pushes).
 - recorded: the old private key is kept only until no peer uses it (each peer handshook after the
   switch or acked the notice) or CONFIRM_GRACE_S passed (a peer offline converges from its next map);
   then it is destroyed with the pending record.
@@ -167,13 +167,14 @@ class Rotation:
         return [Persist(self.pending), Event("rotation_recorded", {"rotation_id": p.rotation_id})]
 
     def switched(self, now: float) -> list[Action]:
-        """The device now runs the new key."""
+        """The device now runs the new key: tell the peers, then the controller."""
         p = self.pending
         if p is None or p.phase != "switching":
             return []
         self.pending = replace(p, phase="switched", switched_at=now)
         return [
             Persist(self.pending),
+            NotifyPeers(p.rotation_id, p.old_key.public_key(), p.new_key.public_key()),
             AdoptKey(p.new_key),
             Event("key_switched", {"rotation_id": p.rotation_id, "new": p.new_key.public_key()}),
             *self._report("commit", now),
@@ -230,11 +231,7 @@ class Rotation:
 
     def _switch(self, p: PendingRotation) -> list[Action]:
         self.pending = replace(p, phase="switching")
-        return [
-            Persist(self.pending),
-            NotifyPeers(p.rotation_id, p.old_key.public_key(), p.new_key.public_key()),
-            SwitchDevice(p.new_key),
-        ]
+        return [Persist(self.pending), SwitchDevice(p.new_key)]
 
     def _report(self, phase: KeyReportPhase, now: float) -> list[Action]:
         assert self.pending is not None

@@ -1,17 +1,18 @@
 """The agent's UDP endpoint for key rotation: `RotationNotice` and `RotationAck` datagrams on
-ROTATION_PORT of the tunnel address.
+ROTATION_PORT, sent to a peer's underlay endpoint (the address its WireGuard packets come from).
 
-Why a datagram, not the p2p layer: the rotating node must send every notice before it switches (a
-switched device can no longer send on its sessions), so the notice has to leave in one packet with no
-connection set-up and no answer awaited; each message carries its own Ed25519 signature, so it needs no
-authenticated connection either. A datagram costs the rotation one packet per peer and nothing else,
-which keeps the stall down to the peer's processing and one handshake.
+Why the underlay, and why a datagram: the notice must leave AFTER the rotating node switched (a peer
+that swapped earlier would drop the packets still in flight on the old sessions: measured, one packet
+per direction in the lab), and a switched device can no longer send on its sessions: a notice over
+the tunnel would wait, staged, for the very handshake it is meant to start. So it goes around the
+tunnel, in one packet, with no connection set-up and no answer awaited; its Ed25519 signature (the
+node's identity key, known to every peer from its map) authenticates it on any path, and replays are
+harmless (a peer that holds the new key only acks). A peer the underlay cannot reach converges from
+the controller's map instead. The p2p layer would add a connection set-up and a round trip to the
+stall, and runs over the tunnel.
 
-The socket binds the tunnel address with IP_FREEBIND, so it can open before the address is on the
-interface, and is bound to the WireGuard interface (SO_BINDTODEVICE): a notice can only ever leave
-through the tunnel, never by a default route. Where the interface is not a real one (the fake backend)
-the channel cannot open, and peers learn new keys from their maps only. Unreadable datagrams are
-counted and dropped, never answered.
+The socket listens on every address of the host's namespace. Unreadable datagrams are counted and
+dropped, never answered.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from wire.rotation import RotationAck, RotationNotice
 Message = RotationNotice | RotationAck
 _MESSAGE: TypeAdapter[Message] = TypeAdapter(Message)
 MAX_DATAGRAM = 2048
-IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
 
 
 def encode(message: Message) -> bytes:
@@ -55,19 +55,12 @@ class RotationChannel(asyncio.DatagramProtocol):
 
     @classmethod
     async def open(
-        cls,
-        ifname: str,
-        address: IPv4Address | IPv6Address,
-        port: int,
-        on_message: Callable[[Message, str], None],
+        cls, address: IPv4Address | IPv6Address, port: int, on_message: Callable[[Message, str], None]
     ) -> RotationChannel:
-        """OSError when the interface does not exist or the port is taken."""
+        """Listen on `address` (0.0.0.0: every address) and `port`; OSError when the port is taken."""
         family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, ifname.encode())
-            sock.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((str(address), port))
         except OSError:
             sock.close()

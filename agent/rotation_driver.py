@@ -17,7 +17,7 @@ from pathlib import Path
 
 from agent.backends.base import Backend, BackendError
 from agent.client import ControllerRejected, ControllerUnreachable
-from agent.device import DeviceConfig, KeySwitch
+from agent.device import DeviceConfig, KeySwitch, endpoint_address
 from agent.eventlog import EventLog
 from agent.rotation import (
     Action,
@@ -119,10 +119,13 @@ class RotationDriver:
         )
 
     def device_config(self, desired: DeviceConfig) -> DeviceConfig:
-        """What the device should hold: `desired` with the keys swapped on a notice (see KeyOverrides)."""
+        """What the device should hold: `desired` with the host key as it is NOW (an apply built before
+        a switch and run after it must not switch back) and the keys swapped on a notice (see
+        KeyOverrides)."""
         if self.netmap is not None:
             self.overrides.prune({p.node_id: p.wg_public_key for p in self.netmap.peers})
-        return self.overrides.apply_to(desired)
+        current = self.overrides.apply_to(desired)
+        return DeviceConfig(self.edges.get_host_key(), current.listen_port, current.fwmark, current.peers)
 
     def peers_view(self, netmap: NetMap) -> NetMap:
         """`netmap` as this host applies it: keys swapped on a notice replace the ones the map still
@@ -273,7 +276,7 @@ class RotationDriver:
         elif isinstance(action, Event):
             e.log.info(action.name, **dict(action.detail))
         elif isinstance(action, NotifyPeers):
-            self._notify(action)
+            await self._notify(action)
         elif isinstance(action, SwitchDevice):
             return await self._switch(action.new_key)
         elif isinstance(action, ReportKey):
@@ -290,8 +293,14 @@ class RotationDriver:
             return self.machine.reported(action.phase, "ok", e.clock())
         return []
 
-    def _notify(self, action: NotifyPeers) -> None:
+    async def _notify(self, action: NotifyPeers) -> None:
+        """Sign one notice and send it to every peer's underlay address, as the device knows it now."""
         if self.netmap is None:
+            return
+        try:
+            device = await asyncio.to_thread(self.edges.backend.read, self.edges.ifname())
+        except BackendError as e:
+            self.edges.log.warning("rotation_notice_not_sent", error=str(e), note="peers converge from maps")
             return
         notice = RotationNotice(
             node_id=self.node_id,
@@ -301,9 +310,15 @@ class RotationDriver:
         )
         signature = base64.b64encode(self.identity.sign(signing_bytes(notice))).decode()
         signed = notice.model_copy(update={"signature": signature})
+        hosts = []
+        for peer in self.netmap.peers:
+            status = device.peers.get(self.overrides.key_of(peer.node_id, peer.wg_public_key))
+            address = endpoint_address(status.config.endpoint) if status and status.config.endpoint else None
+            if address is not None:
+                hosts.append(str(address[0]))
         for _ in range(NOTICE_COPIES):
-            for peer in self.netmap.peers:
-                self.edges.send(signed, str(peer.tunnel_address), ROTATION_PORT)
+            for host in hosts:
+                self.edges.send(signed, host, ROTATION_PORT)
 
     async def _switch(self, new_key: WireGuardPrivateKey) -> list[Action]:
         e = self.edges

@@ -170,17 +170,17 @@ def test_a_rotation_goes_through_every_phase_and_destroys_the_old_key() -> None:
     assert w.destroyed == ["old"]
 
 
-def test_notices_go_out_before_the_switch_and_the_switch_before_the_commit() -> None:
+def test_the_switch_comes_first_then_the_notices_then_the_commit() -> None:
     w = world()
     m = Rotation()
     first = m.request(7, w.disk_key, WireGuardPrivateKey.generate(), w.now)
     assert [type(a) for a in first] == [Persist, Event, ReportKey]
     after_prepare = m.reported("prepare", "ok", w.now)
-    assert [type(a) for a in after_prepare] == [Persist, NotifyPeers, SwitchDevice]
+    assert [type(a) for a in after_prepare] == [Persist, SwitchDevice]
     pending = after_prepare[0]
     assert isinstance(pending, Persist) and pending.pending.phase == "switching"
     after_switch = m.switched(w.now)
-    assert [type(a) for a in after_switch] == [Persist, AdoptKey, Event, ReportKey]
+    assert [type(a) for a in after_switch] == [Persist, NotifyPeers, AdoptKey, Event, ReportKey]
     report = after_switch[-1]
     assert isinstance(report, ReportKey) and report.phase == "commit"
 
