@@ -7,9 +7,10 @@ APT_PACKAGES := wireguard-go wireguard-tools iproute2 iputils-ping nftables
 # Commands the apt packages provide; when all are present nothing is installed.
 APT_COMMANDS := wireguard-go wg ip ping nft
 
-# The machines tier boots Debian systems with systemd-nspawn from an mmdebstrap root filesystem.
-MACHINES_PACKAGES := systemd-container mmdebstrap
-MACHINES_COMMANDS := systemd-nspawn mmdebstrap
+# The machines tier boots Debian systems with systemd-nspawn from an mmdebstrap root filesystem and
+# builds the container image with podman; vagrant validates the Vagrantfile.
+MACHINES_PACKAGES := systemd-container mmdebstrap podman vagrant
+MACHINES_COMMANDS := systemd-nspawn mmdebstrap podman vagrant
 
 .PHONY: test test-unit test-machines lint bench demo sysdeps sysdeps-machines venv clean
 

@@ -212,6 +212,16 @@ def render_list(nodes: Sequence[NodeInfo]) -> str:
     )
 
 
+def _policy_version(n: NodeInfo) -> str:
+    if n.policy_version_sent is None:
+        return "- (no policy in force)"
+    if n.policy_version is None:
+        return f"- (not reported yet; its map has version {n.policy_version_sent})"
+    if n.policy_version >= n.policy_version_sent:
+        return f"{n.policy_version} (current)"
+    return f"{n.policy_version} (its map has version {n.policy_version_sent})"
+
+
 def render_node(n: NodeInfo) -> str:
     rows = [
         ("id", n.node_id),
@@ -227,6 +237,8 @@ def render_node(n: NodeInfo) -> str:
         ("map serial", n.serial),
         ("key created", when(n.key_created_at, never="unknown")),
         ("key rotation", n.rotation),
+        ("tags", ", ".join(n.tags) or "- (no policy in force)"),
+        ("policy version", _policy_version(n)),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k + ':':<{width + 1}} {v}" for k, v in rows)

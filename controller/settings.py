@@ -10,7 +10,6 @@ import dataclasses
 import ipaddress
 import os
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 from controller.ipam import pool_problem
 from controller.netmap import DEFAULT_KEEPALIVE_S
 from controller.topology import LinkPolicy
+from wgmesh.settingsfile import SettingsFileError, read_settings_file
 from wire.fields import parse_endpoint
 from wire.models import IPNetwork
 
@@ -226,19 +226,9 @@ def _bool(value: Any, where: str) -> bool:
 
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        data = tomllib.loads(path.read_text("utf-8"))
-    except FileNotFoundError:
-        raise SettingsError(f"config file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise SettingsError(f"config file {path}: {e}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise SettingsError(f"config file {path} is not valid TOML: {e}") from None
-    unknown = sorted(set(data) - FILE_KEYS)
-    if unknown:
-        raise SettingsError(
-            f"config file {path}: unknown key {unknown[0]!r} (known: {', '.join(sorted(FILE_KEYS))})"
-        )
-    return data
+        return read_settings_file(path, FILE_KEYS)
+    except SettingsFileError as e:
+        raise SettingsError(str(e)) from None
 
 
 def _text(value: Any, where: str) -> str:

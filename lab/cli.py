@@ -7,6 +7,7 @@ error said on one line; 2 bad usage.
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import time
@@ -106,7 +107,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         help="only the namespaces and the underlay: no controller, no agents",
     )
 
-    sub.add_parser("status", parents=[common], help="hosts, processes, handshakes and log files")
+    status = sub.add_parser("status", parents=[common], help="hosts, processes, handshakes and log files")
+    status.add_argument("--json", action="store_true", help="print JSON for scripts")
     ping = sub.add_parser(
         "ping", parents=[common], help="ping matrix over tunnel addresses (exit 0: all answer)"
     )
@@ -304,7 +306,15 @@ def _agent_view(lab: Lab, name: str) -> tuple[str, str, str]:
     return status.controller, netmap, relayed
 
 
+HOST_COLUMNS = ["host", "underlay", "tunnel", "agent", "controller", "map", "wg0", "peers", "handshakes"]
+HOST_COLUMNS += ["relayed", "cut from", "log"]
+
+
 def _hosts_table(lab: Lab, view: MeshView) -> str:
+    return render.table(HOST_COLUMNS, _host_rows(lab, view))
+
+
+def _host_rows(lab: Lab, view: MeshView) -> list[list[object]]:
     hosts = {h.name: h for h in lab.hosts}
     rows = []
     for hv in view.hosts:
@@ -330,14 +340,35 @@ def _hosts_table(lab: Lab, view: MeshView) -> str:
                 host.agent_log,
             ]
         )
-    headers = ["host", "underlay", "tunnel", "agent", "controller", "map", "wg0", "peers", "handshakes"]
-    return render.table([*headers, "relayed", "cut from", "log"], rows)
+    return rows
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     lab = Lab.open(args.name)
     view = lab.observe()
     ctl = lab.controller_state()
+    if args.json:
+        keys = [c.replace(" ", "_") for c in HOST_COLUMNS]
+        hosts = [
+            {k: (v if isinstance(v, int | None) else str(v)) for k, v in zip(keys, row, strict=True)}
+            for row in _host_rows(lab, view)
+        ]
+        delays = [
+            {"a": f"h{i.a}", "b": f"h{i.b}", "delay_ms": i.delay_ms, "loss": i.loss}
+            for i in lab.impairments()
+        ]
+        controller = {
+            "url": lab.layout.controller_url,
+            "pid": ctl.pid,
+            "running": ctl.running,
+            "log": str(ctl.log),
+        }
+        print(
+            json.dumps(
+                {"lab": lab.layout.name, "controller": controller, "hosts": hosts, "delays": delays}, indent=2
+            )
+        )
+        return 0
     health = (
         "healthy" if ctl.running and lab.controller_healthy() else ("NOT ANSWERING" if ctl.running else "")
     )
@@ -348,6 +379,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"controller {lab.layout.controller_url}: {ctl_state} {health}".rstrip() + f"; log {ctl.log}")
     print()
     print(_hosts_table(lab, view))
+    if lab.impairments():
+        print()
+        rows = [[f"h{i.a} <-> h{i.b}", f"+{i.delay_ms:g} ms", f"{i.loss:.0%}"] for i in lab.impairments()]
+        print(render.table(["delayed pair", "round trip", "loss each way"], rows))
     if len(view.hosts) > 1:
         print()
         print("last handshake, as each host sees each peer")

@@ -4,6 +4,8 @@ removes every rule and relay."""
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 import time
@@ -80,6 +82,13 @@ def test_a_slow_direct_link_goes_through_a_relay_without_flapping(lab: Lab):
         # smoothed, and no longer probed once relayed: well above the other links, not always all 80 ms
         assert rtt is not None and rtt >= 20, f"the controller measured the direct link at {rtt} ms"
         assert reachable(lab, "h1", "h2") and reachable(lab, "h2", "h1")
+        code, out, _ = run_cli("status", "--name", NAME, "--json")
+        shown = json.loads(out)
+        assert code == 0 and shown["delays"] == [{"a": "h1", "b": "h2", "delay_ms": 80.0, "loss": 0.0}]
+        h1 = next(h for h in shown["hosts"] if h["host"] == "h1")
+        assert h1["relayed"] == "h2 via h3" and h1["wg0"] == "up"
+        code, out, _ = run_cli("status", "--name", NAME)
+        assert re.search(r"^h1 <-> h2 +\+80 ms +0%$", out, re.M), out
         # stable: for 15 s of probes and reports, the route stays on the relay
         watch_until = time.monotonic() + 15
         while time.monotonic() < watch_until:
