@@ -198,11 +198,13 @@ class Mesh:
     def set_policy(self, access: tuple[PolicyDocument, int] | None, cards: Iterable[NodeCard]) -> MeshChange:
         """A new policy (document, version; None: none, the full mesh) with the cards it gives new tags."""
         self.access_policy = access
-        for card in cards:
+        retagged = [c for c in cards if self.cards.get(c.node_id) != c]
+        for card in retagged:
             self.cards[card.node_id] = card
         if self.topology.set_transit(self._transit()):
             self.router = Router(self.cards, self.topology.edges())  # relay rights moved: every tree may
-        self._directory = self._new_directory()
+        if retagged:
+            self._directory = self._new_directory()
         return MeshChange(maps=self._refresh(self.cards))
 
     def report(self, reporter: int, measurements: Sequence[LinkMeasurement], now: datetime) -> MeshChange:
