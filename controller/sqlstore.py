@@ -3,8 +3,9 @@
 
 Schema and migrations:
 - `metadata` below is the schema this code reads and writes; `controller/migrations/versions/` holds
-  the Alembic revisions that build it, one linear chain (`0001_baseline` and `0002_policy_versions`
-  are the pre-Alembic `schema_version` 1 and 2: an existing database is stamped, never re-created).
+  the Alembic revisions that build it, one linear chain (`0001_baseline`, `0002_policy_versions` and
+  `0003_key_rotations` are the pre-Alembic `schema_version` 1 to 3: an existing database is stamped,
+  never re-created).
 - Start-up upgrades the database to the head revision in one transaction (PostgreSQL: under an
   advisory lock, so replicas starting together migrate once). A database at a revision this code does
   not know (a newer wgmesh wrote it) is refused, not guessed at.
@@ -27,6 +28,7 @@ halfway. Timestamps are stored as naive UTC and come back timezone-aware.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 from collections.abc import Iterator, Mapping, Sequence
@@ -43,6 +45,7 @@ from sqlalchemy.pool import StaticPool
 
 from controller.ipam import AddressHold
 from controller.mesh import MapState
+from controller.rotation import NodeRotation
 from controller.store import (
     ChangeBatch,
     KeyRefused,
@@ -57,9 +60,9 @@ from controller.store import (
 )
 from controller.topology import LinkRecord
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """What `schema_version` holds once Alembic manages the database; wgmesh before Alembic knew only 1
-or 2 and so refuses a migrated database."""
+2 or 3 and so refuses a migrated database."""
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 NOTIFY_CHANNEL = "wgmesh_changes"
 CHANGES_KEPT = 10_000
@@ -182,6 +185,15 @@ policy_versions = sa.Table(
     sa.Column("text", sa.Text, nullable=False),
 )
 
+# One row per node that has a rotation record: controller.rotation.NodeRotation as JSON (its shape is
+# the rotation book's business; the store only keeps it).
+key_rotations = sa.Table(
+    "key_rotations",
+    metadata,
+    sa.Column("node_id", sa.Integer, sa.ForeignKey("nodes.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("record", sa.Text, nullable=False),
+)
+
 
 def sqlite_url(path: str) -> str:
     return f"sqlite:///{path}"
@@ -226,13 +238,15 @@ class SqlStore:
             stamp: str | None = None
             if not current and sa.inspect(c).has_table("schema_version"):
                 legacy = c.execute(sa.select(schema_version.c.version)).scalar()
-                if legacy is not None and legacy > 2:
+                if legacy is not None and legacy > 3:
                     raise StoreError(
                         f"database {_safe(self.url)} has schema version {legacy}, newer than this "
                         f"wgmesh understands ({SCHEMA_VERSION}); upgrade wgmesh"
                     )
-                # Made by wgmesh before Alembic: its versions 1 and 2 are these revisions.
-                stamp = {1: "0001_baseline", 2: "0002_policy_versions"}.get(legacy or 0)
+                # Made by wgmesh before Alembic: its versions 1 to 3 are these revisions.
+                stamp = {1: "0001_baseline", 2: "0002_policy_versions", 3: "0003_key_rotations"}.get(
+                    legacy or 0
+                )
 
             def upgrade(rev: Any, _context: Any) -> Any:
                 return script._upgrade_revs("head", rev)
@@ -286,12 +300,14 @@ class SqlStore:
             policy_row = c.execute(
                 sa.select(policy_versions).order_by(policy_versions.c.version.desc()).limit(1)
             ).first()
+            rotation_rows = c.execute(sa.select(key_rotations)).all()
         return Snapshot(
             policy=None if policy_row is None else _policy(policy_row),
             nodes=[_node(r) for r in node_rows],
             links=[_link(r) for r in link_rows],
             maps={r.node_id: MapState(r.serial, r.digest) for r in map_rows},
             holds=[_hold(r) for r in hold_rows],
+            rotations=[_rotation(r.record) for r in rotation_rows],
             version=int(version),
         )
 
@@ -494,6 +510,39 @@ class SqlStore:
                 )
             )
 
+    def save_rotations(self, records: Sequence[NodeRotation]) -> None:
+        if not records:
+            return
+        with self._tx() as c:
+            self._save_rotations(c, records)
+
+    def _save_rotations(self, c: Connection, records: Sequence[NodeRotation]) -> None:
+        known = {r.node_id for r in records}
+        present = set(c.execute(sa.select(nodes.c.id).where(nodes.c.id.in_(known))).scalars())
+        rows = [{"node_id": r.node_id, "record": _rotation_json(r)} for r in records if r.node_id in present]
+        if not rows:
+            return
+        stmt = self._upsert(key_rotations)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[key_rotations.c.node_id], set_={"record": stmt.excluded.record}
+        )
+        c.execute(stmt, rows)
+
+    def record_key(self, node_id: int, wg_public_key: str, rotations: Sequence[NodeRotation]) -> NodeRecord:
+        try:
+            with self._tx() as c:
+                version = self._lock_version(c, None)
+                done = c.execute(
+                    nodes.update().where(nodes.c.id == node_id).values(wg_public_key=wg_public_key)
+                )
+                if done.rowcount != 1:
+                    raise KeyError(node_id)
+                self._save_rotations(c, rotations)
+                self._bump(c, version, [("node", node_id, None)])
+                return _node(c.execute(sa.select(nodes).where(nodes.c.id == node_id)).one())
+        except IntegrityError as e:
+            raise StoreConflict(f"already in use: {_constraint(e)}") from None
+
     def touch(self, last_seen: Mapping[int, datetime]) -> None:
         if not last_seen:
             return
@@ -657,6 +706,26 @@ def _link(r: sa.Row[Any]) -> LinkRecord:
 
 def _hold(r: sa.Row[Any]) -> AddressHold:
     return AddressHold(ipaddress.ip_address(r.address), r.holder, r.min_serial)
+
+
+_ROTATION_TIMES = ("key_created_at", "requested_at", "finished_at")
+
+
+def _rotation_json(r: NodeRotation) -> str:
+    values = dataclasses.asdict(r)
+    for name in _ROTATION_TIMES:
+        if values[name] is not None:
+            values[name] = values[name].isoformat()
+    return json.dumps(values, sort_keys=True)
+
+
+def _rotation(text: str) -> NodeRotation:
+    values = json.loads(text)
+    for name in _ROTATION_TIMES:
+        if values.get(name) is not None:
+            values[name] = datetime.fromisoformat(values[name])
+    known = {f.name for f in dataclasses.fields(NodeRotation)}
+    return NodeRotation(**{k: v for k, v in values.items() if k in known})
 
 
 def _key(r: sa.Row[Any]) -> PreAuthKeyRecord:

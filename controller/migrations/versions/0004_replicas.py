@@ -2,7 +2,7 @@
 tells the other replicas what to reload.
 
 The version starts at the highest map serial already stored, so serials keep growing. `schema_version`
-becomes 3: wgmesh from before Alembic (which knew 1 or 2) refuses the database instead of misreading it.
+becomes 4: wgmesh from before Alembic (which knew 1 to 3) refuses the database instead of misreading it.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003_replicas"
-down_revision = "0002_policy_versions"
+revision = "0004_replicas"
+down_revision = "0003_key_rotations"
 branch_labels = None
 depends_on = None
 
@@ -33,10 +33,10 @@ def upgrade() -> None:
         sa.Column("peer_id", sa.Integer, nullable=True),
         sqlite_autoincrement=True,
     )
-    op.execute("UPDATE schema_version SET version = 3")
+    op.execute("UPDATE schema_version SET version = 4")
 
 
 def downgrade() -> None:
     op.drop_table("changes")
     op.drop_table("mesh_version")
-    op.execute("UPDATE schema_version SET version = 2")
+    op.execute("UPDATE schema_version SET version = 3")
