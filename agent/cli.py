@@ -30,6 +30,7 @@ from agent.backends import BACKEND_NAMES, BackendError, open_backend
 from agent.config import ConfigError, Source, config_path, pick, read_config
 from agent.eventlog import EventLog
 from agent.hostnet.base import HostNetwork
+from agent.nft import NftError, SystemNftables, apply_firewall
 from agent.settings import (
     DEFAULT_LISTEN_PORT,
     DEFAULT_POLL_TIMEOUT_S,
@@ -336,6 +337,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         host_network=_host_network(backend.name),
         prober=IcmpProber(),
         log=log,
+        firewall=None if backend.name == "fake" else SystemNftables(),
         ready=lambda: notifier.ready("serving its network map"),
     )
     agent = Agent(settings, edges)
@@ -414,6 +416,12 @@ def cmd_down(args: argparse.Namespace) -> int:
             "stop it first (or run it with --down)"
         )
     backend = open_backend(backend_name)
+    if backend.name != "fake":
+        try:
+            for change in apply_firewall(SystemNftables(), None, ifname):
+                print(f"removed the policy firewall ({change})")
+        except NftError as e:
+            print(f"could not remove the policy firewall: {e}", file=sys.stderr)
     if not backend.exists(ifname):
         print(f"{ifname}: no such interface; nothing to do")
         return 0

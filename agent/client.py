@@ -107,10 +107,16 @@ class ControllerClient:
             return None
         return self._parse(response, NetMap)
 
-    async def netmap_update(self, since: int, timeout_s: float) -> NetMap | NetMapDelta | None:
+    async def netmap_update(
+        self, since: int, timeout_s: float, policy_version: int | None = None
+    ) -> NetMap | NetMapDelta | None:
         """As `netmap`, asking for a delta against map `since` (`delta=1`): a NetMapDelta to apply to
-        that map, or the full map when the controller cannot diff from it (or predates deltas)."""
-        response = await self._poll(since, timeout_s, {"delta": "1"})
+        that map, or the full map when the controller cannot diff from it (or predates deltas).
+        `policy_version`: the policy version this host enforces, reported back (None: none)."""
+        extra = {"delta": "1"}
+        if policy_version is not None:
+            extra["policy"] = str(policy_version)
+        response = await self._poll(since, timeout_s, extra)
         if response is None:
             return None
         try:

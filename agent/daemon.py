@@ -65,6 +65,7 @@ from agent.enrollment import load_or_enroll, trusted_verify
 from agent.eventlog import EventLog
 from agent.hostnet.base import HostNetwork
 from agent.links import ProbeResult, probe_targets
+from agent.nft import Nftables, NftError, apply_firewall
 from agent.probe import Prober
 from agent.reconcile import Change, diff
 from agent.settings import AgentError, AgentSettings, short_error
@@ -96,6 +97,7 @@ class AgentEdges:
     clock: Callable[[], float] = time.time
     backoff: Backoff = field(default_factory=Backoff)
     ready: Callable[[], None] = lambda: None  # called after every applied map (systemd READY=1)
+    firewall: Nftables | None = None  # the policy firewall (agent.nft); None: not managed here
 
 
 class Agent:
@@ -240,6 +242,14 @@ class Agent:
                 self.log.info("interface_removed", interface=self.ifname)
             except BackendError as e:
                 self.log.error("interface_remove_failed", interface=self.ifname, error=short_error(e))
+            if self.edges.firewall is not None:
+                try:
+                    for change in await asyncio.to_thread(
+                        apply_firewall, self.edges.firewall, None, self.ifname
+                    ):
+                        self.log.info("firewall_changed", interface=self.ifname, detail=str(change))
+                except NftError as e:
+                    self.log.error("firewall_remove_failed", interface=self.ifname, error=short_error(e))
         self.edges.host_network.close()
         self._execute(self.core.shutdown(self.edges.clock(), interface_kept=not self.settings.down_on_stop))
 
@@ -318,8 +328,8 @@ class Agent:
     async def _carry_out(self, action: Action) -> Input:
         try:
             match action:
-                case Poll(since=since, timeout_s=timeout_s):
-                    return await self._poll(since, timeout_s)
+                case Poll(since=since, timeout_s=timeout_s, policy_version=policy_version):
+                    return await self._poll(since, timeout_s, policy_version)
                 case Resolve(endpoints=endpoints):
                     return await self._resolve(endpoints)
                 case Apply(desired=desired):
@@ -334,10 +344,13 @@ class Agent:
 
     # --- the edges ----------------------------------------------------------------------------------
 
-    async def _poll(self, since: int, timeout_s: float) -> Input:
+    async def _poll(self, since: int, timeout_s: float, policy_version: int | None = None) -> Input:
         assert self.client is not None
         try:
-            return MapAnswered(await self.client.netmap_update(since=since, timeout_s=timeout_s))
+            answer = await self.client.netmap_update(
+                since=since, timeout_s=timeout_s, policy_version=policy_version
+            )
+            return MapAnswered(answer)
         except ControllerRejected as e:
             return PollRefused(e.status, short_error(e))
         except ControllerError as e:
@@ -362,7 +375,7 @@ class Agent:
 
     def _apply(self, desired: DesiredState) -> Applied:
         """In a worker thread: the device (read, diff, apply the difference; created if it vanished),
-        then the host network."""
+        then the host network, then the policy firewall."""
         backend, ifname = self.edges.backend, self.ifname
         changes: tuple[Change, ...] = ()
         try:
@@ -381,7 +394,13 @@ class Agent:
             host_changes = self.edges.host_network.set(desired.host)
         except (OSError, ValueError) as e:
             return Applied(changes, (), device, short_error(e))
-        return Applied(changes, tuple(host_changes), device)
+        firewall: list[str] = []
+        if self.edges.firewall is not None:
+            try:
+                firewall = [str(c) for c in apply_firewall(self.edges.firewall, desired.policy, ifname)]
+            except NftError as e:
+                return Applied(changes, tuple(host_changes), device, short_error(e))
+        return Applied(changes, tuple(host_changes), device, firewall_changes=tuple(firewall))
 
     async def _measure(self, targets: tuple[IPAddress, ...]) -> Measured:
         device: Device | None = None

@@ -27,6 +27,7 @@ from starlette.exceptions import HTTPException
 from controller import api_examples as ex
 from controller.clock import Clock, SystemClock
 from controller.control import ApiError, ControlPlane
+from controller.policy_routes import add_policy_routes
 from controller.push import MapNotifier
 from controller.settings import Settings
 from controller.store import Store
@@ -357,11 +358,15 @@ def create_app(
                 "that map (else the full map with kind 'full'); 0: always the full map, without 'kind'"
             ),
         ] = False,
+        policy: Annotated[
+            int | None,
+            Query(ge=0, le=MAX_ID, description="The policy version the caller enforces; absent: not said"),
+        ] = None,
     ) -> Response:
         """The caller's network map: at once when its serial differs from `since`, otherwise as soon as
         it changes, or 204 after `timeout` seconds. With `delta=1`, only what changed since `since`
         when possible."""
-        plane.polled(node, since)
+        plane.polled(node, since, policy)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while plane.has_node(node) and plane.serial(node) == since:
@@ -490,4 +495,5 @@ def create_app(
             return PlainTextResponse(plane.topology_dot(), media_type="text/vnd.graphviz")
         return Response(plane.topology().model_dump_json(), media_type="application/json")
 
+    add_policy_routes(app, plane, ADMIN, _errors)
     return app

@@ -18,6 +18,7 @@ from datetime import datetime
 
 import numpy as np
 
+from controller.access import Access, PolicyMasks
 from controller.netmap import (
     Directory,
     MapInputs,
@@ -30,6 +31,7 @@ from controller.netmap import (
 from controller.routing import Router
 from controller.topology import LinkPolicy, LinkRecord, Topology
 from wire.models import IPNetwork, LinkMeasurement, Route, TopologyEdge
+from wire.policy import PolicyDocument
 
 MAP_HISTORY = 3
 """Maps kept per node to diff from: the current one and the two before it."""
@@ -61,8 +63,10 @@ class Mesh:
         cards: Iterable[NodeCard],
         links: Iterable[LinkRecord] = (),
         maps: Mapping[int, MapState] | None = None,
+        access: tuple[PolicyDocument, int] | None = None,
     ) -> None:
         self.mesh_cidr = mesh_cidr
+        self.access_policy = access
         self.policy = policy
         self.keepalive_s = keepalive_s
         self.cards: dict[int, NodeCard] = {c.node_id: c for c in cards}
@@ -70,6 +74,10 @@ class Mesh:
         self.router = Router(self.cards, self.topology.edges())
         self._maps: dict[int, MapState] = {n: s for n, s in (maps or {}).items() if n in self.cards}
         self._inputs: dict[int, dict[int, MapInputs]] = {}  # node -> serial -> what that map was made of
+        # node -> (its firewall and message rights under the policy, the version they last changed at):
+        # a policy change that leaves a node's rules alone leaves its map alone
+        self._rules: dict[int, tuple[bytes, int]] = {}
+        self._masks: tuple[Directory, PolicyMasks] | None = None  # for the directory and policy in force
         self._directory = self._new_directory()
         self.initial = MeshChange(maps=self._refresh(self.cards))
         """What start-up changed (maps whose stored digest no longer matches): persist it."""
@@ -81,6 +89,11 @@ class Mesh:
 
     def serial(self, node_id: int) -> int:
         return self._maps[node_id].serial
+
+    def policy_version(self, node_id: int) -> int | None:
+        """The policy version of the rules in the node's current map; None: no policy."""
+        held = self._rules.get(node_id)
+        return None if held is None or self.access_policy is None else held[1]
 
     def map_state(self, node_id: int) -> MapState:
         return self._maps[node_id]
@@ -169,8 +182,17 @@ class Mesh:
         del self.cards[node_id]
         self._maps.pop(node_id, None)
         self._inputs.pop(node_id, None)
+        self._rules.pop(node_id, None)
         self.topology.remove_node(node_id)
         self.router.remove_node(node_id)
+        self._directory = self._new_directory()
+        return MeshChange(maps=self._refresh(self.cards))
+
+    def set_policy(self, access: tuple[PolicyDocument, int] | None, cards: Iterable[NodeCard]) -> MeshChange:
+        """A new policy (document, version; None: none, the full mesh) with the cards it gives new tags."""
+        self.access_policy = access
+        for card in cards:
+            self.cards[card.node_id] = card
         self._directory = self._new_directory()
         return MeshChange(maps=self._refresh(self.cards))
 
@@ -178,6 +200,8 @@ class Mesh:
         """One node's link measurements (peers already checked to be other known nodes)."""
         update = self.topology.report(reporter, measurements, now)
         changed = self.router.set_edges(update.edges)
+        if changed and self.access_policy is not None:
+            changed = set(self.cards)  # who relays for whom moved: any map may change
         return MeshChange(maps=self._refresh(changed), links=update.records)
 
     # --- internals -------------------------------------------------------------------------------
@@ -192,10 +216,24 @@ class Mesh:
             return changed
         rows, costs = self.router.rows_of(nodes)
         tenths = cost_tenths(costs)
+        access = None
+        if self.access_policy is not None:
+            doc, version = self.access_policy
+            masks = self._masks
+            if masks is None or masks[0] is not self._directory or masks[1].doc is not doc:
+                masks = self._masks = (self._directory, PolicyMasks(doc, self._directory.cards))
+            access = Access(masks[1], self.router.trees())
         for i, node in enumerate(nodes):
             index = self.router.index[node]
-            forward = self.router.forwards(node)
-            digest = map_digest(self._directory, index, rows[i], tenths[i], forward).hex()
+            node_access = None
+            if access is not None:
+                rules = access.rules_json(index)
+                held = self._rules.get(node)
+                rules_version = held[1] if held is not None and held[0] == rules else version
+                self._rules[node] = (rules, rules_version)
+                node_access = access.node(index, rules_version, rules)
+            forward = self.router.forwards(node) if node_access is None else node_access.forward
+            digest = map_digest(self._directory, index, rows[i], tenths[i], forward, node_access).hex()
             old = self._maps.get(node)
             if old is None or old.digest != digest:
                 self._maps[node] = changed[node] = MapState((old.serial if old else 0) + 1, digest)
@@ -203,7 +241,7 @@ class Mesh:
             kept = self._inputs.setdefault(node, {})
             if serial not in kept:
                 kept[serial] = MapInputs(
-                    self._directory, index, rows[i].copy(), tenths[i].astype(np.int32), forward
+                    self._directory, index, rows[i].copy(), tenths[i].astype(np.int32), forward, node_access
                 )
                 for old_serial in sorted(kept)[:-MAP_HISTORY]:
                     del kept[old_serial]

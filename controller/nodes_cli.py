@@ -91,6 +91,16 @@ def render_list(nodes: Sequence[NodeInfo]) -> str:
     return table(("ID", "NAME", "ROLE", "ADDRESS", "ENDPOINTS", "LAST SEEN", "SERIAL"), rows)
 
 
+def _policy_version(n: NodeInfo) -> str:
+    if n.policy_version_sent is None:
+        return "- (no policy in force)"
+    if n.policy_version is None:
+        return f"- (not reported yet; its map has version {n.policy_version_sent})"
+    if n.policy_version >= n.policy_version_sent:
+        return f"{n.policy_version} (current)"
+    return f"{n.policy_version} (its map has version {n.policy_version_sent})"
+
+
 def render_node(n: NodeInfo) -> str:
     rows = [
         ("id", n.node_id),
@@ -104,6 +114,8 @@ def render_node(n: NodeInfo) -> str:
         ("enrolled", when(n.enrolled_at)),
         ("last seen", when(n.last_seen)),
         ("map serial", n.serial),
+        ("tags", ", ".join(n.tags) or "- (no policy in force)"),
+        ("policy version", _policy_version(n)),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k + ':':<{width + 1}} {v}" for k, v in rows)

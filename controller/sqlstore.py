@@ -27,13 +27,14 @@ from controller.store import (
     KeyRefused,
     NodeRecord,
     NodeWrite,
+    PolicyRecord,
     PreAuthKeyRecord,
     Snapshot,
     StoreConflict,
 )
 from controller.topology import LinkRecord
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class StoreError(Exception):
@@ -120,12 +121,29 @@ address_holds = sa.Table(
 )
 
 
+# Every version of the access policy; a row is never changed or deleted (it is the audit trail too).
+policy_versions = sa.Table(
+    "policy_versions",
+    metadata,
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("author", sa.String(200), nullable=False),
+    sa.Column("action", sa.String(16), nullable=False),
+    sa.Column("restored", sa.Integer, nullable=True),
+    sa.Column("text", sa.Text, nullable=False),
+)
+
+
 def _migrate_to_1(c: Connection) -> None:
     for table in (preauth_keys, nodes, map_states, links, address_holds):
         table.create(c)
 
 
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _migrate_to_1}
+def _migrate_to_2(c: Connection) -> None:
+    policy_versions.create(c)
+
+
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _migrate_to_1, 2: _migrate_to_2}
 """version -> step from version-1. Append new steps; never edit a released one."""
 
 
@@ -178,7 +196,11 @@ class SqlStore:
             link_rows = c.execute(sa.select(links)).all()
             map_rows = c.execute(sa.select(map_states)).all()
             hold_rows = c.execute(sa.select(address_holds)).all()
+            policy_row = c.execute(
+                sa.select(policy_versions).order_by(policy_versions.c.version.desc()).limit(1)
+            ).first()
         return Snapshot(
+            policy=None if policy_row is None else _policy(policy_row),
             nodes=[_node(r) for r in node_rows],
             links=[LinkRecord(r.a, r.b, r.weight, r.down_since) for r in link_rows],
             maps={r.node_id: MapState(r.serial, r.digest) for r in map_rows},
@@ -325,6 +347,25 @@ class SqlStore:
                 .values(last_seen=sa.bindparam("seen")),
                 [{"node_id": n, "seen": t} for n, t in last_seen.items()],
             )
+
+    def add_policy(
+        self, text: str, author: str, action: str, restored: int | None, now: datetime
+    ) -> PolicyRecord:
+        p = policy_versions.c
+        with self._engine.begin() as c:
+            version = int(c.execute(sa.select(sa.func.coalesce(sa.func.max(p.version), 0))).scalar_one()) + 1
+            values = {"version": version, "created_at": now, "author": author, "action": action}
+            c.execute(policy_versions.insert().values(restored=restored, text=text, **values))
+            return _policy(c.execute(sa.select(policy_versions).where(p.version == version)).one())
+
+    def policy_history(self) -> list[PolicyRecord]:
+        with self._engine.begin() as c:
+            rows = c.execute(sa.select(policy_versions).order_by(policy_versions.c.version)).all()
+        return [_policy(r) for r in rows]
+
+
+def _policy(r: sa.Row[Any]) -> PolicyRecord:
+    return PolicyRecord(r.version, r.created_at, r.author, r.action, r.restored, r.text)
 
 
 def _engine(url: str) -> Engine:

@@ -76,6 +76,18 @@ class NodeWrite:
 
 
 @dataclass(frozen=True)
+class PolicyRecord:
+    """One version of the access policy, and the audit entry of the change that made it."""
+
+    version: int
+    created_at: datetime
+    author: str  # who made the change, as the admin's client said (one admin credential: "admin")
+    action: str  # "set" or "rollback"
+    restored: int | None  # the version a rollback brought back; None for a set
+    text: str  # the document as it was given
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """Everything the controller loads at start-up."""
 
@@ -83,6 +95,7 @@ class Snapshot:
     links: list[LinkRecord]
     maps: dict[int, MapState]
     holds: list[AddressHold]
+    policy: PolicyRecord | None = None  # the policy in force; None: none was ever set (full mesh)
 
 
 class Store(Protocol):
@@ -118,5 +131,15 @@ class Store(Protocol):
     def release_holds(self, holder: int, up_to_serial: int) -> None: ...
 
     def touch(self, last_seen: Mapping[int, datetime]) -> None: ...
+
+    def add_policy(
+        self, text: str, author: str, action: str, restored: int | None, now: datetime
+    ) -> PolicyRecord:
+        """Store a new policy version (the highest so far, plus one) with its audit entry."""
+        ...
+
+    def policy_history(self) -> list[PolicyRecord]:
+        """Every policy version, oldest first."""
+        ...
 
     def close(self) -> None: ...
