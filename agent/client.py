@@ -30,6 +30,7 @@ from wire.models import (
     NetMapDelta,
     NetMapUpdate,
 )
+from wire.rotation import KeyReport, KeyReportAnswer
 
 CONNECT_TIMEOUT_S = 5.0
 REQUEST_TIMEOUT_S = 10.0
@@ -139,6 +140,12 @@ class ControllerClient:
 
     async def report_links(self, report: LinkReport) -> None:
         await self._call("POST", api.LINKS, json=report.model_dump(mode="json"))
+
+    async def report_key(self, report: KeyReport) -> KeyReportAnswer:
+        """A key rotation's report (wire.rotation.KeyReport). ControllerRejected (409) when the
+        controller has no such rotation under way."""
+        response = await self._call("POST", api.KEY, json=report.model_dump(mode="json"))
+        return self._parse(response, KeyReportAnswer)
 
     # --- plumbing -----------------------------------------------------------------------------------
 

@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import socket
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from ipaddress import ip_address
+from typing import Any
 
 import httpx
 
@@ -68,6 +71,9 @@ from agent.links import ProbeResult, probe_targets
 from agent.nft import Nftables, NftError, apply_firewall
 from agent.probe import Prober
 from agent.reconcile import Change, diff
+from agent.rotation_channel import Message as RotationMessage
+from agent.rotation_channel import RotationChannel
+from agent.rotation_driver import RotationDriver, RotationEdges, swap_changed_keys
 from agent.settings import AgentError, AgentSettings, short_error
 from agent.state import (
     AgentState,
@@ -80,11 +86,14 @@ from agent.state import (
     save_netmap,
 )
 from agent.status import AgentStatus
+from keys.types import WireGuardPrivateKey
 from wire.models import IPAddress, LinkReport, NetMap
+from wire.rotation import ROTATION_PORT
 
 __all__ = ["Agent", "AgentEdges", "AgentError", "AgentSettings"]
 
 RESOLVE_TIMEOUT_S = 5.0
+ROTATION_TICK_S = 0.5
 
 
 @dataclass
@@ -120,6 +129,12 @@ class Agent:
         self._inbox: deque[Input] = deque()
         self._wake = asyncio.Event()
         self._closing = False
+        # key rotation (agent.rotation_driver): device operations and applies take turns on this lock
+        self.rotation: RotationDriver | None = None
+        self._channel: RotationChannel | None = None
+        self._device_lock = asyncio.Lock()
+        self._side_tasks: set[asyncio.Task[None]] = set()
+        self._last_status: AgentStatus | None = None
 
     @property
     def netmap(self) -> NetMap | None:
@@ -208,6 +223,9 @@ class Agent:
         except StateError as e:
             self.log.warning("cache_unreadable", error=short_error(e))
             cached = None
+        # A rotation under way resumes (or aborts) before the cached map is applied, so the map is
+        # applied with the key the device runs.
+        await self._start_rotation(cached)
         settings = CoreSettings(
             probe_interval_s=self.settings.probe_interval_s, poll_timeout_s=self.settings.poll_timeout_s
         )
@@ -222,11 +240,16 @@ class Agent:
         assert self.core is not None
         watcher = asyncio.create_task(stop.wait(), name="stop")
         watcher.add_done_callback(lambda _: self._wake.set())
+        ticker = asyncio.create_task(self._rotation_ticks(), name="rotation-ticks")
         try:
             self._execute(self.core.serve(self.edges.clock()))
             await self._pump(lambda: stop.is_set() or self.stopped is not None)
         finally:
             watcher.cancel()
+            ticker.cancel()
+            for task in list(self._side_tasks):
+                task.cancel()
+            await asyncio.gather(ticker, *self._side_tasks, return_exceptions=True)
             await self._settle()
 
     async def shutdown(self) -> None:
@@ -251,6 +274,9 @@ class Agent:
                 except NftError as e:
                     self.log.error("firewall_remove_failed", interface=self.ifname, error=short_error(e))
         self.edges.host_network.close()
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
         self._execute(self.core.shutdown(self.edges.clock(), interface_kept=not self.settings.down_on_stop))
 
     # --- the loop -----------------------------------------------------------------------------------
@@ -302,6 +328,7 @@ class Agent:
                 case WriteDirectory(netmap=netmap, changed=changed):
                     if changed or not self.paths.p2p_directory.exists():
                         self._write_directory(netmap)
+                    self._map_applied(netmap)
                 case ForgetMap():
                     for path in (self.paths.netmap, self.paths.p2p_directory):
                         path.unlink(missing_ok=True)
@@ -333,7 +360,8 @@ class Agent:
                 case Resolve(endpoints=endpoints):
                     return await self._resolve(endpoints)
                 case Apply(desired=desired):
-                    return await asyncio.to_thread(self._apply, desired)
+                    async with self._device_lock:
+                        return await asyncio.to_thread(self._apply, desired)
                 case Measure(targets=targets):
                     return await self._measure(targets)
                 case ReportLinks(report=report):
@@ -341,6 +369,87 @@ class Agent:
             raise TypeError(f"{type(action).__name__} is not an I/O action")
         except Exception as e:  # a bug: the core logs it once and resumes that part after a pause
             return Crashed(action, f"{type(e).__name__}: {short_error(e)}")
+
+    # --- key rotation -------------------------------------------------------------------------------
+
+    async def _start_rotation(self, cached: NetMap | None) -> None:
+        assert self.state is not None and self.keys is not None and self.client is not None
+        edges = RotationEdges(
+            backend=self.edges.backend,
+            ifname=lambda: self.ifname,
+            apply_lock=self._device_lock,
+            report_key=self.client.report_key,
+            send=self._send_rotation,
+            get_host_key=lambda: self._host_keys().wireguard,
+            set_host_key=self._rekey,
+            log=self.log,
+            clock=self.edges.clock,
+            state_dir=self.settings.state_dir,
+            phase_changed=self._rotation_phase_changed,
+        )
+        self.rotation = RotationDriver(edges, self.state.node_id, self.keys.identity)
+        if self.edges.backend.name != "fake":  # a dry run sends nothing to anyone
+            try:
+                self._channel = await RotationChannel.open(
+                    ip_address("0.0.0.0"), ROTATION_PORT, self.rotation.on_message
+                )
+            except OSError as e:
+                self.log.warning(
+                    "rotation_channel_unavailable",
+                    error=short_error(e),
+                    note="peers learn new keys from maps only",
+                )
+        self.rotation.netmap = cached
+        try:
+            await self.rotation.start()
+        except StateError as e:
+            raise AgentError(short_error(e)) from None
+
+    def _host_keys(self) -> HostKeys:
+        assert self.keys is not None
+        return self.keys
+
+    def _rekey(self, key: WireGuardPrivateKey) -> None:
+        """The host's WireGuard key is now `key`: the desired state is built with it from now on."""
+        keys = self._host_keys()
+        if keys.wireguard.public_key() == key.public_key():
+            return
+        self.keys = dataclasses.replace(keys, wireguard=key)
+        if self.core is not None:
+            self._execute(self.core.rekey(key, self.edges.clock()))
+
+    def _send_rotation(self, message: RotationMessage, address: str, port: int) -> None:
+        if self._channel is not None:
+            self._channel.send(message, address, port)
+
+    def _map_applied(self, netmap: NetMap) -> None:
+        if self.rotation is None or self.core is None or self.core.netmap_source != "controller":
+            return  # a rotation is started only by the controller's own map, never by a cached one
+        rotation = self.rotation
+        self._side_task(lambda: rotation.on_map(netmap))
+
+    def _rotation_phase_changed(self) -> None:
+        if self._last_status is not None:
+            self._write_status(self._last_status)
+
+    def _side_task(self, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        if self._closing:
+            return
+        task = asyncio.create_task(self._guarded(work), name="rotation")
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
+
+    async def _guarded(self, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        try:
+            await work()
+        except Exception as e:  # a bug in a rotation step must not take the agent down
+            self.log.error("internal_error", loop="rotation", error=f"{type(e).__name__}: {short_error(e)}")
+
+    async def _rotation_ticks(self) -> None:
+        while True:
+            await asyncio.sleep(ROTATION_TICK_S)
+            if self.rotation is not None:
+                await self._guarded(self.rotation.tick)
 
     # --- the edges ----------------------------------------------------------------------------------
 
@@ -378,9 +487,12 @@ class Agent:
         then the host network, then the policy firewall."""
         backend, ifname = self.edges.backend, self.ifname
         changes: tuple[Change, ...] = ()
+        if self.rotation is not None:
+            desired = dataclasses.replace(desired, device=self.rotation.device_config(desired.device))
         try:
             if not backend.exists(ifname):
                 backend.create(ifname)
+            swap_changed_keys(backend, ifname, desired.device)
             current = backend.read(ifname)
             reconciliation = diff(current, desired.device)
             device: Device = current
@@ -440,6 +552,9 @@ class Agent:
         return self.core.status(self.edges.clock(), running)
 
     def _write_status(self, status: AgentStatus) -> None:
+        self._last_status = status
+        if self.rotation is not None:
+            status = self.rotation.decorate(status)
         try:
             status.save(self.paths.status)
         except OSError as e:

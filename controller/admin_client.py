@@ -37,6 +37,7 @@ from wire.policy import (
     PolicyTestRequest,
     PolicyTestResult,
 )
+from wire.rotation import RotationInfo, RotationProgress
 
 TIMEOUT_S = 10.0
 
@@ -157,6 +158,15 @@ class AdminClient:
     def rollback_policy(self, req: PolicyRollbackRequest) -> PolicyInfo:
         r = self._call("POST", api.POLICY + "/rollback", req.model_dump())
         return PolicyInfo.model_validate_json(r.content)
+
+    def rotate(self, node_id: int) -> RotationInfo:
+        return RotationInfo.model_validate_json(self._call("POST", f"{api.NODES}/{node_id}/rotate").content)
+
+    def rotate_all(self) -> RotationProgress:
+        return RotationProgress.model_validate_json(self._call("POST", api.ROTATE_ALL).content)
+
+    def rotations(self) -> RotationProgress:
+        return RotationProgress.model_validate_json(self._call("GET", api.ROTATIONS).content)
 
 
 def when(t: datetime | None, never: str = "never") -> str:

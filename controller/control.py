@@ -32,6 +32,7 @@ from controller.ipam import AddressHolds, AddressPool, PoolExhausted, unique_nam
 from controller.mesh import Mesh, MeshChange
 from controller.netmap import NodeCard
 from controller.nonces import EnrollNonces
+from controller.rotation import NodeRotation, RotationBook, RotationRefused
 from controller.settings import Settings
 from controller.store import (
     KeyRefused,
@@ -70,6 +71,7 @@ from wire.policy import (
     tags_of,
 )
 from wire.preauth import PreAuthKey, PreAuthKeyError, parse_preauth_key
+from wire.rotation import KeyReport, KeyReportAnswer, RotationInfo, RotationProgress
 
 LAST_SEEN_WRITE_EVERY = timedelta(seconds=60)
 
@@ -90,8 +92,11 @@ class Caller:
     node_id: int | None  # None: the admin
 
 
-def card_of(record: NodeRecord, policy: PolicyDocument | None = None) -> NodeCard:
-    """The node's card; under a policy it carries the node's tags (its key's role, or the policy's)."""
+def card_of(
+    record: NodeRecord, policy: PolicyDocument | None = None, key_rotation: int | None = None
+) -> NodeCard:
+    """The node's card; under a policy it carries the node's tags (its key's role, or the policy's); a key
+    rotation asked of the node goes in its own map."""
     tags = () if policy is None else tuple(sorted(tags_of(policy, record.name, [record.role])))
     return NodeCard(
         tags=tags,
@@ -103,6 +108,7 @@ def card_of(record: NodeRecord, policy: PolicyDocument | None = None) -> NodeCar
         tunnel_address=record.tunnel_address,
         endpoints=record.endpoints,
         listen_port=record.listen_port,
+        key_rotation=key_rotation,
     )
 
 
@@ -132,11 +138,19 @@ class ControlPlane:
         self.policy: PolicyRecord | None = snapshot.policy
         self._doc = None if snapshot.policy is None else parse_policy(snapshot.policy.text, "stored policy")
         self._policy_held: dict[int, int] = {}  # node -> policy version its agent last reported
+        self.rotations = RotationBook(r for r in snapshot.rotations if r.node_id in self.nodes)
+        undated = [
+            r
+            for n in snapshot.nodes
+            if n.node_id not in self.rotations.records
+            for r in self.rotations.enrolled(n.node_id, n.enrolled_at)
+        ]
+        store.save_rotations(undated)
         self.mesh = Mesh(
             settings.mesh_cidr,
             settings.policy,
             settings.persistent_keepalive_s,
-            (card_of(n, self._doc) for n in snapshot.nodes),
+            (card_of(n, self._doc, self.rotations.requested_of(n.node_id)) for n in snapshot.nodes),
             snapshot.links,
             snapshot.maps,
             access=self._access(),
@@ -227,7 +241,8 @@ class ControlPlane:
         self._highest_id = max(self._highest_id, record.node_id)
         self._by_credential[record.credential_hash] = record.node_id
         self._by_identity[identity] = record.node_id
-        self._apply(self.mesh.upsert(card_of(record, self._doc)))
+        self.store.save_rotations(self.rotations.enrolled(record.node_id, self.clock.now()))
+        self._apply(self.mesh.upsert(self._card(record.node_id)))
         return EnrollResponse(
             node_id=record.node_id,
             name=record.name,
@@ -288,11 +303,16 @@ class ControlPlane:
         record = self.nodes.get(node_id)
         if record is None:
             raise ApiError(404, f"no node {node_id}")
+        rotation = self.rotations.get(node_id)
+        card = dataclasses.asdict(card_of(record, self._doc))
+        del card["key_rotation"]
         return NodeInfo(
-            **dataclasses.asdict(card_of(record, self._doc)),
+            **card,
             enrolled_at=record.enrolled_at,
             last_seen=self._last_seen.get(node_id),
             serial=self.mesh.serial(node_id),
+            key_created_at=rotation.key_created_at,
+            rotation=rotation.state,
             policy_version=self._policy_held.get(node_id),
             policy_version_sent=self.mesh.policy_version(node_id),
         )
@@ -315,6 +335,79 @@ class ControlPlane:
         self._seen_written.pop(node_id, None)
         self._policy_held.pop(node_id, None)
         self._apply(change, also_wake=[node_id])
+        self._rotations_changed(self.rotations.removed(node_id, self.clock.now()))
+
+    # --- key rotation ------------------------------------------------------------------------------
+
+    def rotate(self, node_id: int) -> RotationInfo:
+        """Ask one node to rotate its key (through its map). 404 unknown node; 409 already rotating."""
+        if node_id not in self.nodes:
+            raise ApiError(404, f"no node {node_id}")
+        neighbours = [n for n in self.nodes if n != node_id]  # every node's map holds every other one
+        self._rotations_changed(
+            self._refusable(lambda: self.rotations.request(node_id, neighbours, self.clock.now()))
+        )
+        return self.rotation_info(node_id)
+
+    def rotate_all(self) -> RotationProgress:
+        """Queue every node and rotate them one at a time. 409 while any rotation runs."""
+        self._rotations_changed(
+            self._refusable(lambda: self.rotations.request_all(sorted(self.nodes), self.clock.now()))
+        )
+        return self.rotation_progress()
+
+    def rotation_info(self, node_id: int) -> RotationInfo:
+        r = self.rotations.get(node_id)
+        return RotationInfo(
+            node_id=node_id,
+            name=self.nodes[node_id].name,
+            state=r.state,
+            rotation_id=r.rotation_id,
+            key_created_at=r.key_created_at,
+            requested_at=r.requested_at,
+            finished_at=r.finished_at,
+            outcome=r.outcome,
+            queue_position=r.queue_position,
+        )
+
+    def rotation_progress(self) -> RotationProgress:
+        return RotationProgress(
+            campaign_running=self.rotations.campaign_running(),
+            nodes=[self.rotation_info(n) for n in sorted(self.nodes)],
+        )
+
+    def key_report(self, node_id: int, report: KeyReport) -> KeyReportAnswer:
+        """The node's new key: kept as pending ("prepare") or recorded and pushed ("commit")."""
+        key = report.wg_public_key.base64()
+        for other in self.nodes.values():
+            if other.wg_public_key == key and other.node_id != node_id:
+                raise ApiError(409, f"WireGuard public key already belongs to node {other.node_id}")
+        now = self.clock.now()
+        if report.phase == "prepare":
+            self.store.save_rotations(
+                self._refusable(lambda: self.rotations.prepare(node_id, report.rotation_id, key))
+            )
+        else:
+            changed = self._refusable(lambda: self.rotations.commit(node_id, report.rotation_id, key, now))
+            if changed:
+                try:
+                    record = self.store.record_key(node_id, key, changed)
+                except StoreConflict as e:
+                    raise ApiError(409, str(e)) from None
+                self.nodes[node_id] = record
+                self._rotations_changed(changed, saved=True)
+        return KeyReportAnswer(
+            rotation_id=report.rotation_id, phase=report.phase, serial=self.mesh.serial(node_id)
+        )
+
+    def tick(self) -> None:
+        """Periodic: give up rotations of nodes that never answered; start the scheduled one."""
+        now = self.clock.now()
+        changed = self.rotations.tick(now)
+        interval = self.settings.key_rotation_interval_s
+        if interval:
+            changed += self.rotations.due(sorted(self.nodes), now, timedelta(seconds=interval))
+        self._rotations_changed(changed)
 
     def create_preauth_key(self, req: PreAuthKeyRequest) -> PreAuthKeyInfo:
         key = new_secret(PREAUTH_PREFIX)
@@ -417,7 +510,7 @@ class ControlPlane:
     ) -> PolicyInfo:
         record = self.store.add_policy(text, author, action, restored, self.clock.now())
         self.policy, self._doc = record, doc
-        cards = [card_of(n, doc) for n in self.nodes.values()]
+        cards = [card_of(n, doc, self.rotations.requested_of(n.node_id)) for n in self.nodes.values()]
         self._apply(self.mesh.set_policy(self._access(), cards))
         return _policy_info(record, with_text=False)
 
@@ -427,6 +520,24 @@ class ControlPlane:
         self.store.close()
 
     # --- internals ---------------------------------------------------------------------------------
+
+    def _card(self, node_id: int) -> NodeCard:
+        return card_of(self.nodes[node_id], self._doc, self.rotations.requested_of(node_id))
+
+    @staticmethod
+    def _refusable(step: Callable[[], list[NodeRotation]]) -> list[NodeRotation]:
+        try:
+            return step()
+        except RotationRefused as e:
+            raise ApiError(e.status, e.detail) from None
+
+    def _rotations_changed(self, changed: list[NodeRotation], saved: bool = False) -> None:
+        """Persist changed rotation records, then give each node's map its rotation request."""
+        if not saved:
+            self.store.save_rotations(changed)
+        for r in changed:
+            if r.node_id in self.nodes:
+                self._apply(self.mesh.upsert(self._card(r.node_id)))
 
     def _apply(self, change: MeshChange, also_wake: Iterable[int] = ()) -> None:
         self.store.save_links(change.links)

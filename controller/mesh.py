@@ -18,7 +18,7 @@ from datetime import datetime
 
 import numpy as np
 
-from controller.access import Access, PolicyMasks
+from controller.access import Access, PolicyMasks, subject_of
 from controller.netmap import (
     Directory,
     MapInputs,
@@ -29,9 +29,9 @@ from controller.netmap import (
     render_map,
 )
 from controller.routing import Router
-from controller.topology import LinkPolicy, LinkRecord, Topology
+from controller.topology import TRANSIT_PENALTY_MS, LinkPolicy, LinkRecord, Topology
 from wire.models import IPNetwork, LinkMeasurement, Route, TopologyEdge
-from wire.policy import PolicyDocument
+from wire.policy import PolicyDocument, may_relay
 
 MAP_HISTORY = 3
 """Maps kept per node to diff from: the current one and the two before it."""
@@ -71,6 +71,7 @@ class Mesh:
         self.keepalive_s = keepalive_s
         self.cards: dict[int, NodeCard] = {c.node_id: c for c in cards}
         self.topology = Topology(policy, self.cards, links)
+        self.topology.set_transit(self._transit())
         self.router = Router(self.cards, self.topology.edges())
         self._maps: dict[int, MapState] = {n: s for n, s in (maps or {}).items() if n in self.cards}
         self._inputs: dict[int, dict[int, MapInputs]] = {}  # node -> serial -> what that map was made of
@@ -169,11 +170,17 @@ class Mesh:
             return MeshChange()
         self.cards[card.node_id] = card
         if old is None:
+            self.topology.transit.pop(card.node_id, None)
+            penalty = self._transit([card]).get(card.node_id)
+            if penalty:
+                self.topology.transit[card.node_id] = penalty
             edges = self.topology.add_node(card.node_id)
             if self.router.nodes and card.node_id < self.router.nodes[-1]:
                 self.router = Router(self.cards, self.topology.edges())
             else:
                 self.router.add_node(card.node_id, edges)
+        elif self.topology.set_transit(self._transit()):
+            self.router = Router(self.cards, self.topology.edges())  # its tags changed its relay right
         self._directory = self._new_directory()
         return MeshChange(maps=self._refresh(self.cards))
 
@@ -191,9 +198,13 @@ class Mesh:
     def set_policy(self, access: tuple[PolicyDocument, int] | None, cards: Iterable[NodeCard]) -> MeshChange:
         """A new policy (document, version; None: none, the full mesh) with the cards it gives new tags."""
         self.access_policy = access
-        for card in cards:
+        retagged = [c for c in cards if self.cards.get(c.node_id) != c]
+        for card in retagged:
             self.cards[card.node_id] = card
-        self._directory = self._new_directory()
+        if self.topology.set_transit(self._transit()):
+            self.router = Router(self.cards, self.topology.edges())  # relay rights moved: every tree may
+        if retagged:
+            self._directory = self._new_directory()
         return MeshChange(maps=self._refresh(self.cards))
 
     def report(self, reporter: int, measurements: Sequence[LinkMeasurement], now: datetime) -> MeshChange:
@@ -206,6 +217,17 @@ class Mesh:
 
     # --- internals -------------------------------------------------------------------------------
 
+    def _transit(self, cards: Iterable[NodeCard] | None = None) -> dict[int, float]:
+        """Half the transit penalty for every node the policy in force does not let relay."""
+        if self.access_policy is None:
+            return {}
+        doc = self.access_policy[0]
+        return {
+            c.node_id: TRANSIT_PENALTY_MS / 2
+            for c in (self.cards.values() if cards is None else cards)
+            if not may_relay(doc, subject_of(c))
+        }
+
     def _new_directory(self) -> Directory:
         return Directory([self.cards[n] for n in self.router.nodes], self.mesh_cidr, self.keepalive_s)
 
@@ -215,6 +237,11 @@ class Mesh:
         if not nodes:
             return changed
         rows, costs = self.router.rows_of(nodes)
+        if self.topology.transit:
+            # a path's shown cost leaves out the halves its two ends pay for not relaying
+            pen = np.array([self.topology.transit.get(n, 0.0) for n in self.router.nodes])
+            own = pen[[self.router.index[n] for n in nodes]]
+            costs = np.maximum(costs - pen[None, :] - own[:, None], 0.0)
         tenths = cost_tenths(costs)
         access = None
         if self.access_policy is not None:

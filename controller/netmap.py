@@ -50,6 +50,7 @@ class NodeCard:
     tunnel_address: IPAddress
     endpoints: tuple[str, ...]
     listen_port: int
+    key_rotation: int | None = None  # a key rotation asked of this node: in its own map only
     tags: tuple[str, ...] = ()  # policy tags, sorted; empty without a policy (maps then say nothing)
 
     @cached_property
@@ -195,6 +196,7 @@ def map_digest(
         return _policy_digest(directory, index, next_row, tenths, access)
     h = hashlib.blake2b(directory.digest, digest_size=32)
     h.update(index.to_bytes(4, "big"))
+    h.update((directory.cards[index].key_rotation or 0).to_bytes(8, "big"))
     h.update(np.ascontiguousarray(next_row, dtype=np.int32).tobytes())
     h.update(np.ascontiguousarray(tenths, dtype=np.int64).tobytes())
     h.update(b"\x01" if forward else b"\x00")
@@ -217,6 +219,7 @@ def _policy_digest(
     shown_tenths = np.where(relayed | (next_row == positions) | (next_row < 0), tenths, -1)
     routes, peers = access.routes, access.peers
     h = hashlib.blake2b(f"{PROTOCOL_VERSION}|{directory.mesh_cidr}|".encode(), digest_size=32)
+    h.update((directory.cards[index].key_rotation or 0).to_bytes(8, "big"))
     h.update(directory.peer_tail)
     h.update(directory.card_hashes[index : index + 1].tobytes())
     h.update(directory.card_hashes[peers].tobytes())
@@ -302,7 +305,9 @@ def _node_json(m: MapInputs) -> bytes:
             f'"mesh_cidr":{json.dumps(str(m.directory.mesh_cidr))},'
         ).encode()
         + me.tags_json
-        + b'"listen_port":%d}' % me.listen_port
+        + b'"listen_port":%d' % me.listen_port
+        + (b',"key_rotation":%d' % me.key_rotation if me.key_rotation is not None else b"")
+        + b"}"
     )
 
 

@@ -8,6 +8,7 @@ halfway. Timestamps are stored as naive UTC and come back timezone-aware.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 from collections.abc import Callable, Mapping, Sequence
@@ -23,6 +24,7 @@ from sqlalchemy.pool import StaticPool
 
 from controller.ipam import AddressHold
 from controller.mesh import MapState
+from controller.rotation import NodeRotation
 from controller.store import (
     KeyRefused,
     NodeRecord,
@@ -34,7 +36,7 @@ from controller.store import (
 )
 from controller.topology import LinkRecord
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class StoreError(Exception):
@@ -133,6 +135,15 @@ policy_versions = sa.Table(
     sa.Column("text", sa.Text, nullable=False),
 )
 
+# One row per node that has a rotation record: controller.rotation.NodeRotation as JSON (its shape is
+# the rotation book's business; the store only keeps it).
+key_rotations = sa.Table(
+    "key_rotations",
+    metadata,
+    sa.Column("node_id", sa.Integer, sa.ForeignKey("nodes.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("record", sa.Text, nullable=False),
+)
+
 
 def _migrate_to_1(c: Connection) -> None:
     for table in (preauth_keys, nodes, map_states, links, address_holds):
@@ -143,7 +154,11 @@ def _migrate_to_2(c: Connection) -> None:
     policy_versions.create(c)
 
 
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _migrate_to_1, 2: _migrate_to_2}
+def _migrate_to_3(c: Connection) -> None:
+    key_rotations.create(c)
+
+
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _migrate_to_1, 2: _migrate_to_2, 3: _migrate_to_3}
 """version -> step from version-1. Append new steps; never edit a released one."""
 
 
@@ -199,12 +214,14 @@ class SqlStore:
             policy_row = c.execute(
                 sa.select(policy_versions).order_by(policy_versions.c.version.desc()).limit(1)
             ).first()
+            rotation_rows = c.execute(sa.select(key_rotations)).all()
         return Snapshot(
             policy=None if policy_row is None else _policy(policy_row),
             nodes=[_node(r) for r in node_rows],
             links=[LinkRecord(r.a, r.b, r.weight, r.down_since) for r in link_rows],
             maps={r.node_id: MapState(r.serial, r.digest) for r in map_rows},
             holds=[AddressHold(ipaddress.ip_address(r.address), r.holder, r.min_serial) for r in hold_rows],
+            rotations=[_rotation(r.record) for r in rotation_rows],
         )
 
     def list_preauth_keys(self) -> list[PreAuthKeyRecord]:
@@ -337,6 +354,37 @@ class SqlStore:
                 )
             )
 
+    def save_rotations(self, records: Sequence[NodeRotation]) -> None:
+        if not records:
+            return
+        with self._engine.begin() as c:
+            self._save_rotations(c, records)
+
+    def _save_rotations(self, c: Connection, records: Sequence[NodeRotation]) -> None:
+        known = {r.node_id for r in records}
+        present = set(c.execute(sa.select(nodes.c.id).where(nodes.c.id.in_(known))).scalars())
+        rows = [{"node_id": r.node_id, "record": _rotation_json(r)} for r in records if r.node_id in present]
+        if not rows:
+            return
+        stmt = self._upsert(key_rotations)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[key_rotations.c.node_id], set_={"record": stmt.excluded.record}
+        )
+        c.execute(stmt, rows)
+
+    def record_key(self, node_id: int, wg_public_key: str, rotations: Sequence[NodeRotation]) -> NodeRecord:
+        try:
+            with self._engine.begin() as c:
+                done = c.execute(
+                    nodes.update().where(nodes.c.id == node_id).values(wg_public_key=wg_public_key)
+                )
+                if done.rowcount != 1:
+                    raise KeyError(node_id)
+                self._save_rotations(c, rotations)
+                return _node(c.execute(sa.select(nodes).where(nodes.c.id == node_id)).one())
+        except IntegrityError as e:
+            raise StoreConflict(f"already in use: {_constraint(e)}") from None
+
     def touch(self, last_seen: Mapping[int, datetime]) -> None:
         if not last_seen:
             return
@@ -423,6 +471,26 @@ def _node(r: sa.Row[Any]) -> NodeRecord:
         preauth_key_id=r.preauth_key_id,
         credential_hash=r.credential_hash,
     )
+
+
+_ROTATION_TIMES = ("key_created_at", "requested_at", "finished_at")
+
+
+def _rotation_json(r: NodeRotation) -> str:
+    values = dataclasses.asdict(r)
+    for name in _ROTATION_TIMES:
+        if values[name] is not None:
+            values[name] = values[name].isoformat()
+    return json.dumps(values, sort_keys=True)
+
+
+def _rotation(text: str) -> NodeRotation:
+    values = json.loads(text)
+    for name in _ROTATION_TIMES:
+        if values.get(name) is not None:
+            values[name] = datetime.fromisoformat(values[name])
+    known = {f.name for f in dataclasses.fields(NodeRotation)}
+    return NodeRotation(**{k: v for k, v in values.items() if k in known})
 
 
 def _key(r: sa.Row[Any]) -> PreAuthKeyRecord:

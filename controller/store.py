@@ -14,12 +14,13 @@ Rules every implementation keeps:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
 from controller.ipam import AddressHold
 from controller.mesh import MapState
+from controller.rotation import NodeRotation
 from controller.topology import LinkRecord
 from wire.models import IPAddress
 
@@ -96,6 +97,7 @@ class Snapshot:
     maps: dict[int, MapState]
     holds: list[AddressHold]
     policy: PolicyRecord | None = None  # the policy in force; None: none was ever set (full mesh)
+    rotations: list[NodeRotation] = field(default_factory=list)
 
 
 class Store(Protocol):
@@ -129,6 +131,13 @@ class Store(Protocol):
     def save_links(self, links: Sequence[LinkRecord]) -> None: ...
 
     def release_holds(self, holder: int, up_to_serial: int) -> None: ...
+
+    def save_rotations(self, records: Sequence[NodeRotation]) -> None: ...
+
+    def record_key(self, node_id: int, wg_public_key: str, rotations: Sequence[NodeRotation]) -> NodeRecord:
+        """A rotation committed: the node's new WireGuard key and the rotation records, in one
+        transaction. StoreConflict when another node holds the key; KeyError when the node is gone."""
+        ...
 
     def touch(self, last_seen: Mapping[int, datetime]) -> None: ...
 
