@@ -7,6 +7,11 @@ import os
 import shutil
 
 import pytest
+from hypothesis import settings
+
+# Property tests judge correctness, not speed: a slow example on a loaded 2-core machine is not a bug.
+settings.register_profile("wgmesh", deadline=None)
+settings.load_profile("wgmesh")
 
 ROOT_TOOLS = ("ip", "wireguard-go", "wg", "nft", "ping", "nsenter", "unshare")
 
