@@ -13,6 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Property tests judge correctness, not speed: a slow example on a loaded 2-core machine is not a bug.
+settings.register_profile("wgmesh", deadline=None)
+settings.load_profile("wgmesh")
 
 from lab.postgres import PostgresCluster, PostgresMissing
 

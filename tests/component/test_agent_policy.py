@@ -61,6 +61,7 @@ async def test_the_firewall_follows_the_policy(agents: Mesh) -> None:
     assert "input: work any" in labels(mesh, "alpha")
     await wait_for("gamma's firewall", lambda: "output: api tcp/8000" in labels(mesh, "gamma"), mesh)
     assert "firewall_changed" in mesh.hosts["gamma"].log()
+    await wait_for("beta's firewall", lambda: "output: work any" in labels(mesh, "beta"), mesh)
     applied = mesh.hosts["beta"].firewall.applied
 
     # the agents say which version they enforce (on their next poll)

@@ -96,6 +96,18 @@ def test_units_verify_clean_and_their_figures(mesh: Mesh):
         mesh.record(f"{unit} resident memory", f"{int(rss) / 1024:.0f} MiB")
 
 
+def test_the_agent_sandbox_lets_it_switch_forwarding_on_its_interface_only(mesh: Mesh):
+    """ProtectKernelTunables with the per-interface forwarding keys writable (a relay needs them)."""
+    h1 = mesh.fleet["h1"]
+    inside = "nsenter -t $(systemctl show -p MainPID --value wgmesh-agent) -m"
+    key = "/proc/sys/net/ipv4/conf/wg0/forwarding"
+    h1.sh(f"{inside} sh -c 'cat {key} > {key}'")
+    refused = h1.sh(
+        f"{inside} sh -c 'cat /proc/sys/net/ipv4/ip_forward > /proc/sys/net/ipv4/ip_forward'", check=False
+    )
+    assert refused.returncode != 0 and "Read-only file system" in refused.stderr
+
+
 def test_restarting_the_agent_keeps_every_session(mesh: Mesh):
     h1, h2 = mesh.fleet["h1"], mesh.fleet["h2"]
     addresses = tunnel_addresses(mesh)
