@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
+from lab.postgres import PostgresCluster, PostgresMissing
+
 # Property tests judge correctness, not speed: a slow example on a loaded 2-core machine is not a bug.
 settings.register_profile("wgmesh", deadline=None)
 settings.load_profile("wgmesh")
-
-from lab.postgres import PostgresCluster, PostgresMissing
 
 ROOT_TOOLS = ("ip", "wireguard-go", "wg", "nft", "ping", "nsenter", "unshare")
 
