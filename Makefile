@@ -7,7 +7,11 @@ APT_PACKAGES := wireguard-go wireguard-tools iproute2 iputils-ping nftables
 # Commands the apt packages provide; when all are present nothing is installed.
 APT_COMMANDS := wireguard-go wg ip ping nft
 
-.PHONY: test test-unit lint bench demo sysdeps venv clean
+# The kernel tier (tests/kernel): qemu and what virtme-ng needs in the guest (depmod, udev, busybox).
+KERNEL_APT_PACKAGES := qemu-system-x86 busybox-static kmod e2fsprogs
+KERNEL_COMMANDS := qemu-system-x86_64 busybox depmod udevadm mke2fs
+
+.PHONY: test test-unit test-kernel lint bench demo sysdeps kernel-sysdeps venv clean
 
 ## sysdeps: install the system packages the data plane needs (root only; otherwise say what is missing)
 sysdeps:
@@ -17,6 +21,17 @@ sysdeps:
 	echo "installing system packages: $(APT_PACKAGES)"; \
 	export DEBIAN_FRONTEND=noninteractive; \
 	apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends $(APT_PACKAGES) >/dev/null
+
+## kernel-sysdeps: what the kernel tier's VM needs (root only). udev is pinned to the installed systemd's
+## version: an unpinned udev makes apt upgrade systemd on the host.
+kernel-sysdeps:
+	@missing=""; for c in $(KERNEL_COMMANDS); do PATH=$$PATH:/usr/sbin:/sbin command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then echo "note: missing$$missing; as root, make installs: $(KERNEL_APT_PACKAGES) udev"; exit 0; fi; \
+	udev=udev; v=$$(dpkg-query -W -f='$${Version}' systemd 2>/dev/null) && [ -n "$$v" ] && udev="udev=$$v"; \
+	echo "installing the kernel tier's packages: $(KERNEL_APT_PACKAGES) $$udev"; \
+	export DEBIAN_FRONTEND=noninteractive; \
+	apt-get update -qq >/dev/null && apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends $(KERNEL_APT_PACKAGES) "$$udev" >/dev/null
 
 ## venv: a virtualenv with the project and its test and lint extras
 venv: $(VENV)/.installed
@@ -28,8 +43,12 @@ $(VENV)/.installed: pyproject.toml
 	@$(BIN)/python -c 'import wgmesh, pyroute2, fastapi, websockets' && touch $@
 
 ## test: every tier; root tiers skip with a reason when not root
-test: sysdeps venv
+test: sysdeps kernel-sysdeps venv
 	$(BIN)/pytest -q -ra tests
+
+## test-kernel: the kernel tier alone: one VM with Debian's kernel runs the kernel-backend tests
+test-kernel: sysdeps kernel-sysdeps venv
+	$(BIN)/pytest -q -ra -s tests/kernel
 
 test-unit: venv
 	$(BIN)/pytest -q tests/unit

@@ -4,8 +4,9 @@ reads its state. The CLI and the e2e tests both drive labs through this class.
 Rules:
 - The record is saved BEFORE each step that creates something and right after each process starts,
   so `lab down` (see `lab.teardown`) can always undo what exists.
-- Every host runs the real agent with the userspace backend; the controller runs in the underlay
-  namespace, on the bridge address, with its SQLite state in the lab directory.
+- Every host runs the real agent with the lab's backend (userspace: wireguard-go; kernel: the module;
+  chosen at creation, `auto` picks the module where the kernel has it); the controller runs in the
+  underlay namespace, on the bridge address, with its SQLite state in the lab directory.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from lab import firewall, netns, processes
 from lab.command import LabError, LabExists, check_can_run_lab, run
 from lab.layout import MESH_CIDR, WG_INTERFACE, WG_LISTEN_PORT, HostLayout, LabLayout, host_index
 from lab.observe import MeshView, PingResult, observe, ping_matrix, ping_once
-from lab.record import HostRecord, LabRecord, ProcessRecord, load, save
+from lab.record import HostRecord, LabBackend, LabRecord, ProcessRecord, load, save
 from lab.underlay_http import request
 
 Progress = Callable[[str], None]
@@ -46,6 +47,23 @@ class ProcessState:
     log: Path
 
 
+def resolve_backend(name: str) -> LabBackend:
+    """The lab's backend for `name`: `auto` is the kernel module where this kernel has it."""
+    if name == "auto":
+        from agent.backends.kernel import kernel_module_present
+
+        return "kernel" if kernel_module_present() else "userspace"
+    if name == "kernel":
+        from agent.backends.kernel import kernel_module_present
+
+        if not kernel_module_present():
+            raise LabError("this kernel has no WireGuard module: use --backend userspace (or auto)")
+        return "kernel"
+    if name == "userspace":
+        return "userspace"
+    raise LabError(f"unknown backend {name!r}: choose userspace, kernel or auto")
+
+
 class Lab:
     def __init__(self, layout: LabLayout, record: LabRecord) -> None:
         self.layout = layout
@@ -59,11 +77,21 @@ class Lab:
         return cls(layout, load(layout))
 
     @classmethod
-    def create(cls, name: str, hosts: int, progress: Progress = _quiet, *, mesh: bool = True) -> Lab:
+    def create(
+        cls,
+        name: str,
+        hosts: int,
+        progress: Progress = _quiet,
+        *,
+        mesh: bool = True,
+        backend: str = "userspace",
+    ) -> Lab:
         """Build the underlay, `hosts` hosts, the controller and one agent per host; does not wait for
         the mesh (see `wait_for_mesh`). With mesh=False only the namespaces and the underlay are built
-        (no controller, no agents). On failure the lab is left for `lab down` to remove."""
+        (no controller, no agents). `backend`: the agents' (userspace, kernel or auto). On failure the
+        lab is left for `lab down` to remove."""
         check_can_run_lab()
+        chosen = resolve_backend(backend)
         layout = LabLayout(name)
         if hosts < 1:
             raise LabError("a lab needs at least one host")
@@ -73,7 +101,7 @@ class Lab:
             raise LabExists(
                 f"a lab named {name!r} exists already; remove it with `wgmesh lab down --name {name}`"
             )
-        lab = cls(layout, LabRecord(name=name))
+        lab = cls(layout, LabRecord(name=name, backend=chosen))
         lab.save()
         progress("creating the underlay")
         netns.create_underlay(layout)
@@ -208,7 +236,7 @@ class Lab:
             "--controller", self.layout.controller_url,
             "--token", self.ensure_preauth_key(),
             "--interface", WG_INTERFACE,
-            "--backend", "userspace",
+            "--backend", self.record.backend,
             "--state-dir", str(host.state_dir),
             "--listen-port", str(WG_LISTEN_PORT),
             "--endpoint", host.endpoint,
@@ -285,7 +313,7 @@ class Lab:
     # --- observing ----------------------------------------------------------------------------------
 
     def observe(self, names: Sequence[str] | None = None) -> MeshView:
-        return observe([self.host(n) for n in names] if names else self.hosts)
+        return observe([self.host(n) for n in names] if names else self.hosts, self.record.backend)
 
     def tunnel_addresses(self, names: Sequence[str] | None = None) -> dict[str, IPv4Address | None]:
         hosts = [self.host(n) for n in names] if names else self.hosts
