@@ -30,7 +30,8 @@ from lab.record import HostRecord, LabBackend, LabRecord, ProcessRecord, load, s
 from lab.underlay_http import request
 
 Progress = Callable[[str], None]
-CONTROLLER_READY_TIMEOUT_S = 30.0
+# A deadline, not a delay: a slow machine (the kernel tier's emulated VM) takes a minute to import it.
+CONTROLLER_READY_TIMEOUT_S = 120.0
 # Faster than the agent's default (10 s) so a cut link shows in the measurements within seconds.
 AGENT_PROBE_INTERVAL_S = 2.0
 NUDGE_EVERY_S = 2.0
@@ -208,7 +209,7 @@ class Lab:
         sig = signal.SIGKILL if kill else signal.SIGTERM
         return processes.end_recorded(self.record.controller, self.layout.dir, sig=sig)
 
-    def run_in_underlay(self, argv: Sequence[str], timeout: float = 30.0) -> str:
+    def run_in_underlay(self, argv: Sequence[str], timeout: float = 120.0) -> str:
         """Run a wgmesh admin command (or any command) in the underlay namespace; its stdout."""
         return run(processes.in_namespace(self.layout.underlay_namespace, argv), timeout=timeout).stdout
 

@@ -6,7 +6,9 @@
 set -u
 results=$1 trees=$2 checkout=$3
 shift 3
+# virtio_blk for the image; tun so /dev/net/tun exists (the root tier checks for it).
 modprobe virtio_blk
+modprobe tun
 i=0
 while [ ! -b /dev/vda ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
 mkdir -p /run/wgk-image
