@@ -11,7 +11,11 @@ APT_COMMANDS := wireguard-go wg ip ping nft
 KERNEL_APT_PACKAGES := qemu-system-x86 busybox-static kmod e2fsprogs
 KERNEL_COMMANDS := qemu-system-x86_64 busybox depmod udevadm mke2fs
 
-.PHONY: test test-unit test-kernel lint bench demo sysdeps kernel-sysdeps venv clean
+# The machines tier boots Debian systems with systemd-nspawn from an mmdebstrap root filesystem.
+MACHINES_PACKAGES := systemd-container mmdebstrap
+MACHINES_COMMANDS := systemd-nspawn mmdebstrap
+
+.PHONY: test test-unit test-machines test-kernel lint bench demo sysdeps sysdeps-machines kernel-sysdeps venv clean
 
 ## sysdeps: install the system packages the data plane needs (root only; otherwise say what is missing)
 sysdeps:
@@ -33,18 +37,35 @@ kernel-sysdeps:
 	export DEBIAN_FRONTEND=noninteractive; \
 	apt-get update -qq >/dev/null && apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends $(KERNEL_APT_PACKAGES) "$$udev" >/dev/null
 
+## sysdeps-machines: systemd-nspawn and mmdebstrap for tests/machines (root only)
+sysdeps-machines:
+	@missing=""; for c in $(MACHINES_COMMANDS); do PATH=$$PATH:/usr/sbin:/sbin command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then echo "note: missing$$missing; as root, make installs: $(MACHINES_PACKAGES)"; exit 0; fi; \
+	echo "installing system packages: $(MACHINES_PACKAGES)"; \
+	export DEBIAN_FRONTEND=noninteractive; \
+	apt-get -o DPkg::Lock::Timeout=600 update -qq >/dev/null && \
+	apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends $(MACHINES_PACKAGES) >/dev/null
+
 ## venv: a virtualenv with the project and its test and lint extras
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
-	@echo "installing the project into $(VENV) (log: $(VENV)/install.log)"
+	@echo "installing the project and its dependencies into $(VENV) (about a minute; log: $(VENV)/install.log)"
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	@$(BIN)/python -m pip install --disable-pip-version-check -e '.[test,lint]' > $(VENV)/install.log 2>&1 \
-		|| { tail -30 $(VENV)/install.log; echo "pip install failed; full log: $(VENV)/install.log"; exit 1; }
+	@set -o pipefail; start=$$(date +%s); \
+	$(BIN)/python -m pip install --disable-pip-version-check -e '.[test,lint]' 2>&1 | tee $(VENV)/install.log \
+		| bash deploy/pip-progress.sh \
+		|| { tail -30 $(VENV)/install.log; echo "pip install failed; full log: $(VENV)/install.log"; exit 1; }; \
+	echo "installed in $$(( $$(date +%s) - start )) s"
 	@$(BIN)/python -c 'import wgmesh, pyroute2, fastapi, websockets' && touch $@
 
 ## test: every tier; root tiers skip with a reason when not root
-test: sysdeps kernel-sysdeps venv
+test: sysdeps sysdeps-machines kernel-sysdeps venv
 	$(BIN)/pytest -q -ra tests
+
+## test-machines: four booted Debian systems, installed by deploy/install.sh (root)
+test-machines: sysdeps sysdeps-machines venv
+	$(BIN)/pytest -q -ra tests/machines
 
 ## test-kernel: the kernel tier alone: one VM with Debian's kernel runs the kernel-backend tests
 test-kernel: sysdeps kernel-sysdeps venv

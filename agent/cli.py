@@ -3,7 +3,9 @@
 
 This is the entry point that builds the settings once and wires the real I/O edges into the daemon.
 A user mistake (bad argument, unreadable state, unreachable controller at enrollment) is one line on
-stderr and a non-zero exit, never a traceback: 2 for bad usage, 1 for everything else.
+stderr and a non-zero exit, never a traceback: 2 for bad usage, 1 for everything else. `up` exits 3
+(agent.core.EXIT_REMOVED) after the controller removed this node from the mesh: its peers are down and
+restarting will not bring them back (a service manager should not restart it).
 """
 
 from __future__ import annotations
@@ -16,28 +18,25 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from ipaddress import ip_interface
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import urlsplit
 
 from pydantic import TypeAdapter, ValidationError
 
 from agent.backends import BACKEND_NAMES, BackendError, open_backend
-from agent.daemon import (
+from agent.config import ConfigError, Source, config_path, pick, read_config, read_secret_file
+from agent.eventlog import EventLog
+from agent.hostnet.base import HostNetwork
+from agent.settings import (
     DEFAULT_LISTEN_PORT,
     DEFAULT_POLL_TIMEOUT_S,
     DEFAULT_PROBE_INTERVAL_S,
-    Agent,
-    AgentEdges,
     AgentError,
     AgentSettings,
-    HostNetwork,
-    InMemoryHostNetwork,
 )
-from agent.eventlog import EventLog
-from agent.probe import IcmpProber
 from agent.state import (
     DEFAULT_STATE_DIR,
     STATE_DIR_ENV,
@@ -48,20 +47,19 @@ from agent.state import (
     load_netmap,
 )
 from agent.status import AgentStatus, StatusError, render_table, with_live_device
+from wgmesh.argparser import OneLineParser
+from wgmesh.systemd import Notifier
 from wire.fields import Hostname, parse_endpoint
+from wire.preauth import PreAuthKey, PreAuthKeyError, parse_preauth_key
+
+if TYPE_CHECKING:
+    from agent.daemon import Agent
 
 IFNAME_MAX = 15
 
 
 class UsageError(Exception):
     """Bad command-line input; the message is the one line shown."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad argument as one line (no usage dump) and exit status 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: {message} (see --help)\n")
 
 
 # --- argument checks (each raises argparse.ArgumentTypeError with one clear line) -------------------
@@ -78,12 +76,6 @@ def _controller_url(text: str) -> str:
     if parts.query or parts.fragment or parts.username:
         raise argparse.ArgumentTypeError(f"controller URL {text!r}: no user, query or fragment allowed")
     return text.rstrip("/")
-
-
-def _token(text: str) -> str:
-    if len(text.strip()) < 8 or any(c.isspace() for c in text):
-        raise argparse.ArgumentTypeError("pre-auth key: expected the key `wgmesh controller` printed")
-    return text
 
 
 def _ifname(text: str) -> str:
@@ -141,8 +133,8 @@ def _poll_seconds(text: str) -> float:
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
-    parser = _Parser(prog=prog, description="Run and inspect the wgmesh agent of this host.")
-    sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND", parser_class=_Parser)
+    parser = OneLineParser(prog=prog, description="Run and inspect the wgmesh agent of this host.")
+    sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND", parser_class=OneLineParser)
 
     def state_dir(p: argparse.ArgumentParser) -> None:
         p.add_argument(
@@ -152,18 +144,44 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
             help=f"keys, enrollment and cached map (default: ${STATE_DIR_ENV} or {DEFAULT_STATE_DIR})",
         )
 
+    # `up`'s options default to None: each one is then taken from WGMESH_*, the settings file, or its
+    # default (see _layered_up_options).
     up = sub.add_parser("up", help="enroll (first start) and run the agent until SIGTERM")
+    up.add_argument(
+        "--config", type=Path, metavar="FILE.toml", help="settings file, e.g. /etc/wgmesh/agent.toml"
+    )
     up.add_argument("--controller", type=_controller_url, help="controller URL (first start; later: stored)")
-    up.add_argument("--token", type=_token, help="pre-auth key (first start only)")
+    up.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="FILE",
+        help="file holding the pre-auth key (0600), '-' for standard input (first start only); "
+        "never on the command line, where `ps` shows it",
+    )
+    up.add_argument(
+        "--ca-file",
+        type=Path,
+        metavar="FILE",
+        help="CA of the controller's certificate, for a key without pin (first start only; "
+        "default: the pin in the key, else the system CAs)",
+    )
+    up.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a plain http:// controller URL (the credentials then cross the network in clear)",
+    )
     up.add_argument("--interface", type=_ifname, help="WireGuard interface (default wg0, or the stored one)")
     up.add_argument(
         "--backend",
         choices=BACKEND_NAMES,
-        default="auto",
         help="WireGuard implementation (default auto: kernel module if present, else wireguard-go)",
     )
-    state_dir(up)
-    up.add_argument("--listen-port", type=_port, default=DEFAULT_LISTEN_PORT, help="UDP port (enrollment)")
+    up.add_argument(
+        "--state-dir",
+        type=Path,
+        help=f"keys, enrollment and cached map (default: ${STATE_DIR_ENV} or {DEFAULT_STATE_DIR})",
+    )
+    up.add_argument("--listen-port", type=_port, help=f"UDP port (enrollment; default {DEFAULT_LISTEN_PORT})")
     up.add_argument(
         "--endpoint",
         type=_endpoint,
@@ -176,14 +194,12 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     up.add_argument(
         "--probe-interval",
         type=_seconds,
-        default=DEFAULT_PROBE_INTERVAL_S,
         metavar="S",
         help=f"seconds between link probes and reports (default {DEFAULT_PROBE_INTERVAL_S:g})",
     )
     up.add_argument(
         "--poll-timeout",
         type=_poll_seconds,
-        default=DEFAULT_POLL_TIMEOUT_S,
         metavar="S",
         help=f"seconds the controller may hold a map request (default {DEFAULT_POLL_TIMEOUT_S:g})",
     )
@@ -209,7 +225,7 @@ def main(argv: Sequence[str], prog: str = "wgmesh agent") -> int:
     command = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "export": cmd_export}[args.cmd]
     try:
         return command(args)
-    except (AgentError, StateError, StatusError, BackendError, UsageError) as e:
+    except (AgentError, StateError, StatusError, BackendError, UsageError, ConfigError) as e:
         print(f"{prog} {args.cmd}: {e}", file=sys.stderr)
         return 1
 
@@ -217,16 +233,74 @@ def main(argv: Sequence[str], prog: str = "wgmesh agent") -> int:
 # --- up -----------------------------------------------------------------------------------------------
 
 
+def _backend_choice(text: str) -> str:
+    if text not in BACKEND_NAMES:
+        raise argparse.ArgumentTypeError(f"backend {text!r}: expected one of {', '.join(BACKEND_NAMES)}")
+    return text
+
+
+def _endpoints(value: object) -> list[str]:
+    items = value if isinstance(value, list) else str(value).split(",")
+    return [_endpoint(str(item).strip()) for item in items if str(item).strip()]
+
+
+# option -> (check turning a value from the environment or the file into the flag's value, default)
+_UP_OPTIONS: dict[str, tuple[Callable[[Any], Any], Any]] = {
+    "controller": (_controller_url, None),
+    "token_file": (Path, None),
+    "ca_file": (Path, None),
+    "interface": (_ifname, None),
+    "backend": (_backend_choice, "auto"),
+    "state_dir": (Path, DEFAULT_STATE_DIR),
+    "listen_port": (_port, DEFAULT_LISTEN_PORT),
+    "endpoint": (_endpoints, []),
+    "hostname": (_hostname, None),
+    "probe_interval": (_seconds, DEFAULT_PROBE_INTERVAL_S),
+    "poll_timeout": (_poll_seconds, DEFAULT_POLL_TIMEOUT_S),
+}
+
+
+def _layered_up_options(args: argparse.Namespace, env: Mapping[str, str]) -> argparse.Namespace:
+    """`up`'s options with each one from its flag, else WGMESH_*, else the settings file, else default."""
+    path = config_path(args.config, env)
+    file = read_config(path) if path is not None else {}
+    flags = vars(args)
+    values = dict(flags)
+    for name, (check, default) in _UP_OPTIONS.items():
+        source = pick(name, flags, env, file, path)
+        if source is None:
+            values[name] = default
+        elif source.where.startswith("--"):
+            values[name] = source.value  # argparse checked it
+        else:
+            values[name] = _checked(check, source)
+    return argparse.Namespace(**values)
+
+
+def _checked(check: Callable[[Any], Any], source: Source) -> Any:
+    value = source.value
+    if isinstance(value, bool) or not isinstance(value, str | int | float | list):
+        raise UsageError(f"{source.where}: unexpected value {value!r}")
+    try:
+        return check(value if isinstance(value, list) or check is _endpoints else str(value))
+    except argparse.ArgumentTypeError as e:
+        raise UsageError(f"{source.where}: {e}") from None
+
+
 def cmd_up(args: argparse.Namespace) -> int:
+    args = _layered_up_options(args, os.environ)
     state_dir: Path = args.state_dir
     stored = _stored_state(state_dir)
+    key = _key_from_file(args.token_file) if stored is None and args.token_file is not None else None
     backend_name = args.backend
     if backend_name == "auto" and stored is not None:
         backend_name = stored.backend
     settings = AgentSettings(
         state_dir=state_dir,
         controller_url=args.controller,
-        token=args.token,
+        token=key.secret if key else None,
+        ca_pin=key.ca_pin if key else None,
+        ca_file=args.ca_file,
         interface=args.interface,
         hostname=args.hostname or _default_hostname(),
         listen_port=args.listen_port,
@@ -235,20 +309,52 @@ def cmd_up(args: argparse.Namespace) -> int:
         poll_timeout_s=args.poll_timeout,
         down_on_stop=args.down,
     )
-    if stored is None and not (args.controller and args.token):
+    if stored is None and not (args.controller and key):
         raise UsageError(
             f"this host has not enrolled yet ({StatePaths(state_dir).node} is missing): "
-            "give --controller URL and --token PRE-AUTH-KEY"
+            "give --controller URL and --token-file FILE (the pre-auth key)"
+        )
+    url = args.controller or (stored.controller_url if stored else "")
+    if url.startswith("http://") and not args.insecure:
+        raise UsageError(
+            f"controller URL {url} is plain http: the pre-auth key and the node credential would cross "
+            "the network in clear; use https:// (or pass --insecure)"
         )
     try:
         backend = open_backend(backend_name)
     except ValueError as e:
         raise UsageError(str(e)) from None
+    from agent.daemon import Agent, AgentEdges
+    from agent.probe import IcmpProber
+
     log = EventLog(sys.stderr)
+    notifier = Notifier(os.environ)
     edges = AgentEdges(
-        backend=backend, host_network=_host_network(backend.name), prober=IcmpProber(), log=log
+        backend=backend,
+        host_network=_host_network(backend.name),
+        prober=IcmpProber(),
+        log=log,
+        ready=lambda: notifier.ready("serving its network map"),
     )
-    return asyncio.run(_serve(Agent(settings, edges)))
+    agent = Agent(settings, edges)
+    code = asyncio.run(_serve(agent))
+    if agent.stopped is not None:
+        print(f"wgmesh agent up: {agent.stopped.reason}", file=sys.stderr)
+    return code
+
+
+def _key_from_file(path: Path, stdin: TextIO | None = None) -> PreAuthKey:
+    """The pre-auth key in `path` (0600; `-`: one line of standard input) with its CA pin."""
+    if str(path) == "-":
+        text = (stdin or sys.stdin).readline().strip()
+        if not text:
+            raise UsageError("--token-file -: expected one line holding the pre-auth key on standard input")
+    else:
+        text = read_secret_file(path, "pre-auth key")
+    try:
+        return parse_preauth_key(text)
+    except PreAuthKeyError as e:
+        raise UsageError(f"pre-auth key file {path}: {str(e).removeprefix('pre-auth key: ')}") from None
 
 
 async def _serve(agent: Agent) -> int:
@@ -256,15 +362,16 @@ async def _serve(agent: Agent) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await agent.run(stop)
-    return 0
+    return await agent.run(stop)
 
 
 def _host_network(backend_name: str) -> HostNetwork:
     """The fake backend is a dry run: no interface exists, so the host network is not touched."""
     if backend_name == "fake":
-        return InMemoryHostNetwork()
-    from agent.hostnet import NetlinkHostNetwork  # pyroute2 is imported only when really needed
+        from agent.hostnet.fake import FakeHostNetwork
+
+        return FakeHostNetwork()
+    from agent.hostnet.netlink import NetlinkHostNetwork  # pyroute2 is imported only when really needed
 
     return NetlinkHostNetwork()
 
@@ -335,6 +442,12 @@ def _alive(pid: int) -> bool:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    paths = StatePaths(args.state_dir)
+    if not paths.node.exists() and paths.wireguard_key.exists():
+        raise StateError(
+            f"this host has not enrolled yet; its keys are in {paths.root} (made by an `agent up` that "
+            "did not enroll: the next `agent up` with a pre-auth key uses them)"
+        )
     state = AgentState.load(args.state_dir)
     status = AgentStatus.load(StatePaths(args.state_dir).status)
     if status.running and (status.pid is None or not _alive(status.pid)):

@@ -13,14 +13,23 @@ Secrets (pre-auth key, node credential) go in bodies and headers only, never in 
 from __future__ import annotations
 
 import json
-import os
+import ssl
 from typing import Any, TypeVar
 
 import httpx
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from wgmesh.neterror import describe
 from wire import PROTOCOL_VERSION, api
-from wire.models import EnrollRequest, EnrollResponse, LinkReport, NetMap, NetMapDelta, NetMapUpdate
+from wire.models import (
+    EnrollNonce,
+    EnrollRequest,
+    EnrollResponse,
+    LinkReport,
+    NetMap,
+    NetMapDelta,
+    NetMapUpdate,
+)
 
 CONNECT_TIMEOUT_S = 5.0
 REQUEST_TIMEOUT_S = 10.0
@@ -55,6 +64,7 @@ class ControllerClient:
         *,
         credential: str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._credential = credential
@@ -64,6 +74,7 @@ class ControllerClient:
             timeout=httpx.Timeout(REQUEST_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
             headers={"User-Agent": f"wgmesh-agent/{PROTOCOL_VERSION}"},
             follow_redirects=False,
+            verify=verify,
         )
 
     async def aclose(self) -> None:
@@ -79,6 +90,10 @@ class ControllerClient:
         self._credential = credential
 
     # --- calls --------------------------------------------------------------------------------------
+
+    async def enroll_nonce(self) -> EnrollNonce:
+        response = await self._call("POST", api.ENROLL_NONCE, auth=False)
+        return self._parse(response, EnrollNonce)
 
     async def enroll(self, request: EnrollRequest) -> EnrollResponse:
         response = await self._call("POST", api.ENROLL, json=request.model_dump(mode="json"), auth=False)
@@ -185,12 +200,4 @@ def _detail(response: httpx.Response) -> str:
 
 
 def _reason(error: httpx.HTTPError) -> str:
-    cause: BaseException | None = error
-    # the innermost OSError says it best ("Connection refused", "No route to host")
-    while cause is not None:
-        if isinstance(cause, OSError) and cause.errno:
-            return os.strerror(cause.errno)
-        if isinstance(cause, OSError) and cause.strerror:
-            return cause.strerror
-        cause = cause.__cause__ or cause.__context__
-    return str(error) or type(error).__name__
+    return describe(error)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Interface, IPv6Interface, ip_interface, ip_network
 
 from agent.device import DeviceConfig, IPNetwork, PeerConfig, endpoint_address
+from agent.hostnet.base import HostConfig
 from agent.status import RouteKind
 from keys.types import WireGuardPrivateKey
 from wire.models import IPAddress, NetMap, NodeId, Peer
@@ -41,6 +42,11 @@ class DesiredState:
     addresses: tuple[IPInterface, ...]  # on the WireGuard interface
     routes: tuple[IPNetwork, ...]  # destinations routed into the WireGuard interface
     forward: bool  # forward packets between peers (this node relays)
+
+    @property
+    def host(self) -> HostConfig:
+        """The host network's part (agent.hostnet)."""
+        return HostConfig(self.addresses, self.routes, self.forward)
 
 
 def host_network(address: IPAddress) -> IPNetwork:

@@ -158,3 +158,31 @@ class DeviceUpdate:
             and not self.upsert
             and not self.remove
         )
+
+
+@dataclass(frozen=True)
+class PeerSwap:
+    """Key rotation on a peer: replace the peer `old` by `new.public_key` in one configuration call.
+
+    The new peer is created first with every allowed IP of the old one (WireGuard moves an allowed IP
+    given to another peer atomically), the old peer's live endpoint and a keepalive (0 -> n sends one
+    at once, which starts the handshake); then the old peer is removed. Packets to the rotating node
+    are staged on the new peer until that handshake completes, never dropped for want of a route."""
+
+    old: WireGuardPublicKey
+    new: PeerConfig
+
+
+@dataclass(frozen=True)
+class KeySwitch:
+    """Key rotation on the rotating node: set `private_key`, then turn each of `kick`'s peers' keepalive
+    off and on (to the seconds given), so each sends a keepalive at once and with it a handshake on the
+    new key. The peers' sessions stop sending but keep receiving until they age out."""
+
+    private_key: WireGuardPrivateKey
+    kick: tuple[tuple[WireGuardPublicKey, int], ...] = ()
+
+    def __post_init__(self) -> None:
+        for key, seconds in self.kick:
+            if not 1 <= seconds <= 65535:
+                raise ValueError(f"peer {key}: a kick needs a keepalive of 1..65535 s, not {seconds}")

@@ -180,8 +180,11 @@ class IcmpProber:
             done_sending.set()
             if not sent:
                 all_in.set()
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancellation that arrives
+            # as the wait ends, and the cancelled task runs on
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(all_in.wait(), self.timeout_s)
+                async with asyncio.timeout(self.timeout_s):
+                    await all_in.wait()
         finally:
             for task in receivers:
                 task.cancel()

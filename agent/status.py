@@ -19,10 +19,12 @@ from wire.models import IPAddress, IPNetwork, NodeId
 
 STATUS_FORMAT = 1
 
-ControllerState = Literal["connecting", "connected", "disconnected", "rejected"]
+ControllerState = Literal["connecting", "connected", "disconnected", "rejected", "removed"]
 """connecting: no answer yet since the agent started; connected: the last call succeeded;
 disconnected: the controller cannot be reached (the agent retries with backoff);
-rejected: the controller refused this node's credential (removed, or a different controller)."""
+rejected: the controller refused this node's credential (removed, or a different controller);
+removed: the controller said this node was removed from the mesh; the agent took its peers down and
+stopped."""
 
 RouteKind = Literal["direct", "relay", "none"]
 """direct: packets go straight to the peer; relay: through the peer named in `via`;

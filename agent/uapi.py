@@ -30,8 +30,10 @@ from agent.device import (
     Device,
     DeviceUpdate,
     IPNetwork,
+    KeySwitch,
     PeerConfig,
     PeerStatus,
+    PeerSwap,
     endpoint_address,
     normalize_ips,
 )
@@ -88,6 +90,25 @@ def encode_set(update: DeviceUpdate) -> str:
         lines += [f"public_key={key.hex()}", "remove=true"]
     for peer in update.upsert:
         lines += _peer_lines(peer.config, peer.update_only)
+    return "\n".join(lines) + "\n\n"
+
+
+def encode_swap(swap: PeerSwap) -> str:
+    """The one `set=1` request of a key swap on a peer: the new peer first (taking the allowed IPs),
+    then `remove=true` for the old one. Raises UapiError for a host-name endpoint."""
+    lines = ["set=1", *_peer_lines(swap.new, update_only=False)]
+    lines += [f"public_key={swap.old.hex()}", "remove=true"]
+    return "\n".join(lines) + "\n\n"
+
+
+def encode_switch(switch: KeySwitch) -> str:
+    """The one `set=1` request of a key switch: the private key, then per kicked peer two blocks that
+    set its keepalive to 0 and then to n (the 0 -> n transition is what sends a keepalive at once).
+    Allowed IPs are not named, so they are not touched."""
+    lines = ["set=1", f"private_key={switch.private_key.hex()}"]
+    for key, seconds in switch.kick:
+        for value in (0, seconds):
+            lines += [f"public_key={key.hex()}", "update_only=true", f"persistent_keepalive_interval={value}"]
     return "\n".join(lines) + "\n\n"
 
 

@@ -28,6 +28,7 @@ import re
 import resource
 import shutil
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -47,6 +48,7 @@ from keys import IdentityPrivateKey, WireGuardPrivateKey
 from wire import api
 from wire.delta import apply_delta
 from wire.models import EnrollRequest, NetMap, NetMapDelta, NetMapUpdate, enroll_signing_bytes
+from wire.preauth import parse_preauth_key
 
 AGENTS = 1000
 ROUNDS = 5
@@ -79,8 +81,9 @@ class AgentConnection:
     agents, not the controller, the bottleneck; this speaks the bare protocol instead. The controller
     sees ordinary requests on ordinary connections, one per agent."""
 
-    def __init__(self, port: int, credential: str) -> None:
+    def __init__(self, port: int, credential: str, tls: ssl.SSLContext) -> None:
         self.port = port
+        self.tls = tls
         self._head = b"host: 127.0.0.1:%d\r\nauthorization: Bearer %s\r\n\r\n" % (port, credential.encode())
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -89,7 +92,9 @@ class AgentConnection:
         """(status, body); reconnects once when the controller closed an idle connection."""
         for attempt in (1, 2):
             if self._writer is None:
-                self._reader, self._writer = await asyncio.open_connection("127.0.0.1", self.port)
+                self._reader, self._writer = await asyncio.open_connection(
+                    "127.0.0.1", self.port, ssl=self.tls
+                )
             assert self._reader is not None
             try:
                 self._writer.write(b"GET " + target.encode() + b" HTTP/1.1\r\n" + self._head)
@@ -251,11 +256,12 @@ async def fetch_all(agents: list[SimAgent]) -> float:
     return time.perf_counter() - start
 
 
-def enroll_request(key: str, i: int) -> tuple[EnrollRequest, str]:
+def enroll_request(key: str, nonce: str, i: int) -> tuple[EnrollRequest, str]:
     identity = IdentityPrivateKey.generate()
     wg = WireGuardPrivateKey.generate().public_key()
     unsigned = EnrollRequest(
-        preauth_key=key,
+        preauth_key=parse_preauth_key(key).secret,
+        nonce=nonce,
         hostname=f"newcomer-{i}",
         wg_public_key=wg,
         identity_public_key=identity.public_key(),
@@ -299,7 +305,10 @@ async def push_round(
     admin_headers = {"Authorization": f"Bearer {admin}"}
     r = await client.post(api.PREAUTH_KEYS, json={}, headers=admin_headers)
     r.raise_for_status()
-    request, wg_key = enroll_request(r.json()["key"], number)
+    key = r.json()["key"]
+    r = await client.post(api.ENROLL_NONCE)
+    r.raise_for_status()
+    request, wg_key = enroll_request(key, r.json()["nonce"], number)
     polling.marker = wg_key.encode()
     for a in agents:
         a.got.clear()
@@ -357,13 +366,14 @@ class Figures:
     mismatches: int
 
 
-async def run(port: int, admin: str, agents: list[SimAgent], controller_pid: int) -> Figures:
-    url = f"http://127.0.0.1:{port}"
+async def run(port: int, admin: str, agents: list[SimAgent], controller_pid: int, ca_file: Path) -> Figures:
+    url = f"https://127.0.0.1:{port}"
     timeout = httpx.Timeout(POLL_TIMEOUT_S + 30)
+    tls = ssl.create_default_context(cafile=str(ca_file))  # the controller's own CA, as agents pin it
     for a in agents:
-        a.conn = AgentConnection(port, a.credential)
+        a.conn = AgentConnection(port, a.credential, tls)
     try:
-        async with httpx.AsyncClient(base_url=url, timeout=timeout) as client:
+        async with httpx.AsyncClient(base_url=url, timeout=timeout, verify=tls) as client:
             await fetch_all(agents)  # connections up
             baseline = min([await fetch_all(agents) for _ in range(2)])
             print(
@@ -417,7 +427,7 @@ def main() -> int:
         started = time.perf_counter() - t
         print(f"{AGENTS} nodes seeded in {seeded:.1f} s; controller (full mesh) started in {started:.1f} s")
         print("\n" + HEADER)
-        figures = asyncio.run(run(port, admin, agents, process.pid))
+        figures = asyncio.run(run(port, admin, agents, process.pid, state_dir / "tls" / "ca.crt"))
     finally:
         if process is not None:
             process.terminate()

@@ -2,14 +2,17 @@
 and plain-text tables. Used by `wgmesh controller token ...` and `wgmesh nodes ...`.
 
 Where things come from (first wins):
-- controller URL: --controller, WGMESH_CONTROLLER, http://127.0.0.1:8420
+- controller URL: --controller, WGMESH_CONTROLLER, https://127.0.0.1:8420
 - admin credential: --admin-credential, WGMESH_ADMIN_CREDENTIAL, STATE_DIR/admin-credential with
   STATE_DIR from --state-dir, WGMESH_STATE_DIR or the controller's default state directory.
+- trust for https: --ca-file, WGMESH_CA_FILE, the controller's own CA in STATE_DIR/tls/ca.crt when it
+  is there (the admin commands run on the controller host), else the system CAs.
 """
 
 from __future__ import annotations
 
 import argparse
+import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,6 +24,8 @@ from pydantic import TypeAdapter
 
 from controller.credentials import CredentialError, admin_credential_path, read_admin_credential
 from controller.settings import DEFAULT_CONTROLLER_URL, default_state_dir
+from controller.tls import TLS_DIR
+from wgmesh.neterror import describe
 from wire import api
 from wire.models import NodeInfo, PreAuthKeyInfo, PreAuthKeyRequest
 
@@ -35,6 +40,7 @@ class AdminError(Exception):
 class AdminTarget:
     url: str
     credential: str
+    ca_file: Path | None = None  # None: the system CAs
 
 
 def add_target_options(parser: argparse.ArgumentParser) -> None:
@@ -46,6 +52,9 @@ def add_target_options(parser: argparse.ArgumentParser) -> None:
         "--state-dir", metavar="DIR", help="read the admin credential from DIR/admin-credential"
     )
     group.add_argument("--admin-credential", metavar="CRED", help="the admin credential itself")
+    parser.add_argument(
+        "--ca-file", metavar="FILE", help="CA to verify the controller with (default: STATE_DIR/tls/ca.crt)"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
 
 
@@ -54,23 +63,33 @@ def resolve_target(args: argparse.Namespace, env: Mapping[str, str]) -> AdminTar
     if not url.startswith(("http://", "https://")):
         raise AdminError(f"controller URL must start with http:// or https://, got {url!r}")
     credential = args.admin_credential or (None if args.state_dir else env.get("WGMESH_ADMIN_CREDENTIAL"))
+    state_dir = Path(args.state_dir or env.get("WGMESH_STATE_DIR") or default_state_dir(env))
     if not credential:
-        state_dir = Path(args.state_dir or env.get("WGMESH_STATE_DIR") or default_state_dir(env))
         try:
             credential = read_admin_credential(admin_credential_path(state_dir))
         except CredentialError as e:
             raise AdminError(f"{e}; pass --admin-credential or --state-dir") from None
-    return AdminTarget(url, credential.strip())
+    given = getattr(args, "ca_file", None) or env.get("WGMESH_CA_FILE")
+    if given:
+        if not Path(given).is_file():
+            raise AdminError(f"CA file {given} does not exist")
+        return AdminTarget(url, credential.strip(), Path(given))
+    ca_file = state_dir / TLS_DIR / "ca.crt"
+    return AdminTarget(url, credential.strip(), ca_file if ca_file.is_file() else None)
 
 
 class AdminClient:
     def __init__(self, target: AdminTarget, transport: httpx.BaseTransport | None = None) -> None:
         self.target = target
+        verify: ssl.SSLContext | bool = True
+        if target.ca_file is not None and target.url.startswith("https://"):
+            verify = ssl.create_default_context(cafile=str(target.ca_file))
         self._http = httpx.Client(
             base_url=target.url,
             headers={"Authorization": f"Bearer {target.credential}"},
             timeout=TIMEOUT_S,
             transport=transport,
+            verify=verify,
         )
 
     def close(self) -> None:
@@ -80,7 +99,7 @@ class AdminClient:
         try:
             response = self._http.request(method, path, json=body)
         except httpx.HTTPError as e:
-            raise AdminError(f"cannot reach the controller at {self.target.url}: {e}") from None
+            raise AdminError(f"cannot reach the controller at {self.target.url}: {describe(e)}") from None
         if response.status_code >= 400:
             try:
                 detail = response.json().get("detail", response.text)

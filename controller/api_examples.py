@@ -14,16 +14,21 @@ ENROLL_REQUEST: dict[str, Any] = {
         "summary": "A host joins with a pre-auth key",
         "value": {
             "preauth_key": "wgm_pak_k3JX9w0yq1v8c2mZ4nQpL6tR0sUaVbWcXdYeZf1g2h3",
+            "nonce": "q8V4m2Lr0cTz6YxN1bWs3A",
             "hostname": "web-1",
             "wg_public_key": _WG,
             "identity_public_key": _ID,
             "endpoints": ["198.18.0.2:51820"],
             "listen_port": 51820,
-            "protocol_version": 1,
+            "protocol_version": 2,
             "signature": "base64 Ed25519 signature over enroll_signing_bytes(request)",
         },
     }
 }
+
+TLS_CA_PEM = "-----BEGIN CERTIFICATE-----\nMIIBhTCCASugAwIBAgIU...(the controller CA, base64 DER)...\n-----END CERTIFICATE-----\n"
+
+ENROLL_NONCE: dict[str, Any] = {"nonce": "q8V4m2Lr0cTz6YxN1bWs3A", "expires_in_s": 120}
 
 ENROLL_RESPONSE: dict[str, Any] = {
     "node_id": 1,
@@ -31,7 +36,7 @@ ENROLL_RESPONSE: dict[str, Any] = {
     "tunnel_address": "100.64.0.1",
     "mesh_cidr": "100.64.0.0/10",
     "node_credential": "wgm_node_Zm9vYmFyYmF6cXV4cXV1eGNvcmdlZ3JhdWx0Z2FycGx5",
-    "protocol_version": 1,
+    "protocol_version": 2,
 }
 
 NETMAP: dict[str, Any] = {
@@ -62,7 +67,7 @@ NETMAP: dict[str, Any] = {
         {"destination": 3, "destination_address": "100.64.0.3", "via": 2, "cost": 62.9},
     ],
     "forward": False,
-    "protocol_version": 1,
+    "protocol_version": 2,
 }
 
 NETMAP_DELTA: dict[str, Any] = {
@@ -75,7 +80,7 @@ NETMAP_DELTA: dict[str, Any] = {
     "peers_removed": [4],
     "routes_upserted": [NETMAP["routes"][1]],
     "routes_removed": [4],
-    "protocol_version": 1,
+    "protocol_version": 2,
 }
 
 LINK_REPORT: dict[str, Any] = {
@@ -109,7 +114,7 @@ PREAUTH_INFO: dict[str, Any] = {
     "expires_at": "2026-11-24T11:00:00Z",
     "revoked": False,
     "used_count": 0,
-    "key": "wgm_pak_k3JX9w0yq1v8c2mZ4nQpL6tR0sUaVbWcXdYeZf1g2h3",
+    "key": "wgm_pak_k3JX9w0yq1v8c2mZ4nQpL6tR0sUaVbWcXdYeZf1g2h3.9c1f0e6d3b2a4f5e8d7c6b5a49382716f5e4d3c2b1a09f8e7d6c5b4a3928170f",
 }
 
 NODE_INFO: dict[str, Any] = {

@@ -1,4 +1,4 @@
-"""The HTTP API: `create_app(settings, store, clock)` builds the FastAPI app of protocol version 1.
+"""The HTTP API: `create_app(settings, store, clock, tls)` builds the FastAPI app of protocol version 2.
 
 Routes only translate HTTP to `ControlPlane` calls and back. Rules:
 - Every error is JSON `{"detail": "<one line>"}` with a 4xx status; bad input changes nothing.
@@ -30,8 +30,10 @@ from controller.control import ApiError, ControlPlane
 from controller.push import MapNotifier
 from controller.settings import Settings
 from controller.store import Store
+from controller.tls import ServerTls
 from wire import PROTOCOL_VERSION, api
 from wire.models import (
+    EnrollNonce,
     EnrollRequest,
     EnrollResponse,
     ErrorBody,
@@ -186,9 +188,20 @@ IdPath = Annotated[int, Path(ge=1, le=MAX_ID, description="Node id")]
 KeyIdPath = Annotated[int, Path(ge=1, le=MAX_ID, description="Pre-auth key id")]
 
 
-def create_app(settings: Settings, store: Store, clock: Clock | None = None) -> FastAPI:
+def create_app(
+    settings: Settings, store: Store, clock: Clock | None = None, tls: ServerTls | None = None
+) -> FastAPI:
+    """`tls`: what the server in front of this app presents (None: tests, or a TLS-terminating front);
+    its managed CA is served at /v1/tls/ca and its pin goes into every pre-auth key."""
     notifier = MapNotifier()
-    plane = ControlPlane(settings, store, clock or SystemClock(), on_maps_changed=notifier.notify)
+    plane = ControlPlane(
+        settings,
+        store,
+        clock or SystemClock(),
+        on_maps_changed=notifier.notify,
+        ca_pin=tls.ca_pin if tls else None,
+    )
+    ca_pem = tls.ca_pem if tls else None
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -237,12 +250,48 @@ def create_app(settings: Settings, store: Store, clock: Clock | None = None) -> 
         api.HEALTH,
         tags=["node"],
         responses={
-            200: {"content": {"application/json": {"example": {"status": "ok", "protocol_version": 1}}}}
+            200: {
+                "content": {
+                    "application/json": {"example": {"status": "ok", "protocol_version": PROTOCOL_VERSION}}
+                }
+            }
         },
     )
     async def health() -> dict[str, object]:
         """Liveness and protocol version; needs no credential."""
         return {"status": "ok", "protocol_version": PROTOCOL_VERSION}
+
+    @app.get(
+        api.TLS_CA,
+        tags=["node"],
+        response_class=Response,
+        responses={
+            200: {
+                "description": "The controller CA certificate",
+                "content": {
+                    "application/x-pem-file": {"schema": {"type": "string"}, "example": ex.TLS_CA_PEM}
+                },
+            },
+            **_errors(404),
+        },
+    )
+    async def tls_ca() -> Response:
+        """The certificate of the controller-managed CA; needs no credential. An agent checks it against
+        the pin in its pre-auth key and trusts only it from then on."""
+        if ca_pem is None:
+            raise ApiError(404, "this controller presents an operator certificate, not a managed CA")
+        return Response(ca_pem, media_type="application/x-pem-file")
+
+    @app.post(
+        api.ENROLL_NONCE,
+        tags=["node"],
+        response_model=EnrollNonce,
+        responses={200: {"content": {"application/json": {"example": ex.ENROLL_NONCE}}}, **_errors(413)},
+    )
+    async def enroll_nonce() -> EnrollNonce:
+        """A single-use challenge for the next enrollment; needs no credential. Sign it (as
+        EnrollRequest.nonce) within `expires_in_s`."""
+        return plane.enroll_nonce()
 
     @app.post(
         api.ENROLL,

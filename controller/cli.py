@@ -12,15 +12,33 @@ import re
 import socket
 import sys
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 
 from controller.admin_client import AdminClient, AdminError, add_target_options, resolve_target, table, when
-from controller.credentials import CredentialError, admin_credential_path, ensure_admin_credential
-from controller.settings import DEFAULT_LISTEN, DEFAULT_MESH_CIDR, Settings, SettingsError, load_settings
+from controller.credentials import (
+    CredentialError,
+    admin_credential_path,
+    ensure_admin_credential,
+    read_admin_credential,
+)
+from controller.settings import (
+    DEFAULT_LISTEN,
+    DEFAULT_MESH_CIDR,
+    Settings,
+    SettingsError,
+    describe_settings,
+    load_settings,
+)
+from controller.tls import TLS_DIR, ServerTls, TlsError, managed_tls, operator_tls, server_names
 from keys.store import ensure_private_dir
-from wire.models import PreAuthKeyRequest
+from wgmesh.argparser import OneLineParser
+from wgmesh.systemd import Notifier, under_systemd
+from wire.models import MAX_PREAUTH_EXPIRY_S, PreAuthKeyRequest
 
 _DURATION = re.compile(r"^(\d+)([smhd]?)$")
 _UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+# Flags named after the request fields they fill, where the names differ.
+_FLAG_OF_FIELD = {"expires_in_s": "expires"}
 
 
 def parse_expiry(text: str) -> int | None:
@@ -31,15 +49,23 @@ def parse_expiry(text: str) -> int | None:
     match = _DURATION.match(text)
     if not match or int(match.group(1)) == 0:
         raise argparse.ArgumentTypeError(f"expected a duration like 30m, 1h, 7d or 'never', got {text!r}")
-    return int(match.group(1)) * _UNIT_S[match.group(2)]
+    seconds = int(match.group(1)) * _UNIT_S[match.group(2)]
+    if seconds > MAX_PREAUTH_EXPIRY_S:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is too far away: at most {MAX_PREAUTH_EXPIRY_S // 86400}d (10 years), or 'never'"
+        )
+    return seconds
 
 
 def _parser(prog: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog, description="Run the wgmesh controller and manage pre-auth keys."
-    )
+    parser = OneLineParser(prog=prog, description="Run the wgmesh controller and manage pre-auth keys.")
     sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
-    serve = sub.add_parser("serve", help="run the controller (REST API on uvicorn)")
+    serve = sub.add_parser(
+        "serve",
+        help="run the controller (REST API on uvicorn)",
+        epilog=describe_settings(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     serve.add_argument(
         "--listen", metavar="HOST:PORT", help=f"address to listen on (default {DEFAULT_LISTEN})"
     )
@@ -49,6 +75,27 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         "--mesh-cidr", metavar="CIDR", help=f"tunnel address pool (default {DEFAULT_MESH_CIDR})"
     )
     serve.add_argument("--config", metavar="FILE.toml", help="settings file (flags and WGMESH_* win over it)")
+    serve.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate chain (PEM)")
+    serve.add_argument("--tls-key", metavar="FILE", help="the private key of --tls-cert (PEM)")
+    serve.add_argument(
+        "--tls-san",
+        metavar="NAME",
+        action="append",
+        help="a name or address agents reach the controller at (repeatable; managed CA)",
+    )
+    serve.add_argument(
+        "--insecure-http",
+        action="store_true",
+        default=None,
+        help="serve plain HTTP (only behind a TLS-terminating proxy on this host)",
+    )
+
+    shown = sub.add_parser(
+        "admin-credential",
+        help="print the admin credential (needs read access to the state directory: root under systemd)",
+    )
+    shown.add_argument("--state-dir", metavar="DIR", help="the controller's state directory")
+    shown.add_argument("--config", metavar="FILE.toml", help="settings file naming the state directory")
 
     token = sub.add_parser("token", help="create, list and revoke pre-auth keys")
     tsub = token.add_subparsers(dest="token_cmd", required=True, metavar="COMMAND")
@@ -76,6 +123,8 @@ def main(argv: Sequence[str], prog: str = "wgmesh controller") -> int:
     env = os.environ
     if args.cmd == "serve":
         return serve(args, env, prog)
+    if args.cmd == "admin-credential":
+        return show_admin_credential(args, env, f"{prog} admin-credential")
     return token(args, env, f"{prog} token {args.token_cmd}")
 
 
@@ -96,12 +145,17 @@ def serve(args: argparse.Namespace, env: Mapping[str, str], prog: str) -> int:
         "db": args.db,
         "mesh_cidr": args.mesh_cidr,
         "config": args.config,
+        "tls_cert": args.tls_cert,
+        "tls_key": args.tls_key,
+        "tls_san": ",".join(args.tls_san) if args.tls_san else None,
+        "insecure_http": args.insecure_http,
     }
     try:
         settings = load_settings(flags, env)
         ensure_private_dir(settings.state_dir)
         credential, created = ensure_admin_credential(settings.state_dir)
-    except (SettingsError, CredentialError) as e:
+        tls = server_tls(settings)
+    except (SettingsError, CredentialError, TlsError) as e:
         return fail(str(e))
     except OSError as e:
         return fail(f"state directory: {e}")
@@ -114,23 +168,83 @@ def serve(args: argparse.Namespace, env: Mapping[str, str], prog: str) -> int:
     except OSError as e:
         store.close()
         return fail(f"cannot listen on {settings.listen}: {e.strerror or e}")
-    app = create_app(settings, store)
+    app = create_app(settings, store, tls=tls)
     if created:
-        print(
-            f"admin credential (shown once; kept in {admin_credential_path(settings.state_dir)}): {credential}"
-        )
+        # A terminal is read by the operator who started it; a pipe or a journal is kept and copied.
+        where = admin_credential_path(settings.state_dir)
+        if sys.stdout.isatty() and not under_systemd(env):
+            print(f"admin credential (shown once; kept in {where}): {credential}")
+        else:
+            print(f"admin credential created in {where}; show it with `{prog} admin-credential`")
     nodes = len(app.state.plane.nodes)
+    pin = f", CA pin {tls.ca_pin}" if tls and tls.ca_pin else ""
     print(
-        f"wgmesh controller ready on http://{settings.listen} (mesh {settings.mesh_cidr}, {nodes} nodes)",
+        f"wgmesh controller ready on {settings.scheme}://{settings.listen} "
+        f"(mesh {settings.mesh_cidr}, {nodes} nodes{pin})",
         flush=True,
     )
+    ssl_files: dict[str, str] = {}
+    if tls is not None:
+        ssl_files = {"ssl_certfile": str(tls.cert_file), "ssl_keyfile": str(tls.key_file)}
     # Agents keep one connection and poll again right after each answer; a busy agent may take a while,
     # so idle connections live longer than uvicorn's default 5 s.
     config = uvicorn.Config(
-        app, log_level="warning", access_log=False, timeout_graceful_shutdown=3, timeout_keep_alive=75
+        app,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=3,
+        timeout_keep_alive=75,
+        **ssl_files,  # type: ignore[arg-type]
     )
-    uvicorn.Server(config).run(sockets=[sock])
+    _notifying_server_class()(config, Notifier(env)).run(sockets=[sock])
     return 0
+
+
+def server_tls(settings: Settings) -> ServerTls | None:
+    """What the server presents: the operator's files, else the managed CA's certificate for the names
+    agents use; None with insecure_http."""
+    if settings.insecure_http:
+        return None
+    if settings.tls_cert and settings.tls_key:
+        return operator_tls(settings.tls_cert, settings.tls_key)
+    names = server_names(settings.listen_host, settings.tls_san)
+    return managed_tls(settings.state_dir / TLS_DIR, names, datetime.now(UTC))
+
+
+def show_admin_credential(args: argparse.Namespace, env: Mapping[str, str], prog: str) -> int:
+    """Print the admin credential from the state directory; reading it takes the rights the file
+    needs (0600, owned by the controller's user), so under systemd this is a root-only command."""
+    flags = {"state_dir": args.state_dir, "config": args.config}
+    try:
+        settings = load_settings(flags, env)
+        credential = read_admin_credential(admin_credential_path(settings.state_dir))
+    except (SettingsError, CredentialError) as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 2
+    print(credential)
+    return 0
+
+
+def _notifying_server_class() -> type:
+    import uvicorn
+
+    class NotifyingServer(uvicorn.Server):
+        """uvicorn that tells systemd READY=1 once it serves (Type=notify), STOPPING=1 when it stops."""
+
+        def __init__(self, config: uvicorn.Config, notifier: Notifier) -> None:
+            super().__init__(config)
+            self.notifier = notifier
+
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                self.notifier.ready("listening")
+
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            self.notifier.stopping()
+            await super().shutdown(sockets)
+
+    return NotifyingServer
 
 
 def _listen_socket(settings: Settings) -> socket.socket:
@@ -199,5 +313,6 @@ def _first_error(e: ValueError) -> str:
     if callable(errors):
         first = errors()[0]
         field = ".".join(str(x) for x in first.get("loc", ()))
-        return f"--{field.replace('_', '-')}: {str(first.get('msg', e)).removeprefix('Value error, ')}"
+        flag = _FLAG_OF_FIELD.get(field, field).replace("_", "-")
+        return f"--{flag}: {str(first.get('msg', e)).removeprefix('Value error, ')}"
     return str(e)

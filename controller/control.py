@@ -31,10 +31,12 @@ from controller.credentials import (
 from controller.ipam import AddressHolds, AddressPool, PoolExhausted, unique_name
 from controller.mesh import Mesh, MeshChange
 from controller.netmap import NodeCard
+from controller.nonces import EnrollNonces
 from controller.settings import Settings
 from controller.store import KeyRefused, NodeRecord, NodeWrite, PreAuthKeyRecord, Store, StoreConflict
-from wire import PROTOCOL_VERSION
+from wire import PROTOCOL_VERSION, api
 from wire.models import (
+    EnrollNonce,
     EnrollRequest,
     EnrollResponse,
     LinkReport,
@@ -43,6 +45,7 @@ from wire.models import (
     PreAuthKeyRequest,
     Topology,
 )
+from wire.preauth import PreAuthKey, PreAuthKeyError, parse_preauth_key
 
 LAST_SEEN_WRITE_EVERY = timedelta(seconds=60)
 
@@ -83,8 +86,11 @@ class ControlPlane:
         store: Store,
         clock: Clock,
         on_maps_changed: Callable[[Iterable[int]], None] = lambda _nodes: None,
+        ca_pin: str | None = None,
     ) -> None:
         self.settings = settings
+        self.ca_pin = ca_pin  # carried in every pre-auth key made here (None: operator certificates)
+        self.nonces = EnrollNonces()
         self.store = store
         self.clock = clock
         self._wake = on_maps_changed
@@ -119,6 +125,10 @@ class ControlPlane:
 
     # --- enrollment --------------------------------------------------------------------------------
 
+    def enroll_nonce(self) -> EnrollNonce:
+        nonce = self.nonces.issue(self.clock.now())
+        return EnrollNonce(nonce=nonce, expires_in_s=int(self.nonces.ttl.total_seconds()))
+
     def enroll(self, req: EnrollRequest, signing_bytes: bytes) -> EnrollResponse:
         if req.protocol_version != PROTOCOL_VERSION:
             raise ApiError(
@@ -134,6 +144,12 @@ class ControlPlane:
                 403,
                 "signature does not verify against identity_public_key "
                 "(sign wire.models.enroll_signing_bytes(request) with the identity private key)",
+            )
+        if not self.nonces.take(req.nonce, self.clock.now()):
+            raise ApiError(
+                403,
+                "enrollment nonce is unknown, already used or expired: "
+                f"sign a fresh one from POST {api.ENROLL_NONCE}",
             )
         identity = req.identity_public_key.base64()
         wg_key = req.wg_public_key.base64()
@@ -169,7 +185,7 @@ class ControlPlane:
             credential_hash=credential_hash(credential),
         )
         try:
-            record = self.store.enroll(credential_hash(req.preauth_key), write, self.clock.now())
+            record = self.store.enroll(credential_hash(_secret_of(req.preauth_key)), write, self.clock.now())
         except KeyRefused as e:
             raise ApiError(403, str(e)) from None
         except StoreConflict as e:
@@ -268,7 +284,7 @@ class ControlPlane:
         now = self.clock.now()
         expires = None if req.expires_in_s is None else now + timedelta(seconds=req.expires_in_s)
         record = self.store.create_preauth_key(credential_hash(key), req.role, req.reusable, now, expires)
-        return _key_info(record, key)
+        return _key_info(record, PreAuthKey(key, self.ca_pin).text())
 
     def preauth_keys(self) -> list[PreAuthKeyInfo]:
         return [_key_info(r) for r in self.store.list_preauth_keys()]
@@ -309,6 +325,14 @@ class ControlPlane:
         self.store.save_links(change.links)
         self.store.save_maps(change.maps)
         self._wake([*change.maps, *also_wake])
+
+
+def _secret_of(preauth_key: str) -> str:
+    """The part of a pre-auth key the store knows (its hash): the text before a CA pin."""
+    try:
+        return parse_preauth_key(preauth_key).secret
+    except PreAuthKeyError:
+        return preauth_key  # not a key this controller made: refused by the store like any unknown key
 
 
 def _key_info(r: PreAuthKeyRecord, key: str | None = None) -> PreAuthKeyInfo:

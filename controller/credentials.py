@@ -17,10 +17,13 @@ import stat
 from pathlib import Path
 
 from keys.store import write_private_file
+from wire.preauth import PREAUTH_PREFIX
+
+__all__ = ["PREAUTH_PREFIX"]  # defined with the key format in wire/preauth.py
 
 ADMIN_PREFIX = "wgm_admin_"
 NODE_PREFIX = "wgm_node_"
-PREAUTH_PREFIX = "wgm_pak_"
+
 ADMIN_CREDENTIAL_FILE = "admin-credential"
 
 

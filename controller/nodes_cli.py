@@ -12,18 +12,19 @@ import sys
 from collections.abc import Sequence
 
 from controller.admin_client import AdminClient, AdminError, add_target_options, resolve_target, table, when
+from wgmesh.argparser import OneLineParser
 from wire.models import NodeInfo
 
 
 def _parser(prog: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description="List, show and remove mesh nodes.")
+    parser = OneLineParser(prog=prog, description="List, show and remove mesh nodes.")
     sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     add_target_options(sub.add_parser("list", help="one line per node"))
     show = sub.add_parser("show", help="everything about one node")
-    show.add_argument("id", type=int, help="node id")
+    show.add_argument("node", help="node id or name (as `nodes list` shows them)")
     add_target_options(show)
     remove = sub.add_parser("remove", help="remove a node from the mesh (every peer's map drops it)")
-    remove.add_argument("id", type=int, help="node id")
+    remove.add_argument("node", help="node id or name (as `nodes list` shows them)")
     add_target_options(remove)
     return parser
 
@@ -44,13 +45,13 @@ def main(argv: Sequence[str], prog: str = "wgmesh nodes") -> int:
             else:
                 print(render_list(nodes))
         elif args.cmd == "show":
-            node = client.node(args.id)
+            node = find_node(client, args.node)
             print(node.model_dump_json() if args.json else render_node(node))
         else:
-            node = client.node(args.id)
-            client.remove_node(args.id)
+            node = find_node(client, args.node)
+            client.remove_node(node.node_id)
             if args.json:
-                print(json.dumps({"removed": args.id}))
+                print(json.dumps({"removed": node.node_id}))
             else:
                 print(f"removed node {node.node_id} ({node.name}, {node.tunnel_address})")
     except AdminError as e:
@@ -59,6 +60,19 @@ def main(argv: Sequence[str], prog: str = "wgmesh nodes") -> int:
     finally:
         client.close()
     return 0
+
+
+def find_node(client: AdminClient, ref: str) -> NodeInfo:
+    """The node `ref` names: a node id (digits) or a node name. AdminError when there is none."""
+    if ref.isdigit():
+        return client.node(int(ref))
+    matches = [n for n in client.nodes() if n.name == ref]
+    if not matches:
+        raise AdminError(f"no node named {ref!r} (`wgmesh nodes list` shows the nodes)")
+    if len(matches) > 1:
+        ids = ", ".join(str(n.node_id) for n in matches)
+        raise AdminError(f"{len(matches)} nodes are named {ref!r} (ids {ids}): give the id")
+    return matches[0]
 
 
 def render_list(nodes: Sequence[NodeInfo]) -> str:

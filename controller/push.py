@@ -29,7 +29,10 @@ class MapNotifier:
             event = self._events[node] = asyncio.Event()
         self._waiters[node] = self._waiters.get(node, 0) + 1
         try:
-            await asyncio.wait_for(event.wait(), timeout)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancellation that arrives
+            # as the event is set, and the cancelled request (an agent stopping) runs on
+            async with asyncio.timeout(timeout):
+                await event.wait()
         except TimeoutError:
             return False
         finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,7 +25,9 @@ from wire.models import IPNetwork
 DEFAULT_LISTEN = "0.0.0.0:8420"
 DEFAULT_MESH_CIDR = "100.64.0.0/10"
 DEFAULT_MAX_BODY_BYTES = 1 << 20
-DEFAULT_CONTROLLER_URL = "http://127.0.0.1:8420"
+DEFAULT_CONTROLLER_URL = "https://127.0.0.1:8420"
+
+_SAN = re.compile(r"^[A-Za-z0-9*][A-Za-z0-9.:*-]{0,252}$")
 
 # setting -> environment variable
 ENV = {
@@ -35,8 +38,57 @@ ENV = {
     "config": "WGMESH_CONFIG",
     "max_body_bytes": "WGMESH_MAX_BODY_BYTES",
     "persistent_keepalive": "WGMESH_PERSISTENT_KEEPALIVE",
+    "tls_cert": "WGMESH_TLS_CERT",
+    "tls_key": "WGMESH_TLS_KEY",
+    "tls_san": "WGMESH_TLS_SAN",
+    "insecure_http": "WGMESH_INSECURE_HTTP",
 }
-FILE_KEYS = {"listen", "state_dir", "db", "mesh_cidr", "max_body_bytes", "persistent_keepalive", "routing"}
+FILE_KEYS = {
+    "listen",
+    "state_dir",
+    "db",
+    "mesh_cidr",
+    "max_body_bytes",
+    "persistent_keepalive",
+    "tls_cert",
+    "tls_key",
+    "tls_san",
+    "insecure_http",
+    "routing",
+}
+
+
+# What each setting means, for `controller serve --help`, the README and docs/controller.example.toml
+# (a unit test keeps these, ENV, FILE_KEYS and the example file in step).
+SETTING_DOCS: dict[str, str] = {
+    "listen": f"HOST:PORT the REST API listens on (default {DEFAULT_LISTEN})",
+    "state_dir": "directory of the database and the admin credential (default /var/lib/wgmesh/controller "
+    "as root, else $XDG_STATE_HOME/wgmesh/controller)",
+    "db": "database URL: sqlite:///PATH or postgresql://... (default SQLite in the state directory)",
+    "mesh_cidr": f"tunnel address pool (default {DEFAULT_MESH_CIDR})",
+    "config": "TOML settings file (its keys: the names of this list, and [routing])",
+    "max_body_bytes": f"largest request body accepted, in bytes (default {DEFAULT_MAX_BODY_BYTES})",
+    "persistent_keepalive": f"keepalive seconds agents set on every peer, 0 for none (default {DEFAULT_KEEPALIVE_S})",
+    "tls_cert": "PEM certificate chain to serve HTTPS with (with tls_key; default: a controller CA made "
+    "in STATE_DIR/tls on first start, whose pin every pre-auth key carries)",
+    "tls_key": "PEM private key of tls_cert",
+    "tls_san": "extra names and addresses agents reach the controller at, for the managed CA's server "
+    "certificate (comma-separated; the listen address, host names and loopback are always in it)",
+    "insecure_http": "true: serve plain HTTP, only behind a TLS-terminating proxy on this host "
+    "(default false)",
+    "routing": "[routing] table of link weights: "
+    + ", ".join(f"{f.name} (default {f.default:g})" for f in dataclasses.fields(LinkPolicy)),
+}
+
+
+def describe_settings() -> str:
+    """The settings as `serve --help` shows them: TOML key, environment variable, meaning."""
+    lines = ["settings (flags win over WGMESH_* variables, which win over the --config TOML file):"]
+    for name, text in SETTING_DOCS.items():
+        env = f" / {ENV[name]}" if name in ENV else ""
+        lines.append(f"  {name}{env}")
+        lines.append(f"      {text}")
+    return "\n".join(lines)
 
 
 class SettingsError(Exception):
@@ -53,6 +105,14 @@ class Settings:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     persistent_keepalive_s: int | None = DEFAULT_KEEPALIVE_S
     policy: LinkPolicy = field(default_factory=LinkPolicy)
+    tls_cert: Path | None = None  # with tls_key: the operator's certificate; None: the managed CA
+    tls_key: Path | None = None
+    tls_san: tuple[str, ...] = ()
+    insecure_http: bool = False
+
+    @property
+    def scheme(self) -> str:
+        return "http" if self.insecure_http else "https"
 
     @property
     def database_url(self) -> str:
@@ -111,9 +171,48 @@ def load_settings(flags: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
         value = _int(*keepalive, low=0, high=65535)
         kwargs["persistent_keepalive_s"] = value or None
 
+    cert, key = pick("tls_cert"), pick("tls_key")
+    if (cert is None) != (key is None):
+        given = cert or key
+        assert given is not None
+        raise SettingsError(f"{given[1]}: tls_cert and tls_key go together; give both or neither")
+    if cert and key:
+        kwargs["tls_cert"] = Path(_text(*cert)).expanduser()
+        kwargs["tls_key"] = Path(_text(*key)).expanduser()
+    san = pick("tls_san")
+    if san:
+        kwargs["tls_san"] = _names(*san)
+    insecure = pick("insecure_http")
+    if insecure:
+        kwargs["insecure_http"] = _bool(*insecure)
+    if kwargs.get("insecure_http") and "tls_cert" in kwargs:
+        raise SettingsError("insecure_http and tls_cert contradict each other: choose one")
+
     if "routing" in file_values:
         kwargs["policy"] = _policy(file_values["routing"], f"{config_path}: [routing]")
     return Settings(**kwargs)
+
+
+def _names(value: Any, where: str) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+        raise SettingsError(f"{where}: expected names separated by commas, got {value!r}")
+    names = tuple(i.strip() for i in items if i.strip())
+    for name in names:
+        if not _SAN.match(name):
+            raise SettingsError(f"{where}: {name!r} is not a host name or an IP address")
+    return names
+
+
+def _bool(value: Any, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{where}: expected true or false, got {value!r}")
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

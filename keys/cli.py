@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 
 from keys.types import IdentityPrivateKey, InvalidKey, PresharedKey, WireGuardPrivateKey
+from wgmesh.argparser import OneLineParser
 
 
 def main(argv: Sequence[str], prog: str = "wgmesh keys") -> int:
-    parser = argparse.ArgumentParser(prog=prog, description="Generate and derive keys; like `wg genkey`.")
+    parser = OneLineParser(prog=prog, description="Generate and derive keys; like `wg genkey`.")
     sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     sub.add_parser("genkey", help="print a new WireGuard private key")
     sub.add_parser("pubkey", help="read a WireGuard private key on stdin, print its public key")

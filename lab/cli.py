@@ -7,6 +7,7 @@ error said on one line; 2 bad usage.
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import time
@@ -15,11 +16,14 @@ from collections.abc import Sequence
 from lab import render
 from lab.command import LabError, LabExists
 from lab.controller_admin import read_topology
+from lab.impairment import ImpairmentError, parse_delay_ms, parse_loss
 from lab.instance import Lab
 from lab.layout import LABS_ROOT, MAX_HOSTS, LabLayout, LayoutError, check_lab_name
 from lab.observe import MeshView
 from lab.record import RecordError
 from lab.teardown import known_labs, tear_down
+from wgmesh.argparser import OneLineParser
+from wgmesh.invocation import program
 from wire.models import Topology
 
 DEFAULT_NAME = "lab"
@@ -36,7 +40,9 @@ examples:
   wgmesh lab up -n 3            build a 3-host mesh and wait until every pair has a handshake
   wgmesh lab ping               ping matrix over tunnel addresses
   wgmesh lab exec h1 -- wg show run a command on host h1 (its own /run/wireguard)
+  wgmesh lab admin -- nodes list an admin command against the lab's controller
   wgmesh lab cut h1 h2          drop the underlay between h1 and h2 (heal undoes it)
+  wgmesh lab delay h1 h2 80ms   pings between h1 and h2 take 80 ms longer (heal undoes it)
   wgmesh lab down               remove everything the lab created
 """
 
@@ -55,6 +61,20 @@ def _host_count(text: str) -> int:
     return n
 
 
+def _delay(text: str) -> float:
+    try:
+        return parse_delay_ms(text)
+    except ImpairmentError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _loss(text: str) -> float:
+    try:
+        return parse_loss(text)
+    except ImpairmentError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _lab_name(text: str) -> str:
     try:
         return check_lab_name(text)
@@ -63,13 +83,13 @@ def _lab_name(text: str) -> str:
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog=prog,
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    common = argparse.ArgumentParser(add_help=False)
+    common = OneLineParser(add_help=False)
     common.add_argument(
         "--name",
         type=_lab_name,
@@ -94,7 +114,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         help="only the namespaces and the underlay: no controller, no agents",
     )
 
-    sub.add_parser("status", parents=[common], help="hosts, processes, handshakes and log files")
+    status = sub.add_parser("status", parents=[common], help="hosts, processes, handshakes and log files")
+    status.add_argument("--json", action="store_true", help="print JSON for scripts")
     ping = sub.add_parser(
         "ping", parents=[common], help="ping matrix over tunnel addresses (exit 0: all answer)"
     )
@@ -104,7 +125,30 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     ex.add_argument("host", help="h1, h2, ... or `underlay` (where the controller runs)")
     ex.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
 
-    for name, text in (("cut", "drop the underlay between two hosts"), ("heal", "undo `cut`")):
+    adm = sub.add_parser(
+        "admin",
+        parents=[common],
+        help="an admin command against the lab's controller: lab admin -- nodes list",
+        description="Runs `wgmesh ARGS` in the underlay with the lab's controller URL and admin "
+        "credential (WGMESH_CONTROLLER, WGMESH_STATE_DIR), e.g. `lab admin -- nodes list` or "
+        "`lab admin -- controller token create`. `lab exec underlay -- wgmesh ...` does the same.",
+    )
+    adm.add_argument("command", nargs=argparse.REMAINDER, help="wgmesh arguments, after --")
+
+    delay = sub.add_parser(
+        "delay",
+        parents=[common],
+        help="add latency (and loss) between two hosts: lab delay h1 h2 80ms --loss 5%%",
+        description="Pings between the two hosts take DELAY longer (half each way); --loss drops that "
+        "share of packets in each direction. Done in userspace (a UDP relay in the underlay): this "
+        "kernel has no netem. `lab heal A B` removes it.",
+    )
+    delay.add_argument("a")
+    delay.add_argument("b")
+    delay.add_argument("delay", type=_delay, help="added round-trip time, e.g. 80ms or 0.2s")
+    delay.add_argument("--loss", type=_loss, default=0.0, help="share dropped each way, e.g. 5%%")
+
+    for name, text in (("cut", "drop the underlay between two hosts"), ("heal", "undo `cut` and `delay`")):
         p = sub.add_parser(name, parents=[common], help=text)
         p.add_argument("a")
         p.add_argument("b")
@@ -132,7 +176,25 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     return parser
 
 
+def _negative_value(argv: Sequence[str]) -> str | None:
+    """argparse takes `-5ms` for an unknown option and complains about a missing argument; for
+    `delay`, name the real problem instead."""
+    if not argv or argv[0] != "delay":
+        return None
+    for token in argv[1:]:
+        if len(token) > 1 and token[0] == "-" and token[1].isdigit():
+            try:
+                (parse_loss if token.endswith("%") else parse_delay_ms)(token)
+            except ImpairmentError as e:
+                return str(e)
+    return None
+
+
 def main(argv: Sequence[str], prog: str = "wgmesh lab") -> int:
+    negative = _negative_value(argv)
+    if negative is not None:
+        print(f"{prog} delay: {negative}", file=sys.stderr)
+        return 2
     args = build_parser(prog).parse_args(argv)
     try:
         return COMMANDS[args.cmd](args)
@@ -140,6 +202,8 @@ def main(argv: Sequence[str], prog: str = "wgmesh lab") -> int:
         print(f"{prog} {args.cmd}: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        if args.cmd not in BUILDING:
+            return 130  # e.g. Ctrl-C on a program run with `lab exec`: that program had its say
         name = getattr(args, "name", DEFAULT_NAME)
         print(
             f"\ninterrupted; the lab is left as it is (`{prog} down --name {name}` removes it)",
@@ -151,11 +215,16 @@ def main(argv: Sequence[str], prog: str = "wgmesh lab") -> int:
 # --- commands -----------------------------------------------------------------------------------------
 
 
-def _wait_for_mesh(lab: Lab, timeout: float, names: Sequence[str] | None = None) -> MeshView:
+def _wait_for_mesh(
+    lab: Lab, timeout: float, names: Sequence[str] | None = None, started: float | None = None
+) -> MeshView:
+    """Wait for the mesh, showing progress on one line timed from `started` (default: now), so a
+    command with several phases shows one clock."""
     line = render.ProgressLine()
+    offset = 0.0 if started is None else time.monotonic() - started
 
     def show(view: MeshView, elapsed: float) -> None:
-        text, key = render.mesh_progress(view, elapsed)
+        text, key = render.mesh_progress(view, offset + elapsed)
         line.update(text, key)
 
     view = lab.wait_for_mesh(timeout, show, names)
@@ -168,7 +237,7 @@ def _report_incomplete(lab: Lab, view: MeshView, timeout: float) -> None:
     print(render.missing_pairs(view), file=sys.stderr)
     print(f"logs: {lab.layout.controller_log} and {lab.layout.dir}/hosts/*/agent.log", file=sys.stderr)
     print(
-        f"the lab is left up for a look; `wgmesh lab down --name {lab.layout.name}` removes it",
+        f"the lab is left up for a look; `{program()} lab down --name {lab.layout.name}` removes it",
         file=sys.stderr,
     )
 
@@ -192,11 +261,11 @@ def _up(name: str, hosts: int, timeout: float | None, backend: str = "userspace"
         line.finish()
         print(f"building the lab failed: {e}", file=sys.stderr)
         if LabLayout(name).dir.exists():
-            print(f"what was built is left; `wgmesh lab down --name {name}` removes it", file=sys.stderr)
+            print(f"what was built is left; `{program()} lab down --name {name}` removes it", file=sys.stderr)
         return None, False
     line.finish()
     wait = timeout if timeout is not None else default_timeout(hosts)
-    view = _wait_for_mesh(lab, wait)
+    view = _wait_for_mesh(lab, wait, started=started)
     if not view.complete:
         _report_incomplete(lab, view, wait)
         return lab, False
@@ -247,7 +316,15 @@ def _agent_view(lab: Lab, name: str) -> tuple[str, str, str]:
     return status.controller, netmap, relayed
 
 
+HOST_COLUMNS = ["host", "underlay", "tunnel", "agent", "controller", "map", "wg0", "peers", "handshakes"]
+HOST_COLUMNS += ["relayed", "cut from", "log"]
+
+
 def _hosts_table(lab: Lab, view: MeshView) -> str:
+    return render.table(HOST_COLUMNS, _host_rows(lab, view))
+
+
+def _host_rows(lab: Lab, view: MeshView) -> list[list[object]]:
     hosts = {h.name: h for h in lab.hosts}
     rows = []
     for hv in view.hosts:
@@ -273,14 +350,35 @@ def _hosts_table(lab: Lab, view: MeshView) -> str:
                 host.agent_log,
             ]
         )
-    headers = ["host", "underlay", "tunnel", "agent", "controller", "map", "wg0", "peers", "handshakes"]
-    return render.table([*headers, "relayed", "cut from", "log"], rows)
+    return rows
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     lab = Lab.open(args.name)
     view = lab.observe()
     ctl = lab.controller_state()
+    if args.json:
+        keys = [c.replace(" ", "_") for c in HOST_COLUMNS]
+        hosts = [
+            {k: (v if isinstance(v, int | None) else str(v)) for k, v in zip(keys, row, strict=True)}
+            for row in _host_rows(lab, view)
+        ]
+        delays = [
+            {"a": f"h{i.a}", "b": f"h{i.b}", "delay_ms": i.delay_ms, "loss": i.loss}
+            for i in lab.impairments()
+        ]
+        controller = {
+            "url": lab.layout.controller_url,
+            "pid": ctl.pid,
+            "running": ctl.running,
+            "log": str(ctl.log),
+        }
+        print(
+            json.dumps(
+                {"lab": lab.layout.name, "controller": controller, "hosts": hosts, "delays": delays}, indent=2
+            )
+        )
+        return 0
     health = (
         "healthy" if ctl.running and lab.controller_healthy() else ("NOT ANSWERING" if ctl.running else "")
     )
@@ -291,6 +389,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"controller {lab.layout.controller_url}: {ctl_state} {health}".rstrip() + f"; log {ctl.log}")
     print()
     print(_hosts_table(lab, view))
+    if lab.impairments():
+        print()
+        rows = [[f"h{i.a} <-> h{i.b}", f"+{i.delay_ms:g} ms", f"{i.loss:.0%}"] for i in lab.impairments()]
+        print(render.table(["delayed pair", "round trip", "loss each way"], rows))
     if len(view.hosts) > 1:
         print()
         print("last handshake, as each host sees each peer")
@@ -325,9 +427,32 @@ def cmd_exec(args: argparse.Namespace) -> int:
     return subprocess.call(lab.exec_argv(args.host, command))
 
 
+def cmd_admin(args: argparse.Namespace) -> int:
+    command = list(args.command)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if command[:1] == ["wgmesh"]:
+        command = command[1:]
+    if not command:
+        print(f"usage: {program()} lab admin -- nodes list (any `wgmesh` admin command)", file=sys.stderr)
+        return 2
+    lab = Lab.open(args.name)
+    return subprocess.call(lab.exec_argv("underlay", ["wgmesh", *command]))
+
+
 def cmd_cut(args: argparse.Namespace) -> int:
     Lab.open(args.name).cut(args.a, args.b)
-    print(f"underlay between {args.a} and {args.b} cut (`wgmesh lab heal {args.a} {args.b}` undoes it)")
+    print(f"underlay between {args.a} and {args.b} cut (`{program()} lab heal {args.a} {args.b}` undoes it)")
+    return 0
+
+
+def cmd_delay(args: argparse.Namespace) -> int:
+    Lab.open(args.name).delay(args.a, args.b, args.delay, args.loss)
+    loss = f" and {args.loss:.0%} loss each way" if args.loss else ""
+    print(
+        f"{args.a} <-> {args.b}: +{args.delay:g} ms round trip{loss} "
+        f"(`{program()} lab heal {args.a} {args.b}` removes it)"
+    )
     return 0
 
 
@@ -426,25 +551,41 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print(render.topology(_measured_topology(lab, args.hosts)))
     finally:
         if args.keep and lab is not None:
-            n = args.name
-            flag = "" if n == DEFAULT_NAME else f" --name {n}"
-            print(
-                f"\nthe lab stays up. Look around:\n  wgmesh lab status{flag}\n  wgmesh lab ping{flag}\n"
-                f"  wgmesh lab exec{flag} h1 -- wg show\n  wgmesh lab down{flag}"
-            )
+            print("\nthe lab stays up. Look around:")
+            print("\n".join(f"  {line}" for line in look_around(args.name)))
         else:
             print()
             _down(args.name)
+            print("(`make demo KEEP=1`, or `lab demo --keep`, leaves the lab up to look around)")
     return 0 if ok else 1
 
+
+def look_around(name: str) -> list[str]:
+    """The commands `demo --keep` suggests, exactly as they run from the shell it was started in."""
+    lab = f"{program()} lab"
+    flag = "" if name == DEFAULT_NAME else f" --name {name}"
+    return [
+        f"{lab} status{flag}",
+        f"{lab} ping{flag}",
+        f"{lab} exec{flag} h1 -- wg show",
+        f"{lab} exec{flag} h1 -- wgmesh agent status",
+        f"{lab} admin{flag} -- nodes list",
+        f"{lab} down{flag}",
+    ]
+
+
+# Commands that build or wait: an interrupt leaves a half-built lab, and the user is told how to remove it.
+BUILDING = frozenset({"up", "add", "demo"})
 
 COMMANDS = {
     "up": cmd_up,
     "status": cmd_status,
     "ping": cmd_ping,
     "exec": cmd_exec,
+    "admin": cmd_admin,
     "cut": cmd_cut,
     "heal": cmd_heal,
+    "delay": cmd_delay,
     "stop": cmd_stop,
     "start": cmd_start,
     "add": cmd_add,

@@ -22,7 +22,11 @@ def _admin_get(lab: Lab, path: str) -> bytes:
         ) from None
     try:
         reply = request(
-            lab.layout.underlay_namespace, "GET", f"{lab.layout.controller_url}{path}", bearer=credential
+            lab.layout.underlay_namespace,
+            "GET",
+            f"{lab.layout.controller_url}{path}",
+            bearer=credential,
+            ca_file=lab.layout.controller_ca_path,
         )
     except OSError as e:
         raise LabError(f"the controller at {lab.layout.controller_url} does not answer: {e}") from None

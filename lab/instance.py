@@ -22,16 +22,27 @@ from pathlib import Path
 
 from agent.state import StatePaths
 from agent.status import AgentStatus, StatusError
-from lab import firewall, netns, processes
+from keys.store import write_file_atomically
+from lab import firewall, impairment, netns, processes
 from lab.command import LabError, LabExists, check_can_run_lab, run
-from lab.layout import MESH_CIDR, WG_INTERFACE, WG_LISTEN_PORT, HostLayout, LabLayout, host_index
+from lab.layout import (
+    BRIDGE_ADDRESS,
+    MESH_CIDR,
+    WG_INTERFACE,
+    WG_LISTEN_PORT,
+    HostLayout,
+    LabLayout,
+    host_index,
+)
 from lab.observe import MeshView, PingResult, observe, ping_matrix, ping_once
-from lab.record import HostRecord, LabBackend, LabRecord, ProcessRecord, load, save
+from lab.record import HostRecord, ImpairmentRecord, LabBackend, LabRecord, ProcessRecord, load, save
 from lab.underlay_http import request
+from wgmesh.invocation import program
 
 Progress = Callable[[str], None]
-# A deadline, not a delay: a slow machine (the kernel tier's emulated VM) takes a minute to import it.
+# Deadlines, not delays: a slow machine (the kernel tier's emulated VM) takes a minute to import them.
 CONTROLLER_READY_TIMEOUT_S = 120.0
+RELAY_READY_TIMEOUT_S = 10.0
 # Faster than the agent's default (10 s) so a cut link shows in the measurements within seconds.
 AGENT_PROBE_INTERVAL_S = 2.0
 NUDGE_EVERY_S = 2.0
@@ -100,7 +111,7 @@ class Lab:
         leftovers = [ns for ns in netns.list_namespaces() if layout.owns_namespace(ns)]
         if layout.record_path.exists() or leftovers:
             raise LabExists(
-                f"a lab named {name!r} exists already; remove it with `wgmesh lab down --name {name}`"
+                f"a lab named {name!r} exists already; remove it with `{program()} lab down --name {name}`"
             )
         lab = cls(layout, LabRecord(name=name, backend=chosen))
         lab.save()
@@ -196,7 +207,11 @@ class Lab:
     def controller_healthy(self) -> bool:
         try:
             reply = request(
-                self.layout.underlay_namespace, "GET", f"{self.layout.controller_url}/v1/health", timeout=2
+                self.layout.underlay_namespace,
+                "GET",
+                f"{self.layout.controller_url}/v1/health",
+                timeout=2,
+                ca_file=self.layout.controller_ca_path,
             )
         except OSError:
             return False
@@ -231,11 +246,19 @@ class Lab:
             self.save()
         return self.record.preauth_key
 
+    def ensure_preauth_key_file(self) -> Path:
+        """The lab's pre-auth key in a 0600 file: agents read it there, never from their command line."""
+        path = self.layout.preauth_key_path
+        key = self.ensure_preauth_key()
+        if not path.exists() or path.read_text().strip() != key:
+            write_file_atomically(path, key + "\n", 0o600)
+        return path
+
     def agent_argv(self, host: HostLayout) -> list[str]:
         return processes.wgmesh_argv(
             "agent", "up",
             "--controller", self.layout.controller_url,
-            "--token", self.ensure_preauth_key(),
+            "--token-file", str(self.ensure_preauth_key_file()),
             "--interface", WG_INTERFACE,
             "--backend", self.record.backend,
             "--state-dir", str(host.state_dir),
@@ -282,8 +305,18 @@ class Lab:
     def exec_argv(self, name: str, argv: Sequence[str]) -> list[str]:
         """`argv` wrapped to run on host `name` (or in the underlay for `underlay`)."""
         if name in ("underlay", "u"):
-            return processes.in_namespace(self.layout.underlay_namespace, argv)
+            return processes.in_namespace(
+                self.layout.underlay_namespace, processes.with_env(self.admin_env(), argv)
+            )
         return processes.in_host(self.host(name), argv)
+
+    def admin_env(self) -> dict[str, str]:
+        """What an admin command in the underlay needs to find this lab's controller and credential."""
+        return {
+            "WGMESH_CONTROLLER": self.layout.controller_url,
+            "WGMESH_STATE_DIR": str(self.layout.controller_dir),
+            "PATH": processes.program_path(),
+        }
 
     def exec(self, name: str, argv: Sequence[str], timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
         return run(self.exec_argv(name, argv), timeout=timeout, check=False)
@@ -296,9 +329,80 @@ class Lab:
         firewall.block(hb.namespace, ha.underlay_address)
 
     def heal(self, a: str, b: str) -> None:
+        """Undo `cut` and `delay` between the two hosts."""
         ha, hb = self._two_hosts(a, b)
         firewall.unblock(ha.namespace, hb.underlay_address)
         firewall.unblock(hb.namespace, ha.underlay_address)
+        self._set_impairment(ha, hb, None)
+
+    def delay(self, a: str, b: str, delay_ms: float, loss: float = 0.0) -> None:
+        """Add `delay_ms` of round-trip time and `loss` per direction between two hosts (replacing
+        what was set for the pair before). See `lab/impairment.py`."""
+        ha, hb = self._two_hosts(a, b)
+        self._set_impairment(ha, hb, (delay_ms, loss))
+
+    def impairments(self) -> list[ImpairmentRecord]:
+        return list(self.record.impairments)
+
+    def firewall_rules(self, name: str) -> list[str]:
+        """The delay rewrites host `name` has installed (empty: none)."""
+        return impairment.installed_rules(self.host(name).namespace)
+
+    def _set_impairment(self, ha: HostLayout, hb: HostLayout, value: tuple[float, float] | None) -> None:
+        lo, hi = sorted((ha, hb), key=lambda h: h.index)
+        kept = []
+        for imp in self.record.impairments:
+            if (imp.a, imp.b) == (lo.index, hi.index):
+                processes.end_recorded(imp.relay, self.layout.dir, grace_s=2.0)
+            else:
+                kept.append(imp)
+        self.record.impairments = kept
+        if value is not None:
+            self.record.impairments.append(self._start_relay(lo, hi, *value))
+        self.save()
+        for host in (lo, hi):
+            impairment.apply(host.namespace, self._rewrites(host))
+
+    def _start_relay(self, lo: HostLayout, hi: HostLayout, delay_ms: float, loss: float) -> ImpairmentRecord:
+        log = self.layout.dir / f"delay-{lo.name}-{hi.name}.log"
+        argv = [
+            *processes.python_argv("lab.delay_relay"),
+            "--listen", str(BRIDGE_ADDRESS),
+            "--a", f"{lo.underlay_address}:{WG_LISTEN_PORT}",
+            "--b", f"{hi.underlay_address}:{WG_LISTEN_PORT}",
+            "--delay-ms", f"{delay_ms / 2:g}",
+            "--loss", f"{loss:g}",
+            "--lab-dir", str(self.layout.dir),
+        ]  # fmt: skip
+        proc = processes.start(processes.in_namespace(self.layout.underlay_namespace, argv), log)
+        deadline = time.monotonic() + RELAY_READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            ports = impairment.relay_ports(log.read_text(errors="replace"))
+            if ports is not None:
+                return ImpairmentRecord(
+                    a=lo.index, b=hi.index, delay_ms=delay_ms, loss=loss, relay=proc,
+                    port_a=ports[0], port_b=ports[1],
+                )  # fmt: skip
+            if not processes.is_ours(proc, self.layout.dir):
+                break
+            time.sleep(0.05)
+        processes.end_recorded(proc, self.layout.dir, grace_s=1.0)
+        raise LabError(f"the delay relay did not start; last lines of {log}:\n{processes.log_tail(log)}")
+
+    def _rewrites(self, host: HostLayout) -> list[impairment.Rewrite]:
+        """What `host` must rewrite: for each impaired pair it is in, the peer and the relay port this
+        host talks to instead of that peer."""
+        out = []
+        for imp in self.record.impairments:
+            if host.index == imp.a:
+                out.append(
+                    impairment.Rewrite(self.host(f"h{imp.b}").underlay_address, BRIDGE_ADDRESS, imp.port_a)
+                )
+            elif host.index == imp.b:
+                out.append(
+                    impairment.Rewrite(self.host(f"h{imp.a}").underlay_address, BRIDGE_ADDRESS, imp.port_b)
+                )
+        return out
 
     def cut_from(self, name: str) -> list[str]:
         """Names of the hosts whose underlay `name` cannot reach."""

@@ -115,12 +115,22 @@ class LabLayout:
         return self.controller_dir / "admin-credential"
 
     @property
+    def preauth_key_path(self) -> Path:
+        """The pre-auth key every agent of the lab enrolls with (0600), handed over as --token-file."""
+        return self.dir / "preauth-key"
+
+    @property
     def controller_listen(self) -> str:
         return f"{BRIDGE_ADDRESS}:{CONTROLLER_PORT}"
 
     @property
     def controller_url(self) -> str:
-        return f"http://{self.controller_listen}"
+        return f"https://{self.controller_listen}"
+
+    @property
+    def controller_ca_path(self) -> Path:
+        """The CA the controller made on first start; agents pin it through the pre-auth key."""
+        return self.controller_dir / "tls" / "ca.crt"
 
     def host(self, index: int) -> HostLayout:
         name = host_name(index)

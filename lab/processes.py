@@ -26,7 +26,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from agent.state import STATE_DIR_ENV
@@ -41,17 +41,32 @@ def wgmesh_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "wgmesh", *args]
 
 
+def python_argv(module: str, *args: str) -> list[str]:
+    """`python -m MODULE ARGS` under the interpreter running the lab."""
+    return [sys.executable, "-m", module, *args]
+
+
 def in_namespace(namespace: str, argv: Sequence[str]) -> list[str]:
     return ["ip", "netns", "exec", namespace, *argv]
+
+
+def program_path() -> str:
+    """PATH for lab processes: the lab's own interpreter directory first, so a plain `wgmesh` there is
+    the lab's own program, venv active or not."""
+    return f"{Path(sys.executable).parent}:{os.environ.get('PATH') or os.defpath}"
+
+
+def with_env(env: Mapping[str, str], argv: Sequence[str]) -> list[str]:
+    """`argv` run through `env NAME=VALUE ...` (which execs, so the pid is still the final program's)."""
+    return ["env", *(f"{k}={v}" for k, v in env.items()), *argv]
 
 
 def in_host(host: HostLayout, argv: Sequence[str]) -> list[str]:
     """`argv` as it must run on `host`: its network namespace, its private /run/wireguard and its state
     directory in the environment (`env` execs too, so the pid is still the final program's)."""
     private_mounts = ["unshare", "-m", "--propagation", "private", "sh", "-c", _MOUNT_WIREGUARD]
-    path = f"{Path(sys.executable).parent}:{os.environ.get('PATH') or os.defpath}"
-    state = ["env", f"{STATE_DIR_ENV}={host.state_dir}", f"PATH={path}"]
-    return in_namespace(host.namespace, [*private_mounts, str(host.run_dir), *state, *argv])
+    state = {STATE_DIR_ENV: str(host.state_dir), "PATH": program_path()}
+    return in_namespace(host.namespace, [*private_mounts, str(host.run_dir), *with_env(state, argv)])
 
 
 def _stat_fields(pid: int) -> list[str] | None:
@@ -69,6 +84,27 @@ def start_ticks(pid: int) -> int | None:
     if fields is None or fields[0] in ("Z", "X"):
         return None
     return int(fields[19])
+
+
+def _entry_ticks(pid: int) -> int | None:
+    """The start time of whatever holds `pid` in the process table, zombies included."""
+    fields = _stat_fields(pid)
+    return None if fields is None else int(fields[19])
+
+
+def wait_reaped(ended: Sequence[tuple[int, int]], timeout_s: float = 10.0) -> list[int]:
+    """Wait until each ended (pid, start ticks) has left the process table: an exited process stays a
+    zombie until its parent (often PID 1, for a daemon whose agent is gone) reaps it. Returns the pids
+    still there at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    left = list(ended)
+    while True:
+        for pid, _ in left:
+            _reap(pid)
+        left = [(pid, ticks) for pid, ticks in left if _entry_ticks(pid) == ticks]
+        if not left or time.monotonic() >= deadline:
+            return [pid for pid, _ in left]
+        time.sleep(0.05)
 
 
 def _cmdline(pid: int) -> str:
@@ -92,7 +128,10 @@ def is_ours(proc: ProcessRecord, lab_dir: Path) -> bool:
 def start(argv: Sequence[str], log: Path) -> ProcessRecord:
     log.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    with open(log, "ab") as out:
+    # Logs may name hosts, addresses and errors: only the lab's owner (root) reads them.
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.fchmod(fd, 0o600)
+    with open(fd, "ab") as out:
         out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} start: {' '.join(argv)}\n".encode())
         out.flush()
         popen = subprocess.Popen(
@@ -143,15 +182,16 @@ def end_recorded(
     return True
 
 
-def end_in_namespace(pids: Sequence[int], grace_s: float = 3.0) -> int:
-    """End processes found inside one of the lab's namespaces (see module rules). Returns how many."""
-    count = 0
+def end_in_namespace(pids: Sequence[int], grace_s: float = 3.0) -> list[tuple[int, int]]:
+    """End processes found inside one of the lab's namespaces (see module rules). Returns the
+    (pid, start ticks) of those it ended, for `wait_reaped`."""
+    ended = []
     for pid in pids:
         ticks = start_ticks(pid)
         if ticks is not None and pid != os.getpid():
             end(pid, ticks=ticks, grace_s=grace_s)
-            count += 1
-    return count
+            ended.append((pid, ticks))
+    return ended
 
 
 def peak_memory_kib(pid: int) -> int | None:

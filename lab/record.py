@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from keys.store import write_file_atomically
 from lab.layout import LabLayout
+from wgmesh.invocation import program
 
 RECORD_VERSION = 1
 LabBackend = Literal["userspace", "kernel"]  # `auto` is resolved when the lab is created
@@ -42,6 +43,18 @@ class HostRecord(_Model):
     agent: ProcessRecord | None = Field(default=None, description="None: the agent was never started.")
 
 
+class ImpairmentRecord(_Model):
+    """`lab delay A B`: the relay that holds the pair's packets, and the ports standing for each end."""
+
+    a: int = Field(ge=1, description="Index of the first host (the lower one).")
+    b: int = Field(ge=1)
+    delay_ms: float = Field(ge=0, description="Added round-trip time.")
+    loss: float = Field(ge=0, le=1, description="Share of packets dropped in each direction.")
+    relay: ProcessRecord
+    port_a: int = Field(ge=1, le=65535, description="Relay port host a talks to instead of host b.")
+    port_b: int = Field(ge=1, le=65535, description="Relay port host b talks to instead of host a.")
+
+
 class LabRecord(_Model):
     version: int = RECORD_VERSION
     name: str
@@ -52,6 +65,7 @@ class LabRecord(_Model):
     backend: LabBackend = Field(
         default="userspace", description="The agents' WireGuard backend; absent: userspace (older labs)."
     )
+    impairments: list[ImpairmentRecord] = Field(default_factory=list)
 
     def host(self, index: int) -> HostRecord:
         for h in self.hosts:
@@ -77,14 +91,14 @@ def load(layout: LabLayout) -> LabRecord:
         text = path.read_text()
     except FileNotFoundError:
         raise RecordError(
-            f"no lab named {layout.name!r} is up (no {path}); start one with `wgmesh lab up`"
+            f"no lab named {layout.name!r} is up (no {path}); start one with `{program()} lab up`"
         ) from None
     try:
         return LabRecord.model_validate_json(text)
     except ValidationError as e:
         first = e.errors()[0]
         raise RecordError(
-            f"{path} is not a lab record ({first['msg']}); `wgmesh lab down --name {layout.name}` "
+            f"{path} is not a lab record ({first['msg']}); `{program()} lab down --name {layout.name}` "
             "removes the lab anyway"
         ) from None
 

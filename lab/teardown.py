@@ -33,21 +33,31 @@ class TeardownReport:
 def tear_down(layout: LabLayout, progress: Callable[[str], None] = lambda _: None) -> TeardownReport:
     record = load_if_present(layout)
     recorded = 0
+    ended: list[tuple[int, int]] = []
     if record is not None:
-        procs = [h.agent for h in record.hosts if h.agent is not None]
+        procs = [i.relay for i in record.impairments]
+        procs += [h.agent for h in record.hosts if h.agent is not None]
         if record.controller is not None:
             procs.append(record.controller)  # last: agents may talk to it while they stop
         for proc in procs:
             progress(f"stopping pid {proc.pid}")
-            recorded += processes.end_recorded(proc, layout.dir, grace_s=3.0)
+            if processes.end_recorded(proc, layout.dir, grace_s=3.0):
+                recorded += 1
+                ended.append((proc.pid, proc.start_ticks))
     namespaces = [ns for ns in netns.list_namespaces() if layout.owns_namespace(ns)]
     # Hosts before the underlay: a host's veth peer lives in the underlay.
     namespaces.sort(key=lambda ns: ns == layout.underlay_namespace)
     others = 0
     for ns in namespaces:
         progress(f"removing {ns}")
-        others += processes.end_in_namespace(netns.namespace_pids(ns))
+        in_ns = processes.end_in_namespace(netns.namespace_pids(ns))
+        others += len(in_ns)
+        ended += in_ns
         netns.delete_namespace(ns)
+    if ended:
+        # `down` returns when they are gone from the process table, not while they linger as zombies.
+        progress(f"waiting for {len(ended)} exited processes to be reaped")
+        processes.wait_reaped(ended)
     removed_dir = layout.dir.exists()
     if removed_dir:
         shutil.rmtree(layout.dir)

@@ -13,8 +13,10 @@ import ctypes.util
 import http.client
 import os
 import socket
+import ssl
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from lab.command import LabError
@@ -69,14 +71,31 @@ def request(
     bearer: str | None = None,
     body: bytes | None = None,
     timeout: float = 10.0,
+    ca_file: Path | None = None,
 ) -> HttpReply:
-    """One HTTP request from inside `namespace`. Connection errors raise OSError."""
+    """One HTTP(S) request from inside `namespace`; https verifies the server against `ca_file` (the
+    controller's CA) and its name. Connection and TLS errors raise OSError."""
     parts = urlsplit(url)
-    if parts.scheme != "http" or not parts.hostname:
-        raise LabError(f"the lab talks plain http to its controller, not {url!r}")
-    port = parts.port or 80
-    conn = http.client.HTTPConnection(parts.hostname, port, timeout=timeout)
-    conn.sock = connect_in_namespace(namespace, parts.hostname, port, timeout)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise LabError(f"the lab talks http(s) to its controller, not {url!r}")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    sock = connect_in_namespace(namespace, parts.hostname, port, timeout)
+    conn: http.client.HTTPConnection
+    if parts.scheme == "https":
+        if ca_file is None:
+            sock.close()
+            raise LabError(f"{url}: https needs the controller's CA file")
+        try:
+            context = ssl.create_default_context(cafile=str(ca_file))
+            tls_sock = context.wrap_socket(sock, server_hostname=parts.hostname)
+        except OSError:
+            sock.close()
+            raise
+        conn = http.client.HTTPSConnection(parts.hostname, port, timeout=timeout, context=context)
+        conn.sock = tls_sock
+    else:
+        conn = http.client.HTTPConnection(parts.hostname, port, timeout=timeout)
+        conn.sock = sock
     headers = {"Accept": "*/*"}
     if bearer:
         headers["Authorization"] = f"Bearer {bearer}"

@@ -35,11 +35,13 @@ from p2p.core.message import PRIORITY_DEFAULT, PRIORITY_MAX, PRIORITY_MIN, Messa
 from p2p.directory import FILE_NAME, DirectoryError, load_directory
 from p2p.errors import P2PError
 from p2p.events import PeerDown
+from wgmesh.argparser import OneLineParser
 
 DEFAULT_STATE_DIR = Path("/var/lib/wgmesh")
 # Names the state directory when --state-dir is not given (an empty value counts as unset).
 STATE_DIR_ENV = "WGMESH_STATE_DIR"
 IDENTITY_FILE = "identity.key"
+REFUSALS_EVERY_S = 1.0
 
 
 class UsageError(Exception):
@@ -67,8 +69,8 @@ def _positive(text: str) -> float:
 
 
 def _parser(prog: str, default_state_dir: Path) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description="Try the p2p messaging layer from a shell.")
-    common = argparse.ArgumentParser(add_help=False)
+    parser = OneLineParser(prog=prog, description="Try the p2p messaging layer from a shell.")
+    common = OneLineParser(add_help=False)
     where = common.add_argument_group("node identity")
     where.add_argument(
         "--state-dir",
@@ -181,13 +183,34 @@ async def _listen(args: argparse.Namespace, directory: Directory, key: IdentityP
     print(
         f"node {node.node_id} ({directory.own.name}) listening on port {node.port}; Ctrl-C stops", flush=True
     )
+    reporter = asyncio.create_task(_report_refusals(node))
     try:
         async for event in events:
             state = f"down ({event.reason})" if isinstance(event, PeerDown) else "up"
             print(f"-- {event.peer.describe()} is {state}", flush=True)
     finally:
+        reporter.cancel()
         await node.close()
     return 0
+
+
+async def _report_refusals(node: Any, every_s: float = REFUSALS_EVERY_S) -> None:
+    """A line whenever the node refused or displaced handshakes since the last one (at most one per
+    `every_s`): one address holding connections open shows up here, with its address."""
+    last: tuple[int, int, int] = (0, 0, 0)
+    while True:
+        await asyncio.sleep(every_s)
+        c = node.counters
+        now = (c.refused_busy_source, c.refused_all_slots, c.displaced_handshake)
+        if now == last:
+            continue
+        last = now
+        busiest = ", ".join(f"{a} {n}" for a, n in node.refused_sources.most_common(3))
+        print(
+            f"-- handshakes refused: {now[0]} from busy addresses, {now[1]} with every slot held; "
+            f"{now[2]} displaced (most refused: {busiest or '-'})",
+            flush=True,
+        )
 
 
 async def _send(args: argparse.Namespace, directory: Directory, key: IdentityPrivateKey) -> int:
@@ -204,7 +227,7 @@ async def _send(args: argparse.Namespace, directory: Directory, key: IdentityPri
         try:
             await node.wait_connected([target.node_id], timeout=args.timeout)
         except TimeoutError:
-            raise P2PError(f"cannot reach {target.describe()} within {args.timeout:g} s") from None
+            raise P2PError(await _why_unreachable(target, args.timeout)) from None
         remaining = max(0.1, deadline - time.monotonic())
         if args.request:
             reply = await node.request(
@@ -216,6 +239,23 @@ async def _send(args: argparse.Namespace, directory: Directory, key: IdentityPri
             await node.drain(timeout=remaining)
             print(f"sent {args.type} to {target.describe()} (id {message_id.hex()})")
     return 0
+
+
+async def _why_unreachable(target: DirectoryEntry, timeout: float) -> str:
+    """Why no connection to `target` came up: nothing listening is told apart from no answer at all."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(str(target.address), target.port), 2.0)
+    except ConnectionRefusedError:
+        return (
+            f"nothing listens on {target.describe()}: start `wgmesh p2p listen` on that host "
+            "(in the lab: `wgmesh lab exec HOST -- wgmesh p2p listen`)"
+        )
+    except (OSError, TimeoutError):
+        return f"cannot reach {target.describe()} within {timeout:g} s: no answer over the tunnel"
+    writer.close()
+    return (
+        f"{target.describe()} accepts connections but did not finish the p2p handshake within {timeout:g} s"
+    )
 
 
 async def _broadcast(args: argparse.Namespace, directory: Directory, key: IdentityPrivateKey) -> int:

@@ -31,7 +31,8 @@ class NodeConfig:
     gossip_ttl: int = 4  # hops a broadcast may travel
     handlers_per_peer: int = 1  # concurrent handler calls per peer; 1 keeps a peer's order
     directory_poll_interval: float = 1.0
-    max_pending_handshakes: int = 64
+    max_pending_handshakes: int = 64  # unfinished inbound handshakes, all sources together
+    max_handshakes_per_source: int = 4  # ... from one remote address (p2p/core/gate.py)
     ws_max_queue: int = 8  # frames websockets buffers per connection before it stops reading
     verify_threads: int = 0  # threads verifying relayed messages' signatures; 0: one per core
 

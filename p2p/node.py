@@ -30,6 +30,7 @@ import logging
 import os
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -55,6 +56,7 @@ from p2p.core.frame import (
     gossip_signing_input,
     signed_bytes,
 )
+from p2p.core.gate import GateVerdict, admit_handshake
 from p2p.core.history import History
 from p2p.core.message import PRIORITY_DEFAULT, PRIORITY_MAX, Message, MessageIds, check_priority, check_type
 from p2p.core.pacing import Backoff
@@ -126,6 +128,9 @@ class Node:
         self._ids = MessageIds(os.urandom(8))
         self._links: dict[int, PeerLink] = {}
         self._connections: set[PeerConnection] = set()
+        # unfinished inbound handshakes and their remote address, oldest first (p2p/core/gate.py)
+        self._inbound_handshakes: dict[PeerConnection, str] = {}
+        self.refused_sources: Counter[str] = Counter()  # inbound connections refused, by address
         self._pending: dict[bytes, tuple[int, asyncio.Future[Any]]] = {}
         self.handlers = HandlerTable(node_id=directory.own.node_id, counters=self.counters, log=self._log)
         self._streams: list[PeerEventStream] = []
@@ -562,13 +567,34 @@ class Node:
         }
 
     async def _accept(self, ws: ServerConnection) -> None:
-        handshaking = sum(1 for c in self._connections if c.session.state is SessionState.HANDSHAKE)
-        if handshaking >= self.config.max_pending_handshakes or self._closed:
-            self.counters.handshake_failed += 1
-            await ws.close(1013, "too many connections in handshake")
+        if self._closed:
+            await ws.close(1001, "node closing")
             return
+        source = str(ws.remote_address[0]) if ws.remote_address else "?"
+        decision = admit_handshake(
+            list(self._inbound_handshakes.values()),
+            source,
+            self.config.max_handshakes_per_source,
+            self.config.max_pending_handshakes,
+        )
+        if not decision.admitted:
+            if decision.verdict is GateVerdict.REFUSE_SOURCE:
+                self.counters.refused_busy_source += 1
+            else:
+                self.counters.refused_all_slots += 1
+            self.refused_sources[source] += 1
+            await ws.close(1013, decision.verdict.value)
+            return
+        if decision.displace is not None:
+            victim = list(self._inbound_handshakes)[decision.displace]
+            del self._inbound_handshakes[victim]
+            self.counters.displaced_handshake += 1
+            victim.reason = "handshake displaced: its address held the most unfinished handshakes"
+            victim.abort()
         session = Session.listener(**self._new_session_inputs())
-        await self._run_connection(PeerConnection(ws, session, dialed=False))
+        conn = PeerConnection(ws, session, dialed=False)
+        self._inbound_handshakes[conn] = source
+        await self._run_connection(conn)
 
     async def _dial_loop(self, link: PeerLink) -> None:
         attempt = 0
@@ -642,6 +668,7 @@ class Node:
                     elif isinstance(event, Outgoing):
                         await ws.send(event.frame)
                     elif isinstance(event, Opened):
+                        self._inbound_handshakes.pop(conn, None)
                         link = self._attach(conn, event.peer)
                         if link is None:
                             session.close()
@@ -661,6 +688,7 @@ class Node:
             conn.reason = f"internal error: {type(e).__name__}"
         finally:
             self._connections.discard(conn)
+            self._inbound_handshakes.pop(conn, None)
             session.close()
             if link is not None:
                 self._detach(link, conn)

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from wgmesh import __version__
+from wgmesh.invocation import program
 
 # group name -> (module, one-line help). The module exposes `main(argv, prog) -> int`.
 GROUPS: dict[str, tuple[str, str]] = {
@@ -26,9 +27,9 @@ GROUPS: dict[str, tuple[str, str]] = {
 
 def _usage() -> str:
     width = max(len(name) for name in GROUPS)
-    lines = ["usage: wgmesh [--version] GROUP ...", "", "groups:"]
+    lines = [f"usage: {program()} [--version] GROUP ...", "", "groups:"]
     lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in GROUPS.items()]
-    lines += ["", "Run `wgmesh GROUP --help` for a group's commands."]
+    lines += ["", f"Run `{program()} GROUP --help` for a group's commands."]
     return "\n".join(lines)
 
 
@@ -42,10 +43,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     group = args[0]
     if group not in GROUPS:
-        print(f"wgmesh: unknown group {group!r}\n\n{_usage()}", file=sys.stderr)
+        print(f"{program()}: unknown group {group!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(GROUPS[group][0])
     try:
-        return int(module.main(args[1:], prog=f"wgmesh {group}"))
+        return int(module.main(args[1:], prog=f"{program()} {group}"))
     except KeyboardInterrupt:
         return 130

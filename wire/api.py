@@ -4,7 +4,9 @@ Every node call carries `Authorization: Bearer <node_credential>` (from EnrollRe
 call carries `Authorization: Bearer <admin credential>`.
 """
 
-HEALTH = "/v1/health"  # GET -> {"status": "ok", "protocol_version": 1}
+HEALTH = "/v1/health"  # GET -> {"status": "ok", "protocol_version": 2}
+TLS_CA = "/v1/tls/ca"  # GET -> the controller CA certificate (PEM; no auth; 404 with operator certificates)
+ENROLL_NONCE = "/v1/enroll/nonce"  # POST -> EnrollNonce (no auth): the challenge an EnrollRequest signs
 ENROLL = "/v1/enroll"  # POST EnrollRequest -> EnrollResponse (no auth: the pre-auth key is the auth)
 # GET ?since=SERIAL&timeout=SECONDS (node) -> 200 NetMap, or 204 when nothing newer.
 # With &delta=1: 200 NetMapUpdate, i.e. a NetMapDelta (kind "delta") from `since` when the controller
@@ -14,5 +16,12 @@ LINKS = "/v1/links"  # POST LinkReport (node) -> 204
 NODES = "/v1/nodes"  # GET (admin) -> list[NodeInfo]; /v1/nodes/{id}: GET NodeInfo, DELETE -> 204
 PREAUTH_KEYS = "/v1/preauth-keys"  # POST PreAuthKeyRequest -> PreAuthKeyInfo with key; GET list; DELETE /{id}
 TOPOLOGY = "/v1/topology"  # GET (admin) -> Topology; ?format=dot -> text/vnd.graphviz
+
+# Key rotation (wire.rotation): POST KEY (node) KeyReport -> KeyReportAnswer;
+# POST /v1/nodes/{id}/rotate (admin) -> RotationInfo; POST ROTATE_ALL (admin) -> RotationProgress;
+# GET ROTATIONS (admin) -> RotationProgress. A refusal is 404 (no such node) or 409 (already rotating).
+KEY = "/v1/key"
+ROTATE_ALL = "/v1/nodes/rotate-all"
+ROTATIONS = "/v1/rotations"
 
 NETMAP_MAX_TIMEOUT_S = 300

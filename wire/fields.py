@@ -62,6 +62,15 @@ def parse_endpoint(value: str) -> tuple[str, int]:
             raise ValueError(f"endpoint {value!r}: write IPv6 addresses as '[addr]:port'")
         if not _HOSTNAME.match(host):
             raise ValueError(f"endpoint {value!r}: {host!r} is not a valid address or hostname")
+        if host.rsplit(".", 1)[-1].isdigit():
+            # A name whose last label is a number is an IPv4 address or nothing (no top-level domain is
+            # numeric): `300.1.1.1` must not be taken for a hostname that never resolves.
+            try:
+                ipaddress.IPv4Address(host)
+            except ValueError:
+                raise ValueError(
+                    f"endpoint {value!r}: {host!r} is not a valid IPv4 address (four numbers 0-255)"
+                ) from None
     if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
         raise ValueError(f"endpoint {value!r}: port must be 1-65535")
     return host, int(port_text)

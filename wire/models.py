@@ -29,12 +29,28 @@ class WireModel(BaseModel):
 # --- enrollment -------------------------------------------------------------------------------------
 
 
+class EnrollNonce(WireModel):
+    """The controller's enrollment challenge: sign it within `expires_in_s`; it is accepted once."""
+
+    nonce: str = Field(min_length=16, max_length=64)
+    expires_in_s: int = Field(ge=1)
+
+
 class EnrollRequest(WireModel):
     """A host asks to join. `signature` is the host's Ed25519 identity signature over
     `enroll_signing_bytes(request)`: it proves the host holds the identity key it names, so nobody can
-    re-enroll someone else's identity."""
+    re-enroll someone else's identity, and it covers the controller's single-use `nonce`, so a recorded
+    request cannot enroll again."""
 
-    preauth_key: str = Field(min_length=8, max_length=200, examples=["wgm_pak_3f9a..."])
+    preauth_key: str = Field(
+        min_length=8,
+        max_length=200,
+        examples=["wgm_pak_3f9a..."],
+        description="The secret part of the pre-auth key (before any '.'; see wire/preauth.py)",
+    )
+    nonce: str = Field(
+        min_length=16, max_length=64, description="From POST /v1/enroll/nonce, used once, expires"
+    )
     hostname: Hostname
     wg_public_key: WgPublicKey
     identity_public_key: IdPublicKey
@@ -49,8 +65,9 @@ class EnrollRequest(WireModel):
 def enroll_signing_bytes(req: EnrollRequest) -> bytes:
     """The canonical bytes an enrolling host signs: every field but the signature, in a fixed order."""
     parts = [
-        "wgmesh-enroll-v1",
+        "wgmesh-enroll-v2",
         req.preauth_key,
+        req.nonce,
         req.hostname,
         req.wg_public_key.base64(),
         req.identity_public_key.base64(),
@@ -104,6 +121,11 @@ class SelfNode(WireModel):
     tunnel_address: IPAddress
     mesh_cidr: IPNetwork
     listen_port: Port
+    key_rotation: int | None = Field(
+        default=None,
+        ge=1,
+        description="A key rotation the controller asks this node to make (its id); None: none asked.",
+    )
 
 
 class NetMap(WireModel):
@@ -193,11 +215,14 @@ class LinkReport(WireModel):
 # --- admin ------------------------------------------------------------------------------------------
 
 
+MAX_PREAUTH_EXPIRY_S = 10 * 365 * 86400  # ten years; `never` is None
+
+
 class PreAuthKeyRequest(WireModel):
     role: Role = "node"
     reusable: bool = False
     expires_in_s: int | None = Field(
-        default=3600, ge=1, le=10 * 365 * 86400, description="None: never expires."
+        default=3600, ge=1, le=MAX_PREAUTH_EXPIRY_S, description="None: never expires."
     )
 
 
@@ -224,6 +249,12 @@ class NodeInfo(WireModel):
     enrolled_at: datetime
     last_seen: datetime | None = Field(default=None, description="None: never polled since enrollment.")
     serial: int
+    key_created_at: datetime | None = Field(
+        default=None, description="When the node's current WireGuard key was recorded; None: not known."
+    )
+    rotation: Literal["idle", "queued", "requested", "prepared"] = Field(
+        default="idle", description="The node's key rotation now (wire.rotation.RotationState)."
+    )
 
 
 class TopologyEdge(WireModel):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from agent.device import Device, DeviceUpdate
+from agent.device import Device, DeviceUpdate, KeySwitch, PeerSwap
 
 
 class BackendError(RuntimeError):
@@ -35,3 +35,10 @@ class Backend(Protocol):
 
     def apply(self, ifname: str, update: DeviceUpdate) -> None:
         """Apply an incremental update. Peers not named in `update` keep their sessions."""
+
+    def swap_peer(self, ifname: str, swap: PeerSwap) -> None:
+        """Key rotation on a peer, in one configuration call where the implementation has one (see
+        `PeerSwap`): the new peer takes the old one's allowed IPs, then the old one is removed."""
+
+    def switch_key(self, ifname: str, switch: KeySwitch) -> None:
+        """Key rotation on the rotating node (see `KeySwitch`): new private key, keepalive kicks."""

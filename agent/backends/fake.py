@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from agent.backends.base import BackendError
-from agent.device import Device, DeviceUpdate, PeerConfig, PeerStatus
+from agent.device import Device, DeviceUpdate, KeySwitch, PeerConfig, PeerStatus, PeerSwap, PeerUpdate
 from keys.types import WireGuardPrivateKey, WireGuardPublicKey
 
 
@@ -95,6 +95,28 @@ class FakeBackend:
                 dev.peers.pop(key, None)
             for peer in update.upsert:
                 self._upsert(dev, peer.config, peer.update_only)
+
+    def swap_peer(self, ifname: str, swap: PeerSwap) -> None:
+        with self._lock:
+            self._maybe_fail()
+            dev = self._get(ifname)
+            dev.history.append(DeviceUpdate(upsert=(PeerUpdate(swap.new),), remove=(swap.old,)))
+            self._upsert(dev, swap.new, update_only=False)
+            if swap.old != swap.new.public_key:
+                dev.peers.pop(swap.old, None)
+
+    def switch_key(self, ifname: str, switch: KeySwitch) -> None:
+        with self._lock:
+            self._maybe_fail()
+            dev = self._get(ifname)
+            dev.history.append(DeviceUpdate(private_key=switch.private_key))
+            dev.private_key = clamped(switch.private_key)
+            dev.peers.pop(switch.private_key.public_key(), None)
+            for key, seconds in switch.kick:
+                status = dev.peers.get(key)
+                if status is not None:
+                    config = replace(status.config, persistent_keepalive=seconds)
+                    dev.peers[key] = replace(status, config=config)
 
     # --- what only the fake can do ------------------------------------------------------------------
 

@@ -24,8 +24,10 @@ from agent.device import (
     Device,
     DeviceUpdate,
     IPNetwork,
+    KeySwitch,
     PeerConfig,
     PeerStatus,
+    PeerSwap,
     endpoint_address,
     normalize_ips,
 )
@@ -81,23 +83,49 @@ def netlink_set_calls(update: DeviceUpdate) -> list[dict[str, Any]]:
     for key in update.remove:
         calls.append({"peer": {"public_key": key.base64(), "remove": True}})
     for upsert in update.upsert:
-        cfg = upsert.config
-        peer: dict[str, Any] = {
-            "public_key": cfg.public_key.base64(),
-            "update_only": upsert.update_only,
-            "replace_allowed_ips": True,
-            "allowed_ips": [str(net) for net in cfg.allowed_ips],
-            "persistent_keepalive": cfg.persistent_keepalive or 0,
-            "preshared_key": cfg.preshared_key.base64() if cfg.preshared_key else ZERO_KEY_B64,
-        }
-        if cfg.endpoint is not None:
-            addr = endpoint_address(cfg.endpoint)
-            if addr is None:
-                raise BackendError(
-                    f"peer {cfg.public_key}: endpoint {cfg.endpoint} is a host name; resolve it first"
-                )
-            peer["endpoint_addr"], peer["endpoint_port"] = str(addr[0]), addr[1]
-        calls.append({"peer": peer})
+        calls.append({"peer": _peer_call(upsert.config, upsert.update_only)})
+    return calls
+
+
+def _peer_call(cfg: PeerConfig, update_only: bool) -> dict[str, Any]:
+    peer: dict[str, Any] = {
+        "public_key": cfg.public_key.base64(),
+        "update_only": update_only,
+        "replace_allowed_ips": True,
+        "allowed_ips": [str(net) for net in cfg.allowed_ips],
+        "persistent_keepalive": cfg.persistent_keepalive or 0,
+        "preshared_key": cfg.preshared_key.base64() if cfg.preshared_key else ZERO_KEY_B64,
+    }
+    if cfg.endpoint is not None:
+        addr = endpoint_address(cfg.endpoint)
+        if addr is None:
+            raise BackendError(
+                f"peer {cfg.public_key}: endpoint {cfg.endpoint} is a host name; resolve it first"
+            )
+        peer["endpoint_addr"], peer["endpoint_port"] = str(addr[0]), addr[1]
+    return peer
+
+
+def netlink_swap_calls(swap: PeerSwap) -> list[dict[str, Any]]:
+    """The `WireGuard.set` calls of a key swap on a peer: the new peer first (the kernel moves each
+    allowed IP to it atomically), then the old one removed. pyroute2 sends one peer per call, so these
+    are two netlink requests; between them the old peer exists without allowed IPs, which routes
+    nothing to it, so no packet is lost either way."""
+    return [
+        {"peer": _peer_call(swap.new, update_only=False)},
+        {"peer": {"public_key": swap.old.base64(), "remove": True}},
+    ]
+
+
+def netlink_switch_calls(switch: KeySwitch) -> list[dict[str, Any]]:
+    """The `WireGuard.set` calls of a key switch: the private key, then per kicked peer its keepalive
+    to 0 and to n (the kernel sends a keepalive when it goes from 0 to n). No allowed IP is named."""
+    calls: list[dict[str, Any]] = [{"private_key": switch.private_key.base64()}]
+    for key, seconds in switch.kick:
+        for value in (0, seconds):
+            calls.append(
+                {"peer": {"public_key": key.base64(), "update_only": True, "persistent_keepalive": value}}
+            )
     return calls
 
 
@@ -241,9 +269,17 @@ class KernelBackend:
                 raise BackendError(f"cannot read {ifname}: {e}") from None
 
     def apply(self, ifname: str, update: DeviceUpdate) -> None:
+        self._run(ifname, netlink_set_calls(update))
+
+    def swap_peer(self, ifname: str, swap: PeerSwap) -> None:
+        self._run(ifname, netlink_swap_calls(swap))
+
+    def switch_key(self, ifname: str, switch: KeySwitch) -> None:
+        self._run(ifname, netlink_switch_calls(switch))
+
+    def _run(self, ifname: str, calls: list[dict[str, Any]]) -> None:
         from pyroute2.netlink.exceptions import NetlinkError
 
-        calls = netlink_set_calls(update)
         if not calls:
             return
         with self._wireguard() as wg:

@@ -30,11 +30,20 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from agent.backends.base import BackendError, BackendUnavailable
-from agent.device import Device, DeviceUpdate
-from agent.uapi import GET_REQUEST, UapiError, check_errno, encode_set, parse_get
+from agent.device import Device, DeviceUpdate, KeySwitch, PeerSwap
+from agent.uapi import (
+    GET_REQUEST,
+    UapiError,
+    check_errno,
+    encode_set,
+    encode_swap,
+    encode_switch,
+    parse_get,
+)
 from keys.store import write_private_file
 
 SYSTEM_RUN_DIR = Path("/var/run/wireguard")
@@ -212,16 +221,29 @@ class UserspaceBackend:
         check_ifname(ifname)
         if update.is_empty():
             return
+        self._set(ifname, lambda: encode_set(update))
+
+    def swap_peer(self, ifname: str, swap: PeerSwap) -> None:
+        """One `set=1` request: the new peer with the old one's allowed IPs, then the old one removed."""
+        check_ifname(ifname)
+        self._set(ifname, lambda: encode_swap(swap))
+
+    def switch_key(self, ifname: str, switch: KeySwitch) -> None:
+        """One `set=1` request: the private key, then the keepalive kicks."""
+        check_ifname(ifname)
+        self._set(ifname, lambda: encode_switch(switch))
+
+    # --- internals ----------------------------------------------------------------------------------
+
+    def _set(self, ifname: str, encode: Callable[[], str]) -> None:
         try:
-            request = encode_set(update)
+            request = encode()
             reply = uapi_request(self.socket_path(ifname), request, timeout=self.request_timeout)
             check_errno(reply, f"set on {ifname}")
         except OSError as e:
             raise BackendError(f"cannot configure {ifname}: its UAPI socket does not answer ({e})") from None
         except UapiError as e:
             raise BackendError(f"cannot configure {ifname}: {e}") from None
-
-    # --- internals ----------------------------------------------------------------------------------
 
     def _command(self, ifname: str) -> list[str]:
         cmd = [self.binary, "-f", ifname]

@@ -13,6 +13,9 @@ from dataclasses import asdict, dataclass
 class Counters:
     # connection set-up
     handshake_failed: int = 0  # bad signature, wrong node, version mismatch, timeout
+    refused_busy_source: int = 0  # inbound refused: its address already had its unfinished handshakes
+    refused_all_slots: int = 0  # inbound refused: every handshake slot held by sources as busy as it
+    displaced_handshake: int = 0  # an unfinished inbound handshake closed to let a less busy source in
     unknown_sender: int = 0  # a node id (or gossip origin) that is not in the directory
     # frames
     oversized: int = 0  # a frame or payload above the size limits

@@ -74,9 +74,16 @@ def make_host(hostname: str, number: int = 1, endpoints: list[str] | None = None
     )
 
 
-def enroll_request(host: Host, key: str, listen_port: int = 51820) -> EnrollRequest:
+UNISSUED_NONCE = "n0t-a-nonce-the-controller-issued"
+
+
+def enroll_request(
+    host: Host, key: str, nonce: str = UNISSUED_NONCE, listen_port: int = 51820
+) -> EnrollRequest:
+    """`host`'s signed request; `nonce` from POST /v1/enroll/nonce (the default is refused)."""
     unsigned = EnrollRequest(
         preauth_key=key,
+        nonce=nonce,
         hostname=host.hostname,
         wg_public_key=host.wg.public_key(),
         identity_public_key=host.identity.public_key(),
@@ -121,8 +128,13 @@ class ControllerHarness:
         self._hosts += 1
         return make_host(hostname or f"host-{self._hosts}", self._hosts, endpoints)
 
+    async def nonce(self) -> str:
+        r = await self.client.post(api.ENROLL_NONCE)
+        assert r.status_code == 200, r.text
+        return str(r.json()["nonce"])
+
     async def enroll_raw(self, host: Host, key: str) -> httpx.Response:
-        body = enroll_request(host, key).model_dump_json()
+        body = enroll_request(host, key, await self.nonce()).model_dump_json()
         return await self.client.post(api.ENROLL, content=body, headers={"Content-Type": "application/json"})
 
     async def enroll(self, host: Host | None = None, key: str | None = None) -> Host:

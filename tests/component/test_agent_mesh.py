@@ -14,6 +14,7 @@ import io
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from ipaddress import ip_network
 from pathlib import Path
 
@@ -22,8 +23,11 @@ import pytest
 
 from agent.backends.fake import FakeBackend
 from agent.backoff import Backoff
-from agent.daemon import Agent, AgentEdges, AgentSettings, InMemoryHostNetwork
+from agent.core import EXIT_REMOVED
+from agent.daemon import Agent, AgentEdges, AgentSettings
 from agent.eventlog import EventLog
+from agent.hostnet.base import HostConfig
+from agent.hostnet.fake import FakeHostNetwork
 from agent.links import ProbeResult
 from agent.state import AgentState, StatePaths, load_keys
 from agent.status import AgentStatus
@@ -31,9 +35,11 @@ from controller.app import create_app
 from controller.credentials import ensure_admin_credential
 from controller.settings import Settings
 from controller.sqlstore import SqlStore
+from controller.tls import managed_tls
 from p2p.directory import load_directory
 from wire import api
 from wire.models import PreAuthKeyInfo, Topology
+from wire.preauth import parse_preauth_key
 
 MESH_CIDR = ip_network("10.99.0.0/16")
 RTT_MS = 1.5
@@ -50,7 +56,7 @@ class SteadyProber:
         return {t: ProbeResult(sent=3, received=3, rtt_ms=RTT_MS) for t in targets}
 
 
-class FlakyHostNetwork(InMemoryHostNetwork):
+class FlakyHostNetwork(FakeHostNetwork):
     """A host network the kernel refuses while `broken`; counts every attempt."""
 
     def __init__(self) -> None:
@@ -58,23 +64,30 @@ class FlakyHostNetwork(InMemoryHostNetwork):
         self.broken = False
         self.calls = 0
 
-    async def apply(self, ifname, addresses, routes, forward):
+    def set(self, config: HostConfig) -> list[str]:
         self.calls += 1
         if self.broken:
             raise OSError(errno.EPERM, "Operation not permitted")
-        return await super().apply(ifname, addresses, routes, forward)
+        return super().set(config)
 
 
 class SwitchableTransport(httpx.AsyncBaseTransport):
-    """The network between agents and controller; `down` makes every new request fail to connect."""
+    """The network between agents and controller; `down` makes every new request fail to connect.
+    Requests with a credential in `removed` are answered 410, as a controller that remembers removed
+    nodes answers them (today's controller does so only to a poll parked at the removal)."""
 
     def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
         self.inner = inner
         self.down = False
+        self.removed: set[str] = set()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if self.down:
             raise httpx.ConnectError("connection refused", request=request)
+        credential = request.headers.get("authorization", "").removeprefix("Bearer ")
+        if credential in self.removed:
+            body = {"detail": "node was removed from the mesh"}
+            return httpx.Response(410, json=body, request=request)
         return await self.inner.handle_async_request(request)
 
 
@@ -112,7 +125,10 @@ class Mesh:
         settings = Settings(state_dir=tmp / "controller", mesh_cidr=MESH_CIDR)
         settings.state_dir.mkdir(mode=0o700)
         self.store = SqlStore(settings.database_url)
-        self.app = create_app(settings, self.store)
+        # The controller's own CA: its pin is in the pre-auth key, which every agent checks on enrollment
+        # (the ASGI transport carries no TLS; the lab and the process tests run the real handshake).
+        self.tls = managed_tls(settings.state_dir / "tls", ["controller"], datetime.now(UTC))
+        self.app = create_app(settings, self.store, tls=self.tls)
         # an exception in the app becomes a 500, as uvicorn answers in production
         self.transport = SwitchableTransport(httpx.ASGITransport(app=self.app, raise_app_exceptions=False))
         self.admin = ensure_admin_credential(settings.state_dir)[0]
@@ -122,7 +138,7 @@ class Mesh:
     def admin_client(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(
             transport=self.transport,
-            base_url="http://controller",
+            base_url="https://controller",
             headers={"Authorization": f"Bearer {self.admin}"},
         )
 
@@ -139,16 +155,17 @@ class Mesh:
             self.hosts[name] = Host(name, self.tmp / name)
         return self.hosts[name]
 
-    async def start(self, name: str, enroll: bool = True) -> Host:
+    async def start(self, name: str, enroll: bool = True, probe_interval_s: float = 0.1) -> Host:
         h = self.host(name)
         index = sorted(self.hosts).index(name) + 2
         settings = AgentSettings(
             state_dir=h.state_dir,
-            controller_url="http://controller" if enroll else None,
-            token=self.preauth_key if enroll else None,
+            controller_url="https://controller" if enroll else None,
+            token=parse_preauth_key(self.preauth_key).secret if enroll else None,
+            ca_pin=parse_preauth_key(self.preauth_key).ca_pin if enroll else None,
             hostname=name,
             endpoints=(f"198.18.0.{index}:51820",),
-            probe_interval_s=0.1,
+            probe_interval_s=probe_interval_s,
             poll_timeout_s=5,
         )
         edges = AgentEdges(
@@ -298,11 +315,32 @@ async def test_a_fourth_host_appears_everywhere_and_a_removed_one_disappears(mes
         await wait_for(
             f"{name} to log beta's removal", lambda h=h: "event=peer_removed peer=beta" in h.log(), mesh
         )
-    # the removed host is told once that its credential is refused; its agent keeps running
+    # the removed host is told once (removed: 410, or its credential refused: 401, depending on
+    # whether its poll was parked at the removal)
     beta = mesh.hosts["beta"]
-    await wait_for("beta rejected", lambda: beta.status().controller == "rejected", mesh)
-    await wait_for("beta to retry several times", lambda: retries(beta) >= 4, mesh)
-    assert mesh.hosts["beta"].log().count("event=controller_rejected") == 1
+    await wait_for("beta told", lambda: beta.status().controller in ("rejected", "removed"), mesh)
+    told = beta.log().count("event=controller_rejected") + beta.log().count("event=node_removed")
+    assert 1 <= told <= 2
+
+
+async def test_a_removed_node_takes_its_peers_down_says_so_once_and_stops(mesh: Mesh) -> None:
+    for name in ("alpha", "beta"):
+        await mesh.start(name)
+    await wait_for("two hosts meshed", lambda: full_mesh(mesh, ["alpha", "beta"]), mesh)
+    beta = mesh.hosts["beta"]
+    mesh.transport.removed.add(StatePaths(beta.state_dir).credential.read_text().strip())
+    await mesh.remove("beta")
+    await wait_for("beta's agent to stop", lambda: beta.task is not None and beta.task.done(), mesh)
+    assert beta.agent is not None and beta.agent.stopped is not None
+    assert beta.agent.stopped.exit_code == EXIT_REMOVED
+    assert "removed this node from the mesh" in beta.agent.stopped.reason
+    assert beta.log().count("event=node_removed") == 1
+    assert beta.backend.read("wg0").peers == {}
+    assert (beta.host_network.addresses["wg0"], beta.host_network.routes["wg0"]) == ((), ())
+    assert beta.host_network.forward["wg0"] is False
+    assert beta.status().controller == "removed" and beta.status().peers == []
+    assert not StatePaths(beta.state_dir).netmap.exists(), "a restart would bring the peers back"
+    assert not StatePaths(beta.state_dir).p2p_directory.exists()
 
 
 async def test_controller_away_agents_run_from_cache_then_reconnect(mesh: Mesh) -> None:
@@ -355,7 +393,7 @@ async def test_no_log_line_shows_a_secret(mesh: Mesh) -> None:
         await mesh.start(name)
     await wait_for("two hosts meshed", lambda: full_mesh(mesh, ["alpha", "beta"]), mesh)
     await mesh.remove("beta")
-    await wait_for("beta rejected", lambda: "event=controller_rejected" in mesh.hosts["beta"].log(), mesh)
+    await wait_for("beta removed", lambda: "event=node_removed" in mesh.hosts["beta"].log(), mesh)
     logs = mesh.all_logs()
     secrets = [mesh.preauth_key, mesh.admin]
     for h in mesh.hosts.values():

@@ -13,8 +13,9 @@ import httpx
 
 from agent.backends.fake import FakeBackend
 from agent.backoff import Backoff
-from agent.daemon import Agent, AgentEdges, AgentSettings, InMemoryHostNetwork
+from agent.daemon import Agent, AgentEdges, AgentSettings
 from agent.eventlog import EventLog
+from agent.hostnet.fake import FakeHostNetwork
 from agent.links import ProbeResult
 from agent.state import AgentState, StatePaths, load_or_create_keys, save_credential, save_netmap
 from agent.status import AgentStatus
@@ -92,7 +93,7 @@ def enrolled_state_dir(path) -> NetMap:
 def make_agent(state_dir, backend, out, prober=None, host_network=None):
     edges = AgentEdges(
         backend=backend,
-        host_network=host_network or InMemoryHostNetwork(),
+        host_network=host_network or FakeHostNetwork(),
         prober=prober or RecordingProber(),
         log=EventLog(out),
         transport=httpx.MockTransport(refuse),
@@ -167,7 +168,7 @@ async def test_relayed_peers_report_only_their_handshake_age(tmp_path):
 async def test_a_restart_applies_nothing_and_keeps_sessions(tmp_path):
     enrolled_state_dir(tmp_path)
     # the interface, its addresses and routes outlive the agent process
-    backend, host_network = FakeBackend(), InMemoryHostNetwork()
+    backend, host_network = FakeBackend(), FakeHostNetwork()
     first = make_agent(tmp_path, backend, io.StringIO(), host_network=host_network)
     await first.start()
     await first.shutdown()

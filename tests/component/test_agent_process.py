@@ -119,7 +119,7 @@ def prepare(hosts: list[Host]) -> None:
             name=f"wga4h{h.n}",
             tunnel_address=ip_address(f"10.99.0.{h.n}"),
             mesh_cidr=ip_network("10.99.0.0/16"),
-            controller_url="http://127.0.0.1:9",  # loopback of the host: refused at once
+            controller_url="https://127.0.0.1:9",  # loopback of the host: refused at once
             interface="wg0",
             backend="userspace",
             listen_port=51820,

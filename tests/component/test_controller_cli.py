@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
+import ssl
 import stat
 import subprocess
 import sys
@@ -19,6 +21,7 @@ import pytest
 
 from tests.component.conftest import enroll_request, make_host
 from wire import api
+from wire.preauth import parse_preauth_key
 
 WGMESH = [sys.executable, "-c", "import sys; from wgmesh.cli import main; sys.exit(main())"]
 
@@ -38,12 +41,25 @@ class Served:
         self, state_dir: Path, port: int, process: subprocess.Popen[str], first_lines: list[str]
     ) -> None:
         self.state_dir = state_dir
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"https://127.0.0.1:{port}"
         self.process = process
         self.first_lines = first_lines
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return run(*args, "--controller", self.url, "--state-dir", str(self.state_dir))
+
+    def http(self) -> httpx.Client:
+        """A client that trusts the controller's CA, as a pinned agent does."""
+        ca = ssl.create_default_context(cafile=str(self.state_dir / "tls" / "ca.crt"))
+        return httpx.Client(base_url=self.url, verify=ca, headers={"Content-Type": "application/json"})
+
+    def enroll(self, name: str, key: str) -> httpx.Response:
+        with self.http() as c:
+            nonce = c.post(api.ENROLL_NONCE).json()["nonce"]
+            secret = parse_preauth_key(key).secret
+            return c.post(
+                api.ENROLL, content=enroll_request(make_host(name), secret, nonce).model_dump_json()
+            )
 
 
 def start(state_dir: Path) -> Served:
@@ -96,13 +112,20 @@ def served(tmp_path: Path) -> Iterator[Served]:
         stop(s)
 
 
-def test_first_start_shows_the_admin_credential_once_and_stores_it_0600(served: Served):
+def test_first_start_off_a_terminal_names_the_credential_file_but_never_prints_it(served: Served):
+    """stdout here is a pipe, as under systemd or a log file: the credential stays in its 0600 file and
+    `wgmesh controller admin-credential` shows it to whoever may read that file."""
     cred_file = served.state_dir / "admin-credential"
     credential = cred_file.read_text().strip()
     assert stat.S_IMODE(cred_file.stat().st_mode) == 0o600
     assert len(served.first_lines) == 2
-    assert credential in served.first_lines[0]
-    assert served.first_lines[1].startswith("wgmesh controller ready on http://127.0.0.1:")
+    assert served.first_lines[0] == (
+        f"admin credential created in {cred_file}; show it with `wgmesh controller admin-credential`"
+    )
+    assert credential not in "\n".join(served.first_lines)
+    shown = run("controller", "admin-credential", "--state-dir", str(served.state_dir))
+    assert shown.returncode == 0 and shown.stdout == credential + "\n"
+    assert served.first_lines[1].startswith("wgmesh controller ready on https://127.0.0.1:")
     assert "198.19.0.0/16" in served.first_lines[1]
     stop(served)
     again = start(served.state_dir)
@@ -110,6 +133,11 @@ def test_first_start_shows_the_admin_credential_once_and_stores_it_0600(served: 
         assert len(again.first_lines) == 1 and credential not in again.first_lines[0]
     finally:
         stop(again)
+    cred_file.chmod(0o644)
+    refused = run("controller", "admin-credential", "--state-dir", str(served.state_dir))
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert "other users can read it" in refused.stderr
+    assert credential not in refused.stderr
 
 
 def test_token_create_prints_only_the_key_and_it_enrolls_a_host(served: Served):
@@ -117,12 +145,9 @@ def test_token_create_prints_only_the_key_and_it_enrolls_a_host(served: Served):
     assert created.returncode == 0, created.stderr
     key = created.stdout.strip()
     assert created.stdout == key + "\n" and key.startswith("wgm_pak_")
-    host = make_host("cli-host")
-    r = httpx.post(
-        served.url + api.ENROLL,
-        content=enroll_request(host, key).model_dump_json(),
-        headers={"Content-Type": "application/json"},
-    )
+    pin = parse_preauth_key(key).ca_pin
+    assert pin is not None and served.first_lines[-1].endswith(f"CA pin {pin})")
+    r = served.enroll("cli-host", key)
     assert r.status_code == 200, r.text
 
     listed = served.cli("controller", "token", "list")
@@ -139,8 +164,15 @@ def test_token_create_prints_only_the_key_and_it_enrolls_a_host(served: Served):
     assert as_json[0]["name"] == "cli-host"
     shown = served.cli("nodes", "show", "1")
     assert "tunnel address: 198.19.0.1" in shown.stdout
+    by_name = served.cli("nodes", "show", "cli-host")
+    assert by_name.returncode == 0 and by_name.stdout == shown.stdout
+    unknown = served.cli("nodes", "remove", "no-such-host")
+    assert unknown.returncode == 1
+    assert unknown.stderr.strip() == (
+        "wgmesh nodes remove: no node named 'no-such-host' (`wgmesh nodes list` shows the nodes)"
+    )
 
-    removed = served.cli("nodes", "remove", "1")
+    removed = served.cli("nodes", "remove", "cli-host")
     assert removed.returncode == 0 and "removed node 1 (cli-host" in removed.stdout
     assert json.loads(served.cli("nodes", "list", "--json").stdout) == []
 
@@ -151,7 +183,12 @@ def test_token_create_prints_only_the_key_and_it_enrolls_a_host(served: Served):
 
 def test_admin_credential_from_the_environment(served: Served):
     credential = (served.state_dir / "admin-credential").read_text().strip()
-    env = {**os.environ, "WGMESH_ADMIN_CREDENTIAL": credential, "WGMESH_CONTROLLER": served.url}
+    env = {
+        **os.environ,
+        "WGMESH_ADMIN_CREDENTIAL": credential,
+        "WGMESH_CONTROLLER": served.url,
+        "WGMESH_CA_FILE": str(served.state_dir / "tls" / "ca.crt"),
+    }
     r = run("controller", "token", "create", env=env)
     assert r.returncode == 0 and r.stdout.startswith("wgm_pak_")
     env["WGMESH_ADMIN_CREDENTIAL"] = "wrong"
@@ -169,7 +206,7 @@ def test_refusals_and_unreachable_controllers_are_one_line(served: Served):
         "nodes",
         "list",
         "--controller",
-        f"http://127.0.0.1:{free_port()}",
+        f"https://127.0.0.1:{free_port()}",
         "--state-dir",
         str(served.state_dir),
     )
@@ -216,19 +253,80 @@ def test_a_served_controller_keeps_its_nodes_across_restarts(tmp_path: Path):
     first = start(state)
     try:
         key = first.cli("controller", "token", "create").stdout.strip()
-        host = make_host("keeper")
-        body = enroll_request(host, key).model_dump_json()
-        assert (
-            httpx.post(
-                first.url + api.ENROLL, content=body, headers={"Content-Type": "application/json"}
-            ).status_code
-            == 200
-        )
+        assert first.enroll("keeper", key).status_code == 200
     finally:
         stop(first)
     second = start(state)
     try:
         assert "1 nodes" in second.first_lines[-1]
         assert json.loads(second.cli("nodes", "list", "--json").stdout)[0]["tunnel_address"] == "198.19.0.1"
+    finally:
+        stop(second)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--expires", "99999999d"],
+            "wgmesh controller token create: argument --expires: '99999999d' is too far away: "
+            "at most 3650d (10 years), or 'never' (see --help)",
+        ),
+        (
+            ["--expires", "soon"],
+            "wgmesh controller token create: argument --expires: expected a duration like 30m, 1h, "
+            "7d or 'never', got 'soon' (see --help)",
+        ),
+    ],
+)
+def test_a_bad_token_flag_is_one_line_naming_the_flag(tmp_path: Path, args: list[str], message: str):
+    r = run("controller", "token", "create", *args, "--state-dir", str(tmp_path))
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.strip() == message
+
+
+def _doc_block(name: str) -> list[str]:
+    """The shell lines of the `<!-- tested: NAME -->` block of docs/operations.md."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    block = text.split(f"<!-- tested: {name} -->\n```sh\n", 1)[1].split("```", 1)[0]
+    return [line for line in block.splitlines() if line.strip()]
+
+
+def _as_here(line: str, state: Path, backups: Path) -> str:
+    return line.replace("/var/lib/wgmesh/controller", str(state)).replace("/root/", f"{backups}/")
+
+
+def test_the_documented_backup_and_restore_bring_back_every_node(tmp_path: Path):
+    """docs/operations.md's commands, run as written (paths moved under tmp): a backup taken while the
+    controller serves, a lost state directory, the restore, and the nodes are all back."""
+    state, backups = tmp_path / "state", tmp_path / "backups"
+    backups.mkdir()
+    first = start(state)
+    try:
+        key = first.cli("controller", "token", "create", "--reusable").stdout.strip()
+        for name in ("alpha", "beta"):
+            reply = first.enroll(name, key)
+            assert reply.status_code == 200, reply.text
+        for line in _doc_block("backup"):
+            done = subprocess.run(
+                ["bash", "-c", _as_here(line, state, backups)], capture_output=True, text=True, timeout=60
+            )
+            assert done.returncode == 0, f"{line}\n{done.stderr}"
+    finally:
+        stop(first)
+    shutil.rmtree(state)  # the disk is lost
+    state.mkdir(mode=0o700)
+    for line in _doc_block("restore"):
+        done = subprocess.run(
+            ["bash", "-c", _as_here(line, state, backups)], capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, f"{line}\n{done.stderr}"
+    assert stat.S_IMODE((state / "controller.db").stat().st_mode) == 0o600
+    second = start(state)
+    try:
+        assert len(second.first_lines) == 1, "a restored controller must not make a new admin credential"
+        assert second.first_lines[-1].endswith(f"CA pin {parse_preauth_key(key).ca_pin})"), "agents pinned it"
+        names = {n["name"] for n in json.loads(second.cli("nodes", "list", "--json").stdout)}
+        assert names == {"alpha", "beta"}
     finally:
         stop(second)

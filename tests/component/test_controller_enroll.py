@@ -119,7 +119,7 @@ async def test_re_enrolling_with_a_new_wireguard_key_updates_every_peer(controll
 async def test_nobody_can_claim_someone_elses_identity(controller: ControllerHarness):
     victim = await controller.enroll(controller.new_host("victim"))
     attacker = controller.new_host("attacker")
-    request = enroll_request(attacker, await controller.new_key())
+    request = enroll_request(attacker, await controller.new_key(), await controller.nonce())
     # The attacker names the victim's identity key but cannot sign with it.
     forged = request.model_copy(update={"identity_public_key": victim.identity.public_key()})
     r = await controller.client.post(
@@ -146,7 +146,9 @@ async def test_a_wireguard_key_of_another_node_is_refused(controller: Controller
 
 async def test_another_protocol_version_is_refused(controller: ControllerHarness):
     host = controller.new_host()
-    request = enroll_request(host, await controller.new_key()).model_copy(update={"protocol_version": 99})
+    request = enroll_request(host, await controller.new_key(), await controller.nonce()).model_copy(
+        update={"protocol_version": 99}
+    )
     r = await controller.client.post(
         api.ENROLL, content=request.model_dump_json(), headers={"Content-Type": "application/json"}
     )

@@ -53,8 +53,9 @@ class World:
         for i in range(2):
             host = make_host(f"h{i}", i + 1)
             key = self.client.post(api.PREAUTH_KEYS, json={}, headers=self.admin).json()["key"]
+            nonce = self.client.post(api.ENROLL_NONCE).json()["nonce"]
             r = self.client.post(
-                api.ENROLL, content=enroll_request(host, key).model_dump_json(), headers=JSON
+                api.ENROLL, content=enroll_request(host, key, nonce).model_dump_json(), headers=JSON
             )
             assert r.status_code == 200, r.text
             self.nodes.append({"Authorization": f"Bearer {r.json()['node_credential']}"})

@@ -13,6 +13,8 @@ from wire.models import LinkReport, NetMap, NetMapDelta, NetMapUpdate, PreAuthKe
 PATHS = {
     api.HEALTH: {"get"},
     api.ENROLL: {"post"},
+    api.ENROLL_NONCE: {"post"},
+    api.TLS_CA: {"get"},
     api.NETMAP: {"get"},
     api.LINKS: {"post"},
     api.NODES: {"get"},

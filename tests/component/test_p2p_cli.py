@@ -157,7 +157,8 @@ def test_an_unreachable_peer_is_reported_not_hung(hosts):
     assert result.returncode == 1
     assert (
         result.stderr.strip()
-        == f"wgmesh p2p send: cannot reach node 3 (c) at 127.0.0.33:{hosts.entries[3].port} within 1 s"
+        == f"wgmesh p2p send: nothing listens on node 3 (c) at 127.0.0.33:{hosts.entries[3].port}: "
+        "start `wgmesh p2p listen` on that host (in the lab: `wgmesh lab exec HOST -- wgmesh p2p listen`)"
     )
 
 
@@ -219,10 +220,10 @@ def test_the_state_dir_comes_from_wgmesh_state_dir_when_not_given(hosts, tmp_pat
     # Host 1's state is found through the variable: it knows c, and c is not listening.
     found = run(hosts.state(1), "c", "t", "{}", "--timeout", "1")
     assert found.returncode == 1
-    assert "cannot reach node 3 (c)" in found.stderr
+    assert "nothing listens on node 3 (c)" in found.stderr
     nowhere = run(tmp_path / "nowhere", "c", "t", "{}")
     assert nowhere.returncode == 2
     assert f"{tmp_path / 'nowhere' / 'p2p-directory.json'}: no such file" in nowhere.stderr
     # --state-dir wins over the variable.
     given = run(tmp_path / "nowhere", "c", "t", "{}", "--timeout", "1", "--state-dir", str(hosts.state(1)))
-    assert given.returncode == 1 and "cannot reach node 3 (c)" in given.stderr
+    assert given.returncode == 1 and "nothing listens on node 3 (c)" in given.stderr

@@ -42,7 +42,7 @@ def test_lab_status_shows_every_host_running_and_connected(lab: Lab):
     for name in ("h1", "h2", "h3"):
         row = next(line for line in out.splitlines() if line.startswith(f"{name} "))
         assert "running" in row and " up " in row and "2/2" in row, row
-    assert "controller http://198.18.0.1:8420: pid" in out and "healthy" in out
+    assert "controller https://198.18.0.1:8420: pid" in out and "healthy" in out
 
 
 def test_a_fourth_host_joins_and_every_host_reaches_it(lab: Lab, record_property):

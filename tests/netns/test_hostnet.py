@@ -4,7 +4,6 @@ forwarding switched in the right namespace, a missing namespace is an error and 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import sys
@@ -13,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.hostnet import (
+from agent.hostnet.base import HostConfig
+from agent.hostnet.netlink import (
     HostNetworkError,
     NetlinkHostNetwork,
     configure_interface,
@@ -109,14 +109,16 @@ def test_errors_name_what_is_missing_and_create_nothing(veth_ns: str) -> None:
 
 
 def test_from_inside_the_namespace_as_the_daemon_runs(veth_ns: str) -> None:
-    """netns=None inside `ip netns exec`, through the async HostNetwork the daemon uses."""
+    """netns=None inside `ip netns exec`, through the HostNetwork the daemon uses."""
     script = (
-        "import asyncio, ipaddress\n"
-        "from agent.hostnet import NetlinkHostNetwork\n"
+        "import ipaddress\n"
+        "from agent.hostnet.base import HostConfig\n"
+        "from agent.hostnet.netlink import NetlinkHostNetwork\n"
         "net = NetlinkHostNetwork()\n"
-        "args = ('wgt2hd', [ipaddress.ip_interface('198.19.9.1/32')], [ipaddress.ip_network('198.19.9.2/32')], True)\n"
-        "print(asyncio.run(net.apply(*args)))\n"
-        "print(asyncio.run(net.apply(*args)))\n"
+        "net.up('wgt2hd')\n"
+        "config = HostConfig((ipaddress.ip_interface('198.19.9.1/32'),), (ipaddress.ip_network('198.19.9.2/32'),), True)\n"
+        "print(net.set(config))\n"
+        "print(net.set(config))\n"
     )
     result = subprocess.run(
         ["ip", "netns", "exec", veth_ns, sys.executable, "-c", script],
@@ -132,9 +134,11 @@ def test_from_inside_the_namespace_as_the_daemon_runs(veth_ns: str) -> None:
     assert read_interface("wgt2hd", netns=veth_ns).routes == (ip_network("198.19.9.2/32"),)
 
 
-async def test_the_async_host_network_from_outside(veth_ns: str) -> None:
+def test_the_host_network_from_outside(veth_ns: str) -> None:
     net = NetlinkHostNetwork(netns=veth_ns, mtu=1400)
-    addrs, routes = [ip_interface("198.19.9.1/32")], [ip_network("198.19.9.2/32")]
-    first = await net.apply("wgt2hd", addrs, routes, False)
+    net.up("wgt2hd")
+    config = HostConfig((ip_interface("198.19.9.1/32"),), (ip_network("198.19.9.2/32"),), False)
+    first = net.set(config)
     assert "wgt2hd: MTU 1500 → 1400" in first
-    assert await asyncio.gather(net.apply("wgt2hd", addrs, routes, False)) == [[]]
+    assert net.set(config) == []
+    net.close()

@@ -15,7 +15,7 @@ import pytest
 
 from agent.backends.userspace import UserspaceBackend
 from agent.device import DeviceConfig, PeerConfig
-from agent.hostnet import configure_interface, read_interface
+from agent.hostnet.netlink import configure_interface, read_interface
 from agent.reconcile import PeerRemoved, diff
 from keys.types import WireGuardPrivateKey
 from tests.netns.conftest import WG_IF, Host, Namespaces, ping, wait_until

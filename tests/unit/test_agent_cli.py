@@ -37,7 +37,7 @@ def run_exit(capsys, *argv):
     [
         (["up", "--controller", "ftp://x"], "controller URL 'ftp://x': expected http(s)://HOST[:PORT]"),
         (["up", "--controller", "http://x:99999"], "bad port"),
-        (["up", "--token", "short"], "pre-auth key"),
+        (["up", "--token", "wgm_pak_0123456789"], "unrecognized arguments: --token"),
         (["up", "--interface", "a-very-long-interface-name"], "interface name"),
         (["up", "--listen-port", "0"], "port '0': must be 1-65535"),
         (["up", "--endpoint", "198.18.0.2"], "expected 'host:port'"),
@@ -61,8 +61,54 @@ def test_up_without_enrollment_or_token_says_what_to_give(capsys, tmp_path):
     assert code == 1
     assert err.strip().splitlines() == [
         f"wgmesh agent up: this host has not enrolled yet ({tmp_path / 's' / 'node.json'} is missing): "
-        "give --controller URL and --token PRE-AUTH-KEY"
+        "give --controller URL and --token-file FILE (the pre-auth key)"
     ]
+
+
+def key_file(tmp_path, text="wgm_pak_0123456789\n"):
+    path = tmp_path / "preauth-key"
+    path.write_text(text)
+    path.chmod(0o600)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", " must hold exactly one line"),
+        ("a\nb\n", " must hold exactly one line"),
+        ("short\n", ": expected wgm_pak_..."),
+        ("wgm_pak_0123456789.abc\n", ": the part after '.' must be 64 hex digits"),
+    ],
+)
+def test_a_bad_token_file_is_one_line_and_names_the_file(capsys, tmp_path, text, message):
+    path = key_file(tmp_path, text)
+    code, _, err = run(
+        capsys, "up", "--backend", "fake", "--state-dir", str(tmp_path / "s"),
+        "--controller", "https://127.0.0.1:9", "--token-file", path,
+    )  # fmt: skip
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"wgmesh agent up: pre-auth key file {path}{message}")
+    assert not (tmp_path / "s" / "node.json").exists()
+
+
+def test_a_missing_token_file_is_one_line(capsys, tmp_path):
+    code, _, err = run(capsys, "up", "--backend", "fake", "--token-file", str(tmp_path / "nope"))
+    assert code == 1
+    assert err.strip() == f"wgmesh agent up: pre-auth key file {tmp_path / 'nope'} does not exist"
+
+
+def test_the_token_file_may_be_standard_input(capsys, tmp_path, monkeypatch):
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("wgm_pak_0123456789\n"))
+    code, _, err = run(
+        capsys, "up", "--backend", "fake", "--state-dir", str(tmp_path / "s"),
+        "--controller", "https://127.0.0.1:9", "--token-file", "-", "--hostname", "h1",
+    )  # fmt: skip
+    assert code == 1
+    assert "Connection refused" in err and "wgm_pak_0123456789" not in err
 
 
 def test_up_with_an_unreachable_controller_at_enrollment_is_one_line(capsys, tmp_path):
@@ -75,17 +121,17 @@ def test_up_with_an_unreachable_controller_at_enrollment_is_one_line(capsys, tmp
         "--state-dir",
         str(tmp_path / "s"),
         "--controller",
-        "http://127.0.0.1:9",
-        "--token",
-        "wgm_pak_0123456789",
+        "https://127.0.0.1:9",
+        "--token-file",
+        key_file(tmp_path),
         "--hostname",
         "h1",
     )
     assert code == 1
     lines = err.strip().splitlines()
     assert lines[-1] == (
-        "wgmesh agent up: enrollment with http://127.0.0.1:9 failed: "
-        "cannot reach controller http://127.0.0.1:9: Connection refused"
+        "wgmesh agent up: enrollment with https://127.0.0.1:9 failed: "
+        "cannot reach controller https://127.0.0.1:9: Connection refused"
     )
     assert "Traceback" not in err
     assert "wgm_pak_0123456789" not in err
@@ -93,6 +139,13 @@ def test_up_with_an_unreachable_controller_at_enrollment_is_one_line(capsys, tmp
     paths = StatePaths(tmp_path / "s")
     assert paths.wireguard_key.exists() and paths.identity_key.exists()
     assert not paths.node.exists()
+    # and `agent status` says so, instead of only "not enrolled"
+    code, _, err = run(capsys, "status", "--state-dir", str(tmp_path / "s"))
+    assert code == 1
+    assert err.strip() == (
+        f"wgmesh agent status: this host has not enrolled yet; its keys are in {tmp_path / 's'} "
+        "(made by an `agent up` that did not enroll: the next `agent up` with a pre-auth key uses them)"
+    )
 
 
 def test_status_before_any_run_is_one_line(capsys, tmp_path):
@@ -186,9 +239,9 @@ def test_up_with_a_state_dir_that_is_a_file_is_one_line(capsys, tmp_path):
         "--state-dir",
         str(not_a_dir),
         "--controller",
-        "http://127.0.0.1:9",
-        "--token",
-        "wgm_pak_0123456789",
+        "https://127.0.0.1:9",
+        "--token-file",
+        key_file(tmp_path),
     )
     assert code == 1
     assert err.strip() == f"wgmesh agent up: cannot use state directory {not_a_dir}: File exists"
@@ -204,3 +257,17 @@ def test_the_state_dir_comes_from_wgmesh_state_dir_when_not_given(capsys, tmp_pa
     other = tmp_path / "other"
     code, _, err = run(capsys, "status", "--state-dir", str(other))
     assert code == 1 and str(other / "node.json") in err
+
+
+def test_a_plain_http_controller_is_refused_unless_insecure(capsys, tmp_path):
+    args = ["up", "--backend", "fake", "--state-dir", str(tmp_path / "s"), "--hostname", "h1"]
+    args += ["--controller", "http://127.0.0.1:9", "--token-file", key_file(tmp_path)]
+    code, _, err = run(capsys, *args)
+    assert code == 1
+    assert err.strip() == (
+        "wgmesh agent up: controller URL http://127.0.0.1:9 is plain http: the pre-auth key and the node "
+        "credential would cross the network in clear; use https:// (or pass --insecure)"
+    )
+    assert not (tmp_path / "s").exists()  # refused before anything was made
+    code, _, err = run(capsys, *args, "--insecure")
+    assert code == 1 and "Connection refused" in err

@@ -66,6 +66,7 @@ async def test_enroll_posts_the_signed_request_without_auth():
     wg, ident = WireGuardPrivateKey.generate(), IdentityPrivateKey.generate()
     req = EnrollRequest(
         preauth_key="wgm_pak_0123456789",
+        nonce="q8V4m2Lr0cTz6YxN1bWs3A",
         hostname="h1",
         wg_public_key=wg.public_key(),
         identity_public_key=ident.public_key(),

@@ -36,6 +36,13 @@ PURE_CORES = [
     "agent.links",
     "agent.backoff",
     "agent.status",
+    "agent.core",
+    "agent.actions",
+    "agent.mapsession",
+    "agent.connection",
+    "agent.hostnet.base",
+    "agent.hostnet.fake",
+    "agent.settings",
     "p2p.core",
 ]
 # package -> packages it must never import

@@ -26,7 +26,7 @@ def test_layout_names_and_addresses():
     assert h7.underlay_address == IPv4Address("198.18.1.7")
     assert h7.endpoint == "198.18.1.7:51820"
     assert h7.state_dir == Path("/run/wgmesh-lab/lab/hosts/h7/state")
-    assert layout.controller_url == "http://198.18.0.1:8420"
+    assert layout.controller_url == "https://198.18.0.1:8420"
     last = layout.host(MAX_HOSTS)
     assert last.underlay_address == IPv4Address("198.18.1.250")
     assert len(last.bridge_port_ifname) <= IFNAME_MAX

@@ -13,6 +13,7 @@ from wire.models import EnrollRequest, LinkMeasurement, enroll_signing_bytes
 def enroll_body(**overrides):
     body = {
         "preauth_key": "wgm_pak_0123456789",
+        "nonce": "q8V4m2Lr0cTz6YxN1bWs3A",
         "hostname": "web-1",
         "wg_public_key": WireGuardPrivateKey.generate().public_key().base64(),
         "identity_public_key": IdentityPrivateKey.generate().public_key().base64(),
@@ -40,6 +41,8 @@ def test_round_trip_keeps_typed_keys():
         ("endpoints", ["198.18.0.2"], "expected 'host:port'"),
         ("endpoints", ["198.18.0.2:70000"], "port must be 1-65535"),
         ("endpoints", ["fd00::1:5"], "IPv6"),
+        ("endpoints", ["300.1.1.1:51820"], "not a valid IPv4 address"),
+        ("endpoints", ["10.0.0:51820"], "not a valid IPv4 address"),
         ("listen_port", 0, "greater than or equal to 1"),
         ("surprise", 1, "Extra inputs are not permitted"),
     ],
@@ -56,6 +59,8 @@ def test_bad_fields_are_named(field, value, message):
         ("198.18.0.2:51820", ("198.18.0.2", 51820)),
         ("[fd00::1]:1", ("fd00::1", 1)),
         ("h.example:9", ("h.example", 9)),
+        ("host-1.lan:51820", ("host-1.lan", 51820)),
+        ("255.255.255.255:1", ("255.255.255.255", 1)),
     ],
 )
 def test_parse_endpoint(text, expected):
@@ -66,3 +71,11 @@ def test_loss_is_a_fraction_or_absent():
     with pytest.raises(ValidationError, match="less than or equal to 1"):
         LinkMeasurement(peer_id=1, loss=1.5)
     assert LinkMeasurement(peer_id=1).loss is None
+
+
+def test_the_signature_covers_the_controller_nonce():
+    """A request signed for one nonce does not verify for another: a recorded enrollment is useless."""
+    req = EnrollRequest.model_validate(enroll_body())
+    other = req.model_copy(update={"nonce": "another-nonce-0123456"})
+    assert enroll_signing_bytes(other) != enroll_signing_bytes(req)
+    assert enroll_signing_bytes(req).startswith(b"wgmesh-enroll-v2\n")

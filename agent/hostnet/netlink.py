@@ -1,5 +1,5 @@
-"""The host side of the WireGuard interface, through netlink (pyroute2): its addresses, MTU, link state,
-the routes into it, and IP forwarding.
+"""The host network through netlink (pyroute2): the addresses, MTU, link state and routes of the
+WireGuard interface, and IP forwarding (`NetlinkHostNetwork`, an agent.hostnet.base.HostNetwork).
 
 Rules:
 - Everything is declarative and idempotent: callers pass the whole desired state; what already matches
@@ -16,13 +16,12 @@ Rules:
 - `netns=None` works in the caller's own namespace (the daemon, which runs inside its host); a name
   works on that namespace from outside (tests, the lab). pyroute2 is always opened with `flags=0` when
   given a namespace, so a missing namespace is an error, never silently created.
-- Synchronous: pyroute2's sync `IPRoute` cannot run inside a running asyncio loop, so `NetlinkHostNetwork`
-  (the daemon's `HostNetwork`) runs these functions in a worker thread.
+- Synchronous: pyroute2's sync `IPRoute` cannot run inside a running asyncio loop, so the daemon calls
+  `NetlinkHostNetwork` from a worker thread.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import subprocess
@@ -33,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.device import IPNetwork, normalize_ips
+from agent.hostnet.base import HostConfig, IPInterface
 
-IPInterface = IPv4Interface | IPv6Interface
 DEFAULT_MTU = 1420  # 1500 minus WireGuard's worst-case (IPv6) overhead of 80 bytes
 ROUTE_PROTO = 87  # marks the routes wgmesh owns (not in /etc/iproute2/rt_protos)
 MAIN_TABLE = 254
@@ -255,21 +254,24 @@ def set_forwarding(ifname: str, enabled: bool, netns: str | None = None) -> list
 
 
 class NetlinkHostNetwork:
-    """The daemon's `HostNetwork`: addresses, routes, MTU, link up and forwarding of one interface,
-    applied in a worker thread."""
+    """Addresses, routes, MTU, link up and forwarding of one interface (`netns` None: our own)."""
 
     def __init__(self, netns: str | None = None, mtu: int = DEFAULT_MTU) -> None:
         self.netns = netns
         self.mtu = mtu
+        self.ifname: str | None = None
 
-    def apply_sync(
-        self, ifname: str, addresses: Sequence[IPInterface], routes: Sequence[IPNetwork], forward: bool
-    ) -> list[str]:
-        """Make `ifname` carry exactly `addresses` and `routes`, be up with our MTU, and forward or not."""
-        changes = configure_interface(ifname, addresses, routes, mtu=self.mtu, netns=self.netns)
-        return changes + set_forwarding(ifname, forward, netns=self.netns)
+    def up(self, ifname: str) -> None:
+        self.ifname = ifname
 
-    async def apply(
-        self, ifname: str, addresses: Sequence[IPInterface], routes: Sequence[IPNetwork], forward: bool
-    ) -> list[str]:
-        return await asyncio.to_thread(self.apply_sync, ifname, addresses, routes, forward)
+    def set(self, config: HostConfig) -> list[str]:
+        """Make the interface carry exactly the addresses and routes, be up with our MTU, and forward
+        or not."""
+        ifname = self.ifname
+        if ifname is None:
+            raise ValueError("host network: set before up")
+        changes = configure_interface(ifname, config.addresses, config.routes, mtu=self.mtu, netns=self.netns)
+        return changes + set_forwarding(ifname, config.forward, netns=self.netns)
+
+    def close(self) -> None:
+        self.ifname = None

@@ -1,0 +1,6 @@
+"""The host side of the WireGuard interface: its addresses, the routes into it and IP forwarding.
+
+`base` holds the interface (`HostNetwork`: up / set(HostConfig) / close) and `HostConfig`; `netlink`
+the real one (pyroute2, imported only by it); `fake` the in-memory one for dry runs and tests. This
+package imports neither implementation, so choosing one costs nothing for the other.
+"""

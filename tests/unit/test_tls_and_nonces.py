@@ -1,0 +1,146 @@
+"""The pre-auth key format with its CA pin, the controller's CA and server certificate, and the
+enrollment nonce book: each as a user of it would notice."""
+
+from __future__ import annotations
+
+import ssl
+import stat
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from controller.nonces import EnrollNonces
+from controller.settings import SettingsError, load_settings
+from controller.tls import TlsError, managed_tls, operator_tls
+from wire.preauth import PreAuthKey, PreAuthKeyError, ca_pin_of_pem, parse_preauth_key
+
+PIN = "ab" * 32
+NOW = datetime(2026, 12, 1, tzinfo=UTC)
+
+
+def test_a_key_with_a_pin_round_trips_and_never_shows_its_secret():
+    key = parse_preauth_key(f"  wgm_pak_s3cr3t-_x.{PIN.upper()}\n")
+    assert key == PreAuthKey("wgm_pak_s3cr3t-_x", PIN)
+    assert key.text() == f"wgm_pak_s3cr3t-_x.{PIN}"
+    assert "s3cr3t" not in repr(key)
+    assert parse_preauth_key("wgm_pak_s3cr3t").ca_pin is None
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "empty"),
+        ("pak_123456789", "expected wgm_pak_..."),
+        ("wgm_pak_has space", "expected wgm_pak_..."),
+        ("wgm_pak_123456.deadbeef", "64 hex digits"),
+        (f"wgm_pak_123456.{'g' * 64}", "64 hex digits"),
+        (f"wgm_pak_123456.{PIN}.{PIN}", "64 hex digits"),
+    ],
+)
+def test_a_malformed_key_is_one_line_saying_what_is_wrong(text, message):
+    with pytest.raises(PreAuthKeyError) as e:
+        parse_preauth_key(text)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_the_managed_ca_is_made_once_kept_0600_and_signs_a_server_certificate_for_the_names(tmp_path):
+    first = managed_tls(tmp_path / "tls", ["198.18.0.1", "controller.example"], datetime.now(UTC))
+    again = managed_tls(tmp_path / "tls", ["198.18.0.1"], datetime.now(UTC))
+    assert first.ca_pin == again.ca_pin == ca_pin_of_pem(first.ca_pem or b"")
+    assert stat.S_IMODE((tmp_path / "tls").stat().st_mode) == 0o700
+    for name in ("ca.key", "ca.crt", "server.key", "server.crt"):
+        assert stat.S_IMODE((tmp_path / "tls" / name).stat().st_mode) == 0o600
+    client = ssl.create_default_context(cadata=(first.ca_pem or b"").decode())
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(first.cert_file, first.key_file)
+    assert _handshake(client, server, "198.18.0.1") is None  # the names of the latest start
+    assert "mismatch" in (_handshake(client, server, "controller.example") or "")
+    assert operator_tls(first.cert_file, first.key_file).ca_pin is None
+
+
+def test_half_a_ca_or_unusable_operator_files_are_one_line(tmp_path):
+    managed_tls(tmp_path / "tls", ["x"], NOW)
+    (tmp_path / "tls" / "ca.key").unlink()
+    with pytest.raises(TlsError, match=r"ca.key is missing: restore it \(agents pinned this CA\)"):
+        managed_tls(tmp_path / "tls", ["x"], NOW)
+    with pytest.raises(TlsError, match="does not exist"):
+        operator_tls(tmp_path / "nope.crt", tmp_path / "nope.key")
+
+
+def test_tls_settings_go_together_and_say_which_is_missing(tmp_path):
+    with pytest.raises(SettingsError, match="--tls-cert: tls_cert and tls_key go together"):
+        load_settings({"tls_cert": "/x.crt", "state_dir": str(tmp_path)}, {})
+    s = load_settings({"tls_san": "a.example, 203.0.113.7", "state_dir": str(tmp_path)}, {})
+    assert s.tls_san == ("a.example", "203.0.113.7") and s.scheme == "https"
+    with pytest.raises(SettingsError, match="WGMESH_INSECURE_HTTP: expected true or false"):
+        load_settings({"state_dir": str(tmp_path)}, {"WGMESH_INSECURE_HTTP": "perhaps"})
+
+
+def test_a_nonce_is_good_once_and_only_until_it_expires():
+    book = EnrollNonces(ttl=timedelta(seconds=120))
+    a, b = book.issue(NOW), book.issue(NOW)
+    assert a != b
+    assert book.take(a, NOW + timedelta(seconds=119))
+    assert not book.take(a, NOW + timedelta(seconds=119))  # used
+    assert not book.take(b, NOW + timedelta(seconds=120))  # expired
+    assert not book.take("never-issued", NOW)
+
+
+def test_a_flood_of_nonces_costs_bounded_memory_and_drops_the_oldest_first():
+    book = EnrollNonces(ttl=timedelta(seconds=120), capacity=100)
+    oldest = book.issue(NOW)
+    issued = [book.issue(NOW + timedelta(seconds=1)) for _ in range(150)]
+    assert len(book) == 100
+    assert not book.take(oldest, NOW + timedelta(seconds=2))
+    assert book.take(issued[-1], NOW + timedelta(seconds=2))
+
+
+def _handshake(client: ssl.SSLContext, server: ssl.SSLContext, name: str) -> str | None:
+    """None when a TLS handshake for `name` succeeds, else the client's verify message."""
+    c_in, c_out, s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
+    c = client.wrap_bio(c_in, c_out, server_hostname=name)
+    s = server.wrap_bio(s_in, s_out, server_side=True)
+    for _ in range(10):
+        for side in (c, s):
+            try:
+                side.do_handshake()
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLCertVerificationError as e:
+                return str(e.verify_message)
+            except ssl.SSLError:
+                if side is s:
+                    continue
+                raise
+        s_in.write(c_out.read())
+        c_in.write(s_out.read())
+        try:
+            c.do_handshake()
+            return None
+        except ssl.SSLWantReadError:
+            continue
+        except ssl.SSLCertVerificationError as e:
+            return str(e.verify_message)
+    raise AssertionError("no handshake")
+
+
+def test_what_the_server_presents_follows_the_settings(tmp_path):
+    from controller.cli import server_tls
+
+    managed = server_tls(load_settings({"state_dir": str(tmp_path / "a"), "listen": "127.0.0.1:1"}, {}))
+    assert managed is not None and managed.ca_pin is not None
+    assert server_tls(load_settings({"state_dir": str(tmp_path / "b"), "insecure_http": True}, {})) is None
+    files = load_settings(
+        {
+            "state_dir": str(tmp_path / "c"),
+            "tls_cert": str(managed.cert_file),
+            "tls_key": str(managed.key_file),
+        },
+        {},
+    )
+    own = server_tls(files)
+    assert own is not None and own.ca_pin is None and own.cert_file == managed.cert_file
+    with pytest.raises(SettingsError, match="contradict"):
+        load_settings(
+            {**{"state_dir": str(tmp_path)}, "tls_cert": "x", "tls_key": "y", "insecure_http": True}, {}
+        )
