@@ -96,7 +96,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         default=DEFAULT_NAME,
         help=f"lab name, 1-8 of [a-z0-9] (default {DEFAULT_NAME})",
     )
-    mesh = argparse.ArgumentParser(add_help=False)
+    mesh = OneLineParser(add_help=False)
     mesh.add_argument(
         "--backend",
         choices=("auto", "userspace", "kernel"),

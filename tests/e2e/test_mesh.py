@@ -59,43 +59,30 @@ def test_a_fourth_host_joins_and_every_host_reaches_it(lab: Lab, record_property
     print(f"h4: enrolled {enrolled - started:.2f} s after start, reachable {reached - enrolled:.2f} s later")
 
 
+def wait_for_route(lab: Lab, route: str, what: str) -> None:
+    """Wait until h1's agent routes to h2 `route` ("relay" or "direct") and h2 answers h1."""
+
+    def routed() -> bool:
+        status = lab.agent_status("h1")
+        peer = status.peer("h2") if status else None
+        return peer is not None and peer.route == route and reachable(lab, "h1", "h2")
+
+    wait_until(what, routed, 240, interval=0.5, show=lambda: run_cli("status", "--name", NAME)[1])
+
+
 @pytest.mark.kernel_tier
 def test_a_cut_link_is_routed_around_through_a_relay_and_back(lab: Lab):
     assert reachable(lab, "h1", "h2")
     lab.cut("h1", "h2")
     try:
         assert ping_once(lab.host("h1").namespace, lab.host("h2").underlay_address, 0.5, 1) is None
-
-        def relayed() -> bool:
-            status = lab.agent_status("h1")
-            peer = status.peer("h2") if status else None
-            return peer is not None and peer.route == "relay" and reachable(lab, "h1", "h2")
-
-        wait_until(
-            "h1 to reach h2 through a relay",
-            relayed,
-            240,
-            interval=0.5,
-            show=lambda: run_cli("status", "--name", NAME)[1],
-        )
+        wait_for_route(lab, "relay", "h1 to reach h2 through a relay")
         via = lab.agent_status("h1").peer("h2").via  # type: ignore[union-attr]
         assert via in ("h3", "h4")
         assert reachable(lab, "h2", "h1")
     finally:
         lab.heal("h1", "h2")
-
-    def direct() -> bool:
-        status = lab.agent_status("h1")
-        peer = status.peer("h2") if status else None
-        return peer is not None and peer.route == "direct" and reachable(lab, "h1", "h2")
-
-    wait_until(
-        "h1 to reach h2 directly again after the heal",
-        direct,
-        240,
-        interval=0.5,
-        show=lambda: run_cli("status", "--name", NAME)[1],
-    )
+    wait_for_route(lab, "direct", "h1 to reach h2 directly again after the heal")
 
 
 @pytest.mark.kernel_tier

@@ -59,7 +59,11 @@ def booted(tmp_path_factory: pytest.TempPathFactory) -> Boot:
         f"--junitxml={results}/junit.xml",
     ]
     bench_argv = [python, "-m", "bench.backend", "--backend", "kernel", "--rounds", "1"]
-    inside = f"{shlex.join(pytest_argv + GUEST_PYTEST)} && {shlex.join(bench_argv)} > {results}/bench.txt"
+    # The commands go in a file: vng passes --exec through a shell of its own, quoted in single quotes.
+    inside = results / "inside.sh"
+    inside.write_text(
+        f"{shlex.join(pytest_argv + GUEST_PYTEST)} && {shlex.join(bench_argv)} > {results}/bench.txt\n"
+    )
     command = [
         "sh",
         str(vm.GUEST_SCRIPT),
@@ -67,8 +71,7 @@ def booted(tmp_path_factory: pytest.TempPathFactory) -> Boot:
         ":".join(map(str, trees)),
         str(vm.ROOT),
         "sh",
-        "-c",
-        inside,
+        str(inside),
     ]
     env = {**os.environ, "PATH": f"{Path(python).parent}:{os.environ.get('PATH', '')}"}
     prepared = time.monotonic()
