@@ -224,7 +224,7 @@ class Lab:
         sig = signal.SIGKILL if kill else signal.SIGTERM
         return processes.end_recorded(self.record.controller, self.layout.dir, sig=sig)
 
-    def run_in_underlay(self, argv: Sequence[str], timeout: float = 120.0) -> str:
+    def run_in_underlay(self, argv: Sequence[str], timeout: float = 300.0) -> str:
         """Run a wgmesh admin command (or any command) in the underlay namespace; its stdout."""
         return run(processes.in_namespace(self.layout.underlay_namespace, argv), timeout=timeout).stdout
 

@@ -61,8 +61,11 @@ def booted(tmp_path_factory: pytest.TempPathFactory) -> Boot:
     bench_argv = [python, "-m", "bench.backend", "--backend", "kernel", "--rounds", "1"]
     # The commands go in a file: vng passes --exec through a shell of its own, quoted in single quotes.
     inside = results / "inside.sh"
+    # pytest.log grows as the tests run (a person can follow it); it is shown once they end.
     inside.write_text(
-        f"{shlex.join(pytest_argv + GUEST_PYTEST)} && {shlex.join(bench_argv)} > {results}/bench.txt\n"
+        f"{shlex.join(pytest_argv + GUEST_PYTEST)} > {results}/pytest.log 2>&1\n"
+        f"status=$?; cat {results}/pytest.log; [ $status = 0 ] || exit $status\n"
+        f"{shlex.join(bench_argv)} > {results}/bench.txt\n"
     )
     command = [
         "sh",
