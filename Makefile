@@ -11,9 +11,10 @@ APT_COMMANDS := wireguard-go wg ip ping nft
 KERNEL_APT_PACKAGES := qemu-system-x86 busybox-static kmod e2fsprogs
 KERNEL_COMMANDS := qemu-system-x86_64 busybox depmod udevadm mke2fs
 
-# The machines tier boots Debian systems with systemd-nspawn from an mmdebstrap root filesystem.
-MACHINES_PACKAGES := systemd-container mmdebstrap
-MACHINES_COMMANDS := systemd-nspawn mmdebstrap
+# The machines tier boots Debian systems with systemd-nspawn from an mmdebstrap root filesystem and
+# builds the container image with podman; vagrant validates the Vagrantfile.
+MACHINES_PACKAGES := systemd-container mmdebstrap podman vagrant
+MACHINES_COMMANDS := systemd-nspawn mmdebstrap podman vagrant
 
 .PHONY: test test-unit test-machines test-kernel lint bench demo sysdeps sysdeps-machines kernel-sysdeps venv clean
 

@@ -36,6 +36,7 @@ class Poll:
 
     since: int
     timeout_s: float
+    policy_version: int | None = None  # the policy version the host enforces, reported back; None: none
 
 
 @dataclass(frozen=True)
@@ -171,6 +172,7 @@ class Applied:
     host_changes: tuple[str, ...] = ()
     device: Device | None = None
     error: str | None = None
+    firewall_changes: tuple[str, ...] = ()  # the policy firewall's change lines (agent.firewall)
 
 
 @dataclass(frozen=True)

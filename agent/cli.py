@@ -27,9 +27,10 @@ from urllib.parse import urlsplit
 from pydantic import TypeAdapter, ValidationError
 
 from agent.backends import BACKEND_NAMES, BackendError, open_backend
-from agent.config import ConfigError, Source, config_path, pick, read_config, read_secret_file
+from agent.config import ConfigError, Source, config_path, pick, read_config
 from agent.eventlog import EventLog
 from agent.hostnet.base import HostNetwork
+from agent.nft import NftError, SystemNftables, apply_firewall
 from agent.settings import (
     DEFAULT_LISTEN_PORT,
     DEFAULT_POLL_TIMEOUT_S,
@@ -47,6 +48,7 @@ from agent.state import (
     load_netmap,
 )
 from agent.status import AgentStatus, StatusError, render_table, with_live_device
+from keys.store import SecretFileError, read_secret_line
 from wgmesh.argparser import OneLineParser
 from wgmesh.systemd import Notifier
 from wire.fields import Hostname, parse_endpoint
@@ -162,7 +164,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "--ca-file",
         type=Path,
         metavar="FILE",
-        help="CA of the controller's certificate, for a key without pin (first start only; "
+        help="CA of the controller's certificate, for a key without pin, or for a host enrolled before the "
+        "controller served HTTPS (kept in the state directory; "
         "default: the pin in the key, else the system CAs)",
     )
     up.add_argument(
@@ -334,6 +337,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         host_network=_host_network(backend.name),
         prober=IcmpProber(),
         log=log,
+        firewall=None if backend.name == "fake" else SystemNftables(),
         ready=lambda: notifier.ready("serving its network map"),
     )
     agent = Agent(settings, edges)
@@ -350,7 +354,10 @@ def _key_from_file(path: Path, stdin: TextIO | None = None) -> PreAuthKey:
         if not text:
             raise UsageError("--token-file -: expected one line holding the pre-auth key on standard input")
     else:
-        text = read_secret_file(path, "pre-auth key")
+        try:
+            text = read_secret_line(path, "pre-auth key")
+        except SecretFileError as e:
+            raise UsageError(str(e)) from None
     try:
         return parse_preauth_key(text)
     except PreAuthKeyError as e:
@@ -409,6 +416,12 @@ def cmd_down(args: argparse.Namespace) -> int:
             "stop it first (or run it with --down)"
         )
     backend = open_backend(backend_name)
+    if backend.name != "fake":
+        try:
+            for change in apply_firewall(SystemNftables(), None, ifname):
+                print(f"removed the policy firewall ({change})")
+        except NftError as e:
+            print(f"could not remove the policy firewall: {e}", file=sys.stderr)
     if not backend.exists(ifname):
         print(f"{ifname}: no such interface; nothing to do")
         return 0

@@ -30,6 +30,7 @@ from wire.models import (
     NetMapDelta,
     NetMapUpdate,
 )
+from wire.rotation import KeyReport, KeyReportAnswer
 
 CONNECT_TIMEOUT_S = 5.0
 REQUEST_TIMEOUT_S = 10.0
@@ -107,10 +108,16 @@ class ControllerClient:
             return None
         return self._parse(response, NetMap)
 
-    async def netmap_update(self, since: int, timeout_s: float) -> NetMap | NetMapDelta | None:
+    async def netmap_update(
+        self, since: int, timeout_s: float, policy_version: int | None = None
+    ) -> NetMap | NetMapDelta | None:
         """As `netmap`, asking for a delta against map `since` (`delta=1`): a NetMapDelta to apply to
-        that map, or the full map when the controller cannot diff from it (or predates deltas)."""
-        response = await self._poll(since, timeout_s, {"delta": "1"})
+        that map, or the full map when the controller cannot diff from it (or predates deltas).
+        `policy_version`: the policy version this host enforces, reported back (None: none)."""
+        extra = {"delta": "1"}
+        if policy_version is not None:
+            extra["policy"] = str(policy_version)
+        response = await self._poll(since, timeout_s, extra)
         if response is None:
             return None
         try:
@@ -133,6 +140,12 @@ class ControllerClient:
 
     async def report_links(self, report: LinkReport) -> None:
         await self._call("POST", api.LINKS, json=report.model_dump(mode="json"))
+
+    async def report_key(self, report: KeyReport) -> KeyReportAnswer:
+        """A key rotation's report (wire.rotation.KeyReport). ControllerRejected (409) when the
+        controller has no such rotation under way."""
+        response = await self._call("POST", api.KEY, json=report.model_dump(mode="json"))
+        return self._parse(response, KeyReportAnswer)
 
     # --- plumbing -----------------------------------------------------------------------------------
 

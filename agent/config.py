@@ -1,21 +1,20 @@
 """The agent's settings file (`/etc/wgmesh/agent.toml`) and where each `wgmesh agent up` option comes
 from: the flag, else its `WGMESH_*` environment variable, else the file (`--config FILE` or
-`WGMESH_CONFIG`), else the default. Also the pre-auth key file (`token_file`).
+`WGMESH_CONFIG`), else the default.
 
 Rules:
 - Only the keys in FILE_KEYS may appear in the file; anything else is one error line naming the key.
 - Every value says where it came from (`--flag`, `WGMESH_X` or `FILE: key`) so an error names its source.
-- A secret file is one line and readable by its owner only (0600/0400); anything else is refused.
 """
 
 from __future__ import annotations
 
-import stat
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from wgmesh.settingsfile import SettingsFileError, read_settings_file
 
 DEFAULT_CONFIG = Path("/etc/wgmesh/agent.toml")
 CONFIG_ENV = "WGMESH_CONFIG"
@@ -52,19 +51,9 @@ class Source:
 def read_config(path: Path) -> dict[str, Any]:
     """The settings file as a dict of known keys; ConfigError when unreadable, not TOML or unknown keys."""
     try:
-        data = tomllib.loads(path.read_text("utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"config file {path}: {e}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
-    unknown = sorted(set(data) - FILE_KEYS)
-    if unknown:
-        raise ConfigError(
-            f"config file {path}: unknown key {unknown[0]!r} (known: {', '.join(sorted(FILE_KEYS))})"
-        )
-    return data
+        return read_settings_file(path, FILE_KEYS)
+    except SettingsFileError as e:
+        raise ConfigError(str(e)) from None
 
 
 def config_path(flag: Path | None, env: Mapping[str, str]) -> Path | None:
@@ -89,23 +78,3 @@ def pick(
     if name in file:
         return Source(file[name], f"{path}: {name}")
     return None
-
-
-def read_secret_file(path: Path, what: str) -> str:
-    """The one-line secret in `path`, which only its owner may read."""
-    try:
-        st = path.stat()
-        text = path.read_text("utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{what} file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{what} file {path}: {getattr(e, 'strerror', None) or e}") from None
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(
-            f"{what} file {path} has mode {stat.S_IMODE(st.st_mode):04o}: "
-            f"other users can read it; run `chmod 600 {path}`"
-        )
-    secret = text.strip()
-    if not secret or "\n" in secret:
-        raise ConfigError(f"{what} file {path} must hold exactly one line")
-    return secret

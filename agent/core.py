@@ -332,7 +332,8 @@ class AgentCore:
             return []
         self._polling = True
         since, timeout = self.session.request()
-        return [Poll(since, timeout)]
+        policy = self.netmap.policy if self.netmap is not None else None
+        return [Poll(since, timeout, None if policy is None else policy.version)]
 
     def _poll_later(self, now: float) -> list[Action]:
         if not self.removed:
@@ -467,6 +468,10 @@ class AgentCore:
             Log("info", "host_network_changed", {"interface": self.node.interface, "detail": text})
             for text in event.host_changes
         ]
+        actions += [
+            Log("info", "firewall_changed", {"interface": self.node.interface, "detail": text})
+            for text in event.firewall_changes
+        ]
         if self._taking_down and target is None:
             self._taking_down = False
             return actions + self._taken_down(event, now)
@@ -485,7 +490,7 @@ class AgentCore:
     def _apply_done(self, target: _Target, event: Applied, now: float) -> list[Action]:
         netmap, source = target.netmap, target.source
         actions: list[Action] = []
-        total = len(event.device_changes) + len(event.host_changes)
+        total = len(event.device_changes) + len(event.host_changes) + len(event.firewall_changes)
         if self.netmap is None or netmap.serial != self.netmap.serial or total:
             fields = {
                 "serial": netmap.serial,

@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import socket
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from ipaddress import ip_address
+from typing import Any
 
 import httpx
 
@@ -65,8 +68,12 @@ from agent.enrollment import load_or_enroll, trusted_verify
 from agent.eventlog import EventLog
 from agent.hostnet.base import HostNetwork
 from agent.links import ProbeResult, probe_targets
+from agent.nft import Nftables, NftError, apply_firewall
 from agent.probe import Prober
 from agent.reconcile import Change, diff
+from agent.rotation_channel import Message as RotationMessage
+from agent.rotation_channel import RotationChannel
+from agent.rotation_driver import RotationDriver, RotationEdges, swap_changed_keys
 from agent.settings import AgentError, AgentSettings, short_error
 from agent.state import (
     AgentState,
@@ -79,11 +86,14 @@ from agent.state import (
     save_netmap,
 )
 from agent.status import AgentStatus
+from keys.types import WireGuardPrivateKey
 from wire.models import IPAddress, LinkReport, NetMap
+from wire.rotation import ROTATION_PORT
 
 __all__ = ["Agent", "AgentEdges", "AgentError", "AgentSettings"]
 
 RESOLVE_TIMEOUT_S = 5.0
+ROTATION_TICK_S = 0.5
 
 
 @dataclass
@@ -96,6 +106,7 @@ class AgentEdges:
     clock: Callable[[], float] = time.time
     backoff: Backoff = field(default_factory=Backoff)
     ready: Callable[[], None] = lambda: None  # called after every applied map (systemd READY=1)
+    firewall: Nftables | None = None  # the policy firewall (agent.nft); None: not managed here
 
 
 class Agent:
@@ -118,6 +129,12 @@ class Agent:
         self._inbox: deque[Input] = deque()
         self._wake = asyncio.Event()
         self._closing = False
+        # key rotation (agent.rotation_driver): device operations and applies take turns on this lock
+        self.rotation: RotationDriver | None = None
+        self._channel: RotationChannel | None = None
+        self._device_lock = asyncio.Lock()
+        self._side_tasks: set[asyncio.Task[None]] = set()
+        self._last_status: AgentStatus | None = None
 
     @property
     def netmap(self) -> NetMap | None:
@@ -185,7 +202,7 @@ class Agent:
             self.state.controller_url,
             credential=credential,
             transport=self.edges.transport,
-            verify=trusted_verify(self.settings.state_dir),
+            verify=trusted_verify(self.settings),
         )
         try:
             await asyncio.to_thread(backend.create, self.ifname)
@@ -206,6 +223,9 @@ class Agent:
         except StateError as e:
             self.log.warning("cache_unreadable", error=short_error(e))
             cached = None
+        # A rotation under way resumes (or aborts) before the cached map is applied, so the map is
+        # applied with the key the device runs.
+        await self._start_rotation(cached)
         settings = CoreSettings(
             probe_interval_s=self.settings.probe_interval_s, poll_timeout_s=self.settings.poll_timeout_s
         )
@@ -220,11 +240,16 @@ class Agent:
         assert self.core is not None
         watcher = asyncio.create_task(stop.wait(), name="stop")
         watcher.add_done_callback(lambda _: self._wake.set())
+        ticker = asyncio.create_task(self._rotation_ticks(), name="rotation-ticks")
         try:
             self._execute(self.core.serve(self.edges.clock()))
             await self._pump(lambda: stop.is_set() or self.stopped is not None)
         finally:
             watcher.cancel()
+            ticker.cancel()
+            for task in list(self._side_tasks):
+                task.cancel()
+            await asyncio.gather(ticker, *self._side_tasks, return_exceptions=True)
             await self._settle()
 
     async def shutdown(self) -> None:
@@ -240,7 +265,18 @@ class Agent:
                 self.log.info("interface_removed", interface=self.ifname)
             except BackendError as e:
                 self.log.error("interface_remove_failed", interface=self.ifname, error=short_error(e))
+            if self.edges.firewall is not None:
+                try:
+                    for change in await asyncio.to_thread(
+                        apply_firewall, self.edges.firewall, None, self.ifname
+                    ):
+                        self.log.info("firewall_changed", interface=self.ifname, detail=str(change))
+                except NftError as e:
+                    self.log.error("firewall_remove_failed", interface=self.ifname, error=short_error(e))
         self.edges.host_network.close()
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
         self._execute(self.core.shutdown(self.edges.clock(), interface_kept=not self.settings.down_on_stop))
 
     # --- the loop -----------------------------------------------------------------------------------
@@ -292,6 +328,7 @@ class Agent:
                 case WriteDirectory(netmap=netmap, changed=changed):
                     if changed or not self.paths.p2p_directory.exists():
                         self._write_directory(netmap)
+                    self._map_applied(netmap)
                 case ForgetMap():
                     for path in (self.paths.netmap, self.paths.p2p_directory):
                         path.unlink(missing_ok=True)
@@ -318,12 +355,13 @@ class Agent:
     async def _carry_out(self, action: Action) -> Input:
         try:
             match action:
-                case Poll(since=since, timeout_s=timeout_s):
-                    return await self._poll(since, timeout_s)
+                case Poll(since=since, timeout_s=timeout_s, policy_version=policy_version):
+                    return await self._poll(since, timeout_s, policy_version)
                 case Resolve(endpoints=endpoints):
                     return await self._resolve(endpoints)
                 case Apply(desired=desired):
-                    return await asyncio.to_thread(self._apply, desired)
+                    async with self._device_lock:
+                        return await asyncio.to_thread(self._apply, desired)
                 case Measure(targets=targets):
                     return await self._measure(targets)
                 case ReportLinks(report=report):
@@ -332,12 +370,96 @@ class Agent:
         except Exception as e:  # a bug: the core logs it once and resumes that part after a pause
             return Crashed(action, f"{type(e).__name__}: {short_error(e)}")
 
+    # --- key rotation -------------------------------------------------------------------------------
+
+    async def _start_rotation(self, cached: NetMap | None) -> None:
+        assert self.state is not None and self.keys is not None and self.client is not None
+        edges = RotationEdges(
+            backend=self.edges.backend,
+            ifname=lambda: self.ifname,
+            apply_lock=self._device_lock,
+            report_key=self.client.report_key,
+            send=self._send_rotation,
+            get_host_key=lambda: self._host_keys().wireguard,
+            set_host_key=self._rekey,
+            log=self.log,
+            clock=self.edges.clock,
+            state_dir=self.settings.state_dir,
+            phase_changed=self._rotation_phase_changed,
+        )
+        self.rotation = RotationDriver(edges, self.state.node_id, self.keys.identity)
+        if self.edges.backend.name != "fake":  # a dry run sends nothing to anyone
+            try:
+                self._channel = await RotationChannel.open(
+                    ip_address("0.0.0.0"), ROTATION_PORT, self.rotation.on_message
+                )
+            except OSError as e:
+                self.log.warning(
+                    "rotation_channel_unavailable",
+                    error=short_error(e),
+                    note="peers learn new keys from maps only",
+                )
+        self.rotation.netmap = cached
+        try:
+            await self.rotation.start()
+        except StateError as e:
+            raise AgentError(short_error(e)) from None
+
+    def _host_keys(self) -> HostKeys:
+        assert self.keys is not None
+        return self.keys
+
+    def _rekey(self, key: WireGuardPrivateKey) -> None:
+        """The host's WireGuard key is now `key`: the desired state is built with it from now on."""
+        keys = self._host_keys()
+        if keys.wireguard.public_key() == key.public_key():
+            return
+        self.keys = dataclasses.replace(keys, wireguard=key)
+        if self.core is not None:
+            self._execute(self.core.rekey(key, self.edges.clock()))
+
+    def _send_rotation(self, message: RotationMessage, address: str, port: int) -> None:
+        if self._channel is not None:
+            self._channel.send(message, address, port)
+
+    def _map_applied(self, netmap: NetMap) -> None:
+        if self.rotation is None or self.core is None or self.core.netmap_source != "controller":
+            return  # a rotation is started only by the controller's own map, never by a cached one
+        rotation = self.rotation
+        self._side_task(lambda: rotation.on_map(netmap))
+
+    def _rotation_phase_changed(self) -> None:
+        if self._last_status is not None:
+            self._write_status(self._last_status)
+
+    def _side_task(self, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        if self._closing:
+            return
+        task = asyncio.create_task(self._guarded(work), name="rotation")
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
+
+    async def _guarded(self, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        try:
+            await work()
+        except Exception as e:  # a bug in a rotation step must not take the agent down
+            self.log.error("internal_error", loop="rotation", error=f"{type(e).__name__}: {short_error(e)}")
+
+    async def _rotation_ticks(self) -> None:
+        while True:
+            await asyncio.sleep(ROTATION_TICK_S)
+            if self.rotation is not None:
+                await self._guarded(self.rotation.tick)
+
     # --- the edges ----------------------------------------------------------------------------------
 
-    async def _poll(self, since: int, timeout_s: float) -> Input:
+    async def _poll(self, since: int, timeout_s: float, policy_version: int | None = None) -> Input:
         assert self.client is not None
         try:
-            return MapAnswered(await self.client.netmap_update(since=since, timeout_s=timeout_s))
+            answer = await self.client.netmap_update(
+                since=since, timeout_s=timeout_s, policy_version=policy_version
+            )
+            return MapAnswered(answer)
         except ControllerRejected as e:
             return PollRefused(e.status, short_error(e))
         except ControllerError as e:
@@ -362,12 +484,15 @@ class Agent:
 
     def _apply(self, desired: DesiredState) -> Applied:
         """In a worker thread: the device (read, diff, apply the difference; created if it vanished),
-        then the host network."""
+        then the host network, then the policy firewall."""
         backend, ifname = self.edges.backend, self.ifname
         changes: tuple[Change, ...] = ()
+        if self.rotation is not None:
+            desired = dataclasses.replace(desired, device=self.rotation.device_config(desired.device))
         try:
             if not backend.exists(ifname):
                 backend.create(ifname)
+            swap_changed_keys(backend, ifname, desired.device)
             current = backend.read(ifname)
             reconciliation = diff(current, desired.device)
             device: Device = current
@@ -381,7 +506,13 @@ class Agent:
             host_changes = self.edges.host_network.set(desired.host)
         except (OSError, ValueError) as e:
             return Applied(changes, (), device, short_error(e))
-        return Applied(changes, tuple(host_changes), device)
+        firewall: list[str] = []
+        if self.edges.firewall is not None:
+            try:
+                firewall = [str(c) for c in apply_firewall(self.edges.firewall, desired.policy, ifname)]
+            except NftError as e:
+                return Applied(changes, tuple(host_changes), device, short_error(e))
+        return Applied(changes, tuple(host_changes), device, firewall_changes=tuple(firewall))
 
     async def _measure(self, targets: tuple[IPAddress, ...]) -> Measured:
         device: Device | None = None
@@ -421,6 +552,9 @@ class Agent:
         return self.core.status(self.edges.clock(), running)
 
     def _write_status(self, status: AgentStatus) -> None:
+        self._last_status = status
+        if self.rotation is not None:
+            status = self.rotation.decorate(status)
         try:
             status.save(self.paths.status)
         except OSError as e:

@@ -22,7 +22,7 @@ from agent.device import DeviceConfig, IPNetwork, PeerConfig, endpoint_address
 from agent.hostnet.base import HostConfig
 from agent.status import RouteKind
 from keys.types import WireGuardPrivateKey
-from wire.models import IPAddress, NetMap, NodeId, Peer
+from wire.models import IPAddress, NetMap, NodeId, NodePolicy, Peer
 
 IPInterface = IPv4Interface | IPv6Interface
 
@@ -42,6 +42,7 @@ class DesiredState:
     addresses: tuple[IPInterface, ...]  # on the WireGuard interface
     routes: tuple[IPNetwork, ...]  # destinations routed into the WireGuard interface
     forward: bool  # forward packets between peers (this node relays)
+    policy: NodePolicy | None = None  # what the host firewall enforces (agent.firewall); None: no policy
 
     @property
     def host(self) -> HostConfig:
@@ -88,7 +89,11 @@ def build_desired(
     device = DeviceConfig.build(private_key, peers, listen_port=netmap.node.listen_port)
     address = ip_interface(f"{netmap.node.tunnel_address}/{netmap.node.mesh_cidr.prefixlen}")
     return DesiredState(
-        device=device, addresses=(address,), routes=(netmap.node.mesh_cidr,), forward=netmap.forward
+        device=device,
+        addresses=(address,),
+        routes=(netmap.node.mesh_cidr,),
+        forward=netmap.forward,
+        policy=netmap.policy,
     )
 
 

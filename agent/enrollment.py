@@ -141,10 +141,13 @@ async def establish_trust(
     return True
 
 
-def trusted_verify(state_dir: Path) -> ssl.SSLContext | bool:
-    """How an enrolled agent verifies its controller (the CA pinned at enrollment, else the system CAs)."""
+def trusted_verify(settings: AgentSettings) -> ssl.SSLContext | bool:
+    """How an enrolled agent verifies its controller: the CA stored at enrollment; else --ca-file, kept
+    from now on (a host enrolled before the controller served HTTPS); else the system CAs."""
     try:
-        return verify_for(state_dir)
+        if settings.ca_file is not None and not ca_path(settings.state_dir).exists():
+            return adopt_ca_file(settings.ca_file, settings.state_dir)
+        return verify_for(settings.state_dir)
     except TrustError as e:
         raise AgentError(short_error(e)) from None
 

@@ -12,11 +12,11 @@ The rotating node's phases, each persisted (with both keys, 0600) before its eff
 - prepared: the new key exists on the host only; the controller is asked to keep it as pending. A
   controller that cannot be reached delays the rotation (retry with backoff); one that refuses it
   (the rotation was cancelled, the node removed) aborts it: the new key is destroyed, nothing changed.
-- switching: persisted BEFORE the notices go out, so a crash after any notice resumes forward: the
-  notices are sent again and the device switched (both idempotent). Notices go out before the switch
-  because a switched device can no longer send on its sessions (it still receives on them).
-- switched: the device runs the new key, which becomes the host's key file; the controller is told
-  (retried until it answers: peers that missed the notice converge from the map it then pushes).
+- switching: persisted BEFORE the device switches, so a crash mid-switch resumes forward.
+- switched: the device runs the new key, which becomes the host's key file; only NOW do the notices go
+  out (a peer that swapped before the switch would drop the packets still in flight on the old
+  sessions, which it no longer holds), then the controller is told (retried until it answers: peers
+  that missed the notice converge from the map it then pushes).
 - recorded: the old private key is kept only until no peer uses it (each peer handshook after the
   switch or acked the notice) or CONFIRM_GRACE_S passed (a peer offline converges from its next map);
   then it is destroyed with the pending record.
@@ -31,6 +31,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from agent.device import Device, DeviceConfig, PeerConfig, PeerStatus, PeerSwap
 from keys.types import IdentityPublicKey, WireGuardPrivateKey, WireGuardPublicKey
 from wire.rotation import KeyReportPhase, RotationNotice, signing_bytes
 
@@ -166,13 +167,14 @@ class Rotation:
         return [Persist(self.pending), Event("rotation_recorded", {"rotation_id": p.rotation_id})]
 
     def switched(self, now: float) -> list[Action]:
-        """The device now runs the new key."""
+        """The device now runs the new key: tell the peers, then the controller."""
         p = self.pending
         if p is None or p.phase != "switching":
             return []
         self.pending = replace(p, phase="switched", switched_at=now)
         return [
             Persist(self.pending),
+            NotifyPeers(p.rotation_id, p.old_key.public_key(), p.new_key.public_key()),
             AdoptKey(p.new_key),
             Event("key_switched", {"rotation_id": p.rotation_id, "new": p.new_key.public_key()}),
             *self._report("commit", now),
@@ -185,6 +187,8 @@ class Rotation:
             return []
         if p.phase in ("prepared", "switched") and now >= p.retry_at and p.attempts > 0:
             return self._report(_report_phase(p.phase), now)
+        if p.phase == "switching" and now >= p.retry_at:  # the device refused the switch: again
+            return self._switch(replace(p, retry_at=now + RETRY_FIRST_S))
         if p.phase == "recorded":
             assert p.switched_at is not None
             if unconfirmed_peers <= 0 or now - p.switched_at >= CONFIRM_GRACE_S:
@@ -227,11 +231,7 @@ class Rotation:
 
     def _switch(self, p: PendingRotation) -> list[Action]:
         self.pending = replace(p, phase="switching")
-        return [
-            Persist(self.pending),
-            NotifyPeers(p.rotation_id, p.old_key.public_key(), p.new_key.public_key()),
-            SwitchDevice(p.new_key),
-        ]
+        return [Persist(self.pending), SwitchDevice(p.new_key)]
 
     def _report(self, phase: KeyReportPhase, now: float) -> list[Action]:
         assert self.pending is not None
@@ -326,3 +326,54 @@ class KeyOverrides:
 
     def __len__(self) -> int:
         return len(self._keys)
+
+    def apply_to(self, desired: DeviceConfig) -> DeviceConfig:
+        """`desired` (built from a map that may still name old keys) with every swapped key in place
+        of the old one."""
+        if not self._keys:
+            return desired
+        peers = dict(desired.peers)
+        for old, new in self._keys.values():
+            cfg = peers.pop(old, None)
+            if cfg is not None:
+                peers[new] = PeerConfig(
+                    new, cfg.allowed_ips, cfg.endpoint, cfg.persistent_keepalive, cfg.preshared_key
+                )
+        return DeviceConfig(desired.private_key, desired.listen_port, desired.fwmark, peers)
+
+
+# --- the swap itself --------------------------------------------------------------------------------
+
+
+def swap_for(
+    old: PeerStatus, new_key: WireGuardPublicKey, keepalive_s: int, desired: PeerConfig | None = None
+) -> PeerSwap:
+    """The one-call swap of `old` (as the device holds it) for `new_key`: every allowed IP the old peer
+    has now, its live (maybe roamed) endpoint, its preshared key, and a keepalive so the handshake on
+    the new key starts at once. `desired`, when the map already names the new key, wins for the
+    allowed IPs and keepalive (the next reconcile then has nothing to change)."""
+    cfg = old.config
+    allowed = desired.allowed_ips if desired is not None else cfg.allowed_ips
+    keepalive = (
+        desired.persistent_keepalive if desired is not None else cfg.persistent_keepalive
+    ) or keepalive_s
+    endpoint = cfg.endpoint or (desired.endpoint if desired is not None else None)
+    return PeerSwap(
+        old.config.public_key, PeerConfig(new_key, allowed, endpoint, keepalive, cfg.preshared_key)
+    )
+
+
+def fallback_swaps(device: Device, desired: DeviceConfig, keepalive_s: int) -> list[PeerSwap]:
+    """Peers whose key the map changed while the device still holds the old key (the notice was
+    missed, or the host was away): each becomes a one-call swap rather than a removal and an addition,
+    so its allowed IPs move atomically. An old peer is one on the device the map no longer names; its
+    new key is the one new peer of the map that claims one of its allowed IPs."""
+    swaps = []
+    added = [cfg for key, cfg in desired.peers.items() if key not in device.peers]
+    for key, status in device.peers.items():
+        if key in desired.peers:
+            continue
+        claims = [cfg for cfg in added if set(cfg.allowed_ips) & set(status.config.allowed_ips)]
+        if len(claims) == 1:
+            swaps.append(swap_for(status, claims[0].public_key, keepalive_s, claims[0]))
+    return swaps

@@ -81,6 +81,16 @@ class AgentStatus(BaseModel):
     last_error: str | None = Field(default=None, description="The last data-plane error; None: none.")
     updated_at: float
     peers: list[PeerView] = Field(default_factory=list)
+    wg_public_key: str | None = Field(
+        default=None, description="This host's WireGuard key, base64; None: unknown."
+    )
+    key_created_at: float | None = Field(
+        default=None, description="unix seconds when this host's WireGuard key was made; None: unknown."
+    )
+    key_rotation: str | None = Field(
+        default=None,
+        description="The key rotation under way (prepared, switching, switched, recorded); None: none.",
+    )
 
     @classmethod
     def load(cls, path: Path) -> AgentStatus:
@@ -188,6 +198,11 @@ def render_table(status: AgentStatus, now: float) -> str:
         f"controller {status.controller_url}: {state}{since}; {serial}"
     )
     lines = [head]
+    if status.wg_public_key is not None:
+        age = None if status.key_created_at is None else now - status.key_created_at
+        made = "made " + format_age(age) if age is not None else "age unknown"
+        rotation = f"; rotation {status.key_rotation}" if status.key_rotation else ""
+        lines.append(f"key {status.wg_public_key} ({made}){rotation}")
     if status.last_error:
         lines.append(f"last error: {status.last_error}")
     if not status.peers:

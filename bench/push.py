@@ -15,6 +15,12 @@ The 1,000 nodes are written into the store before the controller starts (enrolli
 over HTTP would only measure enrollment); the measured enrollments go through the real API. The
 controller is a child process ended by its pid; its state lives in a temporary directory removed at
 the end. Goal: the delta push reaches all 1,000 agents in <= 1 s.
+
+Then the access policy (issue #17): a policy tags 10 nodes supervisor, 10 client, the rest worker
+(workers and clients reach the supervisors); one unmeasured round puts it in force (every map shrinks),
+then each measured round toggles a rule letting clients reach supervisors' port 8000 with a tcp rule
+of its own. Only the 20 supervisors and clients are affected: the round measures how long until each
+of them holds its new map, and counts the maps any other agent received (goal: none).
 """
 
 from __future__ import annotations
@@ -357,6 +363,80 @@ async def verify(agents: list[SimAgent]) -> tuple[int, int]:
     return ok, checked
 
 
+SUPERVISORS = range(1, 11)
+CLIENTS = range(AGENTS - 9, AGENTS + 1)
+
+
+def policy_text(with_api: bool) -> str:
+    tags = "\n".join(f'sim-{i} = ["supervisor"]' for i in SUPERVISORS)
+    tags += "\n" + "\n".join(f'sim-{i} = ["client"]' for i in CLIENTS)
+    text = (
+        f'relays = ["tag:supervisor"]\n[tags]\n{tags}\n'
+        '[[rules]]\nname = "work"\nfrom = ["tag:worker", "tag:client"]\nto = ["tag:supervisor"]\n'
+        'ports = ["tcp/9000"]\n[[rules]]\nname = "everyone-else"\nfrom = ["*"]\nto = ["tag:supervisor"]\n'
+        'ports = ["icmp"]\n'
+    )
+    if with_api:
+        text += (
+            '[[rules]]\nname = "api"\nfrom = ["tag:client"]\nto = ["tag:supervisor"]\nports = ["tcp/8000"]\n'
+        )
+    return text
+
+
+async def policy_round(
+    number: int,
+    client: httpx.AsyncClient,
+    admin: str,
+    agents: list[SimAgent],
+    tasks: list[asyncio.Task[None]],
+    polling: Polling,
+    controller_pid: int,
+    affected: set[int] | None,
+    show: bool = True,
+) -> dict[str, float]:
+    """One policy change while every agent long-polls: how long until every affected agent (None:
+    every agent) holds a new map, and how many others got one."""
+    await asyncio.sleep(SETTLE_S)
+    polling.marker = b""  # any new map counts
+    for a in agents:
+        a.got.clear()
+    want = {a.node_id for a in agents} if affected is None else affected
+    server_cpu = cpu_seconds(controller_pid)
+    start = time.perf_counter()
+    r = await client.put(
+        api.POLICY,
+        json={"text": policy_text(number % 2 == 0), "author": "bench"},
+        headers={"Authorization": f"Bearer {admin}"},
+    )
+    answered = time.perf_counter()
+    r.raise_for_status()
+    deadline = start + ROUND_DEADLINE_S
+    while sum(1 for a in agents if a.got and a.node_id in want) < len(want):
+        for t in tasks:
+            if t.done() and t.exception():
+                raise t.exception()  # type: ignore[misc]
+        if time.perf_counter() > deadline:
+            raise RuntimeError(f"policy round {number}: not every affected agent got a map")
+        await asyncio.sleep(0.005)
+    await asyncio.sleep(SETTLE_S)  # anything else would have arrived by now
+    arrivals = sorted(min(a.got.values()) - start for a in agents if a.node_id in want)
+    x = {
+        "put": answered - start,
+        "p50": statistics.median(arrivals),
+        "all": arrivals[-1],
+        "others": float(sum(1 for a in agents if a.got and a.node_id not in want)),
+        "server_cpu": cpu_seconds(controller_pid) - server_cpu,
+    }
+    if show:
+        print(
+            f"{'policy':<6} {number:>5} {x['put']:>9.3f} {'':>8} {x['p50']:>7.3f} {'':>7} {x['all']:>7.3f} "
+            f"{'':>9} {x['server_cpu']:>12.2f}   affected {len(want)}, other agents with a new map: "
+            f"{int(x['others'])}",
+            flush=True,
+        )
+    return x
+
+
 @dataclass
 class Figures:
     baseline: float
@@ -364,6 +444,7 @@ class Figures:
     delta: list[dict[str, float]]
     verified: tuple[int, int]
     mismatches: int
+    policy: list[dict[str, float]] = field(default_factory=list)
 
 
 async def run(port: int, admin: str, agents: list[SimAgent], controller_pid: int, ca_file: Path) -> Figures:
@@ -396,13 +477,20 @@ async def run(port: int, admin: str, agents: list[SimAgent], controller_pid: int
                     await push_round("delta", i, client, admin, agents, tasks, polling, controller_pid)
                     for i in range(ROUNDS + 1, 2 * ROUNDS + 1)
                 ]
+                # The policy goes in force (every map changes), then each round toggles the api rule.
+                await policy_round(1, client, admin, agents, tasks, polling, controller_pid, None, show=False)
+                affected = set(SUPERVISORS) | set(CLIENTS)
+                policy = [
+                    await policy_round(i, client, admin, agents, tasks, polling, controller_pid, affected)
+                    for i in range(2, ROUNDS + 2)
+                ]
             finally:
                 polling.stop.set()
                 for t in tasks:
                     t.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
             verified = await verify(agents)
-        return Figures(baseline, full, delta, verified, sum(a.mismatches for a in agents))
+        return Figures(baseline, full, delta, verified, sum(a.mismatches for a in agents), policy)
     finally:
         for a in agents:
             if a.conn is not None:
@@ -466,6 +554,20 @@ def main() -> int:
         f"{figures.mismatches} deltas did not apply to the map held"
     )
     goal = delta_all <= 1.0 and ok == checked > 0 and figures.mismatches == 0
+    policy_all = med(figures.policy, "all")
+    policy_others = max(r["others"] for r in figures.policy)
+    print(
+        f"policy change: all {len(SUPERVISORS) + len(CLIENTS)} affected agents hold their new map in "
+        f"{policy_all:.3f} s (median; worst {max(r['all'] for r in figures.policy):.3f} s, the admin's PUT "
+        f"answered in {med(figures.policy, 'put'):.3f} s); other agents given a new map: {int(policy_others)}"
+    )
+    print(
+        f"RESULT name=push_policy agents={AGENTS} affected={len(SUPERVISORS) + len(CLIENTS)} "
+        f"policy_push_all_s={policy_all:.3f} policy_push_worst_s={max(r['all'] for r in figures.policy):.3f} "
+        f"policy_put_s={med(figures.policy, 'put'):.3f} policy_over_delta={policy_all / delta_all:.2f} "
+        f"unaffected_maps={int(policy_others)} controller_cpu_policy_s={med(figures.policy, 'server_cpu'):.2f} "
+        f"goal_met={'yes' if policy_all <= 1.0 and policy_others == 0 else 'no'}"
+    )
     print(
         f"RESULT name=push agents={AGENTS} delta_push_all_s={delta_all:.3f} delta_push_worst_s={delta_worst:.3f} "
         f"delta_push_p50_s={med(figures.delta, 'p50'):.3f} full_push_all_s={full_all:.3f} "

@@ -28,6 +28,16 @@ from controller.tls import TLS_DIR
 from wgmesh.neterror import describe
 from wire import api
 from wire.models import NodeInfo, PreAuthKeyInfo, PreAuthKeyRequest
+from wire.policy import (
+    PolicyCheckResult,
+    PolicyInfo,
+    PolicyRollbackRequest,
+    PolicySetRequest,
+    PolicyState,
+    PolicyTestRequest,
+    PolicyTestResult,
+)
+from wire.rotation import RotationInfo, RotationProgress
 
 TIMEOUT_S = 10.0
 
@@ -126,6 +136,37 @@ class AdminClient:
 
     def remove_node(self, node_id: int) -> None:
         self._call("DELETE", f"{api.NODES}/{node_id}")
+
+    def policy(self) -> PolicyState:
+        return PolicyState.model_validate_json(self._call("GET", api.POLICY).content)
+
+    def set_policy(self, req: PolicySetRequest) -> PolicyInfo:
+        return PolicyInfo.model_validate_json(self._call("PUT", api.POLICY, req.model_dump()).content)
+
+    def check_policy(self, req: PolicySetRequest) -> PolicyCheckResult:
+        r = self._call("POST", api.POLICY + "/check", req.model_dump())
+        return PolicyCheckResult.model_validate_json(r.content)
+
+    def test_policy(self, req: PolicyTestRequest) -> PolicyTestResult:
+        r = self._call("POST", api.POLICY + "/test", req.model_dump())
+        return PolicyTestResult.model_validate_json(r.content)
+
+    def policy_history(self) -> list[PolicyInfo]:
+        r = self._call("GET", api.POLICY + "/history")
+        return TypeAdapter(list[PolicyInfo]).validate_json(r.content)
+
+    def rollback_policy(self, req: PolicyRollbackRequest) -> PolicyInfo:
+        r = self._call("POST", api.POLICY + "/rollback", req.model_dump())
+        return PolicyInfo.model_validate_json(r.content)
+
+    def rotate(self, node_id: int) -> RotationInfo:
+        return RotationInfo.model_validate_json(self._call("POST", f"{api.NODES}/{node_id}/rotate").content)
+
+    def rotate_all(self) -> RotationProgress:
+        return RotationProgress.model_validate_json(self._call("POST", api.ROTATE_ALL).content)
+
+    def rotations(self) -> RotationProgress:
+        return RotationProgress.model_validate_json(self._call("GET", api.ROTATIONS).content)
 
 
 def when(t: datetime | None, never: str = "never") -> str:

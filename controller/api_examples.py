@@ -129,7 +129,36 @@ NODE_INFO: dict[str, Any] = {
     "enrolled_at": "2026-11-24T10:00:00Z",
     "last_seen": "2026-11-24T10:05:00Z",
     "serial": 7,
+    "key_created_at": "2026-11-24T10:00:00Z",
+    "rotation": "idle",
 }
+
+KEY_REPORT: dict[str, Any] = {
+    "prepare": {
+        "summary": "the new key is made; about to switch",
+        "value": {"rotation_id": 4, "phase": "prepare", "wg_public_key": _WG},
+    },
+    "commit": {
+        "summary": "switched: record the key and push every peer's map",
+        "value": {"rotation_id": 4, "phase": "commit", "wg_public_key": _WG},
+    },
+}
+
+KEY_REPORT_ANSWER: dict[str, Any] = {"rotation_id": 4, "phase": "commit", "serial": 12}
+
+ROTATION_INFO: dict[str, Any] = {
+    "node_id": 1,
+    "name": "web-1",
+    "state": "requested",
+    "rotation_id": 4,
+    "key_created_at": "2026-11-24T10:00:00Z",
+    "requested_at": "2026-12-01T10:00:00Z",
+    "finished_at": None,
+    "outcome": None,
+    "queue_position": None,
+}
+
+ROTATION_PROGRESS: dict[str, Any] = {"campaign_running": False, "nodes": [ROTATION_INFO]}
 
 TOPOLOGY: dict[str, Any] = {
     "nodes": [NODE_INFO],

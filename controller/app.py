@@ -27,6 +27,7 @@ from starlette.exceptions import HTTPException
 from controller import api_examples as ex
 from controller.clock import Clock, SystemClock
 from controller.control import ApiError, ControlPlane
+from controller.policy_routes import add_policy_routes
 from controller.push import MapNotifier
 from controller.settings import Settings
 from controller.store import Store
@@ -46,8 +47,10 @@ from wire.models import (
     Topology,
     enroll_signing_bytes,
 )
+from wire.rotation import KeyReport, KeyReportAnswer, RotationInfo, RotationProgress
 
 MAX_ID = 2**62
+ROTATION_TICK_S = 5.0  # how often rotations that never answered are given up and the schedule runs
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -203,10 +206,20 @@ def create_app(
     )
     ca_pem = tls.ca_pem if tls else None
 
+    async def rotation_ticks() -> None:
+        while True:
+            await asyncio.sleep(ROTATION_TICK_S)
+            plane.tick()
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        yield
-        plane.close()
+        ticks = asyncio.create_task(rotation_ticks(), name="rotation-ticks")
+        try:
+            yield
+        finally:
+            ticks.cancel()
+            await asyncio.gather(ticks, return_exceptions=True)
+            plane.close()
 
     app = FastAPI(
         title="wgmesh controller",
@@ -357,11 +370,15 @@ def create_app(
                 "that map (else the full map with kind 'full'); 0: always the full map, without 'kind'"
             ),
         ] = False,
+        policy: Annotated[
+            int | None,
+            Query(ge=0, le=MAX_ID, description="The policy version the caller enforces; absent: not said"),
+        ] = None,
     ) -> Response:
         """The caller's network map: at once when its serial differs from `since`, otherwise as soon as
         it changes, or 204 after `timeout` seconds. With `delta=1`, only what changed since `since`
         when possible."""
-        plane.polled(node, since)
+        plane.polled(node, since, policy)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while plane.has_node(node) and plane.serial(node) == since:
@@ -423,6 +440,67 @@ def create_app(
         """Remove a node: it disappears from every peer's map at once, its credential stops working."""
         plane.remove_node(node_id)
         return Response(status_code=204)
+
+    @app.post(
+        api.NODES + "/{node_id}/rotate",
+        tags=["admin"],
+        dependencies=[ADMIN],
+        status_code=202,
+        response_model=RotationInfo,
+        responses={
+            202: {"content": {"application/json": {"example": ex.ROTATION_INFO}}},
+            **_errors(401, 403, 404, 409, 422),
+        },
+    )
+    async def rotate_node(node_id: IdPath) -> RotationInfo:
+        """Ask the node to rotate its WireGuard key; it does so through its map, without losing a packet.
+        409 when it, or a neighbour, already rotates, or a rotate --all runs."""
+        return plane.rotate(node_id)
+
+    @app.post(
+        api.ROTATE_ALL,
+        tags=["admin"],
+        dependencies=[ADMIN],
+        status_code=202,
+        response_model=RotationProgress,
+        responses={
+            202: {"content": {"application/json": {"example": ex.ROTATION_PROGRESS}}},
+            **_errors(401, 403, 409),
+        },
+    )
+    async def rotate_all() -> RotationProgress:
+        """Rotate every node's key, one node at a time. 409 while any rotation runs."""
+        return plane.rotate_all()
+
+    @app.get(
+        api.ROTATIONS,
+        tags=["admin"],
+        dependencies=[ADMIN],
+        response_model=RotationProgress,
+        responses={
+            200: {"content": {"application/json": {"example": ex.ROTATION_PROGRESS}}},
+            **_errors(401, 403),
+        },
+    )
+    async def rotations() -> RotationProgress:
+        """Every node's key age and rotation, and whether a rotate --all runs."""
+        return plane.rotation_progress()
+
+    @app.post(
+        api.KEY,
+        tags=["node"],
+        response_model=KeyReportAnswer,
+        responses={
+            200: {"content": {"application/json": {"example": ex.KEY_REPORT_ANSWER}}},
+            **_errors(401, 403, 409, 413, 422),
+        },
+    )
+    async def key_report(
+        node: NodeCaller, report: Annotated[KeyReport, Body(openapi_examples=ex.KEY_REPORT)]
+    ) -> KeyReportAnswer:
+        """The caller's new WireGuard key during a rotation it was asked for: "prepare" keeps it as
+        pending, "commit" (after the switch) records it and pushes every peer's map."""
+        return plane.key_report(node, report)
 
     @app.post(
         api.PREAUTH_KEYS,
@@ -490,4 +568,5 @@ def create_app(
             return PlainTextResponse(plane.topology_dot(), media_type="text/vnd.graphviz")
         return Response(plane.topology().model_dump_json(), media_type="application/json")
 
+    add_policy_routes(app, plane, ADMIN, _errors)
     return app

@@ -32,8 +32,17 @@ from controller.ipam import AddressHolds, AddressPool, PoolExhausted, unique_nam
 from controller.mesh import Mesh, MeshChange
 from controller.netmap import NodeCard
 from controller.nonces import EnrollNonces
+from controller.rotation import NodeRotation, RotationBook, RotationRefused
 from controller.settings import Settings
-from controller.store import KeyRefused, NodeRecord, NodeWrite, PreAuthKeyRecord, Store, StoreConflict
+from controller.store import (
+    KeyRefused,
+    NodeRecord,
+    NodeWrite,
+    PolicyRecord,
+    PreAuthKeyRecord,
+    Store,
+    StoreConflict,
+)
 from wire import PROTOCOL_VERSION, api
 from wire.models import (
     EnrollNonce,
@@ -45,7 +54,24 @@ from wire.models import (
     PreAuthKeyRequest,
     Topology,
 )
+from wire.policy import (
+    PolicyCheckResult,
+    PolicyDocument,
+    PolicyError,
+    PolicyInfo,
+    PolicyRollbackRequest,
+    PolicySetRequest,
+    PolicyState,
+    PolicyTestRequest,
+    PolicyTestResult,
+    Subject,
+    decide,
+    parse_policy,
+    parse_port_spec,
+    tags_of,
+)
 from wire.preauth import PreAuthKey, PreAuthKeyError, parse_preauth_key
+from wire.rotation import KeyReport, KeyReportAnswer, RotationInfo, RotationProgress
 
 LAST_SEEN_WRITE_EVERY = timedelta(seconds=60)
 
@@ -66,8 +92,14 @@ class Caller:
     node_id: int | None  # None: the admin
 
 
-def card_of(record: NodeRecord) -> NodeCard:
+def card_of(
+    record: NodeRecord, policy: PolicyDocument | None = None, key_rotation: int | None = None
+) -> NodeCard:
+    """The node's card; under a policy it carries the node's tags (its key's role, or the policy's); a key
+    rotation asked of the node goes in its own map."""
+    tags = () if policy is None else tuple(sorted(tags_of(policy, record.name, [record.role])))
     return NodeCard(
+        tags=tags,
         node_id=record.node_id,
         name=record.name,
         role=record.role,
@@ -76,6 +108,7 @@ def card_of(record: NodeRecord) -> NodeCard:
         tunnel_address=record.tunnel_address,
         endpoints=record.endpoints,
         listen_port=record.listen_port,
+        key_rotation=key_rotation,
     )
 
 
@@ -102,13 +135,25 @@ class ControlPlane:
         self._by_credential = {n.credential_hash: n.node_id for n in snapshot.nodes}
         self._by_identity = {n.identity_public_key: n.node_id for n in snapshot.nodes}
         self.holds = AddressHolds(snapshot.holds)
+        self.policy: PolicyRecord | None = snapshot.policy
+        self._doc = None if snapshot.policy is None else parse_policy(snapshot.policy.text, "stored policy")
+        self._policy_held: dict[int, int] = {}  # node -> policy version its agent last reported
+        self.rotations = RotationBook(r for r in snapshot.rotations if r.node_id in self.nodes)
+        undated = [
+            r
+            for n in snapshot.nodes
+            if n.node_id not in self.rotations.records
+            for r in self.rotations.enrolled(n.node_id, n.enrolled_at)
+        ]
+        store.save_rotations(undated)
         self.mesh = Mesh(
             settings.mesh_cidr,
             settings.policy,
             settings.persistent_keepalive_s,
-            (card_of(n) for n in snapshot.nodes),
+            (card_of(n, self._doc, self.rotations.requested_of(n.node_id)) for n in snapshot.nodes),
             snapshot.links,
             snapshot.maps,
+            access=self._access(),
         )
         store.save_maps(self.mesh.initial.maps)
         self._highest_id = max(self.nodes, default=0)
@@ -196,7 +241,8 @@ class ControlPlane:
         self._highest_id = max(self._highest_id, record.node_id)
         self._by_credential[record.credential_hash] = record.node_id
         self._by_identity[identity] = record.node_id
-        self._apply(self.mesh.upsert(card_of(record)))
+        self.store.save_rotations(self.rotations.enrolled(record.node_id, self.clock.now()))
+        self._apply(self.mesh.upsert(self._card(record.node_id)))
         return EnrollResponse(
             node_id=record.node_id,
             name=record.name,
@@ -220,8 +266,11 @@ class ControlPlane:
         """For a node holding map `since` that asked for deltas: a NetMapDelta, or the full map."""
         return self.mesh.render_update(node_id, since)
 
-    def polled(self, node_id: int, since: int) -> None:
-        """The node asked for maps newer than `since`: it is alive and holds map `since`."""
+    def polled(self, node_id: int, since: int, policy_version: int | None = None) -> None:
+        """The node asked for maps newer than `since`: it is alive and holds map `since` (and enforces
+        `policy_version`, when it says)."""
+        if policy_version is not None:
+            self._policy_held[node_id] = policy_version
         now = self.clock.now()
         self._last_seen[node_id] = now
         written = self._seen_written.get(node_id)
@@ -254,11 +303,18 @@ class ControlPlane:
         record = self.nodes.get(node_id)
         if record is None:
             raise ApiError(404, f"no node {node_id}")
+        rotation = self.rotations.get(node_id)
+        card = dataclasses.asdict(card_of(record, self._doc))
+        del card["key_rotation"]
         return NodeInfo(
-            **dataclasses.asdict(card_of(record)),
+            **card,
             enrolled_at=record.enrolled_at,
             last_seen=self._last_seen.get(node_id),
             serial=self.mesh.serial(node_id),
+            key_created_at=rotation.key_created_at,
+            rotation=rotation.state,
+            policy_version=self._policy_held.get(node_id),
+            policy_version_sent=self.mesh.policy_version(node_id),
         )
 
     def node_infos(self) -> list[NodeInfo]:
@@ -277,7 +333,81 @@ class ControlPlane:
         self._by_identity.pop(record.identity_public_key, None)
         self._last_seen.pop(node_id, None)
         self._seen_written.pop(node_id, None)
+        self._policy_held.pop(node_id, None)
         self._apply(change, also_wake=[node_id])
+        self._rotations_changed(self.rotations.removed(node_id, self.clock.now()))
+
+    # --- key rotation ------------------------------------------------------------------------------
+
+    def rotate(self, node_id: int) -> RotationInfo:
+        """Ask one node to rotate its key (through its map). 404 unknown node; 409 already rotating."""
+        if node_id not in self.nodes:
+            raise ApiError(404, f"no node {node_id}")
+        neighbours = [n for n in self.nodes if n != node_id]  # every node's map holds every other one
+        self._rotations_changed(
+            self._refusable(lambda: self.rotations.request(node_id, neighbours, self.clock.now()))
+        )
+        return self.rotation_info(node_id)
+
+    def rotate_all(self) -> RotationProgress:
+        """Queue every node and rotate them one at a time. 409 while any rotation runs."""
+        self._rotations_changed(
+            self._refusable(lambda: self.rotations.request_all(sorted(self.nodes), self.clock.now()))
+        )
+        return self.rotation_progress()
+
+    def rotation_info(self, node_id: int) -> RotationInfo:
+        r = self.rotations.get(node_id)
+        return RotationInfo(
+            node_id=node_id,
+            name=self.nodes[node_id].name,
+            state=r.state,
+            rotation_id=r.rotation_id,
+            key_created_at=r.key_created_at,
+            requested_at=r.requested_at,
+            finished_at=r.finished_at,
+            outcome=r.outcome,
+            queue_position=r.queue_position,
+        )
+
+    def rotation_progress(self) -> RotationProgress:
+        return RotationProgress(
+            campaign_running=self.rotations.campaign_running(),
+            nodes=[self.rotation_info(n) for n in sorted(self.nodes)],
+        )
+
+    def key_report(self, node_id: int, report: KeyReport) -> KeyReportAnswer:
+        """The node's new key: kept as pending ("prepare") or recorded and pushed ("commit")."""
+        key = report.wg_public_key.base64()
+        for other in self.nodes.values():
+            if other.wg_public_key == key and other.node_id != node_id:
+                raise ApiError(409, f"WireGuard public key already belongs to node {other.node_id}")
+        now = self.clock.now()
+        if report.phase == "prepare":
+            self.store.save_rotations(
+                self._refusable(lambda: self.rotations.prepare(node_id, report.rotation_id, key))
+            )
+        else:
+            changed = self._refusable(lambda: self.rotations.commit(node_id, report.rotation_id, key, now))
+            if changed:
+                try:
+                    record = self.store.record_key(node_id, key, changed)
+                except StoreConflict as e:
+                    raise ApiError(409, str(e)) from None
+                self.nodes[node_id] = record
+                self._rotations_changed(changed, saved=True)
+        return KeyReportAnswer(
+            rotation_id=report.rotation_id, phase=report.phase, serial=self.mesh.serial(node_id)
+        )
+
+    def tick(self) -> None:
+        """Periodic: give up rotations of nodes that never answered; start the scheduled one."""
+        now = self.clock.now()
+        changed = self.rotations.tick(now)
+        interval = self.settings.key_rotation_interval_s
+        if interval:
+            changed += self.rotations.due(sorted(self.nodes), now, timedelta(seconds=interval))
+        self._rotations_changed(changed)
 
     def create_preauth_key(self, req: PreAuthKeyRequest) -> PreAuthKeyInfo:
         key = new_secret(PREAUTH_PREFIX)
@@ -314,6 +444,76 @@ class ControlPlane:
         lines.append("}")
         return "\n".join(lines) + "\n"
 
+    # --- policy ------------------------------------------------------------------------------------
+
+    def _access(self) -> tuple[PolicyDocument, int] | None:
+        return None if self._doc is None or self.policy is None else (self._doc, self.policy.version)
+
+    def policy_state(self) -> PolicyState:
+        return PolicyState(policy=None if self.policy is None else _policy_info(self.policy, with_text=True))
+
+    def check_policy(self, req: PolicySetRequest) -> PolicyCheckResult:
+        try:
+            parse_policy(req.text, req.source)
+        except PolicyError as e:
+            return PolicyCheckResult(ok=False, problems=e.problems)
+        return PolicyCheckResult(ok=True)
+
+    def set_policy(self, req: PolicySetRequest) -> PolicyInfo:
+        """A new version; a document with any problem is refused whole and the one in force stays."""
+        try:
+            doc = parse_policy(req.text, req.source)
+        except PolicyError as e:
+            raise ApiError(422, "policy refused, the one in force stays: " + "; ".join(e.problems)) from None
+        return self._put_policy(doc, req.text, req.author, "set", None)
+
+    def rollback_policy(self, req: PolicyRollbackRequest) -> PolicyInfo:
+        old = next((r for r in self.store.policy_history() if r.version == req.version), None)
+        if old is None:
+            raise ApiError(404, f"no policy version {req.version}")
+        return self._put_policy(
+            parse_policy(old.text, f"version {old.version}"), old.text, req.author, "rollback", old.version
+        )
+
+    def policy_history(self) -> list[PolicyInfo]:
+        return [_policy_info(r, with_text=False) for r in self.store.policy_history()]
+
+    def test_policy(self, req: PolicyTestRequest) -> PolicyTestResult:
+        src, dst = self._policy_subject(req.source), self._policy_subject(req.destination)
+        protocol = port = None
+        if req.port is not None:
+            text = req.port if "/" in req.port or not req.port.isdigit() else f"tcp/{req.port}"
+            try:
+                spec = parse_port_spec(text)
+            except ValueError as e:
+                raise ApiError(422, f"port: {e}") from None
+            if spec.protocol == "any" or (spec.protocol in ("tcp", "udp") and spec.first != spec.last):
+                raise ApiError(422, f"port: {req.port!r}: name one port ('8000', 'udp/53') or 'icmp'")
+            protocol, port = spec.protocol, (spec.first or None)
+        decision = decide(self._doc, src, dst, protocol, port)
+        return PolicyTestResult(
+            allowed=decision.allowed,
+            rule=decision.rule,
+            version=None if self.policy is None else self.policy.version,
+        )
+
+    def _policy_subject(self, name_or_id: str) -> Subject:
+        record = next((r for r in self.nodes.values() if r.name == name_or_id), None)
+        if record is None and name_or_id.isdigit():
+            record = self.nodes.get(int(name_or_id))
+        if record is None:
+            raise ApiError(404, f"no node named {name_or_id!r}")
+        return Subject(record.name, tags_of(self._doc, record.name, [record.role]))
+
+    def _put_policy(
+        self, doc: PolicyDocument, text: str, author: str, action: str, restored: int | None
+    ) -> PolicyInfo:
+        record = self.store.add_policy(text, author, action, restored, self.clock.now())
+        self.policy, self._doc = record, doc
+        cards = [card_of(n, doc, self.rotations.requested_of(n.node_id)) for n in self.nodes.values()]
+        self._apply(self.mesh.set_policy(self._access(), cards))
+        return _policy_info(record, with_text=False)
+
     def close(self) -> None:
         pending = {n: t for n, t in self._last_seen.items() if t and self._seen_written.get(n) != t}
         self.store.touch(pending)
@@ -321,10 +521,39 @@ class ControlPlane:
 
     # --- internals ---------------------------------------------------------------------------------
 
+    def _card(self, node_id: int) -> NodeCard:
+        return card_of(self.nodes[node_id], self._doc, self.rotations.requested_of(node_id))
+
+    @staticmethod
+    def _refusable(step: Callable[[], list[NodeRotation]]) -> list[NodeRotation]:
+        try:
+            return step()
+        except RotationRefused as e:
+            raise ApiError(e.status, e.detail) from None
+
+    def _rotations_changed(self, changed: list[NodeRotation], saved: bool = False) -> None:
+        """Persist changed rotation records, then give each node's map its rotation request."""
+        if not saved:
+            self.store.save_rotations(changed)
+        for r in changed:
+            if r.node_id in self.nodes:
+                self._apply(self.mesh.upsert(self._card(r.node_id)))
+
     def _apply(self, change: MeshChange, also_wake: Iterable[int] = ()) -> None:
         self.store.save_links(change.links)
         self.store.save_maps(change.maps)
         self._wake([*change.maps, *also_wake])
+
+
+def _policy_info(r: PolicyRecord, with_text: bool) -> PolicyInfo:
+    return PolicyInfo(
+        version=r.version,
+        created_at=r.created_at,
+        author=r.author,
+        action="rollback" if r.action == "rollback" else "set",
+        restored=r.restored,
+        text=r.text if with_text else None,
+    )
 
 
 def _secret_of(preauth_key: str) -> str:

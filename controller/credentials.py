@@ -13,10 +13,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import stat
 from pathlib import Path
 
-from keys.store import write_private_file
+from keys.store import SecretFileError, read_secret_line, write_private_file
 from wire.preauth import PREAUTH_PREFIX
 
 __all__ = ["PREAUTH_PREFIX"]  # defined with the key format in wire/preauth.py
@@ -59,18 +58,6 @@ def ensure_admin_credential(state_dir: Path) -> tuple[str, bool]:
 
 def read_admin_credential(path: Path) -> str:
     try:
-        st = path.stat()
-        text = path.read_text("utf-8")
-    except FileNotFoundError:
-        raise CredentialError(f"admin credential file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise CredentialError(f"admin credential file {path}: {e}") from None
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise CredentialError(
-            f"admin credential file {path} has mode {stat.S_IMODE(st.st_mode):04o}: "
-            f"other users can read it; run `chmod 600 {path}`"
-        )
-    credential = text.strip()
-    if not credential or "\n" in credential:
-        raise CredentialError(f"admin credential file {path} must hold exactly one line")
-    return credential
+        return read_secret_line(path, "admin credential")
+    except SecretFileError as e:
+        raise CredentialError(str(e)) from None

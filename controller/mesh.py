@@ -18,6 +18,7 @@ from datetime import datetime
 
 import numpy as np
 
+from controller.access import Access, PolicyMasks, subject_of
 from controller.netmap import (
     Directory,
     MapInputs,
@@ -28,8 +29,9 @@ from controller.netmap import (
     render_map,
 )
 from controller.routing import Router
-from controller.topology import LinkPolicy, LinkRecord, Topology
+from controller.topology import TRANSIT_PENALTY_MS, LinkPolicy, LinkRecord, Topology
 from wire.models import IPNetwork, LinkMeasurement, Route, TopologyEdge
+from wire.policy import PolicyDocument, may_relay
 
 MAP_HISTORY = 3
 """Maps kept per node to diff from: the current one and the two before it."""
@@ -61,15 +63,22 @@ class Mesh:
         cards: Iterable[NodeCard],
         links: Iterable[LinkRecord] = (),
         maps: Mapping[int, MapState] | None = None,
+        access: tuple[PolicyDocument, int] | None = None,
     ) -> None:
         self.mesh_cidr = mesh_cidr
+        self.access_policy = access
         self.policy = policy
         self.keepalive_s = keepalive_s
         self.cards: dict[int, NodeCard] = {c.node_id: c for c in cards}
         self.topology = Topology(policy, self.cards, links)
+        self.topology.set_transit(self._transit())
         self.router = Router(self.cards, self.topology.edges())
         self._maps: dict[int, MapState] = {n: s for n, s in (maps or {}).items() if n in self.cards}
         self._inputs: dict[int, dict[int, MapInputs]] = {}  # node -> serial -> what that map was made of
+        # node -> (its firewall and message rights under the policy, the version they last changed at):
+        # a policy change that leaves a node's rules alone leaves its map alone
+        self._rules: dict[int, tuple[bytes, int]] = {}
+        self._masks: tuple[Directory, PolicyMasks] | None = None  # for the directory and policy in force
         self._directory = self._new_directory()
         self.initial = MeshChange(maps=self._refresh(self.cards))
         """What start-up changed (maps whose stored digest no longer matches): persist it."""
@@ -81,6 +90,11 @@ class Mesh:
 
     def serial(self, node_id: int) -> int:
         return self._maps[node_id].serial
+
+    def policy_version(self, node_id: int) -> int | None:
+        """The policy version of the rules in the node's current map; None: no policy."""
+        held = self._rules.get(node_id)
+        return None if held is None or self.access_policy is None else held[1]
 
     def map_state(self, node_id: int) -> MapState:
         return self._maps[node_id]
@@ -156,11 +170,17 @@ class Mesh:
             return MeshChange()
         self.cards[card.node_id] = card
         if old is None:
+            self.topology.transit.pop(card.node_id, None)
+            penalty = self._transit([card]).get(card.node_id)
+            if penalty:
+                self.topology.transit[card.node_id] = penalty
             edges = self.topology.add_node(card.node_id)
             if self.router.nodes and card.node_id < self.router.nodes[-1]:
                 self.router = Router(self.cards, self.topology.edges())
             else:
                 self.router.add_node(card.node_id, edges)
+        elif self.topology.set_transit(self._transit()):
+            self.router = Router(self.cards, self.topology.edges())  # its tags changed its relay right
         self._directory = self._new_directory()
         return MeshChange(maps=self._refresh(self.cards))
 
@@ -169,18 +189,44 @@ class Mesh:
         del self.cards[node_id]
         self._maps.pop(node_id, None)
         self._inputs.pop(node_id, None)
+        self._rules.pop(node_id, None)
         self.topology.remove_node(node_id)
         self.router.remove_node(node_id)
         self._directory = self._new_directory()
+        return MeshChange(maps=self._refresh(self.cards))
+
+    def set_policy(self, access: tuple[PolicyDocument, int] | None, cards: Iterable[NodeCard]) -> MeshChange:
+        """A new policy (document, version; None: none, the full mesh) with the cards it gives new tags."""
+        self.access_policy = access
+        retagged = [c for c in cards if self.cards.get(c.node_id) != c]
+        for card in retagged:
+            self.cards[card.node_id] = card
+        if self.topology.set_transit(self._transit()):
+            self.router = Router(self.cards, self.topology.edges())  # relay rights moved: every tree may
+        if retagged:
+            self._directory = self._new_directory()
         return MeshChange(maps=self._refresh(self.cards))
 
     def report(self, reporter: int, measurements: Sequence[LinkMeasurement], now: datetime) -> MeshChange:
         """One node's link measurements (peers already checked to be other known nodes)."""
         update = self.topology.report(reporter, measurements, now)
         changed = self.router.set_edges(update.edges)
+        if changed and self.access_policy is not None:
+            changed = set(self.cards)  # who relays for whom moved: any map may change
         return MeshChange(maps=self._refresh(changed), links=update.records)
 
     # --- internals -------------------------------------------------------------------------------
+
+    def _transit(self, cards: Iterable[NodeCard] | None = None) -> dict[int, float]:
+        """Half the transit penalty for every node the policy in force does not let relay."""
+        if self.access_policy is None:
+            return {}
+        doc = self.access_policy[0]
+        return {
+            c.node_id: TRANSIT_PENALTY_MS / 2
+            for c in (self.cards.values() if cards is None else cards)
+            if not may_relay(doc, subject_of(c))
+        }
 
     def _new_directory(self) -> Directory:
         return Directory([self.cards[n] for n in self.router.nodes], self.mesh_cidr, self.keepalive_s)
@@ -191,11 +237,30 @@ class Mesh:
         if not nodes:
             return changed
         rows, costs = self.router.rows_of(nodes)
+        if self.topology.transit:
+            # a path's shown cost leaves out the halves its two ends pay for not relaying
+            pen = np.array([self.topology.transit.get(n, 0.0) for n in self.router.nodes])
+            own = pen[[self.router.index[n] for n in nodes]]
+            costs = np.maximum(costs - pen[None, :] - own[:, None], 0.0)
         tenths = cost_tenths(costs)
+        access = None
+        if self.access_policy is not None:
+            doc, version = self.access_policy
+            masks = self._masks
+            if masks is None or masks[0] is not self._directory or masks[1].doc is not doc:
+                masks = self._masks = (self._directory, PolicyMasks(doc, self._directory.cards))
+            access = Access(masks[1], self.router.trees())
         for i, node in enumerate(nodes):
             index = self.router.index[node]
-            forward = self.router.forwards(node)
-            digest = map_digest(self._directory, index, rows[i], tenths[i], forward).hex()
+            node_access = None
+            if access is not None:
+                rules = access.rules_json(index)
+                held = self._rules.get(node)
+                rules_version = held[1] if held is not None and held[0] == rules else version
+                self._rules[node] = (rules, rules_version)
+                node_access = access.node(index, rules_version, rules)
+            forward = self.router.forwards(node) if node_access is None else node_access.forward
+            digest = map_digest(self._directory, index, rows[i], tenths[i], forward, node_access).hex()
             old = self._maps.get(node)
             if old is None or old.digest != digest:
                 self._maps[node] = changed[node] = MapState((old.serial if old else 0) + 1, digest)
@@ -203,7 +268,7 @@ class Mesh:
             kept = self._inputs.setdefault(node, {})
             if serial not in kept:
                 kept[serial] = MapInputs(
-                    self._directory, index, rows[i].copy(), tenths[i].astype(np.int32), forward
+                    self._directory, index, rows[i].copy(), tenths[i].astype(np.int32), forward, node_access
                 )
                 for old_serial in sorted(kept)[:-MAP_HISTORY]:
                     del kept[old_serial]

@@ -24,12 +24,16 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
 from wire import PROTOCOL_VERSION
 from wire.models import IPAddress, IPNetwork
+
+if TYPE_CHECKING:
+    from controller.access import NodeAccess
 
 DEFAULT_KEEPALIVE_S = 25
 
@@ -46,6 +50,13 @@ class NodeCard:
     tunnel_address: IPAddress
     endpoints: tuple[str, ...]
     listen_port: int
+    key_rotation: int | None = None  # a key rotation asked of this node: in its own map only
+    tags: tuple[str, ...] = ()  # policy tags, sorted; empty without a policy (maps then say nothing)
+
+    @cached_property
+    def tags_json(self) -> bytes:
+        """`"tags":[...],` when the node has tags, else nothing (the bytes of maps without a policy)."""
+        return b'"tags":%s,' % json.dumps(list(self.tags)).encode() if self.tags else b""
 
     @cached_property
     def host_route(self) -> bytes:
@@ -55,12 +66,16 @@ class NodeCard:
     @cached_property
     def peer_head(self) -> bytes:
         return (
-            f'{{"node_id":{self.node_id},"name":{json.dumps(self.name)},"role":{json.dumps(self.role)},'
-            f'"wg_public_key":{json.dumps(self.wg_public_key)},'
-            f'"identity_public_key":{json.dumps(self.identity_public_key)},'
-            f'"tunnel_address":{json.dumps(str(self.tunnel_address))},'
-            f'"endpoints":{json.dumps(list(self.endpoints))},"allowed_ips":['
-        ).encode()
+            (
+                f'{{"node_id":{self.node_id},"name":{json.dumps(self.name)},"role":{json.dumps(self.role)},'
+                f'"wg_public_key":{json.dumps(self.wg_public_key)},'
+                f'"identity_public_key":{json.dumps(self.identity_public_key)},'
+                f'"tunnel_address":{json.dumps(str(self.tunnel_address))},'
+                f'"endpoints":{json.dumps(list(self.endpoints))},'
+            ).encode()
+            + self.tags_json
+            + b'"allowed_ips":['
+        )
 
     @cached_property
     def route_head(self) -> bytes:
@@ -104,6 +119,22 @@ class Directory:
             h.update(c.host_route)
             h.update(b"|%d\n" % c.listen_port)
         self.digest = h.digest()
+
+    @cached_property
+    def card_hashes(self) -> npt.NDArray[np.uint64]:
+        """Per card, a 64-bit hash of everything a map shows of it (maps under a policy digest these)."""
+        return np.array(
+            [
+                int.from_bytes(
+                    hashlib.blake2b(
+                        c.peer_head + c.host_route + b"|%d" % c.listen_port, digest_size=8
+                    ).digest(),
+                    "big",
+                )
+                for c in self.cards
+            ],
+            dtype=np.uint64,
+        )
 
     def match(self, older: Directory) -> CardMatch:
         """How this directory's cards line up with those of `older` (cached: maps of many nodes are
@@ -158,13 +189,47 @@ def map_digest(
     next_row: npt.NDArray[np.int32],
     tenths: npt.NDArray[np.int64],
     forward: bool,
+    access: NodeAccess | None = None,
 ) -> bytes:
     """Digest of everything `render_netmap` puts in this node's map except the serial."""
+    if access is not None:
+        return _policy_digest(directory, index, next_row, tenths, access)
     h = hashlib.blake2b(directory.digest, digest_size=32)
     h.update(index.to_bytes(4, "big"))
+    h.update((directory.cards[index].key_rotation or 0).to_bytes(8, "big"))
     h.update(np.ascontiguousarray(next_row, dtype=np.int32).tobytes())
     h.update(np.ascontiguousarray(tenths, dtype=np.int64).tobytes())
     h.update(b"\x01" if forward else b"\x00")
+    return h.digest()
+
+
+def _policy_digest(
+    directory: Directory,
+    index: int,
+    next_row: npt.NDArray[np.int32],
+    tenths: npt.NDArray[np.int64],
+    access: NodeAccess,
+) -> bytes:
+    """The digest of a map under a policy: of only what the map shows (its own card, the cards of its
+    peers, its routes by node id), so a change elsewhere in the mesh leaves it alone."""
+    positions = np.arange(len(directory.cards))
+    via = np.where(next_row >= 0, next_row, positions)
+    relayed = access.relayed & (via != positions)
+    shown_via = np.where(relayed, via, positions)
+    shown_tenths = np.where(relayed | (next_row == positions) | (next_row < 0), tenths, -1)
+    routes, peers = access.routes, access.peers
+    h = hashlib.blake2b(f"{PROTOCOL_VERSION}|{directory.mesh_cidr}|".encode(), digest_size=32)
+    h.update((directory.cards[index].key_rotation or 0).to_bytes(8, "big"))
+    h.update(directory.peer_tail)
+    h.update(directory.card_hashes[index : index + 1].tobytes())
+    h.update(directory.card_hashes[peers].tobytes())
+    h.update(directory.ids[peers].tobytes())
+    h.update(b"|")
+    h.update(directory.ids[routes].tobytes())
+    h.update(directory.ids[shown_via[routes]].tobytes())
+    h.update(np.ascontiguousarray(shown_tenths[routes], dtype=np.int64).tobytes())
+    h.update(b"\x01" if access.forward else b"\x00")
+    h.update(access.policy_json)
     return h.digest()
 
 
@@ -174,13 +239,15 @@ class MapInputs:
 
     `next_row[d]` is the index of the peer carrying traffic to the node at index d (d itself when direct,
     -1 when unreachable); `tenths[d]` the path cost in tenths (-1 when unreachable). The arrays are
-    private copies: nobody changes them after construction."""
+    private copies: nobody changes them after construction. `access` is the node's share of the policy
+    in force (None: no policy, every node is a peer); with it, `forward` is the access's."""
 
     directory: Directory
     index: int
     next_row: npt.NDArray[np.int32]
     tenths: npt.NDArray[np.int32]
     forward: bool
+    access: NodeAccess | None = None
 
     @property
     def peer_ids(self) -> list[int]:
@@ -232,15 +299,128 @@ def _close(head: bytes, cost: bytes) -> bytes:
 def _node_json(m: MapInputs) -> bytes:
     me = m.directory.cards[m.index]
     return (
-        f'{{"node_id":{me.node_id},"name":{json.dumps(me.name)},"role":{json.dumps(me.role)},'
-        f'"tunnel_address":{json.dumps(str(me.tunnel_address))},'
-        f'"mesh_cidr":{json.dumps(str(m.directory.mesh_cidr))},"listen_port":{me.listen_port}}}'
-    ).encode()
+        (
+            f'{{"node_id":{me.node_id},"name":{json.dumps(me.name)},"role":{json.dumps(me.role)},'
+            f'"tunnel_address":{json.dumps(str(me.tunnel_address))},'
+            f'"mesh_cidr":{json.dumps(str(m.directory.mesh_cidr))},'
+        ).encode()
+        + me.tags_json
+        + b'"listen_port":%d' % me.listen_port
+        + (b',"key_rotation":%d' % me.key_rotation if me.key_rotation is not None else b"")
+        + b"}"
+    )
+
+
+# --- maps under a policy: only the peers and routes the node's access allows --------------------------
+
+
+def _policy_vias(m: MapInputs) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+    """Per position, the position carrying traffic to it, and whether that is a relay; a route the
+    access does not let use a relay is direct."""
+    assert m.access is not None
+    positions = np.arange(len(m.directory.cards))
+    via = np.where(m.next_row >= 0, m.next_row, positions).astype(np.int64)
+    relayed = m.access.relayed & (via != positions)
+    relayed[m.index] = False
+    return np.where(relayed, via, positions), relayed
+
+
+def _keyed_peers(m: MapInputs) -> list[tuple[int, bytes]]:
+    """(node id, peer JSON) of every peer the access allows, in index order."""
+    assert m.access is not None
+    directory, cards = m.directory, m.directory.cards
+    via, relayed = _policy_vias(m)
+    carried: dict[int, list[bytes]] = {}
+    for d in np.nonzero(relayed & m.access.routes)[0].tolist():
+        carried.setdefault(int(via[d]), []).append(cards[d].host_route)
+    out = []
+    for k in np.nonzero(m.access.peers)[0].tolist():
+        ips = ([] if relayed[k] else [cards[k].host_route]) + carried.get(k, [])
+        out.append((cards[k].node_id, cards[k].peer_head + b",".join(ips) + directory.peer_tail))
+    return out
+
+
+def _keyed_routes(m: MapInputs) -> list[tuple[int, bytes]]:
+    """(destination id, route JSON) of every route the access allows, in index order."""
+    assert m.access is not None
+    directory, cards = m.directory, m.directory.cards
+    via, relayed = _policy_vias(m)
+    out = []
+    for k in np.nonzero(m.access.routes)[0].tolist():
+        if relayed[k]:
+            head = cards[k].route_head + b'%d,"cost":' % directory.ids[via[k]]
+            tenths = int(m.tenths[k])
+        else:
+            head = directory.direct_route_heads[k]
+            # a relayed path the policy refused says nothing about the direct link's cost
+            tenths = int(m.tenths[k]) if m.next_row[k] in (k, -1) else -1
+        out.append((cards[k].node_id, head + directory.cost_texts([tenths])[0] + b"}"))
+    return out
+
+
+def _render_policy_map(m: MapInputs, serial: int, with_kind: bool) -> bytes:
+    assert m.access is not None
+    return b"".join(
+        (
+            b'{"kind":"full","serial":%d,"node":' % serial if with_kind else b'{"serial":%d,"node":' % serial,
+            _node_json(m),
+            b',"peers":[',
+            b",".join(f for _, f in _keyed_peers(m)),
+            b'],"routes":[',
+            b",".join(f for _, f in _keyed_routes(m)),
+            b'],"forward":',
+            b"true" if m.access.forward else b"false",
+            b',"policy":',
+            m.access.policy_json,
+            b',"protocol_version":%d}' % PROTOCOL_VERSION,
+        )
+    )
+
+
+def _keyed(m: MapInputs) -> tuple[list[tuple[int, bytes]], list[tuple[int, bytes]]]:
+    """Peers and routes of any map, keyed by node id (the generic way to diff two maps)."""
+    if m.access is not None:
+        return _keyed_peers(m), _keyed_routes(m)
+    peer_ids = m.peer_ids
+    return list(zip(peer_ids, _peer_fragments(m), strict=True)), list(
+        zip(peer_ids, _route_fragments(m), strict=True)
+    )
+
+
+def _render_keyed_delta(old: MapInputs, new: MapInputs, base_serial: int, serial: int) -> bytes:
+    """A delta found by comparing the two maps' fragments by id (used when a policy is in force in
+    either map: its peer and route sets then differ per node)."""
+    old_peers, old_routes = (dict(x) for x in _keyed(old))
+    new_peers, new_routes = _keyed(new)
+    forward = new.access.forward if new.access is not None else new.forward
+    new_peer_ids = {k for k, _ in new_peers}
+    new_route_ids = {k for k, _ in new_routes}
+    return b"".join(
+        (
+            b'{"kind":"delta","serial":%d,"base_serial":%d,"node":' % (serial, base_serial),
+            _node_json(new),
+            b',"forward":',
+            b"true" if forward else b"false",
+            b',"policy":',
+            new.access.policy_json if new.access is not None else b"null",
+            b',"peers_upserted":[',
+            b",".join(f for k, f in new_peers if old_peers.get(k) != f),
+            b'],"peers_removed":',
+            json.dumps(sorted(old_peers.keys() - new_peer_ids)).encode(),
+            b',"routes_upserted":[',
+            b",".join(f for k, f in new_routes if old_routes.get(k) != f),
+            b'],"routes_removed":',
+            json.dumps(sorted(old_routes.keys() - new_route_ids)).encode(),
+            b',"protocol_version":%d}' % PROTOCOL_VERSION,
+        )
+    )
 
 
 def render_map(m: MapInputs, serial: int, with_kind: bool = False) -> bytes:
     """The JSON of `wire.models.NetMap` at `serial`; `with_kind` adds `"kind":"full"` (answers to delta
     polls), otherwise the bytes are exactly those of protocol version 1 before deltas."""
+    if m.access is not None:
+        return _render_policy_map(m, serial, with_kind)
     return b"".join(
         (
             b'{"kind":"full","serial":%d,"node":' % serial if with_kind else b'{"serial":%d,"node":' % serial,
@@ -288,6 +468,8 @@ def render_delta(old: MapInputs, new: MapInputs, base_serial: int, serial: int) 
     A peer's JSON changes when its card does, or when the set of destinations it carries does (its own
     /32 when direct, plus every destination relayed through it); a route's when its card, its via or
     its cost does."""
+    if old.access is not None or new.access is not None:
+        return _render_keyed_delta(old, new, base_serial, serial)
     d_old, d_new = old.directory, new.directory
     match = d_new.match(d_old)
     ids = d_new.ids

@@ -122,6 +122,12 @@ class Router:
         idx = np.array([self.index[s] for s in sources], dtype=np.int64)
         return np.ascontiguousarray(self._pred.T[idx]), np.ascontiguousarray(self._dist.T[idx])
 
+    def trees(self) -> IntMatrix:
+        """The next-hop matrix, read-only: [destination index, source index] -> next-hop index."""
+        view = self._pred.view()
+        view.flags.writeable = False
+        return view
+
     def forwards(self, node: int) -> bool:
         """True when some other pair's path passes through `node`."""
         return bool(self._relays[self.index[node]] > 0)

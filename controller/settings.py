@@ -10,7 +10,6 @@ import dataclasses
 import ipaddress
 import os
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 from controller.ipam import pool_problem
 from controller.netmap import DEFAULT_KEEPALIVE_S
 from controller.topology import LinkPolicy
+from wgmesh.settingsfile import SettingsFileError, read_settings_file
 from wire.fields import parse_endpoint
 from wire.models import IPNetwork
 
@@ -38,6 +38,7 @@ ENV = {
     "config": "WGMESH_CONFIG",
     "max_body_bytes": "WGMESH_MAX_BODY_BYTES",
     "persistent_keepalive": "WGMESH_PERSISTENT_KEEPALIVE",
+    "key_rotation_interval": "WGMESH_KEY_ROTATION_INTERVAL",
     "tls_cert": "WGMESH_TLS_CERT",
     "tls_key": "WGMESH_TLS_KEY",
     "tls_san": "WGMESH_TLS_SAN",
@@ -50,6 +51,7 @@ FILE_KEYS = {
     "mesh_cidr",
     "max_body_bytes",
     "persistent_keepalive",
+    "key_rotation_interval",
     "tls_cert",
     "tls_key",
     "tls_san",
@@ -69,6 +71,9 @@ SETTING_DOCS: dict[str, str] = {
     "config": "TOML settings file (its keys: the names of this list, and [routing])",
     "max_body_bytes": f"largest request body accepted, in bytes (default {DEFAULT_MAX_BODY_BYTES})",
     "persistent_keepalive": f"keepalive seconds agents set on every peer, 0 for none (default {DEFAULT_KEEPALIVE_S})",
+    "key_rotation_interval": "seconds between automatic WireGuard key rotations of each node, one node at a "
+    "time; 0 for none (default 0: off, because every agent must speak rotation first; `wgmesh nodes "
+    "rotate` works either way)",
     "tls_cert": "PEM certificate chain to serve HTTPS with (with tls_key; default: a controller CA made "
     "in STATE_DIR/tls on first start, whose pin every pre-auth key carries)",
     "tls_key": "PEM private key of tls_cert",
@@ -104,6 +109,7 @@ class Settings:
     mesh_cidr: IPNetwork = field(default_factory=lambda: ipaddress.ip_network(DEFAULT_MESH_CIDR))
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     persistent_keepalive_s: int | None = DEFAULT_KEEPALIVE_S
+    key_rotation_interval_s: int | None = None  # None: no automatic rotation
     policy: LinkPolicy = field(default_factory=LinkPolicy)
     tls_cert: Path | None = None  # with tls_key: the operator's certificate; None: the managed CA
     tls_key: Path | None = None
@@ -171,6 +177,9 @@ def load_settings(flags: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
         value = _int(*keepalive, low=0, high=65535)
         kwargs["persistent_keepalive_s"] = value or None
 
+    interval = pick("key_rotation_interval")
+    if interval:
+        kwargs["key_rotation_interval_s"] = _int(*interval, low=0, high=10 * 365 * 86400) or None
     cert, key = pick("tls_cert"), pick("tls_key")
     if (cert is None) != (key is None):
         given = cert or key
@@ -217,19 +226,9 @@ def _bool(value: Any, where: str) -> bool:
 
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        data = tomllib.loads(path.read_text("utf-8"))
-    except FileNotFoundError:
-        raise SettingsError(f"config file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise SettingsError(f"config file {path}: {e}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise SettingsError(f"config file {path} is not valid TOML: {e}") from None
-    unknown = sorted(set(data) - FILE_KEYS)
-    if unknown:
-        raise SettingsError(
-            f"config file {path}: unknown key {unknown[0]!r} (known: {', '.join(sorted(FILE_KEYS))})"
-        )
-    return data
+        return read_settings_file(path, FILE_KEYS)
+    except SettingsFileError as e:
+        raise SettingsError(str(e)) from None
 
 
 def _text(value: Any, where: str) -> str:

@@ -8,6 +8,7 @@ halfway. Timestamps are stored as naive UTC and come back timezone-aware.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 from collections.abc import Callable, Mapping, Sequence
@@ -23,17 +24,19 @@ from sqlalchemy.pool import StaticPool
 
 from controller.ipam import AddressHold
 from controller.mesh import MapState
+from controller.rotation import NodeRotation
 from controller.store import (
     KeyRefused,
     NodeRecord,
     NodeWrite,
+    PolicyRecord,
     PreAuthKeyRecord,
     Snapshot,
     StoreConflict,
 )
 from controller.topology import LinkRecord
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 3
 
 
 class StoreError(Exception):
@@ -120,12 +123,42 @@ address_holds = sa.Table(
 )
 
 
+# Every version of the access policy; a row is never changed or deleted (it is the audit trail too).
+policy_versions = sa.Table(
+    "policy_versions",
+    metadata,
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("author", sa.String(200), nullable=False),
+    sa.Column("action", sa.String(16), nullable=False),
+    sa.Column("restored", sa.Integer, nullable=True),
+    sa.Column("text", sa.Text, nullable=False),
+)
+
+# One row per node that has a rotation record: controller.rotation.NodeRotation as JSON (its shape is
+# the rotation book's business; the store only keeps it).
+key_rotations = sa.Table(
+    "key_rotations",
+    metadata,
+    sa.Column("node_id", sa.Integer, sa.ForeignKey("nodes.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("record", sa.Text, nullable=False),
+)
+
+
 def _migrate_to_1(c: Connection) -> None:
     for table in (preauth_keys, nodes, map_states, links, address_holds):
         table.create(c)
 
 
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _migrate_to_1}
+def _migrate_to_2(c: Connection) -> None:
+    policy_versions.create(c)
+
+
+def _migrate_to_3(c: Connection) -> None:
+    key_rotations.create(c)
+
+
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _migrate_to_1, 2: _migrate_to_2, 3: _migrate_to_3}
 """version -> step from version-1. Append new steps; never edit a released one."""
 
 
@@ -178,11 +211,17 @@ class SqlStore:
             link_rows = c.execute(sa.select(links)).all()
             map_rows = c.execute(sa.select(map_states)).all()
             hold_rows = c.execute(sa.select(address_holds)).all()
+            policy_row = c.execute(
+                sa.select(policy_versions).order_by(policy_versions.c.version.desc()).limit(1)
+            ).first()
+            rotation_rows = c.execute(sa.select(key_rotations)).all()
         return Snapshot(
+            policy=None if policy_row is None else _policy(policy_row),
             nodes=[_node(r) for r in node_rows],
             links=[LinkRecord(r.a, r.b, r.weight, r.down_since) for r in link_rows],
             maps={r.node_id: MapState(r.serial, r.digest) for r in map_rows},
             holds=[AddressHold(ipaddress.ip_address(r.address), r.holder, r.min_serial) for r in hold_rows],
+            rotations=[_rotation(r.record) for r in rotation_rows],
         )
 
     def list_preauth_keys(self) -> list[PreAuthKeyRecord]:
@@ -315,6 +354,37 @@ class SqlStore:
                 )
             )
 
+    def save_rotations(self, records: Sequence[NodeRotation]) -> None:
+        if not records:
+            return
+        with self._engine.begin() as c:
+            self._save_rotations(c, records)
+
+    def _save_rotations(self, c: Connection, records: Sequence[NodeRotation]) -> None:
+        known = {r.node_id for r in records}
+        present = set(c.execute(sa.select(nodes.c.id).where(nodes.c.id.in_(known))).scalars())
+        rows = [{"node_id": r.node_id, "record": _rotation_json(r)} for r in records if r.node_id in present]
+        if not rows:
+            return
+        stmt = self._upsert(key_rotations)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[key_rotations.c.node_id], set_={"record": stmt.excluded.record}
+        )
+        c.execute(stmt, rows)
+
+    def record_key(self, node_id: int, wg_public_key: str, rotations: Sequence[NodeRotation]) -> NodeRecord:
+        try:
+            with self._engine.begin() as c:
+                done = c.execute(
+                    nodes.update().where(nodes.c.id == node_id).values(wg_public_key=wg_public_key)
+                )
+                if done.rowcount != 1:
+                    raise KeyError(node_id)
+                self._save_rotations(c, rotations)
+                return _node(c.execute(sa.select(nodes).where(nodes.c.id == node_id)).one())
+        except IntegrityError as e:
+            raise StoreConflict(f"already in use: {_constraint(e)}") from None
+
     def touch(self, last_seen: Mapping[int, datetime]) -> None:
         if not last_seen:
             return
@@ -325,6 +395,25 @@ class SqlStore:
                 .values(last_seen=sa.bindparam("seen")),
                 [{"node_id": n, "seen": t} for n, t in last_seen.items()],
             )
+
+    def add_policy(
+        self, text: str, author: str, action: str, restored: int | None, now: datetime
+    ) -> PolicyRecord:
+        p = policy_versions.c
+        with self._engine.begin() as c:
+            version = int(c.execute(sa.select(sa.func.coalesce(sa.func.max(p.version), 0))).scalar_one()) + 1
+            values = {"version": version, "created_at": now, "author": author, "action": action}
+            c.execute(policy_versions.insert().values(restored=restored, text=text, **values))
+            return _policy(c.execute(sa.select(policy_versions).where(p.version == version)).one())
+
+    def policy_history(self) -> list[PolicyRecord]:
+        with self._engine.begin() as c:
+            rows = c.execute(sa.select(policy_versions).order_by(policy_versions.c.version)).all()
+        return [_policy(r) for r in rows]
+
+
+def _policy(r: sa.Row[Any]) -> PolicyRecord:
+    return PolicyRecord(r.version, r.created_at, r.author, r.action, r.restored, r.text)
 
 
 def _engine(url: str) -> Engine:
@@ -382,6 +471,26 @@ def _node(r: sa.Row[Any]) -> NodeRecord:
         preauth_key_id=r.preauth_key_id,
         credential_hash=r.credential_hash,
     )
+
+
+_ROTATION_TIMES = ("key_created_at", "requested_at", "finished_at")
+
+
+def _rotation_json(r: NodeRotation) -> str:
+    values = dataclasses.asdict(r)
+    for name in _ROTATION_TIMES:
+        if values[name] is not None:
+            values[name] = values[name].isoformat()
+    return json.dumps(values, sort_keys=True)
+
+
+def _rotation(text: str) -> NodeRotation:
+    values = json.loads(text)
+    for name in _ROTATION_TIMES:
+        if values.get(name) is not None:
+            values[name] = datetime.fromisoformat(values[name])
+    known = {f.name for f in dataclasses.fields(NodeRotation)}
+    return NodeRotation(**{k: v for k, v in values.items() if k in known})
 
 
 def _key(r: sa.Row[Any]) -> PreAuthKeyRecord:

@@ -14,12 +14,13 @@ Rules every implementation keeps:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
 from controller.ipam import AddressHold
 from controller.mesh import MapState
+from controller.rotation import NodeRotation
 from controller.topology import LinkRecord
 from wire.models import IPAddress
 
@@ -76,6 +77,18 @@ class NodeWrite:
 
 
 @dataclass(frozen=True)
+class PolicyRecord:
+    """One version of the access policy, and the audit entry of the change that made it."""
+
+    version: int
+    created_at: datetime
+    author: str  # who made the change, as the admin's client said (one admin credential: "admin")
+    action: str  # "set" or "rollback"
+    restored: int | None  # the version a rollback brought back; None for a set
+    text: str  # the document as it was given
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """Everything the controller loads at start-up."""
 
@@ -83,6 +96,8 @@ class Snapshot:
     links: list[LinkRecord]
     maps: dict[int, MapState]
     holds: list[AddressHold]
+    policy: PolicyRecord | None = None  # the policy in force; None: none was ever set (full mesh)
+    rotations: list[NodeRotation] = field(default_factory=list)
 
 
 class Store(Protocol):
@@ -117,6 +132,23 @@ class Store(Protocol):
 
     def release_holds(self, holder: int, up_to_serial: int) -> None: ...
 
+    def save_rotations(self, records: Sequence[NodeRotation]) -> None: ...
+
+    def record_key(self, node_id: int, wg_public_key: str, rotations: Sequence[NodeRotation]) -> NodeRecord:
+        """A rotation committed: the node's new WireGuard key and the rotation records, in one
+        transaction. StoreConflict when another node holds the key; KeyError when the node is gone."""
+        ...
+
     def touch(self, last_seen: Mapping[int, datetime]) -> None: ...
+
+    def add_policy(
+        self, text: str, author: str, action: str, restored: int | None, now: datetime
+    ) -> PolicyRecord:
+        """Store a new policy version (the highest so far, plus one) with its audit entry."""
+        ...
+
+    def policy_history(self) -> list[PolicyRecord]:
+        """Every policy version, oldest first."""
+        ...
 
     def close(self) -> None: ...

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -28,6 +28,9 @@ import networkx as nx
 
 from controller.routing import EdgeCost
 from wire.models import LinkMeasurement
+
+TRANSIT_PENALTY_MS = 10_000.0
+"""What a path pays for crossing a node that may not relay: more than any path of relays costs."""
 
 MAX_HANDSHAKE_AGE_S = 100 * 365 * 86400.0
 """Older handshake ages (up to infinity) mean the same: long ago."""
@@ -122,6 +125,7 @@ class Topology:
         self, policy: LinkPolicy, node_ids: Iterable[int], records: Iterable[LinkRecord] = ()
     ) -> None:
         self.policy = policy
+        self.transit: dict[int, float] = {}  # node -> what each of its edges adds (nodes that may not relay)
         self.graph = nx.Graph()
         self.graph.add_nodes_from(sorted(node_ids))
         # Only links with something to remember get a state; the others are fresh and up.
@@ -167,7 +171,21 @@ class Topology:
                 self.graph.add_edge(a, b, **self._edge_attrs(a, b))
         return self.edges_of(node)
 
+    def set_transit(self, penalties: Mapping[int, float]) -> bool:
+        """Set the per-edge penalty of the nodes that may not relay (see the module rules); True when
+        any edge's cost changed (the caller then rebuilds its routes: every tree may move)."""
+        wanted = {n: p for n, p in penalties.items() if p}
+        if wanted == self.transit:
+            return False
+        changed = {n for n in self.transit.keys() | wanted.keys() if self.transit.get(n) != wanted.get(n)}
+        self.transit = wanted
+        for n in changed & set(self.graph.nodes):
+            for other in self.graph.adj[n]:
+                self.graph[n][other].update(self._edge_attrs(*pair(n, other)))
+        return True
+
     def remove_node(self, node: int) -> None:
+        self.transit.pop(node, None)
         for other in list(self.graph.nodes):
             self.links.pop(pair(node, other), None)
         self.graph.remove_node(node)
@@ -207,9 +225,10 @@ class Topology:
     def _edge_attrs(self, a: int, b: int) -> dict[str, float]:
         state = self.links.get((a, b))
         weight = None if state is None else state.weight
+        transit = self.transit.get(a, 0.0) + self.transit.get(b, 0.0)
         return {
             "weight": self.policy.default_weight_ms if weight is None else weight,
-            "cost": self.policy.cost(a, b, weight),
+            "cost": self.policy.cost(a, b, weight) + transit,
         }
 
     def _reports_down(self, m: LinkMeasurement) -> bool:

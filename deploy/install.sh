@@ -1,7 +1,8 @@
 #!/bin/sh
 # Install wgmesh on this Debian host as a systemd service (root; idempotent: a second run changes nothing).
 #
-#   install.sh controller [--listen HOST:PORT] [--mesh-cidr CIDR] [--from WHEEL|DIR] [--wheelhouse DIR]
+#   install.sh controller [--listen HOST:PORT] [--mesh-cidr CIDR] [--tls-san NAME]... \
+#                         [--from WHEEL|DIR] [--wheelhouse DIR]
 #   install.sh agent --controller URL --token-file FILE [--endpoint HOST:PORT]... \
 #                    [--backend auto|kernel|userspace] [--from WHEEL|DIR] [--wheelhouse DIR]
 #   install.sh --uninstall [--purge]
@@ -35,7 +36,7 @@ usage() {
 
 # --- arguments (all checked before anything changes) ----------------------------------------------
 role="" listen="" mesh_cidr="" from="" wheelhouse="" controller="" token_file="" backend="auto"
-endpoints="" uninstall=0 purge=0
+endpoints="" sans="" uninstall=0 purge=0
 [ $# -gt 0 ] || usage
 case "$1" in
     controller|agent) role=$1; shift ;;
@@ -48,6 +49,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --listen) need_value "$@"; listen=$2; shift 2 ;;
         --mesh-cidr) need_value "$@"; mesh_cidr=$2; shift 2 ;;
+        --tls-san) need_value "$@"; sans="$sans $2"; shift 2 ;;
         --from) need_value "$@"; from=$2; shift 2 ;;
         --wheelhouse) need_value "$@"; wheelhouse=$2; shift 2 ;;
         --controller) need_value "$@"; controller=$2; shift 2 ;;
@@ -68,17 +70,20 @@ host_port() { # HOST:PORT or [V6]:PORT with a port 1-65535
     [ "$port" -ge 1 ] && [ "$port" -le 65535 ]
 }
 if [ "$uninstall" = 1 ]; then
-    [ -z "$role$listen$mesh_cidr$from$controller$token_file$endpoints" ] ||
+    [ -z "$role$listen$mesh_cidr$sans$from$controller$token_file$endpoints" ] ||
         die "--uninstall takes no other option than --purge"
 elif [ "$purge" = 1 ]; then
     die "--purge goes with --uninstall"
 elif [ "$role" = controller ]; then
     [ -z "$controller$token_file$endpoints" ] && [ "$backend" = auto ] ||
-        die "controller takes --listen, --mesh-cidr, --from, --wheelhouse (agent options given)"
+        die "controller takes --listen, --mesh-cidr, --tls-san, --from, --wheelhouse (agent options given)"
     [ -z "$listen" ] || host_port "$listen" || die "--listen '$listen': expected HOST:PORT"
     case "$mesh_cidr" in ''|*/*) ;; *) die "--mesh-cidr '$mesh_cidr': expected a network like 100.64.0.0/10" ;; esac
+    for n in $sans; do
+        case "$n" in *[!A-Za-z0-9.:-]*) die "--tls-san '$n': expected a host name or an IP address" ;; esac
+    done
 else
-    [ -z "$listen$mesh_cidr" ] || die "agent takes --controller, --token-file, --endpoint, --backend, --from"
+    [ -z "$listen$mesh_cidr$sans" ] || die "agent takes --controller, --token-file, --endpoint, --backend, --from"
     [ -n "$controller" ] || die "agent needs --controller URL"
     case "$controller" in
         http://?*|https://?*) ;;
@@ -218,6 +223,9 @@ if [ "$role" = controller ]; then
         echo "listen = \"${listen:-0.0.0.0:8420}\""
         echo "state_dir = \"$STATE_DIR/controller\""
         [ -z "$mesh_cidr" ] || echo "mesh_cidr = \"$mesh_cidr\""
+        # HTTPS with the controller's own CA (its pin travels in every pre-auth key); the certificate
+        # covers this host's addresses and names, and these:
+        [ -z "$sans" ] || echo "tls_san = [$(printf '"%s", ' $sans | sed 's/, $//')]"
     } | put "$CONF_DIR/controller.toml" 0600 root:root || true
 else
     if [ -n "$token_file" ]; then
@@ -250,10 +258,12 @@ if ! systemctl is-enabled --quiet "$unit.service"; then
 fi
 if ! systemctl is-active --quiet "$unit.service"; then
     say "starting $unit.service (ready once it $([ "$role" = agent ] && echo 'has applied its network map' || echo listens))"
-    systemctl start "$unit.service" || die "$unit.service did not start: journalctl -u $unit"
+    systemctl start "$unit.service" || { journalctl -u "$unit" -n 12 --no-pager -o cat >&2 || true
+        die "$unit.service did not start (above: the end of journalctl -u $unit)"; }
     did "started $unit.service"
 elif [ "$changed" = 1 ] || [ "$unit_changed" = 1 ]; then
-    systemctl restart "$unit.service" || die "$unit.service did not restart: journalctl -u $unit"
+    systemctl restart "$unit.service" || { journalctl -u "$unit" -n 12 --no-pager -o cat >&2 || true
+        die "$unit.service did not restart (above: the end of journalctl -u $unit)"; }
     did "restarted $unit.service"
 fi
 

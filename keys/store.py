@@ -1,5 +1,5 @@
 """Key files on disk: atomic writes with mode 0600 in a 0700 directory, and loads that refuse files
-other users can read.
+other users can read; the same for one-line secrets (credentials, pre-auth keys).
 
 A key file holds one key as base64 and a newline, the format `wg genkey` writes.
 """
@@ -76,3 +76,27 @@ def load_key(path: Path, kind: type[K]) -> K:
         return kind.from_base64(text)
     except InvalidKey as e:
         raise InvalidKey(f"{path}: {e}") from None
+
+
+class SecretFileError(ValueError):
+    """One line saying why a secret file cannot be used."""
+
+
+def read_secret_line(path: Path, what: str) -> str:
+    """The one-line secret in `path` (`what` names it in errors); only its owner may read the file."""
+    try:
+        st = path.stat()
+        text = path.read_text("utf-8")
+    except FileNotFoundError:
+        raise SecretFileError(f"{what} file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SecretFileError(f"{what} file {path}: {getattr(e, 'strerror', None) or e}") from None
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise SecretFileError(
+            f"{what} file {path} has mode {stat.S_IMODE(st.st_mode):04o}: "
+            f"other users can read it; run `chmod 600 {path}`"
+        )
+    secret = text.strip()
+    if not secret or "\n" in secret:
+        raise SecretFileError(f"{what} file {path} must hold exactly one line")
+    return secret

@@ -10,8 +10,13 @@ Format (version 1; every field required unless marked):
       "serial": 7,                       # optional, default 0: the netmap serial it was built from
       "self":  {"node_id": 1, "name": "a", "address": "10.80.0.1", "port": 8421,
                 "role": "node", "identity_public_key": "<base64 Ed25519>"},
-      "peers": [ ...entries of the same shape... ]
+      "peers": [ ...entries of the same shape... ],
+      "messages": {"task_assignment": ["tag:supervisor"]}   # optional: the policy's p2p rights
     }
+
+Entries may carry `"tags": [...]` (optional, absent: none): the node's policy tags. `messages` is
+present only while a policy is in force: message type -> selectors of who may send it (see wire.policy);
+absent: every type is open.
 
 `port` is optional (absent: 8421, the p2p default). `address` is the node's tunnel address (IPv4 or
 IPv6). Unknown fields are refused so a typo is an error, not a silent default.
@@ -51,6 +56,7 @@ class _EntryModel(BaseModel):
     port: int = Field(default=DEFAULT_PORT, ge=1, le=65535)
     role: Role
     identity_public_key: IdPublicKey
+    tags: list[Role] = Field(default_factory=list, max_length=64)
 
     @field_validator("address")
     @classmethod
@@ -70,6 +76,7 @@ class _FileModel(BaseModel):
     serial: int = Field(default=0, ge=0)
     own: _EntryModel = Field(alias="self")
     peers: list[_EntryModel] = Field(max_length=100_000)
+    messages: dict[str, list[str]] | None = None
 
 
 def _entry(model: _EntryModel) -> DirectoryEntry:
@@ -80,11 +87,12 @@ def _entry(model: _EntryModel) -> DirectoryEntry:
         port=model.port,
         role=model.role,
         identity_public_key=model.identity_public_key,
+        tags=frozenset(model.tags),
     )
 
 
 def _entry_json(entry: DirectoryEntry) -> dict[str, object]:
-    return {
+    out: dict[str, object] = {
         "node_id": entry.node_id,
         "name": entry.name,
         "address": str(entry.address),
@@ -92,6 +100,9 @@ def _entry_json(entry: DirectoryEntry) -> dict[str, object]:
         "role": entry.role,
         "identity_public_key": entry.identity_public_key.base64(),
     }
+    if entry.tags:
+        out["tags"] = sorted(entry.tags)
+    return out
 
 
 def parse_directory(text: str | bytes, source: str = "directory") -> Directory:
@@ -106,19 +117,24 @@ def parse_directory(text: str | bytes, source: str = "directory") -> Directory:
         )
         raise DirectoryError(f"{source}: {where}: {err['msg']}") from None
     try:
-        return Directory.of(_entry(model.own), [_entry(p) for p in model.peers], serial=model.serial)
+        messages = None if model.messages is None else {t: tuple(v) for t, v in model.messages.items()}
+        return Directory.of(
+            _entry(model.own), [_entry(p) for p in model.peers], serial=model.serial, messages=messages
+        )
     except ValueError as e:
         raise DirectoryError(f"{source}: {e}") from None
 
 
 def directory_json(directory: Directory) -> str:
-    doc = {
+    doc: dict[str, object] = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
         "serial": directory.serial,
         "self": _entry_json(directory.own),
         "peers": [_entry_json(e) for e in sorted(directory, key=lambda e: e.node_id)],
     }
+    if directory.messages is not None:
+        doc["messages"] = {t: list(v) for t, v in sorted(directory.messages.items())}
     return json.dumps(doc, indent=2) + "\n"
 
 
@@ -151,6 +167,7 @@ def directory_from_netmap(
         port=port,
         role=netmap.node.role,
         identity_public_key=identity_public_key,
+        tags=frozenset(netmap.node.tags),
     )
     peers = [
         DirectoryEntry(
@@ -160,10 +177,13 @@ def directory_from_netmap(
             port=port,
             role=p.role,
             identity_public_key=p.identity_public_key,
+            tags=frozenset(p.tags),
         )
         for p in netmap.peers
     ]
-    return Directory.of(own, peers, serial=netmap.serial)
+    policy = netmap.policy
+    messages = None if policy is None else {t: tuple(v) for t, v in policy.messages.items()}
+    return Directory.of(own, peers, serial=netmap.serial, messages=messages)
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """Handlers and the middleware chain around them, with the middlewares a program usually wants:
-logging, a per-sender rate limit, and authorization by role.
+logging, a per-sender rate limit, authorization by role, and authorization by the mesh's policy (which
+every `Node` installs).
 
 A handler is `async def handler(message) -> reply`; its return value is the reply when the sender made a
 request. A middleware is `async def mw(delivery, call_next) -> reply`: it may look at the delivery
@@ -16,8 +17,10 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Literal
 
 from p2p.core.admission import Delivery
+from p2p.core.directory import Directory
 from p2p.core.message import Message
 from p2p.core.pacing import TokenBucket
+from wire.policy import Subject, selects
 
 Handler = Callable[[Message], Awaitable[Any]]
 Next = Callable[[Delivery], Awaitable[Any]]
@@ -122,6 +125,28 @@ def authorize_roles(rules: Mapping[str, Iterable[str]]) -> Middleware:
                 f"{delivery.message.type!r} (allowed: {', '.join(sorted(roles))})",
                 "unauthorized",
             )
+        return await call_next(delivery)
+
+    return mw
+
+
+def authorize_by_policy(directory: Callable[[], Directory]) -> Middleware:
+    """Only senders the policy in force allows may send a message type: the rights and the senders'
+    tags come from the directory the agent writes from its map (`directory()` is the current one), so
+    they change when the policy does. The sender is the message's origin, also when it came relayed.
+    No policy in the directory: every type is open."""
+
+    async def mw(delivery: Delivery, call_next: Next) -> Any:
+        rights = directory().messages
+        if rights is not None:
+            selectors = rights.get(delivery.message.type)
+            sender = delivery.sender
+            if selectors is not None and not selects(selectors, Subject(sender.name, sender.tags)):
+                raise Refused(
+                    f"the policy does not let node {sender.node_id} ({sender.name}) send "
+                    f"{delivery.message.type!r} (allowed: {', '.join(selectors) or 'nobody'})",
+                    "unauthorized",
+                )
         return await call_next(delivery)
 
     return mw

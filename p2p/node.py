@@ -78,7 +78,7 @@ from p2p.errors import NodeClosed, PayloadError, RequestFailed, RequestTimeout, 
 from p2p.events import PeerDown, PeerEvent, PeerEventStream, PeerUp
 from p2p.handlers import HandlerTable
 from p2p.link import PeerConnection, PeerLink
-from p2p.middleware import Handler, Middleware
+from p2p.middleware import Handler, Middleware, authorize_by_policy
 
 ITEM_OVERHEAD = 64  # bytes charged per queued item besides its body
 HEARTBEAT_SIZE = 16
@@ -133,6 +133,7 @@ class Node:
         self.refused_sources: Counter[str] = Counter()  # inbound connections refused, by address
         self._pending: dict[bytes, tuple[int, asyncio.Future[Any]]] = {}
         self.handlers = HandlerTable(node_id=directory.own.node_id, counters=self.counters, log=self._log)
+        self.handlers.use(authorize_by_policy(lambda: self.directory))
         self._streams: list[PeerEventStream] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._server: Server | None = None

@@ -29,7 +29,10 @@ def describe(error: BaseException) -> str:
         if isinstance(cause, socket.gaierror):
             return f"the name does not resolve (DNS: {cause.strerror or cause})"
         if isinstance(cause, ssl.SSLCertVerificationError):
-            return f"the controller's TLS certificate is not trusted ({cause.verify_message or cause.reason})"
+            why = str(cause.verify_message or cause.reason)
+            if "mismatch" in why:  # the URL names the controller by a name its certificate lacks
+                why += "; give the controller that name with --tls-san, or use a name it has"
+            return f"the controller's TLS certificate is not trusted ({why})"
         if isinstance(cause, ssl.SSLError):
             reason = cause.reason or str(cause)
             if reason in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG"):

@@ -15,6 +15,10 @@ NETMAP = "/v1/netmap"
 LINKS = "/v1/links"  # POST LinkReport (node) -> 204
 NODES = "/v1/nodes"  # GET (admin) -> list[NodeInfo]; /v1/nodes/{id}: GET NodeInfo, DELETE -> 204
 PREAUTH_KEYS = "/v1/preauth-keys"  # POST PreAuthKeyRequest -> PreAuthKeyInfo with key; GET list; DELETE /{id}
+# GET (admin) -> PolicyState; PUT PolicySetRequest -> PolicyInfo (422 naming every problem: refused
+# whole). POST /check PolicySetRequest -> PolicyCheckResult; POST /test PolicyTestRequest ->
+# PolicyTestResult; GET /history -> list[PolicyInfo]; POST /rollback PolicyRollbackRequest -> PolicyInfo.
+POLICY = "/v1/policy"
 TOPOLOGY = "/v1/topology"  # GET (admin) -> Topology; ?format=dot -> text/vnd.graphviz
 
 # Key rotation (wire.rotation): POST KEY (node) KeyReport -> KeyReportAnswer;

@@ -26,6 +26,7 @@ def netmap_delta(old: NetMap, new: NetMap) -> NetMapDelta:
         base_serial=old.serial,
         node=new.node,
         forward=new.forward,
+        policy=new.policy,
         peers_upserted=[p for p in new.peers if old_peers.get(p.node_id) != p],
         peers_removed=sorted(old_peers.keys() - new_peer_ids),
         routes_upserted=[r for r in new.routes if old_routes.get(r.destination) != r],
@@ -58,5 +59,6 @@ def apply_delta(old: NetMap, delta: NetMapDelta) -> NetMap:
         peers=[peers[k] for k in sorted(peers)],
         routes=[routes[k] for k in sorted(routes)],
         forward=delta.forward,
+        policy=delta.policy,
         protocol_version=delta.protocol_version,
     )

@@ -103,6 +103,9 @@ class Peer(WireModel):
         description="The peer's own /32 plus destinations relayed through it."
     )
     persistent_keepalive: int | None = Field(default=None, ge=0, le=65535, description="None: off.")
+    tags: list[str] = Field(
+        default_factory=list, description="The peer's policy tags; absent: none (or no policy in force)."
+    )
 
 
 class Route(WireModel):
@@ -126,6 +129,34 @@ class SelfNode(WireModel):
         ge=1,
         description="A key rotation the controller asks this node to make (its id); None: none asked.",
     )
+    tags: list[str] = Field(
+        default_factory=list, description="This node's policy tags; absent: none (or no policy in force)."
+    )
+
+
+class FirewallRule(WireModel):
+    """Connections one policy rule allows between this node and some peers (answers always return)."""
+
+    rule: str = Field(description="The policy rule this comes from, as `wgmesh policy test` names it.")
+    peers: list[IPNetwork] = Field(description="The other ends' tunnel addresses.")
+    ports: list[str] = Field(
+        description="Canonical port specs (`tcp/8000`, `udp/53-60`, `tcp`, `icmp`, `any`); see wire.policy."
+    )
+
+
+class NodePolicy(WireModel):
+    """The part of the access policy one node enforces. Absent from a map: no policy, the full mesh."""
+
+    version: int = Field(ge=1, description="Policy version this was made from; the agent reports it back.")
+    inbound: list[FirewallRule] = Field(description="Connections peers may open to this node.")
+    outbound: list[FirewallRule] = Field(description="Connections this node may open to peers.")
+    mesh_ports: list[Port] = Field(
+        default_factory=list, description="tcp ports open between this node and every peer (p2p)."
+    )
+    messages: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="p2p message type -> selectors of who may send it; unlisted types: anyone.",
+    )
 
 
 class NetMap(WireModel):
@@ -143,6 +174,7 @@ class NetMap(WireModel):
     peers: list[Peer]
     routes: list[Route]
     forward: bool = Field(description="True when other nodes relay through this one: enable IP forwarding.")
+    policy: NodePolicy | None = Field(default=None, description="None: no policy in force (full mesh).")
     protocol_version: int = PROTOCOL_VERSION
 
 
@@ -161,6 +193,9 @@ class NetMapDelta(WireModel):
     )
     node: SelfNode
     forward: bool = Field(description="As NetMap.forward at `serial`.")
+    policy: NodePolicy | None = Field(
+        default=None, description="As NetMap.policy at `serial` (always whole)."
+    )
     peers_upserted: list[Peer] = Field(
         default_factory=list,
         description="Full records of peers new or changed since base_serial; absent: none.",
@@ -254,6 +289,17 @@ class NodeInfo(WireModel):
     )
     rotation: Literal["idle", "queued", "requested", "prepared"] = Field(
         default="idle", description="The node's key rotation now (wire.rotation.RotationState)."
+    )
+    tags: list[str] = Field(default_factory=list, description="Its policy tags; absent: no policy in force.")
+    policy_version: int | None = Field(
+        default=None,
+        description="The policy version the node's agent last said it enforces; None: not said since "
+        "the controller started, or no policy.",
+    )
+    policy_version_sent: int | None = Field(
+        default=None,
+        description="The policy version of the rules in the node's current map (its rules last changed "
+        "then); the agent enforces them once policy_version says so. None: no policy.",
     )
 
 

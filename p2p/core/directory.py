@@ -1,5 +1,5 @@
-"""The peer directory as the protocol sees it: node id -> tunnel address, port, role, name and identity
-public key, plus this node's own entry. Immutable; a new directory replaces the old one whole.
+"""The peer directory as the protocol sees it: node id -> tunnel address, port, role, name, policy tags
+and identity public key, plus this node's own entry and the policy's message rights. Immutable; a new directory replaces the old one whole.
 
 The JSON file format and the loader live in `p2p.directory`; this module only holds the typed values.
 """
@@ -23,6 +23,7 @@ class DirectoryEntry:
     role: str
     identity_public_key: IdentityPublicKey
     port: int = DEFAULT_PORT
+    tags: frozenset[str] = frozenset()  # policy tags; empty without a policy
 
     def url(self) -> str:
         host = f"[{self.address}]" if isinstance(self.address, IPv6Address) else str(self.address)
@@ -39,6 +40,9 @@ class Directory:
     own: DirectoryEntry
     peers: Mapping[int, DirectoryEntry] = field(default_factory=dict)
     serial: int = 0  # what the writer built it from (the netmap serial); 0: unknown
+    # The policy's p2p rights: message type -> selectors ("tag:T", "node:NAME", "*") of who may send it;
+    # unlisted types are open. None: no policy in force, every type is open to every node.
+    messages: Mapping[str, tuple[str, ...]] | None = None
 
     def __post_init__(self) -> None:
         if self.own.node_id in self.peers:
@@ -48,13 +52,19 @@ class Directory:
                 raise ValueError(f"peer keyed {node_id} has node_id {entry.node_id}")
 
     @classmethod
-    def of(cls, own: DirectoryEntry, peers: list[DirectoryEntry], serial: int = 0) -> Directory:
+    def of(
+        cls,
+        own: DirectoryEntry,
+        peers: list[DirectoryEntry],
+        serial: int = 0,
+        messages: Mapping[str, tuple[str, ...]] | None = None,
+    ) -> Directory:
         by_id: dict[int, DirectoryEntry] = {}
         for entry in peers:
             if entry.node_id in by_id:
                 raise ValueError(f"node {entry.node_id} appears twice")
             by_id[entry.node_id] = entry
-        return cls(own=own, peers=by_id, serial=serial)
+        return cls(own=own, peers=by_id, serial=serial, messages=messages)
 
     def get(self, node_id: int) -> DirectoryEntry | None:
         """The entry for `node_id`, this node's own included; None when unknown."""

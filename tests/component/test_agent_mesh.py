@@ -29,6 +29,7 @@ from agent.eventlog import EventLog
 from agent.hostnet.base import HostConfig
 from agent.hostnet.fake import FakeHostNetwork
 from agent.links import ProbeResult
+from agent.nft import FakeNftables
 from agent.state import AgentState, StatePaths, load_keys
 from agent.status import AgentStatus
 from controller.app import create_app
@@ -99,6 +100,7 @@ class Host:
     host_network: FlakyHostNetwork = field(default_factory=FlakyHostNetwork)
     out: io.StringIO = field(default_factory=io.StringIO)
     prober: SteadyProber = field(default_factory=SteadyProber)
+    firewall: FakeNftables = field(default_factory=FakeNftables)
     agent: Agent | None = None
     stop: asyncio.Event | None = None
     task: asyncio.Task[None] | None = None
@@ -175,6 +177,7 @@ class Mesh:
             log=EventLog(h.out),
             transport=self.transport,
             backoff=Backoff(initial_s=0.02, max_s=0.1),
+            firewall=h.firewall,
         )
         h.agent = Agent(settings, edges)
         await h.agent.start()

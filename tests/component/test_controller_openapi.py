@@ -19,9 +19,18 @@ PATHS = {
     api.LINKS: {"post"},
     api.NODES: {"get"},
     api.NODES + "/{node_id}": {"get", "delete"},
+    api.NODES + "/{node_id}/rotate": {"post"},
+    api.ROTATE_ALL: {"post"},
+    api.ROTATIONS: {"get"},
+    api.KEY: {"post"},
     api.PREAUTH_KEYS: {"get", "post"},
     api.PREAUTH_KEYS + "/{key_id}": {"delete"},
     api.TOPOLOGY: {"get"},
+    api.POLICY: {"get", "put"},
+    api.POLICY + "/check": {"post"},
+    api.POLICY + "/test": {"post"},
+    api.POLICY + "/history": {"get"},
+    api.POLICY + "/rollback": {"post"},
 }
 
 
@@ -71,7 +80,7 @@ async def test_the_netmap_examples_are_a_map_and_a_delta_that_applies_to_it(open
     # the delta's upserts are records of the full map
     assert all(p in full.peers for p in delta.peers_upserted)
     assert all(r in full.routes for r in delta.routes_upserted)
-    assert {p["name"] for p in op["parameters"]} == {"since", "timeout", "delta"}
+    assert {p["name"] for p in op["parameters"]} == {"since", "timeout", "delta", "policy"}
 
 
 async def test_node_and_admin_routes_name_their_bearer_scheme(openapi):

@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import time
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,7 +66,8 @@ def built_wheels(out: Path) -> tuple[Path, Path]:
     python = REPO / ".venv" / "bin" / "python"
     run(str(python), "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(REPO), timeout=300)
     wheel = next(out.glob("wgmesh-*.whl"))
-    house = CACHE / "wheels" / f"deps-{_digest((REPO / 'pyproject.toml').read_bytes())}"
+    dependencies = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    house = CACHE / "wheels" / f"deps-{_digest(*(d.encode() for d in dependencies))}"  # runtime ones only
     if not house.is_dir():
         work = house.with_name(house.name + f".building.{os.getpid()}")
         shutil.rmtree(work, ignore_errors=True)

@@ -60,11 +60,11 @@ def test_the_token_file_must_be_private_and_one_line(tmp_path):
     key = tmp_path / "preauth-key"
     key.write_text("wgm_pak_0123456789abcdef\n")
     key.chmod(0o644)
-    with pytest.raises(ConfigError, match=r"has mode 0644: other users can read it; run `chmod 600"):
+    with pytest.raises(UsageError, match=r"has mode 0644: other users can read it; run `chmod 600"):
         _key_from_file(key)
     key.chmod(0o600)
     assert _key_from_file(key).secret == "wgm_pak_0123456789abcdef"
-    with pytest.raises(ConfigError, match="does not exist"):
+    with pytest.raises(UsageError, match="does not exist"):
         _key_from_file(tmp_path / "missing")
 
 

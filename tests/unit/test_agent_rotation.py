@@ -170,17 +170,17 @@ def test_a_rotation_goes_through_every_phase_and_destroys_the_old_key() -> None:
     assert w.destroyed == ["old"]
 
 
-def test_notices_go_out_before_the_switch_and_the_switch_before_the_commit() -> None:
+def test_the_switch_comes_first_then_the_notices_then_the_commit() -> None:
     w = world()
     m = Rotation()
     first = m.request(7, w.disk_key, WireGuardPrivateKey.generate(), w.now)
     assert [type(a) for a in first] == [Persist, Event, ReportKey]
     after_prepare = m.reported("prepare", "ok", w.now)
-    assert [type(a) for a in after_prepare] == [Persist, NotifyPeers, SwitchDevice]
+    assert [type(a) for a in after_prepare] == [Persist, SwitchDevice]
     pending = after_prepare[0]
     assert isinstance(pending, Persist) and pending.pending.phase == "switching"
     after_switch = m.switched(w.now)
-    assert [type(a) for a in after_switch] == [Persist, AdoptKey, Event, ReportKey]
+    assert [type(a) for a in after_switch] == [Persist, NotifyPeers, AdoptKey, Event, ReportKey]
     report = after_switch[-1]
     assert isinstance(report, ReportKey) and report.phase == "commit"
 
@@ -349,3 +349,36 @@ def test_a_peer_refuses_notices_it_cannot_trust(setting, case: str) -> None:  # 
     else:
         notice = notice.model_copy(update={"signature": "%%%"})
     assert isinstance(judge_notice(notice, peers, device, KeyOverrides()), NoticeRefused)
+
+
+def test_a_key_changed_by_the_map_becomes_one_swap_with_the_live_endpoint() -> None:
+    from ipaddress import ip_network
+
+    from agent.device import Device, DeviceConfig, PeerConfig, PeerStatus
+    from agent.rotation import fallback_swaps
+
+    old, new, other = (WireGuardPrivateKey.generate().public_key() for _ in range(3))
+    nets = (ip_network("198.19.0.4/32"), ip_network("198.19.0.9/32"))
+    device = Device(
+        "wg0",
+        WireGuardPrivateKey.generate(),
+        51820,
+        None,
+        {
+            old: PeerStatus(PeerConfig(old, nets, "198.18.9.9:4000", 25), last_handshake=5.0),
+            other: PeerStatus(PeerConfig(other, (ip_network("198.19.0.7/32"),))),
+        },
+    )
+    desired = DeviceConfig.build(
+        WireGuardPrivateKey.generate(),
+        [PeerConfig(new, nets, "198.18.0.4:51820", 25), PeerConfig(other, (ip_network("198.19.0.7/32"),))],
+    )
+    (swap,) = fallback_swaps(device, desired, 25)
+    assert swap.old == old and swap.new.public_key == new
+    assert swap.new.endpoint == "198.18.9.9:4000"  # roamed, as the device learned it
+    assert swap.new.allowed_ips == nets and swap.new.persistent_keepalive == 25
+
+    overrides = KeyOverrides()
+    overrides.add(Swap(4, old, new))
+    stale = DeviceConfig.build(desired.private_key, [PeerConfig(old, nets, None, 25)])
+    assert set(overrides.apply_to(stale).peers) == {new}

@@ -144,3 +144,29 @@ def test_what_the_server_presents_follows_the_settings(tmp_path):
         load_settings(
             {**{"state_dir": str(tmp_path)}, "tls_cert": "x", "tls_key": "y", "insecure_http": True}, {}
         )
+
+
+def test_a_host_enrolled_before_https_adopts_the_ca_file_once_and_keeps_it(tmp_path):
+    from agent.enrollment import trusted_verify
+    from agent.settings import AgentSettings
+    from agent.trust import CA_FILE_NAME
+
+    made = managed_tls(tmp_path / "tls", ["controller"], datetime.now(UTC))
+    state = tmp_path / "agent"
+    state.mkdir(mode=0o700)
+    assert trusted_verify(AgentSettings(state_dir=state)) is True  # nothing stored: the system CAs
+    adopted = trusted_verify(AgentSettings(state_dir=state, ca_file=made.cert_file.parent / "ca.crt"))
+    assert isinstance(adopted, ssl.SSLContext)
+    assert (state / CA_FILE_NAME).read_bytes() == made.ca_pem
+    assert isinstance(trusted_verify(AgentSettings(state_dir=state)), ssl.SSLContext)  # kept
+
+
+def test_a_certificate_without_the_urls_name_says_how_to_fix_it():
+    from wgmesh.neterror import describe
+
+    error = ssl.SSLCertVerificationError(1, "certificate verify failed")
+    error.verify_message = "Hostname mismatch, certificate is not valid for 'c.example'."
+    assert describe(error) == (
+        "the controller's TLS certificate is not trusted (Hostname mismatch, certificate is not valid for "
+        "'c.example'.; give the controller that name with --tls-san, or use a name it has)"
+    )

@@ -1,0 +1,171 @@
+"""Access: what the policy in force means for the mesh's maps, on the routing arrays.
+
+Given the policy document, the node cards in routing-index order and the shortest-path trees, `Access`
+answers per node: which destinations it routes to, which peers its map holds, which of its routes may
+use a relay, whether it forwards for others, and the `NodePolicy` JSON its agent enforces.
+
+Rules (property-tested: no map holds a forbidden peer or a route across a node that may not relay):
+- Two nodes are *connected* when a rule lets either reach the other (any port).
+- A path is usable only when every node inside it (not its ends) may relay. A connected pair whose
+  shortest path is not usable talks over its direct link (its route says direct, cost unknown): it
+  never crosses a node that may not relay.
+- A node routes to the nodes it is connected to and to every destination of a usable path it lies
+  inside (it relays for that pair); its peers are the first hops of those routes and the nodes it is
+  connected to; a first hop that is not itself a destination is reached directly.
+- A node forwards exactly when it lies inside a usable path of a connected pair.
+Pure: numpy only, no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from controller.netmap import NodeCard
+from wire.policy import PolicyDocument, Subject, selects
+
+BoolMatrix = npt.NDArray[np.bool_]
+
+
+@dataclass(frozen=True)
+class NodeAccess:
+    """One node's share of the policy, as `controller.netmap` renders it (indexes: routing order)."""
+
+    peers: npt.NDArray[np.bool_]  # positions whose peer entry the map holds
+    routes: npt.NDArray[np.bool_]  # positions the map has a route to
+    relayed: npt.NDArray[np.bool_]  # positions whose route may go through the next hop the router chose
+    forward: bool
+    policy_json: bytes  # the NodePolicy JSON
+
+
+def subject_of(card: NodeCard) -> Subject:
+    return Subject(card.name, frozenset(card.tags))
+
+
+def connected_matrix(doc: PolicyDocument, subjects: Sequence[Subject]) -> BoolMatrix:
+    """[i, j]: some rule lets node i reach node j or j reach i (never i == j)."""
+    n = len(subjects)
+    out = np.zeros((n, n), dtype=bool)
+    for rule in doc.rules:
+        src = np.array([selects(rule.sources, s) for s in subjects], dtype=bool)
+        dst = np.array([selects(rule.destinations, s) for s in subjects], dtype=bool)
+        if src.any() and dst.any():
+            out |= np.outer(src, dst)
+    out |= out.T
+    np.fill_diagonal(out, False)
+    return out
+
+
+def usable_paths(pred: npt.NDArray[np.int32], relay: npt.NDArray[np.bool_]) -> BoolMatrix:
+    """[tree d, node x]: the path from x to d crosses only nodes that may relay (true when direct,
+    unreachable or x == d). `pred[d, x]` is x's next hop toward d (-1: unreachable)."""
+    n = pred.shape[0]
+    roots = np.arange(n)[:, None]
+    parent = np.where(pred >= 0, pred, roots).astype(np.int64)
+    ok: BoolMatrix = parent == roots
+    for _ in range(n):
+        grown = ok | (relay[parent] & np.take_along_axis(ok, parent, axis=1))
+        if np.array_equal(grown, ok):
+            break
+        ok = grown
+    return ok
+
+
+def inside_paths(pred: npt.NDArray[np.int32], connected: BoolMatrix, ok: BoolMatrix) -> BoolMatrix:
+    """[tree d, node x]: x lies inside the usable path of some node connected to d (it relays for d)."""
+    n = pred.shape[0]
+    roots = np.arange(n)[:, None]
+    parent = np.where(pred >= 0, pred, roots).astype(np.int64)
+    inside = np.zeros((n, n), dtype=bool)
+    cur = np.where(connected & ok & (parent != roots), parent, roots)
+    for _ in range(n):
+        active = cur != roots
+        if not active.any():
+            break
+        d, _x = np.nonzero(active)
+        inside[d, cur[active]] = True
+        cur = np.where(active, np.take_along_axis(parent, cur, axis=1), roots)
+    return inside
+
+
+class PolicyMasks:
+    """What the policy says about one directory, whatever the routes: who may relay, who is connected
+    to whom, and each rule's members and firewall JSON. Kept while neither the policy nor the
+    directory changes (a link change only moves routes)."""
+
+    def __init__(self, doc: PolicyDocument, cards: Sequence[NodeCard]) -> None:
+        self.doc = doc
+        subjects = [subject_of(c) for c in cards]
+        self.relay = np.array([selects(doc.relays, s) for s in subjects], dtype=bool)
+        self.connected = connected_matrix(doc, subjects)
+        self.rule_parts = self._render_rules(cards, subjects)
+        self.mesh_ports = json.dumps([] if doc.p2p_port is None else [doc.p2p_port]).encode()
+        self.messages = json.dumps(doc.messages, separators=(",", ":")).encode()
+
+    def _render_rules(
+        self, cards: Sequence[NodeCard], subjects: Sequence[Subject]
+    ) -> list[tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_], bytes, bytes]]:
+        """Per rule: its source and destination masks and the JSON of its firewall entries."""
+        out = []
+        for i, rule in enumerate(self.doc.rules):
+            src = np.array([selects(rule.sources, s) for s in subjects], dtype=bool)
+            dst = np.array([selects(rule.destinations, s) for s in subjects], dtype=bool)
+            ports = json.dumps([str(p) for p in rule.port_specs()]).encode()
+            name = json.dumps(self.doc.rule_name(i)).encode()
+
+            def entry(mask: npt.NDArray[np.bool_], name: bytes = name, ports: bytes = ports) -> bytes:
+                addrs = [cards[k].host_route for k in np.nonzero(mask)[0].tolist()]
+                return b'{"rule":%s,"peers":[%s],"ports":%s}' % (name, b",".join(addrs), ports)
+
+            out.append((src, dst, entry(src), entry(dst)))
+        return out
+
+
+class Access:
+    """The policy's meaning for one directory and one set of shortest-path trees."""
+
+    def __init__(self, masks: PolicyMasks, pred: npt.NDArray[np.int32]) -> None:
+        self.masks = masks
+        self.relay = masks.relay
+        self.connected = masks.connected
+        self._pred = pred
+        self.ok = usable_paths(pred, self.relay)
+        self.inside = inside_paths(pred, self.connected, self.ok)
+
+    def rules_json(self, index: int) -> bytes:
+        """The node's firewall and message rights as NodePolicy JSON fields (without the version)."""
+        parts = self.masks.rule_parts
+        inbound = [src_json for src, dst, src_json, _ in parts if dst[index] and src.any()]
+        outbound = [dst_json for src, dst, _, dst_json in parts if src[index] and dst.any()]
+        return b'"inbound":[%s],"outbound":[%s],"mesh_ports":%s,"messages":%s}' % (
+            b",".join(inbound),
+            b",".join(outbound),
+            self.masks.mesh_ports,
+            self.masks.messages,
+        )
+
+    def node(self, index: int, version: int, rules_json: bytes | None = None) -> NodeAccess:
+        """What the node at `index` may see, route and must enforce; `version`: the policy version its
+        rules were last changed at (`rules_json`: its `rules_json`, when already made)."""
+        col = self.connected[index]
+        inside = self.inside[:, index]
+        dests = col | inside
+        hops = self._pred[:, index]
+        ok = self.ok[:, index]
+        relayed = ok & (hops >= 0) & (hops != np.arange(len(hops)))
+        peers = col.copy()
+        via = hops[dests & relayed]
+        peers[via] = True
+        peers |= dests & ~relayed
+        peers[index] = False
+        routes = dests | peers
+        routes[index] = False
+        relayed &= dests  # a peer that is only a first hop is reached directly
+        policy = b'{"version":%d,' % version + (self.rules_json(index) if rules_json is None else rules_json)
+        return NodeAccess(
+            peers=peers, routes=routes, relayed=relayed, forward=bool(inside.any()), policy_json=policy
+        )

@@ -1,0 +1,168 @@
+"""`wgmesh policy`: the access policy on a running controller (admin credential).
+
+    wgmesh policy get                    the document in force (nothing: no policy, the full mesh)
+    wgmesh policy set FILE               put FILE (JSON or TOML) in force as a new version
+    wgmesh policy check FILE             say what is wrong with FILE, change nothing
+    wgmesh policy test SRC DST [PORT]    may node SRC reach DST (on PORT: 8000, udp/53, icmp)? which rule?
+    wgmesh policy history                every version: who, when, what
+    wgmesh policy rollback VERSION       bring VERSION back, as a new version
+
+A bad document is refused whole; each problem is printed on its own line naming its place in FILE.
+Exit codes: 0 done (for `check`: no problem), 1 refused, a problem found, or no controller, 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import socket
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from controller.admin_client import AdminClient, AdminError, add_target_options, resolve_target, table, when
+from wire.policy import (
+    MAX_POLICY_TEXT,
+    PolicyError,
+    PolicyRollbackRequest,
+    PolicySetRequest,
+    PolicyTestRequest,
+    parse_policy,
+)
+
+
+def _parser(prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="The mesh's access policy.")
+    sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    add_target_options(sub.add_parser("get", help="print the policy in force"))
+    for name, text in (
+        ("set", "put FILE in force as a new version"),
+        ("check", "check FILE, change nothing"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("file", help="the policy document, JSON or TOML ('-': standard input)")
+        if name == "set":
+            p.add_argument("--author", help="who makes the change (default: USER@HOST)")
+        add_target_options(p)
+    test = sub.add_parser("test", help="may SRC reach DST (on PORT)? names the deciding rule")
+    test.add_argument("source", help="node name or id")
+    test.add_argument("destination", help="node name or id")
+    test.add_argument("port", nargs="?", help="8000 (tcp), udp/53 or icmp; absent: any traffic")
+    add_target_options(test)
+    add_target_options(sub.add_parser("history", help="every version with who and when"))
+    rollback = sub.add_parser("rollback", help="bring an earlier version back")
+    rollback.add_argument("version", type=int, help="the version to restore")
+    rollback.add_argument("--author", help="who makes the change (default: USER@HOST)")
+    add_target_options(rollback)
+    return parser
+
+
+def _author(given: str | None) -> str:
+    if given:
+        return given[:200]
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "admin"
+    return f"{user}@{socket.gethostname()}"[:200]
+
+
+def _read(path: str) -> tuple[str, str]:
+    if path == "-":
+        return sys.stdin.read(MAX_POLICY_TEXT + 1), "<stdin>"
+    try:
+        return Path(path).read_text(encoding="utf-8"), path
+    except OSError as e:
+        raise AdminError(f"cannot read {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise AdminError(f"{path}: not UTF-8 text") from None
+
+
+def main(argv: Sequence[str], prog: str = "wgmesh policy") -> int:
+    args = _parser(prog).parse_args(argv)
+    cmd = f"{prog} {args.cmd}"
+    try:
+        client = AdminClient(resolve_target(args, os.environ))
+    except AdminError as e:
+        print(f"{cmd}: {e}", file=sys.stderr)
+        return 2
+    try:
+        return _run(args, client, cmd)
+    except AdminError as e:
+        print(f"{cmd}: {e}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+
+
+def _run(args: argparse.Namespace, client: AdminClient, cmd: str) -> int:
+    if args.cmd == "get":
+        state = client.policy()
+        if args.json:
+            print(state.model_dump_json())
+        elif state.policy is None:
+            print("no policy: every node may reach every other (full mesh)", file=sys.stderr)
+        else:
+            print(state.policy.text, end="" if (state.policy.text or "").endswith("\n") else "\n")
+        return 0
+    if args.cmd in ("set", "check"):
+        text, source = _read(args.file)
+        try:
+            parse_policy(text, source)  # the same parser as the controller's: every problem at once
+        except PolicyError as e:
+            for problem in e.problems:
+                print(problem, file=sys.stderr)
+            if args.cmd == "set":
+                print(f"{cmd}: refused; the policy in force stays", file=sys.stderr)
+            return 1
+        req = PolicySetRequest(text=text, source=source, author=_author(getattr(args, "author", None)))
+        if args.cmd == "check":
+            result = client.check_policy(req)
+            for problem in result.problems:
+                print(problem, file=sys.stderr)
+            if args.json:
+                print(result.model_dump_json())
+            elif result.ok:
+                print(f"{source}: ok")
+            return 0 if result.ok else 1
+        info = client.set_policy(req)
+        print(info.model_dump_json() if args.json else f"policy version {info.version} in force")
+        return 0
+    if args.cmd == "test":
+        decision = client.test_policy(
+            PolicyTestRequest(source=args.source, destination=args.destination, port=args.port)
+        )
+        if args.json:
+            print(decision.model_dump_json())
+        else:
+            what = f"{args.source} -> {args.destination}" + (f" {args.port}" if args.port else "")
+            version = "no policy" if decision.version is None else f"policy version {decision.version}"
+            print(f"{what}: {'allowed' if decision.allowed else 'denied'} by {decision.rule} ({version})")
+        return 0
+    if args.cmd == "history":
+        history = client.policy_history()
+        if args.json:
+            print(json.dumps([h.model_dump(mode="json") for h in history]))
+        elif not history:
+            print("no policy was ever set", file=sys.stderr)
+        else:
+            rows = [
+                (
+                    h.version,
+                    when(h.created_at),
+                    h.author,
+                    h.action if h.restored is None else f"rollback to {h.restored}",
+                )
+                for h in history
+            ]
+            print(table(("VERSION", "WHEN", "WHO", "WHAT"), rows))
+        return 0
+    info = client.rollback_policy(PolicyRollbackRequest(version=args.version, author=_author(args.author)))
+    print(
+        info.model_dump_json()
+        if args.json
+        else f"policy version {args.version} restored as version {info.version}"
+    )
+    return 0

@@ -1,0 +1,151 @@
+"""Maps under a policy, property-tested on random meshes, tags, rules, relay rights and link failures:
+no map holds a forbidden peer or a route through a node that may not relay, every allowed pair is
+still delivered hop by hop, and a serial grows only for the maps a policy change really touches."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from controller.mesh import Mesh
+from controller.netmap import NodeCard
+from controller.topology import LinkPolicy
+from tests.unit.test_routing_mesh import CIDR, T0, card, deliver, maps
+from wire.models import LinkMeasurement, NetMap
+from wire.policy import PolicyDocument, Subject, decide, may_relay, parse_policy
+
+TAGS = ["a", "b", "c"]
+SELECTORS = ["*", "tag:a", "tag:b", "tag:c"]
+
+
+def tagged(n: int, tags: list[str]) -> NodeCard:
+    return dataclasses.replace(card(n), tags=tuple(sorted(tags)))
+
+
+@st.composite
+def worlds(draw: st.DrawFn) -> tuple[list[NodeCard], PolicyDocument, list[tuple[int, int]]]:
+    ids = sorted(draw(st.sets(st.integers(1, 39), min_size=2, max_size=8)))
+    cards = [tagged(n, draw(st.lists(st.sampled_from(TAGS), unique=True, max_size=2))) for n in ids]
+    rules = draw(
+        st.lists(
+            st.fixed_dictionaries(
+                {
+                    "from": st.lists(st.sampled_from(SELECTORS), min_size=1, max_size=2),
+                    "to": st.lists(st.sampled_from(SELECTORS), min_size=1, max_size=2),
+                    "ports": st.sampled_from([None, ["tcp/8000"], ["udp/53", "icmp"]]),
+                }
+            ),
+            max_size=4,
+        )
+    )
+    relays = draw(st.lists(st.sampled_from(SELECTORS[1:]), max_size=2))
+    doc = PolicyDocument.model_validate(
+        {"rules": [{k: v for k, v in r.items() if v is not None} for r in rules], "relays": relays}
+    )
+    pairs = list(itertools.combinations(ids, 2))
+    failed = draw(st.lists(st.sampled_from(pairs), unique=True, max_size=len(pairs)))
+    return cards, doc, failed
+
+
+def subject(c: NodeCard) -> Subject:
+    return Subject(c.name, frozenset(c.tags))
+
+
+def connected(doc: PolicyDocument, a: NodeCard, b: NodeCard) -> bool:
+    return decide(doc, subject(a), subject(b)).allowed or decide(doc, subject(b), subject(a)).allowed
+
+
+@settings(max_examples=150, deadline=None)
+@given(world=worlds())
+def test_no_map_holds_a_forbidden_peer_or_relay(world):
+    cards, doc, failed = world
+    by_id = {c.node_id: c for c in cards}
+    mesh = Mesh(CIDR, LinkPolicy(), 25, cards, access=(doc, 1))
+    for a, b in failed:
+        mesh.report(b, [LinkMeasurement(peer_id=a, loss=1.0)], T0)
+    netmaps = maps(mesh)
+    relays = {n for n, c in by_id.items() if may_relay(doc, subject(c))}
+    for n, m in netmaps.items():
+        assert m.policy is not None and m.policy.version == 1
+        if m.forward:
+            assert n in relays, f"{n} forwards but may not relay"
+        carried = {
+            p.node_id
+            for p in m.peers
+            if any(net.network_address != p.tunnel_address for net in p.allowed_ips)
+        }
+        assert carried <= relays, f"{n} routes through {carried - relays}, not all may relay"
+        for p in m.peers:
+            if not connected(doc, by_id[n], by_id[p.node_id]):
+                # a peer the policy does not connect is there only for a relay: it carries our traffic
+                # (a relay), or we relay for it
+                assert p.node_id in relays or m.forward, f"{n} holds forbidden peer {p.node_id}"
+        for r in m.routes:
+            if r.via != r.destination:
+                assert r.via in relays
+            if not connected(doc, by_id[n], by_id[r.destination]):
+                assert m.forward or r.destination in relays, f"{n} routes to forbidden {r.destination}"
+        claimed = [str(net) for p in m.peers for net in p.allowed_ips]
+        assert len(claimed) == len(set(claimed))
+    for s, d in itertools.permutations(by_id, 2):
+        if connected(doc, by_id[s], by_id[d]):
+            hops = deliver(netmaps, s, d)
+            assert set(hops[1:-1]) <= relays, f"{s}->{d} crosses {hops} through a node that may not relay"
+
+
+def test_no_policy_maps_are_todays_maps():
+    cards = [card(n) for n in (1, 2, 3)]
+    plain = Mesh(CIDR, LinkPolicy(), 25, cards)
+    assert all(m.policy is None and len(m.peers) == 2 for m in maps(plain).values())
+
+
+def test_a_policy_change_touches_only_the_maps_it_changes():
+    cards = [tagged(1, ["supervisor"]), tagged(2, ["worker"]), tagged(3, ["worker"]), tagged(4, ["client"])]
+    v1 = parse_policy('[[rules]]\nfrom = ["tag:worker", "tag:client"]\nto = ["tag:supervisor"]\n')
+    mesh = Mesh(CIDR, LinkPolicy(), 25, cards, access=(v1, 1))
+    before = maps(mesh)
+    assert [p.node_id for p in before[1].peers] == [2, 3, 4]
+    assert [p.node_id for p in before[4].peers] == [1]
+    assert before[2].policy is not None and before[2].policy.outbound[0].rule == "rules[0]"
+    # the client may also reach worker 3's port 9000: the maps of 3 and 4 change, and no other
+    v2 = parse_policy(
+        '[[rules]]\nfrom = ["tag:worker", "tag:client"]\nto = ["tag:supervisor"]\n'
+        '[[rules]]\nname = "c-w3"\nfrom = ["tag:client"]\nto = ["node:node-3"]\nports = ["tcp/9000"]\n'
+    )
+    change = mesh.set_policy((v2, 2), [])
+    assert set(change.maps) == {3, 4}
+    after: dict[int, NetMap] = maps(mesh)
+    assert [p.node_id for p in after[4].peers] == [1, 3]
+    assert [r.rule for r in after[3].policy.inbound] == ["c-w3"]
+    assert after[3].policy.version == 2 and after[1].policy.version == 1
+    assert after[1] == before[1] and after[2] == before[2]
+    # a tag change: node 2 becomes a client and may reach node 3 too; the maps showing node 2 change
+    change = mesh.set_policy((v2, 3), [tagged(2, ["client"])])
+    assert set(change.maps) == {1, 2, 3}
+    assert [p.node_id for p in maps(mesh)[2].peers] == [1, 3]
+
+
+def test_only_a_node_that_may_relay_carries_others_traffic():
+    cards = [tagged(1, ["relay"]), tagged(2, ["worker"]), tagged(3, ["worker"]), tagged(4, ["worker"])]
+    doc = parse_policy('relays = ["tag:relay"]\n[[rules]]\nfrom = ["tag:worker"]\nto = ["tag:worker"]\n')
+    mesh = Mesh(CIDR, LinkPolicy(), 25, cards, access=(doc, 1))
+    assert [p.node_id for p in maps(mesh)[1].peers] == []  # connected to nobody, relays for nobody yet
+    mesh.report(2, [LinkMeasurement(peer_id=3, loss=1.0)], T0)
+    netmaps = maps(mesh)
+    # 4 is as close as 1, but may not relay: routing goes through 1, and shows the path's own cost
+    assert deliver(netmaps, 2, 3) == [2, 1, 3]
+    route = next(r for r in netmaps[2].routes if r.destination == 3)
+    assert route.via == 1 and route.cost is not None and 59 < route.cost < 61
+    direct = next(r for r in netmaps[2].routes if r.destination == 4)
+    assert direct.cost is not None and 29 < direct.cost < 31
+    assert netmaps[1].forward and [p.node_id for p in netmaps[1].peers] == [2, 3]
+    assert [r.destination for r in netmaps[1].routes] == [2, 3]
+    # nobody may relay: the pair keeps trying its direct link, and no map forwards
+    none = parse_policy('[[rules]]\nfrom = ["tag:worker"]\nto = ["tag:worker"]\n')
+    mesh.set_policy((none, 2), [])
+    netmaps = maps(mesh)
+    assert deliver(netmaps, 2, 3) == [2, 3]
+    assert not any(m.forward for m in netmaps.values())
