@@ -9,12 +9,16 @@ APT_PACKAGES := wireguard-go wireguard-tools iproute2 iputils-ping nftables post
 APT_COMMANDS := wireguard-go wg ip ping nft
 APT_FILES := /usr/lib/postgresql/*/bin/initdb
 
+# The kernel tier (tests/kernel): qemu and what virtme-ng needs in the guest (depmod, udev, busybox).
+KERNEL_APT_PACKAGES := qemu-system-x86 busybox-static kmod e2fsprogs
+KERNEL_COMMANDS := qemu-system-x86_64 busybox depmod udevadm mke2fs
+
 # The machines tier boots Debian systems with systemd-nspawn from an mmdebstrap root filesystem and
 # builds the container image with podman; vagrant validates the Vagrantfile.
 MACHINES_PACKAGES := systemd-container mmdebstrap podman vagrant
 MACHINES_COMMANDS := systemd-nspawn mmdebstrap podman vagrant
 
-.PHONY: test test-unit test-machines lint bench demo sysdeps sysdeps-machines venv clean
+.PHONY: test test-unit test-machines test-kernel lint bench demo sysdeps sysdeps-machines kernel-sysdeps venv clean
 
 ## sysdeps: install the system packages the data plane needs (root only; otherwise say what is missing)
 sysdeps:
@@ -25,6 +29,17 @@ sysdeps:
 	echo "installing system packages: $(APT_PACKAGES)"; \
 	export DEBIAN_FRONTEND=noninteractive; \
 	apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends $(APT_PACKAGES) >/dev/null
+
+## kernel-sysdeps: what the kernel tier's VM needs (root only). udev is pinned to the installed systemd's
+## version: an unpinned udev makes apt upgrade systemd on the host.
+kernel-sysdeps:
+	@missing=""; for c in $(KERNEL_COMMANDS); do PATH=$$PATH:/usr/sbin:/sbin command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then echo "note: missing$$missing; as root, make installs: $(KERNEL_APT_PACKAGES) udev"; exit 0; fi; \
+	udev=udev; v=$$(dpkg-query -W -f='$${Version}' systemd 2>/dev/null) && [ -n "$$v" ] && udev="udev=$$v"; \
+	echo "installing the kernel tier's packages: $(KERNEL_APT_PACKAGES) $$udev"; \
+	export DEBIAN_FRONTEND=noninteractive; \
+	apt-get update -qq >/dev/null && apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends $(KERNEL_APT_PACKAGES) "$$udev" >/dev/null
 
 ## sysdeps-machines: systemd-nspawn and mmdebstrap for tests/machines (root only)
 sysdeps-machines:
@@ -50,11 +65,15 @@ $(VENV)/.installed: pyproject.toml
 
 ## test: every tier; root tiers skip with a reason when not root
 test: sysdeps sysdeps-machines venv
-	$(BIN)/pytest -q -ra tests
+	$(BIN)/pytest -q -ra tests --ignore=tests/kernel
 
 ## test-machines: four booted Debian systems, installed by deploy/install.sh (root)
 test-machines: sysdeps sysdeps-machines venv
 	$(BIN)/pytest -q -ra tests/machines
+
+## test-kernel: the kernel tier alone: one VM with Debian's kernel runs the kernel-backend tests
+test-kernel: sysdeps kernel-sysdeps venv
+	$(BIN)/pytest -q -ra -s tests/kernel
 
 test-unit: venv
 	$(BIN)/pytest -q tests/unit

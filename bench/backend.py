@@ -1,10 +1,12 @@
-"""Backend figures: how long the userspace backend takes to apply 1,000 peers to a real wireguard-go and
-read them back, to re-apply an unchanged state and to change one peer among 1,000, and how long two
-namespaces take from `apply` to their first handshake.
+"""Backend figures: how long a backend takes to apply 1,000 peers and read them back, to re-apply an
+unchanged state and to change one peer among 1,000, and how long two namespaces take from `apply` to
+their first handshake. `--backend userspace` (default): a real wireguard-go over UAPI; `--backend
+kernel`: the kernel module over netlink (the tests/kernel VM runs it, since these machines have no
+module).
 
 Baseline, measured in the same run on an identical fresh device: wireguard-tools' `wg setconf` (apply)
-and `wg show dump` (read) of the same 1,000 peers (C, one process each, run in wireguard-go's
-namespaces), so the ratios say what our Python codec and reconcile cost on top of the C tools.
+and `wg show dump` (read) of the same 1,000 peers (C, one process each, run where the device is), so
+the ratios say what our Python codec and reconcile cost on top of the C tools.
 
 Everything is named `wgb2*` (namespaces, interfaces) and removed at the end, also on failure; only the
 wireguard-go processes started here are ended, by pid. Needs root, wireguard-go, wg and ip; otherwise it
@@ -13,6 +15,7 @@ prints a RESULT line saying why it was skipped.
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import statistics
@@ -24,6 +27,8 @@ from collections.abc import Callable
 from ipaddress import IPv4Address, ip_network
 from pathlib import Path
 
+from agent.backends.base import Backend
+from agent.backends.kernel import KernelBackend
 from agent.backends.userspace import UserspaceBackend
 from agent.device import DeviceConfig, PeerConfig
 from agent.reconcile import diff
@@ -85,7 +90,16 @@ def setup_underlay() -> None:
         sh("ip", "-n", ns, "link", "set", dev, "up")
 
 
-def measure_peers(a: UserspaceBackend) -> dict[str, float]:
+def wg_argv(backend: Backend, ns: str, ifname: str) -> list[str]:
+    """`wg` run where it sees `ifname`: in wireguard-go's mount+net namespaces, or in the namespace."""
+    if isinstance(backend, UserspaceBackend):
+        pid = backend.pid(ifname)
+        assert pid is not None
+        return ["nsenter", "-t", str(pid), "-m", "-n", "wg"]
+    return ["ip", "netns", "exec", ns, "wg"]
+
+
+def measure_peers(a: Backend) -> dict[str, float]:
     """1,000 peers through our backend and through `wg`, each on a fresh device."""
     desired = DeviceConfig.build(WireGuardPrivateKey.generate(), many_peers(PEERS), listen_port=PORT)
     a.create(IF)
@@ -114,13 +128,11 @@ def measure_peers(a: UserspaceBackend) -> dict[str, float]:
     figures["one"] = timed(apply_one)
 
     # Baseline: the same peers through wireguard-tools on the other fresh device.
-    pid = a.pid(IF_BASE)
-    assert pid is not None
     conf = Path(tempfile.mkdtemp(prefix="wgb2-")) / "base.conf"
     text = render_wgquick(desired, [])
     conf.write_text(text.replace(f"ListenPort = {PORT}", f"ListenPort = {PORT + 1}"))
     conf.chmod(0o600)
-    nsenter = ["nsenter", "-t", str(pid), "-m", "-n", "wg"]
+    nsenter = wg_argv(a, NS_A, IF_BASE)
     try:
         figures["wg_apply"] = timed(lambda: sh(*nsenter, "setconf", IF_BASE, str(conf)))
         dump: list[str] = []
@@ -133,10 +145,10 @@ def measure_peers(a: UserspaceBackend) -> dict[str, float]:
     return figures
 
 
-def measure_first_handshake(a: UserspaceBackend, b: UserspaceBackend) -> list[float]:
+def measure_first_handshake(a: Backend, b: Backend, rounds: int = HANDSHAKE_ROUNDS) -> list[float]:
     """Seconds from the second side's apply to a handshake seen on the first side, on fresh devices."""
     samples = []
-    for _ in range(HANDSHAKE_ROUNDS):
+    for _ in range(rounds):
         ka, kb = WireGuardPrivateKey.generate(), WireGuardPrivateKey.generate()
 
         def side(key: WireGuardPrivateKey, other: WireGuardPrivateKey, other_ip: str) -> DeviceConfig:
@@ -165,8 +177,8 @@ def measure_first_handshake(a: UserspaceBackend, b: UserspaceBackend) -> list[fl
     return samples
 
 
-def table(rows: list[tuple[str, str, str, str]]) -> str:
-    headers = (f"figure (median of {PEER_ROUNDS})", "wgmesh", "wg (C)", "ratio")
+def table(rows: list[tuple[str, str, str, str]], rounds: int) -> str:
+    headers = (f"figure (median of {rounds})", "wgmesh", "wg (C)", "ratio")
     widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(4)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
     lines.append("  ".join("-" * w for w in widths))
@@ -174,34 +186,49 @@ def table(rows: list[tuple[str, str, str, str]]) -> str:
     return "\n".join(lines)
 
 
-def skip_reason() -> str | None:
+def skip_reason(backend: str) -> str | None:
     if os.geteuid() != 0:
         return "not_root"
-    for tool in ("ip", "wireguard-go", "wg", "nsenter", "unshare"):
+    tools = ("ip", "wireguard-go", "wg", "nsenter", "unshare") if backend == "userspace" else ("ip", "wg")
+    for tool in tools:
         if shutil.which(tool) is None:
             return f"no_{tool.replace('-', '_')}"
+    if backend == "kernel":
+        from agent.backends.kernel import kernel_module_present
+
+        if not kernel_module_present():
+            return "no_kernel_module"
     return None
 
 
-def main() -> int:
-    reason = skip_reason()
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.backend")
+    parser.add_argument("--backend", choices=("userspace", "kernel"), default="userspace")
+    parser.add_argument("--rounds", type=int, default=PEER_ROUNDS, help="rounds of 1,000 peers (median)")
+    args = parser.parse_args(argv)
+    name = "backend" if args.backend == "userspace" else "backend_kernel"
+    reason = skip_reason(args.backend)
     if reason:
         print(f"skipped: {reason}")
-        print(f"RESULT name=backend skipped=1 reason={reason}")
+        print(f"RESULT name={name} skipped=1 reason={reason}")
         return 0
     run_root = Path(tempfile.mkdtemp(prefix="wgb2-run-"))
-    backends: list[UserspaceBackend] = []
+    backends: list[Backend] = []
     try:
         setup_underlay()
         for ns in (NS_A, NS_B):
+            if args.backend == "kernel":
+                backends.append(KernelBackend(netns=ns))
+                continue
             (run_root / ns).mkdir(mode=0o700)
             backends.append(UserspaceBackend(netns=ns, run_dir=run_root / ns))
         a, b = backends
-        print(f"applying {PEERS} peers x{PEER_ROUNDS} ...", file=sys.stderr, flush=True)
-        rounds = [measure_peers(a) for _ in range(PEER_ROUNDS)]
+        print(f"{args.backend}: applying {PEERS} peers x{args.rounds} ...", file=sys.stderr, flush=True)
+        rounds = [measure_peers(a) for _ in range(args.rounds)]
         f = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
-        print(f"first handshake x{HANDSHAKE_ROUNDS} ...", file=sys.stderr, flush=True)
-        hs = measure_first_handshake(a, b)
+        hs_rounds = max(1, min(args.rounds, HANDSHAKE_ROUNDS))
+        print(f"first handshake x{hs_rounds} ...", file=sys.stderr, flush=True)
+        hs = measure_first_handshake(a, b, hs_rounds)
     finally:
         for backend in backends:
             for ifname in (IF, IF_BASE):
@@ -236,11 +263,12 @@ def main() -> int:
                     "-",
                     "-",
                 ),
-            ]
+            ],
+            args.rounds,
         )
     )
     print(
-        "RESULT name=backend "
+        f"RESULT name={name} "
         f"apply_1000_s={f['apply']:.4f} read_1000_s={f['read']:.4f} first_handshake_s={hs_median:.4f} "
         f"noop_reapply_1000_s={f['noop']:.4f} change_1_of_1000_s={f['one']:.4f} "
         f"wg_setconf_1000_s={f['wg_apply']:.4f} wg_dump_1000_s={f['wg_read']:.4f} "

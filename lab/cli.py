@@ -96,9 +96,16 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         default=DEFAULT_NAME,
         help=f"lab name, 1-8 of [a-z0-9] (default {DEFAULT_NAME})",
     )
+    mesh = OneLineParser(add_help=False)
+    mesh.add_argument(
+        "--backend",
+        choices=("auto", "userspace", "kernel"),
+        default="userspace",
+        help="the agents' WireGuard backend (default userspace; auto: the kernel module where present)",
+    )
     sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
-    up = sub.add_parser("up", parents=[common], help="build the lab and wait for a complete mesh")
+    up = sub.add_parser("up", parents=[common, mesh], help="build the lab and wait for a complete mesh")
     up.add_argument("-n", "--hosts", type=_host_count, default=3, help="number of hosts (default 3)")
     up.add_argument("--timeout", type=float, help="seconds to wait for the mesh (default 60 + 6 per host)")
     up.add_argument(
@@ -162,7 +169,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     down.add_argument("--all", action="store_true", help="remove every lab on this machine")
     sub.add_parser("list", help="labs that exist on this machine")
 
-    demo = sub.add_parser("demo", parents=[common], help="up, ping matrix, topology, then down")
+    demo = sub.add_parser("demo", parents=[common, mesh], help="up, ping matrix, topology, then down")
     demo.add_argument("-n", "--hosts", type=_host_count, default=3, help="number of hosts (default 3)")
     demo.add_argument("--keep", action="store_true", help="leave the lab up and say how to look around")
     demo.add_argument("--timeout", type=float, help="seconds to wait for the mesh")
@@ -235,14 +242,17 @@ def _report_incomplete(lab: Lab, view: MeshView, timeout: float) -> None:
     )
 
 
-def _up(name: str, hosts: int, timeout: float | None) -> tuple[Lab | None, bool]:
+def _up(name: str, hosts: int, timeout: float | None, backend: str = "userspace") -> tuple[Lab | None, bool]:
     """Build the lab and wait for the mesh. (lab, complete); lab is None when building failed.
     Raises LabExists, touching nothing, when a lab of that name is there already."""
     line = render.ProgressLine()
     started = time.monotonic()
     try:
         lab = Lab.create(
-            name, hosts, lambda text: line.update(f"[{time.monotonic() - started:5.1f}s] {text}")
+            name,
+            hosts,
+            lambda text: line.update(f"[{time.monotonic() - started:5.1f}s] {text}"),
+            backend=backend,
         )
     except LabExists:
         line.finish()
@@ -280,7 +290,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             )
         )
         return 0
-    lab, complete = _up(args.name, args.hosts, args.timeout)
+    lab, complete = _up(args.name, args.hosts, args.timeout, args.backend)
     if lab is None or not complete:
         return 1
     print(_hosts_table(lab, lab.observe()))
@@ -531,7 +541,7 @@ def _measured_topology(lab: Lab, hosts: int, timeout_s: float = 20.0) -> Topolog
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    lab, complete = _up(args.name, args.hosts, args.timeout)
+    lab, complete = _up(args.name, args.hosts, args.timeout, args.backend)
     ok = False
     try:
         if lab is not None and complete:

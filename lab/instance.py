@@ -4,8 +4,9 @@ reads its state. The CLI and the e2e tests both drive labs through this class.
 Rules:
 - The record is saved BEFORE each step that creates something and right after each process starts,
   so `lab down` (see `lab.teardown`) can always undo what exists.
-- Every host runs the real agent with the userspace backend; the controller runs in the underlay
-  namespace, on the bridge address, with its SQLite state in the lab directory.
+- Every host runs the real agent with the lab's backend (userspace: wireguard-go; kernel: the module;
+  chosen at creation, `auto` picks the module where the kernel has it); the controller runs in the
+  underlay namespace, on the bridge address, with its SQLite state in the lab directory.
 """
 
 from __future__ import annotations
@@ -34,12 +35,13 @@ from lab.layout import (
     host_index,
 )
 from lab.observe import MeshView, PingResult, observe, ping_matrix, ping_once
-from lab.record import HostRecord, ImpairmentRecord, LabRecord, ProcessRecord, load, save
+from lab.record import HostRecord, ImpairmentRecord, LabBackend, LabRecord, ProcessRecord, load, save
 from lab.underlay_http import request
 from wgmesh.invocation import program
 
 Progress = Callable[[str], None]
-CONTROLLER_READY_TIMEOUT_S = 30.0
+# Deadlines, not delays: a slow machine (the kernel tier's emulated VM) takes a minute to import them.
+CONTROLLER_READY_TIMEOUT_S = 120.0
 RELAY_READY_TIMEOUT_S = 10.0
 # Faster than the agent's default (10 s) so a cut link shows in the measurements within seconds.
 AGENT_PROBE_INTERVAL_S = 2.0
@@ -57,6 +59,23 @@ class ProcessState:
     log: Path
 
 
+def resolve_backend(name: str) -> LabBackend:
+    """The lab's backend for `name`: `auto` is the kernel module where this kernel has it."""
+    if name == "auto":
+        from agent.backends.kernel import kernel_module_present
+
+        return "kernel" if kernel_module_present() else "userspace"
+    if name == "kernel":
+        from agent.backends.kernel import kernel_module_present
+
+        if not kernel_module_present():
+            raise LabError("this kernel has no WireGuard module: use --backend userspace (or auto)")
+        return "kernel"
+    if name == "userspace":
+        return "userspace"
+    raise LabError(f"unknown backend {name!r}: choose userspace, kernel or auto")
+
+
 class Lab:
     def __init__(self, layout: LabLayout, record: LabRecord) -> None:
         self.layout = layout
@@ -70,11 +89,21 @@ class Lab:
         return cls(layout, load(layout))
 
     @classmethod
-    def create(cls, name: str, hosts: int, progress: Progress = _quiet, *, mesh: bool = True) -> Lab:
+    def create(
+        cls,
+        name: str,
+        hosts: int,
+        progress: Progress = _quiet,
+        *,
+        mesh: bool = True,
+        backend: str = "userspace",
+    ) -> Lab:
         """Build the underlay, `hosts` hosts, the controller and one agent per host; does not wait for
         the mesh (see `wait_for_mesh`). With mesh=False only the namespaces and the underlay are built
-        (no controller, no agents). On failure the lab is left for `lab down` to remove."""
+        (no controller, no agents). `backend`: the agents' (userspace, kernel or auto). On failure the
+        lab is left for `lab down` to remove."""
         check_can_run_lab()
+        chosen = resolve_backend(backend)
         layout = LabLayout(name)
         if hosts < 1:
             raise LabError("a lab needs at least one host")
@@ -84,7 +113,7 @@ class Lab:
             raise LabExists(
                 f"a lab named {name!r} exists already; remove it with `{program()} lab down --name {name}`"
             )
-        lab = cls(layout, LabRecord(name=name))
+        lab = cls(layout, LabRecord(name=name, backend=chosen))
         lab.save()
         progress("creating the underlay")
         netns.create_underlay(layout)
@@ -195,7 +224,7 @@ class Lab:
         sig = signal.SIGKILL if kill else signal.SIGTERM
         return processes.end_recorded(self.record.controller, self.layout.dir, sig=sig)
 
-    def run_in_underlay(self, argv: Sequence[str], timeout: float = 30.0) -> str:
+    def run_in_underlay(self, argv: Sequence[str], timeout: float = 300.0) -> str:
         """Run a wgmesh admin command (or any command) in the underlay namespace; its stdout."""
         return run(processes.in_namespace(self.layout.underlay_namespace, argv), timeout=timeout).stdout
 
@@ -231,7 +260,7 @@ class Lab:
             "--controller", self.layout.controller_url,
             "--token-file", str(self.ensure_preauth_key_file()),
             "--interface", WG_INTERFACE,
-            "--backend", "userspace",
+            "--backend", self.record.backend,
             "--state-dir", str(host.state_dir),
             "--listen-port", str(WG_LISTEN_PORT),
             "--endpoint", host.endpoint,
@@ -389,7 +418,7 @@ class Lab:
     # --- observing ----------------------------------------------------------------------------------
 
     def observe(self, names: Sequence[str] | None = None) -> MeshView:
-        return observe([self.host(n) for n in names] if names else self.hosts)
+        return observe([self.host(n) for n in names] if names else self.hosts, self.record.backend)
 
     def tunnel_addresses(self, names: Sequence[str] | None = None) -> dict[str, IPv4Address | None]:
         hosts = [self.host(n) for n in names] if names else self.hosts

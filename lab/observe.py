@@ -17,14 +17,14 @@ from itertools import combinations
 from lab.command import run
 from lab.layout import WG_INTERFACE, HostLayout
 from lab.netns import interface_ipv4
-from lab.wgstate import WgDeviceView, read_device
+from lab.wgstate import WgDeviceView, read_device, read_kernel_device
 
 
 @dataclass(frozen=True)
 class HostView:
     name: str
     tunnel_address: IPv4Address | None  # None: the agent has not configured wg0 yet
-    device: WgDeviceView | None  # None: no wireguard-go answers on the host's UAPI socket
+    device: WgDeviceView | None  # None: the host has no WireGuard interface (or it does not answer)
 
 
 @dataclass(frozen=True)
@@ -97,17 +97,21 @@ def mesh_view(hosts: Sequence[HostView]) -> MeshView:
     return MeshView(tuple(hosts), tuple(pairs))
 
 
-def read_host(host: HostLayout) -> HostView:
+def read_host(host: HostLayout, backend: str = "userspace") -> HostView:
+    """The host's view; `backend` says where its wg0 is read: the UAPI socket (userspace) or netlink."""
+    device = (
+        read_kernel_device(host.namespace, WG_INTERFACE)
+        if backend == "kernel"
+        else read_device(host.run_dir / f"{WG_INTERFACE}.sock")
+    )
     return HostView(
-        name=host.name,
-        tunnel_address=interface_ipv4(host.namespace, WG_INTERFACE),
-        device=read_device(host.run_dir / f"{WG_INTERFACE}.sock"),
+        name=host.name, tunnel_address=interface_ipv4(host.namespace, WG_INTERFACE), device=device
     )
 
 
-def observe(hosts: Sequence[HostLayout]) -> MeshView:
+def observe(hosts: Sequence[HostLayout], backend: str = "userspace") -> MeshView:
     with ThreadPoolExecutor(max_workers=max(1, min(16, len(hosts)))) as pool:
-        return mesh_view(list(pool.map(read_host, hosts)))
+        return mesh_view(list(pool.map(lambda h: read_host(h, backend), hosts)))
 
 
 _RTT = re.compile(r"= [\d.]+/([\d.]+)/")

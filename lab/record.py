@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -19,6 +20,7 @@ from lab.layout import LabLayout
 from wgmesh.invocation import program
 
 RECORD_VERSION = 1
+LabBackend = Literal["userspace", "kernel"]  # `auto` is resolved when the lab is created
 
 
 class RecordError(RuntimeError):
@@ -60,6 +62,9 @@ class LabRecord(_Model):
     hosts: list[HostRecord] = Field(default_factory=list)
     controller: ProcessRecord | None = Field(default=None, description="None: not started yet.")
     preauth_key: str | None = Field(default=None, description="None: not created yet.")
+    backend: LabBackend = Field(
+        default="userspace", description="The agents' WireGuard backend; absent: userspace (older labs)."
+    )
     impairments: list[ImpairmentRecord] = Field(default_factory=list)
 
     def host(self, index: int) -> HostRecord:

@@ -1,4 +1,5 @@
-"""What each host's WireGuard interface says, read over its UAPI socket from outside the host.
+"""What each host's WireGuard interface says, read from outside the host: over its UAPI socket
+(userspace backend) or through netlink in its namespace (kernel backend, `read_kernel_device`).
 
 Each host's `/run/wireguard` is a directory of the lab (see `lab.processes`), so the lab reads
 `HOSTDIR/run/wg0.sock` directly: a unix socket path works across network namespaces, and this needs no
@@ -120,3 +121,30 @@ def read_device(sock_path: Path, timeout: float = UAPI_TIMEOUT_S) -> WgDeviceVie
         return parse_uapi_get(b"".join(chunks).decode())
     except UapiError:
         return None
+
+
+def read_kernel_device(namespace: str, ifname: str) -> WgDeviceView | None:
+    """The kernel module's device `ifname` in `namespace`; None when there is none (or no module)."""
+    from agent.backends.base import BackendError
+    from agent.backends.kernel import KernelBackend
+
+    backend = KernelBackend(netns=namespace)
+    try:
+        if not backend.exists(ifname):
+            return None
+        device = backend.read(ifname)
+    except (BackendError, OSError):
+        return None
+    peers = {
+        key: WgPeerView(
+            key,
+            p.config.endpoint,
+            tuple(str(n) for n in p.config.allowed_ips),
+            p.last_handshake,
+            p.rx_bytes,
+            p.tx_bytes,
+        )
+        for key, p in device.peers.items()
+    }
+    public = device.private_key.public_key() if device.private_key is not None else None
+    return WgDeviceView(public, device.listen_port, peers)

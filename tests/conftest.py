@@ -3,6 +3,10 @@ missing they are skipped with the reason, never silently passed.
 
 Stores: `store_url` runs a test once on SQLite and once on PostgreSQL (a private cluster, `postgres`,
 started once per run in a temporary directory and stopped at the end).
+
+Data-plane tests that take the `wg_backend` fixture are parametrized by WireGuard backend: `userspace`
+(wireguard-go) on this machine, `kernel` inside the VM of tests/kernel, which runs every test marked
+`kernel_tier` with `--wg-backend kernel` (see tests/kernel/README.md).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from lab.postgres import PostgresCluster, PostgresMissing
 settings.register_profile("wgmesh", deadline=None)
 settings.load_profile("wgmesh")
 
+WG_BACKENDS = ("userspace", "kernel")
 ROOT_TOOLS = ("ip", "wireguard-go", "wg", "nft", "ping", "nsenter", "unshare")
 
 
@@ -38,6 +43,21 @@ def root_tier_missing() -> str | None:
     if not os.path.exists("/dev/net/tun"):
         return "needs /dev/net/tun for wireguard-go"
     return None
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--wg-backend",
+        choices=WG_BACKENDS,
+        default="userspace",
+        help="WireGuard backend of the data-plane tests (kernel: the tests/kernel VM passes it)",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """`wg_backend` is a parameter, so a test's id says which backend it ran on."""
+    if "wg_backend" in metafunc.fixturenames:
+        metafunc.parametrize("wg_backend", [metafunc.config.getoption("wg_backend")], scope="module")
 
 
 @pytest.hookimpl(trylast=True)  # after tier conftests have marked their tests `root`

@@ -49,12 +49,12 @@ def logs(lab: Lab, lines: int = 15) -> str:
 
 
 @contextlib.contextmanager
-def running_lab(name: str, hosts: int, timeout: float = 120.0) -> Iterator[Lab]:
+def running_lab(name: str, hosts: int, timeout: float = 120.0, backend: str = "userspace") -> Iterator[Lab]:
     """A lab whose mesh is complete; removed afterwards whatever happens (also leftovers of a crash)."""
     layout = LabLayout(name)
     tear_down(layout)
     try:
-        lab = Lab.create(name, hosts)
+        lab = Lab.create(name, hosts, backend=backend)
         view = lab.wait_for_mesh(timeout)
         assert view.complete, f"the mesh of {hosts} hosts did not complete: {view.missing()}\n{logs(lab)}"
         yield lab

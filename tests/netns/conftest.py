@@ -1,6 +1,8 @@
-"""Harness of the namespace tier for the data plane: network namespaces, veth underlays and userspace
-backends (real wireguard-go), all named with the `wgt2` prefix and always removed, also when a test
-fails. Only the wireguard-go processes started here are ended, by pid (through the backend).
+"""Harness of the namespace tier for the data plane: network namespaces, veth underlays and WireGuard
+backends, all named with the `wgt2` prefix and always removed, also when a test fails. The backend is
+the `wg_backend` parameter (tests/conftest.py): real wireguard-go (`userspace`) on this machine, the
+kernel module (`kernel`) in the tests/kernel VM. Only the wireguard-go processes started here are
+ended, by pid (through the backend).
 
 Every test here is in the root tier: without root or its tools, tests/conftest.py skips it with the
 reason.
@@ -18,6 +20,8 @@ from typing import TypeVar
 
 import pytest
 
+from agent.backends.base import Backend
+from agent.backends.kernel import KernelBackend
 from agent.backends.userspace import UserspaceBackend
 
 PREFIX = "wgt2"
@@ -66,14 +70,17 @@ def delete_netns(name: str) -> None:
 
 @dataclass
 class Host:
-    """One namespace with a userspace backend whose sockets live in its private run dir."""
+    """One namespace with a backend (userspace: its sockets live in a private run dir)."""
 
     ns: str
-    backend: UserspaceBackend
+    backend: Backend
     underlay: str  # the address on its veth, e.g. "198.18.250.1"
 
     def wg(self, *args: str) -> str:
-        """The real `wg` run in wireguard-go's mount+net namespace (where its socket is)."""
+        """The real `wg`, run where it sees the interface: in the namespace for the kernel module, in
+        wireguard-go's mount+net namespace (where its socket is) for userspace."""
+        if not isinstance(self.backend, UserspaceBackend):
+            return in_ns(self.ns, "wg", *args).stdout
         pid = self.backend.pid(WG_IF)
         assert pid is not None, f"no wireguard-go running for {WG_IF} in {self.ns}"
         return run("nsenter", "-t", str(pid), "-m", "-n", "wg", *args).stdout
@@ -82,10 +89,11 @@ class Host:
 class Namespaces:
     """Creates `wgt2*` namespaces and removes them (and their wireguard-go processes) at the end."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, backend_name: str = "userspace") -> None:
         self.tmp = tmp
+        self.backend_name = backend_name
         self.names: list[str] = []
-        self.backends: list[UserspaceBackend] = []
+        self.backends: list[Backend] = []
 
     def add(self, name: str) -> str:
         assert name.startswith(PREFIX)
@@ -96,9 +104,19 @@ class Namespaces:
         return name
 
     def backend(self, ns: str) -> UserspaceBackend:
+        """A userspace backend for `ns` (the process-model tests need wireguard-go itself)."""
         run_dir = self.tmp / ns
         run_dir.mkdir(mode=0o700, exist_ok=True)
         backend = UserspaceBackend(netns=ns, run_dir=run_dir)
+        self.backends.append(backend)
+        return backend
+
+    def wg_backend(self, ns: str) -> Backend:
+        """A new backend object of the tier's kind for `ns`; a second one for the same namespace
+        attaches to what the first created, as a restarted agent does."""
+        if self.backend_name == "userspace":
+            return self.backend(ns)
+        backend = KernelBackend(netns=ns)
         self.backends.append(backend)
         return backend
 
@@ -117,8 +135,11 @@ class Namespaces:
 
 
 @pytest.fixture
-def namespaces(tmp_path: Path) -> Iterator[Namespaces]:
-    made = Namespaces(tmp_path)
+def namespaces(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Namespaces]:
+    backend_name = (
+        request.getfixturevalue("wg_backend") if "wg_backend" in request.fixturenames else "userspace"
+    )
+    made = Namespaces(tmp_path, backend_name)
     try:
         yield made
     finally:
@@ -126,12 +147,12 @@ def namespaces(tmp_path: Path) -> Iterator[Namespaces]:
 
 
 @pytest.fixture
-def two_hosts(namespaces: Namespaces) -> tuple[Host, Host]:
+def two_hosts(namespaces: Namespaces, wg_backend: str) -> tuple[Host, Host]:
     """Namespaces wgt2a and wgt2b joined by a veth underlay 198.18.250.1/24 <-> .2, each with a
-    userspace backend (nothing created on the WireGuard side yet)."""
+    backend of the `wg_backend` kind (nothing created on the WireGuard side yet)."""
     a, b = namespaces.add("wgt2a"), namespaces.add("wgt2b")
     namespaces.veth(a, "wgt2va", "198.18.250.1/24", b, "wgt2vb", "198.18.250.2/24")
     return (
-        Host(a, namespaces.backend(a), "198.18.250.1"),
-        Host(b, namespaces.backend(b), "198.18.250.2"),
+        Host(a, namespaces.wg_backend(a), "198.18.250.1"),
+        Host(b, namespaces.wg_backend(b), "198.18.250.2"),
     )

@@ -1,5 +1,5 @@
-"""Two hosts, configured only through the library (userspace backend + hostnet), talk over a real
-WireGuard tunnel: handshake, ping both ways, idempotent re-apply that keeps the session, the real `wg`
+"""Two hosts, configured only through the library (a backend + hostnet), talk over a real
+WireGuard tunnel, on each backend of the `wg_backend` parameter (kernel: in the tests/kernel VM): handshake, ping both ways, idempotent re-apply that keeps the session, the real `wg`
 agreeing with what the backend reads, an agent restart that attaches, and a removed peer cutting traffic.
 
 Underlay 198.18.250.0/24 on a veth pair; tunnel addresses 198.19.250.1 and .2 (/32 each, so the route
@@ -11,12 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from ipaddress import ip_interface, ip_network
 
+import pytest
+
 from agent.backends.userspace import UserspaceBackend
 from agent.device import DeviceConfig, PeerConfig
 from agent.hostnet.netlink import configure_interface, read_interface
 from agent.reconcile import PeerRemoved, diff
 from keys.types import WireGuardPrivateKey
-from tests.netns.conftest import WG_IF, Host, ping, wait_until
+from tests.netns.conftest import WG_IF, Host, Namespaces, ping, wait_until
+
+pytestmark = pytest.mark.kernel_tier
 
 PORT = 51820
 HANDSHAKE_TIMEOUT_S = 30
@@ -58,7 +62,7 @@ class Side:
         return next(iter(peers.values())).last_handshake if peers else None
 
 
-def test_two_hosts_over_the_library(two_hosts: tuple[Host, Host]) -> None:
+def test_two_hosts_over_the_library(two_hosts: tuple[Host, Host], namespaces: Namespaces) -> None:
     a = Side(two_hosts[0], WireGuardPrivateKey.generate(), "198.19.250.1")
     b = Side(two_hosts[1], WireGuardPrivateKey.generate(), "198.19.250.2")
 
@@ -100,11 +104,12 @@ def test_two_hosts_over_the_library(two_hosts: tuple[Host, Host]) -> None:
     assert int(fields[4]) == int(after.peers[peer].last_handshake or 0)
     assert fields[7] == "25"
 
-    # An agent restart: a new backend object on the same run dir attaches to the running process.
-    old_pid = a.host.backend.pid(WG_IF)
-    restarted = UserspaceBackend(netns=a.host.ns, run_dir=a.host.backend.run_dir)
+    # An agent restart: a new backend object attaches to the running interface (userspace: the
+    # same wireguard-go process, found through the same run dir).
+    restarted = namespaces.wg_backend(a.host.ns)
     restarted.create(WG_IF)
-    assert restarted.pid(WG_IF) == old_pid
+    if isinstance(restarted, UserspaceBackend) and isinstance(a.host.backend, UserspaceBackend):
+        assert restarted.pid(WG_IF) == a.host.backend.pid(WG_IF)
     assert restarted.read(WG_IF).peers[peer].last_handshake == after.peers[peer].last_handshake
 
     # Removing the peer cuts the tunnel both ways.

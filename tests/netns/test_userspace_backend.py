@@ -1,11 +1,11 @@
 """The userspace backend's process model against real wireguard-go: start, attach, stop exactly our
-process, same interface name in two namespaces, real errors, crash recovery; and kernel-module detection."""
+process, same interface name in two namespaces, real errors, crash recovery; and kernel-module detection
+(on both backends' machines: `auto` picks the kernel module where there is one)."""
 
 from __future__ import annotations
 
 import os
 import signal
-from ipaddress import ip_network
 from pathlib import Path
 
 import pytest
@@ -129,58 +129,29 @@ def test_delete_without_pidfile_stops_it_through_its_socket(namespaces: Namespac
     wait_until("wireguard-go to remove its interface", lambda: WG_IF not in links(ns), 5)
 
 
-def test_device_round_trip_with_every_field(namespaces: Namespaces) -> None:
-    ns = namespaces.add("wgt2u7")
-    backend = namespaces.backend(ns)
-    backend.create(WG_IF)
-    from keys.types import PresharedKey
-
-    desired = DeviceConfig.build(
-        WireGuardPrivateKey.generate(),
-        [
-            PeerConfig(
-                WireGuardPrivateKey.generate().public_key(),
-                (ip_network("198.19.7.2/32"), ip_network("fd07::/64")),
-                endpoint="[2001:db8::7]:51820",
-                persistent_keepalive=15,
-                preshared_key=PresharedKey.generate(),
-            ),
-            PeerConfig(WireGuardPrivateKey.generate().public_key(), (ip_network("198.19.7.3/32"),)),
-        ],
-        listen_port=51999,
-        fwmark=0x77,
-    )
-    backend.apply(WG_IF, diff(backend.read(WG_IF), desired).update)
-    assert backend.read(WG_IF).config() == desired
-    assert diff(backend.read(WG_IF), desired).changes == ()
-
-
-def test_an_unclamped_private_key_is_not_a_change_forever(namespaces: Namespaces) -> None:
-    """wireguard-go stores the X25519-clamped key; reconcile must still see the same key."""
-    ns = namespaces.add("wgt2u8")
-    backend = namespaces.backend(ns)
-    backend.create(WG_IF)
-    unclamped = WireGuardPrivateKey(b"\xff" * 32)
-    desired = DeviceConfig.build(unclamped, listen_port=51820)
-    backend.apply(WG_IF, diff(backend.read(WG_IF), desired).update)
-    read = backend.read(WG_IF)
-    assert read.private_key is not None and read.private_key.raw() != unclamped.raw()
-    assert read.private_key.public_key() == unclamped.public_key()
-    assert diff(read, desired).changes == ()
-
-
-def test_kernel_module_detection_creates_nothing(namespaces: Namespaces) -> None:
+@pytest.mark.kernel_tier
+def test_kernel_module_detection_creates_nothing(namespaces: Namespaces, wg_backend: str) -> None:
     ns = namespaces.add("wgt2k1")
     before = links(ns)
     assert link_kind_supported("veth", netns=ns) is True  # EINVAL: the kind exists
     assert link_kind_supported("wgt2-no-such-kind", netns=ns) is False  # EOPNOTSUPP
     assert links(ns) == before
     assert PROBE_IFNAME not in run("ip", "-o", "link", "show").stdout
-    if kernel_module_present():
-        pytest.skip("this kernel has the WireGuard module; the absent case cannot be shown here")
-    assert link_kind_supported("wireguard", netns=ns) is False
     kernel = KernelBackend(netns=ns)
     assert not kernel.exists(WG_IF)
+    if wg_backend == "kernel":
+        assert kernel_module_present(), "the kernel tier runs on a kernel without the WireGuard module"
+    if kernel_module_present():
+        assert link_kind_supported("wireguard", netns=ns) is True
+        assert links(ns) == before
+        assert open_backend("auto").name == "kernel"
+        assert open_backend("auto", netns=ns).name == "kernel"
+        kernel.create(WG_IF)
+        assert kernel.exists(WG_IF) and links(ns) == {*before, WG_IF}
+        kernel.delete(WG_IF)
+        assert links(ns) == before
+        return
+    assert link_kind_supported("wireguard", netns=ns) is False
     with pytest.raises(BackendError, match="no WireGuard module: `modprobe wireguard`"):
         kernel.create(WG_IF)
     assert links(ns) == before
