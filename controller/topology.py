@@ -206,14 +206,7 @@ class Topology:
             if (state.weight, state.down_since) == before:
                 continue
             records.append(state.record())
-            if state.down_since is not None:
-                if self.graph.has_edge(a, b):
-                    self.graph.remove_edge(a, b)
-                    edges.append(EdgeCost(a, b, None))
-            else:
-                attrs = self._edge_attrs(a, b)
-                self.graph.add_edge(a, b, **attrs)
-                edges.append(EdgeCost(a, b, attrs["cost"]))
+            edges += self._place_edge(a, b, state)
         return TopologyUpdate(edges, records)
 
     def set_records(self, records: Iterable[LinkRecord]) -> list[EdgeCost]:
@@ -229,17 +222,22 @@ class Topology:
             if (state.weight, state.down_since) == (r.weight, r.down_since):
                 continue
             state.weight, state.down_since = r.weight, r.down_since
-            if state.down_since is not None:
-                if self.graph.has_edge(a, b):
-                    self.graph.remove_edge(a, b)
-                    edges.append(EdgeCost(a, b, None))
-            else:
-                attrs = self._edge_attrs(a, b)
-                self.graph.add_edge(a, b, **attrs)
-                edges.append(EdgeCost(a, b, attrs["cost"]))
+            edges += self._place_edge(a, b, state)
         return edges
 
     # --- internals -------------------------------------------------------------------------------
+
+    def _place_edge(self, a: int, b: int, state: LinkState) -> list[EdgeCost]:
+        """Make the graph's a-b edge follow the link's state: gone while it is down, else with its cost.
+        The edge costs that changed (none when a down link had no edge)."""
+        if state.down_since is not None:
+            if not self.graph.has_edge(a, b):
+                return []
+            self.graph.remove_edge(a, b)
+            return [EdgeCost(a, b, None)]
+        attrs = self._edge_attrs(a, b)
+        self.graph.add_edge(a, b, **attrs)
+        return [EdgeCost(a, b, attrs["cost"])]
 
     def _is_up(self, a: int, b: int) -> bool:
         state = self.links.get((a, b))
