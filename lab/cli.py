@@ -11,7 +11,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from lab import render
 from lab.command import LabError, LabExists
@@ -61,18 +61,20 @@ def _host_count(text: str) -> int:
     return n
 
 
-def _delay(text: str) -> float:
-    try:
-        return parse_delay_ms(text)
-    except ImpairmentError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+def _impairment_arg(parse: Callable[[str], float]) -> Callable[[str], float]:
+    """An argparse type from an impairment parser: its ImpairmentError becomes the one-line refusal."""
+
+    def check(text: str) -> float:
+        try:
+            return parse(text)
+        except ImpairmentError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    return check
 
 
-def _loss(text: str) -> float:
-    try:
-        return parse_loss(text)
-    except ImpairmentError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+_delay = _impairment_arg(parse_delay_ms)
+_loss = _impairment_arg(parse_loss)
 
 
 def _lab_name(text: str) -> str:
@@ -416,10 +418,13 @@ def cmd_ping(args: argparse.Namespace) -> int:
     return 0 if _ping(Lab.open(args.name), args.wait) else 1
 
 
+def _after_dashes(command: Sequence[str]) -> list[str]:
+    """REMAINDER arguments without the `--` that separates them from the lab's own."""
+    return list(command[1:] if command[:1] == ["--"] else command)
+
+
 def cmd_exec(args: argparse.Namespace) -> int:
-    command = list(args.command)
-    if command[:1] == ["--"]:
-        command = command[1:]
+    command = _after_dashes(args.command)
     if not command:
         print("usage: wgmesh lab exec HOST -- COMMAND ...", file=sys.stderr)
         return 2
@@ -428,9 +433,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 
 def cmd_admin(args: argparse.Namespace) -> int:
-    command = list(args.command)
-    if command[:1] == ["--"]:
-        command = command[1:]
+    command = _after_dashes(args.command)
     if command[:1] == ["wgmesh"]:
         command = command[1:]
     if not command:
