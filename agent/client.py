@@ -214,7 +214,7 @@ class ControllerClient:
         except httpx.TimeoutException:
             raise ControllerUnreachable(f"controller {target.label} did not answer in time") from None
         except httpx.HTTPError as e:
-            raise ControllerUnreachable(f"cannot reach controller {target.label}: {_reason(e)}") from None
+            raise ControllerUnreachable(f"cannot reach controller {target.label}: {describe(e)}") from None
         if response.status_code >= 500:
             raise ControllerUnreachable(
                 f"controller {target.label} failed ({response.status_code}): {_detail(response)}"
@@ -255,7 +255,3 @@ def _detail(response: httpx.Response) -> str:
         loc = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         return f"{loc}: {first.get('msg', 'invalid')}" if loc else str(first.get("msg", "invalid"))
     return response.reason_phrase or "no reason given"
-
-
-def _reason(error: httpx.HTTPError) -> str:
-    return describe(error)
