@@ -36,14 +36,14 @@ from lab.record import ProcessRecord
 _MOUNT_WIREGUARD = 'mkdir -p /run/wireguard && mount --bind "$0" /run/wireguard && exec "$@"'
 
 
-def wgmesh_argv(*args: str) -> list[str]:
-    """Our own CLI under the interpreter running the lab, so the lab works from a venv."""
-    return [sys.executable, "-m", "wgmesh", *args]
-
-
 def python_argv(module: str, *args: str) -> list[str]:
-    """`python -m MODULE ARGS` under the interpreter running the lab."""
+    """`python -m MODULE ARGS` under the interpreter running the lab, so the lab works from a venv."""
     return [sys.executable, "-m", module, *args]
+
+
+def wgmesh_argv(*args: str) -> list[str]:
+    """Our own CLI under the interpreter running the lab."""
+    return python_argv("wgmesh", *args)
 
 
 def in_namespace(namespace: str, argv: Sequence[str]) -> list[str]:
