@@ -15,6 +15,8 @@ Where things come from (first wins):
 from __future__ import annotations
 
 import argparse
+import getpass
+import socket
 import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -31,6 +33,7 @@ from controller.settings import DEFAULT_CONTROLLER_URL, default_state_dir
 from controller.tls import TLS_DIR
 from wgmesh.neterror import describe
 from wire import api
+from wire.audit import ACTOR_HEADER, MAX_ACTOR, AuditEvent, clean_actor
 from wire.models import NodeInfo, PreAuthKeyInfo, PreAuthKeyRequest
 from wire.policy import (
     PolicyCheckResult,
@@ -48,6 +51,17 @@ TIMEOUT_S = 10.0
 
 class AdminError(Exception):
     """A one-line reason an admin command failed."""
+
+
+def admin_user(given: str | None = None) -> str:
+    """Who runs the admin command, for the audit trail: `given`, else USER@HOST (printable ASCII)."""
+    if not given:
+        try:
+            user = getpass.getuser()
+        except (KeyError, OSError):
+            user = "admin"
+        given = f"{user}@{socket.gethostname()}"
+    return clean_actor(given[:MAX_ACTOR]) or "admin"
 
 
 @dataclass(frozen=True)
@@ -104,7 +118,7 @@ class AdminClient:
         if target.ca_file is not None and "https://" in target.url:
             verify = ssl.create_default_context(cafile=str(target.ca_file))
         self._http = httpx.Client(
-            headers={"Authorization": f"Bearer {target.credential}"},
+            headers={"Authorization": f"Bearer {target.credential}", ACTOR_HEADER: admin_user()},
             timeout=TIMEOUT_S,
             transport=transport,
             verify=verify,
@@ -113,14 +127,21 @@ class AdminClient:
     def close(self) -> None:
         self._http.close()
 
-    def _call(self, method: str, path: str, body: Any = None) -> httpx.Response:
+    def _call(
+        self, method: str, path: str, body: Any = None, params: dict[str, str] | None = None
+    ) -> httpx.Response:
         problems = []
         for replica in self.targets.order():
             headers = {"Host": replica.host_header} if replica.host_header else {}
             extensions = {"sni_hostname": replica.sni_hostname} if replica.sni_hostname else None
             try:
                 response = self._http.request(
-                    method, replica.url + path, json=body, headers=headers, extensions=extensions
+                    method,
+                    replica.url + path,
+                    json=body,
+                    params=params,
+                    headers=headers,
+                    extensions=extensions,
                 )
             except (httpx.ConnectError, httpx.ConnectTimeout) as e:
                 problems.append(f"cannot reach the controller at {replica.label}: {describe(e)}")
@@ -179,6 +200,18 @@ class AdminClient:
     def rollback_policy(self, req: PolicyRollbackRequest) -> PolicyInfo:
         r = self._call("POST", api.POLICY + "/rollback", req.model_dump())
         return PolicyInfo.model_validate_json(r.content)
+
+    def audit(
+        self,
+        since: datetime | None = None,
+        node: str | None = None,
+        action: str | None = None,
+        limit: int | None = None,
+    ) -> list[AuditEvent]:
+        params = {"since": since.isoformat() if since else None, "node": node, "action": action}
+        params["limit"] = None if limit is None else str(limit)
+        r = self._call("GET", api.AUDIT, params={k: v for k, v in params.items() if v is not None})
+        return TypeAdapter(list[AuditEvent]).validate_json(r.content)
 
     def rotate(self, node_id: int) -> RotationInfo:
         return RotationInfo.model_validate_json(self._call("POST", f"{api.NODES}/{node_id}/rotate").content)

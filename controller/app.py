@@ -28,8 +28,11 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException
 
 from controller import api_examples as ex
+from controller.audit import AuditOrigin
+from controller.audit_routes import add_audit_routes
+from controller.audited import AuditedControlPlane
 from controller.clock import Clock, SystemClock
-from controller.control import ApiError, ControlPlane
+from controller.control import ApiError
 from controller.policy_routes import add_policy_routes
 from controller.push import MapNotifier
 from controller.replication import Follower
@@ -157,8 +160,8 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {s: {"model": ErrorBody, "description": text[s]} for s in statuses}
 
 
-def _plane(request: Request) -> ControlPlane:
-    plane: ControlPlane = request.app.state.plane
+def _plane(request: Request) -> AuditedControlPlane:
+    plane: AuditedControlPlane = request.app.state.plane
     return plane
 
 
@@ -181,12 +184,17 @@ async def caller_admin(
     request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Security(_admin_bearer)]
 ) -> None:
     plane = _plane(request)
+    refusal = None
     if creds is None:
-        raise ApiError(401, "missing credential: send 'Authorization: Bearer <admin credential>'")
-    if not plane.is_admin(creds.credentials):
+        refusal = ApiError(401, "missing credential: send 'Authorization: Bearer <admin credential>'")
+    elif not plane.is_admin(creds.credentials):
         if plane.node_of(creds.credentials) is not None:
-            raise ApiError(403, "this route needs the admin credential, not a node credential")
-        raise ApiError(401, "wrong admin credential")
+            refusal = ApiError(403, "this route needs the admin credential, not a node credential")
+        else:
+            refusal = ApiError(401, "wrong admin credential")
+    if refusal is not None:
+        plane.admin_refused(f"{request.method} {request.url.path}: {refusal.detail}")
+        raise refusal
 
 
 NodeCaller = Annotated[int, Depends(caller_node)]
@@ -201,7 +209,7 @@ def create_app(
     """`tls`: what the server in front of this app presents (None: tests, or a TLS-terminating front);
     its managed CA is served at /v1/tls/ca and its pin goes into every pre-auth key."""
     notifier = MapNotifier()
-    plane = ControlPlane(
+    plane = AuditedControlPlane(
         settings,
         store,
         clock or SystemClock(),
@@ -244,6 +252,7 @@ def create_app(
     app.state.notifier = notifier
     app.state.follower = follower
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(AuditOrigin)
 
     @app.exception_handler(ApiError)
     async def _api_error(_req: Request, exc: ApiError) -> JSONResponse:
@@ -602,4 +611,5 @@ def create_app(
         return Response(plane.topology().model_dump_json(), media_type="application/json")
 
     add_policy_routes(app, plane, ADMIN, _errors)
+    add_audit_routes(app, plane, ADMIN, _errors)
     return app

@@ -14,15 +14,21 @@ Exit codes: 0 done (for `check`: no problem), 1 refused, a problem found, or no 
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import os
-import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from controller.admin_client import AdminClient, AdminError, add_target_options, resolve_target, table, when
+from controller.admin_client import (
+    AdminClient,
+    AdminError,
+    add_target_options,
+    admin_user,
+    resolve_target,
+    table,
+    when,
+)
 from wire.policy import (
     MAX_POLICY_TEXT,
     PolicyError,
@@ -57,16 +63,6 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     rollback.add_argument("--author", help="who makes the change (default: USER@HOST)")
     add_target_options(rollback)
     return parser
-
-
-def _author(given: str | None) -> str:
-    if given:
-        return given[:200]
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = "admin"
-    return f"{user}@{socket.gethostname()}"[:200]
 
 
 def _read(path: str) -> tuple[str, str]:
@@ -117,7 +113,7 @@ def _run(args: argparse.Namespace, client: AdminClient, cmd: str) -> int:
             if args.cmd == "set":
                 print(f"{cmd}: refused; the policy in force stays", file=sys.stderr)
             return 1
-        req = PolicySetRequest(text=text, source=source, author=_author(getattr(args, "author", None)))
+        req = PolicySetRequest(text=text, source=source, author=admin_user(getattr(args, "author", None)))
         if args.cmd == "check":
             result = client.check_policy(req)
             for problem in result.problems:
@@ -159,7 +155,7 @@ def _run(args: argparse.Namespace, client: AdminClient, cmd: str) -> int:
             ]
             print(table(("VERSION", "WHEN", "WHO", "WHAT"), rows))
         return 0
-    info = client.rollback_policy(PolicyRollbackRequest(version=args.version, author=_author(args.author)))
+    info = client.rollback_policy(PolicyRollbackRequest(version=args.version, author=admin_user(args.author)))
     print(
         info.model_dump_json()
         if args.json

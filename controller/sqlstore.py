@@ -47,6 +47,8 @@ from controller.ipam import AddressHold
 from controller.mesh import MapState
 from controller.rotation import NodeRotation
 from controller.store import (
+    AuditEntry,
+    AuditQuery,
     ChangeBatch,
     KeyRefused,
     NodeRecord,
@@ -59,6 +61,7 @@ from controller.store import (
     StoreUnavailable,
 )
 from controller.topology import LinkRecord
+from wire.audit import AuditEvent
 
 SCHEMA_VERSION = 4
 """What `schema_version` holds once Alembic manages the database; wgmesh before Alembic knew only 1
@@ -193,6 +196,25 @@ key_rotations = sa.Table(
     sa.Column("node_id", sa.Integer, sa.ForeignKey("nodes.id", ondelete="CASCADE"), primary_key=True),
     sa.Column("record", sa.Text, nullable=False),
 )
+
+
+# The audit trail (wire.audit): rows are only ever added; the oldest go beyond AUDIT_KEPT.
+audit_events = sa.Table(
+    "audit_events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", UtcDateTime, nullable=False, index=True),
+    sa.Column("actor", sa.String(300), nullable=False),
+    sa.Column("action", sa.String(32), nullable=False, index=True),
+    sa.Column("result", sa.String(16), nullable=False),
+    sa.Column("source", sa.String(64), nullable=True),
+    sa.Column("node_id", sa.Integer, nullable=True, index=True),
+    sa.Column("node_name", sa.String(253), nullable=True),
+    sa.Column("policy_version", sa.Integer, nullable=True),
+    sa.Column("detail", sa.Text, nullable=False),
+    sqlite_autoincrement=True,
+)
+AUDIT_KEPT = 1_000_000
 
 
 def sqlite_url(path: str) -> str:
@@ -594,6 +616,32 @@ class SqlStore:
         with self._tx() as c:
             rows = c.execute(sa.select(policy_versions).order_by(policy_versions.c.version)).all()
         return [_policy(r) for r in rows]
+
+    def add_audit(self, entry: AuditEntry) -> int:
+        with self._tx() as c:
+            values = dataclasses.asdict(entry)
+            values["detail"] = values["detail"][:1000]
+            event_id = _new_id(c, audit_events.insert().values(**values))
+            if event_id % 1000 == 0:
+                c.execute(audit_events.delete().where(audit_events.c.id <= event_id - AUDIT_KEPT))
+            return event_id
+
+    def audit_events(self, query: AuditQuery) -> list[AuditEvent]:
+        a = audit_events.c
+        conditions = []
+        if query.since is not None:
+            conditions.append(a.at >= query.since)
+        if query.node is not None:
+            by_name = a.node_name == query.node
+            conditions.append(
+                sa.or_(a.node_id == int(query.node), by_name) if query.node.isdigit() else by_name
+            )
+        if query.action is not None:
+            conditions.append(sa.or_(a.action == query.action, a.action.startswith(query.action + ".")))
+        select = sa.select(audit_events).where(*conditions).order_by(a.id.desc()).limit(query.limit)
+        with self._tx() as c:
+            rows = c.execute(select).all()
+        return [AuditEvent.model_validate(r._asdict()) for r in reversed(rows)]
 
 
 def _policy(r: sa.Row[Any]) -> PolicyRecord:

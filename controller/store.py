@@ -28,6 +28,7 @@ from controller.ipam import AddressHold
 from controller.mesh import MapState
 from controller.rotation import NodeRotation
 from controller.topology import LinkRecord
+from wire.audit import AuditEvent
 from wire.models import IPAddress
 
 
@@ -100,6 +101,33 @@ class PolicyRecord:
     action: str  # "set" or "rollback"
     restored: int | None  # the version a rollback brought back; None for a set
     text: str  # the document as it was given
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One event of the audit trail as it is written (wire.audit.AuditEvent without its id); never a
+    secret in any field."""
+
+    at: datetime
+    actor: str
+    action: str
+    result: str
+    source: str | None = None
+    node_id: int | None = None
+    node_name: str | None = None
+    policy_version: int | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class AuditQuery:
+    """Which events to read: at or after `since`, about `node` (an id in digits, or a name), with
+    `action` or an action under it ("policy": policy.*); the newest `limit` of them."""
+
+    since: datetime | None = None
+    node: str | None = None
+    action: str | None = None
+    limit: int = 1000
 
 
 @dataclass(frozen=True)
@@ -200,6 +228,14 @@ class Store(Protocol):
 
     def policy_history(self) -> list[PolicyRecord]:
         """Every policy version, oldest first."""
+        ...
+
+    def add_audit(self, entry: AuditEntry) -> int:
+        """Append one event to the audit trail (its own transaction); its id."""
+        ...
+
+    def audit_events(self, query: AuditQuery) -> list[AuditEvent]:
+        """The events `query` selects, oldest first."""
         ...
 
     def close(self) -> None: ...

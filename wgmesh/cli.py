@@ -21,6 +21,7 @@ GROUPS: dict[str, tuple[str, str]] = {
     "controller": ("controller.cli", "run the controller and manage pre-auth keys"),
     "nodes": ("controller.nodes_cli", "list, show and remove nodes on a running controller"),
     "policy": ("controller.policy_cli", "the access policy: who may reach whom, relay, send what"),
+    "audit": ("controller.audit_cli", "the audit trail: admin actions and security events"),
     "lab": ("lab.cli", "a real mesh of N hosts in network namespaces on this machine"),
     "p2p": ("p2p.cli", "try the p2p messaging layer from a shell"),
 }

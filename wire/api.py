@@ -19,6 +19,8 @@ PREAUTH_KEYS = "/v1/preauth-keys"  # POST PreAuthKeyRequest -> PreAuthKeyInfo wi
 # whole). POST /check PolicySetRequest -> PolicyCheckResult; POST /test PolicyTestRequest ->
 # PolicyTestResult; GET /history -> list[PolicyInfo]; POST /rollback PolicyRollbackRequest -> PolicyInfo.
 POLICY = "/v1/policy"
+# GET ?since=ISO&node=ID|NAME&action=A&limit=N (admin) -> list[wire.audit.AuditEvent], oldest first
+AUDIT = "/v1/audit"
 TOPOLOGY = "/v1/topology"  # GET (admin) -> Topology; ?format=dot -> text/vnd.graphviz
 
 # Key rotation (wire.rotation): POST KEY (node) KeyReport -> KeyReportAnswer;

@@ -31,6 +31,7 @@ PATHS = {
     api.POLICY + "/test": {"post"},
     api.POLICY + "/history": {"get"},
     api.POLICY + "/rollback": {"post"},
+    api.AUDIT: {"get"},
 }
 
 
