@@ -1,6 +1,6 @@
 """The WireGuard facts key rotation is built on, checked on a real implementation: two namespaces
-(`wgr*`), node N rotates, peer P swaps. Parametrized by backend: userspace (wireguard-go) here, the
-kernel module where it is loaded (the VM tier).
+(`wgr*`), node N rotates, peer P swaps. On the `wg_backend` of the run: userspace (wireguard-go) here,
+the kernel module inside the VM of tests/kernel (the module is `kernel_tier`).
 
 - N's new private key stops N sending on its sessions; what N sends is staged and arrives once a
   handshake completes (P's swap with a keepalive starts it at once, well before a 5 s retry);
@@ -31,6 +31,7 @@ from agent.reconcile import diff
 from keys.types import WireGuardPrivateKey, WireGuardPublicKey
 from tests.netns.conftest import in_ns, run, wait_until
 
+pytestmark = pytest.mark.kernel_tier
 WG = "wgrwg"
 PORT = 51820
 KEEPALIVE = 25
@@ -62,8 +63,8 @@ def _delete_ns(name: str) -> None:
         run("ip", "netns", "del", name, check=False)
 
 
-@pytest.fixture(params=["userspace", "kernel"])
-def pair(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Node, Node]]:
+@pytest.fixture
+def pair(wg_backend: str, tmp_path: Path) -> Iterator[tuple[Node, Node]]:
     """N (wgrfn) and P (wgrfp), configured as peers with a completed handshake."""
     names = ("wgrfn", "wgrfp")
     backends: list[Backend] = []
@@ -76,9 +77,9 @@ def pair(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Node,
             run_dir = tmp_path / ns
             run_dir.mkdir(mode=0o700)
             try:
-                backend = open_backend(request.param, netns=ns, run_dir=run_dir)
+                backend = open_backend(wg_backend, netns=ns, run_dir=run_dir)
             except BackendUnavailable as e:
-                pytest.skip(f"{request.param} backend: {e}")
+                pytest.skip(f"{wg_backend} backend: {e}")
             backends.append(backend)
             nodes.append(
                 Node(ns, backend, WireGuardPrivateKey.generate(), f"198.18.252.{i}", f"198.19.252.{i}")
