@@ -14,7 +14,7 @@ import pytest
 
 from agent.state import StatePaths
 from lab.instance import Lab
-from tests.e2e.conftest import running_lab
+from tests.e2e.conftest import running_lab, wait_until
 from wire.preauth import parse_preauth_key
 
 pytestmark = pytest.mark.root
@@ -66,13 +66,27 @@ def test_no_log_and_no_command_line_holds_a_secret_and_logs_are_0600(lab: Lab):
         text = log.read_text(errors="replace")
         leaked = [what for what, secret in secrets.items() if secret in text]
         assert not leaked, f"{log} holds {leaked}"
-    lab_procs = 0
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            argv = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue  # the process ended
-        lab_procs += str(lab.layout.dir) in argv
+    # every process on the machine, and by name the lab's own: its controller and both agents, each read
+    # once it runs its final program (a just-restarted agent may still be in its `env` wrapper's exec)
+    own = [lab.record.controller] + [lab.record.host(h.index).agent for h in lab.hosts]
+    for process in own:
+        assert process is not None
+        argv = wait_until(
+            f"pid {process.pid} to run wgmesh",
+            lambda pid=process.pid: (a := cmdline_of(pid)) is not None and "wgmesh" in a and a,
+            10,
+        )
         leaked = [what for what, secret in secrets.items() if secret in argv]
-        assert not leaked, f"{cmdline}: {argv[:200]} holds {leaked}"
-    assert lab_procs >= 3  # the controller and both agents were looked at
+        assert not leaked, f"pid {process.pid}: {argv[:200]} holds {leaked}"
+    for path in Path("/proc").glob("[0-9]*/cmdline"):
+        argv = cmdline_of(int(path.parent.name)) or ""
+        leaked = [what for what, secret in secrets.items() if secret in argv]
+        assert not leaked, f"{path}: {argv[:200]} holds {leaked}"
+
+
+def cmdline_of(pid: int) -> str | None:
+    """The command line of `pid`, or None when it ended."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return None
