@@ -137,14 +137,15 @@ UDP_SINK = """
 import socket, sys, time
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.bind((sys.argv[1], 40000))
-s.settimeout(float(sys.argv[2]))
+last, deadline = int(sys.argv[2]), time.monotonic() + float(sys.argv[3])
 print("ready", flush=True)
 got = []
-try:
-    while True:
+while not got or got[-1] != last:
+    s.settimeout(max(deadline - time.monotonic(), 0.001))
+    try:
         got.append(int(s.recv(64)))
-except TimeoutError:
-    pass
+    except TimeoutError:
+        break
 print(" ".join(map(str, got)), flush=True)
 """
 
@@ -156,9 +157,22 @@ for i in range(int(sys.argv[2])):
 """
 
 
-def start_sink(node: Node, idle_s: float) -> subprocess.Popen[str]:
+def start_sink(node: Node, last: int, deadline_s: float = 30.0) -> subprocess.Popen[str]:
+    """A UDP sink on `node` that collects numbered datagrams until `last` arrives (they arrive in order)
+    or `deadline_s` passes: no guess of how long the sender, a new Python, takes to start."""
     sink = subprocess.Popen(
-        ["ip", "netns", "exec", node.ns, sys.executable, "-c", UDP_SINK, node.tunnel, str(idle_s)],
+        [
+            "ip",
+            "netns",
+            "exec",
+            node.ns,
+            sys.executable,
+            "-c",
+            UDP_SINK,
+            node.tunnel,
+            str(last),
+            str(deadline_s),
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -177,7 +191,7 @@ def received(sink: subprocess.Popen[str]) -> list[int]:
 
 def test_a_switched_node_stages_what_it_sends_and_delivers_it_after_the_peers_swap(pair) -> None:  # type: ignore[no-untyped-def]
     n, p = pair
-    sink = start_sink(p, idle_s=3.0)
+    sink = start_sink(p, last=99)
     old = switch(n)
     send(n, p, 100)  # staged on N: its sessions no longer send, P does not know the new key yet
     swap(p, n, old.public_key())
@@ -186,7 +200,7 @@ def test_a_switched_node_stages_what_it_sends_and_delivers_it_after_the_peers_sw
 
 def test_a_switched_node_still_receives_on_its_old_sessions(pair) -> None:  # type: ignore[no-untyped-def]
     n, p = pair
-    sink = start_sink(n, idle_s=1.0)
+    sink = start_sink(n, last=19)
     switch(n)
     send(p, n, 20)  # P still sends on the old session; N can still decrypt it
     assert received(sink) == list(range(20))
@@ -194,7 +208,7 @@ def test_a_switched_node_still_receives_on_its_old_sessions(pair) -> None:  # ty
 
 def test_at_most_128_packets_are_staged_and_the_oldest_are_dropped(pair) -> None:  # type: ignore[no-untyped-def]
     n, p = pair
-    sink = start_sink(p, idle_s=3.0)
+    sink = start_sink(p, last=299)
     old = switch(n)
     send(n, p, 300)
     swap(p, n, old.public_key())
