@@ -20,8 +20,15 @@ import pytest
 from tests.kernel import vm
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(1500)]
-# The selection run inside the VM: every test marked kernel_tier, on the kernel backend.
-GUEST_PYTEST = ["-m", "kernel_tier", "--wg-backend", "kernel", "tests/netns", "tests/e2e"]
+# The selection run inside the VM: every test marked kernel_tier, on the kernel backend. A developer may
+# narrow it with WGMESH_KERNEL_TESTS (paths or node ids, space separated), e.g. while adding a test.
+GUEST_PYTEST = [
+    "-m",
+    "kernel_tier",
+    "--wg-backend",
+    "kernel",
+    *(os.environ.get("WGMESH_KERNEL_TESTS", "").split() or ["tests/netns", "tests/e2e"]),
+]
 VM_TIMEOUT_S = 1400
 SHOWN_LINES = 200
 
@@ -78,19 +85,24 @@ def booted(tmp_path_factory: pytest.TempPathFactory) -> Boot:
     ]
     env = {**os.environ, "PATH": f"{Path(python).parent}:{os.environ.get('PATH', '')}"}
     prepared = time.monotonic()
-    done = subprocess.run(
-        vm.vng_argv(kernel, work / "python.img", results, command),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=VM_TIMEOUT_S,
-        check=False,
-    )
+    try:
+        done = subprocess.run(
+            vm.vng_argv(kernel, work / "python.img", results, command),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=VM_TIMEOUT_S,
+            check=False,
+        )
+        code, output = done.returncode, done.stdout + done.stderr
+    except subprocess.TimeoutExpired as e:  # qemu is killed; what the guest's tests printed so far is kept
+        log = results / "pytest.log"
+        shown = log.read_text(errors="replace") if log.exists() else "(the guest wrote no pytest.log)"
+        code, output = -9, f"the VM ran out of its {VM_TIMEOUT_S} s; {e}\nits pytest.log:\n{shown}"
     (work / "python.img").unlink()
-    output = done.stdout + done.stderr
     print(f"kernel tier: prepared in {prepared - started:.0f} s, VM ran {time.monotonic() - prepared:.0f} s")
-    return Boot(done.returncode, output, results)
+    return Boot(code, output, results)
 
 
 def test_the_kernel_tier_passes_inside_the_vm(booted: Boot) -> None:
