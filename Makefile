@@ -51,13 +51,13 @@ sysdeps-machines:
 	apt-get -o DPkg::Lock::Timeout=600 update -qq >/dev/null && \
 	apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends $(MACHINES_PACKAGES) >/dev/null
 
-## venv: a virtualenv with the project and its test and lint extras
+## venv: a virtualenv with the project and its test, lint and bench extras
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	@echo "installing the project and its dependencies into $(VENV) (about a minute; log: $(VENV)/install.log)"
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	@set -o pipefail; start=$$(date +%s); \
-	$(BIN)/python -m pip install --disable-pip-version-check -e '.[test,lint]' 2>&1 | tee $(VENV)/install.log \
+	$(BIN)/python -m pip install --disable-pip-version-check -e '.[test,lint,bench]' 2>&1 | tee $(VENV)/install.log \
 		| bash deploy/pip-progress.sh \
 		|| { tail -30 $(VENV)/install.log; echo "pip install failed; full log: $(VENV)/install.log"; exit 1; }; \
 	echo "installed in $$(( $$(date +%s) - start )) s"
