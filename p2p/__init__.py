@@ -38,6 +38,12 @@ _EXPORTS = {
     "rate_limit": "p2p.middleware",
     "Node": "p2p.node",
     "LeaderElection": "p2p.election",
+    "ElectionTiming": "p2p.core.election",
+    "WorkerPerformance": "p2p.core.performance",
+    "WorkerStats": "p2p.core.performance",
+    "Replaced": "p2p.core.replacement",
+    "ReplacementPolicy": "p2p.core.replacement",
+    "WorkerPool": "p2p.core.replacement",
     "NodeConfig": "p2p.config",
 }
 __all__ = [
@@ -50,6 +56,7 @@ __all__ = [
     "Delivery",
     "Directory",
     "DirectoryEntry",
+    "ElectionTiming",
     "History",
     "LeaderElection",
     "LeastRecentlyUsed",
@@ -64,10 +71,15 @@ __all__ = [
     "PeerEvent",
     "PeerUp",
     "Refused",
+    "Replaced",
+    "ReplacementPolicy",
     "RequestFailed",
     "RequestTimeout",
     "SendTimeout",
     "UnknownPeer",
+    "WorkerPerformance",
+    "WorkerPool",
+    "WorkerStats",
     "authorize_roles",
     "log_messages",
     "rate_limit",
@@ -86,8 +98,11 @@ if TYPE_CHECKING:
     from p2p.core.admission import Delivery
     from p2p.core.counters import Counters
     from p2p.core.directory import DEFAULT_PORT, Directory, DirectoryEntry
+    from p2p.core.election import ElectionTiming
     from p2p.core.history import ByPriority, History, LeastRecentlyUsed, MaxAge
     from p2p.core.message import PRIORITY_DEFAULT, PRIORITY_MAX, PRIORITY_MIN, Message
+    from p2p.core.performance import WorkerPerformance, WorkerStats
+    from p2p.core.replacement import Replaced, ReplacementPolicy, WorkerPool
     from p2p.election import LeaderElection
     from p2p.errors import (
         NodeClosed,

@@ -35,6 +35,10 @@ class NodeConfig:
     max_handshakes_per_source: int = 4  # ... from one remote address (p2p/core/gate.py)
     ws_max_queue: int = 8  # frames websockets buffers per connection before it stops reading
     verify_threads: int = 0  # threads verifying relayed messages' signatures; 0: one per core
+    # answers to idempotent requests kept to answer their retries (p2p/core/replies.py)
+    reply_cache_items: int = 4096
+    reply_cache_bytes: int = 16 * 1024 * 1024
+    reply_cache_seconds: float = 300.0
 
     @property
     def max_frame_bytes(self) -> int:

@@ -14,7 +14,10 @@ Rules:
   the older one.
 - Delivery is at most once: a message is queued per peer (bounded, highest priority first) and written
   when the peer is connected; frames in flight when a connection breaks are lost (a request then times
-  out). `drain()` waits until the queues are written.
+  out). `drain()` waits until the queues are written. A request with `retries` is sent again under the
+  same id when no answer came within its timeout; the peer runs its handler once and answers every
+  copy from its reply cache (p2p/core/replies.py): at least once on the wire, at most once in the
+  handler, within the cache's bounds.
 - Inbound messages wait in a bounded per-peer queue for that peer's handler task(s), so a flooding peer
   fills only its own queue and then its own TCP window; other peers' messages keep flowing.
 - Every drop is counted in `counters`; nothing a peer sends raises in the program.
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import random
@@ -49,6 +53,7 @@ from p2p.core.directory import Directory, DirectoryEntry
 from p2p.core.frame import (
     DIRECT,
     FLAG_ERROR,
+    FLAG_IDEMPOTENT,
     FLAG_REPLY,
     FLAG_REQUEST,
     GOSSIP,
@@ -62,6 +67,7 @@ from p2p.core.message import PRIORITY_DEFAULT, PRIORITY_MAX, Message, MessageIds
 from p2p.core.pacing import Backoff
 from p2p.core.queue import BoundedPriorityQueue
 from p2p.core.replay import ReplayWindow
+from p2p.core.replies import Begun, ReplyCache
 from p2p.core.session import (
     Closed,
     Event,
@@ -132,6 +138,11 @@ class Node:
         self._inbound_handshakes: dict[PeerConnection, str] = {}
         self.refused_sources: Counter[str] = Counter()  # inbound connections refused, by address
         self._pending: dict[bytes, tuple[int, asyncio.Future[Any]]] = {}
+        self._replies = ReplyCache(
+            max_entries=self.config.reply_cache_items,
+            max_bytes=self.config.reply_cache_bytes,
+            max_age=self.config.reply_cache_seconds,
+        )
         self.handlers = HandlerTable(node_id=directory.own.node_id, counters=self.counters, log=self._log)
         self.handlers.use(authorize_by_policy(lambda: self.directory))
         self._streams: list[PeerEventStream] = []
@@ -304,10 +315,17 @@ class Node:
             raise PayloadError(str(e)) from None
 
     def _direct(
-        self, message_type: str, data: Any, priority: int, flags: int = 0, reply_to: bytes | None = None
+        self,
+        message_type: str,
+        data: Any,
+        priority: int,
+        flags: int = 0,
+        reply_to: bytes | None = None,
+        message_id: bytes | None = None,
     ) -> tuple[bytes, list[Any], int]:
         body_flags, body = self._encode(data)
-        message_id = self._ids.next()
+        if message_id is None:
+            message_id = self._ids.next()
         now = self._clock()
         item = [DIRECT, message_id, message_type, now, priority, flags | body_flags, body, reply_to]
         if reply_to is None:
@@ -363,30 +381,66 @@ class Node:
         *,
         priority: int = PRIORITY_DEFAULT,
         timeout: float = 5.0,
+        retries: int = 0,
+        idempotency_key: bytes | str | None = None,
     ) -> Any:
         """Send a request and return the reply (what the peer's handler returned). RequestTimeout when no
-        reply comes within `timeout` seconds; RequestFailed when the peer answers with an error."""
+        reply comes within `timeout` seconds; RequestFailed when the peer answers with an error.
+
+        With `retries`, the request is sent again (up to `retries` more times, each waiting `timeout`)
+        under the same message id, and the peer runs its handler once and answers every copy. An
+        `idempotency_key` makes that id the key's (the same key from this node, the same request:
+        a program retrying after its own restart or in a later call is answered from the peer's reply
+        cache too, within `reply_cache_seconds`); without one, the id is new for each call."""
         self._running()
         link = self._link(peer)
         check_type(message_type)
         check_priority(priority)
-        message_id, item, size = self._direct(message_type, data, priority, FLAG_REQUEST)
+        if type(retries) is not int or retries < 0:
+            raise ValueError(f"retries must be a non-negative integer, got {retries!r}")
+        flags = FLAG_REQUEST
+        message_id = None
+        if retries or idempotency_key is not None:
+            flags |= FLAG_IDEMPOTENT
+            if idempotency_key is not None:
+                message_id = self._idempotent_id(idempotency_key)
+                if message_id in self._pending:
+                    raise ValueError(f"a request with idempotency key {idempotency_key!r} is already waiting")
+        message_id, item, size = self._direct(message_type, data, priority, flags, message_id=message_id)
         assert self._loop is not None
         future: asyncio.Future[Any] = self._loop.create_future()
         self._pending[message_id] = (peer, future)
         try:
-            async with asyncio.timeout(timeout):
-                await self._enqueue(link, item, priority, size)
-                return await future
+            for attempt in range(retries + 1):
+                try:
+                    async with asyncio.timeout(timeout):
+                        await self._enqueue(link, item, priority, size)
+                        return await asyncio.shield(future)
+                except TimeoutError:
+                    if attempt == retries:
+                        raise
+            raise AssertionError("unreachable")
         except SendTimeout:
             raise
         except TimeoutError:
             state = "connected" if link.up else "not connected"
+            tries = f" ({retries + 1} attempts)" if retries else ""
             raise RequestTimeout(
-                f"no reply from {link.entry.describe()} to {message_type!r} within {timeout:g} s (peer {state})"
+                f"no reply from {link.entry.describe()} to {message_type!r} within {timeout:g} s{tries} "
+                f"(peer {state})"
             ) from None
         finally:
             self._pending.pop(message_id, None)
+
+    def _idempotent_id(self, key: bytes | str) -> bytes:
+        if isinstance(key, str):
+            key = key.encode()
+        if not isinstance(key, bytes) or not key:
+            raise ValueError("idempotency_key must be a non-empty str or bytes")
+        # this node's id is in it: two nodes using the same key name two requests
+        return hashlib.blake2b(
+            self.node_id.to_bytes(8, "big") + key, digest_size=16, person=b"wgm-p2p-idem"
+        ).digest()
 
     async def broadcast(self, message_type: str, data: Any, *, priority: int = PRIORITY_DEFAULT) -> bytes:
         """Send a signed message to every connected peer; peers relay it (up to `gossip_ttl` hops, each
@@ -656,6 +710,8 @@ class Node:
                         if event.reply_to is not None:
                             self._on_reply(link, event)
                             continue
+                        if event.flags & FLAG_IDEMPOTENT and not self._first_copy(link, event):
+                            continue
                         # the common case inline: no coroutine per message
                         delivery = admit_direct(event, link.entry, clock())
                         if delivery is not None and not link.push_inbox(delivery, len(event.body)):
@@ -722,6 +778,19 @@ class Node:
             )
         else:
             future.set_result(reply.data)
+
+    def _first_copy(self, link: PeerLink, request: Envelope) -> bool:
+        """True for the first copy of an idempotent request; a repeated one is answered from the reply
+        cache (or left to the answer still being made) and counted."""
+        begun = self._replies.begin(link.node_id, request.id, self._clock())
+        if begun is Begun.NEW:
+            return True
+        self.counters.repeated_request += 1
+        if begun is not Begun.RUNNING:
+            item, size = begun
+            if not link.push_outbox(item, request.priority, size):
+                self.counters.reply_dropped += 1
+        return False
 
     async def _admit_gossip(self, link: PeerLink, events: list[Event]) -> list[tuple[Delivery, int] | None]:
         """Admission of every gossip item of one frame, in order. Signatures are verified in the
@@ -791,6 +860,7 @@ class Node:
             _, item, size = self._direct(
                 request.type, text, request.priority, FLAG_REPLY | FLAG_ERROR, request.id
             )
+        self._replies.finish(link.node_id, request.id, item, size, self._clock())
         try:
             await self._enqueue(link, item, request.priority, size)
         except SendTimeout as e:

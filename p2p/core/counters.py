@@ -1,7 +1,8 @@
 """Counters of what a node dropped or refused, and why. A program reads them; nothing is ever raised
 to it for a peer's misbehaviour.
 
-Every drop in the p2p layer increments exactly one of these fields; `dead_peer` counts closed connections.
+Every drop in the p2p layer increments exactly one of these fields; `dead_peer` counts closed connections
+and `repeated_request` retried requests answered from the reply cache (neither is a dropped message).
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ class Counters:
     replayed: int = 0  # a relayed message id seen before but no longer in history, or older than the floor
     stale: int = 0  # a relayed message timestamp outside the replay window
     unexpected_reply: int = 0  # a reply to no pending request (late after a timeout, or forged)
+    repeated_request: int = (
+        0  # a retried idempotent request: answered again (or still running), not run again
+    )
     # delivery
     no_handler: int = 0
     unauthorized: int = 0  # refused by an authorization middleware
@@ -35,6 +39,7 @@ class Counters:
     # sending
     relay_dropped: int = 0  # a message to relay found the next hop's send queue full
     lost_in_flight: int = 0  # messages in a frame whose connection closed while it was written
+    reply_dropped: int = 0  # the kept answer to a retried request found the send queue full
     dead_peer: int = 0  # connections closed because heartbeats stopped
 
     def as_dict(self) -> dict[str, int]:

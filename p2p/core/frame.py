@@ -18,6 +18,8 @@ GOSSIP_DOMAIN + signed; relays forward `signed` and `signature` untouched and on
 
 Version history (PROTOCOL_VERSION):
   1  2025-11-24  first version.
+     2026-12-02  flag FLAG_IDEMPOTENT on requests (absent: the request is sent once); a receiver that
+                 does not know a flag ignores it, so nodes without it run every copy as a new request.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ PING = 2
 FLAG_REQUEST = 2  # the sender waits for a reply
 FLAG_REPLY = 4  # reply_to names the request
 FLAG_ERROR = 8  # a reply whose body is an error text, not the handler's result
+FLAG_IDEMPOTENT = 16  # a request the sender may send again under the same id: run it once, answer every copy
 
 PING_ITEM: list[Any] = [PING]
 

@@ -122,6 +122,21 @@ class WorkerPerformance:
     def forget(self, worker: int) -> None:
         self._workers.pop(worker, None)
 
+    def in_flight(self, worker: int) -> list[tuple[str, float]]:
+        """The worker's open tasks, oldest first: (task id, assigned at) each."""
+        w = self._workers.get(worker)
+        return list(w.tasks.items()) if w is not None else []
+
+    def release(self, worker: int) -> list[str]:
+        """Take the worker's open tasks away (to give them to another), oldest first. They count as
+        neither done nor failed; a late completion from this worker counts as unknown."""
+        w = self._workers.get(worker)
+        if w is None:
+            return []
+        tasks = list(w.tasks)
+        w.tasks.clear()
+        return tasks
+
     # --- figures --------------------------------------------------------------------------------------
 
     def stats(self, worker: int, now: float) -> WorkerStats | None:

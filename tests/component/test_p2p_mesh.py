@@ -252,6 +252,62 @@ async def test_request_returns_the_handlers_reply_or_a_clear_error(mesh_factory)
     assert b.counters.handler_error == 2
 
 
+async def test_a_retried_request_runs_its_handler_once_and_gets_the_answer(mesh_factory):
+    mesh = mesh_factory(2)
+    a, b = [await mesh.start(i) for i in (1, 2)]
+    runs: list[object] = []
+
+    @b.handle("task")
+    async def task(message: Message) -> str:
+        runs.append(message.data)
+        await asyncio.sleep(0.5)  # longer than one attempt: the copies arrive while it runs
+        return f"done {message.data}"
+
+    await a.wait_connected(timeout=5)
+    assert await a.request(2, "task", 7, timeout=0.2, retries=5) == "done 7"
+    assert runs == [7]
+    assert b.counters.repeated_request >= 1 and b.counters.duplicate == 0
+
+
+async def test_a_request_with_an_idempotency_key_is_answered_again_not_run_again(mesh_factory):
+    mesh = mesh_factory(3)
+    a, b, c = [await mesh.start(i) for i in (1, 2, 3)]
+    runs: list[object] = []
+
+    @b.handle("pay")
+    async def pay(message: Message) -> int:
+        runs.append(message.data)
+        return len(runs)
+
+    await a.wait_connected(timeout=5)
+    await c.wait_connected(timeout=5)
+    assert await a.request(2, "pay", "order-1", timeout=2, idempotency_key="order-1") == 1
+    # the same key again (a program retrying after its own timeout): the kept answer, no second run
+    assert await a.request(2, "pay", "order-1", timeout=2, idempotency_key="order-1") == 1
+    assert runs == ["order-1"] and b.counters.repeated_request == 1
+    # another key, or the same key from another node, is another request
+    assert await a.request(2, "pay", "order-2", timeout=2, idempotency_key="order-2") == 2
+    assert await c.request(2, "pay", "order-1", timeout=2, idempotency_key="order-1") == 3
+    with pytest.raises(ValueError, match="retries must be a non-negative integer"):
+        await a.request(2, "pay", None, retries=-1)
+    with pytest.raises(ValueError, match="idempotency_key must be a non-empty str or bytes"):
+        await a.request(2, "pay", None, idempotency_key="")
+
+
+async def test_retries_that_get_no_answer_end_in_one_clear_timeout(mesh_factory):
+    mesh = mesh_factory(2)
+    a, b = [await mesh.start(i) for i in (1, 2)]
+
+    @b.handle("stuck")
+    async def stuck(message: Message) -> None:
+        await asyncio.sleep(5)
+
+    await a.wait_connected(timeout=5)
+    with pytest.raises(RequestTimeout, match=r"to 'stuck' within 0.1 s \(3 attempts\) \(peer connected\)"):
+        await a.request(2, "stuck", None, timeout=0.1, retries=2)
+    await until(lambda: b.counters.repeated_request == 2, what="both copies to be counted")
+
+
 async def test_bad_calls_raise_one_clear_error(mesh_factory):
     mesh = mesh_factory(2)
     a = await mesh.start(1)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-DOCS = ["README.md", "docs/architecture.md", "docs/operations.md"]
+DOCS = ["README.md", "docs/architecture.md", "docs/operations.md", "docs/p2p.md"]
 # `agent/daemon.py`, `controller/`, `docs/controller.example.toml`: a repository path in backquotes
 PATH = re.compile(r"`((?:[a-z0-9_.-]+/)+(?:[a-z0-9_.-]+\.(?:py|md|toml|sh|service|yaml))?)`")
 
