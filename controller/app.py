@@ -33,6 +33,7 @@ from controller.audit_routes import add_audit_routes
 from controller.audited import AuditedControlPlane
 from controller.clock import Clock, SystemClock
 from controller.control import ApiError
+from controller.metrics import ControllerMetrics, add_metrics
 from controller.policy_routes import add_policy_routes
 from controller.push import MapNotifier
 from controller.replication import Follower
@@ -209,11 +210,12 @@ def create_app(
     """`tls`: what the server in front of this app presents (None: tests, or a TLS-terminating front);
     its managed CA is served at /v1/tls/ca and its pin goes into every pre-auth key."""
     notifier = MapNotifier()
+    metrics = ControllerMetrics()
     plane = AuditedControlPlane(
         settings,
         store,
         clock or SystemClock(),
-        on_maps_changed=notifier.notify,
+        on_maps_changed=metrics.push_clock(notifier.notify),
         ca_pin=tls.ca_pin if tls else None,
     )
     ca_pem = tls.ca_pem if tls else None
@@ -612,4 +614,5 @@ def create_app(
 
     add_policy_routes(app, plane, ADMIN, _errors)
     add_audit_routes(app, plane, ADMIN, _errors)
+    add_metrics(app, metrics, plane, notifier, ADMIN)
     return app

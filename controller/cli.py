@@ -6,13 +6,16 @@ Exit codes: 0 done, 1 the controller refused or could not be reached, 2 bad usag
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
 import os
 import re
 import socket
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from controller.admin_client import AdminClient, AdminError, add_target_options, resolve_target, table, when
 from controller.credentials import (
@@ -32,8 +35,14 @@ from controller.settings import (
 from controller.tls import TLS_DIR, ServerTls, TlsError, managed_tls, operator_tls, server_names
 from keys.store import ensure_private_dir
 from wgmesh.argparser import OneLineParser
+from wgmesh.metrics_listen import MetricsListenError, bind_metrics_socket
 from wgmesh.systemd import Notifier, under_systemd
 from wire.models import MAX_PREAUTH_EXPIRY_S, PreAuthKeyRequest
+
+if TYPE_CHECKING:
+    import uvicorn
+
+    from controller.metrics import ControllerMetrics
 
 _DURATION = re.compile(r"^(\d+)([smhd]?)$")
 _UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -94,6 +103,13 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         action="store_true",
         default=None,
         help="serve plain HTTP (only behind a TLS-terminating proxy on this host)",
+    )
+    serve.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="also serve GET /metrics (Prometheus) WITHOUT a credential on this separate plain-HTTP "
+        "address, e.g. 127.0.0.1:9585 (default: none; GET /metrics on the API listener always needs "
+        "the admin credential)",
     )
 
     shown = sub.add_parser(
@@ -156,6 +172,7 @@ def serve(args: argparse.Namespace, env: Mapping[str, str], prog: str) -> int:
         "tls_key": args.tls_key,
         "tls_san": ",".join(args.tls_san) if args.tls_san else None,
         "insecure_http": args.insecure_http,
+        "metrics_listen": args.metrics_listen,
     }
     try:
         settings = load_settings(flags, env)
@@ -175,11 +192,21 @@ def serve(args: argparse.Namespace, env: Mapping[str, str], prog: str) -> int:
     except OSError as e:
         store.close()
         return fail(f"cannot listen on {settings.listen}: {e.strerror or e}")
+    metrics_sock = None
+    if settings.metrics_listen is not None:
+        try:
+            metrics_sock = bind_metrics_socket(*settings.metrics_listen)
+        except MetricsListenError as e:
+            store.close()
+            sock.close()
+            return fail(str(e))
     try:
         app = create_app(settings, store, tls=tls)
     except StoreUnavailable as e:
         store.close()
         sock.close()
+        if metrics_sock is not None:
+            metrics_sock.close()
         return fail(str(e))
     if created:
         # A terminal is read by the operator who started it; a pipe or a journal is kept and copied.
@@ -190,6 +217,12 @@ def serve(args: argparse.Namespace, env: Mapping[str, str], prog: str) -> int:
             print(f"admin credential created in {where}; show it with `{prog} admin-credential`")
     nodes = len(app.state.plane.nodes)
     pin = f", CA pin {tls.ca_pin}" if tls and tls.ca_pin else ""
+    companions: list[tuple[uvicorn.Server, socket.socket]] = []
+    if metrics_sock is not None:
+        host, port = metrics_sock.getsockname()[:2]
+        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        print(f"metrics without credential on http://{shown}/metrics", flush=True)
+        companions.append((metrics_server(app.state.metrics), metrics_sock))
     print(
         f"wgmesh controller ready on {settings.scheme}://{settings.listen} "
         f"(mesh {settings.mesh_cidr}, {nodes} nodes{pin})",
@@ -208,7 +241,7 @@ def serve(args: argparse.Namespace, env: Mapping[str, str], prog: str) -> int:
         timeout_keep_alive=75,
         **ssl_files,  # type: ignore[arg-type]
     )
-    _notifying_server_class()(config, Notifier(env)).run(sockets=[sock])
+    _notifying_server_class()(config, Notifier(env), companions).run(sockets=[sock])
     return 0
 
 
@@ -243,20 +276,50 @@ def _notifying_server_class() -> type:
     class NotifyingServer(uvicorn.Server):
         """uvicorn that tells systemd READY=1 once it serves (Type=notify), STOPPING=1 when it stops."""
 
-        def __init__(self, config: uvicorn.Config, notifier: Notifier) -> None:
+        def __init__(
+            self,
+            config: uvicorn.Config,
+            notifier: Notifier,
+            companions: Sequence[tuple[uvicorn.Server, socket.socket]] = (),
+        ) -> None:
             super().__init__(config)
             self.notifier = notifier
+            self.companions = companions
+            self._companion_tasks: list[asyncio.Task[None]] = []
 
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             await super().startup(sockets)
             if self.started:
+                # Servers on other sockets in the same loop (the metrics listener): they share the
+                # app's objects without threads, and stop with this one.
+                self._companion_tasks = [
+                    asyncio.create_task(server.serve(sockets=[sock])) for server, sock in self.companions
+                ]
                 self.notifier.ready("listening")
 
         async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
             self.notifier.stopping()
+            for server, _sock in self.companions:
+                server.should_exit = True
+            await asyncio.gather(*self._companion_tasks, return_exceptions=True)
             await super().shutdown(sockets)
 
     return NotifyingServer
+
+
+def metrics_server(metrics: ControllerMetrics) -> uvicorn.Server:
+    """The uvicorn server of the separate metrics listener; signals are the API server's to handle."""
+    import uvicorn
+
+    from controller.metrics import exposition_app
+
+    class Companion(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+    config = uvicorn.Config(exposition_app(metrics), lifespan="off", log_level="warning", access_log=False)
+    return Companion(config)
 
 
 def _listen_socket(settings: Settings) -> socket.socket:

@@ -18,6 +18,7 @@ from typing import Any
 from controller.ipam import pool_problem
 from controller.netmap import DEFAULT_KEEPALIVE_S
 from controller.topology import LinkPolicy
+from wgmesh.metrics_listen import MetricsListenError, parse_metrics_listen
 from wgmesh.settingsfile import SettingsFileError, read_settings_file
 from wire.fields import parse_endpoint
 from wire.models import IPNetwork
@@ -43,6 +44,7 @@ ENV = {
     "tls_key": "WGMESH_TLS_KEY",
     "tls_san": "WGMESH_TLS_SAN",
     "insecure_http": "WGMESH_INSECURE_HTTP",
+    "metrics_listen": "WGMESH_METRICS_LISTEN",
 }
 FILE_KEYS = {
     "listen",
@@ -56,6 +58,7 @@ FILE_KEYS = {
     "tls_key",
     "tls_san",
     "insecure_http",
+    "metrics_listen",
     "routing",
 }
 
@@ -81,6 +84,9 @@ SETTING_DOCS: dict[str, str] = {
     "certificate (comma-separated; the listen address, host names and loopback are always in it)",
     "insecure_http": "true: serve plain HTTP, only behind a TLS-terminating proxy on this host "
     "(default false)",
+    "metrics_listen": "HOST:PORT of a separate plain-HTTP listener serving GET /metrics WITHOUT a "
+    "credential, for a Prometheus server (default: none; GET /metrics on the API listener always "
+    "needs the admin credential). Bind it to loopback or a private address",
     "routing": "[routing] table of link weights: "
     + ", ".join(f"{f.name} (default {f.default:g})" for f in dataclasses.fields(LinkPolicy)),
 }
@@ -115,6 +121,7 @@ class Settings:
     tls_key: Path | None = None
     tls_san: tuple[str, ...] = ()
     insecure_http: bool = False
+    metrics_listen: tuple[str, int] | None = None  # None: /metrics only on the API listener (admin)
 
     @property
     def scheme(self) -> str:
@@ -196,6 +203,13 @@ def load_settings(flags: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
         kwargs["insecure_http"] = _bool(*insecure)
     if kwargs.get("insecure_http") and "tls_cert" in kwargs:
         raise SettingsError("insecure_http and tls_cert contradict each other: choose one")
+
+    metrics = pick("metrics_listen")
+    if metrics:
+        try:
+            kwargs["metrics_listen"] = parse_metrics_listen(_text(*metrics))
+        except MetricsListenError as e:
+            raise SettingsError(f"{metrics[1]}: {e}") from None
 
     if "routing" in file_values:
         kwargs["policy"] = _policy(file_values["routing"], f"{config_path}: [routing]")

@@ -30,4 +30,8 @@ KEY = "/v1/key"
 ROTATE_ALL = "/v1/nodes/rotate-all"
 ROTATIONS = "/v1/rotations"
 
+# GET (admin) -> Prometheus text format (controller.metrics); also served without a credential on
+# `serve --metrics-listen HOST:PORT`, and by an agent started with --metrics-listen.
+METRICS = "/metrics"
+
 NETMAP_MAX_TIMEOUT_S = 300

@@ -32,6 +32,7 @@ PATHS = {
     api.POLICY + "/history": {"get"},
     api.POLICY + "/rollback": {"post"},
     api.AUDIT: {"get"},
+    api.METRICS: {"get"},
 }
 
 
