@@ -3,10 +3,11 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := wireguard-go wireguard-tools iproute2 iputils-ping nftables postgresql
+# chromium: the topology page's browser test (tests/e2e/test_ui.py, Playwright drives Debian's build).
+APT_PACKAGES := wireguard-go wireguard-tools iproute2 iputils-ping nftables postgresql chromium
 # Commands the apt packages provide; when all are present nothing is installed. PostgreSQL's server
 # binaries live outside PATH (/usr/lib/postgresql/N/bin); the tests start a private cluster with them.
-APT_COMMANDS := wireguard-go wg ip ping nft
+APT_COMMANDS := wireguard-go wg ip ping nft chromium
 APT_FILES := /usr/lib/postgresql/*/bin/initdb
 
 # The kernel tier (tests/kernel): qemu and what virtme-ng needs in the guest (depmod, udev, busybox).

@@ -50,12 +50,15 @@ from agent.status import AgentStatus, StatusError, render_table, with_live_devic
 from agent.targets import split_urls, url_problem
 from keys.store import SecretFileError, read_secret_line
 from wgmesh.argparser import OneLineParser
+from wgmesh.metrics_listen import DEFAULT_AGENT_METRICS_PORT, MetricsListenError, parse_metrics_listen
 from wgmesh.systemd import Notifier
 from wire.fields import Hostname, parse_endpoint
 from wire.preauth import PreAuthKey, PreAuthKeyError, parse_preauth_key
 
 if TYPE_CHECKING:
     from agent.daemon import Agent
+    from agent.device import Device
+    from agent.metrics import MetricsListener
 
 IFNAME_MAX = 15
 
@@ -128,6 +131,13 @@ def _poll_seconds(text: str) -> float:
     if value > 300:
         raise argparse.ArgumentTypeError(f"{text!r}: the controller holds a poll at most 300 seconds")
     return value
+
+
+def _metrics_listen(text: str) -> tuple[str, int]:
+    try:
+        return parse_metrics_listen(text)
+    except MetricsListenError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 # --- the parser -------------------------------------------------------------------------------------
@@ -209,6 +219,13 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         metavar="S",
         help=f"seconds the controller may hold a map request (default {DEFAULT_POLL_TIMEOUT_S:g})",
     )
+    up.add_argument(
+        "--metrics-listen",
+        type=_metrics_listen,
+        metavar="HOST:PORT",
+        help=f"serve Prometheus metrics (GET /metrics, no credential) on this local address, e.g. "
+        f"127.0.0.1:{DEFAULT_AGENT_METRICS_PORT} (default: off)",
+    )
     up.add_argument("--down", action="store_true", help="remove the interface when the agent stops")
 
     down = sub.add_parser("down", help="remove this host's WireGuard interface")
@@ -263,6 +280,7 @@ _UP_OPTIONS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "hostname": (_hostname, None),
     "probe_interval": (_seconds, DEFAULT_PROBE_INTERVAL_S),
     "poll_timeout": (_poll_seconds, DEFAULT_POLL_TIMEOUT_S),
+    "metrics_listen": (_metrics_listen, None),
 }
 
 
@@ -344,7 +362,12 @@ def cmd_up(args: argparse.Namespace) -> int:
         ready=lambda: notifier.ready("serving its network map"),
     )
     agent = Agent(settings, edges)
-    code = asyncio.run(_serve(agent))
+    listener = _metrics_listener(agent, args.metrics_listen) if args.metrics_listen else None
+    try:
+        code = asyncio.run(_serve(agent))
+    finally:
+        if listener is not None:
+            listener.close()
     if agent.stopped is not None:
         print(f"wgmesh agent up: {agent.stopped.reason}", file=sys.stderr)
     return code
@@ -365,6 +388,16 @@ def _key_from_file(path: Path, stdin: TextIO | None = None) -> PreAuthKey:
         return parse_preauth_key(text)
     except PreAuthKeyError as e:
         raise UsageError(f"pre-auth key file {path}: {str(e).removeprefix('pre-auth key: ')}") from None
+
+
+def _metrics_listener(agent: Agent, address: tuple[str, int]) -> MetricsListener:
+    """GET /metrics on `address`, read from the agent's last status and its live device."""
+    from agent.metrics import MetricsListener, agent_registry
+
+    def device() -> Device | None:
+        return agent.edges.backend.read(agent.ifname) if agent.state is not None else None
+
+    return MetricsListener(*address, agent_registry(lambda: agent.last_status, device))
 
 
 async def _serve(agent: Agent) -> int:

@@ -32,6 +32,7 @@ ENV = {
     "hostname": "WGMESH_HOSTNAME",
     "probe_interval": "WGMESH_PROBE_INTERVAL",
     "poll_timeout": "WGMESH_POLL_TIMEOUT",
+    "metrics_listen": "WGMESH_METRICS_LISTEN",
 }
 FILE_KEYS = frozenset(ENV)
 

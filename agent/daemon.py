@@ -142,6 +142,11 @@ class Agent:
         return self.core.netmap if self.core is not None else None
 
     @property
+    def last_status(self) -> AgentStatus | None:
+        """The status written last (None: none yet); readable from any thread (it is immutable)."""
+        return self._last_status
+
+    @property
     def ifname(self) -> str:
         assert self.state is not None
         return self.state.interface

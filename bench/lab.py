@@ -1,5 +1,6 @@
-"""Lab figures: how fast a real mesh forms, absorbs a new host, forgets a removed one and routes around
-a cut link, and how much memory its processes use, for N = 3 and N = 10 hosts.
+"""Lab figures: how fast a real mesh forms, absorbs a new host, forgets a removed one, routes around a
+slow link (`lab delay`) and a cut link, and how much memory its processes use, for N = 3 and N = 10
+hosts.
 
 Baseline, measured in the same run: building the same namespaces and underlay without controller and
 agents (`lab up --underlay-only`), so the ratio says what the mesh costs on top of the namespaces.
@@ -38,6 +39,7 @@ class Figures:
     up_s: float
     join_s: float
     removal_s: float
+    delay_s: float
     cut_s: float
     agent_hwm_kib: int
     agent_hwm_mean_kib: float
@@ -67,6 +69,13 @@ def all_reach(lab: Lab, pairs: list[tuple[str, str]]) -> Callable[[], bool]:
         return not pending
 
     return probe
+
+
+def relayed(lab: Lab, source: str, target: str) -> bool:
+    """`source`'s agent routes to `target` through a relay (as its status.json says)."""
+    status = lab.agent_status(source)
+    peer = status.peer(target) if status else None
+    return peer is not None and peer.route == "relay"
 
 
 def underlay_baseline(hosts: int) -> float:
@@ -131,6 +140,19 @@ def measure(hosts: int) -> Figures:
         removal_s = time.monotonic() - start
         lab.stop_agent(new)  # a removed node's agent has nothing left to do
 
+        # A slow direct link (80 ms added between h2 and h3, userspace relay): time until both ends'
+        # agents route to each other through a relay. Healed afterwards; the h1-h2 cut below does not
+        # depend on whether h2-h3 went back to direct.
+        lab.delay("h2", "h3", 80.0)
+        start = time.monotonic()
+        timed_until(
+            "h2 and h3 to reach each other through a relay",
+            lambda: relayed(lab, "h2", "h3") and relayed(lab, "h3", "h2"),
+            120,
+        )
+        delay_s = time.monotonic() - start
+        lab.heal("h2", "h3")
+
         lab.cut("h1", "h2")
         start = time.monotonic()
         timed_until("h1 to reach h2 again through a relay", all_reach(lab, [("h1", "h2")]), 120)
@@ -138,7 +160,7 @@ def measure(hosts: int) -> Figures:
 
         agents, wggo, controller = memory(lab)
         return Figures(
-            hosts, underlay_s, up_s, join_s, removal_s, cut_s,
+            hosts, underlay_s, up_s, join_s, removal_s, delay_s, cut_s,
             max(agents), statistics.mean(agents), max(wggo, default=0), controller,
         )  # fmt: skip
     finally:
@@ -168,6 +190,7 @@ def main() -> int:
             f"{f.up_s / f.underlay_s:.1f}x",
             f"{f.join_s:.2f}",
             f"{f.removal_s:.2f}",
+            f"{f.delay_s:.2f}",
             f"{f.cut_s:.2f}",
             mib(f.agent_hwm_kib),
             mib(f.agent_hwm_mean_kib),
@@ -177,14 +200,15 @@ def main() -> int:
         for f in results
     ]
     headers = [
-        "hosts", "underlay s", "mesh up s", "up/underlay", "join->reach s", "remove->gone s", "cut->relayed s",
+        "hosts", "underlay s", "mesh up s", "up/underlay", "join->reach s", "remove->gone s", "delay->relayed s", "cut->relayed s",
         "agent max MiB", "agent mean MiB", "wg-go max MiB", "controller MiB",
     ]  # fmt: skip
     print(table(headers, rows))
     print(
         "underlay: namespaces + bridge + veths only (baseline); mesh up: `lab up` until every pair has a "
         "handshake; join: `lab add` until the new host and every host ping each other; remove: admin "
-        "`nodes remove` until no peer has its key; cut: `lab cut h1 h2` until h1 pings h2 again (relay); "
+        "`nodes remove` until no peer has its key; delay: `lab delay h2 h3 80ms` until both agents route "
+        "to each other through a relay; cut: `lab cut h1 h2` until h1 pings h2 again (relay); "
         "memory: VmHWM"
     )
     parts = ["RESULT name=lab"]
@@ -196,6 +220,7 @@ def main() -> int:
             f"n{n}_up_ratio={f.up_s / f.underlay_s:.1f}",
             f"n{n}_join_s={f.join_s:.2f}",
             f"n{n}_removal_s={f.removal_s:.2f}",
+            f"n{n}_delay_relay_s={f.delay_s:.2f}",
             f"n{n}_cut_relay_s={f.cut_s:.2f}",
             f"n{n}_agent_hwm_mib={f.agent_hwm_kib / 1024:.1f}",
             f"n{n}_controller_hwm_mib={f.controller_hwm_kib / 1024:.1f}",

@@ -45,6 +45,7 @@ from wire.policy import (
     PolicyTestResult,
 )
 from wire.rotation import RotationInfo, RotationProgress
+from wire.ui import UiTicket
 
 TIMEOUT_S = 10.0
 
@@ -221,6 +222,13 @@ class AdminClient:
 
     def rotations(self) -> RotationProgress:
         return RotationProgress.model_validate_json(self._call("GET", api.ROTATIONS).content)
+
+    def ui_link(self) -> tuple[str, UiTicket]:
+        """A single-use login link to the topology page: (full URL on the replica that made it, ticket)."""
+        r = self._call("POST", api.UI_TICKETS)
+        ticket = UiTicket.model_validate_json(r.content)
+        base = f"{r.request.url.scheme}://{r.request.headers.get('host') or r.request.url.netloc.decode()}"
+        return base + ticket.path, ticket
 
 
 def _detail(response: httpx.Response) -> str:

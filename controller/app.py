@@ -40,6 +40,7 @@ from controller.replication import Follower
 from controller.settings import Settings
 from controller.store import Store, StoreUnavailable
 from controller.tls import ServerTls
+from controller.ui import add_ui_routes
 from wire import PROTOCOL_VERSION, api
 from wire.models import (
     EnrollNonce,
@@ -615,4 +616,5 @@ def create_app(
     add_policy_routes(app, plane, ADMIN, _errors)
     add_audit_routes(app, plane, ADMIN, _errors)
     add_metrics(app, metrics, plane, notifier, ADMIN)
+    add_ui_routes(app, plane, ADMIN)
     return app

@@ -119,6 +119,15 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     shown.add_argument("--state-dir", metavar="DIR", help="the controller's state directory")
     shown.add_argument("--config", metavar="FILE.toml", help="settings file naming the state directory")
 
+    link = sub.add_parser(
+        "ui-url",
+        help="print a one-time login link to the live topology page (/ui/), valid for a minute",
+        description="Asks the controller for a single-use login link to its topology page and prints "
+        "it; opening it in a browser starts a 12-hour session (an HttpOnly cookie). The admin "
+        "credential itself never goes into the link. The page's login form takes the credential too.",
+    )
+    add_target_options(link)
+
     token = sub.add_parser("token", help="create, list and revoke pre-auth keys")
     tsub = token.add_subparsers(dest="token_cmd", required=True, metavar="COMMAND")
     create = tsub.add_parser("create", help="create a pre-auth key and print only the key")
@@ -147,6 +156,8 @@ def main(argv: Sequence[str], prog: str = "wgmesh controller") -> int:
         return serve(args, env, prog)
     if args.cmd == "admin-credential":
         return show_admin_credential(args, env, f"{prog} admin-credential")
+    if args.cmd == "ui-url":
+        return ui_url(args, env, f"{prog} ui-url")
     return token(args, env, f"{prog} token {args.token_cmd}")
 
 
@@ -334,6 +345,27 @@ def _listen_socket(settings: Settings) -> socket.socket:
         raise
     sock.set_inheritable(True)
     return sock
+
+
+def ui_url(args: argparse.Namespace, env: Mapping[str, str], prog: str) -> int:
+    try:
+        client = AdminClient(resolve_target(args, env))
+    except AdminError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 2
+    try:
+        url, ticket = client.ui_link()
+    except AdminError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+    if args.json:
+        print(json.dumps({"url": url, "expires_in_s": ticket.expires_in_s}))
+    else:
+        print(url)
+        print(f"(opens the topology page once, within {ticket.expires_in_s:.0f} s)", file=sys.stderr)
+    return 0
 
 
 def token(args: argparse.Namespace, env: Mapping[str, str], prog: str) -> int:

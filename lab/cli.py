@@ -39,6 +39,7 @@ EPILOG = """\
 examples:
   wgmesh lab up -n 3            build a 3-host mesh and wait until every pair has a handshake
   wgmesh lab ping               ping matrix over tunnel addresses
+  wgmesh lab metrics            what the controller's and agents' Prometheus metrics say
   wgmesh lab exec h1 -- wg show run a command on host h1 (its own /run/wireguard)
   wgmesh lab admin -- nodes list an admin command against the lab's controller
   wgmesh lab cut h1 h2          drop the underlay between h1 and h2 (heal undoes it)
@@ -118,6 +119,10 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", parents=[common], help="hosts, processes, handshakes and log files")
     status.add_argument("--json", action="store_true", help="print JSON for scripts")
+    metrics = sub.add_parser(
+        "metrics", parents=[common], help="scrape the controller's and every agent's Prometheus metrics"
+    )
+    metrics.add_argument("--json", action="store_true", help="print every sample as JSON for scripts")
     ping = sub.add_parser(
         "ping", parents=[common], help="ping matrix over tunnel addresses (exit 0: all answer)"
     )
@@ -402,6 +407,19 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_metrics(args: argparse.Namespace) -> int:
+    from lab import metrics
+
+    lab = Lab.open(args.name)
+    controller, agents = metrics.scrape_lab(lab)
+    if args.json:
+        shown = {"controller": controller.json(), "hosts": {a.where: a.json() for a in agents}}
+        print(json.dumps(shown, indent=2))
+    else:
+        print(metrics.render(controller, agents))
+    return 0 if controller.error is None and all(a.error is None for a in agents) else 1
+
+
 def _ping(lab: Lab, wait: float = 1.0) -> bool:
     names = [h.name for h in lab.hosts]
     results = lab.ping_matrix(timeout_s=wait)
@@ -584,6 +602,7 @@ COMMANDS = {
     "up": cmd_up,
     "status": cmd_status,
     "ping": cmd_ping,
+    "metrics": cmd_metrics,
     "exec": cmd_exec,
     "admin": cmd_admin,
     "cut": cmd_cut,

@@ -26,7 +26,9 @@ from keys.store import write_file_atomically
 from lab import firewall, impairment, netns, processes
 from lab.command import LabError, LabExists, check_can_run_lab, run
 from lab.layout import (
+    AGENT_METRICS_LISTEN,
     BRIDGE_ADDRESS,
+    CONTROLLER_METRICS_LISTEN,
     MESH_CIDR,
     WG_INTERFACE,
     WG_LISTEN_PORT,
@@ -184,6 +186,7 @@ class Lab:
             "--listen", self.layout.controller_listen,
             "--state-dir", str(self.layout.controller_dir),
             "--mesh-cidr", str(MESH_CIDR),
+            "--metrics-listen", CONTROLLER_METRICS_LISTEN,
         )  # fmt: skip
         proc = processes.start(
             processes.in_namespace(self.layout.underlay_namespace, argv), self.layout.controller_log
@@ -266,6 +269,7 @@ class Lab:
             "--endpoint", host.endpoint,
             "--hostname", host.name,
             "--probe-interval", f"{AGENT_PROBE_INTERVAL_S:g}",
+            "--metrics-listen", AGENT_METRICS_LISTEN,
         )  # fmt: skip
 
     def start_agent(self, name: str) -> bool:

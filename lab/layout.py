@@ -23,6 +23,10 @@ UNDERLAY_NET = IPv4Network("198.18.0.0/16")
 MESH_CIDR = IPv4Network("198.19.0.0/16")
 BRIDGE_ADDRESS = IPv4Address("198.18.0.1")
 CONTROLLER_PORT = 8420
+# Metrics listeners (no credential) on the loopback of the namespace each process runs in: the
+# controller's in the underlay, every agent's in its own host (each namespace has its own loopback).
+CONTROLLER_METRICS_LISTEN = "127.0.0.1:9585"
+AGENT_METRICS_LISTEN = "127.0.0.1:9586"
 WG_INTERFACE = "wg0"
 WG_LISTEN_PORT = 51820
 MAX_HOSTS = 250  # host N is 198.18.1.N

@@ -34,4 +34,7 @@ ROTATIONS = "/v1/rotations"
 # `serve --metrics-listen HOST:PORT`, and by an agent started with --metrics-listen.
 METRICS = "/metrics"
 
+# POST (admin) -> UiTicket: a single-use login link to the topology page at /ui/ (controller.ui).
+UI_TICKETS = "/v1/ui/tickets"
+
 NETMAP_MAX_TIMEOUT_S = 300

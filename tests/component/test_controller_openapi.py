@@ -33,6 +33,7 @@ PATHS = {
     api.POLICY + "/rollback": {"post"},
     api.AUDIT: {"get"},
     api.METRICS: {"get"},
+    api.UI_TICKETS: {"post"},
 }
 
 

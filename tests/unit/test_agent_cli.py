@@ -44,6 +44,8 @@ def run_exit(capsys, *argv):
         (["up", "--hostname", "bad host"], "hostname 'bad host'"),
         (["up", "--probe-interval", "0"], "between 0.1 and 3600"),
         (["up", "--backend", "magic"], "invalid choice: 'magic'"),
+        (["up", "--metrics-listen", "somewhere:9586"], "'somewhere' is not an IP address of this host"),
+        (["up", "--metrics-listen", "127.0.0.1:99999"], "metrics address '127.0.0.1:99999': port must be"),
         (["status", "--wat"], "unrecognized arguments: --wat"),
         ([], "the following arguments are required: COMMAND"),
     ],
@@ -271,3 +273,25 @@ def test_a_plain_http_controller_is_refused_unless_insecure(capsys, tmp_path):
     assert not (tmp_path / "s").exists()  # refused before anything was made
     code, _, err = run(capsys, *args, "--insecure")
     assert code == 1 and "Connection refused" in err
+
+
+def test_a_metrics_address_the_host_lacks_stops_up_with_one_line_and_writes_nothing(capsys, tmp_path):
+    state = tmp_path / "s"
+    code, _, err = run(
+        capsys, "up", "--backend", "fake", "--state-dir", str(state), "--controller", "https://198.18.0.1:8420",
+        "--token-file", key_file(tmp_path), "--metrics-listen", "192.0.2.1:9586",
+    )  # fmt: skip
+    assert code == 1
+    assert err.strip().splitlines() == [
+        "wgmesh agent up: cannot listen for metrics on 192.0.2.1:9586: Cannot assign requested address"
+    ]
+    assert not state.exists()
+
+
+def test_a_bad_metrics_address_in_the_environment_names_the_variable(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("WGMESH_METRICS_LISTEN", "127.0.0.1:http")
+    code, _, err = run(capsys, "up", "--backend", "fake", "--state-dir", str(tmp_path / "s"))
+    assert code == 1
+    assert err.strip().splitlines() == [
+        "wgmesh agent up: WGMESH_METRICS_LISTEN: metrics address '127.0.0.1:http': port must be 1-65535"
+    ]

@@ -1,0 +1,130 @@
+"""What the topology page shows, computed from the control plane: nodes (address, key age, last poll,
+relay), every link (up with its RTT, loss and weight, or down), and the relayed routes with their path.
+
+Rules:
+- A link is listed when the topology has an edge for it (up) or remembers it went down (down); a pair
+  the policy never links is not a link.
+- A relayed route is listed once per pair (paths are symmetric, see controller.routing): the lower id
+  first; at most MAX_RELAYED, the total is always given.
+- `health` names what the page colours: down (no edge, or loss >= LOSS_BAD), lossy (any loss), slow
+  (RTT >= SLOW_MS), ok; unmeasured when nothing was measured yet.
+- Times are unix seconds (when a key was made, a node last polled, a link went down), never ages: the
+  view changes only when the mesh does, and the page computes ages against the `now` sent with it.
+- Pure apart from reading the plane.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from controller.control import ControlPlane
+
+MAX_RELAYED = 200
+SLOW_MS = 50.0
+LOSS_BAD = 0.5
+
+
+def link_health(up: bool, rtt_ms: float | None, loss: float | None) -> str:
+    if not up or (loss is not None and loss >= LOSS_BAD):
+        return "down"
+    if loss:
+        return "lossy"
+    if rtt_ms is None:
+        return "unmeasured"
+    return "slow" if rtt_ms >= SLOW_MS else "ok"
+
+
+def _unix(t: datetime | None) -> float | None:
+    return None if t is None else round(t.timestamp(), 1)
+
+
+def mesh_view(plane: ControlPlane) -> dict[str, Any]:
+    mesh = plane.mesh
+    router = mesh.router
+    infos = plane.node_infos()
+    names = {n.node_id: n.name for n in infos}
+    nodes = []
+    for n in infos:
+        nodes.append(
+            {
+                "id": n.node_id,
+                "name": n.name,
+                "address": str(n.tunnel_address),
+                "role": n.role,
+                "key_created_at": _unix(n.key_created_at),
+                "rotation": n.rotation,
+                "last_seen": _unix(n.last_seen),
+                "relays": bool(n.node_id in router.index and router.forwards(n.node_id)),
+            }
+        )
+    used = mesh.used_links()
+    links = []
+    for e in mesh.edges():
+        links.append(
+            {
+                "a": e.a,
+                "b": e.b,
+                "up": True,
+                "rtt_ms": e.rtt_ms,
+                "loss": e.loss,
+                "weight": e.weight,
+                "carries_routes": (e.a, e.b) in used,
+                "health": link_health(True, e.rtt_ms, e.loss),
+            }
+        )
+    for (a, b), state in sorted(mesh.topology.links.items()):
+        if state.down_since is None or a not in names or b not in names or mesh.topology.graph.has_edge(a, b):
+            continue
+        rtts = [s.rtt_ms for s in state.samples.values() if s.rtt_ms is not None]
+        losses = [s.loss for s in state.samples.values() if s.loss is not None]
+        links.append(
+            {
+                "a": a,
+                "b": b,
+                "up": False,
+                "rtt_ms": round(sum(rtts) / len(rtts), 3) if rtts else None,
+                "loss": max(losses) if losses else None,
+                "weight": None,
+                "carries_routes": False,
+                "down_since": _unix(state.down_since),
+                "health": "down",
+            }
+        )
+    relayed, total = _relayed(plane)
+    return {
+        "version": plane.version,
+        "nodes": nodes,
+        "links": links,
+        "relayed": [
+            {
+                "source": s,
+                "destination": d,
+                "path": path,
+                "text": f"{names[s]} → {names[d]} via {', '.join(names[h] for h in path[1:-1])}",
+            }
+            for s, d, path in relayed
+        ],
+        "relayed_total": total,
+    }
+
+
+def _relayed(plane: ControlPlane) -> tuple[list[tuple[int, int, list[int]]], int]:
+    router = plane.mesh.router
+    trees = router.trees()  # [destination index, source index] -> next-hop index
+    n = trees.shape[0]
+    if n < 3:
+        return [], 0
+    idx = np.arange(n)
+    through = (trees >= 0) & (trees != idx[:, None]) & (idx[:, None] > idx[None, :])
+    pairs = np.argwhere(through)  # (destination index, source index) with source < destination
+    out = []
+    for d_i, s_i in pairs[:MAX_RELAYED].tolist():
+        s, d = router.nodes[s_i], router.nodes[d_i]
+        path = router.path(s, d)
+        if path is not None:
+            out.append((s, d, path))
+    return sorted(out), len(pairs)
