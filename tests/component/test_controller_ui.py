@@ -57,7 +57,7 @@ async def test_a_login_link_works_once_and_sets_an_http_only_cookie(controller: 
     again = await controller.client.get(link)
     assert again.status_code == 403 and "used already or has expired" in again.text
     page = await controller.client.get("/ui/", headers=cookie_header(r.cookies.get("wgmesh_ui")))
-    assert page.status_code == 200 and '<svg id=graph' in page.text
+    assert page.status_code == 200 and "<svg id=graph" in page.text
     assert '<script src="/ui/static/topology.js"></script>' in page.text
 
 
@@ -117,7 +117,7 @@ async def test_the_view_shows_nodes_a_down_link_and_the_relayed_route(controller
 async def test_the_page_files_are_served_from_the_package(controller: ControllerHarness):
     js = await controller.client.get("/ui/static/topology.js")
     assert js.status_code == 200 and js.headers["content-type"].startswith("text/javascript")
-    assert "new EventSource(\"/ui/api/events\")" in js.text
+    assert 'new EventSource("/ui/api/events")' in js.text
     css = await controller.client.get("/ui/static/topology.css")
     assert css.status_code == 200 and ".link.down" in css.text
     missing = await controller.client.get("/ui/static/..%2Fcontrol.py")

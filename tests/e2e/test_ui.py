@@ -67,12 +67,13 @@ def link_is_down(lab: Lab, a: str, b: str) -> bool:
     return not any({names[e.a], names[e.b]} == {a, b} for e in topo.edges)
 
 
-SHOWS_CUT = """() => {
-  const link = document.querySelector('line[data-link="h1-h2"]');
-  const route = document.querySelector('#relayed li[data-route="h1-h2"]');
-  return link !== null && getComputedStyle(link).stroke === '%s'
-    && route !== null && route.textContent.includes('via h3');
-}""" % RED
+SHOWS_CUT = (
+    "() => {"
+    " const link = document.querySelector('line[data-link=\"h1-h2\"]');"
+    " const route = document.querySelector('#relayed li[data-route=\"h1-h2\"]');"
+    f" return link !== null && getComputedStyle(link).stroke === '{RED}'"
+    " && route !== null && route.textContent.includes('via h3'); }"
+)
 
 
 def test_the_page_shows_the_hosts_and_a_cut_link_turns_red_with_its_relayed_route(lab: Lab, tmp_path: Path):
@@ -111,7 +112,9 @@ def test_the_page_shows_the_hosts_and_a_cut_link_turns_red_with_its_relayed_rout
             cut = time.monotonic()
             lab.cut("h1", "h2")
             try:
-                wait_until("the controller to take the h1-h2 link down", lambda: link_is_down(lab, "h1", "h2"), 60)
+                wait_until(
+                    "the controller to take the h1-h2 link down", lambda: link_is_down(lab, "h1", "h2"), 60
+                )
                 decided = time.monotonic()
                 page.wait_for_function(SHOWS_CUT, timeout=SHOWN_WITHIN_MS)
                 shown = time.monotonic()
