@@ -32,6 +32,7 @@ from urllib.parse import parse_qs
 from fastapi import Request, Response
 from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
 
+from controller.audit import ADMIN
 from controller.ui_view import mesh_view
 from wire import api
 from wire.ui import UiTicket
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
     from fastapi.params import Depends
 
-    from controller.control import ControlPlane
+    from controller.audited import AuditedControlPlane
 
 UI = "/ui"
 COOKIE = "wgmesh_ui"
@@ -160,15 +161,17 @@ def _topology_page() -> Response:
     )
 
 
-def add_ui_routes(app: FastAPI, plane: ControlPlane, admin: Depends) -> UiSessions:
-    """Register the page, its login, data and files, and the ticket route (admin credential)."""
+def add_ui_routes(app: FastAPI, plane: AuditedControlPlane, admin: Depends) -> UiSessions:
+    """Register the page, its login, data and files, and the ticket route (admin credential). Logins
+    and refused logins go into the audit trail."""
     sessions = UiSessions()
     app.state.ui_sessions = sessions
 
     def signed_in(request: Request) -> float | None:
         return sessions.session_expiry(request.cookies.get(COOKIE))
 
-    def start_session(request: Request) -> Response:
+    def start_session(request: Request, how: str) -> Response:
+        plane.audit.record("ui.login", "ok", ADMIN, detail=f"topology page session started ({how})")
         response = RedirectResponse(f"{UI}/", status_code=303, headers=_SECURITY_HEADERS)
         response.set_cookie(
             COOKIE,
@@ -217,19 +220,21 @@ def add_ui_routes(app: FastAPI, plane: ControlPlane, admin: Depends) -> UiSessio
         if not ticket:
             return _login_page()
         if not sessions.take_ticket(ticket[:200]):
+            plane.admin_refused("topology page: a login link that was used already or has expired")
             return _login_page(
                 "This login link was used already or has expired: run `wgmesh controller ui-url` for a new one.",
                 status=403,
             )
-        return start_session(request)
+        return start_session(request, "one-time link")
 
     @app.post(UI + "/login", include_in_schema=False)
     async def ui_login_form(request: Request) -> Response:
         form = parse_qs((await request.body()).decode("utf-8", errors="replace"), max_num_fields=4)
         credential = (form.get("credential") or [""])[0].strip()
         if not credential or not plane.is_admin(credential):
+            plane.admin_refused("topology page: the login form got a wrong admin credential")
             return _login_page("That is not the admin credential of this controller.", status=401)
-        return start_session(request)
+        return start_session(request, "login form")
 
     @app.post(UI + "/logout", include_in_schema=False)
     async def ui_logout() -> Response:

@@ -34,6 +34,7 @@ AuditAction = Literal[
     "key.commit",  # a node recorded its new WireGuard key
     "key.timeout",  # a node asked to rotate never answered: given up
     "admin.auth",  # a call to an admin route without the admin credential
+    "ui.login",  # a browser session of the topology page started (controller.ui)
 ]
 AUDIT_ACTIONS: tuple[str, ...] = AuditAction.__args__  # type: ignore[attr-defined]
 

@@ -122,3 +122,20 @@ async def test_the_page_files_are_served_from_the_package(controller: Controller
     assert css.status_code == 200 and ".link.down" in css.text
     missing = await controller.client.get("/ui/static/..%2Fcontrol.py")
     assert missing.status_code == 404
+
+
+async def test_logins_and_refused_logins_are_in_the_audit_trail(controller: ControllerHarness):
+    link = await login_link(controller)
+    assert (await controller.client.get(link)).status_code == 303
+    assert (await controller.client.get(link)).status_code == 403
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    assert (
+        await controller.client.post("/ui/login", content="credential=guess", headers=form)
+    ).status_code == 401
+    r = await controller.client.get(api.AUDIT, headers=controller.admin)
+    trail = [(e["action"], e["result"], e["detail"]) for e in r.json()]
+    assert ("ui.login", "ok", "topology page session started (one-time link)") in trail
+    refused = [d for action, result, d in trail if (action, result) == ("admin.auth", "refused")]
+    assert any("login link that was used already" in d for d in refused)
+    assert any("login form got a wrong admin credential" in d for d in refused)
+    assert all("guess" not in d for _, _, d in trail)
