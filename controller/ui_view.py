@@ -4,8 +4,8 @@ relay), every link (up with its RTT, loss and weight, or down), and the relayed 
 Rules:
 - A link is listed when the topology has an edge for it (up) or remembers it went down (down); a pair
   the policy never links is not a link.
-- A relayed route is listed once per pair (paths are symmetric, see controller.routing): the lower id
-  first; at most MAX_RELAYED, the total is always given.
+- A relayed route is listed once per pair (paths are symmetric, see controller.routing), both ways
+  (`h1 ↔ h2 via h3`), the name that sorts first first; at most MAX_RELAYED, the total is always given.
 - `health` names what the page colours: down (no edge, or loss >= LOSS_BAD), lossy (any loss), slow
   (RTT >= SLOW_MS), ok; unmeasured when nothing was measured yet.
 - Times are unix seconds (when a key was made, a node last polled, a link went down), never ages: the
@@ -99,16 +99,20 @@ def mesh_view(plane: ControlPlane) -> dict[str, Any]:
         "version": plane.version,
         "nodes": nodes,
         "links": links,
-        "relayed": [
-            {
-                "source": s,
-                "destination": d,
-                "path": path,
-                "text": f"{names[s]} → {names[d]} via {', '.join(names[h] for h in path[1:-1])}",
-            }
-            for s, d, path in relayed
-        ],
+        "relayed": [_relayed_route(names, path) for _s, _d, path in relayed],
         "relayed_total": total,
+    }
+
+
+def _relayed_route(names: dict[int, str], path: list[int]) -> dict[str, Any]:
+    if names[path[0]] > names[path[-1]]:
+        path = path[::-1]
+    via = ", ".join(names[h] for h in path[1:-1])
+    return {
+        "source": path[0],
+        "destination": path[-1],
+        "path": path,
+        "text": f"{names[path[0]]} ↔ {names[path[-1]]} via {via}",
     }
 
 

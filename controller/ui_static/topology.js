@@ -62,6 +62,8 @@
   }
 
   function draw(v) {
+    // by name, h2 before h10: a person looks for hosts in that order
+    v.nodes.sort((a, b) => a.name.localeCompare(b.name, undefined, { numeric: true }));
     const names = new Map(v.nodes.map((n) => [n.id, n.name]));
     const pos = positions(v.nodes);
     graph.replaceChildren();

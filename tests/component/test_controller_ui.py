@@ -102,12 +102,13 @@ async def test_the_view_shows_nodes_a_down_link_and_the_relayed_route(controller
     view = (await controller.client.get("/ui/api/view", headers=cookie)).json()
     down = next(lk for lk in view["links"] if (lk["a"], lk["b"]) == (a.node_id, b.node_id))
     assert down["health"] == "down" and down["up"] is False and down["down_since"]
+    assert sorted([a.name, b.name]) == [a.name, b.name]
     assert view["relayed"] == [
         {
             "source": a.node_id,
             "destination": b.node_id,
             "path": [a.node_id, c.node_id, b.node_id],
-            "text": f"{a.name} → {b.name} via {c.name}",
+            "text": f"{a.name} ↔ {b.name} via {c.name}",
         }
     ]
     relay = next(n for n in view["nodes"] if n["id"] == c.node_id)

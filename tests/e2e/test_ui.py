@@ -124,7 +124,7 @@ def test_the_page_shows_the_hosts_and_a_cut_link_turns_red_with_its_relayed_rout
                     f"cut -> controller rerouted {decided - cut:.1f} s, -> page red with the relayed route "
                     f"{shown - decided:.2f} s later; screenshot {shot}"
                 )
-                assert "h1 → h2 via h3" in page.locator("#relayed").inner_text()
+                assert "h1 ↔ h2 via h3" in page.locator("#relayed").inner_text()
                 assert page.locator('#links tr[data-link="h1-h2"] .health').inner_text() == "down"
                 code, out, _ = run_cli("metrics", "--name", NAME, "--json")
                 assert code == 0
