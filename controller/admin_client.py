@@ -34,15 +34,17 @@ from controller.tls import TLS_DIR
 from wgmesh.neterror import describe
 from wire import api
 from wire.audit import ACTOR_HEADER, MAX_ACTOR, AuditEvent, clean_actor
-from wire.models import NodeInfo, PreAuthKeyInfo, PreAuthKeyRequest
+from wire.models import NodeInfo, NodeTagsRequest, PreAuthKeyInfo, PreAuthKeyRequest
 from wire.policy import (
     PolicyCheckResult,
+    PolicyError,
     PolicyInfo,
     PolicyRollbackRequest,
     PolicySetRequest,
     PolicyState,
     PolicyTestRequest,
     PolicyTestResult,
+    parse_policy,
 )
 from wire.rotation import RotationInfo, RotationProgress
 from wire.ui import UiTicket
@@ -179,6 +181,21 @@ class AdminClient:
 
     def remove_node(self, node_id: int) -> None:
         self._call("DELETE", f"{api.NODES}/{node_id}")
+
+    def set_tags(self, node_id: int, req: NodeTagsRequest) -> NodeInfo:
+        r = self._call("PUT", f"{api.NODES}/{node_id}/tags", req.model_dump())
+        return NodeInfo.model_validate_json(r.content)
+
+    def policy_tags_entry(self, name: str) -> list[str] | None:
+        """The tags the policy in force gives the node `name` by name; None: it gives none."""
+        state = self.policy()
+        if state.policy is None or state.policy.text is None:
+            return None
+        try:
+            doc = parse_policy(state.policy.text)
+        except PolicyError:
+            return None
+        return doc.tags.get(name)
 
     def policy(self) -> PolicyState:
         return PolicyState.model_validate_json(self._call("GET", api.POLICY).content)

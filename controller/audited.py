@@ -19,11 +19,22 @@ from controller.control import ApiError, ControlPlane
 from controller.settings import Settings
 from controller.store import AuditQuery, Store
 from wire.audit import AuditEvent
-from wire.models import EnrollRequest, EnrollResponse, PreAuthKeyInfo, PreAuthKeyRequest
+from wire.models import (
+    EnrollRequest,
+    EnrollResponse,
+    NodeInfo,
+    NodeTagsRequest,
+    PreAuthKeyInfo,
+    PreAuthKeyRequest,
+)
 from wire.policy import PolicyInfo, PolicyRollbackRequest, PolicySetRequest
 from wire.rotation import KeyReport, KeyReportAnswer, RotationInfo, RotationProgress
 
 T = TypeVar("T")
+
+
+def _tags(tags: list[str] | None) -> str:
+    return "tags: its role" if tags is None else f"tags {', '.join(tags) or 'none'}"
 
 
 def _expiry(req: PreAuthKeyRequest) -> str:
@@ -99,7 +110,7 @@ class AuditedControlPlane(ControlPlane):
             "preauth.create",
             "ok",
             ADMIN,
-            detail=f"pre-auth key {info.id}: role {info.role}, "
+            detail=f"pre-auth key {info.id}: role {info.role}, {_tags(info.tags)}, "
             f"{'reusable' if info.reusable else 'single-use'}, {_expiry(req)}",
         )
         return info
@@ -129,14 +140,28 @@ class AuditedControlPlane(ControlPlane):
         try:
             info = super().rollback_policy(req)
         except ApiError as e:
-            self.audit.record("policy.rollback", "refused", actor, detail=e.detail)
+            action = "policy.clear" if req.version == 0 else "policy.rollback"
+            self.audit.record(action, "refused", actor, detail=e.detail)
             raise
+        if req.version == 0:
+            detail = f"version {info.version}: no policy (the full mesh)"
+        elif info.action == "clear":
+            detail = f"version {req.version} (no policy) restored as version {info.version}"
+        else:
+            detail = f"version {req.version} restored as version {info.version}"
+        action = "policy.clear" if info.action == "clear" else "policy.rollback"
+        self.audit.record(action, "ok", actor, policy_version=info.version, detail=detail)
+        return info
+
+    def set_node_tags(self, node_id: int, req: NodeTagsRequest) -> NodeInfo:
+        before = self.nodes.get(node_id)
+        info = self._admin(
+            "node.tag", lambda: super(AuditedControlPlane, self).set_node_tags(node_id, req), node_id
+        )
+        was = "its role" if before is None or before.tags is None else ", ".join(before.tags) or "none"
+        now = "its role" if req.tags is None else ", ".join(sorted(set(req.tags))) or "none"
         self.audit.record(
-            "policy.rollback",
-            "ok",
-            actor,
-            policy_version=info.version,
-            detail=f"version {req.version} restored as version {info.version}",
+            "node.tag", "ok", ADMIN, node_id=node_id, node_name=info.name, detail=f"tags {now} (were {was})"
         )
         return info
 

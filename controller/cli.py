@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 _DURATION = re.compile(r"^(\d+)([smhd]?)$")
 _UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 # Flags named after the request fields they fill, where the names differ.
-_FLAG_OF_FIELD = {"expires_in_s": "expires"}
+_FLAG_OF_FIELD = {"expires_in_s": "expires", "tags": "tag"}
 
 
 def parse_expiry(text: str) -> int | None:
@@ -132,6 +132,13 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     tsub = token.add_subparsers(dest="token_cmd", required=True, metavar="COMMAND")
     create = tsub.add_parser("create", help="create a pre-auth key and print only the key")
     create.add_argument("--role", default="node", help="role of the nodes it enrolls (default node)")
+    create.add_argument(
+        "--tag",
+        action="append",
+        dest="tags",
+        metavar="TAG",
+        help="a policy tag of the nodes it enrolls (repeatable; default: their role is their tag)",
+    )
     create.add_argument("--reusable", action="store_true", help="may enroll many hosts (default: one)")
     create.add_argument(
         "--expires",
@@ -377,7 +384,9 @@ def token(args: argparse.Namespace, env: Mapping[str, str], prog: str) -> int:
     try:
         if args.token_cmd == "create":
             try:
-                req = PreAuthKeyRequest(role=args.role, reusable=args.reusable, expires_in_s=args.expires)
+                req = PreAuthKeyRequest(
+                    role=args.role, reusable=args.reusable, expires_in_s=args.expires, tags=args.tags
+                )
             except ValueError as e:
                 print(f"{prog}: {_first_error(e)}", file=sys.stderr)
                 return 2
@@ -395,6 +404,7 @@ def token(args: argparse.Namespace, env: Mapping[str, str], prog: str) -> int:
                     (
                         k.id,
                         k.role,
+                        "-" if k.tags is None else ",".join(k.tags) or "none",
                         "yes" if k.reusable else "no",
                         k.used_count,
                         when(k.expires_at),
@@ -403,7 +413,9 @@ def token(args: argparse.Namespace, env: Mapping[str, str], prog: str) -> int:
                     )
                     for k in keys
                 ]
-                print(table(("ID", "ROLE", "REUSABLE", "USED", "EXPIRES", "REVOKED", "CREATED"), rows))
+                print(
+                    table(("ID", "ROLE", "TAGS", "REUSABLE", "USED", "EXPIRES", "REVOKED", "CREATED"), rows)
+                )
         else:
             client.revoke_key(args.id)
             print(json.dumps({"revoked": args.id}) if args.json else f"revoked pre-auth key {args.id}")
@@ -419,7 +431,8 @@ def _first_error(e: ValueError) -> str:
     errors = getattr(e, "errors", None)
     if callable(errors):
         first = errors()[0]
-        field = ".".join(str(x) for x in first.get("loc", ()))
+        loc = [str(x) for x in first.get("loc", ())]
+        field = loc[0] if loc else ""
         flag = _FLAG_OF_FIELD.get(field, field).replace("_", "-")
         return f"--{flag}: {str(first.get('msg', e)).removeprefix('Value error, ')}"
     return str(e)

@@ -24,6 +24,7 @@ import dataclasses
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Literal
 
 from controller.clock import Clock
 from controller.credentials import (
@@ -60,6 +61,7 @@ from wire.models import (
     EnrollResponse,
     LinkReport,
     NodeInfo,
+    NodeTagsRequest,
     PreAuthKeyInfo,
     PreAuthKeyRequest,
     Topology,
@@ -109,7 +111,7 @@ def card_of(
 ) -> NodeCard:
     """The node's card; under a policy it carries the node's tags (its key's role, or the policy's); a key
     rotation asked of the node goes in its own map."""
-    tags = () if policy is None else tuple(sorted(tags_of(policy, record.name, [record.role])))
+    tags = () if policy is None else tuple(sorted(tags_of(policy, record.name, record.own_tags)))
     return NodeCard(
         tags=tags,
         node_id=record.node_id,
@@ -158,7 +160,7 @@ class ControlPlane:
         self._by_identity = {n.identity_public_key: n.node_id for n in snapshot.nodes}
         self.holds = AddressHolds(snapshot.holds)
         self.policy: PolicyRecord | None = snapshot.policy
-        self._doc = None if snapshot.policy is None else parse_policy(snapshot.policy.text, "stored policy")
+        self._doc = _doc_of(snapshot.policy)
         self.rotations = RotationBook(r for r in snapshot.rotations if r.node_id in self.nodes)
         undated = [
             r
@@ -217,7 +219,7 @@ class ControlPlane:
         maps.update(self.mesh.set_links(batch.links).maps)
         if batch.policy is not None and batch.policy != self.policy:
             self.policy = batch.policy
-            self._doc = parse_policy(batch.policy.text, "stored policy")
+            self._doc = _doc_of(batch.policy)
             cards = [self._card(n) for n in self.nodes]
             maps.update(self.mesh.set_policy(self._access(), cards).maps)
         self.holds = AddressHolds(batch.holds)
@@ -449,6 +451,7 @@ class ControlPlane:
         rotation = self.rotations.get(node_id)
         card = dataclasses.asdict(card_of(record, self._doc))
         del card["key_rotation"]
+        card["tags"] = sorted(tags_of(self._doc, record.name, record.own_tags))
         return NodeInfo(
             **card,
             enrolled_at=record.enrolled_at,
@@ -495,6 +498,24 @@ class ControlPlane:
             self.holds.hold(h.address, {h.holder: h.min_serial})
         self._apply(change, also_wake=[node_id])
         self._rotations_changed(self.rotations.removed(node_id, self.clock.now()))
+
+    def set_node_tags(self, node_id: int, req: NodeTagsRequest) -> NodeInfo:
+        """An admin's tags for the node; maps change where the policy in force now says otherwise."""
+        self._writable()
+        self.sync()
+        if node_id not in self.nodes:
+            raise ApiError(404, f"no node {node_id}")
+        self.mesh.version = self.version + 1
+        try:
+            record = self.store.set_tags(node_id, req.tags)
+        except KeyError:
+            raise ApiError(404, f"no node {node_id}") from None
+        except StoreUnavailable as e:
+            raise ApiError(503, f"this controller cannot reach its database: {e}") from None
+        if self.store.version() == self.version + 1:
+            self.version += 1  # else another replica's change came first: catching up takes both
+        self._apply(MeshChange(maps=self._take(record)))
+        return self.node_info(node_id)
 
     # --- key rotation ------------------------------------------------------------------------------
 
@@ -572,7 +593,9 @@ class ControlPlane:
         key = new_secret(PREAUTH_PREFIX)
         now = self.clock.now()
         expires = None if req.expires_in_s is None else now + timedelta(seconds=req.expires_in_s)
-        record = self.store.create_preauth_key(credential_hash(key), req.role, req.reusable, now, expires)
+        record = self.store.create_preauth_key(
+            credential_hash(key), req.role, req.reusable, now, expires, req.tags
+        )
         return _key_info(record, PreAuthKey(key, self.ca_pin).text())
 
     def preauth_keys(self) -> list[PreAuthKeyInfo]:
@@ -627,9 +650,14 @@ class ControlPlane:
         return self._put_policy(doc, req.text, req.author, "set", None)
 
     def rollback_policy(self, req: PolicyRollbackRequest) -> PolicyInfo:
+        """Version `req.version` again, as a new version; 0 (or a version that was a clear): no policy."""
+        if req.version == 0:
+            return self._put_policy(None, "", req.author, "clear", 0)
         old = next((r for r in self.store.policy_history() if r.version == req.version), None)
         if old is None:
             raise ApiError(404, f"no policy version {req.version}")
+        if old.action == "clear":
+            return self._put_policy(None, "", req.author, "clear", old.version)
         return self._put_policy(
             parse_policy(old.text, f"version {old.version}"), old.text, req.author, "rollback", old.version
         )
@@ -653,7 +681,7 @@ class ControlPlane:
         return PolicyTestResult(
             allowed=decision.allowed,
             rule=decision.rule,
-            version=None if self.policy is None else self.policy.version,
+            version=None if self._access() is None or self.policy is None else self.policy.version,
         )
 
     def _policy_subject(self, name_or_id: str) -> Subject:
@@ -662,11 +690,12 @@ class ControlPlane:
             record = self.nodes.get(int(name_or_id))
         if record is None:
             raise ApiError(404, f"no node named {name_or_id!r}")
-        return Subject(record.name, tags_of(self._doc, record.name, [record.role]))
+        return Subject(record.name, tags_of(self._doc, record.name, record.own_tags))
 
     def _put_policy(
-        self, doc: PolicyDocument, text: str, author: str, action: str, restored: int | None
+        self, doc: PolicyDocument | None, text: str, author: str, action: str, restored: int | None
     ) -> PolicyInfo:
+        """Store a new version (`doc` None: a clear, no policy) and put it in force."""
         self._writable()
         self.sync()
         self.mesh.version = self.version + 1
@@ -709,14 +738,24 @@ class ControlPlane:
         self._wake([*change.maps, *also_wake])
 
 
+def _doc_of(record: PolicyRecord | None) -> PolicyDocument | None:
+    """The document a stored version puts in force; None: none (never set, or cleared)."""
+    if record is None or record.action == "clear":
+        return None
+    return parse_policy(record.text, "stored policy")
+
+
 def _policy_info(r: PolicyRecord, with_text: bool) -> PolicyInfo:
+    action: Literal["set", "rollback", "clear"] = (
+        "rollback" if r.action == "rollback" else "clear" if r.action == "clear" else "set"
+    )
     return PolicyInfo(
         version=r.version,
         created_at=r.created_at,
         author=r.author,
-        action="rollback" if r.action == "rollback" else "set",
+        action=action,
         restored=r.restored,
-        text=r.text if with_text else None,
+        text=r.text if with_text and action != "clear" else None,
     )
 
 
@@ -737,5 +776,6 @@ def _key_info(r: PreAuthKeyRecord, key: str | None = None) -> PreAuthKeyInfo:
         expires_at=r.expires_at,
         revoked=r.revoked,
         used_count=r.used_count,
+        tags=None if r.tags is None else list(r.tags),
         key=key,
     )

@@ -206,6 +206,8 @@ class Mesh:
     def set_policy(self, access: tuple[PolicyDocument, int] | None, cards: Iterable[NodeCard]) -> MeshChange:
         """A new policy (document, version; None: none, the full mesh) with the cards it gives new tags."""
         self.access_policy = access
+        if access is None:
+            self._rules.clear()  # a later policy's rules are new to every node
         retagged = [c for c in cards if self.cards.get(c.node_id) != c]
         for card in retagged:
             self.cards[card.node_id] = card

@@ -1,5 +1,9 @@
-"""`wgmesh nodes`: list, show, remove nodes and rotate their keys on a running controller (admin
-credential).
+"""`wgmesh nodes`: list, show, remove nodes, set their tags and rotate their keys on a running
+controller (admin credential).
+
+`tag NODE TAG...` replaces the node's policy tags (`tag NODE` alone: none; `tag NODE --role`: back to
+its role as its only tag); the policy document's `tags` entry for the node's name still wins, and
+the command says so.
 
 `rotate NODE` asks one node to rotate its WireGuard key and waits until it has (or --no-wait);
 `rotate --all` rotates every node, one at a time, and prints a progress table, one row per node as it
@@ -21,7 +25,7 @@ from datetime import UTC, datetime
 
 from controller.admin_client import AdminClient, AdminError, add_target_options, resolve_target, table, when
 from wgmesh.argparser import OneLineParser
-from wire.models import NodeInfo
+from wire.models import NodeInfo, NodeTagsRequest
 from wire.rotation import RotationInfo, RotationProgress
 
 POLL_S = 0.2
@@ -38,6 +42,11 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     remove = sub.add_parser("remove", help="remove a node from the mesh (every peer's map drops it)")
     remove.add_argument("node", help="node id or name (as `nodes list` shows them)")
     add_target_options(remove)
+    tag = sub.add_parser("tag", help="replace a node's policy tags")
+    tag.add_argument("node", help="node id or name (as `nodes list` shows them)")
+    tag.add_argument("tags", nargs="*", metavar="TAG", help="its new tags (none: no tag at all)")
+    tag.add_argument("--role", action="store_true", help="back to its role as its only tag")
+    add_target_options(tag)
     rotate = sub.add_parser("rotate", help="rotate a node's WireGuard key (or --all, one at a time)")
     rotate.add_argument("node", nargs="?", help="node id or name (as `nodes list` shows them)")
     rotate.add_argument("--all", action="store_true", help="every node, one at a time, with a progress table")
@@ -55,6 +64,13 @@ def main(argv: Sequence[str], prog: str = "wgmesh nodes") -> int:
     cmd = f"{prog} {args.cmd}"
     if args.cmd == "rotate" and (args.node is None) == (not args.all):
         parser.error("rotate: give a node id or --all, not both")
+    if args.cmd == "tag":
+        if args.role and args.tags:
+            parser.error("tag: give tags or --role, not both")
+        try:
+            tags = NodeTagsRequest(tags=None if args.role else args.tags)
+        except ValueError as e:
+            parser.error(f"tag: {_tag_problem(e)}")
     try:
         client = AdminClient(resolve_target(args, os.environ))
     except AdminError as e:
@@ -72,6 +88,19 @@ def main(argv: Sequence[str], prog: str = "wgmesh nodes") -> int:
             print(node.model_dump_json() if args.json else render_node(node))
         elif args.cmd == "rotate":
             return rotate(client, args, print)
+        elif args.cmd == "tag":
+            node = client.set_tags(find_node(client, args.node).node_id, tags)
+            if args.json:
+                print(node.model_dump_json())
+            else:
+                print(f"node {node.node_id} ({node.name}): tags {', '.join(node.tags) or 'none'}")
+            overridden = client.policy_tags_entry(node.name)
+            if overridden is not None:
+                print(
+                    f"{cmd}: note: the policy's [tags] entry for {node.name} ({', '.join(overridden) or 'none'}) "
+                    "decides its tags while it is there",
+                    file=sys.stderr,
+                )
         else:
             node = find_node(client, args.node)
             client.remove_node(node.node_id)
@@ -85,6 +114,13 @@ def main(argv: Sequence[str], prog: str = "wgmesh nodes") -> int:
     finally:
         client.close()
     return 0
+
+
+def _tag_problem(e: ValueError) -> str:
+    errors = getattr(e, "errors", None)
+    if callable(errors):
+        return str(errors()[0].get("msg", e)).removeprefix("Value error, ")
+    return str(e)
 
 
 def find_node(client: AdminClient, ref: str) -> NodeInfo:

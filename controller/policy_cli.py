@@ -5,7 +5,8 @@
     wgmesh policy check FILE             say what is wrong with FILE, change nothing
     wgmesh policy test SRC DST [PORT]    may node SRC reach DST (on PORT: 8000, udp/53, icmp)? which rule?
     wgmesh policy history                every version: who, when, what
-    wgmesh policy rollback VERSION       bring VERSION back, as a new version
+    wgmesh policy rollback VERSION       bring VERSION back, as a new version (0: no policy)
+    wgmesh policy clear                  no policy any more: the full mesh, as a new version
 
 A bad document is refused whole; each problem is printed on its own line naming its place in FILE.
 Exit codes: 0 done (for `check`: no problem), 1 refused, a problem found, or no controller, 2 bad usage.
@@ -29,9 +30,11 @@ from controller.admin_client import (
     table,
     when,
 )
+from wgmesh.argparser import OneLineParser
 from wire.policy import (
     MAX_POLICY_TEXT,
     PolicyError,
+    PolicyInfo,
     PolicyRollbackRequest,
     PolicySetRequest,
     PolicyTestRequest,
@@ -40,7 +43,7 @@ from wire.policy import (
 
 
 def _parser(prog: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description="The mesh's access policy.")
+    parser = OneLineParser(prog=prog, description="The mesh's access policy.")
     sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     add_target_options(sub.add_parser("get", help="print the policy in force"))
     for name, text in (
@@ -59,10 +62,19 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     add_target_options(test)
     add_target_options(sub.add_parser("history", help="every version with who and when"))
     rollback = sub.add_parser("rollback", help="bring an earlier version back")
-    rollback.add_argument("version", type=int, help="the version to restore")
+    rollback.add_argument("version", type=_version, help="the version to restore; 0: no policy (full mesh)")
     rollback.add_argument("--author", help="who makes the change (default: USER@HOST)")
     add_target_options(rollback)
+    clear = sub.add_parser("clear", help="no policy: every node reaches every other (a new version)")
+    clear.add_argument("--author", help="who makes the change (default: USER@HOST)")
+    add_target_options(clear)
     return parser
+
+
+def _version(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a version number (0: no policy), got {text!r}")
+    return int(text)
 
 
 def _read(path: str) -> tuple[str, str]:
@@ -100,6 +112,12 @@ def _run(args: argparse.Namespace, client: AdminClient, cmd: str) -> int:
             print(state.model_dump_json())
         elif state.policy is None:
             print("no policy: every node may reach every other (full mesh)", file=sys.stderr)
+        elif state.policy.action == "clear":
+            print(
+                f"no policy: every node may reach every other (full mesh) since version "
+                f"{state.policy.version} ({state.policy.author}, {when(state.policy.created_at)})",
+                file=sys.stderr,
+            )
         else:
             print(state.policy.text, end="" if (state.policy.text or "").endswith("\n") else "\n")
         return 0
@@ -149,16 +167,24 @@ def _run(args: argparse.Namespace, client: AdminClient, cmd: str) -> int:
                     h.version,
                     when(h.created_at),
                     h.author,
-                    h.action if h.restored is None else f"rollback to {h.restored}",
+                    _what(h),
                 )
                 for h in history
             ]
             print(table(("VERSION", "WHEN", "WHO", "WHAT"), rows))
         return 0
-    info = client.rollback_policy(PolicyRollbackRequest(version=args.version, author=admin_user(args.author)))
-    print(
-        info.model_dump_json()
-        if args.json
-        else f"policy version {args.version} restored as version {info.version}"
-    )
+    restore: int = 0 if args.cmd == "clear" else args.version
+    info = client.rollback_policy(PolicyRollbackRequest(version=restore, author=admin_user(args.author)))
+    if args.json:
+        print(info.model_dump_json())
+    elif info.action == "clear":
+        print(f"no policy in force (version {info.version}): every node may reach every other")
+    else:
+        print(f"policy version {restore} restored as version {info.version}")
     return 0
+
+
+def _what(h: PolicyInfo) -> str:
+    if h.action == "clear":
+        return "clear (no policy)" if not h.restored else f"clear (rollback to {h.restored})"
+    return h.action if h.restored is None else f"rollback to {h.restored}"

@@ -1,4 +1,5 @@
-"""The admin routes of the access policy: get, set, check, test, history, rollback (`wire.api.POLICY`).
+"""The admin routes of the access policy: get, set, check, test, history, rollback (`wire.api.POLICY`),
+and a node's tags (`PUT /v1/nodes/{id}/tags`).
 
 Every route needs the admin credential; the work is `controller.control.ControlPlane`'s.
 """
@@ -8,11 +9,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import Body, FastAPI
+from fastapi import Body, FastAPI, Path
 from fastapi.params import Depends
 
+from controller.api_examples import NODE_INFO
 from controller.control import ControlPlane
 from wire import api
+from wire.models import NodeInfo, NodeTagsRequest
 from wire.policy import (
     PolicyCheckResult,
     PolicyInfo,
@@ -41,6 +44,7 @@ _SET = {
     }
 }
 _TEST = {"test": {"summary": "Client to API", "value": {"source": "h4", "destination": "h1", "port": "8000"}}}
+_TAGS = {"tags": {"summary": "A worker with a GPU", "value": {"tags": ["worker", "gpu"]}}}
 _ROLLBACK = {"rollback": {"summary": "Back to version 1", "value": {"version": 1, "author": "alice"}}}
 
 
@@ -49,6 +53,24 @@ def _ok(example: object) -> dict[int | str, dict[str, Any]]:
 
 
 def add_policy_routes(app: FastAPI, plane: ControlPlane, admin: Depends, errors: Errors) -> None:
+    @app.put(
+        api.NODES + "/{node_id}/tags",
+        tags=["admin"],
+        dependencies=[admin],
+        response_model=NodeInfo,
+        responses={
+            **_ok({**NODE_INFO, "tags": ["gpu", "worker"]}),
+            **errors(401, 403, 404, 413, 422),
+        },
+    )
+    async def set_node_tags(
+        node_id: Annotated[int, Path(ge=1, le=2**62, description="Node id")],
+        req: Annotated[NodeTagsRequest, Body(openapi_examples=_TAGS)],
+    ) -> NodeInfo:
+        """Replace a node's tags (the policy document's `tags` entry for its name still wins); maps
+        change at once where the policy in force says otherwise."""
+        return plane.set_node_tags(node_id, req)
+
     @app.get(
         api.POLICY,
         tags=["admin"],

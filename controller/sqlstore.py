@@ -106,6 +106,7 @@ preauth_keys = sa.Table(
     sa.Column("expires_at", UtcDateTime, nullable=True),
     sa.Column("revoked", sa.Boolean, nullable=False, default=False),
     sa.Column("used_count", sa.Integer, nullable=False, default=0),
+    sa.Column("tags", sa.Text, nullable=True),  # JSON list; NULL: none given (nodes carry their role)
     sqlite_autoincrement=True,
 )
 
@@ -126,6 +127,7 @@ nodes = sa.Table(
     sa.Column("last_seen", UtcDateTime, nullable=True),
     sa.Column("preauth_key_id", sa.Integer, sa.ForeignKey("preauth_keys.id", ondelete="SET NULL")),
     sa.Column("credential_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("tags", sa.Text, nullable=True),  # JSON list; NULL: its role is its only tag
     sqlite_autoincrement=True,
 )
 
@@ -386,7 +388,13 @@ class SqlStore:
     # --- writes ----------------------------------------------------------------------------------
 
     def create_preauth_key(
-        self, key_hash: str, role: str, reusable: bool, created_at: datetime, expires_at: datetime | None
+        self,
+        key_hash: str,
+        role: str,
+        reusable: bool,
+        created_at: datetime,
+        expires_at: datetime | None,
+        tags: Sequence[str] | None = None,
     ) -> PreAuthKeyRecord:
         with self._tx() as c:
             key_id = _new_id(
@@ -394,6 +402,7 @@ class SqlStore:
                 preauth_keys.insert().values(
                     key_hash=key_hash,
                     role=role,
+                    tags=_tags_json(tags),
                     reusable=reusable,
                     created_at=created_at,
                     expires_at=expires_at,
@@ -462,10 +471,10 @@ class SqlStore:
             "credential_hash": node.credential_hash,
         }
         if existing is not None:
-            node_id = existing.id
+            node_id = existing.id  # it keeps its tags, whichever key it comes back with
             c.execute(nodes.update().where(nodes.c.id == node_id).values(**values))
         else:
-            node_id = _new_id(c, nodes.insert().values(enrolled_at=now, **values))
+            node_id = _new_id(c, nodes.insert().values(enrolled_at=now, tags=key.tags, **values))
         return _node(c.execute(sa.select(nodes).where(nodes.c.id == node_id)).one())
 
     def remove_node(self, node_id: int, holds: Sequence[AddressHold], at_version: int | None = None) -> bool:
@@ -564,6 +573,15 @@ class SqlStore:
                 return _node(c.execute(sa.select(nodes).where(nodes.c.id == node_id)).one())
         except IntegrityError as e:
             raise StoreConflict(f"already in use: {_constraint(e)}") from None
+
+    def set_tags(self, node_id: int, tags: Sequence[str] | None) -> NodeRecord:
+        with self._tx() as c:
+            version = self._lock_version(c, None)
+            done = c.execute(nodes.update().where(nodes.c.id == node_id).values(tags=_tags_json(tags)))
+            if done.rowcount != 1:
+                raise KeyError(node_id)
+            self._bump(c, version, [("node", node_id, None)])
+            return _node(c.execute(sa.select(nodes).where(nodes.c.id == node_id)).one())
 
     def touch(self, last_seen: Mapping[int, datetime]) -> None:
         if not last_seen:
@@ -745,6 +763,7 @@ def _node(r: sa.Row[Any]) -> NodeRecord:
         last_seen=r.last_seen,
         preauth_key_id=r.preauth_key_id,
         credential_hash=r.credential_hash,
+        tags=_tags(r.tags),
     )
 
 
@@ -785,7 +804,16 @@ def _key(r: sa.Row[Any]) -> PreAuthKeyRecord:
         expires_at=r.expires_at,
         revoked=bool(r.revoked),
         used_count=r.used_count,
+        tags=_tags(r.tags),
     )
+
+
+def _tags_json(tags: Sequence[str] | None) -> str | None:
+    return None if tags is None else json.dumps(sorted(set(tags)))
+
+
+def _tags(text: str | None) -> tuple[str, ...] | None:
+    return None if text is None else tuple(json.loads(text))
 
 
 def _constraint(e: IntegrityError) -> str:

@@ -57,6 +57,7 @@ class PreAuthKeyRecord:
     expires_at: datetime | None
     revoked: bool
     used_count: int
+    tags: tuple[str, ...] | None = None  # what its nodes are tagged with; None: none given
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,13 @@ class NodeRecord:
     last_seen: datetime | None
     preauth_key_id: int | None
     credential_hash: str
+    tags: tuple[str, ...] | None = None  # from its pre-auth key or an admin; None: its role is its tag
+
+    @property
+    def own_tags(self) -> tuple[str, ...]:
+        """Its tags before the policy document's `tags` entry for its name (which wins): its role when
+        neither its pre-auth key nor an admin gave it any."""
+        return (self.role,) if self.tags is None else self.tags
 
 
 @dataclass(frozen=True)
@@ -164,7 +172,13 @@ class Store(Protocol):
     def load(self) -> Snapshot: ...
 
     def create_preauth_key(
-        self, key_hash: str, role: str, reusable: bool, created_at: datetime, expires_at: datetime | None
+        self,
+        key_hash: str,
+        role: str,
+        reusable: bool,
+        created_at: datetime,
+        expires_at: datetime | None,
+        tags: Sequence[str] | None = None,
     ) -> PreAuthKeyRecord: ...
 
     def list_preauth_keys(self) -> list[PreAuthKeyRecord]: ...
@@ -176,7 +190,8 @@ class Store(Protocol):
     def enroll(
         self, key_hash: str, node: NodeWrite, now: datetime, at_version: int | None = None
     ) -> NodeRecord:
-        """Check and use the pre-auth key, then insert (node_id None) or update the node.
+        """Check and use the pre-auth key, then insert (node_id None: it takes the key's tags) or update
+        the node (it keeps its tags).
 
         Raises KeyRefused (unknown, revoked, expired, single-use already used by another host),
         StoreConflict or StaleVersion (the mesh is no longer at `at_version`; None: do not check);
@@ -216,6 +231,11 @@ class Store(Protocol):
     def record_key(self, node_id: int, wg_public_key: str, rotations: Sequence[NodeRotation]) -> NodeRecord:
         """A rotation committed: the node's new WireGuard key and the rotation records, in one
         transaction. StoreConflict when another node holds the key; KeyError when the node is gone."""
+        ...
+
+    def set_tags(self, node_id: int, tags: Sequence[str] | None) -> NodeRecord:
+        """An admin's tags for the node (None: back to its role), bumping the mesh version; KeyError
+        when the node is gone."""
         ...
 
     def touch(self, last_seen: Mapping[int, datetime]) -> None: ...

@@ -16,7 +16,9 @@ PROTOCOL_VERSION history (one integer, bumped on any incompatible change):
                   /v1/enroll/nonce` answers an EnrollNonce, and EnrollRequest gains the required
                   `nonce`, covered by the identity signature (enroll_signing_bytes "wgmesh-enroll-v2");
                   each nonce enrolls once, so a replayed request is refused. Version-1 enrollments
-                  are refused with a 400 naming both versions.
+                  are refused with a 400 naming both versions.  2 (2026-12-02, additive, admin only): GET /v1/audit (wire.audit); pre-auth keys and nodes carry
+                  tags (PreAuthKeyRequest.tags, absent: the role), PUT /v1/nodes/{id}/tags; a policy
+                  rollback to version 0 is a clear (PolicyInfo.action "clear": no policy).
 """
 
 PROTOCOL_VERSION = 2

@@ -13,11 +13,14 @@ ENROLL = "/v1/enroll"  # POST EnrollRequest -> EnrollResponse (no auth: the pre-
 # still holds map `since`, else the full NetMap (kind "full").
 NETMAP = "/v1/netmap"
 LINKS = "/v1/links"  # POST LinkReport (node) -> 204
-NODES = "/v1/nodes"  # GET (admin) -> list[NodeInfo]; /v1/nodes/{id}: GET NodeInfo, DELETE -> 204
+# GET (admin) -> list[NodeInfo]; /v1/nodes/{id}: GET NodeInfo, DELETE -> 204;
+# /v1/nodes/{id}/tags: PUT NodeTagsRequest -> NodeInfo
+NODES = "/v1/nodes"
 PREAUTH_KEYS = "/v1/preauth-keys"  # POST PreAuthKeyRequest -> PreAuthKeyInfo with key; GET list; DELETE /{id}
 # GET (admin) -> PolicyState; PUT PolicySetRequest -> PolicyInfo (422 naming every problem: refused
 # whole). POST /check PolicySetRequest -> PolicyCheckResult; POST /test PolicyTestRequest ->
-# PolicyTestResult; GET /history -> list[PolicyInfo]; POST /rollback PolicyRollbackRequest -> PolicyInfo.
+# PolicyTestResult; GET /history -> list[PolicyInfo]; POST /rollback PolicyRollbackRequest -> PolicyInfo
+# (version 0: a clear, no policy).
 POLICY = "/v1/policy"
 # GET ?since=ISO&node=ID|NAME&action=A&limit=N (admin) -> list[wire.audit.AuditEvent], oldest first
 AUDIT = "/v1/audit"

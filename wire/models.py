@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from wire import PROTOCOL_VERSION
 from wire.fields import Endpoint, Hostname, IdPublicKey, Port, Role, WgPublicKey
+from wire.policy import TagName
 
 NodeId = Annotated[int, Field(ge=1, description="Controller-assigned node id, never reused.")]
 IPAddress = IPv4Address | IPv6Address
@@ -253,11 +254,19 @@ class LinkReport(WireModel):
 MAX_PREAUTH_EXPIRY_S = 10 * 365 * 86400  # ten years; `never` is None
 
 
+MAX_TAGS = 16
+
+
 class PreAuthKeyRequest(WireModel):
     role: Role = "node"
     reusable: bool = False
     expires_in_s: int | None = Field(
         default=3600, ge=1, le=MAX_PREAUTH_EXPIRY_S, description="None: never expires."
+    )
+    tags: list[TagName] | None = Field(
+        default=None,
+        max_length=MAX_TAGS,
+        description="The policy tags of the nodes it enrolls; None: their role is their only tag.",
     )
 
 
@@ -269,6 +278,7 @@ class PreAuthKeyInfo(WireModel):
     expires_at: datetime | None = Field(default=None, description="None: never expires.")
     revoked: bool
     used_count: int
+    tags: list[str] | None = Field(default=None, description="None: its nodes' role is their only tag.")
     key: str | None = Field(default=None, description="The secret; present only in the response to create.")
 
 
@@ -290,7 +300,11 @@ class NodeInfo(WireModel):
     rotation: Literal["idle", "queued", "requested", "prepared"] = Field(
         default="idle", description="The node's key rotation now (wire.rotation.RotationState)."
     )
-    tags: list[str] = Field(default_factory=list, description="Its policy tags; absent: no policy in force.")
+    tags: list[str] = Field(
+        default_factory=list,
+        description="Its policy tags: the policy document's entry for its name, else those its pre-auth "
+        "key or an admin gave it, else its role.",
+    )
     policy_version: int | None = Field(
         default=None,
         description="The policy version the node's agent last said it enforces; None: not said since "
@@ -300,6 +314,14 @@ class NodeInfo(WireModel):
         default=None,
         description="The policy version of the rules in the node's current map (its rules last changed "
         "then); the agent enforces them once policy_version says so. None: no policy.",
+    )
+
+
+class NodeTagsRequest(WireModel):
+    """An admin's tags for a node, replacing those it has (they stay across re-enrollment)."""
+
+    tags: list[TagName] | None = Field(
+        max_length=MAX_TAGS, description="None: back to its role as its only tag; []: no tag at all."
     )
 
 

@@ -19,9 +19,9 @@ Rules (every module that enforces the policy relies on them):
 - A rule lets its sources open connections to its destinations on its ports; the answers come back
   (connection tracking). Anything no rule allows is refused: a document is an allow-list.
 - Two nodes are peers when some rule lets one of them reach the other, whatever the port.
-- A node's tags are the document's `tags` entry for its name when there is one, else the tags it got
-  from its pre-auth key (today: the key's role).
-- No document at all means today's full mesh: every pair may talk, everyone may relay, every message
+- A node's tags are the document's `tags` entry for its name when there is one, else the tags its
+  pre-auth key gave it or an admin set (`wgmesh nodes tag`), else its role.
+- No document at all (none set, or a version that is a clear) means today's full mesh: every pair may talk, everyone may relay, every message
   type is open. `evaluate(None, ...)` says so.
 - The first rule in document order that matches decides; `decide` names it.
 
@@ -348,7 +348,11 @@ class PolicySetRequest(_Api):
 
 
 class PolicyRollbackRequest(_Api):
-    version: int = Field(ge=1, description="The version to bring back (it becomes a new version).")
+    version: int = Field(
+        ge=0,
+        description="The version to bring back (it becomes a new version); 0: no policy, the full mesh "
+        "(as `wgmesh policy clear`).",
+    )
     author: str = Field(default="admin", max_length=200)
 
 
@@ -358,13 +362,18 @@ class PolicyInfo(_Api):
     version: int
     created_at: datetime
     author: str
-    action: Literal["set", "rollback"]
-    restored: int | None = Field(default=None, description="The version a rollback restored; None: a set.")
-    text: str | None = Field(default=None, description="The document; absent in history listings.")
+    action: Literal["set", "rollback", "clear"] = Field(
+        description="'clear': this version is no policy at all (the full mesh)."
+    )
+    restored: int | None = Field(
+        default=None, description="The version a rollback restored (0: none, a clear); None: a set."
+    )
+    text: str | None = Field(default=None, description="The document; absent in history listings and clears.")
 
 
 class PolicyState(_Api):
-    """The policy in force: None when none was ever set (the full mesh)."""
+    """The newest policy version: None when none was ever set; no policy is in force (the full mesh)
+    then, nor when its action is 'clear'."""
 
     policy: PolicyInfo | None
 

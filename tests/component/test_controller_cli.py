@@ -154,8 +154,8 @@ def test_token_create_prints_only_the_key_and_it_enrolls_a_host(served: Served):
     listed = served.cli("controller", "token", "list")
     assert listed.returncode == 0
     header, row = listed.stdout.splitlines()
-    assert header.split() == ["ID", "ROLE", "REUSABLE", "USED", "EXPIRES", "REVOKED", "CREATED"]
-    assert row.split()[:4] == ["1", "node", "yes", "1"]
+    assert header.split() == ["ID", "ROLE", "TAGS", "REUSABLE", "USED", "EXPIRES", "REVOKED", "CREATED"]
+    assert row.split()[:5] == ["1", "node", "-", "yes", "1"]
 
     nodes = served.cli("nodes", "list")
     assert nodes.returncode == 0

@@ -147,3 +147,58 @@ async def test_policy_routes_need_the_admin(controller: ControllerHarness):
     sup, _worker, _client = await tagged_mesh(controller)
     assert (await controller.client.get(api.POLICY)).status_code == 401
     assert (await controller.client.put(api.POLICY, json={"text": ""}, headers=sup.auth)).status_code == 403
+
+
+async def test_clear_goes_back_to_the_full_mesh_as_a_new_version(controller: ControllerHarness):
+    sup, worker, client = await tagged_mesh(controller)
+    await put(controller, POLICY, author="alice")
+    assert await peers(controller, client) == [sup.node_id]
+
+    async def rollback(version: int) -> dict:
+        r = await controller.client.post(
+            api.POLICY + "/rollback", json={"version": version, "author": "bob"}, headers=controller.admin
+        )
+        return {"status": r.status_code, **r.json()}
+
+    cleared = await rollback(0)
+    assert (cleared["status"], cleared["version"], cleared["action"]) == (200, 2, "clear")
+    m = await controller.netmap(client)
+    assert (
+        m is not None and m.policy is None and [p.node_id for p in m.peers] == [sup.node_id, worker.node_id]
+    )
+    state = (await controller.client.get(api.POLICY, headers=controller.admin)).json()["policy"]
+    assert (state["version"], state["action"], state["text"]) == (2, "clear", None)
+    test = await controller.client.post(
+        api.POLICY + "/test",
+        json={"source": client.name, "destination": worker.name},
+        headers=controller.admin,
+    )
+    assert test.json() == {"allowed": True, "rule": "no policy (full mesh)", "version": None}
+    info = (await controller.client.get(f"{api.NODES}/{sup.node_id}", headers=controller.admin)).json()
+    assert info["policy_version_sent"] is None
+
+    assert (await rollback(1))["version"] == 3
+    m = await controller.netmap(client)
+    assert m is not None and m.policy is not None and m.policy.version == 3
+    assert [p.node_id for p in m.peers] == [sup.node_id]
+    again = await rollback(2)  # a version that was a clear clears again
+    assert (again["version"], again["action"], again["restored"]) == (4, "clear", 2)
+    history = (await controller.client.get(api.POLICY + "/history", headers=controller.admin)).json()
+    assert [(h["version"], h["action"], h["restored"]) for h in history] == [
+        (1, "set", None),
+        (2, "clear", 0),
+        (3, "rollback", 1),
+        (4, "clear", 2),
+    ]
+    await controller.restart()
+    m = await controller.netmap(client)
+    assert m is not None and m.policy is None and len(m.peers) == 2
+    audit = (
+        await controller.client.get(api.AUDIT, params={"action": "policy"}, headers=controller.admin)
+    ).json()
+    assert [(e["action"], e["policy_version"], e["detail"]) for e in audit] == [
+        ("policy.set", 1, "version 1 from policy"),
+        ("policy.clear", 2, "version 2: no policy (the full mesh)"),
+        ("policy.rollback", 3, "version 1 restored as version 3"),
+        ("policy.clear", 4, "version 2 (no policy) restored as version 4"),
+    ]

@@ -92,3 +92,57 @@ def test_policy_commands(served: Served, tmp_path: Path):
         ["carol", "rollback", "to", "1"],
     ]
     assert policy(served, "rollback", "7").returncode == 1
+    cleared = policy(served, "clear", "--author", "dave")
+    assert cleared.stdout.strip() == "no policy in force (version 4): every node may reach every other"
+    got = policy(served, "get")
+    assert got.stdout == "" and got.stderr.startswith(
+        "no policy: every node may reach every other (full mesh) since version 4 (dave, "
+    )
+    assert policy(served, "test", "laptop", "web", "22").stdout.strip() == (
+        "laptop -> web 22: allowed by no policy (full mesh) (no policy)"
+    )
+    assert policy(served, "rollback", "0").stdout.strip().startswith("no policy in force (version 5)")
+    assert policy(served, "rollback", "2").stdout.strip() == "policy version 2 restored as version 6"
+    history = policy(served, "history").stdout.splitlines()
+    assert [line.split()[3:] for line in history[4:]] == [
+        ["clear", "(no", "policy)"],
+        ["clear", "(no", "policy)"],
+        ["rollback", "to", "2"],
+    ]
+    bad = served.cli("policy", "rollback", "two")
+    assert bad.returncode == 2 and bad.stderr.strip() == (
+        "wgmesh policy rollback: argument version: expected a version number (0: no policy), got 'two' "
+        "(see --help)"
+    )
+
+
+def test_tags_from_the_key_and_from_the_admin(served: Served):
+    created = served.cli("controller", "token", "create", "--tag", "gpu", "--tag", "worker")
+    assert created.returncode == 0, created.stderr
+    assert served.enroll("box", created.stdout.strip()).status_code == 200
+    listed = served.cli("controller", "token", "list").stdout.splitlines()
+    assert listed[1].split()[:3] == ["1", "node", "gpu,worker"]
+    assert "tags:           gpu, worker" in served.cli("nodes", "show", "box").stdout
+    tagged = served.cli("nodes", "tag", "box", "scheduler", "gpu")
+    assert (tagged.returncode, tagged.stdout.strip()) == (0, "node 1 (box): tags gpu, scheduler")
+    assert served.cli("nodes", "tag", "box", "--role").stdout.strip() == "node 1 (box): tags node"
+    override = Path(served.state_dir) / "override.toml"
+    override.write_text('[tags]\nbox = ["client"]\n')
+    assert policy(served, "set", str(override)).returncode == 0
+    noted = served.cli("nodes", "tag", "box", "gpu")
+    assert noted.stdout.strip() == "node 1 (box): tags client"
+    assert noted.stderr.strip() == (
+        "wgmesh nodes tag: note: the policy's [tags] entry for box (client) decides its tags while it is there"
+    )
+    bad = served.cli("nodes", "tag", "box", "Not A Tag")
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == (
+        "wgmesh nodes: tag: 'Not A Tag': a tag is 1-32 of a-z, 0-9, '_' or '-', starting with a letter "
+        "(see --help)"
+    )
+    bad_key = served.cli("controller", "token", "create", "--tag", "UPPER")
+    assert bad_key.returncode == 2
+    assert bad_key.stderr.strip() == (
+        "wgmesh controller token create: --tag: 'UPPER': a tag is 1-32 of a-z, 0-9, '_' or '-', "
+        "starting with a letter"
+    )
