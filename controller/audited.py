@@ -34,7 +34,7 @@ T = TypeVar("T")
 
 
 def _tags(tags: list[str] | None) -> str:
-    return "tags: its role" if tags is None else f"tags {', '.join(tags) or 'none'}"
+    return "tagged with its role" if tags is None else f"tags {', '.join(tags) or 'none'}"
 
 
 def _expiry(req: PreAuthKeyRequest) -> str:

@@ -73,7 +73,7 @@ async def test_admin_actions_and_security_events_are_recorded_without_secrets(co
     by_action = {(e["action"], e["result"]): e for e in trail}
     assert all(e["source"] == "127.0.0.1" for e in trail)
     assert by_action["preauth.create", "ok"]["detail"] == (
-        f"pre-auth key {key_id}: role worker, single-use, expires in 3600 s"
+        f"pre-auth key {key_id}: role worker, tagged with its role, single-use, expires in 3600 s"
     )
     assert by_action["enroll", "ok"]["node_id"] == host.node_id
     assert by_action["enroll", "ok"]["node_name"] == host.name

@@ -179,7 +179,7 @@ def test_token_create_prints_only_the_key_and_it_enrolls_a_host(served: Served):
 
     revoked = served.cli("controller", "token", "revoke", "1")
     assert revoked.returncode == 0
-    assert "yes" in served.cli("controller", "token", "list").stdout.splitlines()[1].split()[5]
+    assert "yes" in served.cli("controller", "token", "list").stdout.splitlines()[1].split()[6]
 
 
 def test_admin_credential_from_the_environment(served: Served):

@@ -20,6 +20,7 @@ PATHS = {
     api.NODES: {"get"},
     api.NODES + "/{node_id}": {"get", "delete"},
     api.NODES + "/{node_id}/rotate": {"post"},
+    api.NODES + "/{node_id}/tags": {"put"},
     api.ROTATE_ALL: {"post"},
     api.ROTATIONS: {"get"},
     api.KEY: {"post"},
