@@ -9,7 +9,9 @@ BENCHES = ["topology", "push", "p2p", "p2p_gate", "backend", "lab", "rotation"]
 
 
 def main(argv: list[str]) -> int:
-    names = argv or BENCHES
+    """`python -m bench [NAME ...] [OPTIONS]`: the options go to every named benchmark."""
+    split = next((i for i, a in enumerate(argv) if a.startswith("-")), len(argv))
+    names, options = argv[:split] or BENCHES, argv[split:]
     results: list[str] = []
     failed: list[str] = []
     for name in names:
@@ -17,7 +19,7 @@ def main(argv: list[str]) -> int:
         lines: list[str] = []
         # Streamed as it comes: a person watches progress, not a minute of silence.
         with subprocess.Popen(
-            [sys.executable, "-m", f"bench.{name}"], stdout=subprocess.PIPE, text=True
+            [sys.executable, "-m", f"bench.{name}", *options], stdout=subprocess.PIPE, text=True
         ) as proc:
             assert proc.stdout is not None
             for line in proc.stdout:

@@ -21,10 +21,20 @@ Then the access policy (issue #17): a policy tags 10 nodes supervisor, 10 client
 then each measured round toggles a rule letting clients reach supervisors' port 8000 with a tcp rule
 of its own. Only the 20 supervisors and clients are affected: the round measures how long until each
 of them holds its new map, and counts the maps any other agent received (goal: none).
+
+Scale (issue #18): `--agents N` runs everything at N agents (above FULL_ROUNDS_UP_TO agents one full-map
+round only: each full map is N peers); after the delta rounds a removal round (the admin removes a
+host that enrolled; agents hold the new map when their delta removes it), then the controller's
+resident memory, then enrollments per second with nobody polling (ENROLLMENTS, one after another:
+what one join costs the controller at this size). `--sizes 100,1000,2000,5000` runs one process per
+size and prints the figures side by side with their ratios to the first size: controller CPU per
+change (goal: growing linearly, so CPU per change and agent stays flat) and the enrollment rate
+(goal: at the largest size within 2x of the smallest).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
 import contextlib
@@ -58,6 +68,8 @@ from wire.preauth import parse_preauth_key
 
 AGENTS = 1000
 ROUNDS = 5
+FULL_ROUNDS_UP_TO = 2000  # more agents: one full-map round (each full map then carries N peers)
+ENROLLMENTS = 30
 VERIFIED = 10  # agents that also apply every delta to a parsed map and check it against a full fetch
 MESH = ipaddress.ip_network("198.19.0.0/16")
 POLL_TIMEOUT_S = 60
@@ -255,7 +267,10 @@ async def full_map(agent: SimAgent) -> bytes:
 
 async def fetch_all(agents: list[SimAgent]) -> float:
     async def one(agent: SimAgent) -> None:
-        agent.serial = serial_of(await full_map(agent))
+        body = await full_map(agent)
+        agent.serial = serial_of(body)
+        if agent.node_id <= VERIFIED:
+            agent.held = NetMap.model_validate_json(body)
 
     start = time.perf_counter()
     await asyncio.gather(*(one(a) for a in agents))
@@ -364,12 +379,15 @@ async def verify(agents: list[SimAgent]) -> tuple[int, int]:
 
 
 SUPERVISORS = range(1, 11)
-CLIENTS = range(AGENTS - 9, AGENTS + 1)
 
 
-def policy_text(with_api: bool) -> str:
+def clients(n: int) -> range:
+    return range(n - 9, n + 1)
+
+
+def policy_text(with_api: bool, n: int = AGENTS) -> str:
     tags = "\n".join(f'sim-{i} = ["supervisor"]' for i in SUPERVISORS)
-    tags += "\n" + "\n".join(f'sim-{i} = ["client"]' for i in CLIENTS)
+    tags += "\n" + "\n".join(f'sim-{i} = ["client"]' for i in clients(n))
     text = (
         f'relays = ["tag:supervisor"]\n[tags]\n{tags}\n'
         '[[rules]]\nname = "work"\nfrom = ["tag:worker", "tag:client"]\nto = ["tag:supervisor"]\n'
@@ -405,7 +423,7 @@ async def policy_round(
     start = time.perf_counter()
     r = await client.put(
         api.POLICY,
-        json={"text": policy_text(number % 2 == 0), "author": "bench"},
+        json={"text": policy_text(number % 2 == 0, len(agents)), "author": "bench"},
         headers={"Authorization": f"Bearer {admin}"},
     )
     answered = time.perf_counter()
@@ -437,6 +455,82 @@ async def policy_round(
     return x
 
 
+async def remove_round(
+    number: int,
+    client: httpx.AsyncClient,
+    admin: str,
+    node_id: int,
+    agents: list[SimAgent],
+    tasks: list[asyncio.Task[None]],
+    polling: Polling,
+    controller_pid: int,
+) -> dict[str, float]:
+    """The admin removes node `node_id` while every agent long-polls (with deltas): how long until
+    every agent holds a map without it (its delta removes it)."""
+    await asyncio.sleep(SETTLE_S)
+    polling.marker = b'"peers_removed":[%d]' % node_id
+    for a in agents:
+        a.got.clear()
+    server_cpu, agents_cpu = cpu_seconds(controller_pid), time.process_time()
+    start = time.perf_counter()
+    r = await client.delete(f"{api.NODES}/{node_id}", headers={"Authorization": f"Bearer {admin}"})
+    answered = time.perf_counter()
+    r.raise_for_status()
+    deadline = start + ROUND_DEADLINE_S
+    while sum(1 for a in agents if a.got) < len(agents):
+        for t in tasks:
+            if t.done() and t.exception():
+                raise t.exception()  # type: ignore[misc]
+        if time.perf_counter() > deadline:
+            raise RuntimeError(f"removal {number}: only {sum(1 for a in agents if a.got)} agents got the map")
+        await asyncio.sleep(0.005)
+    arrivals = sorted(min(a.got.values()) - start for a in agents)
+    x = {
+        "server_cpu": cpu_seconds(controller_pid) - server_cpu,
+        "agents_cpu": time.process_time() - agents_cpu,
+        "enroll": answered - start,
+        "first": arrivals[0],
+        "p50": statistics.median(arrivals),
+        "p99": arrivals[int(0.99 * (len(arrivals) - 1))],
+        "all": arrivals[-1],
+        "kb": statistics.mean(a.got_bytes for a in agents) / 1024,
+    }
+    print(
+        f"{'remove':<6} {number:>5} {x['enroll']:>9.3f} {x['first']:>8.3f} {x['p50']:>7.3f} {x['p99']:>7.3f} "
+        f"{x['all']:>7.3f} {x['kb']:>9.1f} {x['server_cpu']:>12.2f} {x['agents_cpu']:>12.2f}",
+        flush=True,
+    )
+    return x
+
+
+async def enroll_rate(client: httpx.AsyncClient, admin: str, count: int) -> float:
+    """Enrollments per second, one after another (requests signed before the clock starts)."""
+    r = await client.post(
+        api.PREAUTH_KEYS, json={"reusable": True}, headers={"Authorization": f"Bearer {admin}"}
+    )
+    r.raise_for_status()
+    key = r.json()["key"]
+    nonces = []
+    for _ in range(count):
+        r = await client.post(api.ENROLL_NONCE)
+        r.raise_for_status()
+        nonces.append(r.json()["nonce"])
+    bodies = [enroll_request(key, nonce, 100 + i)[0].model_dump_json() for i, nonce in enumerate(nonces)]
+    start = time.perf_counter()
+    for body in bodies:
+        r = await client.post(api.ENROLL, content=body, headers={"Content-Type": "application/json"})
+        r.raise_for_status()
+    return count / (time.perf_counter() - start)
+
+
+def resident_mb(pid: int) -> tuple[float, float]:
+    """(resident, peak resident) memory of a process in MB."""
+    fields = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line
+    )
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
 @dataclass
 class Figures:
     baseline: float
@@ -445,18 +539,26 @@ class Figures:
     verified: tuple[int, int]
     mismatches: int
     policy: list[dict[str, float]] = field(default_factory=list)
+    removal: list[dict[str, float]] = field(default_factory=list)
+    rss_mb: float = 0.0
+    peak_rss_mb: float = 0.0
+    enroll_per_s: float = 0.0
 
 
-async def run(port: int, admin: str, agents: list[SimAgent], controller_pid: int, ca_file: Path) -> Figures:
+async def run(
+    port: int, admin: str, agents: list[SimAgent], controller_pid: int, ca_file: Path, policy_rounds: bool
+) -> Figures:
     url = f"https://127.0.0.1:{port}"
     timeout = httpx.Timeout(POLL_TIMEOUT_S + 30)
     tls = ssl.create_default_context(cafile=str(ca_file))  # the controller's own CA, as agents pin it
+    n = len(agents)
+    full_rounds = ROUNDS if n <= FULL_ROUNDS_UP_TO else 1
     for a in agents:
         a.conn = AgentConnection(port, a.credential, tls)
     try:
         async with httpx.AsyncClient(base_url=url, timeout=timeout, verify=tls) as client:
             await fetch_all(agents)  # connections up
-            baseline = min([await fetch_all(agents) for _ in range(2)])
+            baseline = min([await fetch_all(agents) for _ in range(2 if full_rounds > 1 else 1)])
             print(
                 f"{'fetch':<6} {'':>5} {'':>9} {'':>8} {'':>7} {'':>7} {baseline:>7.3f}  (all fetch at once)"
             )
@@ -465,7 +567,7 @@ async def run(port: int, admin: str, agents: list[SimAgent], controller_pid: int
             try:
                 full = [
                     await push_round("full", i, client, admin, agents, tasks, polling, controller_pid)
-                    for i in range(1, ROUNDS + 1)
+                    for i in range(1, full_rounds + 1)
                 ]
                 # From now on the agents ask for deltas; the polls parked without delta=1 are answered
                 # by one unmeasured enrollment (VERIFIED agents keep that full map to apply deltas to).
@@ -477,45 +579,72 @@ async def run(port: int, admin: str, agents: list[SimAgent], controller_pid: int
                     await push_round("delta", i, client, admin, agents, tasks, polling, controller_pid)
                     for i in range(ROUNDS + 1, 2 * ROUNDS + 1)
                 ]
-                # The policy goes in force (every map changes), then each round toggles the api rule.
-                await policy_round(1, client, admin, agents, tasks, polling, controller_pid, None, show=False)
-                affected = set(SUPERVISORS) | set(CLIENTS)
-                policy = [
-                    await policy_round(i, client, admin, agents, tasks, polling, controller_pid, affected)
-                    for i in range(2, ROUNDS + 2)
+                # Each removal takes away one of the hosts the delta rounds enrolled (the newest ids).
+                r = await client.get(api.NODES, headers={"Authorization": f"Bearer {admin}"})
+                r.raise_for_status()
+                newest = sorted(node["node_id"] for node in r.json())[-ROUNDS:]
+                removal = [
+                    await remove_round(i, client, admin, node_id, agents, tasks, polling, controller_pid)
+                    for i, node_id in enumerate(newest, 1)
                 ]
+                policy = []
+                if policy_rounds:
+                    # The policy goes in force (every map changes), then each round toggles the api rule.
+                    await policy_round(
+                        1, client, admin, agents, tasks, polling, controller_pid, None, show=False
+                    )
+                    affected = set(SUPERVISORS) | set(clients(n))
+                    policy = [
+                        await policy_round(i, client, admin, agents, tasks, polling, controller_pid, affected)
+                        for i in range(2, ROUNDS + 2)
+                    ]
             finally:
                 polling.stop.set()
                 for t in tasks:
                     t.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
             verified = await verify(agents)
-        return Figures(baseline, full, delta, verified, sum(a.mismatches for a in agents), policy)
+            rss, peak = resident_mb(controller_pid)
+            rate = await enroll_rate(client, admin, ENROLLMENTS)
+        return Figures(
+            baseline,
+            full,
+            delta,
+            verified,
+            sum(a.mismatches for a in agents),
+            policy,
+            removal,
+            rss,
+            peak,
+            rate,
+        )
     finally:
         for a in agents:
             if a.conn is not None:
                 await a.conn.close()
 
 
-def main() -> int:
+def measure(n: int, policy_rounds: bool) -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < 4 * AGENTS:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8 * AGENTS), hard))
+    if soft < 4 * n:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8 * n), hard))
     base = "/dev/shm" if os.path.isdir("/dev/shm") else None
     state_dir = Path(tempfile.mkdtemp(prefix="wgmesh-bench-push-", dir=base))
     process: subprocess.Popen[str] | None = None
     try:
         t = time.perf_counter()
-        agents = seed(state_dir, AGENTS)
+        agents = seed(state_dir, n)
         admin, _ = ensure_admin_credential(state_dir)
         seeded = time.perf_counter() - t
         port = free_port()
         t = time.perf_counter()
         process = start_controller(state_dir, port)
         started = time.perf_counter() - t
-        print(f"{AGENTS} nodes seeded in {seeded:.1f} s; controller (full mesh) started in {started:.1f} s")
+        print(f"{n} nodes seeded in {seeded:.1f} s; controller (full mesh) started in {started:.1f} s")
         print("\n" + HEADER)
-        figures = asyncio.run(run(port, admin, agents, process.pid, state_dir / "tls" / "ca.crt"))
+        figures = asyncio.run(
+            run(port, admin, agents, process.pid, state_dir / "tls" / "ca.crt", policy_rounds)
+        )
     finally:
         if process is not None:
             process.terminate()
@@ -532,20 +661,23 @@ def main() -> int:
 
     delta_all, full_all = med(figures.delta, "all"), med(figures.full, "all")
     delta_worst = max(r["all"] for r in figures.delta)
+    removal_all = med(figures.removal, "all")
     ok, checked = figures.verified
     print(
-        f"\n{'all ' + str(AGENTS) + ' agents hold the new map':<44} {'median s':>9} {'worst s':>8} {'KB/agent':>9}"
+        f"\n{'all ' + str(n) + ' agents hold the new map':<44} {'median s':>9} {'worst s':>8} {'KB/agent':>9}"
     )
     print(f"{'baseline: all fetch their full map at once':<44} {baseline:>9.3f} {'':>8} {'':>9}")
     for label, rounds in (
         ("full-map push (long-poll, no delta)", figures.full),
         ("delta push (delta=1)", figures.delta),
+        ("removal, delta push", figures.removal),
     ):
         worst = max(r["all"] for r in rounds)
         print(f"{label:<44} {med(rounds, 'all'):>9.3f} {worst:>8.3f} {med(rounds, 'kb'):>9.1f}")
+    cpu_join, cpu_removal = med(figures.delta, "server_cpu"), med(figures.removal, "server_cpu")
     print(
         f"\nCPU per push (median): controller {med(figures.full, 'server_cpu'):.2f} s full, "
-        f"{med(figures.delta, 'server_cpu'):.2f} s delta; the {AGENTS} simulated agents "
+        f"{cpu_join:.2f} s delta, {cpu_removal:.2f} s removal; the {n} simulated agents "
         f"{med(figures.full, 'agents_cpu'):.2f} s full, {med(figures.delta, 'agents_cpu'):.2f} s delta; "
         f"{os.cpu_count()} cores shared"
     )
@@ -553,31 +685,115 @@ def main() -> int:
         f"delta check: {ok}/{checked} agents rebuilt by apply_delta equal a full fetch; "
         f"{figures.mismatches} deltas did not apply to the map held"
     )
-    goal = delta_all <= 1.0 and ok == checked > 0 and figures.mismatches == 0
-    policy_all = med(figures.policy, "all")
-    policy_others = max(r["others"] for r in figures.policy)
     print(
-        f"policy change: all {len(SUPERVISORS) + len(CLIENTS)} affected agents hold their new map in "
-        f"{policy_all:.3f} s (median; worst {max(r['all'] for r in figures.policy):.3f} s, the admin's PUT "
-        f"answered in {med(figures.policy, 'put'):.3f} s); other agents given a new map: {int(policy_others)}"
+        f"controller resident memory {figures.rss_mb:.0f} MB (peak {figures.peak_rss_mb:.0f} MB); "
+        f"{figures.enroll_per_s:.1f} enrollments per second with nobody polling"
     )
+    goal = delta_all <= 1.0 and removal_all <= 1.0 and ok == checked > 0 and figures.mismatches == 0
+    if figures.policy:
+        policy_all = med(figures.policy, "all")
+        policy_others = max(r["others"] for r in figures.policy)
+        affected = len(SUPERVISORS) + len(clients(n))
+        print(
+            f"policy change: all {affected} affected agents hold their new map in "
+            f"{policy_all:.3f} s (median; worst {max(r['all'] for r in figures.policy):.3f} s, the admin's PUT "
+            f"answered in {med(figures.policy, 'put'):.3f} s); other agents given a new map: {int(policy_others)}"
+        )
+        print(
+            f"RESULT name=push_policy agents={n} affected={affected} "
+            f"policy_push_all_s={policy_all:.3f} policy_push_worst_s={max(r['all'] for r in figures.policy):.3f} "
+            f"policy_put_s={med(figures.policy, 'put'):.3f} policy_over_delta={policy_all / delta_all:.2f} "
+            f"unaffected_maps={int(policy_others)} controller_cpu_policy_s={med(figures.policy, 'server_cpu'):.2f} "
+            f"goal_met={'yes' if policy_all <= 1.0 and policy_others == 0 else 'no'}"
+        )
     print(
-        f"RESULT name=push_policy agents={AGENTS} affected={len(SUPERVISORS) + len(CLIENTS)} "
-        f"policy_push_all_s={policy_all:.3f} policy_push_worst_s={max(r['all'] for r in figures.policy):.3f} "
-        f"policy_put_s={med(figures.policy, 'put'):.3f} policy_over_delta={policy_all / delta_all:.2f} "
-        f"unaffected_maps={int(policy_others)} controller_cpu_policy_s={med(figures.policy, 'server_cpu'):.2f} "
-        f"goal_met={'yes' if policy_all <= 1.0 and policy_others == 0 else 'no'}"
-    )
-    print(
-        f"RESULT name=push agents={AGENTS} delta_push_all_s={delta_all:.3f} delta_push_worst_s={delta_worst:.3f} "
-        f"delta_push_p50_s={med(figures.delta, 'p50'):.3f} full_push_all_s={full_all:.3f} "
+        f"RESULT name=push agents={n} delta_push_all_s={delta_all:.3f} delta_push_worst_s={delta_worst:.3f} "
+        f"delta_push_p50_s={med(figures.delta, 'p50'):.3f} removal_push_all_s={removal_all:.3f} "
+        f"full_push_all_s={full_all:.3f} "
         f"fetch_all_baseline_s={baseline:.3f} delta_over_fetch={delta_all / baseline:.2f} "
         f"full_over_delta={full_all / delta_all:.1f} delta_kb={med(figures.delta, 'kb'):.1f} "
-        f"full_kb={med(figures.full, 'kb'):.1f} controller_cpu_delta_s={med(figures.delta, 'server_cpu'):.2f} "
-        f"agents_cpu_delta_s={med(figures.delta, 'agents_cpu'):.2f} verified={ok}/{checked} "
+        f"full_kb={med(figures.full, 'kb'):.1f} controller_cpu_delta_s={cpu_join:.3f} "
+        f"controller_cpu_removal_s={cpu_removal:.3f} agents_cpu_delta_s={med(figures.delta, 'agents_cpu'):.2f} "
+        f"controller_rss_mb={figures.rss_mb:.0f} controller_peak_rss_mb={figures.peak_rss_mb:.0f} "
+        f"enroll_per_s={figures.enroll_per_s:.1f} verified={ok}/{checked} "
         f"goal_met={'yes' if goal else 'no'}"
     )
     return 0
+
+
+_RESULT = re.compile(r"(\w+)=([-\w./]+)")
+
+
+def compare(sizes: list[int]) -> int:
+    """One process per size; the figures side by side, each against the first size's."""
+    rows: list[dict[str, str]] = []
+    for n in sizes:
+        print(f"\n== {n} agents ==", flush=True)
+        cmd = [sys.executable, "-m", "bench.push", "--agents", str(n), "--no-policy"]
+        with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as proc:
+            assert proc.stdout is not None
+            result = ""
+            for line in proc.stdout:
+                print(line, end="", flush=True)
+                if line.startswith("RESULT name=push "):
+                    result = line
+        if proc.returncode != 0 or not result:
+            print(f"bench.push --agents {n} failed", file=sys.stderr)
+            return 1
+        rows.append(dict(_RESULT.findall(result)))
+    first = rows[0]
+    n0 = int(first["agents"])
+    print(
+        f"\n{'agents':>7} {'join all s':>10} {'removal all s':>13} {'CPU/join s':>10} {'CPU/removal s':>13} "
+        f"{'CPU/join ratio':>14} {'agents ratio':>12} {'RSS MB':>7} {'enroll/s':>9} {'enroll ratio':>12}"
+    )
+    for r in rows:
+        n = int(r["agents"])
+        cpu_ratio = float(r["controller_cpu_delta_s"]) / max(float(first["controller_cpu_delta_s"]), 1e-3)
+        print(
+            f"{n:>7} {float(r['delta_push_all_s']):>10.3f} {float(r['removal_push_all_s']):>13.3f} "
+            f"{float(r['controller_cpu_delta_s']):>10.3f} {float(r['controller_cpu_removal_s']):>13.3f} "
+            f"{cpu_ratio:>14.2f} {n / n0:>12.2f} {float(r['controller_rss_mb']):>7.0f} "
+            f"{float(r['enroll_per_s']):>9.1f} {float(r['enroll_per_s']) / float(first['enroll_per_s']):>12.2f}"
+        )
+    last = rows[-1]
+    linear = (
+        float(last["controller_cpu_delta_s"])
+        / max(float(first["controller_cpu_delta_s"]), 1e-3)
+        / (int(last["agents"]) / n0)
+    )
+    enroll = float(first["enroll_per_s"]) / float(last["enroll_per_s"])
+    print(
+        f"RESULT name=push_scale sizes={','.join(r['agents'] for r in rows)} "
+        f"cpu_per_join_growth_over_linear={linear:.2f} enroll_slowdown={enroll:.2f} "
+        f"largest_join_all_s={float(last['delta_push_all_s']):.3f} "
+        f"largest_removal_all_s={float(last['removal_push_all_s']):.3f} "
+        f"largest_rss_mb={float(last['controller_rss_mb']):.0f} "
+        f"goal_met={'yes' if linear <= 1.5 and enroll <= 2 and float(last['delta_push_all_s']) <= 1 else 'no'}"
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench push", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--agents", type=int, default=AGENTS, help="simulated agents (default %(default)s)")
+    parser.add_argument(
+        "--sizes",
+        help="comma-separated agent counts: one run each, figures side by side (e.g. 1000,2000,5000)",
+    )
+    parser.add_argument("--no-policy", action="store_true", help="leave out the access-policy rounds")
+    args = parser.parse_args(argv)
+    if args.sizes:
+        try:
+            sizes = [int(x) for x in args.sizes.split(",")]
+        except ValueError:
+            parser.error(f"--sizes: not a list of numbers: {args.sizes!r}")
+        if any(x < 20 for x in sizes):
+            parser.error("--sizes: every size must be at least 20 agents")
+        return compare(sizes)
+    if args.agents < 20:
+        parser.error("--agents must be at least 20 (the policy rounds tag 20 of them)")
+    return measure(args.agents, not args.no_policy)
 
 
 if __name__ == "__main__":

@@ -18,15 +18,21 @@ Pure: numpy only, no I/O, no clock.
 
 from __future__ import annotations
 
-import json
+import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import TypeAdapter
 
-from controller.netmap import NodeCard
+from controller.netmap import Envelope, NodeCard
+from wire.models import FirewallRule, NodePolicy
 from wire.policy import PolicyDocument, Subject, selects
+
+_POLICY = Envelope(NodePolicy)
+_NO_VERSION = frozenset({"version"})
+assert _POLICY.fields[0][0] == "version", "Access.node puts the version first"
 
 BoolMatrix = npt.NDArray[np.bool_]
 
@@ -103,8 +109,8 @@ class PolicyMasks:
         self.relay = np.array([selects(doc.relays, s) for s in subjects], dtype=bool)
         self.connected = connected_matrix(doc, subjects)
         self.rule_parts = self._render_rules(cards, subjects)
-        self.mesh_ports = json.dumps([] if doc.p2p_port is None else [doc.p2p_port]).encode()
-        self.messages = json.dumps(doc.messages, separators=(",", ":")).encode()
+        self.mesh_ports = TypeAdapter(list[int]).dump_json([] if doc.p2p_port is None else [doc.p2p_port])
+        self.messages = TypeAdapter(dict[str, list[str]]).dump_json(doc.messages)
 
     def _render_rules(
         self, cards: Sequence[NodeCard], subjects: Sequence[Subject]
@@ -114,12 +120,16 @@ class PolicyMasks:
         for i, rule in enumerate(self.doc.rules):
             src = np.array([selects(rule.sources, s) for s in subjects], dtype=bool)
             dst = np.array([selects(rule.destinations, s) for s in subjects], dtype=bool)
-            ports = json.dumps([str(p) for p in rule.port_specs()]).encode()
-            name = json.dumps(self.doc.rule_name(i)).encode()
+            ports = [str(p) for p in rule.port_specs()]
+            name = self.doc.rule_name(i)
 
-            def entry(mask: npt.NDArray[np.bool_], name: bytes = name, ports: bytes = ports) -> bytes:
-                addrs = [cards[k].host_route for k in np.nonzero(mask)[0].tolist()]
-                return b'{"rule":%s,"peers":[%s],"ports":%s}' % (name, b",".join(addrs), ports)
+            def entry(mask: npt.NDArray[np.bool_], name: str = name, ports: list[str] = ports) -> bytes:
+                peers = [ipaddress.ip_network(cards[k].tunnel_address) for k in np.flatnonzero(mask).tolist()]
+                return (
+                    FirewallRule.model_construct(rule=name, peers=peers, ports=ports)
+                    .model_dump_json()
+                    .encode()
+                )
 
             out.append((src, dst, entry(src), entry(dst)))
         return out
@@ -137,16 +147,19 @@ class Access:
         self.inside = inside_paths(pred, self.connected, self.ok)
 
     def rules_json(self, index: int) -> bytes:
-        """The node's firewall and message rights as NodePolicy JSON fields (without the version)."""
+        """The node's firewall and message rights: its NodePolicy JSON without the version."""
+        return _POLICY.render(self._rules_parts(index), _NO_VERSION)
+
+    def _rules_parts(self, index: int) -> dict[str, bytes]:
         parts = self.masks.rule_parts
         inbound = [src_json for src, dst, src_json, _ in parts if dst[index] and src.any()]
         outbound = [dst_json for src, dst, _, dst_json in parts if src[index] and dst.any()]
-        return b'"inbound":[%s],"outbound":[%s],"mesh_ports":%s,"messages":%s}' % (
-            b",".join(inbound),
-            b",".join(outbound),
-            self.masks.mesh_ports,
-            self.masks.messages,
-        )
+        return {
+            "inbound": b"[" + b",".join(inbound) + b"]",
+            "outbound": b"[" + b",".join(outbound) + b"]",
+            "mesh_ports": self.masks.mesh_ports,
+            "messages": self.masks.messages,
+        }
 
     def node(self, index: int, version: int, rules_json: bytes | None = None) -> NodeAccess:
         """What the node at `index` may see, route and must enforce; `version`: the policy version its
@@ -165,7 +178,9 @@ class Access:
         routes = dests | peers
         routes[index] = False
         relayed &= dests  # a peer that is only a first hop is reached directly
-        policy = b'{"version":%d,' % version + (self.rules_json(index) if rules_json is None else rules_json)
+        if rules_json is None:
+            rules_json = self.rules_json(index)
+        policy = b'{"version":%d,' % version + rules_json[1:]  # version is NodePolicy's first field
         return NodeAccess(
             peers=peers, routes=routes, relayed=relayed, forward=bool(inside.any()), policy_json=policy
         )

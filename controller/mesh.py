@@ -28,12 +28,11 @@ from controller.netmap import (
     Directory,
     MapInputs,
     NodeCard,
-    cost_tenths,
     map_digest,
     render_delta,
     render_map,
 )
-from controller.routing import Router
+from controller.routing import Router, cost_tenths
 from controller.topology import TRANSIT_PENALTY_MS, LinkPolicy, LinkRecord, Topology
 from wire.models import IPNetwork, LinkMeasurement, Route, TopologyEdge
 from wire.policy import PolicyDocument, may_relay
@@ -128,12 +127,13 @@ class Mesh:
                 continue
             via = self.router.next_hop(node_id, d)
             cost = self.router.cost(node_id, d)
+            tenths = None if cost is None else int(cost_tenths(np.array([cost]))[0])
             out.append(
                 Route.model_construct(
                     destination=d,
                     destination_address=self.cards[d].tunnel_address,
                     via=d if via is None else via,
-                    cost=None if cost is None else round(cost, 1),
+                    cost=None if tenths is None else tenths / 10,
                 )
             )
         return out

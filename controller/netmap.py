@@ -10,8 +10,15 @@ Rules:
   (a handshake newer than the failure is what brings a link back).
 - A destination D reached through relay R: D's /32 is in R's allowed IPs and NOT in D's own peer
   entry (an allowed IP belongs to one peer only). An unreachable destination keeps its own /32.
-- Per-node JSON fragments are rendered once per card; a map is mostly a join of them, which is what
-  makes pushing a thousand maps cheap.
+- One encoder: every JSON fragment comes from the wire models. Each card's peer, route and self
+  parts are rendered once by `Peer` / `Route` / `SelfNode` themselves (`model_dump_json`) and cached on
+  the card; the objects around them (`NetMap`, `NetMapDelta`) are assembled by `Envelope` from the
+  model's own field list, names, defaults and omission rules. A map is mostly a join of cached parts,
+  which is what makes pushing thousands of maps cheap, and it is byte for byte the model's own
+  serialization (property-tested), so a field added to the wire cannot be missed here.
+- One relay-fragment builder (`_peer_json`: a peer's allowed IPs are its own address when direct plus
+  the destinations relayed through it) and one route builder (`_route_json`) serve full maps, deltas and
+  maps under a policy; costs are shown by the one tenths rule (controller.routing.cost_tenths, as `tenths_json` writes it).
 - A delta (`render_delta`) compares the fragments of two maps of one node by node id: a peer or route
   whose JSON differs is sent whole, an id only in the old map is removed. It is therefore exactly
   `wire.delta.netmap_delta` of the two maps, without parsing either.
@@ -19,23 +26,93 @@ Rules:
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import json
+import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cached_property
 from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import BaseModel, TypeAdapter
 
+from keys.types import IdentityPublicKey, WireGuardPublicKey
 from wire import PROTOCOL_VERSION
-from wire.models import IPAddress, IPNetwork
+from wire.models import IPAddress, IPNetwork, NetMap, NetMapDelta, Peer, Route, SelfNode
 
 if TYPE_CHECKING:
     from controller.access import NodeAccess
 
 DEFAULT_KEEPALIVE_S = 25
+
+# --- the encoder: wire models' JSON from parts the models rendered -----------------------------------
+
+
+class Envelope:
+    """A wire model's JSON object assembled from field values already rendered as JSON: the field
+    names, their order, the JSON of the defaults of fields not given, and which fields the wire form
+    leaves out (`exclude_if`) all come from the model."""
+
+    def __init__(self, model: type[BaseModel]) -> None:
+        self.model = model
+        self.fields: list[tuple[str, bytes, bytes | None]] = []  # name, '"name":', default JSON (None: none)
+        for name, info in model.model_fields.items():
+            default: bytes | None = None
+            if not info.is_required():
+                value = info.get_default(call_default_factory=True)
+                if info.exclude_if is None or not info.exclude_if(value):
+                    assert info.annotation is not None
+                    default = TypeAdapter(info.annotation).dump_json(value)
+            self.fields.append((name, b'"%s":' % name.encode(), default))
+        self.names = {name for name, _, _ in self.fields}
+
+    def render(self, parts: dict[str, bytes], leave_out: frozenset[str] = frozenset()) -> bytes:
+        """The object with `parts` (field -> its JSON; a field the model leaves out when empty is given
+        only when it is not) and every other field's default, minus `leave_out`."""
+        out = []
+        for name, key, default in self.fields:
+            value = parts.get(name, default)
+            if value is not None and name not in leave_out:
+                out.append(key + value)
+        return b"{" + b",".join(out) + b"}"
+
+
+_NETMAP = Envelope(NetMap)
+_DELTA = Envelope(NetMapDelta)
+_NETWORK: TypeAdapter[IPNetwork] = TypeAdapter(IPNetwork)
+_IDS: TypeAdapter[list[int]] = TypeAdapter(list[int])
+_TRUE, _FALSE = b"true", b"false"
+_NO_KIND = frozenset({"kind"})
+
+
+def _holes(text: bytes, *holes: bytes) -> list[bytes]:
+    """`text` cut at each of `holes` in turn (each must follow the previous one)."""
+    parts = []
+    for hole in holes:
+        before, found, text = text.partition(hole)
+        if not found:
+            raise AssertionError(f"the wire form changed: {hole!r} not found")
+        parts.append(before)
+    return [*parts, text]
+
+
+def _route_frame() -> tuple[bytes, bytes]:
+    """What follows a route's `via` value up to its cost, and after the cost, as `Route` renders it."""
+    sample = Route.model_construct(
+        destination=7, destination_address=ipaddress.ip_address("10.0.0.7"), via=919191, cost=None
+    ).model_dump_json()
+    _, mid, end = _holes(sample.encode(), b"919191", b"null")
+    return mid, end
+
+
+_ROUTE_MID, _ROUTE_END = _route_frame()
+
+
+@functools.lru_cache(maxsize=4096)
+def tenths_json(tenths: int) -> bytes:
+    """A cost in tenths as the model renders the float (`31.2`, `30.0`), -1 as `null`."""
+    return b"null" if tenths < 0 else b"%d.%d" % divmod(tenths, 10)
 
 
 @dataclass(frozen=True)
@@ -53,36 +130,82 @@ class NodeCard:
     key_rotation: int | None = None  # a key rotation asked of this node: in its own map only
     tags: tuple[str, ...] = ()  # policy tags, sorted; empty without a policy (maps then say nothing)
 
-    @cached_property
-    def tags_json(self) -> bytes:
-        """`"tags":[...],` when the node has tags, else nothing (the bytes of maps without a policy)."""
-        return b'"tags":%s,' % json.dumps(list(self.tags)).encode() if self.tags else b""
-
-    @cached_property
+    @functools.cached_property
     def host_route(self) -> bytes:
-        """The node's own tunnel address as a one-address network, JSON-quoted."""
-        return json.dumps(f"{self.tunnel_address}/{self.tunnel_address.max_prefixlen}").encode()
+        """The node's own tunnel address as a one-address network, as `Peer.allowed_ips` renders it."""
+        return _NETWORK.dump_json(ipaddress.ip_network(self.tunnel_address))
 
-    @cached_property
-    def peer_head(self) -> bytes:
-        return (
-            (
-                f'{{"node_id":{self.node_id},"name":{json.dumps(self.name)},"role":{json.dumps(self.role)},'
-                f'"wg_public_key":{json.dumps(self.wg_public_key)},'
-                f'"identity_public_key":{json.dumps(self.identity_public_key)},'
-                f'"tunnel_address":{json.dumps(str(self.tunnel_address))},'
-                f'"endpoints":{json.dumps(list(self.endpoints))},'
-            ).encode()
-            + self.tags_json
-            + b'"allowed_ips":['
-        )
+    @functools.cached_property
+    def _peer_parts(self) -> dict[int | None, tuple[bytes, bytes]]:
+        return {}
 
-    @cached_property
+    def peer_parts(self, keepalive_s: int | None) -> tuple[bytes, bytes]:
+        """This card's `Peer` JSON cut where its allowed IPs go: (up to `[`, from `]` on)."""
+        parts = self._peer_parts.get(keepalive_s)
+        if parts is None:
+            text = Peer.model_construct(
+                node_id=self.node_id,
+                name=self.name,
+                role=self.role,
+                wg_public_key=WireGuardPublicKey.from_base64(self.wg_public_key),
+                identity_public_key=IdentityPublicKey.from_base64(self.identity_public_key),
+                tunnel_address=self.tunnel_address,
+                endpoints=list(self.endpoints),
+                allowed_ips=[],
+                persistent_keepalive=keepalive_s,
+                tags=list(self.tags),
+            ).model_dump_json()
+            head, tail = _holes(text.encode(), b'"allowed_ips":[')
+            parts = self._peer_parts[keepalive_s] = (head + b'"allowed_ips":[', tail)
+        return parts
+
+    def direct_peer(self, keepalive_s: int | None) -> bytes:
+        """This card's `Peer` JSON when its allowed IPs are its own address alone (the usual case)."""
+        head, tail = self.peer_parts(keepalive_s)
+        return head + self.host_route + tail
+
+    @functools.cached_property
     def route_head(self) -> bytes:
-        return (
-            f'{{"destination":{self.node_id},'
-            f'"destination_address":{json.dumps(str(self.tunnel_address))},"via":'
-        ).encode()
+        """A `Route` to this node up to its `via` value."""
+        text = Route.model_construct(
+            destination=self.node_id, destination_address=self.tunnel_address, via=919191, cost=None
+        ).model_dump_json()
+        return _holes(text.encode(), b"919191")[0]
+
+    @functools.cached_property
+    def direct_route_head(self) -> bytes:
+        """A direct `Route` to this node up to its cost."""
+        return self.route_head + b"%d" % self.node_id + _ROUTE_MID
+
+    @functools.cached_property
+    def _self_json(self) -> dict[str, bytes]:
+        return {}
+
+    def self_json(self, mesh_cidr: IPNetwork) -> bytes:
+        """This node's `SelfNode` JSON (the `node` of its own map)."""
+        key = str(mesh_cidr)
+        text = self._self_json.get(key)
+        if text is None:
+            text = self._self_json[key] = (
+                SelfNode.model_construct(
+                    node_id=self.node_id,
+                    name=self.name,
+                    role=self.role,
+                    tunnel_address=self.tunnel_address,
+                    mesh_cidr=mesh_cidr,
+                    listen_port=self.listen_port,
+                    key_rotation=self.key_rotation,
+                    tags=list(self.tags),
+                )
+                .model_dump_json()
+                .encode()
+            )
+        return text
+
+    @functools.cached_property
+    def digest_part(self) -> bytes:
+        """Everything a peer's map shows of this card, for digests."""
+        return self.direct_peer(None) + self.route_head + b"|%d" % self.listen_port
 
 
 @dataclass(frozen=True)
@@ -92,7 +215,7 @@ class CardMatch:
     old_pos: npt.NDArray[np.int64]  # the same node's position in the older directory; -1: a new node
     removed: list[int]  # ids only in the older directory, ascending
     gone: npt.NDArray[np.int64]  # their positions in the older directory
-    same_peer: npt.NDArray[np.bool_]  # the node's peer JSON head and host route are unchanged
+    same_peer: npt.NDArray[np.bool_]  # the node's peer JSON (but its allowed IPs) is unchanged
     same_route: npt.NDArray[np.bool_]  # the node's route JSON head is unchanged
     same_host: npt.NDArray[np.bool_]  # the node's host route (its /32 in a relay's allowed IPs) is unchanged
     same_tail: bool  # keepalive and mesh CIDR unchanged
@@ -104,33 +227,26 @@ class Directory:
     def __init__(self, cards: Sequence[NodeCard], mesh_cidr: IPNetwork, keepalive_s: int | None) -> None:
         self.cards = list(cards)
         self.mesh_cidr = mesh_cidr
+        self.keepalive_s = keepalive_s
         self.ids = np.array([c.node_id for c in self.cards], dtype=np.int64)
         self.id_list = [c.node_id for c in self.cards]
-        keepalive = "null" if keepalive_s is None else str(int(keepalive_s))
-        self.peer_tail = f'],"persistent_keepalive":{keepalive}}}'.encode()
-        self.direct_peers = [c.peer_head + c.host_route + self.peer_tail for c in self.cards]
-        self.direct_route_heads = [c.route_head + b'%d,"cost":' % c.node_id for c in self.cards]
-        self._cost_texts: dict[int, bytes] = {-1: b"null"}
+        self.direct_peers = [c.direct_peer(keepalive_s) for c in self.cards]
         self._matches: dict[int, tuple[Directory, CardMatch]] = {}
+        keepalive = "null" if keepalive_s is None else str(int(keepalive_s))
+        self.peer_tail = keepalive.encode()  # what the digests know of the shared tail of every peer
         h = hashlib.blake2b(digest_size=32)
         h.update(f"{PROTOCOL_VERSION}|{mesh_cidr}|{keepalive}|".encode())
         for c in self.cards:
-            h.update(c.peer_head)
-            h.update(c.host_route)
-            h.update(b"|%d\n" % c.listen_port)
+            h.update(c.digest_part)
+            h.update(b"\n")
         self.digest = h.digest()
 
-    @cached_property
+    @functools.cached_property
     def card_hashes(self) -> npt.NDArray[np.uint64]:
         """Per card, a 64-bit hash of everything a map shows of it (maps under a policy digest these)."""
         return np.array(
             [
-                int.from_bytes(
-                    hashlib.blake2b(
-                        c.peer_head + c.host_route + b"|%d" % c.listen_port, digest_size=8
-                    ).digest(),
-                    "big",
-                )
+                int.from_bytes(hashlib.blake2b(c.digest_part, digest_size=8).digest(), "big")
                 for c in self.cards
             ],
             dtype=np.uint64,
@@ -147,11 +263,12 @@ class Directory:
         same_peer = np.zeros(len(self.cards), dtype=bool)
         same_route = np.zeros(len(self.cards), dtype=bool)
         same_host = np.zeros(len(self.cards), dtype=bool)
+        keepalive = self.keepalive_s
         for k, (card, p) in enumerate(zip(self.cards, old_pos.tolist(), strict=True)):
             if p >= 0:
                 was = older.cards[p]
                 same = was is card
-                same_peer[k] = same or (was.peer_head == card.peer_head and was.host_route == card.host_route)
+                same_peer[k] = same or was.peer_parts(keepalive) == card.peer_parts(keepalive)
                 same_route[k] = same or was.route_head == card.route_head
                 same_host[k] = same or was.host_route == card.host_route
         kept = set(self.id_list)
@@ -162,25 +279,32 @@ class Directory:
             same_peer=same_peer,
             same_route=same_route,
             same_host=same_host,
-            same_tail=older.peer_tail == self.peer_tail and older.mesh_cidr == self.mesh_cidr,
+            same_tail=older.keepalive_s == self.keepalive_s and older.mesh_cidr == self.mesh_cidr,
         )
         if len(self._matches) >= 8:
             self._matches.pop(next(iter(self._matches)))
         self._matches[id(older)] = (older, match)
         return match
 
-    def cost_texts(self, tenths: list[int]) -> list[bytes]:
-        """JSON numbers for costs in tenths (-1: null), from a cache: maps repeat the same few costs."""
-        cache = self._cost_texts
-        for t in set(tenths) - cache.keys():
-            cache[t] = b"%d.%d" % divmod(t, 10)
-        return list(map(cache.__getitem__, tenths))
+
+def _peer_json(directory: Directory, k: int, direct: bool, carried: Sequence[int]) -> bytes:
+    """The one relay-fragment builder: the peer at position k, its allowed IPs being its own address
+    when the node reaches it directly plus the addresses of the destinations relayed through it."""
+    if direct and not carried:
+        return directory.direct_peers[k]
+    cards = directory.cards
+    head, tail = cards[k].peer_parts(directory.keepalive_s)
+    ips = ([cards[k].host_route] if direct else []) + [cards[d].host_route for d in carried]
+    return head + b",".join(ips) + tail
 
 
-def cost_tenths(costs: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
-    """Path costs as maps show them: tenths of a unit, -1 when unreachable."""
-    finite = np.isfinite(costs)
-    return np.where(finite, np.rint(np.where(finite, costs, 0.0) * 10), -1).astype(np.int64)
+def _route_json(directory: Directory, d: int, via: int, tenths: int) -> bytes:
+    """The route to the node at position d through the peer at position `via` (d: direct)."""
+    card = directory.cards[d]
+    head = (
+        card.direct_route_head if via == d else card.route_head + b"%d" % directory.id_list[via] + _ROUTE_MID
+    )
+    return head + tenths_json(tenths) + _ROUTE_END
 
 
 def map_digest(
@@ -255,60 +379,50 @@ class MapInputs:
         return ids[: self.index] + ids[self.index + 1 :]
 
 
+def _relays(
+    m: MapInputs, via: npt.NDArray[np.int64] | None = None
+) -> tuple[npt.NDArray[np.int64], dict[int, list[int]]]:
+    """Per position the position carrying traffic to it (itself: direct, or unreachable and tried
+    directly anyway), and per carrying peer the destinations relayed through it, ascending."""
+    if via is None:
+        positions = np.arange(len(m.directory.cards))
+        via = np.where(m.next_row >= 0, m.next_row, positions).astype(np.int64)
+        via[m.index] = m.index
+    carried: dict[int, list[int]] = {}
+    relayed = np.flatnonzero(via != np.arange(len(via)))
+    for d, k in zip(relayed.tolist(), via[relayed].tolist(), strict=True):
+        carried.setdefault(k, []).append(d)
+    return via, carried
+
+
 def _peer_fragments(m: MapInputs) -> list[bytes]:
     """The JSON of each peer, in index order, without the node itself."""
-    directory, index, next_row = m.directory, m.index, m.next_row
-    cards = directory.cards
-    n = len(cards)
-    positions = np.arange(n)
-    via = np.where(next_row >= 0, next_row, positions)  # unreachable: try the direct link anyway
-    relayed = via != positions
-    relayed[index] = False
+    directory, index = m.directory, m.index
+    via, carried = _relays(m)
     peers = directory.direct_peers[:index] + directory.direct_peers[index + 1 :]
-    if relayed.any():
-        extra: dict[int, list[bytes]] = {}
-        relayed_ids = np.nonzero(relayed)[0].tolist()
-        for d in relayed_ids:
-            extra.setdefault(int(via[d]), []).append(cards[d].host_route)
-        for d in set(extra) | set(relayed_ids):
-            ips = ([] if relayed[d] else [cards[d].host_route]) + extra.get(d, [])
-            peers[d - (d > index)] = cards[d].peer_head + b",".join(ips) + directory.peer_tail
+    for d in {*carried, *(x for xs in carried.values() for x in xs)}:
+        peers[d - (d > index)] = _peer_json(directory, d, bool(via[d] == d), carried.get(d, ()))
     return peers
 
 
 def _route_fragments(m: MapInputs) -> list[bytes]:
     """The JSON of each route, in index order, without the node itself."""
-    directory, index, next_row = m.directory, m.index, m.next_row
-    cards = directory.cards
-    positions = np.arange(len(cards))
-    via = np.where(next_row >= 0, next_row, positions)
-    relayed = via != positions
-    relayed[index] = False
-    heads = directory.direct_route_heads[:index] + directory.direct_route_heads[index + 1 :]
-    for d in np.nonzero(relayed)[0].tolist():
-        heads[d - (d > index)] = cards[d].route_head + b'%d,"cost":' % directory.ids[via[d]]
-    costs = m.tenths.tolist()
-    del costs[index]
-    return list(map(_close, heads, directory.cost_texts(costs)))
-
-
-def _close(head: bytes, cost: bytes) -> bytes:
-    return head + cost + b"}"
+    directory, index = m.directory, m.index
+    via, _ = _relays(m)
+    tenths = m.tenths.tolist()
+    heads = [c.direct_route_head for c in directory.cards]
+    for d in np.flatnonzero(via != np.arange(len(via))).tolist():
+        heads[d] = directory.cards[d].route_head + b"%d" % directory.id_list[int(via[d])] + _ROUTE_MID
+    del heads[index], tenths[index]
+    return [h + tenths_json(t) + _ROUTE_END for h, t in zip(heads, tenths, strict=True)]
 
 
 def _node_json(m: MapInputs) -> bytes:
-    me = m.directory.cards[m.index]
-    return (
-        (
-            f'{{"node_id":{me.node_id},"name":{json.dumps(me.name)},"role":{json.dumps(me.role)},'
-            f'"tunnel_address":{json.dumps(str(me.tunnel_address))},'
-            f'"mesh_cidr":{json.dumps(str(m.directory.mesh_cidr))},'
-        ).encode()
-        + me.tags_json
-        + b'"listen_port":%d' % me.listen_port
-        + (b',"key_rotation":%d' % me.key_rotation if me.key_rotation is not None else b"")
-        + b"}"
-    )
+    return m.directory.cards[m.index].self_json(m.directory.mesh_cidr)
+
+
+def _list(fragments: Sequence[bytes]) -> bytes:
+    return b"[" + b",".join(fragments) + b"]"
 
 
 # --- maps under a policy: only the peers and routes the node's access allows --------------------------
@@ -328,53 +442,26 @@ def _policy_vias(m: MapInputs) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bo
 def _keyed_peers(m: MapInputs) -> list[tuple[int, bytes]]:
     """(node id, peer JSON) of every peer the access allows, in index order."""
     assert m.access is not None
-    directory, cards = m.directory, m.directory.cards
+    directory = m.directory
     via, relayed = _policy_vias(m)
-    carried: dict[int, list[bytes]] = {}
-    for d in np.nonzero(relayed & m.access.routes)[0].tolist():
-        carried.setdefault(int(via[d]), []).append(cards[d].host_route)
-    out = []
-    for k in np.nonzero(m.access.peers)[0].tolist():
-        ips = ([] if relayed[k] else [cards[k].host_route]) + carried.get(k, [])
-        out.append((cards[k].node_id, cards[k].peer_head + b",".join(ips) + directory.peer_tail))
-    return out
+    _, carried = _relays(m, np.where(relayed & m.access.routes, via, np.arange(len(via))))
+    return [
+        (directory.id_list[k], _peer_json(directory, k, not relayed[k], carried.get(k, ())))
+        for k in np.flatnonzero(m.access.peers).tolist()
+    ]
 
 
 def _keyed_routes(m: MapInputs) -> list[tuple[int, bytes]]:
     """(destination id, route JSON) of every route the access allows, in index order."""
     assert m.access is not None
-    directory, cards = m.directory, m.directory.cards
+    directory = m.directory
     via, relayed = _policy_vias(m)
     out = []
-    for k in np.nonzero(m.access.routes)[0].tolist():
-        if relayed[k]:
-            head = cards[k].route_head + b'%d,"cost":' % directory.ids[via[k]]
-            tenths = int(m.tenths[k])
-        else:
-            head = directory.direct_route_heads[k]
-            # a relayed path the policy refused says nothing about the direct link's cost
-            tenths = int(m.tenths[k]) if m.next_row[k] in (k, -1) else -1
-        out.append((cards[k].node_id, head + directory.cost_texts([tenths])[0] + b"}"))
+    for k in np.flatnonzero(m.access.routes).tolist():
+        # a relayed path the policy refused says nothing about the direct link's cost
+        tenths = int(m.tenths[k]) if relayed[k] or m.next_row[k] in (k, -1) else -1
+        out.append((directory.id_list[k], _route_json(directory, k, int(via[k]), tenths)))
     return out
-
-
-def _render_policy_map(m: MapInputs, serial: int, with_kind: bool) -> bytes:
-    assert m.access is not None
-    return b"".join(
-        (
-            b'{"kind":"full","serial":%d,"node":' % serial if with_kind else b'{"serial":%d,"node":' % serial,
-            _node_json(m),
-            b',"peers":[',
-            b",".join(f for _, f in _keyed_peers(m)),
-            b'],"routes":[',
-            b",".join(f for _, f in _keyed_routes(m)),
-            b'],"forward":',
-            b"true" if m.access.forward else b"false",
-            b',"policy":',
-            m.access.policy_json,
-            b',"protocol_version":%d}' % PROTOCOL_VERSION,
-        )
-    )
 
 
 def _keyed(m: MapInputs) -> tuple[list[tuple[int, bytes]], list[tuple[int, bytes]]]:
@@ -387,53 +474,55 @@ def _keyed(m: MapInputs) -> tuple[list[tuple[int, bytes]], list[tuple[int, bytes
     )
 
 
+def _forward(m: MapInputs) -> bytes:
+    forward = m.access.forward if m.access is not None else m.forward
+    return _TRUE if forward else _FALSE
+
+
+def _policy_part(m: MapInputs) -> dict[str, bytes]:
+    return {} if m.access is None else {"policy": m.access.policy_json}
+
+
 def _render_keyed_delta(old: MapInputs, new: MapInputs, base_serial: int, serial: int) -> bytes:
     """A delta found by comparing the two maps' fragments by id (used when a policy is in force in
     either map: its peer and route sets then differ per node)."""
     old_peers, old_routes = (dict(x) for x in _keyed(old))
     new_peers, new_routes = _keyed(new)
-    forward = new.access.forward if new.access is not None else new.forward
     new_peer_ids = {k for k, _ in new_peers}
     new_route_ids = {k for k, _ in new_routes}
-    return b"".join(
-        (
-            b'{"kind":"delta","serial":%d,"base_serial":%d,"node":' % (serial, base_serial),
-            _node_json(new),
-            b',"forward":',
-            b"true" if forward else b"false",
-            b',"policy":',
-            new.access.policy_json if new.access is not None else b"null",
-            b',"peers_upserted":[',
-            b",".join(f for k, f in new_peers if old_peers.get(k) != f),
-            b'],"peers_removed":',
-            json.dumps(sorted(old_peers.keys() - new_peer_ids)).encode(),
-            b',"routes_upserted":[',
-            b",".join(f for k, f in new_routes if old_routes.get(k) != f),
-            b'],"routes_removed":',
-            json.dumps(sorted(old_routes.keys() - new_route_ids)).encode(),
-            b',"protocol_version":%d}' % PROTOCOL_VERSION,
-        )
+    return _DELTA.render(
+        {
+            "kind": b'"delta"',
+            "serial": b"%d" % serial,
+            "base_serial": b"%d" % base_serial,
+            "node": _node_json(new),
+            "forward": _forward(new),
+            **_policy_part(new),
+            "peers_upserted": _list([f for k, f in new_peers if old_peers.get(k) != f]),
+            "peers_removed": _IDS.dump_json(sorted(old_peers.keys() - new_peer_ids)),
+            "routes_upserted": _list([f for k, f in new_routes if old_routes.get(k) != f]),
+            "routes_removed": _IDS.dump_json(sorted(old_routes.keys() - new_route_ids)),
+        }
     )
 
 
 def render_map(m: MapInputs, serial: int, with_kind: bool = False) -> bytes:
     """The JSON of `wire.models.NetMap` at `serial`; `with_kind` adds `"kind":"full"` (answers to delta
-    polls), otherwise the bytes are exactly those of protocol version 1 before deltas."""
+    polls), otherwise the bytes are those a client of protocol version 1 before deltas reads."""
     if m.access is not None:
-        return _render_policy_map(m, serial, with_kind)
-    return b"".join(
-        (
-            b'{"kind":"full","serial":%d,"node":' % serial if with_kind else b'{"serial":%d,"node":' % serial,
-            _node_json(m),
-            b',"peers":[',
-            b",".join(_peer_fragments(m)),
-            b'],"routes":[',
-            b",".join(_route_fragments(m)),
-            b'],"forward":',
-            b"true" if m.forward else b"false",
-            b',"protocol_version":%d}' % PROTOCOL_VERSION,
-        )
-    )
+        peers = [f for _, f in _keyed_peers(m)]
+        routes = [f for _, f in _keyed_routes(m)]
+    else:
+        peers, routes = _peer_fragments(m), _route_fragments(m)
+    parts = {
+        "serial": b"%d" % serial,
+        "node": _node_json(m),
+        "peers": _list(peers),
+        "routes": _list(routes),
+        "forward": _forward(m),
+        **_policy_part(m),
+    }
+    return _NETMAP.render(parts, frozenset() if with_kind else _NO_KIND)
 
 
 def render_netmap(
@@ -446,18 +535,6 @@ def render_netmap(
 ) -> bytes:
     """The JSON of `wire.models.NetMap` for the node at `index` (see MapInputs for the arrays)."""
     return render_map(MapInputs(directory, index, next_row, tenths.astype(np.int32), forward), serial)
-
-
-def _vias(m: MapInputs) -> npt.NDArray[np.int64]:
-    """Per position, the position of the peer carrying traffic to it (itself: direct or unreachable)."""
-    positions = np.arange(len(m.directory.cards))
-    via = np.where(m.next_row >= 0, m.next_row, positions).astype(np.int64)
-    via[m.index] = m.index
-    return via
-
-
-# Above this many changed peers a delta renders the whole peer list and picks from it.
-_FEW_PEERS = 32
 
 
 def render_delta(old: MapInputs, new: MapInputs, base_serial: int, serial: int) -> bytes:
@@ -473,7 +550,8 @@ def render_delta(old: MapInputs, new: MapInputs, base_serial: int, serial: int) 
     d_old, d_new = old.directory, new.directory
     match = d_new.match(d_old)
     ids = d_new.ids
-    via_old, via_new = _vias(old), _vias(new)
+    via_old, _ = _relays(old)
+    via_new, carried = _relays(new)
     vid_old, vid_new = d_old.ids[via_old], ids[via_new]  # via as node ids
     present = match.old_pos >= 0
     at = np.where(present, match.old_pos, 0)
@@ -491,47 +569,33 @@ def render_delta(old: MapInputs, new: MapInputs, base_serial: int, serial: int) 
             vid_new[~match.same_host & ~direct_new],  # a relayed destination's address changed
         )
     )
-    peer_changed = ~present | ~match.same_peer | np.isin(ids, carriers) | (moved & (direct_new != direct_was))
+    peer_changed = ~present | ~match.same_peer | (moved & (direct_new != direct_was))
+    if len(carriers):
+        peer_changed |= np.isin(ids, carriers)
     if not match.same_tail:
         peer_changed[:] = True
     peer_changed[new.index] = False
     route_changed = ~present | ~match.same_route | moved | (present & (old.tenths[at] != new.tenths))
     route_changed[new.index] = False
-
-    cards = d_new.cards
-    changed = np.nonzero(peer_changed)[0].tolist()
-    if len(changed) > _FEW_PEERS:
-        every = _peer_fragments(new)
-        peers = [every[k - (k > new.index)] for k in changed]
-    else:
-        peers = []
-        for k in changed:
-            extra = np.nonzero(via_new == k)[0].tolist()
-            ips = [cards[x].host_route for x in extra if x != k]
-            if direct_new[k]:
-                ips.insert(0, cards[k].host_route)
-            peers.append(cards[k].peer_head + b",".join(ips) + d_new.peer_tail)
-    routes = []
-    for k in np.nonzero(route_changed)[0].tolist():
-        head = (
-            d_new.direct_route_heads[k] if direct_new[k] else cards[k].route_head + b'%d,"cost":' % vid_new[k]
-        )
-        routes.append(head + d_new.cost_texts([int(new.tenths[k])])[0] + b"}")
-    removed = json.dumps(match.removed).encode()
-    return b"".join(
-        (
-            b'{"kind":"delta","serial":%d,"base_serial":%d,"node":' % (serial, base_serial),
-            _node_json(new),
-            b',"forward":',
-            b"true" if new.forward else b"false",
-            b',"peers_upserted":[',
-            b",".join(peers),
-            b'],"peers_removed":',
-            removed,
-            b',"routes_upserted":[',
-            b",".join(routes),
-            b'],"routes_removed":',
-            removed,
-            b',"protocol_version":%d}' % PROTOCOL_VERSION,
-        )
+    peers = [
+        _peer_json(d_new, k, bool(direct_new[k]), carried.get(k, ()))
+        for k in np.flatnonzero(peer_changed).tolist()
+    ]
+    routes = [
+        _route_json(d_new, k, int(via_new[k]), int(new.tenths[k]))
+        for k in np.flatnonzero(route_changed).tolist()
+    ]
+    removed = _IDS.dump_json(match.removed)
+    return _DELTA.render(
+        {
+            "kind": b'"delta"',
+            "serial": b"%d" % serial,
+            "base_serial": b"%d" % base_serial,
+            "node": _node_json(new),
+            "forward": _forward(new),
+            "peers_upserted": _list(peers),
+            "peers_removed": removed,
+            "routes_upserted": _list(routes),
+            "routes_removed": removed,
+        }
     )

@@ -451,7 +451,7 @@ class Router:
         old_relays = self._relays.copy()
         self._recompute(trees)
         changed = (old_pred != self._pred[trees]).any(axis=0)
-        changed |= (_rounded(old_dist) != _rounded(self._dist[trees])).any(axis=0)
+        changed |= (cost_tenths(old_dist) != cost_tenths(self._dist[trees])).any(axis=0)
         self._relays = (
             self._relays - self._relay_counts(old_pred, trees) + self._relay_counts(self._pred[trees], trees)
         )
@@ -467,16 +467,16 @@ class Router:
         return np.bincount(pred_rows[relayed], minlength=n).astype(np.int64)
 
 
+def cost_tenths(costs: FloatMatrix) -> npt.NDArray[np.int64]:
+    """Path costs as maps show them: whole tenths (rounded half to even), -1 when unreachable. The one
+    rule: maps render these (controller.netmap), and a cost change is visible when its tenths move."""
+    finite = np.isfinite(costs)
+    return np.where(finite, np.rint(np.where(finite, costs, 0.0) * 10), -1).astype(np.int64)
+
+
 def _tenths(d: float) -> int:
-    """One cost as maps show it (see `_rounded`)."""
-    return int(np.rint(d * 10)) if d != np.inf else -1
-
-
-def _rounded(dist: FloatMatrix) -> npt.NDArray[np.int64]:
-    """Costs as maps show them (tenths), inf as -1: what counts as a visible cost change."""
-    return np.where(np.isfinite(dist), np.rint(np.where(np.isfinite(dist), dist, 0) * 10), -1).astype(
-        np.int64
-    )
+    """One cost as `cost_tenths` shows it (the same rule on a scalar, for the repair loops)."""
+    return int(np.rint(d * 10)) if np.isfinite(d) else -1
 
 
 def _check_cost(e: EdgeCost) -> None:

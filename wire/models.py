@@ -2,6 +2,11 @@
 
 Split by direction (innernet's PeerContents / Peer): a `*Request` is what a client sends; the record the
 server returns carries its id. Every optional field says what its absence means.
+
+A model's `model_dump_json()` is its wire form: the controller's fast map encoder (controller.netmap)
+builds the same bytes from parts the models rendered. Fields added after protocol version 1 that old
+agents would refuse are left out while empty (`exclude_if=_empty`): a map without a policy says
+nothing about tags or policies.
 """
 
 from __future__ import annotations
@@ -19,6 +24,11 @@ from wire.policy import TagName
 NodeId = Annotated[int, Field(ge=1, description="Controller-assigned node id, never reused.")]
 IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network
+
+
+def _empty(value: object) -> bool:
+    """Left out of the wire form: None or an empty list."""
+    return value is None or value == []
 
 
 class WireModel(BaseModel):
@@ -105,7 +115,9 @@ class Peer(WireModel):
     )
     persistent_keepalive: int | None = Field(default=None, ge=0, le=65535, description="None: off.")
     tags: list[str] = Field(
-        default_factory=list, description="The peer's policy tags; absent: none (or no policy in force)."
+        default_factory=list,
+        exclude_if=_empty,
+        description="The peer's policy tags; absent: none (or no policy in force).",
     )
 
 
@@ -128,10 +140,13 @@ class SelfNode(WireModel):
     key_rotation: int | None = Field(
         default=None,
         ge=1,
+        exclude_if=_empty,
         description="A key rotation the controller asks this node to make (its id); None: none asked.",
     )
     tags: list[str] = Field(
-        default_factory=list, description="This node's policy tags; absent: none (or no policy in force)."
+        default_factory=list,
+        exclude_if=_empty,
+        description="This node's policy tags; absent: none (or no policy in force).",
     )
 
 
@@ -175,7 +190,9 @@ class NetMap(WireModel):
     peers: list[Peer]
     routes: list[Route]
     forward: bool = Field(description="True when other nodes relay through this one: enable IP forwarding.")
-    policy: NodePolicy | None = Field(default=None, description="None: no policy in force (full mesh).")
+    policy: NodePolicy | None = Field(
+        default=None, exclude_if=_empty, description="None: no policy in force (full mesh)."
+    )
     protocol_version: int = PROTOCOL_VERSION
 
 
@@ -195,7 +212,7 @@ class NetMapDelta(WireModel):
     node: SelfNode
     forward: bool = Field(description="As NetMap.forward at `serial`.")
     policy: NodePolicy | None = Field(
-        default=None, description="As NetMap.policy at `serial` (always whole)."
+        default=None, exclude_if=_empty, description="As NetMap.policy at `serial` (always whole)."
     )
     peers_upserted: list[Peer] = Field(
         default_factory=list,

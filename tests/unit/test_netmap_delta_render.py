@@ -1,17 +1,16 @@
-"""The controller's delta renderer (controller.netmap.render_delta) finds on the routing arrays exactly
-the delta `wire.delta.netmap_delta` computes from the two rendered maps: for random directories (nodes
-added, removed, re-keyed), random next hops (direct, relayed, unreachable) and costs."""
+"""The controller's map encoder (controller.netmap) on random directories (nodes added, removed,
+re-keyed, tagged, asked to rotate), random next hops (direct, relayed, unreachable) and costs: what it
+writes is byte for byte the wire models' own serialization, and its delta (found on the routing arrays)
+is exactly the delta `wire.delta.netmap_delta` computes from the two rendered maps."""
 
 from __future__ import annotations
 
 from ipaddress import IPv4Network
 
 import numpy as np
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller import netmap
 from controller.netmap import Directory, MapInputs, NodeCard, render_delta, render_map
 from keys.types import IdentityPrivateKey, WireGuardPrivateKey
 from wire.delta import apply_delta, netmap_delta
@@ -23,7 +22,9 @@ ID = IdentityPrivateKey.generate().public_key().base64()
 ME = 1
 
 
-def card(node_id: int, key: int = 0, endpoint: int = 1) -> NodeCard:
+def card(
+    node_id: int, key: int = 0, endpoint: int = 1, tags: tuple[str, ...] = (), rotation: int | None = None
+) -> NodeCard:
     return NodeCard(
         node_id=node_id,
         name=f"n{node_id}",
@@ -31,14 +32,16 @@ def card(node_id: int, key: int = 0, endpoint: int = 1) -> NodeCard:
         wg_public_key=WG[key],
         identity_public_key=ID,
         tunnel_address=MESH[node_id],
-        endpoints=(f"198.18.0.{endpoint}:51820",),
+        endpoints=(f"198.18.0.{endpoint}:51820",) if endpoint else (),
         listen_port=51820,
+        tags=tags,
+        key_rotation=rotation,
     )
 
 
 @st.composite
-def inputs(draw: st.DrawFn, cards: list[NodeCard]) -> MapInputs:
-    directory = Directory(cards, MESH, 25)
+def inputs(draw: st.DrawFn, cards: list[NodeCard], keepalive: int | None = 25) -> MapInputs:
+    directory = Directory(cards, MESH, keepalive)
     n = len(cards)
     index = [c.node_id for c in cards].index(ME)
     others = [p for p in range(n) if p != index]
@@ -51,7 +54,7 @@ def inputs(draw: st.DrawFn, cards: list[NodeCard]) -> MapInputs:
             row.append(-1)
         else:
             row.append(draw(st.sampled_from(others)))
-    tenths = [draw(st.sampled_from([-1, 10, 312])) for _ in range(n)]
+    tenths = [draw(st.sampled_from([-1, 0, 3, 10, 312, 100_007, 123_456_789])) for _ in range(n)]
     return MapInputs(
         directory, index, np.array(row, dtype=np.int32), np.array(tenths, dtype=np.int32), draw(st.booleans())
     )
@@ -64,18 +67,29 @@ def pairs(draw: st.DrawFn) -> tuple[MapInputs, MapInputs]:
     old_cards = {i: card(i) for i in old_ids}
     new_cards = []
     for i in new_ids:
-        kind = draw(st.sampled_from(["same object", "equal copy", "new key", "new endpoint"]))
+        kind = draw(
+            st.sampled_from(
+                ["same object", "equal copy", "new key", "new endpoint", "no endpoint", "tagged", "rotating"]
+            )
+        )
         if i in old_cards and kind == "same object":
             new_cards.append(old_cards[i])
         elif kind == "new key":
             new_cards.append(card(i, key=1))
         elif kind == "new endpoint":
             new_cards.append(card(i, endpoint=2))
+        elif kind == "no endpoint":
+            new_cards.append(card(i, endpoint=0))
+        elif kind == "tagged":
+            new_cards.append(card(i, tags=("db", "web")))
+        elif kind == "rotating":
+            new_cards.append(card(i, rotation=7))
         else:
             new_cards.append(card(i))
     old = draw(inputs([old_cards[i] for i in old_ids]))
     same_directory = set(old_ids) == set(new_ids) and draw(st.booleans())
-    new = draw(inputs(old.directory.cards if same_directory else new_cards))
+    keepalive = draw(st.sampled_from([25, None])) if not same_directory else 25
+    new = draw(inputs(old.directory.cards if same_directory else new_cards, keepalive))
     return old, new
 
 
@@ -100,12 +114,16 @@ def test_a_full_map_with_its_kind_is_the_same_map(pair: tuple[MapInputs, MapInpu
     assert NetMap.model_validate_json(plain) == NetMap.model_validate_json(with_kind)
 
 
-@settings(max_examples=100, deadline=None)
+
+
+@settings(max_examples=200, deadline=None)
 @given(pairs())
-def test_the_many_peers_path_renders_the_same_delta(pair: tuple[MapInputs, MapInputs]):
+def test_the_fast_encoder_writes_the_models_own_serialization(pair: tuple[MapInputs, MapInputs]):
     old_inputs, new_inputs = pair
-    few = render_delta(old_inputs, new_inputs, 4, 5)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(netmap, "_FEW_PEERS", 0)
-        many = render_delta(old_inputs, new_inputs, 4, 5)
-    assert many == few
+    for m in pair:
+        with_kind = render_map(m, 5, with_kind=True)
+        assert NetMap.model_validate_json(with_kind).model_dump_json().encode() == with_kind
+        plain = render_map(m, 5)
+        assert NetMap.model_validate_json(plain).model_dump_json(exclude={"kind"}).encode() == plain
+    delta = render_delta(old_inputs, new_inputs, 4, 5)
+    assert NetMapDelta.model_validate_json(delta).model_dump_json().encode() == delta

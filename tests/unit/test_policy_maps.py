@@ -96,6 +96,18 @@ def test_no_map_holds_a_forbidden_peer_or_relay(world):
             assert set(hops[1:-1]) <= relays, f"{s}->{d} crosses {hops} through a node that may not relay"
 
 
+@settings(max_examples=60, deadline=None)
+@given(world=worlds())
+def test_maps_under_a_policy_are_the_models_own_serialization(world):
+    cards, doc, failed = world
+    mesh = Mesh(CIDR, LinkPolicy(), 25, cards, access=(doc, 1))
+    for a, b in failed:
+        mesh.report(b, [LinkMeasurement(peer_id=a, loss=1.0)], T0)
+    for n in mesh.cards:
+        body = mesh.render(n)
+        assert NetMap.model_validate_json(body).model_dump_json(exclude={"kind"}).encode() == body
+
+
 def test_no_policy_maps_are_todays_maps():
     cards = [card(n) for n in (1, 2, 3)]
     plain = Mesh(CIDR, LinkPolicy(), 25, cards)
