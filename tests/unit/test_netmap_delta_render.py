@@ -114,8 +114,6 @@ def test_a_full_map_with_its_kind_is_the_same_map(pair: tuple[MapInputs, MapInpu
     assert NetMap.model_validate_json(plain) == NetMap.model_validate_json(with_kind)
 
 
-
-
 @settings(max_examples=200, deadline=None)
 @given(pairs())
 def test_the_fast_encoder_writes_the_models_own_serialization(pair: tuple[MapInputs, MapInputs]):
