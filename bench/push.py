@@ -73,7 +73,7 @@ ENROLLMENTS = 30
 VERIFIED = 10  # agents that also apply every delta to a parsed map and check it against a full fetch
 MESH = ipaddress.ip_network("198.19.0.0/16")
 POLL_TIMEOUT_S = 60
-ROUND_DEADLINE_S = 60.0
+ROUND_DEADLINE_S = 60.0  # per 1,000 agents (at least)
 SETTLE_S = 1.0
 START_DEADLINE_S = 120.0
 
@@ -202,6 +202,11 @@ def start_controller(state_dir: Path, port: int, env: dict[str, str] | None = No
             return process
     process.kill()
     raise RuntimeError(f"controller did not start: {process.stderr.read() if process.stderr else ''}")
+
+
+def deadline_s(agents: int) -> float:
+    """How long a round may take before the bench gives up: longer for more agents."""
+    return ROUND_DEADLINE_S * max(1.0, agents / 1000)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -339,7 +344,7 @@ async def push_round(
     r = await client.post(api.ENROLL, content=body, headers={"Content-Type": "application/json"})
     enrolled = time.perf_counter()
     r.raise_for_status()
-    deadline = start + ROUND_DEADLINE_S
+    deadline = start + deadline_s(len(agents))
     while sum(1 for a in agents if a.got) < len(agents):
         for t in tasks:
             if t.done() and t.exception():
@@ -428,7 +433,7 @@ async def policy_round(
     )
     answered = time.perf_counter()
     r.raise_for_status()
-    deadline = start + ROUND_DEADLINE_S
+    deadline = start + deadline_s(len(agents))
     while sum(1 for a in agents if a.got and a.node_id in want) < len(want):
         for t in tasks:
             if t.done() and t.exception():
@@ -476,7 +481,7 @@ async def remove_round(
     r = await client.delete(f"{api.NODES}/{node_id}", headers={"Authorization": f"Bearer {admin}"})
     answered = time.perf_counter()
     r.raise_for_status()
-    deadline = start + ROUND_DEADLINE_S
+    deadline = start + deadline_s(len(agents))
     while sum(1 for a in agents if a.got) < len(agents):
         for t in tasks:
             if t.done() and t.exception():
@@ -546,13 +551,19 @@ class Figures:
 
 
 async def run(
-    port: int, admin: str, agents: list[SimAgent], controller_pid: int, ca_file: Path, policy_rounds: bool
+    port: int,
+    admin: str,
+    agents: list[SimAgent],
+    controller_pid: int,
+    ca_file: Path,
+    policy_rounds: bool,
+    full_push: bool = True,
 ) -> Figures:
     url = f"https://127.0.0.1:{port}"
     timeout = httpx.Timeout(POLL_TIMEOUT_S + 30)
     tls = ssl.create_default_context(cafile=str(ca_file))  # the controller's own CA, as agents pin it
     n = len(agents)
-    full_rounds = ROUNDS if n <= FULL_ROUNDS_UP_TO else 1
+    full_rounds = 0 if not full_push else ROUNDS if n <= FULL_ROUNDS_UP_TO else 1
     for a in agents:
         a.conn = AgentConnection(port, a.credential, tls)
     try:
@@ -570,7 +581,7 @@ async def run(
                     for i in range(1, full_rounds + 1)
                 ]
                 # From now on the agents ask for deltas; the polls parked without delta=1 are answered
-                # by one unmeasured enrollment (VERIFIED agents keep that full map to apply deltas to).
+                # by one unmeasured enrollment.
                 polling.delta = True
                 await push_round(
                     "warmup", 0, client, admin, agents, tasks, polling, controller_pid, show=False
@@ -624,7 +635,7 @@ async def run(
                 await a.conn.close()
 
 
-def measure(n: int, policy_rounds: bool) -> int:
+def measure(n: int, policy_rounds: bool, full_push: bool = True) -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < 4 * n:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8 * n), hard))
@@ -643,7 +654,7 @@ def measure(n: int, policy_rounds: bool) -> int:
         print(f"{n} nodes seeded in {seeded:.1f} s; controller (full mesh) started in {started:.1f} s")
         print("\n" + HEADER)
         figures = asyncio.run(
-            run(port, admin, agents, process.pid, state_dir / "tls" / "ca.crt", policy_rounds)
+            run(port, admin, agents, process.pid, state_dir / "tls" / "ca.crt", policy_rounds, full_push)
         )
     finally:
         if process is not None:
@@ -657,7 +668,7 @@ def measure(n: int, policy_rounds: bool) -> int:
     baseline = figures.baseline
 
     def med(rounds: list[dict[str, float]], key: str) -> float:
-        return statistics.median(r[key] for r in rounds)
+        return statistics.median(r[key] for r in rounds) if rounds else float("nan")
 
     delta_all, full_all = med(figures.delta, "all"), med(figures.full, "all")
     delta_worst = max(r["all"] for r in figures.delta)
@@ -672,7 +683,7 @@ def measure(n: int, policy_rounds: bool) -> int:
         ("delta push (delta=1)", figures.delta),
         ("removal, delta push", figures.removal),
     ):
-        worst = max(r["all"] for r in rounds)
+        worst = max((r["all"] for r in rounds), default=float("nan"))
         print(f"{label:<44} {med(rounds, 'all'):>9.3f} {worst:>8.3f} {med(rounds, 'kb'):>9.1f}")
     cpu_join, cpu_removal = med(figures.delta, "server_cpu"), med(figures.removal, "server_cpu")
     print(
@@ -729,7 +740,7 @@ def compare(sizes: list[int]) -> int:
     rows: list[dict[str, str]] = []
     for n in sizes:
         print(f"\n== {n} agents ==", flush=True)
-        cmd = [sys.executable, "-m", "bench.push", "--agents", str(n), "--no-policy"]
+        cmd = [sys.executable, "-m", "bench.push", "--agents", str(n), "--no-policy", "--no-full"]
         with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as proc:
             assert proc.stdout is not None
             result = ""
@@ -782,6 +793,7 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated agent counts: one run each, figures side by side (e.g. 1000,2000,5000)",
     )
     parser.add_argument("--no-policy", action="store_true", help="leave out the access-policy rounds")
+    parser.add_argument("--no-full", action="store_true", help="leave out the full-map push rounds")
     args = parser.parse_args(argv)
     if args.sizes:
         try:
@@ -793,7 +805,7 @@ def main(argv: list[str] | None = None) -> int:
         return compare(sizes)
     if args.agents < 20:
         parser.error("--agents must be at least 20 (the policy rounds tag 20 of them)")
-    return measure(args.agents, not args.no_policy)
+    return measure(args.agents, not args.no_policy, not args.no_full)
 
 
 if __name__ == "__main__":

@@ -194,23 +194,52 @@ class Router:
             raise ValueError(f"node {node_id}: an edge appears twice")
         self._w = _append_node(self._w, nb, c)
         self._grow(n + 1)
-        self._recompute(np.array([n]))
-        # The new node's tree gives its distance to every old node; by symmetry that is the old trees'
-        # distance to it. An old tree changes only if the new node offers a shorter way to someone.
-        self._dist[:n, n] = self._dist[n, :n]
-        self._relays = np.append(self._relays, 0) + self._relay_counts(self._pred[[n]], np.array([n]))
+        self._relays = np.append(self._relays, 0)
+        if not len(nb):
+            self._pred[n, n] = n
+            self._dist[n, n] = 0.0
+            return
+        # A shortest path between an old node d and the new node x ends with an edge k-x and never
+        # crosses x before, so dist(d, x) = min over x's neighbours k of dist_old(d, k) + c(k, x): that
+        # one k is x's first hop toward d, and d's first hop toward x is its first hop toward k (x
+        # itself when d == k). This is the new tree, and x's place as a leaf in every old tree, without
+        # a Dijkstra. Since every path of two hops or more costs at least the cheapest edge plus the
+        # cheapest edge of x, a direct edge cheaper than that is the shortest path: those d need no
+        # search (in a full mesh of fresh links, all of them).
+        old_dist, old_pred = self._dist[:n, :n], self._pred[:n, :n]
+        edge = np.full(n, np.inf)
+        edge[nb] = c
+        floor = float(self._w.data.min()) if self._w.nnz else np.inf
+        direct = edge * (1 + _REL_TOL) < floor + float(c.min())
+        best = np.where(direct, np.arange(n), -1)
+        dist_x = np.where(direct, edge, np.inf)
+        rest = np.flatnonzero(~direct)
+        if len(rest):
+            through = (old_dist[nb][:, rest] if len(nb) < n else old_dist[:, rest]) + c[:, None]
+            k = np.argmin(through, axis=0)
+            dist_x[rest] = through[k, np.arange(len(rest))]
+            best[rest] = nb[k]
+        reachable = np.isfinite(dist_x)
+        trees = np.arange(n)
+        parent = np.where(reachable, best, NO_HOP)
+        first = np.where(parent == trees, n, old_pred[np.maximum(parent, 0), trees])
+        self._pred[n, :n] = np.where(reachable, first, NO_HOP)
+        self._pred[n, n] = n
+        self._dist[n, :n] = self._dist[:n, n] = dist_x
+        self._dist[n, n] = 0.0
+        self._pred[:n, n] = parent
+        self._relays += self._relay_counts(self._pred[[n]], np.array([n]))
+        relayed = reachable & (parent != trees)
+        self._relays += np.bincount(parent[relayed], minlength=n + 1)
+        # An old tree changes only if x offers some node j a shorter way: dist(d, x) + c(x, j) <
+        # dist(d, j); no j is that far from d unless d's farthest node is beyond dist(d, x) + x's
+        # cheapest edge, so only those trees are checked edge by edge.
+        farthest = old_dist.max(axis=1)
+        maybe = np.flatnonzero(dist_x + float(c.min()) < farthest * (1 + _REL_TOL))
         affected = np.zeros(n, dtype=bool)
-        if len(nb) and n:
-            via_new = self._dist[:n, n][:, None] + c[None, :]
-            affected = np.asarray((via_new < self._dist[:n, nb] * (1 + _REL_TOL)).any(axis=1))
-            # In the unaffected trees the new node hangs as a leaf off its cheapest neighbour.
-            leaf = self._dist[:n, nb] + c[None, :]
-            parent = nb[np.argmin(leaf, axis=1)]
-            reachable = np.isfinite(self._dist[:n, n])
-            self._pred[:n, n] = np.where(reachable, parent, NO_HOP)
-            trees = np.arange(n)
-            relayed = reachable & (parent != trees)
-            self._relays += np.bincount(parent[relayed], minlength=n + 1)
+        if len(maybe):
+            via_x = dist_x[maybe][:, None] + c[None, :]
+            affected[maybe] = (via_x < old_dist[maybe][:, nb] * (1 + _REL_TOL)).any(axis=1)
         if affected.any():
             trees = np.nonzero(affected)[0]
             self._relays -= self._relay_counts(self._pred[trees], trees)
@@ -237,21 +266,35 @@ class Router:
 
     def remove_node(self, node_id: int) -> None:
         x = self.index[node_id]
-        # Trees where x is a leaf lose only x; trees where x is inner must be recomputed.
-        inner = (self._pred == x).any(axis=1)
-        inner[x] = False
-        keep = np.ones(len(self.nodes), dtype=bool)
-        keep[x] = False
-        self._w = sp.csr_array(self._w[keep][:, keep])
-        self._pred = self._pred_buf = np.delete(np.delete(self._pred, x, axis=0), x, axis=1)
-        self._dist = self._dist_buf = np.delete(np.delete(self._dist, x, axis=0), x, axis=1)
-        self._pred[self._pred > x] -= 1
-        inner = np.delete(inner, x)
+        n = len(self.nodes)
+        # Trees where x is a leaf lose only x; trees where x is inner must be recomputed. A node that
+        # relays for nobody is a leaf everywhere: its own tree and its column go, nothing else moves.
+        relays_anyone = bool(self._relays[x] > 0)
+        if relays_anyone:
+            inner = (self._pred == x).any(axis=1)
+            inner[x] = False
+        else:
+            trees = np.arange(n)
+            col = self._pred[:, x]
+            carried = (col >= 0) & (col != trees)
+            carried[x] = False
+            relays = self._relays - self._relay_counts(self._pred[[x]], np.array([x]))
+            relays -= np.bincount(col[carried], minlength=n)
+            self._relays = np.delete(relays, x)
+        self._w = _drop_node(self._w, x)
+        for buf in (self._pred_buf, self._dist_buf):  # shifted in place: the room stays
+            buf[x : n - 1, :n] = buf[x + 1 : n, :n]
+            buf[: n - 1, x : n - 1] = buf[: n - 1, x + 1 : n]
+        self._pred = self._pred_buf[: n - 1, : n - 1]
+        self._dist = self._dist_buf[: n - 1, : n - 1]
+        np.subtract(self._pred, 1, out=self._pred, where=self._pred > x)
         del self.nodes[x]
-        self.index = {n: i for i, n in enumerate(self.nodes)}
-        if inner.any():
-            self._recompute(np.nonzero(inner)[0])
-        self._relays = self._relay_counts(self._pred, np.arange(len(self.nodes)))
+        self.index = {node: i for i, node in enumerate(self.nodes)}
+        if relays_anyone:
+            inner = np.delete(inner, x)
+            if inner.any():
+                self._recompute(np.nonzero(inner)[0])
+            self._relays = self._relay_counts(self._pred, np.arange(len(self.nodes)))
 
     # --- internals -------------------------------------------------------------------------------
 
@@ -500,6 +543,23 @@ def _append_node(w: sp.csr_array, nbrs: npt.NDArray[np.int64], costs: FloatMatri
     indices = np.concatenate([indices, nbrs])
     data = np.concatenate([data, costs])
     m = sp.csr_array((data, indices, indptr), shape=(n + 1, n + 1))
+    m.has_sorted_indices = True
+    return m
+
+
+def _drop_node(w: sp.csr_array, x: int) -> sp.csr_array:
+    """`w` without node x (its row and column; later indexes move down by one), rows kept sorted."""
+    n = w.shape[0]
+    indptr = w.indptr.astype(np.int64)
+    hits = np.flatnonzero(w.indices == x)  # at most one per row
+    keep = w.indices != x
+    keep[indptr[x] : indptr[x + 1]] = False
+    indices = w.indices[keep]
+    indices -= indices > x
+    counts = np.diff(indptr)
+    np.subtract.at(counts, np.searchsorted(indptr, hits, side="right") - 1, 1)
+    counts = np.delete(counts, x)
+    m = sp.csr_array((w.data[keep], indices, np.concatenate(([0], np.cumsum(counts)))), shape=(n - 1, n - 1))
     m.has_sorted_indices = True
     return m
 
