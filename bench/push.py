@@ -50,6 +50,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -335,28 +336,50 @@ async def push_round(
     r = await client.post(api.ENROLL_NONCE)
     r.raise_for_status()
     request, wg_key = enroll_request(key, r.json()["nonce"], number)
-    polling.marker = wg_key.encode()
+    body = request.model_dump_json()
+
+    async def enroll() -> None:
+        r = await client.post(api.ENROLL, content=body, headers={"Content-Type": "application/json"})
+        r.raise_for_status()
+
+    return await measured_change(
+        name, number, agents, tasks, polling, wg_key.encode(), controller_pid, enroll, show
+    )
+
+
+async def measured_change(
+    name: str,
+    number: int,
+    agents: list[SimAgent],
+    tasks: list[asyncio.Task[None]],
+    polling: Polling,
+    marker: bytes,
+    controller_pid: int,
+    change: Callable[[], Awaitable[None]],
+    show: bool = True,
+) -> dict[str, float]:
+    """Make one change while every agent long-polls; figures of how it reached them (an agent holds
+    the new map when an answer names `marker`)."""
+    polling.marker = marker
     for a in agents:
         a.got.clear()
-    body = request.model_dump_json()
     server_cpu, agents_cpu = cpu_seconds(controller_pid), time.process_time()
     start = time.perf_counter()
-    r = await client.post(api.ENROLL, content=body, headers={"Content-Type": "application/json"})
-    enrolled = time.perf_counter()
-    r.raise_for_status()
+    await change()
+    answered = time.perf_counter()
     deadline = start + deadline_s(len(agents))
     while sum(1 for a in agents if a.got) < len(agents):
         for t in tasks:
             if t.done() and t.exception():
                 raise t.exception()  # type: ignore[misc]
         if time.perf_counter() > deadline:
-            raise RuntimeError(f"round {number}: only {sum(1 for a in agents if a.got)} agents got the map")
+            raise RuntimeError(f"{name} {number}: only {sum(1 for a in agents if a.got)} agents got the map")
         await asyncio.sleep(0.005)
     arrivals = sorted(min(a.got.values()) - start for a in agents)
     x = {
         "server_cpu": cpu_seconds(controller_pid) - server_cpu,
         "agents_cpu": time.process_time() - agents_cpu,
-        "enroll": enrolled - start,
+        "enroll": answered - start,
         "first": arrivals[0],
         "p50": statistics.median(arrivals),
         "p99": arrivals[int(0.99 * (len(arrivals) - 1))],
@@ -473,39 +496,13 @@ async def remove_round(
     """The admin removes node `node_id` while every agent long-polls (with deltas): how long until
     every agent holds a map without it (its delta removes it)."""
     await asyncio.sleep(SETTLE_S)
-    polling.marker = b'"peers_removed":[%d]' % node_id
-    for a in agents:
-        a.got.clear()
-    server_cpu, agents_cpu = cpu_seconds(controller_pid), time.process_time()
-    start = time.perf_counter()
-    r = await client.delete(f"{api.NODES}/{node_id}", headers={"Authorization": f"Bearer {admin}"})
-    answered = time.perf_counter()
-    r.raise_for_status()
-    deadline = start + deadline_s(len(agents))
-    while sum(1 for a in agents if a.got) < len(agents):
-        for t in tasks:
-            if t.done() and t.exception():
-                raise t.exception()  # type: ignore[misc]
-        if time.perf_counter() > deadline:
-            raise RuntimeError(f"removal {number}: only {sum(1 for a in agents if a.got)} agents got the map")
-        await asyncio.sleep(0.005)
-    arrivals = sorted(min(a.got.values()) - start for a in agents)
-    x = {
-        "server_cpu": cpu_seconds(controller_pid) - server_cpu,
-        "agents_cpu": time.process_time() - agents_cpu,
-        "enroll": answered - start,
-        "first": arrivals[0],
-        "p50": statistics.median(arrivals),
-        "p99": arrivals[int(0.99 * (len(arrivals) - 1))],
-        "all": arrivals[-1],
-        "kb": statistics.mean(a.got_bytes for a in agents) / 1024,
-    }
-    print(
-        f"{'remove':<6} {number:>5} {x['enroll']:>9.3f} {x['first']:>8.3f} {x['p50']:>7.3f} {x['p99']:>7.3f} "
-        f"{x['all']:>7.3f} {x['kb']:>9.1f} {x['server_cpu']:>12.2f} {x['agents_cpu']:>12.2f}",
-        flush=True,
-    )
-    return x
+
+    async def remove() -> None:
+        r = await client.delete(f"{api.NODES}/{node_id}", headers={"Authorization": f"Bearer {admin}"})
+        r.raise_for_status()
+
+    marker = b'"peers_removed":[%d]' % node_id
+    return await measured_change("remove", number, agents, tasks, polling, marker, controller_pid, remove)
 
 
 async def enroll_rate(client: httpx.AsyncClient, admin: str, count: int) -> float:

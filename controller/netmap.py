@@ -490,6 +490,27 @@ def _render_keyed_delta(old: MapInputs, new: MapInputs, base_serial: int, serial
     new_peers, new_routes = _keyed(new)
     new_peer_ids = {k for k, _ in new_peers}
     new_route_ids = {k for k, _ in new_routes}
+    return _delta_json(
+        new,
+        base_serial,
+        serial,
+        [f for k, f in new_peers if old_peers.get(k) != f],
+        sorted(old_peers.keys() - new_peer_ids),
+        [f for k, f in new_routes if old_routes.get(k) != f],
+        sorted(old_routes.keys() - new_route_ids),
+    )
+
+
+def _delta_json(
+    new: MapInputs,
+    base_serial: int,
+    serial: int,
+    peers: list[bytes],
+    peers_removed: list[int],
+    routes: list[bytes],
+    routes_removed: list[int],
+) -> bytes:
+    """A `NetMapDelta` to the map rendered from `new`, from the changed fragments and removed ids."""
     return _DELTA.render(
         {
             "kind": b'"delta"',
@@ -498,10 +519,10 @@ def _render_keyed_delta(old: MapInputs, new: MapInputs, base_serial: int, serial
             "node": _node_json(new),
             "forward": _forward(new),
             **_policy_part(new),
-            "peers_upserted": _list([f for k, f in new_peers if old_peers.get(k) != f]),
-            "peers_removed": _IDS.dump_json(sorted(old_peers.keys() - new_peer_ids)),
-            "routes_upserted": _list([f for k, f in new_routes if old_routes.get(k) != f]),
-            "routes_removed": _IDS.dump_json(sorted(old_routes.keys() - new_route_ids)),
+            "peers_upserted": _list(peers),
+            "peers_removed": _IDS.dump_json(peers_removed),
+            "routes_upserted": _list(routes),
+            "routes_removed": _IDS.dump_json(routes_removed),
         }
     )
 
@@ -585,17 +606,4 @@ def render_delta(old: MapInputs, new: MapInputs, base_serial: int, serial: int) 
         _route_json(d_new, k, int(via_new[k]), int(new.tenths[k]))
         for k in np.flatnonzero(route_changed).tolist()
     ]
-    removed = _IDS.dump_json(match.removed)
-    return _DELTA.render(
-        {
-            "kind": b'"delta"',
-            "serial": b"%d" % serial,
-            "base_serial": b"%d" % base_serial,
-            "node": _node_json(new),
-            "forward": _forward(new),
-            "peers_upserted": _list(peers),
-            "peers_removed": removed,
-            "routes_upserted": _list(routes),
-            "routes_removed": removed,
-        }
-    )
+    return _delta_json(new, base_serial, serial, peers, match.removed, routes, match.removed)
