@@ -46,10 +46,11 @@ def cut_addresses(namespace: str) -> list[IPv4Address]:
     return []
 
 
-def block(namespace: str, peer: IPv4Address) -> None:
+def block(namespace: str, *peers: IPv4Address) -> None:
+    """Drop traffic between `namespace` and every one of `peers` (in one nft call: at once)."""
     if not _has_table(namespace):
         _nft(namespace, "-f", "-", input=_RULESET)
-    _nft(namespace, "add", "element", "inet", TABLE, SET, f"{{ {peer} }}")
+    _nft(namespace, "add", "element", "inet", TABLE, SET, "{ " + ", ".join(str(p) for p in peers) + " }")
 
 
 def unblock(namespace: str, peer: IPv4Address) -> None:

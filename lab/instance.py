@@ -332,6 +332,15 @@ class Lab:
         firewall.block(ha.namespace, hb.underlay_address)
         firewall.block(hb.namespace, ha.underlay_address)
 
+    def isolate(self, name: str) -> list[str]:
+        """Cut host `name` from every other host at once (one rule change on its side), as a host
+        whose network failed; `heal` each pair to undo. The names of the hosts it was cut from."""
+        host = self.host(name)
+        others = [h for h in self.hosts if h != host]
+        if others:
+            firewall.block(host.namespace, *(h.underlay_address for h in others))
+        return [h.name for h in others]
+
     def heal(self, a: str, b: str) -> None:
         """Undo `cut` and `delay` between the two hosts."""
         ha, hb = self._two_hosts(a, b)

@@ -4,6 +4,7 @@
     wgmesh p2p send PEER TYPE JSON         send one message to PEER (node id or name)
     wgmesh p2p send --request PEER TYPE JSON   ... and print the reply
     wgmesh p2p broadcast TYPE JSON         send a signed message to every reachable node
+    wgmesh p2p elect                       take part in a leader election with every node; print changes
 
 The node's identity and directory come from the agent's state directory (`--state-dir`; default: the
 environment variable WGMESH_STATE_DIR when set, else /var/lib/wgmesh; it holds identity.key and
@@ -106,7 +107,29 @@ def _parser(prog: str, default_state_dir: Path) -> argparse.ArgumentParser:
         "--priority", type=_priority, default=PRIORITY_DEFAULT, help="1 (low) .. 10 (high)"
     )
     broadcast.add_argument("--timeout", type=_positive, default=5.0, help="seconds to connect and send")
+
+    elect = sub.add_parser(
+        "elect", parents=[common], help="take part in a leader election with every node; print each change"
+    )
+    elect.add_argument(
+        "--timeouts",
+        type=_timeouts,
+        default=(1.5, 3.0),
+        metavar="MIN,MAX",
+        help="election timeout range in seconds (default 1.5,3; Raft's 0.15,0.3 for a fast mesh)",
+    )
+    elect.add_argument("--json", action="store_true", help="one JSON object a line (t: monotonic seconds)")
     return parser
+
+
+def _timeouts(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError("must be two numbers of seconds, MIN,MAX (e.g. 0.15,0.3)") from None
+    if not 0 < low <= high:
+        raise argparse.ArgumentTypeError("needs 0 < MIN <= MAX")
+    return low, high
 
 
 def _load(args: argparse.Namespace) -> tuple[Directory, IdentityPrivateKey]:
@@ -190,6 +213,54 @@ async def _listen(args: argparse.Namespace, directory: Directory, key: IdentityP
             print(f"-- {event.peer.describe()} is {state}", flush=True)
     finally:
         reporter.cancel()
+        await node.close()
+    return 0
+
+
+async def _elect(args: argparse.Namespace, directory: Directory, key: IdentityPrivateKey) -> int:
+    from p2p.config import NodeConfig
+    from p2p.core.election import ElectionTiming
+    from p2p.election import LeaderElection
+    from p2p.node import Node
+
+    low, high = args.timeouts
+    timing = ElectionTiming(election_timeout_min=low, election_timeout_max=high, heartbeat_interval=low / 3)
+    # connections must notice a dead peer on the election's scale, or a healed link waits for them
+    config = NodeConfig(
+        heartbeat_interval=min(1.0, low),
+        dead_after=min(3.5, max(1.0, low * 6)),
+        backoff_max=min(10.0, high * 4),
+    )
+    node = Node(args.directory or args.state_dir / FILE_NAME, key, config=config)
+    try:
+        await node.start()
+    except OSError as e:
+        raise P2PError(
+            f"cannot listen on {directory.own.address}:{directory.own.port}: {e.strerror}"
+        ) from None
+    election = LeaderElection(node, timing=timing)
+    election.start()
+    print(
+        f"node {node.node_id} ({directory.own.name}) in the election, timeouts {low:g}-{high:g} s; Ctrl-C stops",
+        flush=True,
+    )
+    try:
+        async for change in election.changes():
+            if args.json:
+                line = {"t": time.monotonic(), "node": node.node_id, "term": change.term}
+                print(json.dumps({**line, "leader": change.leader}), flush=True)
+                continue
+            entry = node.directory.get(change.leader) if change.leader is not None else None
+            who = (
+                "none (an election is on)"
+                if change.leader is None
+                else f"{change.leader} ({entry.name if entry else '?'})"
+            )
+            if change.leader == node.node_id:
+                who = f"{change.leader} ({directory.own.name}, this node)"
+            print(f"{time.strftime('%H:%M:%S')}  term {change.term}  leader {who}", flush=True)
+    finally:
+        await election.close()
         await node.close()
     return 0
 
@@ -289,7 +360,7 @@ def main(argv: Sequence[str], prog: str = "wgmesh p2p") -> int:
     )
     if not args.verbose:
         logging.getLogger("websockets").setLevel(logging.ERROR)
-    run = {"listen": _listen, "send": _send, "broadcast": _broadcast}[args.cmd]
+    run = {"listen": _listen, "send": _send, "broadcast": _broadcast, "elect": _elect}[args.cmd]
     try:
         if args.cmd in ("send", "broadcast"):
             _json(args.data)  # bad JSON is reported before any file is read

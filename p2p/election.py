@@ -3,6 +3,8 @@
     async with Node(directory, key) as node, LeaderElection(node) as election:
         leader = await election.wait_leader(timeout=10)
         if election.is_leader: ...
+        async for change in election.changes():   # LeaderChanged(leader, term), from now on
+            ...
 
 Election messages travel as p2p messages of type `p2p.election` at the highest priority, only to
 connected peers and never waiting for queue room (a late election message is worthless; the core's
@@ -16,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 
 from p2p.core.election import (
     ElectionState,
@@ -54,6 +56,7 @@ class LeaderElection:
         self._state: ElectionState | None = None
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
+        self._followers: list[asyncio.Queue[LeaderChanged | None]] = []
 
     # --- what a program reads ---------------------------------------------------------------------------
 
@@ -81,6 +84,17 @@ class LeaderElection:
         assert self.leader is not None
         return self.leader
 
+    async def changes(self) -> AsyncIterator[LeaderChanged]:
+        """Every leader change seen by this node from the first iteration on (leader None: an election
+        is on), until the election closes. A follower that does not keep up loses the oldest changes, never blocks."""
+        queue: asyncio.Queue[LeaderChanged | None] = asyncio.Queue(1024)
+        self._followers.append(queue)
+        try:
+            while (change := await queue.get()) is not None:
+                yield change
+        finally:
+            self._followers.remove(queue)
+
     # --- lifecycle ----------------------------------------------------------------------------------------
 
     async def __aenter__(self) -> LeaderElection:
@@ -102,6 +116,8 @@ class LeaderElection:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        for queue in self._followers:
+            _put_dropping_oldest(queue, None)
 
     # --- driving the core -----------------------------------------------------------------------------------
 
@@ -137,6 +153,14 @@ class LeaderElection:
             elif isinstance(out, LeaderChanged):
                 self._log.info("leader is now %s (term %d)", out.leader, out.term)
                 self._changed.set()
+                for queue in self._followers:
+                    _put_dropping_oldest(queue, out)
+
+
+def _put_dropping_oldest(queue: asyncio.Queue[LeaderChanged | None], item: LeaderChanged | None) -> None:
+    if queue.full():
+        queue.get_nowait()
+    queue.put_nowait(item)
 
 
 __all__ = ["ELECTION_TYPE", "LeaderElection"]

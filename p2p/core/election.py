@@ -324,3 +324,14 @@ class ElectionState:
 
     def _to_others(self, message: ElectionMessage) -> list[Output]:
         return [Send(voter, message) for voter in sorted(self.voters) if voter != self.node_id]
+
+
+def leaders_by_term(views: Iterable[Iterable[LeaderChanged]]) -> dict[int, set[int]]:
+    """Every leader any view saw, per term: the safety property is that each set has one member. A
+    view is one voter's sequence of leader changes (`LeaderElection.changes()`, `wgmesh p2p elect`)."""
+    seen: dict[int, set[int]] = {}
+    for view in views:
+        for change in view:
+            if change.leader is not None:
+                seen.setdefault(change.term, set()).add(change.leader)
+    return seen

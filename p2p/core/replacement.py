@@ -93,6 +93,15 @@ class WorkerPool:
 
     # --- events ---------------------------------------------------------------------------------------
 
+    def add_active(self, worker: int, now: float) -> None:
+        """A worker that starts taking tasks at once (a spare named here becomes active)."""
+        if worker in self._active:
+            return
+        if worker in self._spares:
+            self._spares.remove(worker)
+        self.retired.discard(worker)
+        self._add(self._active, worker, now)
+
     def add_spare(self, worker: int, now: float) -> None:
         """A worker ready to take over (also a retired one, given another chance)."""
         if worker in self._active or worker in self._spares:

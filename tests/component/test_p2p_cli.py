@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import time
 from ipaddress import IPv4Address
 from pathlib import Path
 
@@ -128,6 +130,8 @@ def test_send_request_and_broadcast_reach_a_listening_node(hosts, listeners):
         (("send", "b", "t", "{oops"), "the JSON argument is not valid JSON: Expecting property name"),
         (("broadcast", "t", "[1,"), "the JSON argument is not valid JSON"),
         (("send", "b", "t", "{}", "--priority", "0"), "argument --priority: must be an integer 1-10"),
+        (("elect", "--timeouts", "0.3"), "argument --timeouts: must be two numbers of seconds, MIN,MAX"),
+        (("elect", "--timeouts", "0.3,0.1"), "argument --timeouts: needs 0 < MIN <= MAX"),
     ],
 )
 def test_bad_input_gets_one_clear_line_and_exit_2(hosts, args, message):
@@ -227,3 +231,63 @@ def test_the_state_dir_comes_from_wgmesh_state_dir_when_not_given(hosts, tmp_pat
     # --state-dir wins over the variable.
     given = run(tmp_path / "nowhere", "c", "t", "{}", "--timeout", "1", "--state-dir", str(hosts.state(1)))
     assert given.returncode == 1 and "nothing listens on node 3 (c)" in given.stderr
+
+
+def test_elect_processes_agree_on_one_leader_and_replace_it_when_it_is_killed(hosts):
+    procs = {
+        i: subprocess.Popen(
+            [*WGMESH, "p2p", "elect", "--json", "--timeouts", "0.15,0.3", "--state-dir", str(hosts.state(i))],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in (1, 2, 3)
+    }
+    views: dict[int, list[dict]] = {i: [] for i in procs}
+    try:
+        for i, proc in procs.items():
+            assert proc.stdout is not None
+            banner = proc.stdout.readline()
+            assert f"node {i} " in banner and "in the election, timeouts 0.15-0.3 s" in banner, banner
+            os.set_blocking(proc.stdout.fileno(), False)
+
+        def read() -> None:
+            for i, proc in procs.items():
+                assert proc.stdout is not None
+                while line := proc.stdout.readline():
+                    views[i].append(json.loads(line))
+
+        def agreed(among: list[int]) -> dict | None:
+            read()
+            last = [views[i][-1] if views[i] else None for i in among]
+            first = last[0]
+            ok = first is not None and first["leader"] is not None
+            return (
+                first
+                if ok
+                and all(v and (v["term"], v["leader"]) == (first["term"], first["leader"]) for v in last)
+                else None
+            )
+
+        first = wait_for(lambda: agreed([1, 2, 3]), "agreement on a leader")
+        procs[first["leader"]].kill()
+        rest = [i for i in procs if i != first["leader"]]
+        second = wait_for(lambda: (a := agreed(rest)) and a["term"] > first["term"] and a, "a new leader")
+        assert second["leader"] in rest
+        terms: dict[int, set[int]] = {}
+        for view in views.values():
+            for change in view:
+                if change["leader"] is not None:
+                    terms.setdefault(change["term"], set()).add(change["leader"])
+        assert all(len(leaders) == 1 for leaders in terms.values()), terms
+    finally:
+        for proc in procs.values():
+            stop(proc)
+
+
+def wait_for(probe, what: str, timeout: float = 20.0):
+    deadline = time.monotonic() + timeout
+    while not (value := probe()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+    return value

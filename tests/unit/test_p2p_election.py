@@ -238,3 +238,13 @@ def test_malformed_election_messages_are_refused(value):
 def test_timing_must_leave_room_for_heartbeats():
     with pytest.raises(ValueError):
         ElectionTiming(election_timeout_min=0.1, election_timeout_max=0.2, heartbeat_interval=0.1)
+
+
+def test_leaders_by_term_collects_every_views_leaders_so_a_split_shows():
+    from p2p.core.election import LeaderChanged, leaders_by_term
+
+    views = [
+        [LeaderChanged(1, 1), LeaderChanged(None, 1), LeaderChanged(2, 2)],
+        [LeaderChanged(1, 1), LeaderChanged(3, 2)],
+    ]
+    assert leaders_by_term(views) == {1: {1}, 2: {2, 3}}

@@ -130,6 +130,9 @@ def test_a_retired_worker_can_come_back_as_a_spare():
     assert pool.spares == (3,) and 3 not in pool.retired
     pool.remove(3)
     assert pool.spares == ()
+    pool.add_spare(5, now)
+    pool.add_active(5, now)  # a spare promoted by the program
+    assert 5 in pool.active and pool.spares == ()
 
 
 def test_bad_policies_are_refused():
