@@ -2,12 +2,12 @@
 output lines collected as they come, each stamped with the monotonic time it arrived.
 
     with HostProgram.start(lab, "h1", wgmesh_argv("p2p", "elect", "--json")) as program:
-        program.wait_for(lambda lines: ..., timeout=10)
+        changes = program.json_lines()
         program.kill()   # SIGKILL, as a crashed host would
 
 Rules:
 - `lab exec` replaces itself down the chain, so the pid is the program's own: it is ended by that pid only.
-- Every wait has a deadline; a program that exits is seen (its last lines stay readable).
+- Its last lines stay readable after it exits; `stop` waits for it with a deadline, then kills it.
 """
 
 from __future__ import annotations
@@ -16,13 +16,10 @@ import json
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
-from lab.command import LabError
 from lab.instance import Lab
-
-T = TypeVar("T")
 
 
 class HostProgram:
@@ -81,24 +78,6 @@ class HostProgram:
                 if isinstance(value, dict):
                     out.append(value)
         return out
-
-    def wait_for(self, what: str, probe: Callable[[HostProgram], T | None], timeout: float) -> T:
-        """Poll `probe(self)` until it is truthy; LabError naming `what` and the last output otherwise
-        (also when the program exits first)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = probe(self)
-            if value:
-                return value
-            if not self.running:
-                raise LabError(
-                    f"{self.host}: the program exited ({self.popen.returncode}) before {what}:\n{self.output()}"
-                )
-            if time.monotonic() >= deadline:
-                raise LabError(
-                    f"{self.host}: timed out after {timeout:g} s waiting for {what}:\n{self.output()}"
-                )
-            time.sleep(0.01)
 
     def kill(self) -> None:
         """SIGKILL, as a crash would: no goodbye to its peers."""
