@@ -23,7 +23,6 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from fastapi import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -150,14 +149,8 @@ class PlaneCollector(Collector):
 
 
 def relayed_routes(plane: ControlPlane) -> int:
-    """How many (source, destination) pairs go through a relay."""
-    trees = plane.mesh.router.trees()  # [destination index, source index] -> next-hop index
-    n = trees.shape[0]
-    if n < 3:
-        return 0
-    idx = np.arange(n)
-    through = (trees >= 0) & (trees != idx[:, None]) & (idx[:, None] != idx[None, :])
-    return int(through.sum())
+    """How many (source, destination) routes go through a relay: both ways of every relayed pair."""
+    return 2 * len(plane.mesh.router.relayed_pairs())
 
 
 class MetricsMiddleware:

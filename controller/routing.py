@@ -122,6 +122,15 @@ class Router:
         idx = np.array([self.index[s] for s in sources], dtype=np.int64)
         return np.ascontiguousarray(self._pred.T[idx]), np.ascontiguousarray(self._dist.T[idx])
 
+    def relayed_pairs(self) -> IntMatrix:
+        """Index pairs (source, destination), source < destination, whose path goes through a relay
+        (paths are symmetric, so each such pair stands for two relayed routes)."""
+        n = len(self.nodes)
+        idx = np.arange(n)
+        pred = self._pred[:n, :n]
+        through = (pred >= 0) & (pred != idx[:, None]) & (idx[:, None] > idx[None, :])
+        return np.argwhere(through)[:, ::-1].astype(np.int32)
+
     def trees(self) -> IntMatrix:
         """The next-hop matrix, read-only: [destination index, source index] -> next-hop index."""
         view = self._pred.view()

@@ -18,8 +18,6 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 if TYPE_CHECKING:
     from controller.control import ControlPlane
 
@@ -118,15 +116,9 @@ def _relayed_route(names: dict[int, str], path: list[int]) -> dict[str, Any]:
 
 def _relayed(plane: ControlPlane) -> tuple[list[tuple[int, int, list[int]]], int]:
     router = plane.mesh.router
-    trees = router.trees()  # [destination index, source index] -> next-hop index
-    n = trees.shape[0]
-    if n < 3:
-        return [], 0
-    idx = np.arange(n)
-    through = (trees >= 0) & (trees != idx[:, None]) & (idx[:, None] > idx[None, :])
-    pairs = np.argwhere(through)  # (destination index, source index) with source < destination
+    pairs = router.relayed_pairs()
     out = []
-    for d_i, s_i in pairs[:MAX_RELAYED].tolist():
+    for s_i, d_i in pairs[:MAX_RELAYED].tolist():
         s, d = router.nodes[s_i], router.nodes[d_i]
         path = router.path(s, d)
         if path is not None:

@@ -222,3 +222,13 @@ def test_dense_meshes_repair_like_a_full_recompute(seed):
     for s, d in itertools.product(ids, repeat=2):
         assert router.next_hop(s, d) == fresh.next_hop(s, d), (s, d)
     assert [router.forwards(x) for x in ids] == [fresh.forwards(x) for x in ids]
+
+
+def test_relayed_pairs_are_the_pairs_whose_path_has_a_relay_once_each():
+    # 1 - 2 - 3 - 4 in a line, and 1 - 3 directly: 1-4 and 2-4 go through 3; the others are direct
+    router = Router(
+        [1, 2, 3, 4], [EdgeCost(1, 2, 1.0), EdgeCost(2, 3, 1.0), EdgeCost(3, 4, 1.0), EdgeCost(1, 3, 1.5)]
+    )
+    pairs = {(router.nodes[s], router.nodes[d]) for s, d in router.relayed_pairs().tolist()}
+    assert pairs == {(1, 4), (2, 4)}
+    assert Router([], []).relayed_pairs().shape == (0, 2)
