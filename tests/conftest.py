@@ -7,6 +7,11 @@ started once per run in a temporary directory and stopped at the end).
 Data-plane tests that take the `wg_backend` fixture are parametrized by WireGuard backend: `userspace`
 (wireguard-go) on this machine, `kernel` inside the VM of tests/kernel, which runs every test marked
 `kernel_tier` with `--wg-backend kernel` (see tests/kernel/README.md).
+
+Order: pytest-randomly runs the modules, and the tests in each, in a random order; the run's first line
+names the seed (`-p randomly --randomly-seed=N` replays it, `-p no:randomly` keeps file order). A module
+marked `scenario` is a sequence of steps on one shared lab or set of machines: it moves as a whole, its
+steps keep their file order. What tests share is in tests/support.py.
 """
 
 from __future__ import annotations
@@ -60,15 +65,27 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("wg_backend", [metafunc.config.getoption("wg_backend")], scope="module")
 
 
-@pytest.hookimpl(trylast=True)  # after tier conftests have marked their tests `root`
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+@pytest.hookimpl(wrapper=True, tryfirst=True)  # outside pytest-randomly's own (tryfirst) wrapper
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> Iterator[None]:
+    """Around every other reordering and marking (pytest-randomly's shuffle, the tiers' `root` marks):
+    the steps of each `scenario` module back in file order, in the places the shuffle gave that module;
+    then the root tier skipped, with the reason, where it cannot run."""
+    collected = {id(item): i for i, item in enumerate(items)}
+    yield
+    places: dict[Path, list[int]] = {}
+    for i, item in enumerate(items):
+        if item.get_closest_marker("scenario"):
+            places.setdefault(item.path, []).append(i)
+    for indices in places.values():
+        steps = sorted((items[i] for i in indices), key=lambda item: collected[id(item)])
+        for i, step in zip(indices, steps, strict=True):
+            items[i] = step
     reason = root_tier_missing()
-    if reason is None:
-        return
-    skip = pytest.mark.skip(reason=reason)
-    for item in items:
-        if item.get_closest_marker("root"):
-            item.add_marker(skip)
+    if reason is not None:
+        skip = pytest.mark.skip(reason=reason)
+        for item in items:
+            if item.get_closest_marker("root"):
+                item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

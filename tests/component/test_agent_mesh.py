@@ -8,220 +8,21 @@ reconnect after, a restart changes nothing, and no log line ever shows a secret.
 
 from __future__ import annotations
 
-import asyncio
-import errno
-import io
-import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from ipaddress import ip_network
-from pathlib import Path
-
-import httpx
-import pytest
-
-from agent.backends.fake import FakeBackend
-from agent.backoff import Backoff
 from agent.core import EXIT_REMOVED
-from agent.daemon import Agent, AgentEdges, AgentSettings
-from agent.eventlog import EventLog
-from agent.hostnet.base import HostConfig
-from agent.hostnet.fake import FakeHostNetwork
-from agent.links import ProbeResult
-from agent.nft import FakeNftables
 from agent.state import AgentState, StatePaths, load_keys
-from agent.status import AgentStatus
-from controller.app import create_app
-from controller.credentials import ensure_admin_credential
-from controller.settings import Settings
-from controller.sqlstore import SqlStore
-from controller.tls import managed_tls
 from p2p.directory import load_directory
+from tests.support import AGENT_MESH_CIDR, AGENT_RTT_MS, AgentHost, AgentMesh, eventually
 from wire import api
-from wire.models import PreAuthKeyInfo, Topology
-from wire.preauth import parse_preauth_key
-
-MESH_CIDR = ip_network("10.99.0.0/16")
-RTT_MS = 1.5
+from wire.models import Topology
 
 
-class SteadyProber:
-    """Every peer answers in RTT_MS without loss (the controller sees measured, healthy links)."""
-
-    def __init__(self) -> None:
-        self.rounds = 0
-
-    async def probe(self, targets):
-        self.rounds += 1
-        return {t: ProbeResult(sent=3, received=3, rtt_ms=RTT_MS) for t in targets}
-
-
-class FlakyHostNetwork(FakeHostNetwork):
-    """A host network the kernel refuses while `broken`; counts every attempt."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.broken = False
-        self.calls = 0
-
-    def set(self, config: HostConfig) -> list[str]:
-        self.calls += 1
-        if self.broken:
-            raise OSError(errno.EPERM, "Operation not permitted")
-        return super().set(config)
-
-
-class SwitchableTransport(httpx.AsyncBaseTransport):
-    """The network between agents and controller; `down` makes every new request fail to connect.
-    Requests with a credential in `removed` are answered 410, as a controller that remembers removed
-    nodes answers them (today's controller does so only to a poll parked at the removal)."""
-
-    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
-        self.inner = inner
-        self.down = False
-        self.removed: set[str] = set()
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if self.down:
-            raise httpx.ConnectError("connection refused", request=request)
-        credential = request.headers.get("authorization", "").removeprefix("Bearer ")
-        if credential in self.removed:
-            body = {"detail": "node was removed from the mesh"}
-            return httpx.Response(410, json=body, request=request)
-        return await self.inner.handle_async_request(request)
-
-
-@dataclass
-class Host:
-    name: str
-    state_dir: Path
-    backend: FakeBackend = field(default_factory=FakeBackend)
-    host_network: FlakyHostNetwork = field(default_factory=FlakyHostNetwork)
-    out: io.StringIO = field(default_factory=io.StringIO)
-    prober: SteadyProber = field(default_factory=SteadyProber)
-    firewall: FakeNftables = field(default_factory=FakeNftables)
-    agent: Agent | None = None
-    stop: asyncio.Event | None = None
-    task: asyncio.Task[None] | None = None
-
-    def log(self) -> str:
-        return self.out.getvalue()
-
-    def peers(self) -> dict[str, list[str]]:
-        """peer name -> allowed IPs, as the device has them (names from the agent's current map)."""
-        assert self.agent is not None and self.agent.netmap is not None
-        names = {p.wg_public_key: p.name for p in self.agent.netmap.peers}
-        device = self.backend.read("wg0")
-        return {names.get(k, "?"): [str(n) for n in p.config.allowed_ips] for k, p in device.peers.items()}
-
-    def status(self) -> AgentStatus:
-        return AgentStatus.load(StatePaths(self.state_dir).status)
-
-
-class Mesh:
-    """A controller and the hosts around it."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        settings = Settings(state_dir=tmp / "controller", mesh_cidr=MESH_CIDR)
-        settings.state_dir.mkdir(mode=0o700)
-        self.store = SqlStore(settings.database_url)
-        # The controller's own CA: its pin is in the pre-auth key, which every agent checks on enrollment
-        # (the ASGI transport carries no TLS; the lab and the process tests run the real handshake).
-        self.tls = managed_tls(settings.state_dir / "tls", ["controller"], datetime.now(UTC))
-        self.app = create_app(settings, self.store, tls=self.tls)
-        # an exception in the app becomes a 500, as uvicorn answers in production
-        self.transport = SwitchableTransport(httpx.ASGITransport(app=self.app, raise_app_exceptions=False))
-        self.admin = ensure_admin_credential(settings.state_dir)[0]
-        self.hosts: dict[str, Host] = {}
-        self.preauth_key = ""
-
-    def admin_client(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(
-            transport=self.transport,
-            base_url="https://controller",
-            headers={"Authorization": f"Bearer {self.admin}"},
-        )
-
-    async def create_preauth_key(self) -> None:
-        async with self.admin_client() as c:
-            r = await c.post(api.PREAUTH_KEYS, json={"reusable": True})
-            assert r.status_code == 201, r.text
-            key = PreAuthKeyInfo.model_validate_json(r.content).key
-            assert key is not None
-            self.preauth_key = key
-
-    def host(self, name: str) -> Host:
-        if name not in self.hosts:
-            self.hosts[name] = Host(name, self.tmp / name)
-        return self.hosts[name]
-
-    async def start(self, name: str, enroll: bool = True, probe_interval_s: float = 0.1) -> Host:
-        h = self.host(name)
-        index = sorted(self.hosts).index(name) + 2
-        settings = AgentSettings(
-            state_dir=h.state_dir,
-            controller_url="https://controller" if enroll else None,
-            token=parse_preauth_key(self.preauth_key).secret if enroll else None,
-            ca_pin=parse_preauth_key(self.preauth_key).ca_pin if enroll else None,
-            hostname=name,
-            endpoints=(f"198.18.0.{index}:51820",),
-            probe_interval_s=probe_interval_s,
-            poll_timeout_s=5,
-        )
-        edges = AgentEdges(
-            backend=h.backend,
-            host_network=h.host_network,
-            prober=h.prober,
-            log=EventLog(h.out),
-            transport=self.transport,
-            backoff=Backoff(initial_s=0.02, max_s=0.1),
-            firewall=h.firewall,
-        )
-        h.agent = Agent(settings, edges)
-        await h.agent.start()
-        h.stop = asyncio.Event()
-        h.task = asyncio.create_task(h.agent.serve(h.stop))
-        return h
-
-    async def stop(self, name: str) -> None:
-        h = self.hosts[name]
-        assert h.agent is not None and h.stop is not None and h.task is not None
-        h.stop.set()
-        await h.task
-        await h.agent.shutdown()
-        h.task = None
-
-    async def admin_get(self, path: str) -> httpx.Response:
-        async with self.admin_client() as c:
-            return await c.get(path)
-
-    async def remove(self, name: str) -> None:
-        state = AgentState.load(self.hosts[name].state_dir)
-        async with self.admin_client() as c:
-            r = await c.delete(f"{api.NODES}/{state.node_id}")
-            assert r.status_code == 204, r.text
-
-    def all_logs(self) -> str:
-        return "\n".join(f"--- {h.name}\n{h.log()}" for h in self.hosts.values())
-
-
-async def wait_for(what: str, check: Callable[[], object], mesh: Mesh, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}\n{mesh.all_logs()}")
-        await asyncio.sleep(0.02)
-
-
-def retries(h: Host) -> int:
+def retries(h: AgentHost) -> int:
     """Failed controller calls in a row so far (the agent's backoff counts them)."""
     assert h.agent is not None
     return h.agent.edges.backoff.attempt
 
 
-def full_mesh(mesh: Mesh, names: list[str]) -> bool:
+def full_mesh(mesh: AgentMesh, names: list[str]) -> bool:
     """Every named host's device holds exactly the other named hosts, each with its own /32."""
     addresses = {}
     for n in names:
@@ -240,32 +41,19 @@ def full_mesh(mesh: Mesh, names: list[str]) -> bool:
     return True
 
 
-@pytest.fixture
-async def mesh(tmp_path: Path) -> AsyncIterator[Mesh]:
-    m = Mesh(tmp_path)
-    await m.create_preauth_key()
-    try:
-        yield m
-    finally:
-        for name, h in m.hosts.items():
-            if h.task is not None:
-                await m.stop(name)
-        m.store.close()
-
-
-async def test_three_agents_converge_and_report_their_links(mesh: Mesh) -> None:
+async def test_three_agents_converge_and_report_their_links(mesh: AgentMesh) -> None:
     for name in ("alpha", "beta", "gamma"):
         await mesh.start(name)
     names = ["alpha", "beta", "gamma"]
-    await wait_for("a full mesh of three", lambda: full_mesh(mesh, names), mesh)
+    await eventually("a full mesh of three", lambda: full_mesh(mesh, names), show=mesh.all_logs)
 
     for name in names:
         h = mesh.hosts[name]
         state = AgentState.load(h.state_dir)
-        assert state.mesh_cidr == MESH_CIDR and state.tunnel_address in MESH_CIDR
+        assert state.mesh_cidr == AGENT_MESH_CIDR and state.tunnel_address in AGENT_MESH_CIDR
         # the host network carries the tunnel address with the mesh prefix and routes the mesh
         assert [str(a) for a in h.host_network.addresses["wg0"]] == [f"{state.tunnel_address}/16"]
-        assert h.host_network.routes["wg0"] == (MESH_CIDR,)
+        assert h.host_network.routes["wg0"] == (AGENT_MESH_CIDR,)
         device = h.backend.read("wg0")
         keys = load_keys(h.state_dir)
         assert device.private_key is not None
@@ -277,20 +65,17 @@ async def test_three_agents_converge_and_report_their_links(mesh: Mesh) -> None:
     # links measured by every agent reach the controller's topology
     async def measured() -> bool:
         topo = Topology.model_validate_json((await mesh.admin_get(api.TOPOLOGY)).content)
-        return len(topo.edges) == 3 and all(e.rtt_ms == RTT_MS for e in topo.edges)
+        return len(topo.edges) == 3 and all(e.rtt_ms == AGENT_RTT_MS for e in topo.edges)
 
-    deadline = time.monotonic() + 15
-    while not await measured():
-        assert time.monotonic() < deadline, f"links never measured\n{mesh.all_logs()}"
-        await asyncio.sleep(0.05)
+    await eventually("links measured", measured, show=mesh.all_logs)
 
-    await wait_for(
+    await eventually(
         "status.json with every peer measured",
         lambda: all(
-            len(h.status().peers) == 2 and all(p.rtt_ms == RTT_MS for p in h.status().peers)
+            len(h.status().peers) == 2 and all(p.rtt_ms == AGENT_RTT_MS for p in h.status().peers)
             for h in mesh.hosts.values()
         ),
-        mesh,
+        show=mesh.all_logs,
     )
     status = mesh.hosts["alpha"].status()
     assert status.controller == "connected" and status.netmap_source == "controller"
@@ -300,40 +85,54 @@ async def test_three_agents_converge_and_report_their_links(mesh: Mesh) -> None:
     assert sorted(e.name for e in directory) == ["beta", "gamma"]
 
 
-async def test_a_fourth_host_appears_everywhere_and_a_removed_one_disappears(mesh: Mesh) -> None:
+async def test_a_fourth_host_appears_everywhere_and_a_removed_one_disappears(mesh: AgentMesh) -> None:
     for name in ("alpha", "beta", "gamma"):
         await mesh.start(name)
-    await wait_for("a full mesh of three", lambda: full_mesh(mesh, ["alpha", "beta", "gamma"]), mesh)
+    await eventually(
+        "a full mesh of three", lambda: full_mesh(mesh, ["alpha", "beta", "gamma"]), show=mesh.all_logs
+    )
 
     await mesh.start("delta")
-    await wait_for("delta everywhere", lambda: full_mesh(mesh, ["alpha", "beta", "delta", "gamma"]), mesh)
+    await eventually(
+        "delta everywhere", lambda: full_mesh(mesh, ["alpha", "beta", "delta", "gamma"]), show=mesh.all_logs
+    )
     alpha = mesh.hosts["alpha"]
-    await wait_for("alpha to log delta", lambda: "event=peer_added peer=delta" in alpha.log(), mesh)
+    await eventually(
+        "alpha to log delta", lambda: "event=peer_added peer=delta" in alpha.log(), show=mesh.all_logs
+    )
 
     await mesh.remove("beta")
-    await wait_for("beta gone everywhere", lambda: full_mesh(mesh, ["alpha", "delta", "gamma"]), mesh)
+    await eventually(
+        "beta gone everywhere", lambda: full_mesh(mesh, ["alpha", "delta", "gamma"]), show=mesh.all_logs
+    )
     # the device changes first, the log line follows once the host network is done too
     for name in ("alpha", "delta", "gamma"):
         h = mesh.hosts[name]
-        await wait_for(
-            f"{name} to log beta's removal", lambda h=h: "event=peer_removed peer=beta" in h.log(), mesh
+        await eventually(
+            f"{name} to log beta's removal",
+            lambda h=h: "event=peer_removed peer=beta" in h.log(),
+            show=mesh.all_logs,
         )
     # the removed host is told once (removed: 410, or its credential refused: 401, depending on
     # whether its poll was parked at the removal)
     beta = mesh.hosts["beta"]
-    await wait_for("beta told", lambda: beta.status().controller in ("rejected", "removed"), mesh)
+    await eventually(
+        "beta told", lambda: beta.status().controller in ("rejected", "removed"), show=mesh.all_logs
+    )
     told = beta.log().count("event=controller_rejected") + beta.log().count("event=node_removed")
     assert 1 <= told <= 2
 
 
-async def test_a_removed_node_takes_its_peers_down_says_so_once_and_stops(mesh: Mesh) -> None:
+async def test_a_removed_node_takes_its_peers_down_says_so_once_and_stops(mesh: AgentMesh) -> None:
     for name in ("alpha", "beta"):
         await mesh.start(name)
-    await wait_for("two hosts meshed", lambda: full_mesh(mesh, ["alpha", "beta"]), mesh)
+    await eventually("two hosts meshed", lambda: full_mesh(mesh, ["alpha", "beta"]), show=mesh.all_logs)
     beta = mesh.hosts["beta"]
     mesh.transport.removed.add(StatePaths(beta.state_dir).credential.read_text().strip())
     await mesh.remove("beta")
-    await wait_for("beta's agent to stop", lambda: beta.task is not None and beta.task.done(), mesh)
+    await eventually(
+        "beta's agent to stop", lambda: beta.task is not None and beta.task.done(), show=mesh.all_logs
+    )
     assert beta.agent is not None and beta.agent.stopped is not None
     assert beta.agent.stopped.exit_code == EXIT_REMOVED
     assert "removed this node from the mesh" in beta.agent.stopped.reason
@@ -346,57 +145,63 @@ async def test_a_removed_node_takes_its_peers_down_says_so_once_and_stops(mesh: 
     assert not StatePaths(beta.state_dir).p2p_directory.exists()
 
 
-async def test_controller_away_agents_run_from_cache_then_reconnect(mesh: Mesh) -> None:
+async def test_controller_away_agents_run_from_cache_then_reconnect(mesh: AgentMesh) -> None:
     names = ["alpha", "beta", "gamma"]
     for name in names:
         await mesh.start(name)
-    await wait_for("a full mesh of three", lambda: full_mesh(mesh, names), mesh)
+    await eventually("a full mesh of three", lambda: full_mesh(mesh, names), show=mesh.all_logs)
     for name in names:
         await mesh.stop(name)
 
     mesh.transport.down = True
     alpha = await mesh.start("alpha", enroll=False)  # a restart while the controller is down
     assert full_mesh(mesh, names), "the data plane changed while the controller was away"
-    await wait_for("alpha disconnected", lambda: alpha.status().controller == "disconnected", mesh)
+    await eventually(
+        "alpha disconnected", lambda: alpha.status().controller == "disconnected", show=mesh.all_logs
+    )
     assert alpha.status().netmap_source == "cache"
-    await wait_for("alpha to retry several times", lambda: retries(alpha) >= 4, mesh)
+    await eventually("alpha to retry several times", lambda: retries(alpha) >= 4, show=mesh.all_logs)
     assert alpha.log().count("event=controller_disconnected") == 1
 
     mesh.transport.down = False
-    await wait_for(
+    await eventually(
         "alpha reconnected with a fresh map",
         lambda: (alpha.status().controller, alpha.status().netmap_source) == ("connected", "controller"),
-        mesh,
+        show=mesh.all_logs,
     )
     assert alpha.log().count("event=controller_reconnected") == 1
 
 
-async def test_a_restart_changes_nothing(mesh: Mesh) -> None:
+async def test_a_restart_changes_nothing(mesh: AgentMesh) -> None:
     names = ["alpha", "beta", "gamma"]
     for name in names:
         await mesh.start(name)
-    await wait_for("a full mesh of three", lambda: full_mesh(mesh, names), mesh)
+    await eventually("a full mesh of three", lambda: full_mesh(mesh, names), show=mesh.all_logs)
     alpha = mesh.hosts["alpha"]
     await mesh.stop("alpha")
     applied = len(alpha.backend.history("wg0"))
     first_log = alpha.log()
 
     await mesh.start("alpha", enroll=False)
-    await wait_for("alpha connected again", lambda: alpha.status().controller == "connected", mesh)
+    await eventually(
+        "alpha connected again", lambda: alpha.status().controller == "connected", show=mesh.all_logs
+    )
     rounds = alpha.prober.rounds
-    await wait_for("a few more link rounds", lambda: alpha.prober.rounds >= rounds + 3, mesh)
+    await eventually("a few more link rounds", lambda: alpha.prober.rounds >= rounds + 3, show=mesh.all_logs)
     assert len(alpha.backend.history("wg0")) == applied
     restart_log = alpha.log()[len(first_log) :]
     assert "changes=0" in restart_log
     assert "event=peer_" not in restart_log and "host_network_changed" not in restart_log
 
 
-async def test_no_log_line_shows_a_secret(mesh: Mesh) -> None:
+async def test_no_log_line_shows_a_secret(mesh: AgentMesh) -> None:
     for name in ("alpha", "beta"):
         await mesh.start(name)
-    await wait_for("two hosts meshed", lambda: full_mesh(mesh, ["alpha", "beta"]), mesh)
+    await eventually("two hosts meshed", lambda: full_mesh(mesh, ["alpha", "beta"]), show=mesh.all_logs)
     await mesh.remove("beta")
-    await wait_for("beta removed", lambda: "event=node_removed" in mesh.hosts["beta"].log(), mesh)
+    await eventually(
+        "beta removed", lambda: "event=node_removed" in mesh.hosts["beta"].log(), show=mesh.all_logs
+    )
     logs = mesh.all_logs()
     secrets = [mesh.preauth_key, mesh.admin]
     for h in mesh.hosts.values():
@@ -413,26 +218,32 @@ async def test_no_log_line_shows_a_secret(mesh: Mesh) -> None:
         assert secret not in logs
 
 
-async def test_a_refused_apply_is_logged_once_and_retried_until_it_works(mesh: Mesh) -> None:
+async def test_a_refused_apply_is_logged_once_and_retried_until_it_works(mesh: AgentMesh) -> None:
     for name in ("alpha", "beta"):
         await mesh.start(name)
-    await wait_for("two hosts meshed", lambda: full_mesh(mesh, ["alpha", "beta"]), mesh)
+    await eventually("two hosts meshed", lambda: full_mesh(mesh, ["alpha", "beta"]), show=mesh.all_logs)
     alpha = mesh.hosts["alpha"]
     alpha.host_network.broken = True
 
     await mesh.start("gamma")  # alpha gets a new map it cannot apply
-    await wait_for("alpha to report the error", lambda: alpha.status().last_error is not None, mesh)
+    await eventually(
+        "alpha to report the error", lambda: alpha.status().last_error is not None, show=mesh.all_logs
+    )
     assert alpha.status().last_error == "[Errno 1] Operation not permitted"
     # the device part went through and says so; the host network part is what failed
     assert "event=peer_added peer=gamma" in alpha.log()
     calls, rounds = alpha.host_network.calls, alpha.prober.rounds
-    await wait_for("several link rounds", lambda: alpha.prober.rounds >= rounds + 5, mesh)
+    await eventually("several link rounds", lambda: alpha.prober.rounds >= rounds + 5, show=mesh.all_logs)
     # retried once per link round (and once per new map), not in a loop against the controller,
     # which would make hundreds of attempts in this time
     assert alpha.host_network.calls - calls <= 2 * (alpha.prober.rounds - rounds) + 4
     assert alpha.log().count("event=apply_failed") == 1
 
     alpha.host_network.broken = False
-    await wait_for("the map applied after the repair", lambda: alpha.status().last_error is None, mesh)
-    await wait_for("gamma on alpha", lambda: full_mesh(mesh, ["alpha", "beta", "gamma"]), mesh)
+    await eventually(
+        "the map applied after the repair", lambda: alpha.status().last_error is None, show=mesh.all_logs
+    )
+    await eventually(
+        "gamma on alpha", lambda: full_mesh(mesh, ["alpha", "beta", "gamma"]), show=mesh.all_logs
+    )
     assert [str(a) for a in alpha.host_network.addresses["wg0"]] == [f"{alpha.status().tunnel_address}/16"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import time
 from datetime import UTC, datetime
 from ipaddress import ip_address, ip_network
 
@@ -21,6 +20,7 @@ from agent.state import AgentState, StatePaths, load_or_create_keys, save_creden
 from agent.status import AgentStatus
 from keys.types import IdentityPrivateKey, WireGuardPrivateKey
 from p2p.directory import load_directory
+from tests.support import eventually, finished
 from wire.models import NetMap, Peer, Route, SelfNode
 
 CREDENTIAL = "wgm_node_credential_offline_1234"
@@ -102,13 +102,6 @@ def make_agent(state_dir, backend, out, prober=None, host_network=None):
     return Agent(AgentSettings(state_dir=state_dir, probe_interval_s=0.05, poll_timeout_s=1), edges)
 
 
-async def wait_for(what, check, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
-
-
 async def test_starts_from_the_cached_map_and_logs_the_outage_once(tmp_path):
     netmap = enrolled_state_dir(tmp_path)
     backend, out = FakeBackend(), io.StringIO()
@@ -123,9 +116,9 @@ async def test_starts_from_the_cached_map_and_logs_the_outage_once(tmp_path):
     stop = asyncio.Event()
     serving = asyncio.create_task(agent.serve(stop))
     # many retries happen (backoff tops out at 50 ms); the outage is still one line
-    await wait_for("a few link rounds", lambda: len(agent.edges.prober.asked) >= 4)
+    await eventually("a few link rounds", lambda: len(agent.edges.prober.asked) >= 4)
     stop.set()
-    await serving
+    await finished(serving, "the agent")
     await agent.shutdown()
 
     log = out.getvalue()
@@ -195,9 +188,9 @@ async def test_the_log_never_shows_a_secret(tmp_path):
     await agent.start()
     stop = asyncio.Event()
     serving = asyncio.create_task(agent.serve(stop))
-    await wait_for("a link round", lambda: len(agent.edges.prober.asked) >= 2)
+    await eventually("a link round", lambda: len(agent.edges.prober.asked) >= 2)
     stop.set()
-    await serving
+    await finished(serving, "the agent")
     await agent.shutdown()
     keys = load_or_create_keys(tmp_path)[0]
     log = out.getvalue()
@@ -224,10 +217,10 @@ async def test_a_loop_that_hits_a_bug_is_logged_once_and_restarted(tmp_path):
     await agent.start()
     stop = asyncio.Event()
     serving = asyncio.create_task(agent.serve(stop))
-    await wait_for("the link loop to be restarted twice", lambda: prober.calls >= 3)
+    await eventually("the link loop to be restarted twice", lambda: prober.calls >= 3)
     assert not serving.done(), "the agent stopped serving"
     stop.set()
-    await serving
+    await finished(serving, "the agent")
     await agent.shutdown()
     lines = [line for line in out.getvalue().splitlines() if "event=internal_error" in line]
     assert len(lines) == 1

@@ -9,37 +9,20 @@ import json
 import os
 import signal
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from ipaddress import ip_address, ip_network
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 
 from agent.state import AgentState, load_or_create_keys, save_credential, save_netmap
 from agent.status import AgentStatus, StatusError
+from tests.support import installed_wgmesh, wait_until
 from wire.models import NetMap, Peer, Route, SelfNode
 
 pytestmark = pytest.mark.root
-
-WGMESH = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "wgmesh")
-T = TypeVar("T")
-
-
-def wait_for(
-    what: str, check: Callable[[], T | None], timeout: float = 20.0, show: Callable[[], str] = str
-) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}\n{show()}")
-        time.sleep(0.1)
 
 
 @dataclass
@@ -69,7 +52,7 @@ class Host:
         ]
 
     def start(self, *extra: str) -> None:
-        cmd = f"{WGMESH} agent up --backend userspace --state-dir {self.state_dir} --probe-interval 0.5 {' '.join(extra)}"
+        cmd = f"{installed_wgmesh()} agent up --backend userspace --state-dir {self.state_dir} --probe-interval 0.5 {' '.join(extra)}"
         with self.log.open("ab") as log:
             self.agent = subprocess.Popen(self.in_host(cmd), stdout=log, stderr=log)
 
@@ -81,7 +64,7 @@ class Host:
         return code
 
     def wgmesh(self, *args: str) -> subprocess.CompletedProcess[str]:
-        cmd = " ".join([WGMESH, "agent", *args, "--state-dir", str(self.state_dir)])
+        cmd = " ".join([installed_wgmesh(), "agent", *args, "--state-dir", str(self.state_dir)])
         return subprocess.run(self.in_host(cmd), capture_output=True, text=True, timeout=30)
 
     def status(self) -> AgentStatus | None:
@@ -191,10 +174,11 @@ def test_agent_process_keeps_the_tunnel_across_stop_and_restart(hosts: list[Host
     def logs() -> str:
         return "\n".join(f"--- {h.log}\n{h.log.read_text() if h.log.exists() else ''}" for h in hosts)
 
-    wait_for("a ping through the tunnel", lambda: h1.ping("10.99.0.2"), show=logs)
-    status = wait_for(
+    wait_until("a ping through the tunnel", lambda: h1.ping("10.99.0.2"), 20, show=logs)
+    status = wait_until(
         "status.json with an RTT for the peer",
         lambda: (s := h1.status()) and s.peers and s.peers[0].rtt_ms is not None and s,
+        20,
         show=logs,
     )
     assert (status.controller, status.netmap_source, status.serial) == ("disconnected", "cache", 1)
@@ -214,9 +198,10 @@ def test_agent_process_keeps_the_tunnel_across_stop_and_restart(hosts: list[Host
 
     # a restart re-attaches and changes nothing: same session, same handshake
     h1.start()
-    wait_for(
+    wait_until(
         "the restarted agent to apply its cached map",
         lambda: "event=netmap_applied serial=1 source=cache peers=1 changes=0" in h1.log.read_text(),
+        20,
         show=logs,
     )
     assert h1.live_status()["peers"][0]["latest_handshake"] == handshake
@@ -235,8 +220,8 @@ def test_agent_process_keeps_the_tunnel_across_stop_and_restart(hosts: list[Host
 def test_up_with_down_removes_the_interface_on_stop(hosts: list[Host]) -> None:
     h1, _ = hosts
     h1.start("--down")
-    wait_for("wg0 in host 1", h1.has_interface)
-    wait_for("the cached map applied", lambda: "event=netmap_applied" in h1.log.read_text())
+    wait_until("wg0 in host 1", h1.has_interface, 20)
+    wait_until("the cached map applied", lambda: "event=netmap_applied" in h1.log.read_text(), 20)
     assert h1.stop() == 0
     assert "event=interface_removed" in h1.log.read_text()
     assert not h1.has_interface()

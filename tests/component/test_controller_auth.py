@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.component.conftest import ControllerHarness
+from tests.support import ControllerHarness
 from wire import api
 
 ADMIN_ROUTES = [

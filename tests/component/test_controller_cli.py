@@ -7,110 +7,25 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
-import ssl
 import stat
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.component.conftest import enroll_request, make_host
-from wire import api
+from tests.support import Served, free_port, start_controller
+from tests.support import run_wgmesh as run
 from wire.preauth import parse_preauth_key
-
-WGMESH = [sys.executable, "-c", "import sys; from wgmesh.cli import main; sys.exit(main())"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*WGMESH, *args], capture_output=True, text=True, timeout=60, env=env)
-
-
-class Served:
-    def __init__(
-        self, state_dir: Path, port: int, process: subprocess.Popen[str], first_lines: list[str]
-    ) -> None:
-        self.state_dir = state_dir
-        self.url = f"https://127.0.0.1:{port}"
-        self.process = process
-        self.first_lines = first_lines
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return run(*args, "--controller", self.url, "--state-dir", str(self.state_dir))
-
-    def http(self) -> httpx.Client:
-        """A client that trusts the controller's CA, as a pinned agent does."""
-        ca = ssl.create_default_context(cafile=str(self.state_dir / "tls" / "ca.crt"))
-        return httpx.Client(base_url=self.url, verify=ca, headers={"Content-Type": "application/json"})
-
-    def enroll(self, name: str, key: str) -> httpx.Response:
-        with self.http() as c:
-            nonce = c.post(api.ENROLL_NONCE).json()["nonce"]
-            secret = parse_preauth_key(key).secret
-            return c.post(
-                api.ENROLL, content=enroll_request(make_host(name), secret, nonce).model_dump_json()
-            )
-
-
-def start(state_dir: Path, env: dict[str, str] | None = None) -> Served:
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            *WGMESH,
-            "controller",
-            "serve",
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--state-dir",
-            str(state_dir),
-            "--mesh-cidr",
-            "198.19.0.0/16",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    lines: list[str] = []
-    assert process.stdout is not None
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line:
-            break
-        lines.append(line.rstrip("\n"))
-        if "ready" in line:
-            return Served(state_dir, port, process, lines)
-    process.kill()
-    raise AssertionError(f"no ready line: {lines} {process.stderr.read() if process.stderr else ''}")
-
-
-def stop(served: Served) -> None:
-    served.process.terminate()
-    try:
-        served.process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        served.process.kill()
-        served.process.wait()
 
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[Served]:
-    s = start(tmp_path / "state")
+    s = start_controller(tmp_path / "state")
     try:
         yield s
     finally:
-        stop(s)
+        s.stop()
 
 
 def test_first_start_off_a_terminal_names_the_credential_file_but_never_prints_it(served: Served):
@@ -128,12 +43,12 @@ def test_first_start_off_a_terminal_names_the_credential_file_but_never_prints_i
     assert shown.returncode == 0 and shown.stdout == credential + "\n"
     assert served.first_lines[1].startswith("wgmesh controller ready on https://127.0.0.1:")
     assert "198.19.0.0/16" in served.first_lines[1]
-    stop(served)
-    again = start(served.state_dir)
+    served.stop()
+    again = start_controller(served.state_dir)
     try:
         assert len(again.first_lines) == 1 and credential not in again.first_lines[0]
     finally:
-        stop(again)
+        again.stop()
     cred_file.chmod(0o644)
     refused = run("controller", "admin-credential", "--state-dir", str(served.state_dir))
     assert refused.returncode == 2 and refused.stdout == ""
@@ -251,18 +166,18 @@ def test_settings_come_from_flags_then_environment_then_file(tmp_path: Path):
 
 def test_a_served_controller_keeps_its_nodes_across_restarts(tmp_path: Path):
     state = tmp_path / "state"
-    first = start(state)
+    first = start_controller(state)
     try:
         key = first.cli("controller", "token", "create").stdout.strip()
         assert first.enroll("keeper", key).status_code == 200
     finally:
-        stop(first)
-    second = start(state)
+        first.stop()
+    second = start_controller(state)
     try:
         assert "1 nodes" in second.first_lines[-1]
         assert json.loads(second.cli("nodes", "list", "--json").stdout)[0]["tunnel_address"] == "198.19.0.1"
     finally:
-        stop(second)
+        second.stop()
 
 
 @pytest.mark.parametrize(
@@ -302,7 +217,7 @@ def test_the_documented_backup_and_restore_bring_back_every_node(tmp_path: Path)
     controller serves, a lost state directory, the restore, and the nodes are all back."""
     state, backups = tmp_path / "state", tmp_path / "backups"
     backups.mkdir()
-    first = start(state)
+    first = start_controller(state)
     try:
         key = first.cli("controller", "token", "create", "--reusable").stdout.strip()
         for name in ("alpha", "beta"):
@@ -314,7 +229,7 @@ def test_the_documented_backup_and_restore_bring_back_every_node(tmp_path: Path)
             )
             assert done.returncode == 0, f"{line}\n{done.stderr}"
     finally:
-        stop(first)
+        first.stop()
     shutil.rmtree(state)  # the disk is lost
     state.mkdir(mode=0o700)
     for line in _doc_block("restore"):
@@ -323,11 +238,11 @@ def test_the_documented_backup_and_restore_bring_back_every_node(tmp_path: Path)
         )
         assert done.returncode == 0, f"{line}\n{done.stderr}"
     assert stat.S_IMODE((state / "controller.db").stat().st_mode) == 0o600
-    second = start(state)
+    second = start_controller(state)
     try:
         assert len(second.first_lines) == 1, "a restored controller must not make a new admin credential"
         assert second.first_lines[-1].endswith(f"CA pin {parse_preauth_key(key).ca_pin})"), "agents pinned it"
         names = {n["name"] for n in json.loads(second.cli("nodes", "list", "--json").stdout)}
         assert names == {"alpha", "beta"}
     finally:
-        stop(second)
+        second.stop()

@@ -10,7 +10,7 @@ import json
 from pydantic import TypeAdapter
 
 from controller.mesh import MAP_HISTORY
-from tests.component.conftest import ControllerHarness, Host
+from tests.support import ControllerHarness, Host
 from wire import api
 from wire.delta import apply_delta, netmap_delta
 from wire.models import NetMap, NetMapDelta, NetMapUpdate
@@ -63,8 +63,7 @@ async def test_a_waiting_delta_poll_wakes_with_the_delta(controller: ControllerH
     a = await controller.enroll()
     held = await full(controller, a)
     waiting = asyncio.create_task(update(controller, a, since=held.serial, timeout=LONG))
-    while controller.app.state.notifier.waiting() < 1:
-        await asyncio.sleep(0.01)
+    await controller.polls_parked(1)
     b = await controller.enroll()
     answer = await waiting
     assert isinstance(answer, NetMapDelta)

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from agent.state import load_credential, load_netmap
-from tests.component.test_agent_mesh import Host, Mesh, wait_for
+from tests.support import AgentHost, AgentMesh, eventually
 from wire import api
 from wire.models import NetMap
 
@@ -48,20 +48,18 @@ class PollRecorder(httpx.AsyncBaseTransport):
 
 
 @pytest.fixture
-async def mesh(tmp_path: Path) -> AsyncIterator[tuple[Mesh, PollRecorder]]:
-    m = Mesh(tmp_path)
+async def mesh(tmp_path: Path) -> AsyncIterator[tuple[AgentMesh, PollRecorder]]:
+    m = AgentMesh(tmp_path)
     recorder = PollRecorder(m.transport.inner)
     m.transport.inner = recorder
     await m.create_preauth_key()
     try:
         yield m, recorder
     finally:
-        for name, h in m.hosts.items():
-            if h.task is not None:
-                await m.stop(name)
+        await m.aclose()
 
 
-async def controller_map(recorder: PollRecorder, h: Host) -> NetMap:
+async def controller_map(recorder: PollRecorder, h: AgentHost) -> NetMap:
     """The host's full map, fetched past the recorder."""
     credential = load_credential(h.state_dir)
     async with httpx.AsyncClient(transport=recorder.inner, base_url="http://controller") as c:
@@ -70,11 +68,11 @@ async def controller_map(recorder: PollRecorder, h: Host) -> NetMap:
         return NetMap.model_validate_json(r.content)
 
 
-async def wait_for_peers(m: Mesh, hosts: list[Host], count: int) -> None:
-    await wait_for(
+async def wait_for_peers(m: AgentMesh, hosts: list[AgentHost], count: int) -> None:
+    await eventually(
         f"every agent holding {count} peers",
         lambda: all(h.agent and h.agent.netmap and len(h.agent.netmap.peers) == count for h in hosts),
-        m,
+        show=m.all_logs,
     )
 
 
@@ -95,8 +93,10 @@ async def test_agents_follow_by_deltas_and_hold_the_full_map(mesh):
     for h in hosts:
         assert h.agent is not None
         expected = await controller_map(recorder, h)
-        await wait_for(
-            f"{h.name} at serial {expected.serial}", lambda h=h, e=expected: h.agent.netmap == e, m
+        await eventually(
+            f"{h.name} at serial {expected.serial}",
+            lambda h=h, e=expected: h.agent.netmap == e,
+            show=m.all_logs,
         )
         assert load_netmap(h.state_dir) == expected, "netmap.json holds the full map"
     # the three agents already in the mesh got the new peer as a delta, never a full map
@@ -120,6 +120,8 @@ async def test_a_delta_for_another_map_is_dropped_and_the_full_map_fetched(mesh)
     assert any(q["since"] == "0" for q, _kind in recorder.polls[dropped_at + 1 :]), "asks for the full map"
     for h in hosts:
         expected = await controller_map(recorder, h)
-        await wait_for(
-            f"{h.name} at serial {expected.serial}", lambda h=h, e=expected: h.agent.netmap == e, m
+        await eventually(
+            f"{h.name} at serial {expected.serial}",
+            lambda h=h, e=expected: h.agent.netmap == e,
+            show=m.all_logs,
         )

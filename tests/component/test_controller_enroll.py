@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 
-from tests.component.conftest import MESH_CIDR, ControllerHarness, ManualClock, enroll_request
+from tests.support import MESH_CIDR, ControllerHarness, ManualClock, enroll_request
 from wire import api
 
 

@@ -19,7 +19,7 @@ from controller.app import create_app
 from controller.credentials import admin_credential_path
 from controller.settings import Settings
 from controller.sqlstore import SqlStore
-from tests.component.conftest import MESH_CIDR, ManualClock, enroll_request, make_host
+from tests.support import MESH_CIDR, ManualClock, enroll_request, make_host
 from wire import api
 
 ROUTES = [

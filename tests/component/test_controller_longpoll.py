@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.component.conftest import ControllerHarness, Host
+from tests.support import ControllerHarness, Host
 from wire import api
 from wire.models import NetMap
 
@@ -37,7 +37,7 @@ async def test_a_waiting_poll_wakes_when_a_peer_enrolls(controller: ControllerHa
     a = await controller.enroll()
     serial = await serial_of(controller, a)
     waiting = asyncio.create_task(controller.netmap(a, since=serial, timeout=LONG))
-    await wait_until_waiting(controller, 1)
+    await controller.polls_parked(1)
     b = await controller.enroll()
     netmap = await waiting
     assert netmap is not None and netmap.serial > serial
@@ -51,7 +51,7 @@ async def test_only_nodes_whose_map_changed_are_woken(controller: ControllerHarn
         h.node_id: asyncio.create_task(controller.netmap(h, since=serials[h.node_id], timeout=1.0))
         for h in (a, b, c)
     }
-    await wait_until_waiting(controller, 3)
+    await controller.polls_parked(3)
     # A measures the A-B link faster than the default: the A-B path cost changes for A and B only.
     await controller.report(a, {"peer_id": b.node_id, "rtt_ms": 2.0, "loss": 0.0, "handshake_age_s": 3})
     got = {n: await t for n, t in polls.items()}
@@ -80,7 +80,7 @@ async def test_removal_reaches_every_peer_at_once(controller: ControllerHarness)
             api.NETMAP, params={"since": serials[b.node_id], "timeout": LONG}, headers=b.auth
         )
     )
-    await wait_until_waiting(controller, 3)
+    await controller.polls_parked(3)
     r = await controller.client.delete(f"{api.NODES}/{b.node_id}", headers=controller.admin)
     assert r.status_code == 204
     for host in (a, c):
@@ -95,13 +95,3 @@ async def test_removal_reaches_every_peer_at_once(controller: ControllerHarness)
     assert (
         await controller.client.get(f"{api.NODES}/{b.node_id}", headers=controller.admin)
     ).status_code == 404
-
-
-async def wait_until_waiting(controller: ControllerHarness, nodes: int) -> None:
-    """Until `nodes` nodes have a poll parked in the controller (the condition, not a sleep)."""
-    notifier = controller.app.state.notifier
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 10
-    while notifier.waiting() < nodes:
-        assert loop.time() < deadline, f"only {notifier.waiting()} of {nodes} polls are waiting"
-        await asyncio.sleep(0.005)

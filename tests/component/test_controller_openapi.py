@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from pydantic import TypeAdapter
 
-from tests.component.conftest import ControllerHarness
+from tests.support import ControllerHarness
 from wire import api
 from wire.models import LinkReport, NetMap, NetMapDelta, NetMapUpdate, PreAuthKeyRequest
 

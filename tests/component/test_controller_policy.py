@@ -4,7 +4,7 @@ nodes' agents report the version they enforce; the policy survives a restart."""
 
 from __future__ import annotations
 
-from tests.component.conftest import ControllerHarness, Host
+from tests.support import ControllerHarness, Host
 from wire import api
 from wire.models import NetMap
 

@@ -6,7 +6,7 @@ serves nothing until it is back."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -15,7 +15,7 @@ import pytest
 from agent.client import ControllerClient
 from agent.targets import Targets
 from lab.postgres import PostgresCluster
-from tests.component.conftest import ControllerHarness, Host, ManualClock, make_host
+from tests.support import ControllerHarness, Host, ManualClock, eventually, make_host
 from wire import api
 from wire.models import NetMap
 
@@ -32,16 +32,9 @@ class Replica(ControllerHarness):
 
     async def close(self) -> None:
         self.app.state.follower.stop()
-        await asyncio.wait_for(self.task, DEADLINE_S)
+        async with asyncio.timeout(DEADLINE_S):
+            await self.task
         await super().close()
-
-
-async def until(condition: Callable[[], object], what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + DEADLINE_S
-    while not condition():
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture
@@ -102,7 +95,11 @@ async def test_hosts_enrolled_through_both_replicas_get_distinct_addresses(repli
         assert r.status_code == 200, r.text
         h.address, h.credential = r.json()["tunnel_address"], r.json()["node_credential"]
     assert len({h.address for h in hosts}) == len(hosts)
-    await until(lambda: len(a.app.state.plane.nodes) == len(b.app.state.plane.nodes) == 8, "both views")
+    await eventually(
+        "both views",
+        lambda: len(a.app.state.plane.nodes) == len(b.app.state.plane.nodes) == 8,
+        timeout=DEADLINE_S,
+    )
 
 
 async def test_a_node_removed_through_one_replica_is_gone_on_the_other(replicas):
@@ -170,7 +167,9 @@ async def test_a_replica_that_loses_its_database_reports_unhealthy_and_refuses_w
     held = NetMap.model_validate_json((await netmap(a, host, 0)).content)
     waiting = asyncio.create_task(netmap(a, host, held.serial, timeout=60))
     try:
-        await until(lambda: a.app.state.plane.health() is not None, "replica A to notice")
+        await eventually(
+            "replica A to notice", lambda: a.app.state.plane.health() is not None, timeout=DEADLINE_S
+        )
         r = await a.client.get(api.HEALTH)
         assert r.status_code == 503 and r.json()["status"] == "unhealthy"
         assert pg.password not in r.text
@@ -182,10 +181,16 @@ async def test_a_replica_that_loses_its_database_reports_unhealthy_and_refuses_w
     finally:
         pg.psql(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
     # Both replicas lost it here (one database); each comes back by itself.
-    await until(lambda: a.app.state.plane.health() is b.app.state.plane.health() is None, "recovery")
+    await eventually(
+        "recovery",
+        lambda: a.app.state.plane.health() is b.app.state.plane.health() is None,
+        timeout=DEADLINE_S,
+    )
     assert (await a.client.get(api.HEALTH)).status_code == 200
     later = await b.enroll()
-    await until(lambda: later.node_id in a.app.state.plane.nodes, "replica A to catch up")
+    await eventually(
+        "replica A to catch up", lambda: later.node_id in a.app.state.plane.nodes, timeout=DEADLINE_S
+    )
 
 
 async def test_a_lost_listening_connection_is_replaced_and_nothing_is_missed(replicas):
@@ -193,15 +198,19 @@ async def test_a_lost_listening_connection_is_replaced_and_nothing_is_missed(rep
     host = await a.enroll()
     database = url.rsplit("/", 1)[1]
     listener = b.app.state.follower._listener
-    await until(lambda: listener is not None and listener.connected.is_set(), "B to listen")
+    await eventually(
+        "B to listen", lambda: listener is not None and listener.connected.is_set(), timeout=DEADLINE_S
+    )
     held = NetMap.model_validate_json((await netmap(b, host, 0)).content)
     pg.psql(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
         f"WHERE datname = '{database}' AND query LIKE 'LISTEN%'"
     )
-    await until(lambda: not listener.connected.is_set(), "the listening connection to drop")
+    await eventually(
+        "the listening connection to drop", lambda: not listener.connected.is_set(), timeout=DEADLINE_S
+    )
     waiting = asyncio.create_task(netmap(b, host, held.serial, timeout=30))
     other = await a.enroll()  # while B is not listening, maybe
     update = NetMap.model_validate_json((await asyncio.wait_for(waiting, DEADLINE_S)).content)
     assert [p.name for p in update.peers] == [other.name]
-    await until(listener.connected.is_set, "B to listen again")
+    await eventually("B to listen again", listener.connected.is_set, timeout=DEADLINE_S)

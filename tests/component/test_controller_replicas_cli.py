@@ -13,7 +13,8 @@ import sqlalchemy as sa
 
 from controller.sqlstore import SqlStore, engine_url
 from lab.postgres import PostgresCluster
-from tests.component.test_controller_cli import free_port, run, start, stop
+from tests.support import free_port, start_controller
+from tests.support import run_wgmesh as run
 
 
 def env_with_db(url: str) -> dict[str, str]:
@@ -24,11 +25,11 @@ def test_two_served_replicas_share_one_database_and_the_cli_fails_over(
     tmp_path: Path, postgres: PostgresCluster
 ):
     env = env_with_db(postgres.create_database())
-    first = start(tmp_path / "a", env)
+    first = start_controller(tmp_path / "a", env)
     # The replicas share the admin credential: the operator gives each the same file.
     (tmp_path / "b").mkdir(mode=0o700)
     shutil.copy2(tmp_path / "a" / "admin-credential", tmp_path / "b" / "admin-credential")
-    second = start(tmp_path / "b", env)
+    second = start_controller(tmp_path / "b", env)
     try:
         dead = f"http://127.0.0.1:{free_port()}"
         both = f"{dead},{first.url},{second.url}"
@@ -45,7 +46,7 @@ def test_two_served_replicas_share_one_database_and_the_cli_fails_over(
             str(second.state_dir),
         )
         assert listed.returncode == 0 and '"id":1' in listed.stdout.replace(" ", "")
-        stop(first)
+        first.stop()
         again = run(
             "controller",
             "token",
@@ -71,8 +72,8 @@ def test_two_served_replicas_share_one_database_and_the_cli_fails_over(
             and "cannot reach" in gone.stderr
         )
     finally:
-        stop(first)
-        stop(second)
+        first.stop()
+        second.stop()
 
 
 def one_line_refusal(tmp_path: Path, url: str) -> str:

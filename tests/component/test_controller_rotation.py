@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from keys import WireGuardPrivateKey
-from tests.component.conftest import ControllerHarness, Host
+from tests.support import ControllerHarness, Host
 from wire import api
 
 

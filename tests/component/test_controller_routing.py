@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 
-from tests.component.conftest import ControllerHarness, Host
+from tests.support import ControllerHarness, Host
 from wire import api
 from wire.models import NetMap
 

@@ -16,16 +16,14 @@ from controller.app import create_app
 from controller.settings import Settings
 from controller.sqlstore import SqlStore
 from controller.tls import managed_tls, operator_tls
-from tests.component.conftest import MESH_CIDR, ControllerHarness, enroll_request
-from tests.component.test_agent_mesh import Mesh, mesh
+from tests.support import MESH_CIDR, AgentMesh, ControllerHarness, enroll_request
 from wire import api
 from wire.preauth import parse_preauth_key
 
 JSON = {"Content-Type": "application/json"}
-__all__ = ["mesh"]  # the fixture: a controller with its managed CA and agents around it
 
 
-async def test_the_agent_pins_the_ca_named_in_its_key_and_keeps_it(mesh: Mesh):
+async def test_the_agent_pins_the_ca_named_in_its_key_and_keeps_it(mesh: AgentMesh):
     key = parse_preauth_key(mesh.preauth_key)
     assert key.ca_pin == mesh.tls.ca_pin and key.ca_pin is not None
     h = await mesh.start("h1")
@@ -38,7 +36,7 @@ async def test_the_agent_pins_the_ca_named_in_its_key_and_keeps_it(mesh: Mesh):
     assert h2.agent is not None and h2.agent.state is not None and h2.agent.state.node_id == 1
 
 
-async def test_a_key_pinning_another_ca_enrolls_nothing_and_stores_nothing(mesh: Mesh):
+async def test_a_key_pinning_another_ca_enrolls_nothing_and_stores_nothing(mesh: AgentMesh):
     key = parse_preauth_key(mesh.preauth_key)
     mesh.preauth_key = f"{key.secret}.{'0' * 64}"
     with pytest.raises(AgentError) as refused:

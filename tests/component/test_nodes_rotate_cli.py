@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.component.test_controller_cli import Served, start, stop
+from tests.support import Served, start_controller
 
 
 @pytest.fixture
 def served_two(tmp_path: Path) -> Iterator[Served]:
-    s = start(tmp_path / "state")
+    s = start_controller(tmp_path / "state")
     try:
         key = s.cli("controller", "token", "create", "--reusable").stdout.strip()
         for name in ("rot-a", "rot-b"):
@@ -22,7 +22,7 @@ def served_two(tmp_path: Path) -> Iterator[Served]:
             assert r.status_code == 200, r.text
         yield s
     finally:
-        stop(s)
+        s.stop()
 
 
 def test_rotate_refusals_and_progress_columns(served_two: Served) -> None:

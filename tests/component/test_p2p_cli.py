@@ -8,92 +8,18 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
-import time
-from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
 
-from keys.store import save_key
-from keys.types import IdentityPrivateKey
 from p2p import Message, Node, NodeConfig, PeerDown, PeerUp
-from p2p.core.directory import Directory, DirectoryEntry
-from p2p.directory import write_directory
-
-WGMESH = [sys.executable, "-m", "wgmesh"]
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-class Hosts:
-    """Three state directories, a (1, supervisor), b (2) and c (3), each with its key and directory."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.keys = {i: IdentityPrivateKey.generate() for i in (1, 2, 3)}
-        self.entries = {
-            i: DirectoryEntry(
-                i,
-                name,
-                IPv4Address(f"127.0.0.{30 + i}"),
-                "supervisor" if i == 1 else "worker",
-                self.keys[i].public_key(),
-                free_port(f"127.0.0.{30 + i}"),
-            )
-            for i, name in ((1, "a"), (2, "b"), (3, "c"))
-        }
-        for i in self.keys:
-            state = self.state(i)
-            save_key(state / "identity.key", self.keys[i])
-            write_directory(state / "p2p-directory.json", self.directory(i))
-
-    def state(self, i: int) -> Path:
-        return self.root / f"host{i}"
-
-    def directory(self, i: int) -> Directory:
-        return Directory.of(self.entries[i], [e for j, e in self.entries.items() if j != i])
-
-    def run(self, i: int, *args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [*WGMESH, "p2p", *args, "--state-dir", str(self.state(i))],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-
-    def listen(self, i: int) -> subprocess.Popen[str]:
-        proc = subprocess.Popen(
-            [*WGMESH, "p2p", "listen", "--state-dir", str(self.state(i))],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        first = proc.stdout.readline() if proc.stdout else ""
-        assert "listening on port" in first, first
-        return proc
-
-
-def stop(proc: subprocess.Popen[str]) -> str:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.stdout.read() if proc.stdout else ""
+from tests.support import WGMESH, P2PHosts, read_until, stop_listener, wait_until
 
 
 @pytest.fixture
 def hosts(tmp_path):
-    return Hosts(tmp_path)
+    return P2PHosts(tmp_path)
 
 
 @pytest.fixture
@@ -101,7 +27,7 @@ def listeners():
     procs: list[subprocess.Popen[str]] = []
     yield procs
     for proc in procs:
-        stop(proc)
+        stop_listener(proc)
 
 
 def test_send_request_and_broadcast_reach_a_listening_node(hosts, listeners):
@@ -115,7 +41,7 @@ def test_send_request_and_broadcast_reach_a_listening_node(hosts, listeners):
     cast = hosts.run(3, "broadcast", "block", '{"height": 7}', "--timeout", "3")
     assert cast.returncode == 0, cast.stderr
     assert "to 2 (b)" in cast.stdout  # node 1 is not listening; node 2 is the one reached
-    out = stop(listeners.pop())
+    out = stop_listener(listeners.pop())
     lines = [line for line in out.splitlines() if not line.startswith("--")]
     assert lines[0].endswith('from 1 (a)  greeting  priority 8  {"hello":"world"}')
     assert lines[1].endswith("from 1 (a)  task  priority 5  [1,2]")
@@ -247,7 +173,7 @@ def test_elect_processes_agree_on_one_leader_and_replace_it_when_it_is_killed(ho
     try:
         for i, proc in procs.items():
             assert proc.stdout is not None
-            banner = proc.stdout.readline()
+            banner = read_until(proc, "in the election", timeout=20)[-1]
             assert f"node {i} " in banner and "in the election, timeouts 0.15-0.3 s" in banner, banner
             os.set_blocking(proc.stdout.fileno(), False)
 
@@ -269,10 +195,12 @@ def test_elect_processes_agree_on_one_leader_and_replace_it_when_it_is_killed(ho
                 else None
             )
 
-        first = wait_for(lambda: agreed([1, 2, 3]), "agreement on a leader")
+        first = wait_until("agreement on a leader", lambda: agreed([1, 2, 3]), 20, interval=0.02)
         procs[first["leader"]].kill()
         rest = [i for i in procs if i != first["leader"]]
-        second = wait_for(lambda: (a := agreed(rest)) and a["term"] > first["term"] and a, "a new leader")
+        second = wait_until(
+            "a new leader", lambda: (a := agreed(rest)) and a["term"] > first["term"] and a, 20, interval=0.02
+        )
         assert second["leader"] in rest
         terms: dict[int, set[int]] = {}
         for view in views.values():
@@ -282,12 +210,4 @@ def test_elect_processes_agree_on_one_leader_and_replace_it_when_it_is_killed(ho
         assert all(len(leaders) == 1 for leaders in terms.values()), terms
     finally:
         for proc in procs.values():
-            stop(proc)
-
-
-def wait_for(probe, what: str, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while not (value := probe()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-    return value
+            stop_listener(proc)

@@ -2,33 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-import socket
-from collections.abc import Callable
 from ipaddress import IPv4Address
 
 from keys.types import IdentityPrivateKey
 from p2p import LeaderElection, Node, NodeConfig
 from p2p.core.directory import Directory, DirectoryEntry
 from p2p.core.election import ElectionTiming
+from tests.support import eventually, free_port
 
 FAST = NodeConfig(heartbeat_interval=0.1, dead_after=0.6, backoff_initial=0.05, backoff_max=0.3)
 TIMING = ElectionTiming(election_timeout_min=0.4, election_timeout_max=0.8, heartbeat_interval=0.1)
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-async def until(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 async def test_three_nodes_agree_on_a_leader_and_replace_it_when_it_dies():
@@ -53,9 +36,9 @@ async def test_three_nodes_agree_on_a_leader_and_replace_it_when_it_dies():
         for i in nodes:
             await nodes[i].start()
             elections[i].start()
-        await until(
+        await eventually(
+            "agreement on a leader",
             lambda: len({e.leader for e in elections.values()}) == 1 and elections[1].leader is not None,
-            what="agreement on a leader",
         )
         leader = elections[1].leader
         assert sum(e.is_leader for e in elections.values()) == 1 and elections[leader].is_leader
@@ -63,12 +46,12 @@ async def test_three_nodes_agree_on_a_leader_and_replace_it_when_it_dies():
 
         await elections.pop(leader).close()
         await nodes.pop(leader).close()
-        await until(
+        await eventually(
+            "a new leader",
             lambda: (
                 len({e.leader for e in elections.values()}) == 1
                 and next(iter(elections.values())).leader not in (None, leader)
             ),
-            what="a new leader",
         )
         new = next(iter(elections.values())).leader
         assert new != leader and elections[new].is_leader and elections[new].term > first_term

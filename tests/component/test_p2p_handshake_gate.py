@@ -11,10 +11,7 @@ import contextlib
 from websockets.asyncio.client import ClientConnection, connect
 
 from p2p import NodeConfig
-from tests.component.test_p2p_cli import Hosts, stop
-from tests.component.test_p2p_mesh import FAST, mesh_factory, until
-
-__all__ = ["mesh_factory"]  # the fixture, shared with the mesh tests
+from tests.support import FAST, P2PHosts, eventually, stop_listener
 
 ATTACKER = "127.0.0.99"  # another mesh member's address, not in anybody's way but the victim's
 
@@ -36,9 +33,9 @@ async def test_idle_connections_from_one_member_do_not_block_another(mesh_factor
     url = mesh.entries[2].url()
     idle = await idle_connections(url, 64, ATTACKER)
     try:
-        await until(
+        await eventually(
+            "the victim to see every idle connection",
             lambda: victim.counters.refused_busy_source + len(victim._inbound_handshakes) >= 64,
-            what="the victim to see every idle connection",
         )
         assert len(victim._inbound_handshakes) == config.max_handshakes_per_source
         assert victim.counters.refused_busy_source == 64 - config.max_handshakes_per_source
@@ -63,7 +60,7 @@ async def test_when_every_slot_is_held_a_newcomer_displaces_the_busiest_source(m
     url = mesh.entries[2].url()
     idle = [c for s in ("127.0.0.97", "127.0.0.98") for c in await idle_connections(url, 4, s)]
     try:
-        await until(lambda: len(victim._inbound_handshakes) == 8, what="every slot held")
+        await eventually("every slot held", lambda: len(victim._inbound_handshakes) == 8)
         peer = await mesh.start(1, config=config)
         assert await peer.request(2, "ping", None, timeout=5) == "n2 got ping"
         assert victim.counters.displaced_handshake == 1
@@ -81,14 +78,14 @@ def line_with(proc, text: str) -> str:
 
 async def test_p2p_listen_shows_its_refusal_counters(tmp_path):
     """`wgmesh p2p listen` as a user runs it: the refusals appear as a line naming the busy address."""
-    hosts = Hosts(tmp_path)
+    hosts = P2PHosts(tmp_path)
     listener = hosts.listen(2)
     try:
         idle = await idle_connections(hosts.entries[2].url(), 6, ATTACKER)
         line = await asyncio.wait_for(asyncio.to_thread(line_with, listener, "handshakes refused"), 20)
         await asyncio.gather(*(c.close() for c in idle), return_exceptions=True)
     finally:
-        stop(listener)
+        stop_listener(listener)
     assert line == (
         "-- handshakes refused: 2 from busy addresses, 0 with every slot held; 0 displaced "
         f"(most refused: {ATTACKER} 2)"

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import time
-from collections.abc import Callable
 from ipaddress import IPv4Address
 
 import pytest
@@ -37,94 +35,10 @@ from p2p.core.frame import GOSSIP, Envelope, gossip_signing_input, signed_bytes
 from p2p.core.session import Opened, Outgoing, Session, SessionLimits
 from p2p.directory import write_directory
 from p2p.errors import PayloadError
-
-FAST = NodeConfig(
-    heartbeat_interval=0.1,
-    dead_after=0.6,
-    backoff_initial=0.05,
-    backoff_max=0.3,
-    handshake_timeout=2.0,
-    send_timeout=2.0,
-)
+from tests.support import FAST, NodeMesh, eventually, free_port
 
 
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-async def until(condition: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
-class Mesh:
-    """n nodes: keys, directory entries on 127.0.0.(10+i), and nodes started on demand."""
-
-    def __init__(self, n: int, roles: dict[int, str] | None = None) -> None:
-        self.keys = {i: IdentityPrivateKey.generate() for i in range(1, n + 1)}
-        self.entries: dict[int, DirectoryEntry] = {}
-        for i, key in self.keys.items():
-            host = f"127.0.0.{10 + i}"
-            self.entries[i] = DirectoryEntry(
-                i,
-                f"n{i}",
-                IPv4Address(host),
-                (roles or {}).get(i, "worker"),
-                key.public_key(),
-                free_port(host),
-            )
-        self.nodes: dict[int, Node] = {}
-        self.inbox: dict[int, list[Message]] = {i: [] for i in self.keys}
-
-    def directory(self, own: int, overrides: dict[int, DirectoryEntry] | None = None) -> Directory:
-        entries = {**self.entries, **(overrides or {})}
-        return Directory.of(entries[own], [e for i, e in entries.items() if i != own])
-
-    async def start(
-        self, i: int, *, directory: Directory | None = None, config: NodeConfig = FAST, **kw
-    ) -> Node:
-        node = Node(directory or self.directory(i), self.keys[i], config=config, **kw)
-
-        async def record(message: Message) -> str:
-            self.inbox[i].append(message)
-            return f"n{i} got {message.type}"
-
-        node.handle_any(record)
-        await node.start()
-        self.nodes[i] = node
-        return node
-
-    async def stop(self, i: int) -> None:
-        await self.nodes.pop(i).close()
-
-    async def close(self) -> None:
-        for node in self.nodes.values():
-            await node.close()
-
-    def got(self, i: int, type_: str) -> list[Message]:
-        return [m for m in self.inbox[i] if m.type == type_]
-
-
-@pytest.fixture
-async def mesh_factory():
-    meshes: list[Mesh] = []
-
-    def make(n: int, roles: dict[int, str] | None = None) -> Mesh:
-        meshes.append(Mesh(n, roles))
-        return meshes[-1]
-
-    yield make
-    for m in meshes:
-        await m.close()
-
-
-async def rogue_session(mesh: Mesh, me: int, peer: int, key: IdentityPrivateKey | None = None):
+async def rogue_session(mesh: NodeMesh, me: int, peer: int, key: IdentityPrivateKey | None = None):
     """A hand-driven connection to `peer` claiming to be node `me`: (websocket, session, opened?)."""
     counters = Counters()
     directory = mesh.directory(me)
@@ -168,7 +82,7 @@ async def test_send_delivers_type_data_sender_and_priority_and_reuses_one_connec
     assert ups == {2, 3}
     for n in range(50):
         await a.send(2, "gradient", {"step": n, "values": [0.1, 0.2]}, priority=7)
-    await until(lambda: len(mesh.got(2, "gradient")) == 50, what="50 messages")
+    await eventually("50 messages", lambda: len(mesh.got(2, "gradient")) == 50)
     first = mesh.got(2, "gradient")[0]
     assert (first.sender, first.priority, first.data) == (1, 7, {"step": 0, "values": [0.1, 0.2]})
     assert [m.data["step"] for m in mesh.got(2, "gradient")] == list(range(50))  # one priority: in order
@@ -186,7 +100,7 @@ async def test_a_large_gradient_travels_compressed_and_arrives_intact(mesh_facto
     await a.wait_connected(timeout=5)
     gradient = [0.001 * (i % 1000) for i in range(150_000)]  # 1.35 MB as msgpack floats
     await a.send(2, "gradient", gradient)
-    await until(lambda: mesh.got(2, "gradient"), what="the gradient")
+    await eventually("the gradient", lambda: mesh.got(2, "gradient"))
     assert mesh.got(2, "gradient")[0].data == gradient
 
 
@@ -204,9 +118,9 @@ async def test_broadcast_reaches_a_node_without_a_direct_connection_once(mesh_fa
     assert 4 not in a.connected_peers and 1 not in d.connected_peers
     message_id = await a.broadcast("block", {"height": 7}, priority=9)
     for i in (2, 3, 4):
-        await until(lambda i=i: mesh.got(i, "block"), what=f"the block at node {i}")
+        await eventually(f"the block at node {i}", lambda i=i: mesh.got(i, "block"))
     # both relays (2 and 3) pass it on to node 4: the second copy is counted, not delivered
-    await until(lambda: d.counters.duplicate >= 1, what="the second copy at node 4")
+    await eventually("the second copy at node 4", lambda: d.counters.duplicate >= 1)
     [got] = mesh.got(4, "block")
     assert (got.sender, got.data, got.id, got.priority) == (1, {"height": 7}, message_id, 9)
     assert all(len(mesh.got(i, "block")) == 1 for i in (2, 3, 4))
@@ -248,7 +162,7 @@ async def test_request_returns_the_handlers_reply_or_a_clear_error(mesh_factory)
         RequestTimeout, match=r"no reply from node 2 \(n2\) at .* to 'slow' within 0.2 s \(peer connected\)"
     ):
         await a.request(2, "slow", None, timeout=0.2)
-    await until(lambda: a.counters.unexpected_reply == 1, what="the late reply to be counted")
+    await eventually("the late reply to be counted", lambda: a.counters.unexpected_reply == 1)
     assert b.counters.handler_error == 2
 
 
@@ -336,7 +250,7 @@ async def test_only_supervisors_may_assign_tasks(mesh_factory):
     ):
         await nodes[1].request(3, "task_assignment", {"task": 2}, timeout=2)
     await nodes[1].send(3, "task_assignment", {"task": 3})
-    await until(lambda: c.counters.unauthorized == 2, what="two refusals")
+    await eventually("two refusals", lambda: c.counters.unauthorized == 2)
     assert [m.data for m in mesh.got(3, "task_assignment")] == [{"task": 1}]
 
 
@@ -351,7 +265,7 @@ async def test_queued_messages_leave_highest_priority_first(mesh_factory):
     await a.send(2, "job", "urgent", priority=10)
     await a.send(2, "job", "normal", priority=5)
     await mesh.start(2)
-    await until(lambda: len(mesh.got(2, "job")) == 7, what="7 jobs")
+    await eventually("7 jobs", lambda: len(mesh.got(2, "job")) == 7)
     assert [m.data for m in mesh.got(2, "job")] == ["urgent", "normal", 0, 1, 2, 3, 4]
 
 
@@ -389,7 +303,7 @@ async def test_a_peer_that_stops_reading_gets_backpressure_not_memory_growth_nor
     assert a.connected_peers == {2} and b.connected_peers == {1}
     assert a.counters.dead_peer == b.counters.dead_peer == 0
     gate.set()
-    await until(lambda: len(received) == queued, timeout=10, what="every queued message")
+    await eventually("every queued message", lambda: len(received) == queued, timeout=10)
     assert received == list(range(queued))  # nothing lost, in order
 
 
@@ -406,13 +320,13 @@ async def test_under_inbound_backlog_high_priority_is_handled_first(mesh_factory
 
     await a.wait_connected(timeout=5)
     await a.send(2, "task", "first", priority=5)
-    await until(lambda: order == ["first"], what="the first task")
+    await eventually("the first task", lambda: order == ["first"])
     for n in range(5):
         await a.send(2, "task", f"low{n}", priority=1)
     await a.send(2, "task", "high", priority=10)
-    await until(lambda: len(b._links[1].inbox) == 6, what="the backlog")
+    await eventually("the backlog", lambda: len(b._links[1].inbox) == 6)
     gate.set()
-    await until(lambda: len(order) == 7, what="all tasks")
+    await eventually("all tasks", lambda: len(order) == 7)
     assert order == ["first", "high", "low0", "low1", "low2", "low3", "low4"]
 
 
@@ -436,7 +350,7 @@ async def test_a_peer_dying_and_coming_back(mesh_factory):
     await mesh.start(3)
     up = await asyncio.wait_for(events.__anext__(), 5)
     assert isinstance(up, PeerUp) and up.peer.node_id == 3
-    await until(lambda: mesh.got(3, "while_down"), what="the queued message after the restart")
+    await eventually("the queued message after the restart", lambda: mesh.got(3, "while_down"))
     assert await a.request(3, "ping", None, timeout=2) == "n3 got ping"
 
 
@@ -463,7 +377,7 @@ async def test_a_node_with_the_wrong_key_cannot_connect_as_another(mesh_factory)
     ws, session, opened = await rogue_session(mesh, 2, 1, key=IdentityPrivateKey.generate())
     # the impostor cannot even verify node 1 ... and node 1 refuses its proof
     assert not opened or session.peer is not None
-    await until(lambda: a.counters.handshake_failed == 1, what="the refused handshake")
+    await eventually("the refused handshake", lambda: a.counters.handshake_failed == 1)
     assert a.connected_peers == set() and mesh.inbox[1] == []
     await ws.close()
 
@@ -487,7 +401,7 @@ async def test_forged_and_replayed_relayed_messages_are_dropped_counted_and_not_
     # node 3 is a real directory member but malicious: it relays "blocks" in node 2's name
     ws, session, opened = await rogue_session(mesh, 3, 1)
     assert opened
-    await until(lambda: 3 in a.connected_peers, what="node 3 up")
+    await eventually("node 3 up", lambda: 3 in a.connected_peers)
 
     def gossip(body: bytes, *, signer: int = 2, age: float = 0.0) -> list:
         signed = signed_bytes(
@@ -505,12 +419,12 @@ async def test_forged_and_replayed_relayed_messages_are_dropped_counted_and_not_
     await ws.send(session.seal([gossip(b"\xa4fake", signer=3)], 0.0))
     await ws.send(session.seal([genuine, genuine], 0.0))
     await ws.send(session.seal([gossip(b"\xa3old", age=3600), ["garbage"]], 0.0))
-    await until(lambda: a.counters.stale == 1, what="the stale message")
+    await eventually("the stale message", lambda: a.counters.stale == 1)
     assert (a.counters.bad_signature, a.counters.duplicate, a.counters.malformed) == (1, 1, 1)
     assert [m.data for m in mesh.got(1, "block")] == ["real"]
     # node 1 relays only what it verified: node 4 gets the genuine message, never the forgery
     # (had node 1 relayed the forgery, it would have reached node 4 first: same connection, in order)
-    await until(lambda: mesh.got(4, "block"), what="the genuine message relayed to node 4")
+    await eventually("the genuine message relayed to node 4", lambda: mesh.got(4, "block"))
     assert [m.data for m in mesh.got(4, "block")] == ["real"]
     assert mesh.got(2, "block") == []  # never sent back to its origin
     assert d.counters.bad_signature == 0
@@ -525,8 +439,8 @@ async def test_a_tampered_frame_closes_the_connection_and_nothing_is_delivered(m
     frame = bytearray(session.seal([Envelope(os.urandom(16), "t", 0.0, 5, 0, b"\x01").item()], 0.0))
     frame[3] ^= 0xFF
     await ws.send(bytes(frame))
-    await until(lambda: a.counters.bad_mac == 1, what="the MAC failure")
-    await until(lambda: a.connected_peers == set(), what="the connection to close")
+    await eventually("the MAC failure", lambda: a.counters.bad_mac == 1)
+    await eventually("the connection to close", lambda: a.connected_peers == set())
     assert mesh.inbox[1] == []
 
 
@@ -548,13 +462,11 @@ async def test_a_flood_from_one_peer_does_not_starve_the_others(mesh_factory):
     flooding = asyncio.create_task(flood())
     for n in range(100):
         await b.send(1, "work", n, priority=1)
-    await until(lambda: len(mesh.got(1, "work")) == 100, timeout=10, what="all of node 2's messages")
+    await eventually("all of node 2's messages", lambda: len(mesh.got(1, "work")) == 100, timeout=10)
     await flooding
     # every flood message is accounted for: delivered, or refused and counted
-    await until(
-        lambda: len(mesh.got(1, "spam")) + a.counters.rate_limited == 20_000,
-        timeout=60,  # 20,000 messages through verify and the limiter: slow on a busy machine
-        what="the flood to drain",
+    await eventually(
+        "the flood to drain", lambda: len(mesh.got(1, "spam")) + a.counters.rate_limited == 20_000, timeout=60
     )
     assert a.counters.dead_peer == c.counters.dead_peer == 0
     assert [m.data for m in mesh.got(1, "work")] == list(range(100))
@@ -572,7 +484,7 @@ async def test_oversized_frames_are_counted_and_the_node_keeps_serving(mesh_fact
     ws, session, opened = await rogue_session(mesh, 3, 1)
     assert opened
     await ws.send(session.seal([Envelope(os.urandom(16), "big", 0.0, 5, 0, b"x" * 200_000).item()], 0.0))
-    await until(lambda: a.counters.oversized == 1, what="the oversized frame")
+    await eventually("the oversized frame", lambda: a.counters.oversized == 1)
     await a.wait_connected([2], timeout=5)
     assert await a.request(2, "still_there", None, timeout=2) == "n2 got still_there"
     await ws.close()
@@ -596,9 +508,9 @@ async def test_a_node_follows_its_directory_file(mesh_factory, tmp_path):
     with pytest.raises(UnknownPeer):
         await node.send(3, "t", 1)
     write_directory(path, mesh.directory(1))  # the agent learned about node 3
-    await until(lambda: 3 in node.connected_peers, what="node 3 to be connected")
+    await eventually("node 3 to be connected", lambda: 3 in node.connected_peers)
     write_directory(path, Directory.of(mesh.entries[1], [mesh.entries[3]]))  # node 2 left the mesh
-    await until(lambda: node.connected_peers == {3}, what="node 2 to be dropped")
+    await eventually("node 2 to be dropped", lambda: node.connected_peers == {3})
 
 
 async def test_a_node_refuses_an_identity_key_that_is_not_its_directory_entry(mesh_factory):

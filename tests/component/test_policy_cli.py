@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from controller.policy_cli import main as policy_main
-from tests.component.test_controller_cli import Served, start, stop
+from tests.support import Served, start_controller
 
 POLICY = """# the api is for clients
 [tags]
@@ -28,11 +28,11 @@ ports = ["tcp/8000"]
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[Served]:
-    s = start(tmp_path / "state")
+    s = start_controller(tmp_path / "state")
     try:
         yield s
     finally:
-        stop(s)
+        s.stop()
 
 
 def policy(served: Served, *args: str) -> subprocess.CompletedProcess[str]:

@@ -3,7 +3,6 @@ datagram that is not a rotation message is dropped and counted; a port in use is
 
 from __future__ import annotations
 
-import asyncio
 import socket
 from ipaddress import ip_address
 
@@ -11,6 +10,7 @@ import pytest
 
 from agent.rotation_channel import RotationChannel
 from keys.types import WireGuardPrivateKey
+from tests.support import eventually
 from wire.rotation import RotationAck
 
 
@@ -31,9 +31,7 @@ async def test_messages_arrive_typed_and_garbage_is_dropped() -> None:
         channel.send(ack, "127.0.0.1", port)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.sendto(b'{"kind": "nonsense"}', ("127.0.0.1", port))
-        async with asyncio.timeout(5):
-            while not got or channel.dropped < 1:
-                await asyncio.sleep(0.01)
+        await eventually("the ack and the drop", lambda: got and channel.dropped >= 1, timeout=5)
         assert got == [(ack, "127.0.0.1")] and channel.dropped == 1
     finally:
         channel.close()

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import TypeVar
 
 from lab.cli import main as lab_main
@@ -18,27 +17,9 @@ from lab.instance import Lab
 from lab.layout import LabLayout
 from lab.processes import log_tail
 from lab.teardown import tear_down
+from tests.support import wait_until
 
 T = TypeVar("T")
-
-
-def wait_until(
-    what: str,
-    probe: Callable[[], T | None],
-    timeout: float,
-    interval: float = 0.25,
-    show: Callable[[], str] | None = None,
-) -> T:
-    """Poll `probe` until it returns something truthy; fail naming `what` (and `show()`) at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            detail = f"\n{show()}" if show else ""
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{detail}")
-        time.sleep(interval)
 
 
 def logs(lab: Lab, lines: int = 15) -> str:

@@ -15,9 +15,10 @@ from lab import netns, processes
 from lab.instance import Lab
 from lab.layout import LabLayout
 from lab.teardown import tear_down
-from tests.e2e.conftest import run_cli, wait_until
+from tests.e2e.conftest import run_cli
+from tests.support import wait_until
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.scenario]
 NAME = "e2eu"
 
 

@@ -16,9 +16,10 @@ import pytest
 
 from lab.instance import Lab
 from lab.processes import wgmesh_argv
-from tests.e2e.conftest import logs, reachable, running_lab, wait_until
+from tests.e2e.conftest import logs, reachable, running_lab
+from tests.support import wait_until
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.scenario]
 NAME = "ppol"
 API_PORT, OTHER_PORT = 8000, 9000
 

@@ -11,7 +11,6 @@ import os
 import re
 import shlex
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -19,12 +18,11 @@ import pytest
 
 from lab.layout import LabLayout
 from lab.teardown import tear_down
-from tests.e2e.conftest import wait_until
+from tests.support import WGMESH_PROGRAM, wait_until
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.scenario]
 
 REPO = Path(__file__).resolve().parents[2]
-PROGRAM = Path(sys.executable).parent / "wgmesh"
 README_BLOCK = re.compile(r"<!-- commands-after-demo:.*?-->\n```sh\n(.*?)```", re.S)
 
 
@@ -48,7 +46,7 @@ def as_run_here(command: str) -> str:
     """The README's `.venv/bin/wgmesh` replaced by the program of this environment (the same thing in a
     checkout whose tests run from its own .venv)."""
     assert command.startswith(".venv/bin/wgmesh "), command
-    return shlex.quote(spelled(PROGRAM)) + command[len(".venv/bin/wgmesh") :]
+    return shlex.quote(spelled(WGMESH_PROGRAM)) + command[len(".venv/bin/wgmesh") :]
 
 
 def shell(command: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -76,7 +74,7 @@ def demo_kept():
     layout = LabLayout("lab")
     tear_down(layout)
     try:
-        done = shell(f"{shlex.quote(spelled(PROGRAM))} lab demo -n 3 --keep", timeout=300)
+        done = shell(f"{shlex.quote(spelled(WGMESH_PROGRAM))} lab demo -n 3 --keep", timeout=300)
         assert done.returncode == 0, done.stdout + done.stderr
         yield done.stdout
     finally:
@@ -88,7 +86,7 @@ def test_the_demo_hints_run_as_printed(demo_kept: str):
     hints = [h.strip() for h in hints if h.startswith("  ")]
     assert hints and hints[-1].endswith("lab down")
     for hint in hints[:-1]:  # down last, in the README test
-        assert hint.startswith(spelled(PROGRAM) + " lab "), hint
+        assert hint.startswith(spelled(WGMESH_PROGRAM) + " lab "), hint
         done = shell(hint)
         assert done.returncode == 0, f"{hint!r} failed:\n{done.stdout}{done.stderr}"
         assert "command not found" not in done.stderr

@@ -13,9 +13,10 @@ import time
 import pytest
 
 from lab.instance import Lab
-from tests.e2e.conftest import both_ways, logs, reachable, running_lab, wait_all_reach, wait_until
+from tests.e2e.conftest import both_ways, logs, reachable, running_lab, wait_all_reach
+from tests.support import wait_until
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.scenario]
 NAME = "e2er"
 _RECEIVED = re.compile(r"(\d+) packets transmitted, (\d+) received")
 

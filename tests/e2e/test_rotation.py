@@ -18,9 +18,10 @@ import time
 import pytest
 
 from lab.instance import Lab
-from tests.e2e.conftest import logs, running_lab, wait_until
+from tests.e2e.conftest import logs, running_lab
+from tests.support import wait_until
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.scenario]
 NAME = "rrot"
 N = "h4"
 PAIRS = [("h1", N), (N, "h1"), ("h2", "h3"), ("h3", "h2")]

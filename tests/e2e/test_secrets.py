@@ -17,7 +17,7 @@ from lab.instance import Lab
 from tests.e2e.conftest import running_lab, wait_until
 from wire.preauth import parse_preauth_key
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.scenario]
 
 
 @pytest.fixture(scope="module")

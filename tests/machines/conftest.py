@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import wait_until
 from tests.machines import nspawn
 from tests.machines.mesh import CONTROLLER, FIGURES, HOSTS, PORT, Mesh, full_mesh, tools_missing
 from tests.machines.nspawn import DEPLOY_MOUNT, WHEEL_MOUNT, WHEELHOUSE_MOUNT, Machines
+from tests.support import wait_until
 
 # The first test pays for the mesh fixture (booting and installing four machines): on a loaded 2-core
 # machine that alone can take minutes.
@@ -34,6 +34,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if Path(str(item.fspath)).parent == here:
             item.add_marker(pytest.mark.root)
+            item.add_marker(pytest.mark.scenario)  # steps on the same four machines
             item.add_marker(pytest.mark.timeout(TEST_TIMEOUT_S))
 
 

@@ -15,12 +15,13 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.e2e.conftest import wait_until
+from tests.support import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 ROOTFS_SCRIPT = REPO / "deploy" / "container" / "rootfs.sh"
@@ -63,7 +64,7 @@ def cached_rootfs() -> tuple[Path, bool]:
 def built_wheels(out: Path) -> tuple[Path, Path]:
     """(wgmesh wheel built from this checkout into `out`, the cached wheelhouse of its dependencies)."""
     out.mkdir(parents=True, exist_ok=True)
-    python = REPO / ".venv" / "bin" / "python"
+    python = Path(sys.executable)  # the interpreter running the tests, with pip and the build backend
     run(str(python), "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(REPO), timeout=300)
     wheel = next(out.glob("wgmesh-*.whl"))
     dependencies = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]

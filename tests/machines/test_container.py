@@ -11,9 +11,9 @@ import subprocess
 
 import pytest
 
-from tests.e2e.conftest import wait_until
 from tests.machines.mesh import Mesh
 from tests.machines.nspawn import REPO, run
+from tests.support import wait_until
 
 NETNS = "wgm-img"
 TAG = "localhost/wgmesh-test:machines"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 
-from tests.e2e.conftest import wait_until
 from tests.machines.mesh import (
     CONTROLLER,
     HOSTS,
@@ -24,6 +23,7 @@ from tests.machines.mesh import (
     tunnel_addresses,
 )
 from tests.machines.nspawn import Machine
+from tests.support import wait_until
 
 UNITS = {"wgmesh-controller": CONTROLLER, "wgmesh-agent": HOSTS[0]}
 

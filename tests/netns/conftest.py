@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -43,18 +42,6 @@ def run(*argv: str, check: bool = True, timeout: float = 20) -> subprocess.Compl
 
 def in_ns(ns: str, *argv: str, check: bool = True, timeout: float = 20) -> subprocess.CompletedProcess[str]:
     return run("ip", "netns", "exec", ns, *argv, check=check, timeout=timeout)
-
-
-def wait_until(what: str, probe: Callable[[], T | None], timeout: float, interval: float = 0.05) -> T:
-    """Poll `probe` until it returns something truthy; fail naming `what` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
 
 
 def ping(ns: str, address: str, count: int = 1, wait_s: float = 1.0) -> bool:

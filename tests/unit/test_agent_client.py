@@ -3,30 +3,15 @@
 from __future__ import annotations
 
 import json
-from ipaddress import ip_address, ip_network
 
 import httpx
 import pytest
 
 from agent.client import ControllerClient, ControllerError, ControllerRejected, ControllerUnreachable
 from keys.types import IdentityPrivateKey, WireGuardPrivateKey
+from tests.support import SAMPLE_NETMAP
 from wire import api
-from wire.models import EnrollRequest, LinkMeasurement, LinkReport, NetMap, SelfNode
-
-NETMAP = NetMap(
-    serial=5,
-    node=SelfNode(
-        node_id=1,
-        name="a",
-        role="node",
-        tunnel_address=ip_address("10.99.0.1"),
-        mesh_cidr=ip_network("10.99.0.0/16"),
-        listen_port=51820,
-    ),
-    peers=[],
-    routes=[],
-    forward=False,
-)
+from wire.models import EnrollRequest, LinkMeasurement, LinkReport
 
 
 def client_with(handler, credential="cred-123"):
@@ -42,8 +27,8 @@ def client_with(handler, credential="cred-123"):
 
 
 async def test_netmap_long_poll_sends_serial_timeout_and_bearer():
-    client, seen = client_with(lambda r: httpx.Response(200, content=NETMAP.model_dump_json()))
-    assert await client.netmap(since=4, timeout_s=25) == NETMAP
+    client, seen = client_with(lambda r: httpx.Response(200, content=SAMPLE_NETMAP.model_dump_json()))
+    assert await client.netmap(since=4, timeout_s=25) == SAMPLE_NETMAP
     req = seen[0]
     assert req.url.path == api.NETMAP
     assert dict(req.url.params) == {"since": "4", "timeout": "25"}

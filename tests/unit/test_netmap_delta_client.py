@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from agent.client import ControllerClient, ControllerUnreachable
-from tests.unit.test_agent_client import NETMAP
+from tests.support import SAMPLE_NETMAP
 from wire.delta import netmap_delta
 from wire.models import NetMap
 
@@ -22,21 +22,21 @@ def client_answering(response: httpx.Response) -> tuple[ControllerClient, list[h
     return ControllerClient("http://ctl", credential="cred", transport=httpx.MockTransport(handler)), seen
 
 
-NEWER = NETMAP.model_copy(update={"serial": NETMAP.serial + 1, "forward": True})
+NEWER = SAMPLE_NETMAP.model_copy(update={"serial": SAMPLE_NETMAP.serial + 1, "forward": True})
 
 
 async def test_a_delta_poll_asks_with_delta_1_and_reads_the_delta():
-    delta = netmap_delta(NETMAP, NEWER)
+    delta = netmap_delta(SAMPLE_NETMAP, NEWER)
     client, seen = client_answering(httpx.Response(200, content=delta.model_dump_json()))
-    assert await client.netmap_update(since=NETMAP.serial, timeout_s=25) == delta
-    assert dict(seen[0].url.params) == {"since": str(NETMAP.serial), "timeout": "25", "delta": "1"}
+    assert await client.netmap_update(since=SAMPLE_NETMAP.serial, timeout_s=25) == delta
+    assert dict(seen[0].url.params) == {"since": str(SAMPLE_NETMAP.serial), "timeout": "25", "delta": "1"}
 
 
 @pytest.mark.parametrize("with_kind", [True, False], ids=["kind full", "controller before deltas"])
 async def test_a_delta_poll_reads_a_full_map(with_kind: bool):
     body = NEWER.model_dump_json() if with_kind else NEWER.model_dump_json(exclude={"kind"})
     client, _ = client_answering(httpx.Response(200, content=body))
-    answer = await client.netmap_update(since=NETMAP.serial, timeout_s=25)
+    answer = await client.netmap_update(since=SAMPLE_NETMAP.serial, timeout_s=25)
     assert isinstance(answer, NetMap) and answer == NEWER
 
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from controller.mesh import Mesh
 from controller.netmap import NodeCard
 from controller.topology import LinkPolicy
-from tests.unit.test_routing_mesh import CIDR, T0, card, deliver, maps
+from tests.support import MESH_CIDR, T0, card, deliver, maps
 from wire.models import LinkMeasurement, NetMap
 from wire.policy import PolicyDocument, Subject, decide, may_relay, parse_policy
 
@@ -63,7 +63,7 @@ def connected(doc: PolicyDocument, a: NodeCard, b: NodeCard) -> bool:
 def test_no_map_holds_a_forbidden_peer_or_relay(world):
     cards, doc, failed = world
     by_id = {c.node_id: c for c in cards}
-    mesh = Mesh(CIDR, LinkPolicy(), 25, cards, access=(doc, 1))
+    mesh = Mesh(MESH_CIDR, LinkPolicy(), 25, cards, access=(doc, 1))
     for a, b in failed:
         mesh.report(b, [LinkMeasurement(peer_id=a, loss=1.0)], T0)
     netmaps = maps(mesh)
@@ -110,14 +110,14 @@ def test_maps_under_a_policy_are_the_models_own_serialization(world):
 
 def test_no_policy_maps_are_todays_maps():
     cards = [card(n) for n in (1, 2, 3)]
-    plain = Mesh(CIDR, LinkPolicy(), 25, cards)
+    plain = Mesh(MESH_CIDR, LinkPolicy(), 25, cards)
     assert all(m.policy is None and len(m.peers) == 2 for m in maps(plain).values())
 
 
 def test_a_policy_change_touches_only_the_maps_it_changes():
     cards = [tagged(1, ["supervisor"]), tagged(2, ["worker"]), tagged(3, ["worker"]), tagged(4, ["client"])]
     v1 = parse_policy('[[rules]]\nfrom = ["tag:worker", "tag:client"]\nto = ["tag:supervisor"]\n')
-    mesh = Mesh(CIDR, LinkPolicy(), 25, cards, access=(v1, 1))
+    mesh = Mesh(MESH_CIDR, LinkPolicy(), 25, cards, access=(v1, 1))
     before = maps(mesh)
     assert [p.node_id for p in before[1].peers] == [2, 3, 4]
     assert [p.node_id for p in before[4].peers] == [1]
@@ -143,7 +143,7 @@ def test_a_policy_change_touches_only_the_maps_it_changes():
 def test_only_a_node_that_may_relay_carries_others_traffic():
     cards = [tagged(1, ["relay"]), tagged(2, ["worker"]), tagged(3, ["worker"]), tagged(4, ["worker"])]
     doc = parse_policy('relays = ["tag:relay"]\n[[rules]]\nfrom = ["tag:worker"]\nto = ["tag:worker"]\n')
-    mesh = Mesh(CIDR, LinkPolicy(), 25, cards, access=(doc, 1))
+    mesh = Mesh(MESH_CIDR, LinkPolicy(), 25, cards, access=(doc, 1))
     assert [p.node_id for p in maps(mesh)[1].peers] == []  # connected to nobody, relays for nobody yet
     mesh.report(2, [LinkMeasurement(peer_id=3, loss=1.0)], T0)
     netmaps = maps(mesh)

@@ -4,59 +4,21 @@ restart from stored state changes no serial."""
 
 from __future__ import annotations
 
-import ipaddress
 import itertools
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controller.mesh import Mesh
-from controller.netmap import NodeCard
 from controller.topology import LinkPolicy
-from keys import IdentityPrivateKey, WireGuardPrivateKey
+from tests.support import MESH_CIDR, T0, card, deliver, maps
 from wire.models import LinkMeasurement, NetMap
-
-CIDR = ipaddress.ip_network("198.19.0.0/16")
-T0 = datetime(2026, 1, 1, tzinfo=UTC)
-_WG = [WireGuardPrivateKey.generate().public_key().base64() for _ in range(40)]
-_ID = IdentityPrivateKey.generate().public_key().base64()
-
-
-def card(n: int) -> NodeCard:
-    return NodeCard(n, f"node-{n}", "node", _WG[n % 40], _ID, CIDR[n], (f"198.18.0.{n}:51820",), 51820)
 
 
 def mesh_of(ids: list[int]) -> Mesh:
-    return Mesh(CIDR, LinkPolicy(), 25, [card(n) for n in ids])
-
-
-def maps(mesh: Mesh) -> dict[int, NetMap]:
-    return {n: NetMap.model_validate_json(mesh.render(n)) for n in mesh.cards}
-
-
-def deliver(netmaps: dict[int, NetMap], src: int, dst: int) -> list[int]:
-    """Send a packet src -> dst the way WireGuard would, hop by hop, through the rendered maps."""
-    src_ip = ipaddress.ip_address(netmaps[src].node.tunnel_address)
-    dst_ip = ipaddress.ip_address(netmaps[dst].node.tunnel_address)
-    here, hops = src, [src]
-    while here != dst:
-        owners = [p for p in netmaps[here].peers if any(dst_ip in net for net in p.allowed_ips)]
-        assert len(owners) == 1, f"{here}: {len(owners)} peers claim {dst_ip}"
-        nxt = owners[0].node_id
-        # The receiver accepts the packet only if the source address is in the allowed IPs of the
-        # peer it came from.
-        sender = next(p for p in netmaps[nxt].peers if p.node_id == here)
-        assert any(src_ip in net for net in sender.allowed_ips), (
-            f"{nxt} drops {src}->{dst} arriving from {here}"
-        )
-        if nxt != dst:
-            assert netmaps[nxt].forward, f"{nxt} relays but was not told to forward"
-        hops.append(nxt)
-        here = nxt
-        assert len(hops) <= len(netmaps), f"routing loop {hops}"
-    return hops
+    return Mesh(MESH_CIDR, LinkPolicy(), 25, [card(n) for n in ids])
 
 
 @st.composite
@@ -156,11 +118,11 @@ def test_a_restart_from_stored_state_changes_no_serial():
     mesh.report(3, [LinkMeasurement(peer_id=4, rtt_ms=3.0, loss=0.0, handshake_age_s=1)], T0)
     links = [s.record() for s in mesh.topology.links.values()]
     stored = {n: mesh.map_state(n) for n in mesh.cards}
-    again = Mesh(CIDR, LinkPolicy(), 25, [card(n) for n in [1, 2, 3, 4]], links, stored)
+    again = Mesh(MESH_CIDR, LinkPolicy(), 25, [card(n) for n in [1, 2, 3, 4]], links, stored)
     assert again.initial.maps == {}
     assert {n: again.render(n) for n in again.cards} == {n: mesh.render(n) for n in mesh.cards}
     # Other settings make other maps: those serials grow.
-    other = Mesh(CIDR, LinkPolicy(), None, [card(n) for n in [1, 2, 3, 4]], links, stored)
+    other = Mesh(MESH_CIDR, LinkPolicy(), None, [card(n) for n in [1, 2, 3, 4]], links, stored)
     assert {n: s.serial for n, s in other.initial.maps.items()} == {
         n: s.serial + 1 for n, s in stored.items()
     }
@@ -170,5 +132,5 @@ def test_an_unreachable_peer_keeps_its_own_address_and_has_no_cost():
     mesh = mesh_of([1, 2])
     mesh.report(1, [LinkMeasurement(peer_id=2, loss=1.0)], T0)
     m = maps(mesh)[1]
-    assert [str(n) for n in m.peers[0].allowed_ips] == [f"{CIDR[2]}/32"]
+    assert [str(n) for n in m.peers[0].allowed_ips] == [f"{MESH_CIDR[2]}/32"]
     assert m.routes[0].via == 2 and m.routes[0].cost is None
