@@ -428,7 +428,8 @@ async def node_direct_and_rtt() -> tuple[float, list[float]]:
                 started = time.perf_counter()
                 for _ in range(DIRECT_N):
                     await node.send(2, "m", payload)
-                await asyncio.wait_for(done.get(), 60)
+                async with asyncio.timeout(60):
+                    await done.get()
                 rates.append(DIRECT_N / (time.perf_counter() - started))
             samples = []
             for i in range(WARMUP + RTT_N):

@@ -315,7 +315,8 @@ async def _send(args: argparse.Namespace, directory: Directory, key: IdentityPri
 async def _why_unreachable(target: DirectoryEntry, timeout: float) -> str:
     """Why no connection to `target` came up: nothing listening is told apart from no answer at all."""
     try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(str(target.address), target.port), 2.0)
+        async with asyncio.timeout(2.0):
+            _, writer = await asyncio.open_connection(str(target.address), target.port)
     except ConnectionRefusedError:
         return (
             f"nothing listens on {target.describe()}: start `wgmesh p2p listen` on that host "

@@ -1,6 +1,6 @@
 """The peer directory file (`STATE_DIR/p2p-directory.json`): its JSON format, a typed loader, an atomic
-writer (the agent calls `write_directory` whenever its network map changes), and `DirectoryFile`, which
-notices when the file changed so a running node can reload it.
+writer (the agent calls `write_directory` whenever its network map changes), `DirectoryFile`, which
+notices when the file changed, and `follow_directory`, the loop a running node reloads it with.
 
 Format (version 1; every field required unless marked):
 
@@ -24,7 +24,10 @@ IPv6). Unknown fields are refused so a typo is an error, not a silent default.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import ip_address
 from pathlib import Path
@@ -223,3 +226,22 @@ class DirectoryFile:
         self._stamp = stamp
         self.last_error = None
         return directory
+
+
+async def follow_directory(
+    file: DirectoryFile, apply: Callable[[Directory], None], interval: float, log: logging.Logger
+) -> None:
+    """Every `interval` seconds, hand a changed directory file to `apply`. A broken file is logged once
+    and the previous directory stays in force; so does one `apply` refuses (ValueError)."""
+    reported: str | None = None
+    while True:
+        await asyncio.sleep(interval)
+        new = file.changed()
+        if file.last_error and file.last_error != reported:
+            reported = file.last_error
+            log.error("keeping the previous directory: %s", reported)
+        if new is not None:
+            try:
+                apply(new)
+            except ValueError as e:
+                log.error("keeping the previous directory: %s", e)

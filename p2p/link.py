@@ -17,6 +17,7 @@ from websockets.asyncio.connection import Connection
 
 from p2p.core.admission import Delivery
 from p2p.core.directory import DirectoryEntry
+from p2p.core.frame import Item
 from p2p.core.queue import BoundedPriorityQueue
 from p2p.core.session import Session
 
@@ -31,6 +32,7 @@ class PeerConnection:
     reason: str | None = None  # why it closed, for the PeerDown event and logs
     held: bool = False  # the reader waits for inbound room: the peer's silence is not its fault
     task: asyncio.Task[Any] | None = None  # the task reading it
+    link: PeerLink | None = None  # the peer's link, once the handshake authenticated it
 
     def abort(self) -> None:
         self.session.close()
@@ -40,7 +42,7 @@ class PeerConnection:
 @dataclass(eq=False)
 class PeerLink:
     entry: DirectoryEntry
-    outbox: BoundedPriorityQueue[list[Any]]
+    outbox: BoundedPriorityQueue[Item]
     inbox: BoundedPriorityQueue[Delivery]
     connection: PeerConnection | None = None
     # set when the outbox has items or a connection attached: the writer looks again
@@ -68,14 +70,14 @@ class PeerLink:
     def up(self) -> bool:
         return self.connection is not None
 
-    def push_outbox(self, item: list[Any], priority: int, size: int) -> bool:
+    def push_outbox(self, item: Item, priority: int, size: int) -> bool:
         if not self.outbox.push(item, priority, size):
             return False
         self.outbox_idle.clear()
         self.outbox_ready.set()
         return True
 
-    async def wait_outbox_room(self, item: list[Any], priority: int, size: int, deadline: float) -> bool:
+    async def wait_outbox_room(self, item: Item, priority: int, size: int, deadline: float) -> bool:
         """Queue `item`, waiting for room until the loop time `deadline`. False on timeout."""
         loop = asyncio.get_running_loop()
         while not self.push_outbox(item, priority, size):

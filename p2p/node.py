@@ -51,13 +51,13 @@ from p2p.core.codec import BodyCodec, BodyError, BodyTooLarge
 from p2p.core.counters import Counters
 from p2p.core.directory import Directory, DirectoryEntry
 from p2p.core.frame import (
-    DIRECT,
     FLAG_ERROR,
     FLAG_IDEMPOTENT,
     FLAG_REPLY,
     FLAG_REQUEST,
-    GOSSIP,
     Envelope,
+    Item,
+    SignedEnvelope,
     gossip_signing_input,
     signed_bytes,
 )
@@ -69,7 +69,6 @@ from p2p.core.queue import BoundedPriorityQueue
 from p2p.core.replay import ReplayWindow
 from p2p.core.replies import Begun, ReplyCache
 from p2p.core.session import (
-    Closed,
     Event,
     GossipArrived,
     HeartbeatDue,
@@ -79,12 +78,13 @@ from p2p.core.session import (
     SessionLimits,
     SessionState,
 )
-from p2p.directory import DirectoryFile
+from p2p.directory import DirectoryFile, follow_directory
 from p2p.errors import NodeClosed, PayloadError, RequestFailed, RequestTimeout, SendTimeout, UnknownPeer
 from p2p.events import PeerDown, PeerEvent, PeerEventStream, PeerUp
 from p2p.handlers import HandlerTable
 from p2p.link import PeerConnection, PeerLink
 from p2p.middleware import Handler, Middleware, authorize_by_policy
+from p2p.requests import PendingRequests
 
 ITEM_OVERHEAD = 64  # bytes charged per queued item besides its body
 HEARTBEAT_SIZE = 16
@@ -137,7 +137,7 @@ class Node:
         # unfinished inbound handshakes and their remote address, oldest first (p2p/core/gate.py)
         self._inbound_handshakes: dict[PeerConnection, str] = {}
         self.refused_sources: Counter[str] = Counter()  # inbound connections refused, by address
-        self._pending: dict[bytes, tuple[int, asyncio.Future[Any]]] = {}
+        self._requests = PendingRequests()
         self._replies = ReplyCache(
             max_entries=self.config.reply_cache_items,
             max_bytes=self.config.reply_cache_bytes,
@@ -183,7 +183,10 @@ class Node:
             self._add_link(entry)
         self._tasks.append(asyncio.create_task(self._tick_loop(), name=f"p2p-{self.node_id}-tick"))
         if self._directory_file is not None:
-            self._tasks.append(asyncio.create_task(self._follow_directory(), name=f"p2p-{self.node_id}-dir"))
+            follow = follow_directory(
+                self._directory_file, self.set_directory, self.config.directory_poll_interval, self._log
+            )
+            self._tasks.append(asyncio.create_task(follow, name=f"p2p-{self.node_id}-dir"))
 
     async def close(self) -> None:
         if self._closed:
@@ -207,10 +210,7 @@ class Node:
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
-        for _, future in self._pending.values():
-            if not future.done():
-                future.set_exception(NodeClosed(f"node {self.node_id} closed while waiting for a reply"))
-        self._pending.clear()
+        self._requests.fail_all(NodeClosed(f"node {self.node_id} closed while waiting for a reply"))
         for stream in self._streams:
             stream.close()
         self._streams.clear()
@@ -322,18 +322,19 @@ class Node:
         flags: int = 0,
         reply_to: bytes | None = None,
         message_id: bytes | None = None,
-    ) -> tuple[bytes, list[Any], int]:
+    ) -> tuple[bytes, Item, int]:
         body_flags, body = self._encode(data)
         if message_id is None:
             message_id = self._ids.next()
         now = self._clock()
-        item = [DIRECT, message_id, message_type, now, priority, flags | body_flags, body, reply_to]
+        envelope = Envelope(message_id, message_type, now, priority, flags | body_flags, body, reply_to)
+        item = envelope.item()
         if reply_to is None:
             message = Message(message_type, data, now, self.node_id, message_id, priority)
             self.history.add(message, len(body), now)
         return message_id, item, len(body) + ITEM_OVERHEAD
 
-    async def _enqueue(self, link: PeerLink, item: list[Any], priority: int, size: int) -> None:
+    async def _enqueue(self, link: PeerLink, item: Item, priority: int, size: int) -> None:
         if link.push_outbox(item, priority, size):
             return
         assert self._loop is not None
@@ -404,12 +405,10 @@ class Node:
             flags |= FLAG_IDEMPOTENT
             if idempotency_key is not None:
                 message_id = self._idempotent_id(idempotency_key)
-                if message_id in self._pending:
+                if message_id in self._requests:
                     raise ValueError(f"a request with idempotency key {idempotency_key!r} is already waiting")
         message_id, item, size = self._direct(message_type, data, priority, flags, message_id=message_id)
-        assert self._loop is not None
-        future: asyncio.Future[Any] = self._loop.create_future()
-        self._pending[message_id] = (peer, future)
+        future = self._requests.expect(message_id, peer)
         try:
             for attempt in range(retries + 1):
                 try:
@@ -430,7 +429,7 @@ class Node:
                 f"(peer {state})"
             ) from None
         finally:
-            self._pending.pop(message_id, None)
+            self._requests.forget(message_id)
 
     def _idempotent_id(self, key: bytes | str) -> bytes:
         if isinstance(key, str):
@@ -461,7 +460,10 @@ class Node:
             body=body,
         )
         signature = self.identity.sign(gossip_signing_input(signed))
-        item = [GOSSIP, self.config.gossip_ttl, signed, signature]
+        envelope = SignedEnvelope(
+            self.node_id, message_id, message_type, now, priority, flags, body, signed, signature
+        )
+        item = envelope.item(self.config.gossip_ttl)
         self.history.add(Message(message_type, data, now, self.node_id, message_id, priority), len(body), now)
         size = len(signed) + ITEM_OVERHEAD
         full: list[str] = []
@@ -514,21 +516,6 @@ class Node:
                     link.connection.abort()
                 self._restart_dialing(link)
 
-    async def _follow_directory(self) -> None:
-        assert self._directory_file is not None
-        reported: str | None = None
-        while True:
-            await asyncio.sleep(self.config.directory_poll_interval)
-            new = self._directory_file.changed()
-            if self._directory_file.last_error and self._directory_file.last_error != reported:
-                reported = self._directory_file.last_error
-                self._log.error("keeping the previous directory: %s", reported)
-            if new is not None:
-                try:
-                    self.set_directory(new)
-                except ValueError as e:
-                    self._log.error("keeping the previous directory: %s", e)
-
     # --- links -----------------------------------------------------------------------------------------
 
     def _dials(self, entry: DirectoryEntry) -> bool:
@@ -567,10 +554,7 @@ class Node:
             link.connection = None
             self._emit(PeerDown(link.entry, reason))
         self._admission.replay.forget_origin(node_id)
-        for message_id, (peer, future) in list(self._pending.items()):
-            if peer == node_id and not future.done():
-                future.set_exception(RequestFailed(f"{link.entry.describe()} was {reason}"))
-                self._pending.pop(message_id, None)
+        self._requests.fail_peer(node_id, RequestFailed(f"{link.entry.describe()} was {reason}"))
 
     def _emit(self, event: PeerEvent) -> None:
         if isinstance(event, PeerUp):
@@ -691,46 +675,14 @@ class Node:
         self._connections.add(conn)
         conn.task = asyncio.current_task()
         session = conn.session
-        ws = conn.ws
-        link: PeerLink | None = None
         loop_time = self._loop.time
-        admit_direct = self._admission.direct
-        clock = self._clock
         try:
-            async for frame in ws:
+            async for frame in conn.ws:
                 if type(frame) is not bytes:
                     self.counters.malformed += 1
                     conn.reason = "peer sent a text frame"
                     break
-                events = session.receive(frame, loop_time())
-                admitted = iter(await self._admit_gossip(link, events) if link is not None else ())
-                for event in events:
-                    if isinstance(event, Envelope):
-                        assert link is not None
-                        if event.reply_to is not None:
-                            self._on_reply(link, event)
-                            continue
-                        if event.flags & FLAG_IDEMPOTENT and not self._first_copy(link, event):
-                            continue
-                        # the common case inline: no coroutine per message
-                        delivery = admit_direct(event, link.entry, clock())
-                        if delivery is not None and not link.push_inbox(delivery, len(event.body)):
-                            await link.wait_inbox_room(delivery, len(event.body), conn)
-                    elif isinstance(event, GossipArrived):
-                        assert link is not None
-                        await self._on_gossip(link, event, next(admitted))
-                    elif isinstance(event, HeartbeatDue):
-                        if link is not None and link.connection is conn:
-                            link.push_outbox(event.item, PRIORITY_MAX, HEARTBEAT_SIZE)
-                    elif isinstance(event, Outgoing):
-                        await ws.send(event.frame)
-                    elif isinstance(event, Opened):
-                        self._inbound_handshakes.pop(conn, None)
-                        link = self._attach(conn, event.peer)
-                        if link is None:
-                            session.close()
-                    else:
-                        conn.reason = event.reason
+                await self._on_session_events(conn, session.receive(frame, loop_time()))
                 if session.state is SessionState.CLOSED:
                     break
         except ConnectionClosed as e:
@@ -747,6 +699,7 @@ class Node:
             self._connections.discard(conn)
             self._inbound_handshakes.pop(conn, None)
             session.close()
+            link = conn.link
             if link is not None:
                 self._detach(link, conn)
             if conn.reason and link is None and not self._closed:
@@ -754,30 +707,55 @@ class Node:
             await self._close_ws(conn)
         return link is not None
 
+    async def _on_session_events(self, conn: PeerConnection, events: list[Event]) -> None:
+        """The one place what a session asks for is done, whether a frame (its reader) or time (the
+        tick) produced it. Before `Opened` the connection has no link and only handshake events come."""
+        link = conn.link
+        admitted = iter(await self._admit_gossip(link, events) if link is not None else ())
+        admit_direct, clock = self._admission.direct, self._clock
+        for event in events:
+            if isinstance(event, Envelope):
+                assert link is not None
+                if event.reply_to is not None:
+                    self._on_reply(link, event)
+                    continue
+                if event.flags & FLAG_IDEMPOTENT and not self._first_copy(link, event):
+                    continue
+                # the common case inline: no coroutine per message
+                delivery = admit_direct(event, link.entry, clock())
+                if delivery is not None and not link.push_inbox(delivery, len(event.body)):
+                    await link.wait_inbox_room(delivery, len(event.body), conn)
+            elif isinstance(event, GossipArrived):
+                assert link is not None
+                await self._on_gossip(link, event, next(admitted))
+            elif isinstance(event, HeartbeatDue):
+                if link is not None and link.connection is conn:
+                    link.push_outbox(event.item, PRIORITY_MAX, HEARTBEAT_SIZE)
+            elif isinstance(event, Outgoing):
+                await conn.ws.send(event.frame)
+            elif isinstance(event, Opened):
+                self._inbound_handshakes.pop(conn, None)
+                link = conn.link = self._attach(conn, event.peer)
+                if link is None:
+                    conn.session.close()
+            else:
+                conn.reason = event.reason
+
     async def _close_ws(self, conn: PeerConnection) -> None:
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(conn.ws.close(), 1.0)
+            async with asyncio.timeout(1.0):
+                await conn.ws.close()
 
     # --- inbound ---------------------------------------------------------------------------------------
 
     def _on_reply(self, link: PeerLink, envelope: Envelope) -> None:
         assert envelope.reply_to is not None
-        pending = self._pending.get(envelope.reply_to)
-        if pending is None or pending[0] != link.node_id or not envelope.flags & FLAG_REPLY:
+        if not envelope.flags & FLAG_REPLY or not self._requests.awaits(envelope.reply_to, link.node_id):
             self.counters.unexpected_reply += 1
             return
         reply = self._admission.reply(envelope)
-        if reply is None:
-            return
-        future = pending[1]
-        if future.done():
-            return
-        if reply.error is not None:
-            future.set_exception(
-                RequestFailed(f"{link.entry.describe()} answered {envelope.type!r}: {reply.error}")
-            )
-        else:
-            future.set_result(reply.data)
+        if reply is not None:
+            self._requests.settle(reply, f"{link.entry.describe()} answered {envelope.type!r}")
 
     def _first_copy(self, link: PeerLink, request: Envelope) -> bool:
         """True for the first copy of an idempotent request; a repeated one is answered from the reply
@@ -901,14 +879,10 @@ class Node:
             await asyncio.sleep(interval)
             now = self._loop.time()
             for conn in list(self._connections):
-                for event in conn.session.tick(now, held=conn.held):
-                    if isinstance(event, HeartbeatDue):
-                        peer = conn.session.peer
-                        link = self._links.get(peer.node_id) if peer is not None else None
-                        if link is not None and link.connection is conn:
-                            link.push_outbox(event.item, PRIORITY_MAX, HEARTBEAT_SIZE)
-                    elif isinstance(event, Closed):
-                        conn.reason = event.reason
+                events = conn.session.tick(now, held=conn.held)
+                if events:
+                    await self._on_session_events(conn, events)
+                    if conn.session.state is SessionState.CLOSED:  # timed out: end it under its reader
                         conn.abort()
             self.history.prune(self._clock())
 

@@ -52,7 +52,10 @@ FLAG_REPLY = 4  # reply_to names the request
 FLAG_ERROR = 8  # a reply whose body is an error text, not the handler's result
 FLAG_IDEMPOTENT = 16  # a request the sender may send again under the same id: run it once, answer every copy
 
-PING_ITEM: list[Any] = [PING]
+# An item array of a data frame (the `item` grammar above), as queued for a peer and sealed. Built only
+# by `Envelope.item`, `SignedEnvelope.item` and PING_ITEM, never by hand.
+Item = list[Any]
+PING_ITEM: Item = [PING]
 
 
 class FrameError(ValueError):
@@ -72,7 +75,7 @@ class Envelope:
     body: bytes
     reply_to: bytes | None = None
 
-    def item(self) -> list[Any]:
+    def item(self) -> Item:
         return [
             DIRECT,
             self.id,
@@ -99,7 +102,7 @@ class SignedEnvelope:
     signed: bytes
     signature: bytes
 
-    def item(self, ttl: int) -> list[Any]:
+    def item(self, ttl: int) -> Item:
         return [GOSSIP, ttl, self.signed, self.signature]
 
 
@@ -142,7 +145,7 @@ def _check_common(
         raise FrameError("body must be bytes")
 
 
-def parse_direct(item: list[Any]) -> Envelope:
+def parse_direct(item: Item) -> Envelope:
     if len(item) != 8:
         raise FrameError("direct item must have 8 fields")
     _, id, type_, timestamp, priority, flags, body, reply_to = item
@@ -152,7 +155,7 @@ def parse_direct(item: list[Any]) -> Envelope:
     return Envelope(id, type_, float(timestamp), priority, flags, body, reply_to)
 
 
-def parse_gossip(item: list[Any]) -> tuple[int, SignedEnvelope]:
+def parse_gossip(item: Item) -> tuple[int, SignedEnvelope]:
     """(ttl, envelope) of a GOSSIP item. The signature is NOT checked here."""
     if len(item) != 4:
         raise FrameError("gossip item must have 4 fields")

@@ -20,7 +20,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+
+from p2p.core.frame import Item
 
 
 class Begun(Enum):
@@ -31,7 +32,7 @@ class Begun(Enum):
 @dataclass(slots=True)
 class _Entry:
     began: float
-    answer: tuple[list[Any], int] | None = None  # (item, size) once finished
+    answer: tuple[Item, int] | None = None  # (item, size) once finished
 
 
 class ReplyCache:
@@ -52,7 +53,7 @@ class ReplyCache:
     def __contains__(self, key: tuple[int, bytes]) -> bool:
         return key in self._entries
 
-    def begin(self, sender: int, request_id: bytes, now: float) -> Begun | tuple[list[Any], int]:
+    def begin(self, sender: int, request_id: bytes, now: float) -> Begun | tuple[Item, int]:
         self.prune(now)
         key = (sender, request_id)
         entry = self._entries.get(key)
@@ -62,7 +63,7 @@ class ReplyCache:
             return Begun.NEW
         return entry.answer if entry.answer is not None else Begun.RUNNING
 
-    def finish(self, sender: int, request_id: bytes, item: list[Any], size: int, now: float) -> None:
+    def finish(self, sender: int, request_id: bytes, item: Item, size: int, now: float) -> None:
         entry = self._entries.get((sender, request_id))
         if entry is None or entry.answer is not None:
             return

@@ -55,6 +55,7 @@ from p2p.core.frame import (
     VERSION_BYTE,
     Envelope,
     FrameError,
+    Item,
     SignedEnvelope,
     pack,
     parse_direct,
@@ -111,7 +112,7 @@ class HeartbeatDue:
     """Queue this heartbeat item (a PING beacon) for the peer, ahead of data. Only the transport's writer
     seals data frames, so frames leave in the order they were sealed."""
 
-    item: list[Any]
+    item: Item
 
 
 @dataclass(slots=True)
@@ -226,7 +227,7 @@ class Session:
 
     # --- sending --------------------------------------------------------------------------------------
 
-    def seal(self, items: list[Any], now: float) -> bytes:
+    def seal(self, items: list[Item], now: float) -> bytes:
         """A data frame carrying `items` (each an item array, e.g. `Envelope.item()`)."""
         if self.state is not SessionState.OPEN:
             raise RuntimeError(f"session is {self.state.value}, not open")
