@@ -14,17 +14,17 @@ from pathlib import Path
 import pytest
 
 from controller.audit_cli import main as audit_main
-from tests.component.test_controller_cli import Served, start, stop
+from tests.support import Served, start_controller
 from wire import api
 
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[Served]:
-    s = start(tmp_path / "state")
+    s = start_controller(tmp_path / "state")
     try:
         yield s
     finally:
-        stop(s)
+        s.stop()
 
 
 def audit(served: Served, *args: str) -> subprocess.CompletedProcess[str]:

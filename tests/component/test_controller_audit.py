@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from tests.component.conftest import ControllerHarness
+from tests.support import ControllerHarness
 from wire import api
 from wire.audit import ACTOR_HEADER
 

@@ -462,8 +462,7 @@ async def test_a_flood_from_one_peer_does_not_starve_the_others(mesh_factory):
     flooding = asyncio.create_task(flood())
     for n in range(100):
         await b.send(1, "work", n, priority=1)
-    # a deadline, not a speed check (a loaded machine is slow); starved, they would wait for the flood
-    await eventually("all of node 2's messages", lambda: len(mesh.got(1, "work")) == 100, timeout=30)
+    await eventually("all of node 2's messages", lambda: len(mesh.got(1, "work")) == 100, timeout=10)
     await flooding
     # every flood message is accounted for: delivered, or refused and counted
     await eventually(
