@@ -414,7 +414,7 @@ def _host_network(backend_name: str) -> HostNetwork:
         from agent.hostnet.fake import FakeHostNetwork
 
         return FakeHostNetwork()
-    from agent.hostnet.netlink import NetlinkHostNetwork  # pyroute2 is imported only when really needed
+    from agent.hostnet.netlink import NetlinkHostNetwork
 
     return NetlinkHostNetwork()
 

@@ -3,7 +3,8 @@
 
 - Module detection (`kernel_module_present`) follows netbird/netclient: ask to create a
   `kind=wireguard` link with an impossible MTU. The kernel checks the link kind first: EOPNOTSUPP means
-  no module; EINVAL (the MTU) means the module is there. Nothing is created either way.
+  no module; EINVAL (the MTU) means the module is there. Nothing is created either way. It speaks route
+  netlink itself (agent/hostnet/rtnl.py), so an agent that picks `auto` never loads pyroute2 to ask.
 - `netlink_set_calls(update)` is the pure translation from a `DeviceUpdate` to the keyword arguments of
   `WireGuard.set` (pyroute2 sets one peer per call); pyroute2's dicts never leave this module.
 - Every pyroute2 socket is opened with `flags=0` when it names a namespace, so a missing namespace is an
@@ -46,19 +47,17 @@ def kernel_module_present() -> bool:
 def link_kind_supported(kind: str, netns: str | None = None) -> bool:
     """True when the kernel knows links of `kind` (EINVAL for the impossible MTU), False when it does
     not (EOPNOTSUPP) or the question cannot be asked (no permission). Creates nothing."""
-    from pyroute2 import IPRoute
-    from pyroute2.netlink.exceptions import NetlinkError
+    from agent.hostnet.rtnl import NetlinkError, Rtnl  # route netlink only: no pyroute2 to ask this
 
-    kwargs: dict[str, Any] = {"netns": netns, "flags": 0} if netns is not None else {}
     try:
-        with IPRoute(**kwargs) as ipr:
+        with Rtnl(netns) as rtnl:
             try:
-                ipr.link("add", ifname=PROBE_IFNAME, kind=kind, mtu=IMPOSSIBLE_MTU)
+                rtnl.add_link(PROBE_IFNAME, kind, IMPOSSIBLE_MTU)
             except NetlinkError as e:
                 return bool(e.code == errno.EINVAL)
             # Should not happen; if the kernel took the MTU, remove what it created.
             with contextlib.suppress(NetlinkError):
-                ipr.link("del", ifname=PROBE_IFNAME)
+                rtnl.delete_link(PROBE_IFNAME)
             return True
     except OSError:
         return False

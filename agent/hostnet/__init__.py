@@ -1,6 +1,7 @@
 """The host side of the WireGuard interface: its addresses, the routes into it and IP forwarding.
 
 `base` holds the interface (`HostNetwork`: up / set(HostConfig) / close) and `HostConfig`; `netlink`
-the real one (pyroute2, imported only by it); `fake` the in-memory one for dry runs and tests. This
-package imports neither implementation, so choosing one costs nothing for the other.
+the real one, over `rtnl` (route netlink spoken directly: no pyroute2 in the agent unless the kernel
+backend runs); `fake` the in-memory one for dry runs and tests. This package imports neither
+implementation, so choosing one costs nothing for the other.
 """

@@ -1,5 +1,6 @@
-"""The host network through netlink (pyroute2): the addresses, MTU, link state and routes of the
-WireGuard interface, and IP forwarding (`NetlinkHostNetwork`, an agent.hostnet.base.HostNetwork).
+"""The host network through route netlink (agent/hostnet/rtnl.py): the addresses, MTU, link state and
+routes of the WireGuard interface, and IP forwarding (`NetlinkHostNetwork`, an
+agent.hostnet.base.HostNetwork).
 
 Rules:
 - Everything is declarative and idempotent: callers pass the whole desired state; what already matches
@@ -14,10 +15,9 @@ Rules:
   a relay forwards between its peers, which all arrive on and leave through the WireGuard interface;
   the host's other interfaces keep their setting.
 - `netns=None` works in the caller's own namespace (the daemon, which runs inside its host); a name
-  works on that namespace from outside (tests, the lab). pyroute2 is always opened with `flags=0` when
-  given a namespace, so a missing namespace is an error, never silently created.
-- Synchronous: pyroute2's sync `IPRoute` cannot run inside a running asyncio loop, so the daemon calls
-  `NetlinkHostNetwork` from a worker thread.
+  works on that namespace from outside (tests, the lab). A missing namespace is an error, never
+  silently created.
+- Synchronous (blocking socket calls), so the daemon calls `NetlinkHostNetwork` from a worker thread.
 """
 
 from __future__ import annotations
@@ -29,16 +29,15 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network, ip_interface, ip_network
 from pathlib import Path
-from typing import Any
 
 from agent.device import IPNetwork, normalize_ips
 from agent.hostnet.base import HostConfig, IPInterface
+from agent.hostnet.rtnl import Link, NetlinkError, Rtnl
 
 DEFAULT_MTU = 1420  # 1500 minus WireGuard's worst-case (IPv6) overhead of 80 bytes
 ROUTE_PROTO = 87  # marks the routes wgmesh owns (not in /etc/iproute2/rt_protos)
 MAIN_TABLE = 254
 SCOPE_LINK = 253
-IFF_UP = 0x1
 LINK_LOCAL_V6 = IPv6Network("fe80::/10")
 
 
@@ -67,57 +66,47 @@ def normalize_interfaces(addresses: Iterable[IPInterface | str]) -> tuple[IPInte
 
 
 @contextlib.contextmanager
-def _iproute(netns: str | None) -> Iterator[Any]:
-    from pyroute2 import IPRoute
-
+def _rtnl(netns: str | None) -> Iterator[Rtnl]:
     try:
-        ipr = IPRoute(netns=netns, flags=0) if netns is not None else IPRoute()
+        rtnl = Rtnl(netns)
     except FileNotFoundError:
         raise HostNetworkError(errno.ENOENT, f"network namespace {netns} does not exist") from None
     try:
-        yield ipr
+        yield rtnl
     finally:
-        ipr.close()
+        rtnl.close()
 
 
-def _index(ipr: Any, ifname: str, netns: str | None) -> int:
-    found = ipr.link_lookup(ifname=ifname)
-    if not found:
+def _link(rtnl: Rtnl, ifname: str, netns: str | None) -> Link:
+    link = rtnl.link(ifname)
+    if link is None:
         where = f" in namespace {netns}" if netns else ""
         raise HostNetworkError(errno.ENODEV, f"interface {ifname}{where} does not exist")
-    return int(found[0])
+    return link
 
 
-def _addresses(ipr: Any, index: int) -> tuple[IPInterface, ...]:
-    found = []
-    for msg in ipr.addr("dump", index=index):
-        addr = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
-        found.append(ip_interface(f"{addr}/{msg['prefixlen']}"))
-    return normalize_interfaces(found)
+def _addresses(rtnl: Rtnl, index: int) -> tuple[IPInterface, ...]:
+    return normalize_interfaces(ip_interface(f"{a.address}/{a.prefixlen}") for a in rtnl.addresses(index))
 
 
-def _routes(ipr: Any, index: int) -> dict[IPNetwork, int]:
+def _routes(rtnl: Rtnl, index: int) -> dict[IPNetwork, int]:
     """The routes wgmesh owns on the interface, with the scope each was installed with (deleting a
     route must name its scope, or the kernel answers ESRCH)."""
     found: dict[IPNetwork, int] = {}
-    for msg in ipr.route("dump", oif=index):
-        if msg["proto"] != ROUTE_PROTO or (msg.get_attr("RTA_TABLE") or msg["table"]) != MAIN_TABLE:
+    for route in rtnl.routes(index):
+        if route.protocol != ROUTE_PROTO or route.table != MAIN_TABLE:
             continue
-        dst = msg.get_attr("RTA_DST") or ("0.0.0.0" if msg["family"] == 2 else "::")
-        found[ip_network(f"{dst}/{msg['dst_len']}")] = int(msg["scope"])
+        dst = route.dst if route.dst is not None else ("0.0.0.0" if route.family == 2 else "::")
+        found[ip_network(f"{dst}/{route.dst_len}")] = route.scope
     return found
 
 
 def read_interface(ifname: str, netns: str | None = None) -> InterfaceState:
     """The current addresses, MTU, link state and wgmesh routes of `ifname`."""
-    with _iproute(netns) as ipr:
-        index = _index(ipr, ifname, netns)
-        link = ipr.link("get", index=index)[0]
+    with _rtnl(netns) as rtnl:
+        link = _link(rtnl, ifname, netns)
         return InterfaceState(
-            _addresses(ipr, index),
-            int(link.get_attr("IFLA_MTU")),
-            bool(link["flags"] & IFF_UP),
-            normalize_ips(_routes(ipr, index)),
+            _addresses(rtnl, link.index), link.mtu, link.up, normalize_ips(_routes(rtnl, link.index))
         )
 
 
@@ -133,43 +122,45 @@ def configure_interface(
     routes wgmesh owns). Returns one line per change made; empty when everything already matched.
 
     Raises HostNetworkError when the namespace or interface does not exist or the kernel refuses."""
-    from pyroute2.netlink.exceptions import NetlinkError
-
     want_addrs = normalize_interfaces(addresses)
     want_routes = normalize_ips(routes)
     if not 68 <= mtu <= 65535:
         raise HostNetworkError(errno.EINVAL, f"MTU {mtu}: must be 68..65535")
     changes: list[str] = []
-    with _iproute(netns) as ipr:
-        index = _index(ipr, ifname, netns)
+    with _rtnl(netns) as rtnl:
+        link = _link(rtnl, ifname, netns)
+        index = link.index
         try:
-            link = ipr.link("get", index=index)[0]
-            old_mtu = int(link.get_attr("IFLA_MTU"))
-            if old_mtu != mtu:
-                ipr.link("set", index=index, mtu=mtu)
-                changes.append(f"{ifname}: MTU {old_mtu} → {mtu}")
-            have_addrs = _addresses(ipr, index)
+            if link.mtu != mtu:
+                rtnl.set_mtu(index, mtu)
+                changes.append(f"{ifname}: MTU {link.mtu} → {mtu}")
+            have_addrs = _addresses(rtnl, index)
             for addr in have_addrs:
                 if addr not in want_addrs and addr.ip not in LINK_LOCAL_V6:
-                    ipr.addr("del", index=index, address=str(addr.ip), prefixlen=addr.network.prefixlen)
+                    rtnl.delete_address(index, addr.ip, addr.network.prefixlen)
                     changes.append(f"{ifname}: address {addr} removed")
             for addr in want_addrs:
                 if addr not in have_addrs:
-                    ipr.addr("replace", index=index, address=str(addr.ip), prefixlen=addr.network.prefixlen)
+                    rtnl.replace_address(index, addr.ip, addr.network.prefixlen)
                     changes.append(f"{ifname}: address {addr} added")
-            if not link["flags"] & IFF_UP:
-                ipr.link("set", index=index, state="up")
+            if not link.up:
+                rtnl.set_up(index)
                 changes.append(f"{ifname}: link up")
-            have_routes = _routes(ipr, index)
+            have_routes = _routes(rtnl, index)
             for net, scope in have_routes.items():
                 if net not in want_routes:
-                    _del_route(ipr, index, net, scope)
+                    _del_route(rtnl, index, net, scope)
                     changes.append(f"{ifname}: route {net} removed")
             for net in want_routes:
                 if net not in have_routes:
-                    extra = {"scope": SCOPE_LINK} if isinstance(net, IPv4Network) else {}
-                    ipr.route(
-                        "replace", dst=str(net), oif=index, proto=ROUTE_PROTO, table=MAIN_TABLE, **extra
+                    scope = SCOPE_LINK if isinstance(net, IPv4Network) else 0
+                    rtnl.replace_route(
+                        net.network_address,
+                        net.prefixlen,
+                        oif=index,
+                        table=MAIN_TABLE,
+                        protocol=ROUTE_PROTO,
+                        scope=scope,
                     )
                     changes.append(f"{ifname}: route {net} added")
         except NetlinkError as e:
@@ -180,17 +171,19 @@ def configure_interface(
 
 def remove_routes(ifname: str, netns: str | None = None) -> list[str]:
     """Remove every route wgmesh owns on `ifname` (when the interface goes down for good)."""
-    with _iproute(netns) as ipr:
-        index = _index(ipr, ifname, netns)
+    with _rtnl(netns) as rtnl:
+        index = _link(rtnl, ifname, netns).index
         removed = []
-        for net, scope in _routes(ipr, index).items():
-            _del_route(ipr, index, net, scope)
+        for net, scope in _routes(rtnl, index).items():
+            _del_route(rtnl, index, net, scope)
             removed.append(f"{ifname}: route {net} removed")
         return removed
 
 
-def _del_route(ipr: Any, index: int, net: IPNetwork, scope: int) -> None:
-    ipr.route("del", dst=str(net), oif=index, proto=ROUTE_PROTO, table=MAIN_TABLE, scope=scope)
+def _del_route(rtnl: Rtnl, index: int, net: IPNetwork, scope: int) -> None:
+    rtnl.delete_route(
+        net.network_address, net.prefixlen, oif=index, table=MAIN_TABLE, protocol=ROUTE_PROTO, scope=scope
+    )
 
 
 # --- forwarding -------------------------------------------------------------------------------------
