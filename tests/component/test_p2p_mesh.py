@@ -219,7 +219,7 @@ async def test_retries_that_get_no_answer_end_in_one_clear_timeout(mesh_factory)
     await a.wait_connected(timeout=5)
     with pytest.raises(RequestTimeout, match=r"to 'stuck' within 0.1 s \(3 attempts\) \(peer connected\)"):
         await a.request(2, "stuck", None, timeout=0.1, retries=2)
-    await until(lambda: b.counters.repeated_request == 2, what="both copies to be counted")
+    await eventually("both copies to be counted", lambda: b.counters.repeated_request == 2)
 
 
 async def test_bad_calls_raise_one_clear_error(mesh_factory):
