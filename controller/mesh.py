@@ -33,7 +33,7 @@ from controller.netmap import (
     render_map,
 )
 from controller.routing import Router, cost_tenths
-from controller.topology import TRANSIT_PENALTY_MS, LinkPolicy, LinkRecord, Topology
+from controller.topology import TRANSIT_PENALTY_MS, LinkGraph, LinkPolicy, LinkRecord
 from wire.models import IPNetwork, LinkMeasurement, Route, TopologyEdge
 from wire.policy import PolicyDocument, may_relay
 
@@ -77,7 +77,7 @@ class Mesh:
         self.policy = policy
         self.keepalive_s = keepalive_s
         self.cards: dict[int, NodeCard] = {c.node_id: c for c in cards}
-        self.topology = Topology(policy, self.cards, links)
+        self.topology = LinkGraph(policy, self.cards, links)
         self.topology.set_transit(self._transit())
         self.router = Router(self.cards, self.topology.edges())
         self._maps: dict[int, MapState] = {n: s for n, s in (maps or {}).items() if n in self.cards}

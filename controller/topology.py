@@ -1,4 +1,5 @@
-"""Topology: the mesh's link graph (networkx) and the up/down state and weight of every link.
+"""The mesh's link graph (`LinkGraph`, networkx) and the up/down state and weight of every link; the
+wire shape an admin reads (GET /v1/topology) is `wire.models.Topology`.
 
 Rules:
 - Nodes are enrolled hosts; edges are the links the policy allows (a full mesh) that are up. A failed
@@ -109,7 +110,7 @@ class LinkState:
 
 
 @dataclass(frozen=True)
-class TopologyUpdate:
+class LinkGraphUpdate:
     edges: list[EdgeCost]  # routing changes: cost None = edge removed
     records: list[LinkRecord]  # link state to persist
 
@@ -118,7 +119,7 @@ def pair(a: int, b: int) -> tuple[int, int]:
     return (a, b) if a < b else (b, a)
 
 
-class Topology:
+class LinkGraph:
     """The link graph. `graph` edges carry `weight` (ms, after hysteresis) and `cost` (routing)."""
 
     def __init__(
@@ -190,7 +191,9 @@ class Topology:
             self.links.pop(pair(node, other), None)
         self.graph.remove_node(node)
 
-    def report(self, reporter: int, measurements: Sequence[LinkMeasurement], now: datetime) -> TopologyUpdate:
+    def report(
+        self, reporter: int, measurements: Sequence[LinkMeasurement], now: datetime
+    ) -> LinkGraphUpdate:
         """Take one node's measurements of its direct links. Unknown peers must be refused before."""
         edges: list[EdgeCost] = []
         records: list[LinkRecord] = []
@@ -207,7 +210,7 @@ class Topology:
                 continue
             records.append(state.record())
             edges += self._place_edge(a, b, state)
-        return TopologyUpdate(edges, records)
+        return LinkGraphUpdate(edges, records)
 
     def set_records(self, records: Iterable[LinkRecord]) -> list[EdgeCost]:
         """Take link state another replica decided (from the store); the samples here stay as they are."""

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.topology import LinkPolicy, LinkRecord, Topology
+from controller.topology import LinkGraph, LinkPolicy, LinkRecord
 from wire.models import LinkMeasurement as M
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -24,7 +24,7 @@ def healthy(peer: int, rtt: float = 5.0) -> M:
 
 
 def test_a_new_link_is_up_with_the_default_weight_and_a_symmetric_cost():
-    topo = Topology(POLICY, [1, 2, 3])
+    topo = LinkGraph(POLICY, [1, 2, 3])
     assert topo.graph.number_of_edges() == 3
     assert topo.graph[1][2]["weight"] == POLICY.default_weight_ms
     assert POLICY.cost(1, 2, None) == POLICY.cost(2, 1, None)
@@ -34,7 +34,7 @@ def test_a_new_link_is_up_with_the_default_weight_and_a_symmetric_cost():
 
 
 def test_either_end_takes_a_link_down_by_loss_or_an_old_handshake():
-    topo = Topology(POLICY, [1, 2, 3])
+    topo = LinkGraph(POLICY, [1, 2, 3])
     update = topo.report(1, [M(peer_id=2, loss=POLICY.loss_down)], at(0))
     assert [(e.a, e.b, e.cost) for e in update.edges] == [(1, 2, None)]
     assert update.records == [LinkRecord(1, 2, None, at(0))]
@@ -49,7 +49,7 @@ def test_either_end_takes_a_link_down_by_loss_or_an_old_handshake():
 
 
 def test_a_down_link_returns_only_on_a_handshake_newer_than_the_failure():
-    topo = Topology(POLICY, [1, 2])
+    topo = LinkGraph(POLICY, [1, 2])
     topo.report(1, [M(peer_id=2, loss=1.0, handshake_age_s=100)], at(0))
     # Relayed: no probe of the direct link; the handshake is from before the failure.
     assert topo.report(2, [M(peer_id=1, handshake_age_s=150)], at(50)).edges == []
@@ -63,13 +63,13 @@ def test_a_down_link_returns_only_on_a_handshake_newer_than_the_failure():
 
 
 def test_a_fresh_handshake_with_heavy_loss_does_not_bring_a_link_back():
-    topo = Topology(POLICY, [1, 2])
+    topo = LinkGraph(POLICY, [1, 2])
     topo.report(1, [M(peer_id=2, loss=1.0)], at(0))
     assert topo.report(1, [M(peer_id=2, loss=0.9, handshake_age_s=1)], at(60)).edges == []
 
 
 def test_a_measured_link_moves_off_the_default_and_then_only_on_big_changes():
-    topo = Topology(POLICY, [1, 2])
+    topo = LinkGraph(POLICY, [1, 2])
     update = topo.report(1, [healthy(2, rtt=50.0)], at(0))
     assert topo.graph[1][2]["weight"] == 50.0 and len(update.edges) == 1
     assert topo.report(2, [healthy(1, rtt=55.0)], at(1)).edges == []  # mean 52.5: inside the band
@@ -78,7 +78,7 @@ def test_a_measured_link_moves_off_the_default_and_then_only_on_big_changes():
 
 
 def test_loss_makes_a_link_more_expensive():
-    topo = Topology(POLICY, [1, 2])
+    topo = LinkGraph(POLICY, [1, 2])
     topo.report(1, [M(peer_id=2, rtt_ms=10.0, loss=0.2, handshake_age_s=1)], at(0))
     assert topo.graph[1][2]["weight"] == 10.0 + 0.2 * POLICY.loss_penalty_ms
 
@@ -89,7 +89,7 @@ def test_loss_makes_a_link_more_expensive():
     noise=st.lists(st.tuples(st.sampled_from([1, 2]), st.floats(-1.0, 1.0)), min_size=1, max_size=40),
 )
 def test_noise_inside_the_band_never_moves_an_edge(base, noise):
-    topo = Topology(POLICY, [1, 2])
+    topo = LinkGraph(POLICY, [1, 2])
     topo.report(1, [healthy(2, rtt=base)], at(0))
     topo.report(2, [healthy(1, rtt=base)], at(0))
     cost = topo.graph[1][2]["cost"]
@@ -101,16 +101,16 @@ def test_noise_inside_the_band_never_moves_an_edge(base, noise):
 
 
 def test_restored_records_rebuild_the_same_graph():
-    topo = Topology(POLICY, [1, 2, 3])
+    topo = LinkGraph(POLICY, [1, 2, 3])
     topo.report(1, [healthy(2, rtt=40.0), M(peer_id=3, loss=1.0)], at(0))
     records = [s.record() for s in topo.links.values()]
-    again = Topology(POLICY, [1, 2, 3], records)
+    again = LinkGraph(POLICY, [1, 2, 3], records)
     assert sorted(again.edges(), key=lambda e: (e.a, e.b)) == sorted(topo.edges(), key=lambda e: (e.a, e.b))
     assert again.link(1, 3).down_since == at(0)
 
 
 def test_removing_a_node_forgets_its_links():
-    topo = Topology(POLICY, [1, 2, 3])
+    topo = LinkGraph(POLICY, [1, 2, 3])
     topo.report(1, [healthy(2)], at(0))
     topo.remove_node(2)
     assert topo.link(1, 2) is None and set(topo.graph.nodes) == {1, 3}
