@@ -40,7 +40,7 @@ from agent.hostnet.fake import FakeHostNetwork
 from agent.links import ProbeResult
 from agent.nft import FakeNftables
 from agent.state import AgentState, StatePaths
-from agent.status import AgentStatus
+from agent.status import AgentStatus, PeerView
 from controller.app import create_app
 from controller.credentials import admin_credential_path, ensure_admin_credential
 from controller.mesh import Mesh
@@ -745,3 +745,52 @@ def deliver(netmaps: dict[int, NetMap], src: int, dst: int) -> list[int]:
         here = nxt
         assert len(hops) <= len(netmaps), f"routing loop {hops}"
     return hops
+
+
+# --- an agent's status ----------------------------------------------------------------------------
+
+STATUS_NOW = 1_800_000_000.0
+PEER_KEY_B = WireGuardPrivateKey.generate().public_key()
+PEER_KEY_C = WireGuardPrivateKey.generate().public_key()
+
+
+def sample_status(**overrides: Any) -> AgentStatus:
+    """An agent's status.json as a test starts from: two peers, one direct and one relayed."""
+    fields = {
+        "node_id": 1,
+        "name": "alpha",
+        "tunnel_address": ip_address("10.99.0.1"),
+        "mesh_cidr": ip_network("10.99.0.0/16"),
+        "interface": "wg0",
+        "backend": "fake",
+        "controller_url": "http://198.18.0.1:8080",
+        "controller": "connected",
+        "controller_since": STATUS_NOW - 125,
+        "serial": 7,
+        "netmap_source": "controller",
+        "updated_at": STATUS_NOW,
+        "peers": [
+            PeerView(
+                node_id=2,
+                name="beta",
+                tunnel_address=ip_address("10.99.0.2"),
+                wg_public_key=PEER_KEY_B.base64(),
+                endpoint="198.18.0.3:51820",
+                latest_handshake=STATUS_NOW - 12,
+                rx_bytes=1536,
+                tx_bytes=300,
+                rtt_ms=0.42,
+                loss=0.0,
+            ),
+            PeerView(
+                node_id=3,
+                name="gamma",
+                tunnel_address=ip_address("10.99.0.3"),
+                wg_public_key=PEER_KEY_C.base64(),
+                route="relay",
+                via="beta",
+            ),
+        ],
+    }
+    fields.update(overrides)
+    return AgentStatus(**fields)

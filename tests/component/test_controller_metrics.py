@@ -7,7 +7,7 @@ import asyncio
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.component.conftest import ControllerHarness
+from tests.support import ControllerHarness
 from wire import api
 
 

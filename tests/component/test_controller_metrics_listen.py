@@ -10,12 +10,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.component.test_controller_cli import free_port, run, start, stop
+from tests.support import free_port, start_controller
+from tests.support import run_wgmesh as run
 
 
 def test_the_metrics_listener_answers_without_a_credential(tmp_path: Path):
     port = free_port()
-    served = start(tmp_path / "state", env={**os.environ, "WGMESH_METRICS_LISTEN": f"127.0.0.1:{port}"})
+    served = start_controller(
+        tmp_path / "state", env={**os.environ, "WGMESH_METRICS_LISTEN": f"127.0.0.1:{port}"}
+    )
     try:
         assert f"metrics without credential on http://127.0.0.1:{port}/metrics" in served.first_lines
         key = served.cli("controller", "token", "create").stdout.strip()
@@ -29,7 +32,7 @@ def test_the_metrics_listener_answers_without_a_credential(tmp_path: Path):
         with served.http() as c:
             assert c.get("/metrics").status_code == 401
     finally:
-        stop(served)
+        served.stop()
 
 
 @pytest.mark.parametrize(
@@ -54,7 +57,9 @@ def test_an_unusable_metrics_address_is_one_line(tmp_path: Path, address: str, m
 
 def test_a_port_already_taken_is_one_line(tmp_path: Path):
     port = free_port()
-    served = start(tmp_path / "first", env={**os.environ, "WGMESH_METRICS_LISTEN": f"127.0.0.1:{port}"})
+    served = start_controller(
+        tmp_path / "first", env={**os.environ, "WGMESH_METRICS_LISTEN": f"127.0.0.1:{port}"}
+    )
     try:
         second = run(
             "controller", "serve", "--state-dir", str(tmp_path / "second"),
@@ -63,4 +68,4 @@ def test_a_port_already_taken_is_one_line(tmp_path: Path):
         assert second.returncode == 2
         assert f"cannot listen for metrics on 127.0.0.1:{port}: Address already in use" in second.stderr
     finally:
-        stop(served)
+        served.stop()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 
-from tests.component.conftest import ControllerHarness
+from tests.support import ControllerHarness
 from wire import api
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.component.test_controller_cli import start, stop
+from tests.support import start_controller
 
 # The stream sends a change within a poll (0.25 s) of it; a read waiting longer than this has failed.
 EVENT_DEADLINE_S = 2.0
@@ -28,7 +28,7 @@ def views(lines: Iterator[str]) -> Iterator[dict]:
 
 
 def test_a_one_time_link_opens_a_session_whose_event_stream_follows_the_mesh(tmp_path: Path):
-    served = start(tmp_path / "state")
+    served = start_controller(tmp_path / "state")
     try:
         shown = served.cli("controller", "ui-url")
         assert shown.returncode == 0, shown.stderr
@@ -56,4 +56,4 @@ def test_a_one_time_link_opens_a_session_whose_event_stream_follows_the_mesh(tmp
                 assert [n["name"] for n in second["nodes"]] == ["watched"]
                 assert second["version"] > first["version"]
     finally:
-        stop(served)
+        served.stop()

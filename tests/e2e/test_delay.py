@@ -15,7 +15,7 @@ import pytest
 from lab.controller_admin import read_topology
 from lab.instance import Lab
 from lab.observe import ping_once
-from tests.e2e.conftest import reachable, run_cli, running_lab
+from tests.e2e.harness import reachable, run_cli, running_lab
 from tests.support import wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.scenario]

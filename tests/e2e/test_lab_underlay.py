@@ -15,7 +15,7 @@ from lab import netns, processes
 from lab.instance import Lab
 from lab.layout import LabLayout
 from lab.teardown import tear_down
-from tests.e2e.conftest import run_cli
+from tests.e2e.harness import run_cli
 from tests.support import wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.scenario]

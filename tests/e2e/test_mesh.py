@@ -14,7 +14,7 @@ import pytest
 from lab.controller_admin import node_id
 from lab.instance import Lab
 from lab.observe import ping_once
-from tests.e2e.conftest import both_ways, logs, reachable, run_cli, running_lab, wait_all_reach
+from tests.e2e.harness import both_ways, logs, reachable, run_cli, running_lab, wait_all_reach
 from tests.support import wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.scenario]

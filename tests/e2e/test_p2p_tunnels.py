@@ -22,7 +22,7 @@ from lab.layout import MESH_CIDR
 from lab.observe import ping_once
 from lab.processes import wgmesh_argv
 from p2p.directory import FILE_NAME, DirectoryError, load_directory
-from tests.e2e.conftest import logs, reachable, running_lab
+from tests.e2e.harness import logs, reachable, running_lab
 from tests.support import wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.scenario]

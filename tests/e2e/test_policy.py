@@ -16,7 +16,7 @@ import pytest
 
 from lab.instance import Lab
 from lab.processes import wgmesh_argv
-from tests.e2e.conftest import logs, reachable, running_lab
+from tests.e2e.harness import logs, reachable, running_lab
 from tests.support import wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.scenario]

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from lab.instance import Lab
-from tests.e2e.conftest import both_ways, logs, reachable, running_lab, wait_all_reach
+from tests.e2e.harness import both_ways, logs, reachable, running_lab, wait_all_reach
 from tests.support import wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.scenario]

@@ -18,7 +18,7 @@ import time
 import pytest
 
 from lab.instance import Lab
-from tests.e2e.conftest import logs, running_lab
+from tests.e2e.harness import logs, running_lab
 from tests.support import wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.scenario]

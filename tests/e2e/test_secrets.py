@@ -14,7 +14,7 @@ import pytest
 
 from agent.state import StatePaths
 from lab.instance import Lab
-from tests.e2e.conftest import running_lab, wait_until
+from tests.e2e.harness import running_lab, wait_until
 from wire.preauth import parse_preauth_key
 
 pytestmark = [pytest.mark.root, pytest.mark.scenario]

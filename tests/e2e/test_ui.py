@@ -16,7 +16,7 @@ import pytest
 
 from lab.controller_admin import read_topology
 from lab.instance import Lab
-from tests.e2e.conftest import run_cli, running_lab, wait_until
+from tests.e2e.harness import run_cli, running_lab, wait_until
 
 pytestmark = pytest.mark.root
 NAME = "e2eui"

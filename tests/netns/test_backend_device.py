@@ -11,7 +11,7 @@ import pytest
 from agent.device import DeviceConfig, PeerConfig
 from agent.reconcile import diff
 from keys.types import PresharedKey, WireGuardPrivateKey
-from tests.netns.conftest import WG_IF, Namespaces
+from tests.netns.harness import WG_IF, Namespaces
 
 pytestmark = pytest.mark.kernel_tier
 

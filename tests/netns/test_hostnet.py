@@ -21,7 +21,7 @@ from agent.hostnet.netlink import (
     read_interface,
     set_forwarding,
 )
-from tests.netns.conftest import Namespaces, in_ns, run
+from tests.netns.harness import Namespaces, in_ns, run
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -29,7 +29,7 @@ from agent.backends import Backend, BackendUnavailable, open_backend
 from agent.device import DeviceConfig, KeySwitch, PeerConfig, PeerSwap
 from agent.reconcile import diff
 from keys.types import WireGuardPrivateKey, WireGuardPublicKey
-from tests.netns.conftest import in_ns, run
+from tests.netns.harness import in_ns, run
 from tests.support import wait_until
 
 pytestmark = pytest.mark.kernel_tier

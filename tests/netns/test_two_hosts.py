@@ -18,7 +18,7 @@ from agent.device import DeviceConfig, PeerConfig
 from agent.hostnet.netlink import configure_interface, read_interface
 from agent.reconcile import PeerRemoved, diff
 from keys.types import WireGuardPrivateKey
-from tests.netns.conftest import WG_IF, Host, Namespaces, ping
+from tests.netns.harness import WG_IF, Host, Namespaces, ping
 from tests.support import wait_until
 
 pytestmark = pytest.mark.kernel_tier

@@ -16,7 +16,7 @@ from agent.backends.userspace import UserspaceBackend
 from agent.device import DeviceConfig, DeviceUpdate, PeerConfig, PeerUpdate
 from agent.reconcile import diff
 from keys.types import WireGuardPrivateKey
-from tests.netns.conftest import WG_IF, Namespaces, in_ns, run
+from tests.netns.harness import WG_IF, Namespaces, in_ns, run
 from tests.support import wait_until
 
 

@@ -14,7 +14,7 @@ from agent.device import DeviceConfig, PeerConfig
 from agent.reconcile import diff
 from agent.wgquick import HEADER, export_wgquick, render_wgquick, wgquick_path
 from keys.types import PresharedKey, WireGuardPrivateKey
-from tests.netns.conftest import WG_IF, Namespaces, run
+from tests.netns.harness import WG_IF, Namespaces, run
 
 KEY = WireGuardPrivateKey(bytes([0x10] + [0x11] * 30 + [0x51]))  # clamped, as wireguard-go stores it
 PEER_1 = WireGuardPrivateKey(b"\x22" * 32).public_key()

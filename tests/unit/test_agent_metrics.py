@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from agent.device import Device, PeerConfig, PeerStatus
 from agent.metrics import MetricsListener, agent_registry
 from agent.settings import AgentError
-from tests.unit.test_agent_status import KEY_B, KEY_C, NOW, status
+from tests.support import PEER_KEY_B, PEER_KEY_C, STATUS_NOW, sample_status
 
 
 def scrape(address: tuple[str, int]) -> dict[str, list[tuple[dict[str, str], float]]]:
@@ -35,15 +35,15 @@ def listener():
         listen_port=51820,
         fwmark=None,
         peers={
-            KEY_B: PeerStatus(
-                PeerConfig(KEY_B, endpoint="198.18.0.9:51820"),
-                last_handshake=NOW - 1,
+            PEER_KEY_B: PeerStatus(
+                PeerConfig(PEER_KEY_B, endpoint="198.18.0.9:51820"),
+                last_handshake=STATUS_NOW - 1,
                 rx_bytes=5000,
                 tx_bytes=6000,
             )
         },
     )
-    started = MetricsListener("127.0.0.1", 0, agent_registry(lambda: status(), lambda: live))
+    started = MetricsListener("127.0.0.1", 0, agent_registry(lambda: sample_status(), lambda: live))
     try:
         yield started
     finally:
@@ -52,18 +52,18 @@ def listener():
 
 def test_a_scrape_shows_every_peer_with_live_counters_and_its_route(listener: MetricsListener):
     got = scrape(listener.address)
-    assert by_name(got["wgmesh_peer_last_handshake_seconds"]) == {"beta": NOW - 1, "gamma": 0.0}
+    assert by_name(got["wgmesh_peer_last_handshake_seconds"]) == {"beta": STATUS_NOW - 1, "gamma": 0.0}
     assert by_name(got["wgmesh_peer_receive_bytes_total"]) == {"beta": 5000, "gamma": 0}
     assert by_name(got["wgmesh_peer_transmit_bytes_total"]) == {"beta": 6000, "gamma": 0}
     assert by_name(got["wgmesh_peer_rtt_seconds"]) == {"beta": pytest.approx(0.00042)}
     info = {labels["name"]: labels for labels, _ in got["wgmesh_peer_info"]}
     assert info["beta"] == {
-        "public_key": KEY_B.base64(),
+        "public_key": PEER_KEY_B.base64(),
         "name": "beta",
         "endpoint": "198.18.0.9:51820",
         "route": "direct",
     }
-    assert info["gamma"]["route"] == "via beta" and info["gamma"]["public_key"] == KEY_C.base64()
+    assert info["gamma"]["route"] == "via beta" and info["gamma"]["public_key"] == PEER_KEY_C.base64()
     assert got["wgmesh_agent_controller_connected"] == [({}, 1.0)]
     assert got["wgmesh_agent_map_serial"] == [({}, 7.0)]
 
@@ -81,7 +81,7 @@ def test_a_device_that_cannot_be_read_leaves_the_status_values(listener: Metrics
     def broken() -> Device:
         raise OSError("no such device")
 
-    started = MetricsListener("127.0.0.1", 0, agent_registry(lambda: status(), broken))
+    started = MetricsListener("127.0.0.1", 0, agent_registry(lambda: sample_status(), broken))
     try:
         got = scrape(started.address)
         assert by_name(got["wgmesh_peer_receive_bytes_total"]) == {"beta": 1536, "gamma": 0}

@@ -2,66 +2,18 @@
 
 from __future__ import annotations
 
-from ipaddress import ip_address, ip_network
-
 import pytest
 
 from agent.device import Device, PeerConfig, PeerStatus
 from agent.status import (
     AgentStatus,
-    PeerView,
     StatusError,
     format_age,
     format_bytes,
     render_table,
     with_live_device,
 )
-from keys.types import WireGuardPrivateKey
-
-NOW = 1_800_000_000.0
-KEY_B = WireGuardPrivateKey.generate().public_key()
-KEY_C = WireGuardPrivateKey.generate().public_key()
-
-
-def status(**overrides):
-    fields = {
-        "node_id": 1,
-        "name": "alpha",
-        "tunnel_address": ip_address("10.99.0.1"),
-        "mesh_cidr": ip_network("10.99.0.0/16"),
-        "interface": "wg0",
-        "backend": "fake",
-        "controller_url": "http://198.18.0.1:8080",
-        "controller": "connected",
-        "controller_since": NOW - 125,
-        "serial": 7,
-        "netmap_source": "controller",
-        "updated_at": NOW,
-        "peers": [
-            PeerView(
-                node_id=2,
-                name="beta",
-                tunnel_address=ip_address("10.99.0.2"),
-                wg_public_key=KEY_B.base64(),
-                endpoint="198.18.0.3:51820",
-                latest_handshake=NOW - 12,
-                rx_bytes=1536,
-                tx_bytes=300,
-                rtt_ms=0.42,
-                loss=0.0,
-            ),
-            PeerView(
-                node_id=3,
-                name="gamma",
-                tunnel_address=ip_address("10.99.0.3"),
-                wg_public_key=KEY_C.base64(),
-                route="relay",
-                via="beta",
-            ),
-        ],
-    }
-    fields.update(overrides)
-    return AgentStatus(**fields)
+from tests.support import PEER_KEY_B, STATUS_NOW, sample_status
 
 
 @pytest.mark.parametrize(
@@ -87,7 +39,7 @@ def test_transfer_in_binary_units(n, text):
 
 
 def test_table_shows_every_column_and_the_controller_state():
-    lines = render_table(status(), NOW).splitlines()
+    lines = render_table(sample_status(), STATUS_NOW).splitlines()
     assert lines[0] == (
         "node alpha (id 1) 10.99.0.1 on wg0; controller http://198.18.0.1:8080: connected since 2m 5s; map serial 7"
     )
@@ -127,13 +79,14 @@ def test_table_shows_every_column_and_the_controller_state():
 
 def test_table_says_when_the_map_comes_from_cache_and_the_controller_is_away():
     text = render_table(
-        status(controller="disconnected", netmap_source="cache", controller_since=NOW - 5), NOW
+        sample_status(controller="disconnected", netmap_source="cache", controller_since=STATUS_NOW - 5),
+        STATUS_NOW,
     )
     assert "disconnected since 5s; map serial 7 (from cache)" in text.splitlines()[0]
 
 
 def test_table_without_peers():
-    assert render_table(status(peers=[]), NOW).splitlines()[-1] == "no peers"
+    assert render_table(sample_status(peers=[]), STATUS_NOW).splitlines()[-1] == "no peers"
 
 
 def test_live_device_counters_replace_the_file_ones():
@@ -143,29 +96,32 @@ def test_live_device_counters_replace_the_file_ones():
         listen_port=51820,
         fwmark=None,
         peers={
-            KEY_B: PeerStatus(
-                PeerConfig(KEY_B, endpoint="198.18.0.9:51820"), last_handshake=NOW - 1, rx_bytes=5, tx_bytes=6
+            PEER_KEY_B: PeerStatus(
+                PeerConfig(PEER_KEY_B, endpoint="198.18.0.9:51820"),
+                last_handshake=STATUS_NOW - 1,
+                rx_bytes=5,
+                tx_bytes=6,
             )
         },
     )
-    live = with_live_device(status(), device)
+    live = with_live_device(sample_status(), device)
     beta = live.peer("beta")
     assert beta is not None
     assert (beta.endpoint, beta.latest_handshake, beta.rx_bytes, beta.tx_bytes) == (
         "198.18.0.9:51820",
-        NOW - 1,
+        STATUS_NOW - 1,
         5,
         6,
     )
-    assert live.peer("gamma") == status().peer("gamma")
+    assert live.peer("gamma") == sample_status().peer("gamma")
 
 
 def test_status_file_round_trips_and_ignores_updated_at_for_change(tmp_path):
     path = tmp_path / "status.json"
-    s = status()
+    s = sample_status()
     s.save(path)
     assert AgentStatus.load(path) == s
-    assert s.same_as(s.model_copy(update={"updated_at": NOW + 60}))
+    assert s.same_as(s.model_copy(update={"updated_at": STATUS_NOW + 60}))
     assert not s.same_as(s.model_copy(update={"serial": 8}))
 
 

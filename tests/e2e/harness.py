@@ -1,5 +1,6 @@
 """Harness of the end-to-end tier: real labs (namespaces, controller, agents, wireguard-go) built with
-`lab.instance.Lab`, one lab per test module, always torn down, and polling with deadlines.
+`lab.instance.Lab`, one lab per test module, always torn down, and polling with deadlines. The tier
+has no fixtures of its own, so no conftest: its modules import this.
 
 Every test here is marked `root`; tests/conftest.py skips them with the reason when this machine
 cannot run them (not root, wireguard-go or another tool missing).
@@ -10,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import io
 from collections.abc import Iterator
-from typing import TypeVar
 
 from lab.cli import main as lab_main
 from lab.instance import Lab
@@ -18,8 +18,6 @@ from lab.layout import LabLayout
 from lab.processes import log_tail
 from lab.teardown import tear_down
 from tests.support import wait_until
-
-T = TypeVar("T")
 
 
 def logs(lab: Lab, lines: int = 15) -> str:
