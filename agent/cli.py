@@ -348,6 +348,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         backend = open_backend(backend_name)
     except ValueError as e:
         raise UsageError(str(e)) from None
+    # httpx imports its own command-line tool when click and pygments are installed (they are, next to
+    # uvicorn); the daemon never runs it, and it would hold 2 MiB of the daemon's memory for good.
+    sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
     from agent.daemon import Agent, AgentEdges
     from agent.probe import IcmpProber
 

@@ -24,10 +24,12 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Network, ip_network
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from wire.models import NodePolicy
-from wire.policy import PortSpec, parse_port_spec
+
+if TYPE_CHECKING:
+    from wire.policy import PortSpec
 
 Chain = Literal["input", "output"]
 CHAINS: tuple[Chain, ...] = ("input", "output")
@@ -145,6 +147,8 @@ def desired_ruleset(policy: NodePolicy | None, ifname: str) -> Ruleset | None:
     """The ruleset `policy` asks for on `ifname`; None: no policy, no table."""
     if policy is None:
         return None
+    from wire.policy import parse_port_spec  # the policy's models load only where a policy is in force
+
     chains: dict[Chain, tuple[FilterRule, ...]] = {}
     for chain in CHAINS:
         here = _iface(chain, ifname)

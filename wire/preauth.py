@@ -19,7 +19,6 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 PREAUTH_PREFIX = "wgm_pak_"
@@ -68,6 +67,8 @@ def parse_preauth_key(text: str) -> PreAuthKey:
 def ca_pin_of_pem(pem: bytes) -> str:
     """The pin of the first certificate in `pem`: hex SHA-256 of its SubjectPublicKeyInfo (DER).
     ValueError when `pem` holds no certificate."""
+    from cryptography import x509  # only where a CA is pinned: the agent at enrollment, the controller
+
     cert = x509.load_pem_x509_certificate(pem)
     spki = cert.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
