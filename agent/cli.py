@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from pydantic import TypeAdapter, ValidationError
 
-from agent.backends import BACKEND_NAMES, BackendError, open_backend
+from agent.backends import BACKEND_CHOICES, BackendError, open_backend
 from agent.config import ConfigError, Source, config_path, pick, read_config
 from agent.eventlog import EventLog
 from agent.hostnet.base import HostNetwork
@@ -189,7 +189,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     up.add_argument("--interface", type=_ifname, help="WireGuard interface (default wg0, or the stored one)")
     up.add_argument(
         "--backend",
-        choices=BACKEND_NAMES,
+        choices=BACKEND_CHOICES,
         help="WireGuard implementation (default auto: kernel module if present, else wireguard-go)",
     )
     up.add_argument(
@@ -231,7 +231,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     down = sub.add_parser("down", help="remove this host's WireGuard interface")
     state_dir(down)
     down.add_argument("--interface", type=_ifname, help="interface (default: the stored one)")
-    down.add_argument("--backend", choices=BACKEND_NAMES, help="backend (default: the stored one)")
+    down.add_argument("--backend", choices=BACKEND_CHOICES, help="backend (default: the stored one)")
 
     status = sub.add_parser("status", help="peers, handshakes, transfer, RTT and routes")
     state_dir(status)
@@ -257,8 +257,8 @@ def main(argv: Sequence[str], prog: str = "wgmesh agent") -> int:
 
 
 def _backend_choice(text: str) -> str:
-    if text not in BACKEND_NAMES:
-        raise argparse.ArgumentTypeError(f"backend {text!r}: expected one of {', '.join(BACKEND_NAMES)}")
+    if text not in BACKEND_CHOICES:
+        raise argparse.ArgumentTypeError(f"backend {text!r}: expected one of {', '.join(BACKEND_CHOICES)}")
     return text
 
 

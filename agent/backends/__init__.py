@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Literal, get_args
 
 from agent.backends.base import Backend, BackendError, BackendUnavailable
+from agent.state import BackendName  # a backend, as the state file records it (never auto)
 
-BackendName = Literal["auto", "kernel", "userspace", "fake"]
-BACKEND_NAMES: tuple[str, ...] = get_args(BackendName)
+BackendChoice = Literal["auto", "kernel", "userspace", "fake"]  # what an operator picks; auto finds one
+BACKEND_CHOICES: tuple[str, ...] = get_args(BackendChoice)
 
 INSTALL_HINT = (
     "no WireGuard implementation on this host: install the userspace one (`apt install wireguard-go`) "
@@ -27,8 +28,9 @@ INSTALL_HINT = (
 )
 
 __all__ = [
-    "BACKEND_NAMES",
+    "BACKEND_CHOICES",
     "Backend",
+    "BackendChoice",
     "BackendError",
     "BackendName",
     "BackendUnavailable",
@@ -82,4 +84,4 @@ def open_backend(
         if find_wireguard_go() is None:
             raise BackendUnavailable(INSTALL_HINT)
         return UserspaceBackend(netns=netns, run_dir=run_dir)
-    raise ValueError(f"unknown backend {name!r}: choose one of {', '.join(BACKEND_NAMES)}")
+    raise ValueError(f"unknown backend {name!r}: choose one of {', '.join(BACKEND_CHOICES)}")

@@ -24,7 +24,7 @@ from pyroute2.netlink.generic.wireguard import (
 
 import agent.backends.kernel as kernel_mod
 import agent.backends.userspace as userspace_mod
-from agent.backends import BACKEND_NAMES, INSTALL_HINT, BackendError, BackendUnavailable, open_backend
+from agent.backends import BACKEND_CHOICES, INSTALL_HINT, BackendError, BackendUnavailable, open_backend
 from agent.backends.fake import FakeBackend
 from agent.backends.kernel import ZERO_KEY_B64, device_from_netlink, netlink_set_calls
 from agent.backends.userspace import UserspaceBackend, check_ifname, uapi_request
@@ -43,7 +43,7 @@ PSK = PresharedKey.generate()
 
 
 def test_names_and_unknown_name() -> None:
-    assert BACKEND_NAMES == ("auto", "kernel", "userspace", "fake")
+    assert BACKEND_CHOICES == ("auto", "kernel", "userspace", "fake")
     with pytest.raises(
         ValueError, match="unknown backend 'wireguard': choose one of auto, kernel, userspace, fake"
     ):
