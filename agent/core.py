@@ -64,7 +64,7 @@ from agent.actions import (
     WriteDirectory,
     WriteStatus,
 )
-from agent.backoff import Backoff
+from agent.backoff import RetryBackoff
 from agent.connection import Connection
 from agent.desired import DesiredState, build_desired, name_endpoints
 from agent.device import Device, DeviceConfig
@@ -149,7 +149,7 @@ class AgentCore:
         backend: str,
         private_key: WireGuardPrivateKey,
         settings: CoreSettings,
-        backoff: Backoff,
+        backoff: RetryBackoff,
         pid: int,
     ) -> None:
         self.node = node

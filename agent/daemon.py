@@ -59,7 +59,7 @@ from agent.actions import (
     WriteStatus,
 )
 from agent.backends.base import Backend, BackendError
-from agent.backoff import Backoff
+from agent.backoff import RetryBackoff
 from agent.client import ControllerClient, ControllerError, ControllerRejected
 from agent.core import AgentCore, CoreSettings
 from agent.desired import DesiredState
@@ -104,7 +104,7 @@ class AgentEdges:
     log: EventLog
     transport: httpx.AsyncBaseTransport | None = None  # None: real sockets
     clock: Callable[[], float] = time.time
-    backoff: Backoff = field(default_factory=Backoff)
+    backoff: RetryBackoff = field(default_factory=RetryBackoff)
     ready: Callable[[], None] = lambda: None  # called after every applied map (systemd READY=1)
     firewall: Nftables | None = None  # the policy firewall (agent.nft); None: not managed here
 

@@ -33,6 +33,7 @@ from typing import Literal
 
 from agent.device import Device, DeviceConfig, PeerConfig, PeerStatus, PeerSwap
 from keys.types import IdentityPublicKey, WireGuardPrivateKey, WireGuardPublicKey
+from p2p.core.pacing import Backoff
 from wire.rotation import KeyReportPhase, RotationNotice, signing_bytes
 
 Phase = Literal["prepared", "switching", "switched", "recorded"]
@@ -110,8 +111,11 @@ class Event:
 Action = Persist | Forget | ReportKey | NotifyPeers | SwitchDevice | AdoptKey | Event
 
 
+_RETRY = Backoff(RETRY_FIRST_S, RETRY_MAX_S, jitter=0.0)  # the project's one backoff rule, no jitter
+
+
 def _backoff(attempts: int) -> float:
-    return min(RETRY_MAX_S, RETRY_FIRST_S * 2.0 ** max(0, attempts - 1))
+    return _RETRY.delay(max(0, attempts - 1), 0.0)
 
 
 class Rotation:

@@ -32,7 +32,7 @@ import httpx
 from fastapi import FastAPI
 
 from agent.backends.fake import FakeBackend
-from agent.backoff import Backoff
+from agent.backoff import RetryBackoff
 from agent.daemon import Agent, AgentEdges, AgentSettings
 from agent.eventlog import EventLog
 from agent.hostnet.base import HostConfig
@@ -530,7 +530,7 @@ class AgentMesh:
             prober=h.prober,
             log=EventLog(h.out),
             transport=self.transport,
-            backoff=Backoff(initial_s=0.02, max_s=0.1),
+            backoff=RetryBackoff(initial_s=0.02, max_s=0.1),
             firewall=h.firewall,
         )
         h.agent = Agent(settings, edges)

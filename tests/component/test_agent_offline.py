@@ -11,7 +11,7 @@ from ipaddress import ip_address, ip_network
 import httpx
 
 from agent.backends.fake import FakeBackend
-from agent.backoff import Backoff
+from agent.backoff import RetryBackoff
 from agent.daemon import Agent, AgentEdges, AgentSettings
 from agent.eventlog import EventLog
 from agent.hostnet.fake import FakeHostNetwork
@@ -97,7 +97,7 @@ def make_agent(state_dir, backend, out, prober=None, host_network=None):
         prober=prober or RecordingProber(),
         log=EventLog(out),
         transport=httpx.MockTransport(refuse),
-        backoff=Backoff(initial_s=0.01, max_s=0.05),
+        backoff=RetryBackoff(initial_s=0.01, max_s=0.05),
     )
     return Agent(AgentSettings(state_dir=state_dir, probe_interval_s=0.05, poll_timeout_s=1), edges)
 

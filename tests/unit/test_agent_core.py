@@ -31,7 +31,7 @@ from agent.actions import (
     WriteDirectory,
     WriteStatus,
 )
-from agent.backoff import Backoff
+from agent.backoff import RetryBackoff
 from agent.core import EXIT_REMOVED, AgentCore, CoreSettings
 from agent.device import PeerConfig
 from agent.links import ProbeResult
@@ -95,7 +95,7 @@ MAP3 = netmap(3, peer(2), peer(3), peer(4))
 
 
 def make_core(**settings: float) -> AgentCore:
-    backoff = Backoff(initial_s=1.0, max_s=8.0, jitter=0.0)
+    backoff = RetryBackoff(initial_s=1.0, max_s=8.0, jitter=0.0)
     core_settings = CoreSettings(**{"probe_interval_s": PROBE_S, "poll_timeout_s": POLL_S, **settings})
     return AgentCore(NODE, "fake", WireGuardPrivateKey.generate(), core_settings, backoff, pid=42)
 
