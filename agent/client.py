@@ -100,9 +100,6 @@ class ControllerClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    def set_credential(self, credential: str) -> None:
-        self._credential = credential
-
     # --- calls --------------------------------------------------------------------------------------
 
     async def enroll_nonce(self) -> EnrollNonce:

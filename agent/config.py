@@ -16,7 +16,6 @@ from typing import Any
 
 from wgmesh.settingsfile import SettingsFileError, read_settings_file
 
-DEFAULT_CONFIG = Path("/etc/wgmesh/agent.toml")
 CONFIG_ENV = "WGMESH_CONFIG"
 
 # option (the `up` argparse dest, also the file key) -> environment variable

@@ -25,8 +25,6 @@ Rules:
 
 Plugging in another state machine (key rotation, the nftables firewall):
 - Its inputs and actions go in agent.actions; the driver gets one `match` case per new action.
-- A machine with timers or inputs of its own implements `SubMachine` and is given to `plug()`: the core
-  offers it every input it does not know, ticks it, and counts its deadline.
 - A new part of the host's desired state (the firewall's ruleset) is a field of `DesiredState` built in
   `_desired()`, applied by the driver's `Apply` after the host network and reported in `Applied`.
 - A new private key (rotation) goes through `rekey()`: the current map is applied again with it.
@@ -36,7 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal
 
 from agent.actions import (
     Action,
@@ -118,20 +116,6 @@ class CoreSettings:
         return self.restart_pause_s if self.restart_pause_s is not None else max(1.0, self.probe_interval_s)
 
 
-class SubMachine(Protocol):
-    """A state machine hosted by the core (see the module docstring)."""
-
-    def deadline(self) -> float | None:
-        """When the machine wants `tick` next; None: no timer."""
-        ...
-
-    def tick(self, now: float) -> list[Action]: ...
-
-    def handle(self, event: object, now: float) -> list[Action] | None:
-        """The actions for `event`; None when the event is not this machine's."""
-        ...
-
-
 @dataclass(frozen=True)
 class _Target:
     netmap: NetMap
@@ -160,7 +144,6 @@ class AgentCore:
         self.pid = pid
         self.session = MapSession(settings.poll_timeout_s)
         self.connection = Connection(node.controller_url)
-        self.machines: list[SubMachine] = []
         # what the host runs
         self.netmap: NetMap | None = None  # the map applied last
         self.netmap_source: MapSource | None = None
@@ -189,9 +172,6 @@ class AgentCore:
 
     # --- entry points -------------------------------------------------------------------------------
 
-    def plug(self, machine: SubMachine) -> None:
-        self.machines.append(machine)
-
     def start(self, cached: NetMap | None, now: float) -> list[Action]:
         self._clock(now)
         if cached is not None:
@@ -208,7 +188,6 @@ class AgentCore:
 
     def deadline(self) -> float | None:
         times = [t for t in (self._poll_at, self._measure_at, self._retry_at) if t is not None]
-        times += [t for m in self.machines if (t := m.deadline()) is not None]
         return min(times, default=None)
 
     def tick(self, now: float) -> list[Action]:
@@ -225,10 +204,6 @@ class AgentCore:
             interval = self.settings.probe_interval_s
             self._measure_at = max(self._measure_at + interval, now)
             actions += self._measure()
-        for machine in self.machines:
-            due = machine.deadline()
-            if due is not None and now >= due:
-                actions += machine.tick(now)
         return actions
 
     def handle(self, event: Input, now: float) -> list[Action]:
@@ -268,10 +243,6 @@ class AgentCore:
                 return self._report_refused(event, now)
             case Crashed():
                 return self._crashed(event, now)
-        for machine in self.machines:
-            answer = machine.handle(event, now)
-            if answer is not None:
-                return answer
         raise TypeError(f"no part of the agent core takes {type(event).__name__}")
 
     def rekey(self, private_key: WireGuardPrivateKey, now: float) -> list[Action]:

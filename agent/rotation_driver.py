@@ -127,18 +127,6 @@ class RotationDriver:
         current = self.overrides.apply_to(desired)
         return DeviceConfig(self.edges.get_host_key(), current.listen_port, current.fwmark, current.peers)
 
-    def peers_view(self, netmap: NetMap) -> NetMap:
-        """`netmap` as this host applies it: keys swapped on a notice replace the ones the map still
-        names until the map catches up."""
-        self.overrides.prune({p.node_id: p.wg_public_key for p in netmap.peers})
-        if not len(self.overrides):
-            return netmap
-        peers = [
-            p.model_copy(update={"wg_public_key": self.overrides.key_of(p.node_id, p.wg_public_key)})
-            for p in netmap.peers
-        ]
-        return netmap.model_copy(update={"peers": peers})
-
     async def on_map(self, netmap: NetMap) -> None:
         """A map was applied: start the rotation it asks for, if any."""
         self.netmap = netmap
