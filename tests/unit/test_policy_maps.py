@@ -100,7 +100,7 @@ def test_no_map_holds_a_forbidden_peer_or_relay(world):
 @given(world=worlds())
 def test_maps_under_a_policy_are_the_models_own_serialization(world):
     cards, doc, failed = world
-    mesh = Mesh(CIDR, LinkPolicy(), 25, cards, access=(doc, 1))
+    mesh = Mesh(MESH_CIDR, LinkPolicy(), 25, cards, access=(doc, 1))
     for a, b in failed:
         mesh.report(b, [LinkMeasurement(peer_id=a, loss=1.0)], T0)
     for n in mesh.cards:
