@@ -4,7 +4,7 @@ re-enrollment and a restart; every change is in the audit trail; bad tags change
 
 from __future__ import annotations
 
-from tests.component.conftest import ControllerHarness, Host
+from tests.support import ControllerHarness, Host
 from wire import api
 
 POLICY = """

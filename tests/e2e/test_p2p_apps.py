@@ -20,9 +20,10 @@ from lab.host_program import HostProgram
 from lab.instance import Lab
 from lab.processes import wgmesh_argv
 from p2p.core.election import leaders_by_term
-from tests.e2e.conftest import logs, running_lab, wait_until
+from tests.e2e.harness import logs, running_lab
+from tests.support import wait_until
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.scenario]
 NAME = "p2pa"
 HOSTS = [f"h{i}" for i in range(1, 6)]
 ELECT = wgmesh_argv("p2p", "elect", "--json", "--timeouts", "0.15,0.3")
