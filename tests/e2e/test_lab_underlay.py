@@ -138,7 +138,7 @@ def test_down_removes_everything_even_without_its_record():
         assert code == 0 and "nothing to remove" in out
     finally:
         bystander.kill()
-        bystander.wait()
+        bystander.wait(timeout=10)
         tear_down(layout)
 
 
@@ -163,6 +163,6 @@ def test_a_recorded_pid_that_is_not_the_lab_process_any_more_is_left_alone(tmp_p
         assert processes.start_ticks(real.pid) is None
     finally:
         other.kill()
-        other.wait()
+        other.wait(timeout=10)
         tear_down(layout)
         assert not os.path.exists(layout.dir)
