@@ -21,6 +21,7 @@ import base64
 import binascii
 import contextlib
 import dataclasses
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -85,6 +86,8 @@ from wire.policy import (
 from wire.preauth import PreAuthKey, PreAuthKeyError, parse_preauth_key
 from wire.rotation import KeyReport, KeyReportAnswer, RotationInfo, RotationProgress
 
+log = logging.getLogger("wgmesh.controller")
+
 LAST_SEEN_WRITE_EVERY = timedelta(seconds=60)
 WRITE_ATTEMPTS = 8
 """How often a write decided on a stale view is decided again before giving up (503)."""
@@ -147,6 +150,7 @@ class ControlPlane:
         self.unavailable: str | None = None
         """Why the database cannot be used now (None: it can)."""
         self._policy_held: dict[int, int] = {}  # node -> policy version its agent last reported
+        self._flagged: set[int] = set()  # nodes whose implausible link reports were logged (once each)
         snapshot = store.load()
         self._load(snapshot, snapshot.maps)
         store.save_maps(self.mesh.initial.maps)
@@ -252,6 +256,7 @@ class ControlPlane:
         self._last_seen.pop(record.node_id, None)
         self._seen_written.pop(record.node_id, None)
         self._policy_held.pop(record.node_id, None)
+        self._flagged.discard(record.node_id)
         self.holds.drop_holder(record.node_id)
 
     def _writable(self) -> None:
@@ -431,6 +436,17 @@ class ControlPlane:
             return  # removed through another replica meanwhile
         self.mesh.version = self.version + 1
         change = self.mesh.report(node_id, current, self.clock.now())
+        if change.flags and node_id not in self._flagged:
+            self._flagged.add(node_id)
+            flag = change.flags[0]
+            log.warning(
+                "node %d (%s) sent an implausible link report about node %d: %s; it cannot lower a "
+                "link's weight (counted in `wgmesh nodes show`, logged once per node)",
+                node_id,
+                self.nodes[node_id].name,
+                flag.peer,
+                flag.reason,
+            )
         if change.links:
             try:
                 written = self.store.save_links(change.links)
@@ -461,6 +477,7 @@ class ControlPlane:
             rotation=rotation.state,
             policy_version=self._policy_held.get(node_id),
             policy_version_sent=self.mesh.policy_version(node_id),
+            implausible_link_reports=self.mesh.implausible_reports(node_id),
         )
 
     def node_infos(self) -> list[NodeInfo]:
@@ -617,7 +634,7 @@ class ControlPlane:
         lines = ["graph wgmesh {", "  node [shape=box];"]
         for n in sorted(self.nodes):
             r = self.nodes[n]
-            relay = ", peripheries=2" if self.mesh.router.forwards(n) else ""
+            relay = ", peripheries=2" if self.mesh.forwards(n) else ""
             lines.append(f'  n{n} [label="{r.name}\\n{r.tunnel_address}"{relay}];')
         for e in self.mesh.edges():
             style = "bold" if (e.a, e.b) in used else "dashed"

@@ -332,6 +332,13 @@ class NodeInfo(WireModel):
         description="The policy version of the rules in the node's current map (its rules last changed "
         "then); the agent enforces them once policy_version says so. None: no policy.",
     )
+    implausible_link_reports: int = Field(
+        default=0,
+        ge=0,
+        description="Link measurements from this node the controller could not believe (an rtt below "
+        "any tunnel's, or far below what the other end sees) since the controller started; they cannot "
+        "lower a link's weight. Absent: 0.",
+    )
 
 
 class NodeTagsRequest(WireModel):

@@ -45,6 +45,28 @@ async def test_a_waiting_poll_wakes_when_a_peer_enrolls(controller: ControllerHa
 
 
 async def test_only_nodes_whose_map_changed_are_woken(controller: ControllerHarness):
+    hosts = [await controller.enroll() for _ in range(4)]
+    a, b = hosts[:2]
+    serials = {h.node_id: await serial_of(controller, h) for h in hosts}
+    polls = {
+        h.node_id: asyncio.create_task(controller.netmap(h, since=serials[h.node_id], timeout=1.0))
+        for h in hosts
+    }
+    await wait_until_waiting(controller, 4)
+    # A says the A-B link is down: A and B go through a relay, which starts forwarding; the fourth
+    # node's map is the same.
+    await controller.report(a, {"peer_id": b.node_id, "loss": 1.0})
+    got = {n: await t for n, t in polls.items()}
+    assert got[a.node_id] is not None and got[a.node_id].serial == serials[a.node_id] + 1
+    assert got[b.node_id] is not None and got[b.node_id].serial == serials[b.node_id] + 1
+    relay = next(r.via for r in got[a.node_id].routes if r.destination == b.node_id)
+    assert got[relay] is not None and got[relay].forward
+    (other,) = {h.node_id for h in hosts} - {a.node_id, b.node_id, relay}
+    assert got[other] is None, "the fourth node's map did not change, so it must not be woken"
+    assert await serial_of(controller, hosts[[h.node_id for h in hosts].index(other)]) == serials[other]
+
+
+async def test_a_cost_change_alone_wakes_nobody(controller: ControllerHarness):
     a, b, c = [await controller.enroll() for _ in range(3)]
     serials = {h.node_id: await serial_of(controller, h) for h in (a, b, c)}
     polls = {
@@ -52,13 +74,13 @@ async def test_only_nodes_whose_map_changed_are_woken(controller: ControllerHarn
         for h in (a, b, c)
     }
     await wait_until_waiting(controller, 3)
-    # A measures the A-B link faster than the default: the A-B path cost changes for A and B only.
+    # Both ends measure the A-B link faster than the default: its cost moves, no next hop does.
     await controller.report(a, {"peer_id": b.node_id, "rtt_ms": 2.0, "loss": 0.0, "handshake_age_s": 3})
-    got = {n: await t for n, t in polls.items()}
-    assert got[a.node_id] is not None and got[a.node_id].serial == serials[a.node_id] + 1
-    assert got[b.node_id] is not None and got[b.node_id].serial == serials[b.node_id] + 1
-    assert got[c.node_id] is None, "C's map did not change, so C must not be woken"
-    assert await serial_of(controller, c) == serials[c.node_id]
+    await controller.report(b, {"peer_id": a.node_id, "rtt_ms": 2.0, "loss": 0.0, "handshake_age_s": 3})
+    assert {n: await t for n, t in polls.items()} == dict.fromkeys(polls)
+    assert {h.node_id: await serial_of(controller, h) for h in (a, b, c)} == serials
+    edges = (await controller.client.get(api.TOPOLOGY, headers=controller.admin)).json()["edges"]
+    assert [e["weight"] for e in edges if {e["a"], e["b"]} == {a.node_id, b.node_id}] == [2.0]
 
 
 async def test_nothing_changes_when_a_host_re_enrolls_with_the_same_data(controller: ControllerHarness):

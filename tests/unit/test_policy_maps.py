@@ -161,3 +161,21 @@ def test_only_a_node_that_may_relay_carries_others_traffic():
     netmaps = maps(mesh)
     assert deliver(netmaps, 2, 3) == [2, 3]
     assert not any(m.forward for m in netmaps.values())
+
+
+def test_a_pair_goes_through_the_relay_the_policy_allows_however_cheap_the_other_one_looks():
+    """Node 4 may not relay; node 3 may. The 1-2 link is down and 3's links are very slow: the maps
+    and the topology's routes still go through 3, never through 4 (and not 'direct' over the cut)."""
+    cards = [tagged(1, []), tagged(2, []), tagged(3, ["a"]), tagged(4, [])]
+    doc = PolicyDocument.model_validate({"rules": [{"from": ["*"], "to": ["*"]}], "relays": ["tag:a"]})
+    mesh = Mesh(CIDR, LinkPolicy(), 25, cards, access=(doc, 1))
+    m = LinkMeasurement
+    mesh.report(1, [m(peer_id=2, loss=1.0)], T0)
+    for a, b, rtt in [(1, 3, 9000.0), (2, 3, 9000.0), (1, 4, 1.0), (2, 4, 1.0)]:
+        for reporter, peer in ((a, b), (b, a)):
+            mesh.report(reporter, [m(peer_id=peer, rtt_ms=rtt, loss=0.0, handshake_age_s=1)], T0)
+    netmaps = maps(mesh)
+    assert deliver(netmaps, 1, 2) == [1, 3, 2]
+    assert not netmaps[4].forward and netmaps[3].forward
+    assert {r.destination: r.via for r in mesh.routes_of(1)}[2] == 3
+    assert mesh.forwards(3) and not mesh.forwards(4)
