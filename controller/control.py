@@ -54,6 +54,7 @@ from controller.store import (
     Store,
     StoreConflict,
     StoreUnavailable,
+    key_refusal,
 )
 from wire import PROTOCOL_VERSION, api
 from wire.models import (
@@ -291,6 +292,7 @@ class ControlPlane:
         return EnrollNonce(nonce=nonce, expires_in_s=int(self.nonces.ttl.total_seconds()))
 
     def enroll(self, req: EnrollRequest, signing_bytes: bytes) -> EnrollResponse:
+        self._check_preauth_key(req)
         if req.protocol_version != PROTOCOL_VERSION:
             raise ApiError(
                 400,
@@ -348,6 +350,24 @@ class ControlPlane:
             mesh_cidr=self.settings.mesh_cidr,
             node_credential=credential,
         )
+
+    def _check_preauth_key(self, req: EnrollRequest) -> None:
+        """The pre-auth key is the enrollment's credential: it is checked before anything else, so a
+        caller without a usable key learns nothing about the mesh (the store checks it again, and
+        uses it, atomically)."""
+        try:
+            key = self.store.find_preauth_key(credential_hash(_secret_of(req.preauth_key)))
+        except StoreUnavailable as e:
+            raise ApiError(503, f"this controller cannot reach its database: {e}") from None
+        if key is None:
+            raise ApiError(401, "unknown pre-auth key")
+        refusal = key_refusal(key, self.clock.now())
+        if refusal is None and not key.reusable and key.used_count > 0:
+            existing = self.nodes.get(self._by_identity.get(req.identity_public_key.base64(), 0))
+            if existing is None or existing.preauth_key_id != key.id:
+                refusal = f"single-use pre-auth key {key.id} was already used"
+        if refusal is not None:
+            raise ApiError(403, refusal)
 
     def _enroll_write(self, req: EnrollRequest, identity: str, wg_key: str, credential: str) -> NodeWrite:
         """The node row this enrollment writes, decided on the current view (ApiError when it cannot)."""

@@ -98,7 +98,7 @@ def enroll_request(
 
 class ControllerHarness:
     def __init__(self, state_dir: Path, clock: ManualClock, **settings: Any) -> None:
-        self.settings = Settings(state_dir=state_dir, mesh_cidr=MESH_CIDR, **settings)
+        self.settings = Settings(**{"state_dir": state_dir, "mesh_cidr": MESH_CIDR, **settings})
         self.clock = clock
         self._hosts = 0
         self._start()
