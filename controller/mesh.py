@@ -17,7 +17,7 @@ replica either holds that replica's current serial with the same content, or get
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -163,36 +163,54 @@ class Mesh:
         """How many link measurements from this node were implausible (see controller.topology)."""
         return self.topology.implausible.get(node_id, 0)
 
-    def edges(self) -> list[TopologyEdge]:
+    def edge_rows(self) -> list[tuple[int, int, float, float | None, float | None]]:
+        """The up links that were measured or have a remembered weight, by (a, b), as (a, b, weight,
+        mean rtt_ms, worst loss); the others are up with the default weight and only counted
+        (`unmeasured_links`). Plain values: safe to hand to another thread."""
         out = []
-        for a, b, d in self.topology.graph.edges(data=True):
-            lo, hi = min(a, b), max(a, b)
-            state = self.topology.link(lo, hi)
-            samples = list(state.samples.values()) if state else []
-            rtts = [s.rtt_ms for s in samples if s.rtt_ms is not None]
-            losses = [s.loss for s in samples if s.loss is not None]
-            out.append(
-                TopologyEdge(
-                    a=lo,
-                    b=hi,
-                    weight=round(d["weight"], 3),
-                    rtt_ms=round(sum(rtts) / len(rtts), 3) if rtts else None,
-                    loss=max(losses) if losses else None,
-                )
-            )
-        return sorted(out, key=lambda e: (e.a, e.b))
+        graph = self.topology.graph
+        for (lo, hi), state in sorted(self.topology.links.items()):
+            d = graph.get_edge_data(lo, hi)
+            if d is None:
+                continue  # down
+            rtts = [s.rtt_ms for s in state.samples.values() if s.rtt_ms is not None]
+            losses = [s.loss for s in state.samples.values() if s.loss is not None]
+            rtt = round(sum(rtts) / len(rtts), 3) if rtts else None
+            out.append((lo, hi, round(d["weight"], 3), rtt, max(losses) if losses else None))
+        return out
+
+    def edges(self) -> list[TopologyEdge]:
+        """`edge_rows` as wire records."""
+        return [edge(row) for row in self.edge_rows()]
+
+    def unmeasured_links(self, listed: int) -> int:
+        """How many up links `edges` leaves out, given how many it listed."""
+        return int(self.topology.graph.number_of_edges()) - listed
+
+    def _use_matrix(self) -> npt.NDArray[np.bool_]:
+        """[i, j] (routing indexes): the link i-j carries at least one route (one numpy pass)."""
+        pred = self.router.trees()  # [destination, source] -> next hop of source
+        n = pred.shape[0]
+        src = np.broadcast_to(np.arange(n), pred.shape)
+        hop = pred >= 0
+        used = np.zeros((n, n), dtype=bool)
+        used[src[hop], pred[hop]] = True
+        used |= used.T
+        np.fill_diagonal(used, False)
+        return used
 
     def used_links(self) -> set[tuple[int, int]]:
         """Edges (low id, high id) that carry at least one route."""
         nodes = np.array(self.router.nodes, dtype=np.int64)
-        used: set[tuple[int, int]] = set()
-        for s in self.router.nodes:
-            hops = np.unique(self.router.next_hop_row(s))
-            for h in hops.tolist():
-                if h >= 0 and nodes[h] != s:
-                    t = int(nodes[h])
-                    used.add((min(s, t), max(s, t)))
-        return used
+        i, j = np.nonzero(np.triu(self._use_matrix(), 1))
+        a, b = nodes[i], nodes[j]
+        return set(zip(np.minimum(a, b).tolist(), np.maximum(a, b).tolist(), strict=True))
+
+    def link_use(self) -> Callable[[int, int], bool]:
+        """Whether the link a-b carries at least one route (node ids), without listing every link."""
+        used = self._use_matrix()
+        index = self.router.index
+        return lambda a, b: bool(used[index[a], index[b]])
 
     # --- changes ---------------------------------------------------------------------------------
 
@@ -334,3 +352,8 @@ class Mesh:
                 for old_serial in sorted(kept)[:-MAP_HISTORY]:
                     del kept[old_serial]
         return changed
+
+
+def edge(row: tuple[int, int, float, float | None, float | None]) -> TopologyEdge:
+    a, b, weight, rtt_ms, loss = row
+    return TopologyEdge.model_construct(a=a, b=b, weight=weight, rtt_ms=rtt_ms, loss=loss)

@@ -359,8 +359,15 @@ class TopologyEdge(WireModel):
 
 class Topology(WireModel):
     nodes: list[NodeInfo]
-    edges: list[TopologyEdge]
-    routes: dict[NodeId, list[Route]] = Field(description="Per source node, its chosen routes.")
+    edges: list[TopologyEdge] = Field(
+        description="The up links that were measured (or have a remembered weight), by (a, b)."
+    )
+    routes: dict[NodeId, list[Route]] = Field(
+        description="The chosen routes of the node asked for with ?source=; empty without it."
+    )
+    unmeasured_links: int = Field(
+        default=0, ge=0, description="Up links nobody measured yet (the default weight): counted, not listed."
+    )
 
 
 class ErrorBody(WireModel):

@@ -153,10 +153,15 @@ async def test_the_topology_shows_nodes_weighted_edges_and_chosen_routes(control
     topology = r.json()
     assert [n["name"] for n in topology["nodes"]] == ["alpha", "beta", "gamma"]
     edges = {(e["a"], e["b"]): e for e in topology["edges"]}
-    assert set(edges) == {(a.node_id, c.node_id), (b.node_id, c.node_id)}  # the failed link has no edge
+    # the measured link is listed; the failed link has no edge; B-C, never measured, is only counted
+    assert set(edges) == {(a.node_id, c.node_id)} and topology["unmeasured_links"] == 1
     assert edges[(a.node_id, c.node_id)]["weight"] == 4.0 and edges[(a.node_id, c.node_id)]["rtt_ms"] == 4.0
-    routes_a = {r["destination"]: r["via"] for r in topology["routes"][str(a.node_id)]}
+    assert topology["routes"] == {}  # routes only for a source asked for
+    of_a = await controller.client.get(api.TOPOLOGY, params={"source": a.node_id}, headers=controller.admin)
+    routes_a = {r["destination"]: r["via"] for r in of_a.json()["routes"][str(a.node_id)]}
     assert routes_a == {b.node_id: c.node_id, c.node_id: c.node_id}
+    unknown = await controller.client.get(api.TOPOLOGY, params={"source": 999}, headers=controller.admin)
+    assert unknown.status_code == 404 and unknown.json()["detail"] == "no node 999"
 
     dot = await controller.client.get(api.TOPOLOGY, params={"format": "dot"}, headers=controller.admin)
     assert dot.status_code == 200 and dot.headers["content-type"].startswith("text/vnd.graphviz")
@@ -164,6 +169,7 @@ async def test_the_topology_shows_nodes_weighted_edges_and_chosen_routes(control
     assert text.startswith("graph wgmesh {") and text.rstrip().endswith("}")
     assert f'n{c.node_id} [label="gamma\\n{c.address}", peripheries=2];' in text  # gamma relays
     assert f"n{a.node_id} -- n{c.node_id}" in text and f"n{a.node_id} -- n{b.node_id}" not in text
+    assert f"n{b.node_id} -- n{c.node_id}" not in text  # never measured
 
 
 async def test_a_node_that_reports_rtt_zero_does_not_draw_traffic_through_itself(
