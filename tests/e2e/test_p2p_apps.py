@@ -185,7 +185,7 @@ def test_the_training_example_survives_its_supervisor_and_replaces_a_slow_worker
             60,
             show=lambda: show(programs),
         )
-        assert host != killed and version >= held[host] >= 3
+        assert host != killed and version >= held[host] >= 1  # not from scratch
 
         # The killed host comes back, as a spare.
         programs.launch(killed)
