@@ -1,0 +1,12 @@
+"""A pytest plugin for the run inside the VM: each failure is printed the moment it happens, not at the end
+of the session, so that the guest's pytest.log explains a failure even when the VM runs out of time and
+is killed before pytest's summary."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.failed:
+        print(f"\n--- FAILED {report.nodeid} ({report.when}) ---\n{report.longreprtext}\n", flush=True)
