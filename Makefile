@@ -3,54 +3,45 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# chromium: the topology page's browser test (tests/e2e/test_ui.py, Playwright drives Debian's build).
-APT_PACKAGES := wireguard-go wireguard-tools iproute2 iputils-ping nftables postgresql chromium
+APT_PACKAGES := wireguard-go wireguard-tools iproute2 iputils-ping nftables postgresql
 # Commands the apt packages provide; when all are present nothing is installed. PostgreSQL's server
 # binaries live outside PATH (/usr/lib/postgresql/N/bin); the tests start a private cluster with them.
-APT_COMMANDS := wireguard-go wg ip ping nft chromium
+APT_COMMANDS := wireguard-go wg ip ping nft
 APT_FILES := /usr/lib/postgresql/*/bin/initdb
 
 # The kernel tier (tests/kernel): qemu and what virtme-ng needs in the guest (depmod, udev, busybox).
 KERNEL_APT_PACKAGES := qemu-system-x86 busybox-static kmod e2fsprogs
 KERNEL_COMMANDS := qemu-system-x86_64 busybox depmod udevadm mke2fs
 
+# The topology page's browser test (tests/e2e/test_ui.py): Playwright drives Debian's chromium. Only
+# `make test` installs it (the demo does not need a browser).
+BROWSER_PACKAGES := chromium
+BROWSER_COMMANDS := chromium
+
 # The machines tier boots Debian systems with systemd-nspawn from an mmdebstrap root filesystem and
 # builds the container image with podman; vagrant validates the Vagrantfile.
 MACHINES_PACKAGES := systemd-container mmdebstrap podman vagrant
 MACHINES_COMMANDS := systemd-nspawn mmdebstrap podman vagrant
 
-.PHONY: test test-unit test-machines test-kernel lint bench demo sysdeps sysdeps-machines kernel-sysdeps venv clean
+.PHONY: test test-unit test-machines test-kernel lint bench demo sysdeps sysdeps-browser sysdeps-machines kernel-sysdeps venv clean
 
 ## sysdeps: install the system packages the data plane needs (root only; otherwise say what is missing)
 sysdeps:
-	@missing=""; for c in $(APT_COMMANDS); do command -v $$c >/dev/null 2>&1 || PATH=$$PATH:/usr/sbin:/sbin command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
-	for f in $(APT_FILES); do test -e "$$f" || missing="$$missing $$f"; done; \
-	if [ -z "$$missing" ]; then exit 0; fi; \
-	if [ "$$(id -u)" != 0 ]; then echo "note: missing$$missing; as root, make installs: $(APT_PACKAGES)"; exit 0; fi; \
-	echo "installing system packages: $(APT_PACKAGES)"; \
-	export DEBIAN_FRONTEND=noninteractive; \
-	apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends $(APT_PACKAGES) >/dev/null
+	@bash deploy/apt-need.sh "system packages" "$(APT_COMMANDS)" "$(APT_FILES)" $(APT_PACKAGES)
 
 ## kernel-sysdeps: what the kernel tier's VM needs (root only). udev is pinned to the installed systemd's
 ## version: an unpinned udev makes apt upgrade systemd on the host.
 kernel-sysdeps:
-	@missing=""; for c in $(KERNEL_COMMANDS); do PATH=$$PATH:/usr/sbin:/sbin command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
-	if [ -z "$$missing" ]; then exit 0; fi; \
-	if [ "$$(id -u)" != 0 ]; then echo "note: missing$$missing; as root, make installs: $(KERNEL_APT_PACKAGES) udev"; exit 0; fi; \
-	udev=udev; v=$$(dpkg-query -W -f='$${Version}' systemd 2>/dev/null) && [ -n "$$v" ] && udev="udev=$$v"; \
-	echo "installing the kernel tier's packages: $(KERNEL_APT_PACKAGES) $$udev"; \
-	export DEBIAN_FRONTEND=noninteractive; \
-	apt-get update -qq >/dev/null && apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends $(KERNEL_APT_PACKAGES) "$$udev" >/dev/null
+	@udev=udev; v=$$(dpkg-query -W -f='$${Version}' systemd 2>/dev/null) && [ -n "$$v" ] && udev="udev=$$v"; \
+	bash deploy/apt-need.sh "the kernel tier's packages" "$(KERNEL_COMMANDS)" "" $(KERNEL_APT_PACKAGES) "$$udev"
+
+## sysdeps-browser: Debian's chromium for the browser test (root only)
+sysdeps-browser:
+	@bash deploy/apt-need.sh "the browser test's packages" "$(BROWSER_COMMANDS)" "" $(BROWSER_PACKAGES)
 
 ## sysdeps-machines: systemd-nspawn and mmdebstrap for tests/machines (root only)
 sysdeps-machines:
-	@missing=""; for c in $(MACHINES_COMMANDS); do PATH=$$PATH:/usr/sbin:/sbin command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
-	if [ -z "$$missing" ]; then exit 0; fi; \
-	if [ "$$(id -u)" != 0 ]; then echo "note: missing$$missing; as root, make installs: $(MACHINES_PACKAGES)"; exit 0; fi; \
-	echo "installing system packages: $(MACHINES_PACKAGES)"; \
-	export DEBIAN_FRONTEND=noninteractive; \
-	apt-get -o DPkg::Lock::Timeout=600 update -qq >/dev/null && \
-	apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends $(MACHINES_PACKAGES) >/dev/null
+	@bash deploy/apt-need.sh "the machines tier's packages" "$(MACHINES_COMMANDS)" "" $(MACHINES_PACKAGES)
 
 ## venv: a virtualenv with the project and its test, lint and bench extras
 venv: $(VENV)/.installed
@@ -65,7 +56,7 @@ $(VENV)/.installed: pyproject.toml
 	@$(BIN)/python -c 'import wgmesh, pyroute2, fastapi, websockets' && touch $@
 
 ## test: every tier; root tiers skip with a reason when not root
-test: sysdeps sysdeps-machines venv
+test: sysdeps sysdeps-browser sysdeps-machines venv
 	$(BIN)/pytest -q -ra tests --ignore=tests/kernel
 
 ## test-machines: four booted Debian systems, installed by deploy/install.sh (root)

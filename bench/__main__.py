@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-BENCHES = ["topology", "push", "p2p", "p2p_gate", "backend", "lab", "election", "rotation"]
+BENCHES = ["topology", "push", "p2p", "p2p_gate", "backend", "lab", "election", "rotation", "abandoned_polls"]
 
 
 def main(argv: list[str]) -> int:

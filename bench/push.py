@@ -50,7 +50,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -178,7 +178,9 @@ def seed(state_dir: Path, n: int, db_url: str | None = None) -> list[SimAgent]:
     return agents
 
 
-def start_controller(state_dir: Path, port: int, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+def start_controller(
+    state_dir: Path, port: int, env: dict[str, str] | None = None, args: Sequence[str] = ()
+) -> subprocess.Popen[str]:
     cmd = [
         sys.executable,
         "-c",
@@ -191,6 +193,7 @@ def start_controller(state_dir: Path, port: int, env: dict[str, str] | None = No
         str(state_dir),
         "--mesh-cidr",
         str(MESH),
+        *args,
     ]
     process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     assert process.stdout is not None

@@ -164,6 +164,7 @@ TOPOLOGY: dict[str, Any] = {
     "nodes": [NODE_INFO],
     "edges": [{"a": 1, "b": 2, "weight": 11.2, "rtt_ms": 11.2, "loss": 0.0}],
     "routes": {"1": [{"destination": 2, "destination_address": "100.64.0.2", "via": 2, "cost": 31.2}]},
+    "unmeasured_links": 0,
 }
 
 TOPOLOGY_DOT = 'graph wgmesh {\n  node [shape=box];\n  n1 [label="web-1\\n100.64.0.1"];\n  n2 [label="db-1\\n100.64.0.2"];\n  n1 -- n2 [label="11.2 ms", style=bold];\n}\n'

@@ -21,18 +21,19 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
-from fastapi import Body, Depends, FastAPI, Path, Query, Request, Response, Security
+from fastapi import Body, FastAPI, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException
 
 from controller import api_examples as ex
 from controller.audit import AuditOrigin
 from controller.audit_routes import add_audit_routes
 from controller.audited import AuditedControlPlane
+from controller.auth import ADMIN, AuthFirstRoute, NodeCaller
 from controller.clock import Clock, SystemClock
 from controller.control import ApiError
+from controller.longpoll import PollEnded, PollSlots
 from controller.metrics import ControllerMetrics, add_metrics
 from controller.policy_routes import add_policy_routes
 from controller.push import MapNotifier
@@ -64,17 +65,6 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-
-_node_bearer = HTTPBearer(
-    scheme_name="NodeCredential",
-    description="The node credential from EnrollResponse.node_credential.",
-    auto_error=False,
-)
-_admin_bearer = HTTPBearer(
-    scheme_name="AdminCredential",
-    description="The admin credential from STATE_DIR/admin-credential on the controller host.",
-    auto_error=False,
-)
 
 
 class BodyTooLarge(HTTPException):
@@ -158,49 +148,11 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
         410: "the node was removed",
         413: "request body too large",
         422: "invalid field values",
+        429: "too many requests of this kind from this caller at once",
     }
     return {s: {"model": ErrorBody, "description": text[s]} for s in statuses}
 
 
-def _plane(request: Request) -> AuditedControlPlane:
-    plane: AuditedControlPlane = request.app.state.plane
-    return plane
-
-
-async def caller_node(
-    request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Security(_node_bearer)]
-) -> int:
-    """The node whose credential the request carries."""
-    plane = _plane(request)
-    if creds is None:
-        raise ApiError(401, "missing credential: send 'Authorization: Bearer <node credential>'")
-    node = plane.node_of(creds.credentials)
-    if node is None:
-        if plane.is_admin(creds.credentials):
-            raise ApiError(403, "this route needs a node credential, not the admin credential")
-        raise ApiError(401, "unknown node credential (was the node removed or re-enrolled?)")
-    return node
-
-
-async def caller_admin(
-    request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Security(_admin_bearer)]
-) -> None:
-    plane = _plane(request)
-    refusal = None
-    if creds is None:
-        refusal = ApiError(401, "missing credential: send 'Authorization: Bearer <admin credential>'")
-    elif not plane.is_admin(creds.credentials):
-        if plane.node_of(creds.credentials) is not None:
-            refusal = ApiError(403, "this route needs the admin credential, not a node credential")
-        else:
-            refusal = ApiError(401, "wrong admin credential")
-    if refusal is not None:
-        plane.admin_refused(f"{request.method} {request.url.path}: {refusal.detail}")
-        raise refusal
-
-
-NodeCaller = Annotated[int, Depends(caller_node)]
-ADMIN = Depends(caller_admin)
 IdPath = Annotated[int, Path(ge=1, le=MAX_ID, description="Node id")]
 KeyIdPath = Annotated[int, Path(ge=1, le=MAX_ID, description="Pre-auth key id")]
 
@@ -251,9 +203,12 @@ def create_app(
             {"name": "admin", "description": "Calls that need the admin credential."},
         ],
     )
+    app.router.route_class = AuthFirstRoute
     app.state.plane = plane
     app.state.notifier = notifier
     app.state.follower = follower
+    polls = PollSlots()
+    app.state.polls = polls
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(AuditOrigin)
 
@@ -354,7 +309,7 @@ def create_app(
         response_model=EnrollResponse,
         responses={
             200: {"content": {"application/json": {"example": ex.ENROLL_RESPONSE}}},
-            **_errors(400, 403, 409, 413, 422),
+            **_errors(400, 401, 403, 409, 413, 422),
         },
     )
     async def enroll(
@@ -389,10 +344,11 @@ def create_app(
                 },
             },
             204: {"description": "No newer map before the timeout"},
-            **_errors(401, 403, 410, 422),
+            **_errors(401, 403, 410, 422, 429),
         },
     )
     async def netmap(
+        request: Request,
         node: NodeCaller,
         since: Annotated[
             int, Query(ge=0, le=MAX_ID, description="Serial of the map the caller holds; 0: none")
@@ -419,15 +375,26 @@ def create_app(
     ) -> Response:
         """The caller's network map: at once when its serial differs from `since`, otherwise as soon as
         it changes, or 204 after `timeout` seconds. With `delta=1`, only what changed since `since`
-        when possible."""
+        when possible. A node holds at most a few polls: a newer one ends its oldest with 429."""
         plane.polled(node, since, policy)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while plane.health() is None and plane.has_node(node) and plane.serial(node) == since:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return Response(status_code=204)
-            await notifier.wait(node, remaining)
+        if plane.health() is None and plane.has_node(node) and plane.serial(node) == since and timeout > 0:
+            async with polls.hold(node, request.receive) as guarded:
+                while plane.health() is None and plane.has_node(node) and plane.serial(node) == since:
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        return Response(status_code=204)
+                    try:
+                        await guarded(notifier.wait(node, remaining))
+                    except PollEnded as e:
+                        if e.evicted:
+                            raise ApiError(
+                                429, f"node {node} holds too many polls; this one was the oldest"
+                            ) from None
+                        return Response(status_code=204)  # nobody reads it
+        if plane.health() is None and plane.has_node(node) and plane.serial(node) == since:
+            return Response(status_code=204)
         problem = plane.health()
         if problem is not None:
             raise ApiError(503, f"this controller cannot reach its database: {problem}")
@@ -602,16 +569,23 @@ def create_app(
                     "text/vnd.graphviz": {"example": ex.TOPOLOGY_DOT},
                 }
             },
-            **_errors(401, 403, 422),
+            **_errors(401, 403, 404, 422),
         },
     )
     async def topology(
         format: Annotated[Literal["json", "dot"], Query(description="json, or dot for Graphviz")] = "json",
+        source: Annotated[
+            int | None,
+            Query(ge=1, le=MAX_ID, description="Also the chosen routes of this node; absent: no routes"),
+        ] = None,
     ) -> Any:
-        """Nodes, up links with their weights, and every node's chosen routes."""
+        """Nodes and up links with their weights; with `source`, that node's chosen routes. Made off the
+        event loop: a large mesh never holds up the other requests."""
         if format == "dot":
-            return PlainTextResponse(plane.topology_dot(), media_type="text/vnd.graphviz")
-        return Response(plane.topology().model_dump_json(), media_type="application/json")
+            text = await asyncio.to_thread(plane.topology_dot())
+            return PlainTextResponse(text, media_type="text/vnd.graphviz")
+        body = await asyncio.to_thread(plane.topology(source))
+        return Response(body, media_type="application/json")
 
     add_policy_routes(app, plane, ADMIN, _errors)
     add_audit_routes(app, plane, ADMIN, _errors)

@@ -173,6 +173,7 @@ def serve(args: argparse.Namespace, env: Mapping[str, str], prog: str) -> int:
     import uvicorn
 
     from controller.app import create_app
+    from controller.serving import GuardedH11Protocol, raise_fd_limit
     from controller.sqlstore import SqlStore, StoreError
     from controller.store import StoreUnavailable
 
@@ -205,6 +206,7 @@ def serve(args: argparse.Namespace, env: Mapping[str, str], prog: str) -> int:
         store = SqlStore(settings.database_url)
     except StoreError as e:
         return fail(str(e))
+    raise_fd_limit()  # every connection takes a descriptor: as many as the system allows
     try:
         sock = _listen_socket(settings)
     except OSError as e:
@@ -251,8 +253,10 @@ def serve(args: argparse.Namespace, env: Mapping[str, str], prog: str) -> int:
         ssl_files = {"ssl_certfile": str(tls.cert_file), "ssl_keyfile": str(tls.key_file)}
     # Agents keep one connection and poll again right after each answer; a busy agent may take a while,
     # so idle connections live longer than uvicorn's default 5 s.
+    # A slow or silent client gets REQUEST_DEADLINE_S to send its whole request (controller.serving).
     config = uvicorn.Config(
         app,
+        http=GuardedH11Protocol,
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=3,
@@ -306,6 +310,9 @@ def _notifying_server_class() -> type:
             self._companion_tasks: list[asyncio.Task[None]] = []
 
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            from controller.serving import ThrottledLoopErrors
+
+            asyncio.get_running_loop().set_exception_handler(ThrottledLoopErrors())
             await super().startup(sockets)
             if self.started:
                 # Servers on other sockets in the same loop (the metrics listener): they share the

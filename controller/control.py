@@ -21,10 +21,11 @@ import base64
 import binascii
 import contextlib
 import dataclasses
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from controller.clock import Clock
 from controller.credentials import (
@@ -36,7 +37,7 @@ from controller.credentials import (
     same_hash,
 )
 from controller.ipam import AddressHold, AddressHolds, AddressPool, PoolExhausted, unique_name
-from controller.mesh import MapState, Mesh, MeshChange
+from controller.mesh import MapState, Mesh, MeshChange, edge
 from controller.netmap import NodeCard
 from controller.nonces import EnrollNonces
 from controller.rotation import NodeRotation, RotationBook, RotationRefused
@@ -53,6 +54,7 @@ from controller.store import (
     Store,
     StoreConflict,
     StoreUnavailable,
+    key_refusal,
 )
 from wire import PROTOCOL_VERSION, api
 from wire.models import (
@@ -84,6 +86,8 @@ from wire.policy import (
 )
 from wire.preauth import PreAuthKey, PreAuthKeyError, parse_preauth_key
 from wire.rotation import KeyReport, KeyReportAnswer, RotationInfo, RotationProgress
+
+log = logging.getLogger("wgmesh.controller")
 
 LAST_SEEN_WRITE_EVERY = timedelta(seconds=60)
 WRITE_ATTEMPTS = 8
@@ -147,6 +151,7 @@ class ControlPlane:
         self.unavailable: str | None = None
         """Why the database cannot be used now (None: it can)."""
         self._policy_held: dict[int, int] = {}  # node -> policy version its agent last reported
+        self._flagged: set[int] = set()  # nodes whose implausible link reports were logged (once each)
         snapshot = store.load()
         self._load(snapshot, snapshot.maps)
         store.save_maps(self.mesh.initial.maps)
@@ -158,6 +163,8 @@ class ControlPlane:
         self.nodes: dict[int, NodeRecord] = {n.node_id: n for n in snapshot.nodes}
         self._by_credential = {n.credential_hash: n.node_id for n in snapshot.nodes}
         self._by_identity = {n.identity_public_key: n.node_id for n in snapshot.nodes}
+        # node id -> (its record, the policy document, its NodeInfo's validated fixed part)
+        self._infos: dict[int, tuple[NodeRecord, PolicyDocument | None, NodeInfo]] = {}
         self.holds = AddressHolds(snapshot.holds)
         self.policy: PolicyRecord | None = snapshot.policy
         self._doc = _doc_of(snapshot.policy)
@@ -252,6 +259,8 @@ class ControlPlane:
         self._last_seen.pop(record.node_id, None)
         self._seen_written.pop(record.node_id, None)
         self._policy_held.pop(record.node_id, None)
+        self._flagged.discard(record.node_id)
+        self._infos.pop(record.node_id, None)
         self.holds.drop_holder(record.node_id)
 
     def _writable(self) -> None:
@@ -286,6 +295,7 @@ class ControlPlane:
         return EnrollNonce(nonce=nonce, expires_in_s=int(self.nonces.ttl.total_seconds()))
 
     def enroll(self, req: EnrollRequest, signing_bytes: bytes) -> EnrollResponse:
+        self._check_preauth_key(req)
         if req.protocol_version != PROTOCOL_VERSION:
             raise ApiError(
                 400,
@@ -343,6 +353,24 @@ class ControlPlane:
             mesh_cidr=self.settings.mesh_cidr,
             node_credential=credential,
         )
+
+    def _check_preauth_key(self, req: EnrollRequest) -> None:
+        """The pre-auth key is the enrollment's credential: it is checked before anything else, so a
+        caller without a usable key learns nothing about the mesh (the store checks it again, and
+        uses it, atomically)."""
+        try:
+            key = self.store.find_preauth_key(credential_hash(_secret_of(req.preauth_key)))
+        except StoreUnavailable as e:
+            raise ApiError(503, f"this controller cannot reach its database: {e}") from None
+        if key is None:
+            raise ApiError(401, "unknown pre-auth key")
+        refusal = key_refusal(key, self.clock.now())
+        if refusal is None and not key.reusable and key.used_count > 0:
+            existing = self.nodes.get(self._by_identity.get(req.identity_public_key.base64(), 0))
+            if existing is None or existing.preauth_key_id != key.id:
+                refusal = f"single-use pre-auth key {key.id} was already used"
+        if refusal is not None:
+            raise ApiError(403, refusal)
 
     def _enroll_write(self, req: EnrollRequest, identity: str, wg_key: str, credential: str) -> NodeWrite:
         """The node row this enrollment writes, decided on the current view (ApiError when it cannot)."""
@@ -431,6 +459,17 @@ class ControlPlane:
             return  # removed through another replica meanwhile
         self.mesh.version = self.version + 1
         change = self.mesh.report(node_id, current, self.clock.now())
+        if change.flags and node_id not in self._flagged:
+            self._flagged.add(node_id)
+            flag = change.flags[0]
+            log.warning(
+                "node %d (%s) sent an implausible link report about node %d: %s; it cannot lower a "
+                "link's weight (counted in `wgmesh nodes show`, logged once per node)",
+                node_id,
+                self.nodes[node_id].name,
+                flag.peer,
+                flag.reason,
+            )
         if change.links:
             try:
                 written = self.store.save_links(change.links)
@@ -445,23 +484,35 @@ class ControlPlane:
     # --- admin -------------------------------------------------------------------------------------
 
     def node_info(self, node_id: int) -> NodeInfo:
-        record = self.nodes.get(node_id)
-        if record is None:
+        if node_id not in self.nodes:
             raise ApiError(404, f"no node {node_id}")
+        record = self.nodes[node_id]
+        kept = self._infos.get(node_id)
+        if kept is None or kept[0] is not record or kept[1] is not self._doc:
+            # validated once per record and policy; what moves is put in without validation
+            card = card_of(record, self._doc)
+            fixed = {
+                f.name: getattr(card, f.name) for f in dataclasses.fields(card) if f.name != "key_rotation"
+            }
+            fixed["tags"] = sorted(tags_of(self._doc, record.name, record.own_tags))
+            kept = (record, self._doc, NodeInfo(**fixed, **self._node_state(node_id)))
+            self._infos[node_id] = kept
+        return kept[2].model_copy(update=self._node_state(node_id))
+
+    def _node_state(self, node_id: int) -> dict[str, Any]:
+        """The NodeInfo fields that change without the node's record changing."""
+        record = self.nodes[node_id]
         rotation = self.rotations.get(node_id)
-        card = dataclasses.asdict(card_of(record, self._doc))
-        del card["key_rotation"]
-        card["tags"] = sorted(tags_of(self._doc, record.name, record.own_tags))
-        return NodeInfo(
-            **card,
-            enrolled_at=record.enrolled_at,
-            last_seen=self._last_seen.get(node_id),
-            serial=self.mesh.serial(node_id),
-            key_created_at=rotation.key_created_at,
-            rotation=rotation.state,
-            policy_version=self._policy_held.get(node_id),
-            policy_version_sent=self.mesh.policy_version(node_id),
-        )
+        return {
+            "enrolled_at": record.enrolled_at,
+            "last_seen": self._last_seen.get(node_id),
+            "serial": self.mesh.serial(node_id),
+            "key_created_at": rotation.key_created_at,
+            "rotation": rotation.state,
+            "policy_version": self._policy_held.get(node_id),
+            "policy_version_sent": self.mesh.policy_version(node_id),
+            "implausible_link_reports": self.mesh.implausible_reports(node_id),
+        }
 
     def node_infos(self) -> list[NodeInfo]:
         return [self.node_info(n) for n in sorted(self.nodes)]
@@ -605,26 +656,53 @@ class ControlPlane:
         if self.store.revoke_preauth_key(key_id) is None:
             raise ApiError(404, f"no pre-auth key {key_id}")
 
-    def topology(self) -> Topology:
-        return Topology.model_construct(
-            nodes=self.node_infos(),
-            edges=self.mesh.edges(),
-            routes={n: self.mesh.routes_of(n) for n in sorted(self.nodes)},
-        )
+    def topology(self, source: int | None = None) -> Callable[[], bytes]:
+        """The topology as it is now: nodes and links, with `source`'s routes when named (404: no such
+        node). What it needs is taken now, in O(nodes + links); the JSON is made by the function this
+        returns, which touches nothing of the plane and may run in another thread."""
+        if source is not None and source not in self.nodes:
+            raise ApiError(404, f"no node {source}")
+        nodes = self.node_infos()
+        edges = self.mesh.edge_rows()
+        unmeasured = self.mesh.unmeasured_links(len(edges))
+        routes = {} if source is None else {source: self.mesh.routes_of(source)}
 
-    def topology_dot(self) -> str:
-        used = self.mesh.used_links()
-        lines = ["graph wgmesh {", "  node [shape=box];"]
-        for n in sorted(self.nodes):
-            r = self.nodes[n]
-            relay = ", peripheries=2" if self.mesh.router.forwards(n) else ""
-            lines.append(f'  n{n} [label="{r.name}\\n{r.tunnel_address}"{relay}];')
-        for e in self.mesh.edges():
-            style = "bold" if (e.a, e.b) in used else "dashed"
-            label = f"{e.weight:g}" if e.rtt_ms is None else f"{e.rtt_ms:g} ms"
-            lines.append(f'  n{e.a} -- n{e.b} [label="{label}", style={style}];')
-        lines.append("}")
-        return "\n".join(lines) + "\n"
+        def render() -> bytes:
+            return (
+                Topology.model_construct(
+                    nodes=nodes,
+                    edges=[edge(e) for e in edges],
+                    routes=routes,
+                    unmeasured_links=unmeasured,
+                )
+                .model_dump_json()
+                .encode()
+            )
+
+        return render
+
+    def topology_dot(self) -> Callable[[], str]:
+        """The Graphviz text of the topology: what it needs is taken now, the text is made by the
+        function this returns (safe in another thread)."""
+        used = self.mesh.link_use()
+        nodes = [
+            (n, self.nodes[n].name, self.nodes[n].tunnel_address, self.mesh.forwards(n))
+            for n in sorted(self.nodes)
+        ]
+        edges = [(a, b, weight, rtt, used(a, b)) for a, b, weight, rtt, _loss in self.mesh.edge_rows()]
+
+        def render() -> str:
+            lines = ["graph wgmesh {", "  node [shape=box];"]
+            for n, name, address, forwards in nodes:
+                relay = ", peripheries=2" if forwards else ""
+                lines.append(f'  n{n} [label="{name}\\n{address}"{relay}];')
+            for a, b, weight, rtt, bold in edges:
+                label = f"{weight:g}" if rtt is None else f"{rtt:g} ms"
+                lines.append(f'  n{a} -- n{b} [label="{label}", style={"bold" if bold else "dashed"}];')
+            lines.append("}")
+            return "\n".join(lines) + "\n"
+
+        return render
 
     # --- policy ------------------------------------------------------------------------------------
 

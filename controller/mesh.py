@@ -17,11 +17,12 @@ replica either holds that replica's current serial with the same content, or get
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import numpy as np
+import numpy.typing as npt
 
 from controller.access import Access, PolicyMasks, subject_of
 from controller.netmap import (
@@ -33,7 +34,7 @@ from controller.netmap import (
     render_map,
 )
 from controller.routing import Router, cost_tenths
-from controller.topology import TRANSIT_PENALTY_MS, LinkGraph, LinkPolicy, LinkRecord
+from controller.topology import TRANSIT_PENALTY_MS, Flag, LinkGraph, LinkPolicy, LinkRecord
 from wire.models import IPNetwork, LinkMeasurement, Route, TopologyEdge
 from wire.policy import PolicyDocument, may_relay
 
@@ -53,6 +54,7 @@ class MapState:
 class MeshChange:
     maps: dict[int, MapState] = field(default_factory=dict)  # nodes whose map changed: new serial
     links: list[LinkRecord] = field(default_factory=list)  # link state to persist
+    flags: list[Flag] = field(default_factory=list)  # implausible link reports (nothing to persist)
 
     def __bool__(self) -> bool:
         return bool(self.maps or self.links)
@@ -86,6 +88,7 @@ class Mesh:
         # a policy change that leaves a node's rules alone leaves its map alone
         self._rules: dict[int, tuple[bytes, int]] = {}
         self._masks: tuple[Directory, PolicyMasks] | None = None  # for the directory and policy in force
+        self._shown: Access | None = None  # the policy's meaning on the current trees, for queries
         self._directory = self._new_directory()
         self.initial = MeshChange(maps=self._refresh(self.cards))
         """What start-up changed (maps whose stored digest no longer matches): persist it."""
@@ -121,53 +124,93 @@ class Mesh:
         return render_map(kept[serial], serial, with_kind=True)
 
     def routes_of(self, node_id: int) -> list[Route]:
-        out = []
-        for d in self.router.nodes:
-            if d == node_id:
-                continue
-            via = self.router.next_hop(node_id, d)
-            cost = self.router.cost(node_id, d)
-            tenths = None if cost is None else int(cost_tenths(np.array([cost]))[0])
-            out.append(
-                Route.model_construct(
-                    destination=d,
-                    destination_address=self.cards[d].tunnel_address,
-                    via=d if via is None else via,
-                    cost=None if tenths is None else tenths / 10,
-                )
+        """The node's routes now, as its map would have them (under a policy: only the destinations it
+        may route to, and never across a node that may not relay), with today's costs."""
+        index = self.router.index[node_id]
+        ids = self.router.nodes
+        row = self.router.next_hop_row(node_id)
+        tenths = cost_tenths(self._shown_costs([node_id], *self.router.rows_of([node_id])))[0]
+        positions = np.arange(len(ids))
+        via = np.where(row >= 0, row, positions)
+        relayed = via != positions
+        shown = np.ones(len(ids), dtype=bool)
+        has_cost = np.ones(len(ids), dtype=bool)
+        access = self._access_now()
+        if access is not None:
+            node = access.node(index, 0, b"")
+            relayed &= node.relayed
+            shown = node.routes
+            has_cost = relayed | (row == positions) | (row < 0)
+        shown[index] = False
+        return [
+            Route.model_construct(
+                destination=ids[k],
+                destination_address=self.cards[ids[k]].tunnel_address,
+                via=ids[int(via[k])] if relayed[k] else ids[k],
+                cost=int(tenths[k]) / 10 if has_cost[k] and tenths[k] >= 0 else None,
             )
+            for k in np.nonzero(shown)[0].tolist()
+        ]
+
+    def forwards(self, node_id: int) -> bool:
+        """The node carries others' traffic (under a policy: only what the policy lets it relay)."""
+        access = self._access_now()
+        if access is None:
+            return self.router.forwards(node_id)
+        return bool(access.inside[:, self.router.index[node_id]].any())
+
+    def implausible_reports(self, node_id: int) -> int:
+        """How many link measurements from this node were implausible (see controller.topology)."""
+        return self.topology.implausible.get(node_id, 0)
+
+    def edge_rows(self) -> list[tuple[int, int, float, float | None, float | None]]:
+        """The up links that were measured or have a remembered weight, by (a, b), as (a, b, weight,
+        mean rtt_ms, worst loss); the others are up with the default weight and only counted
+        (`unmeasured_links`). Plain values: safe to hand to another thread."""
+        out = []
+        graph = self.topology.graph
+        for (lo, hi), state in sorted(self.topology.links.items()):
+            d = graph.get_edge_data(lo, hi)
+            if d is None:
+                continue  # down
+            rtts = [s.rtt_ms for s in state.samples.values() if s.rtt_ms is not None]
+            losses = [s.loss for s in state.samples.values() if s.loss is not None]
+            rtt = round(sum(rtts) / len(rtts), 3) if rtts else None
+            out.append((lo, hi, round(d["weight"], 3), rtt, max(losses) if losses else None))
         return out
 
     def edges(self) -> list[TopologyEdge]:
-        out = []
-        for a, b, d in self.topology.graph.edges(data=True):
-            lo, hi = min(a, b), max(a, b)
-            state = self.topology.link(lo, hi)
-            samples = list(state.samples.values()) if state else []
-            rtts = [s.rtt_ms for s in samples if s.rtt_ms is not None]
-            losses = [s.loss for s in samples if s.loss is not None]
-            out.append(
-                TopologyEdge(
-                    a=lo,
-                    b=hi,
-                    weight=round(d["weight"], 3),
-                    rtt_ms=round(sum(rtts) / len(rtts), 3) if rtts else None,
-                    loss=max(losses) if losses else None,
-                )
-            )
-        return sorted(out, key=lambda e: (e.a, e.b))
+        """`edge_rows` as wire records."""
+        return [edge(row) for row in self.edge_rows()]
+
+    def unmeasured_links(self, listed: int) -> int:
+        """How many up links `edges` leaves out, given how many it listed."""
+        return int(self.topology.graph.number_of_edges()) - listed
+
+    def _use_matrix(self) -> npt.NDArray[np.bool_]:
+        """[i, j] (routing indexes): the link i-j carries at least one route (one numpy pass)."""
+        pred = self.router.trees()  # [destination, source] -> next hop of source
+        n = pred.shape[0]
+        src = np.broadcast_to(np.arange(n), pred.shape)
+        hop = pred >= 0
+        used = np.zeros((n, n), dtype=bool)
+        used[src[hop], pred[hop]] = True
+        used |= used.T
+        np.fill_diagonal(used, False)
+        return used
 
     def used_links(self) -> set[tuple[int, int]]:
         """Edges (low id, high id) that carry at least one route."""
         nodes = np.array(self.router.nodes, dtype=np.int64)
-        used: set[tuple[int, int]] = set()
-        for s in self.router.nodes:
-            hops = np.unique(self.router.next_hop_row(s))
-            for h in hops.tolist():
-                if h >= 0 and nodes[h] != s:
-                    t = int(nodes[h])
-                    used.add((min(s, t), max(s, t)))
-        return used
+        i, j = np.nonzero(np.triu(self._use_matrix(), 1))
+        a, b = nodes[i], nodes[j]
+        return set(zip(np.minimum(a, b).tolist(), np.maximum(a, b).tolist(), strict=True))
+
+    def link_use(self) -> Callable[[int, int], bool]:
+        """Whether the link a-b carries at least one route (node ids), without listing every link."""
+        used = self._use_matrix()
+        index = self.router.index
+        return lambda a, b: bool(used[index[a], index[b]])
 
     # --- changes ---------------------------------------------------------------------------------
 
@@ -223,7 +266,7 @@ class Mesh:
         changed = self.router.set_edges(update.edges)
         if changed and self.access_policy is not None:
             changed = set(self.cards)  # who relays for whom moved: any map may change
-        return MeshChange(maps=self._refresh(changed), links=update.records)
+        return MeshChange(maps=self._refresh(changed), links=update.records, flags=update.flags)
 
     def set_links(self, records: Sequence[LinkRecord]) -> MeshChange:
         """Link state another replica decided (read from the store)."""
@@ -243,28 +286,48 @@ class Mesh:
             if not may_relay(doc, subject_of(c))
         }
 
+    def _access_now(self) -> Access | None:
+        """The policy's meaning on the current trees (None: no policy), kept until the next change."""
+        if self.access_policy is None:
+            return None
+        if self._shown is None:
+            self._shown = Access(self._policy_masks(), self.router.trees())
+        return self._shown
+
+    def _policy_masks(self) -> PolicyMasks:
+        assert self.access_policy is not None
+        doc = self.access_policy[0]
+        masks = self._masks
+        if masks is None or masks[0] is not self._directory or masks[1].doc is not doc:
+            masks = self._masks = (self._directory, PolicyMasks(doc, self._directory.cards))
+        return masks[1]
+
+    def _shown_costs(
+        self, nodes: Sequence[int], rows: npt.NDArray[np.int32], costs: npt.NDArray[np.float64]
+    ) -> npt.NDArray[np.float64]:
+        """Path costs of `nodes` as maps show them: without the halves of the transit penalty their
+        two ends pay for not relaying."""
+        if not self.topology.transit:
+            return costs
+        pen = np.array([self.topology.transit.get(n, 0.0) for n in self.router.nodes])
+        own = pen[[self.router.index[n] for n in nodes]]
+        return np.asarray(np.maximum(costs - pen[None, :] - own[:, None], 0.0))
+
     def _new_directory(self) -> Directory:
         return Directory([self.cards[n] for n in self.router.nodes], self.mesh_cidr, self.keepalive_s)
 
     def _refresh(self, candidates: Iterable[int]) -> dict[int, MapState]:
+        self._shown = None  # every change comes through here: the trees or the policy may have moved
         nodes = list(candidates)
         changed: dict[int, MapState] = {}
         if not nodes:
             return changed
         rows, costs = self.router.rows_of(nodes)
-        if self.topology.transit:
-            # a path's shown cost leaves out the halves its two ends pay for not relaying
-            pen = np.array([self.topology.transit.get(n, 0.0) for n in self.router.nodes])
-            own = pen[[self.router.index[n] for n in nodes]]
-            costs = np.maximum(costs - pen[None, :] - own[:, None], 0.0)
-        tenths = cost_tenths(costs)
+        tenths = cost_tenths(self._shown_costs(nodes, rows, costs))
         access = None
         if self.access_policy is not None:
-            doc, version = self.access_policy
-            masks = self._masks
-            if masks is None or masks[0] is not self._directory or masks[1].doc is not doc:
-                masks = self._masks = (self._directory, PolicyMasks(doc, self._directory.cards))
-            access = Access(masks[1], self.router.trees())
+            version = self.access_policy[1]
+            access = self._shown = Access(self._policy_masks(), self.router.trees())
         for i, node in enumerate(nodes):
             index = self.router.index[node]
             node_access = None
@@ -289,3 +352,8 @@ class Mesh:
                 for old_serial in sorted(kept)[:-MAP_HISTORY]:
                     del kept[old_serial]
         return changed
+
+
+def edge(row: tuple[int, int, float, float | None, float | None]) -> TopologyEdge:
+    a, b, weight, rtt_ms, loss = row
+    return TopologyEdge.model_construct(a=a, b=b, weight=weight, rtt_ms=rtt_ms, loss=loss)

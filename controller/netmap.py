@@ -1,9 +1,12 @@
 """Network maps: one node's `wire.models.NetMap`, rendered as JSON bytes, and its content digest.
 
 A map is a pure function of (the directory of node cards in routing order, the node's row of next hops
-and path costs, its forward flag, the mesh CIDR, the keepalive). `map_digest` hashes exactly those
-inputs, so two maps are equal iff their digests are (up to hash collisions): the controller compares
-digests to decide whether a node's map really changed, without rendering a map nobody asked for.
+and path costs, its forward flag, the mesh CIDR, the keepalive). `map_digest` hashes those inputs
+except the path costs: two maps are equal iff their digests are (up to hash collisions) as far as
+peers, addresses, next hops and rules go, and the controller compares digests to decide whether a
+node's map really changed, without rendering a map nobody asked for. A map's route costs are what
+they were when its serial was made (shown, never acted on): a cost that moves alone makes no new map,
+so RTT noise never rewrites every host's map.
 
 Rules:
 - Every other node appears as a peer, with its endpoints, so WireGuard keeps trying the direct link
@@ -315,14 +318,14 @@ def map_digest(
     forward: bool,
     access: NodeAccess | None = None,
 ) -> bytes:
-    """Digest of everything `render_netmap` puts in this node's map except the serial."""
+    """Digest of everything `render_netmap` puts in this node's map except the serial and the route
+    costs: of `tenths` only whether each cost is shown counts."""
     if access is not None:
         return _policy_digest(directory, index, next_row, tenths, access)
     h = hashlib.blake2b(directory.digest, digest_size=32)
     h.update(index.to_bytes(4, "big"))
     h.update((directory.cards[index].key_rotation or 0).to_bytes(8, "big"))
     h.update(np.ascontiguousarray(next_row, dtype=np.int32).tobytes())
-    h.update(np.ascontiguousarray(tenths, dtype=np.int64).tobytes())
     h.update(b"\x01" if forward else b"\x00")
     return h.digest()
 
@@ -335,7 +338,8 @@ def _policy_digest(
     access: NodeAccess,
 ) -> bytes:
     """The digest of a map under a policy: of only what the map shows (its own card, the cards of its
-    peers, its routes by node id), so a change elsewhere in the mesh leaves it alone."""
+    peers, its routes by node id and whether each has a cost), so a change elsewhere in the mesh leaves
+    it alone; cost values are left out as in `map_digest`."""
     positions = np.arange(len(directory.cards))
     via = np.where(next_row >= 0, next_row, positions)
     relayed = access.relayed & (via != positions)
@@ -351,7 +355,7 @@ def _policy_digest(
     h.update(b"|")
     h.update(directory.ids[routes].tobytes())
     h.update(directory.ids[shown_via[routes]].tobytes())
-    h.update(np.ascontiguousarray(shown_tenths[routes], dtype=np.int64).tobytes())
+    h.update(np.ascontiguousarray(shown_tenths[routes] >= 0).tobytes())
     h.update(b"\x01" if access.forward else b"\x00")
     h.update(access.policy_json)
     return h.digest()

@@ -275,6 +275,7 @@ def render_node(n: NodeInfo) -> str:
         ("key rotation", n.rotation),
         ("tags", ", ".join(n.tags) or "- (no policy in force)"),
         ("policy version", _policy_version(n)),
+        ("bad link rtts", f"{n.implausible_link_reports} implausible reports"),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k + ':':<{width + 1}} {v}" for k, v in rows)

@@ -59,6 +59,7 @@ from controller.store import (
     StaleVersion,
     StoreConflict,
     StoreUnavailable,
+    key_refusal,
 )
 from controller.topology import LinkRecord
 from wire.audit import AuditEvent
@@ -418,6 +419,11 @@ class SqlStore:
             row = c.execute(sa.select(preauth_keys).where(preauth_keys.c.id == key_id)).first()
             return None if row is None else _key(row)
 
+    def find_preauth_key(self, key_hash: str) -> PreAuthKeyRecord | None:
+        with self._tx() as c:
+            row = c.execute(sa.select(preauth_keys).where(preauth_keys.c.key_hash == key_hash)).first()
+            return None if row is None else _key(row)
+
     def enroll(
         self, key_hash: str, node: NodeWrite, now: datetime, at_version: int | None = None
     ) -> NodeRecord:
@@ -433,14 +439,9 @@ class SqlStore:
     def _enroll(self, c: Connection, key_hash: str, node: NodeWrite, now: datetime) -> NodeRecord:
         k = preauth_keys.c
         key = c.execute(sa.select(preauth_keys).where(k.key_hash == key_hash)).first()
-        if key is None:
-            raise KeyRefused("unknown pre-auth key")
-        if key.revoked:
-            raise KeyRefused(f"pre-auth key {key.id} was revoked")
-        if key.expires_at is not None and key.expires_at <= now:
-            raise KeyRefused(
-                f"pre-auth key {key.id} expired at {key.expires_at.isoformat(timespec='seconds')}"
-            )
+        refusal = key_refusal(None if key is None else _key(key), now)
+        if refusal is not None or key is None:
+            raise KeyRefused(refusal or "unknown pre-auth key")
         existing = None
         if node.node_id is not None:
             existing = c.execute(sa.select(nodes).where(nodes.c.id == node.node_id)).first()

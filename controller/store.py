@@ -60,6 +60,17 @@ class PreAuthKeyRecord:
     tags: tuple[str, ...] | None = None  # what its nodes are tagged with; None: none given
 
 
+def key_refusal(key: PreAuthKeyRecord | None, now: datetime) -> str | None:
+    """Why this pre-auth key enrolls nobody now (None: it may, if a single use is still left)."""
+    if key is None:
+        return "unknown pre-auth key"
+    if key.revoked:
+        return f"pre-auth key {key.id} was revoked"
+    if key.expires_at is not None and key.expires_at <= now:
+        return f"pre-auth key {key.id} expired at {key.expires_at.isoformat(timespec='seconds')}"
+    return None
+
+
 @dataclass(frozen=True)
 class NodeRecord:
     node_id: int
@@ -185,6 +196,10 @@ class Store(Protocol):
 
     def revoke_preauth_key(self, key_id: int) -> PreAuthKeyRecord | None:
         """Revoke (idempotent); None when no such key."""
+        ...
+
+    def find_preauth_key(self, key_hash: str) -> PreAuthKeyRecord | None:
+        """The key with this hash, None when there is none."""
         ...
 
     def enroll(

@@ -4,10 +4,19 @@ wire shape an admin reads (GET /v1/topology) is `wire.models.Topology`.
 Rules:
 - Nodes are enrolled hosts; edges are the links the policy allows (a full mesh) that are up. A failed
   link has no edge. A link nobody has measured yet is up with `default_weight_ms`.
-- A link is down as soon as EITHER end reports it down: loss >= `loss_down`, or a handshake older than
-  `handshake_stale_s`. A link that went down at T comes back only when an end reports a handshake newer
-  than T (now - handshake_age > T), not before T + `hold_down_s`. Probes through a relay say nothing
-  about the direct link (agents then report loss=None), so they never bring it back.
+- Measurements are claims (a node that says rtt 0 to two others would draw their traffic through
+  itself). So one end alone can only RAISE a link's weight: a link's measured value is the worse of
+  the two ends' smoothed reports, and while only one end has a fresh report (within
+  `sample_max_age_s`) it is at least the weight the link already has. Implausible reports (an rtt
+  below `min_rtt_ms`, or far below what the other end sees: under `implausible_ratio` of it and more
+  than `implausible_gap_ms` apart) are flagged and counted per reporter (`implausible`); the rule
+  above already keeps them from steering anything.
+- A link is down as soon as EITHER end reports it down (that only raises its weight): loss >=
+  `loss_down`, or a handshake older than `handshake_stale_s`. A link that went down at T comes back
+  only when BOTH ends, in reports made after T + `hold_down_s`, see it working: a handshake newer than
+  T (now - handshake_age > T) or a probe answered over the direct path, and loss below `loss_down`.
+  Probes through a relay say nothing about the direct link (agents then report loss=None).
+- Each end's reports are smoothed (EWMA, weight `smoothing` for the newest) before they are combined.
 - Hysteresis lives on EDGE weights, never on individual routes (every node must agree on the same
   graph): an edge's weight moves to the measured value only when the measurement leaves the band
   max(band_abs_ms, band_rel * weight) around it.
@@ -30,8 +39,11 @@ import networkx as nx
 from controller.routing import EdgeCost
 from wire.models import LinkMeasurement
 
-TRANSIT_PENALTY_MS = 10_000.0
-"""What a path pays for crossing a node that may not relay: more than any path of relays costs."""
+TRANSIT_PENALTY_MS = 1e9
+"""What a path pays for crossing a node that may not relay: more than any path of relays costs (over
+1,600 hops of the largest weight a report can give), so such a node is crossed only when nothing else
+connects the pair, and controller.access then keeps the pair direct. Small enough that costs keep
+their precision to far below the perturbation."""
 
 MAX_HANDSHAKE_AGE_S = 100 * 365 * 86400.0
 """Older handshake ages (up to infinity) mean the same: long ago."""
@@ -50,18 +62,33 @@ class LinkPolicy:
     handshake_stale_s: float = 180.0
     hold_down_s: float = 10.0
     perturbation_ms: float = 1e-3
+    smoothing: float = 0.5
+    sample_max_age_s: float = 60.0
+    min_rtt_ms: float = 0.01
+    implausible_ratio: float = 0.25
+    implausible_gap_ms: float = 10.0
 
     def problems(self) -> list[str]:
         """What is wrong with these values, one sentence each (empty: usable)."""
         out = []
-        for name in ("default_weight_ms", "hop_penalty_ms", "handshake_stale_s"):
+        for name in ("default_weight_ms", "hop_penalty_ms", "handshake_stale_s", "sample_max_age_s"):
             if not getattr(self, name) > 0:
                 out.append(f"{name} must be > 0")
-        for name in ("band_abs_ms", "band_rel", "loss_penalty_ms", "hold_down_s"):
+        for name in (
+            "band_abs_ms",
+            "band_rel",
+            "loss_penalty_ms",
+            "hold_down_s",
+            "min_rtt_ms",
+            "implausible_gap_ms",
+        ):
             if not getattr(self, name) >= 0:
                 out.append(f"{name} must be >= 0")
         if not 0 < self.loss_down <= 1:
             out.append("loss_down must be in (0, 1]")
+        for name in ("smoothing", "implausible_ratio"):
+            if not 0 < getattr(self, name) <= 1:
+                out.append(f"{name} must be in (0, 1]")
         if not 0 < self.perturbation_ms <= 0.01:
             out.append("perturbation_ms must be in (0, 0.01]")
         return out
@@ -79,12 +106,23 @@ class LinkPolicy:
 
 @dataclass(frozen=True, slots=True)
 class Sample:
-    """One end's latest report about the direct link."""
+    """One end's latest report about the direct link, and its smoothed value (rtt + loss penalty,
+    an EWMA over this end's reports since the link last changed state; None: no rtt yet)."""
 
     rtt_ms: float | None
     loss: float | None
     handshake_age_s: float | None
     at: datetime
+    smoothed: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Flag:
+    """An implausible report: who made it, about which peer, and why."""
+
+    reporter: int
+    peer: int
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -113,6 +151,7 @@ class LinkState:
 class LinkGraphUpdate:
     edges: list[EdgeCost]  # routing changes: cost None = edge removed
     records: list[LinkRecord]  # link state to persist
+    flags: list[Flag] = field(default_factory=list)  # implausible reports in this batch
 
 
 def pair(a: int, b: int) -> tuple[int, int]:
@@ -127,6 +166,7 @@ class LinkGraph:
     ) -> None:
         self.policy = policy
         self.transit: dict[int, float] = {}  # node -> what each of its edges adds (nodes that may not relay)
+        self.implausible: dict[int, int] = {}  # reporter -> how many implausible measurements it sent
         self.graph = nx.Graph()
         self.graph.add_nodes_from(sorted(node_ids))
         # Only links with something to remember get a state; the others are fresh and up.
@@ -187,6 +227,7 @@ class LinkGraph:
 
     def remove_node(self, node: int) -> None:
         self.transit.pop(node, None)
+        self.implausible.pop(node, None)
         for other in list(self.graph.nodes):
             self.links.pop(pair(node, other), None)
         self.graph.remove_node(node)
@@ -197,6 +238,7 @@ class LinkGraph:
         """Take one node's measurements of its direct links. Unknown peers must be refused before."""
         edges: list[EdgeCost] = []
         records: list[LinkRecord] = []
+        flags: list[Flag] = []
         for m in measurements:
             a, b = pair(reporter, m.peer_id)
             if not self.allowed(a, b):
@@ -204,13 +246,17 @@ class LinkGraph:
             state = self.links.get((a, b))
             if state is None:
                 state = self.links[a, b] = LinkState(a, b)
+            reason = self._implausible(state, reporter, m, now)
+            if reason is not None:
+                flags.append(Flag(reporter, m.peer_id, reason))
+                self.implausible[reporter] = self.implausible.get(reporter, 0) + 1
             before = (state.weight, state.down_since)
             self._take(state, reporter, m, now)
             if (state.weight, state.down_since) == before:
                 continue
             records.append(state.record())
             edges += self._place_edge(a, b, state)
-        return LinkGraphUpdate(edges, records)
+        return LinkGraphUpdate(edges, records, flags)
 
     def set_records(self, records: Iterable[LinkRecord]) -> list[EdgeCost]:
         """Take link state another replica decided (from the store); the samples here stay as they are."""
@@ -263,36 +309,88 @@ class LinkGraph:
 
     def _take(self, state: LinkState, reporter: int, m: LinkMeasurement, now: datetime) -> None:
         p = self.policy
-        sample = Sample(m.rtt_ms, m.loss, m.handshake_age_s, now)
         if state.down_since is None:
             if self._reports_down(m):
                 state.down_since = now
                 state.samples.clear()
                 return
-            state.samples[reporter] = sample
+            state.samples[reporter] = self._sample(state.samples.get(reporter), m, now)
         else:
             t = state.down_since
-            handshake_after_down = (
-                m.handshake_age_s is not None
-                and now - timedelta(seconds=min(m.handshake_age_s, MAX_HANDSHAKE_AGE_S)) > t
-            )
-            held_down_long_enough = now >= t + timedelta(seconds=p.hold_down_s)
-            if not (handshake_after_down and held_down_long_enough and not self._reports_down(m)):
+            state.samples[reporter] = self._sample(state.samples.get(reporter), m, now)
+            if now < t + timedelta(seconds=p.hold_down_s):
+                return
+            ends = (state.samples.get(state.a), state.samples.get(state.b))
+            if not all(s is not None and self._sees_it_working(s, t) for s in ends):
                 return
             state.down_since = None
-            state.samples = {reporter: sample}
-        measured = self._measured(state)
+        measured = self._measured(state, now)
         if measured is None:
             return
         w = state.weight
         if w is None or abs(measured - w) > max(p.band_abs_ms, p.band_rel * w):
             state.weight = measured
 
-    def _measured(self, state: LinkState) -> float | None:
-        """The link's cost as measured now: mean over both ends of rtt + loss penalty."""
-        values = [
-            s.rtt_ms + self.policy.loss_penalty_ms * (s.loss or 0.0)
+    def _sample(self, before: Sample | None, m: LinkMeasurement, now: datetime) -> Sample:
+        """The end's new sample: its report, with the EWMA carried on from its previous fresh one."""
+        p = self.policy
+        value = None if m.rtt_ms is None else m.rtt_ms + p.loss_penalty_ms * (m.loss or 0.0)
+        smoothed = value
+        if (
+            value is not None
+            and before is not None
+            and before.smoothed is not None
+            and now - before.at <= timedelta(seconds=p.sample_max_age_s)
+        ):
+            smoothed = before.smoothed + p.smoothing * (value - before.smoothed)
+        return Sample(m.rtt_ms, m.loss, m.handshake_age_s, now, smoothed)
+
+    def _sees_it_working(self, s: Sample, down_since: datetime) -> bool:
+        """The end's report, made after the hold-down, says the direct link works again."""
+        p = self.policy
+        if s.at < down_since + timedelta(seconds=p.hold_down_s):
+            return False
+        if s.loss is not None and s.loss >= p.loss_down:
+            return False
+        if s.handshake_age_s is not None and s.handshake_age_s > p.handshake_stale_s:
+            return False
+        answered = s.rtt_ms is not None and s.loss is not None
+        handshake_after_down = (
+            s.handshake_age_s is not None
+            and s.at - timedelta(seconds=min(s.handshake_age_s, MAX_HANDSHAKE_AGE_S)) > down_since
+        )
+        return answered or handshake_after_down
+
+    def _measured(self, state: LinkState, now: datetime) -> float | None:
+        """The link's value as measured now: the worse of the two ends' smoothed reports; while only
+        one end has a fresh one, no lower than the weight the link has (one end can only raise it)."""
+        p = self.policy
+        fresh = [
+            s.smoothed
             for s in state.samples.values()
-            if s.rtt_ms is not None
+            if s.smoothed is not None and now - s.at <= timedelta(seconds=p.sample_max_age_s)
         ]
-        return sum(values) / len(values) if values else None
+        if not fresh:
+            return None
+        worst = max(fresh)
+        if len(fresh) < 2:
+            worst = max(worst, p.default_weight_ms if state.weight is None else state.weight)
+        return worst
+
+    def _implausible(self, state: LinkState, reporter: int, m: LinkMeasurement, now: datetime) -> str | None:
+        """Why this report cannot be believed (None: it can)."""
+        p = self.policy
+        if m.rtt_ms is None:
+            return None
+        if m.rtt_ms < p.min_rtt_ms:
+            return f"rtt {m.rtt_ms:g} ms is below the {p.min_rtt_ms:g} ms any tunnel takes"
+        other = state.samples.get(state.b if reporter == state.a else state.a)
+        if (
+            other is not None
+            and other.rtt_ms is not None
+            and now - other.at <= timedelta(seconds=p.sample_max_age_s)
+            and m.rtt_ms < p.implausible_ratio * other.rtt_ms
+            and other.rtt_ms - m.rtt_ms > p.implausible_gap_ms
+        ):
+            return f"rtt {m.rtt_ms:g} ms is far below the {other.rtt_ms:g} ms the other end sees"
+        return None

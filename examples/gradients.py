@@ -35,7 +35,7 @@ def encode(values: np.ndarray, encoding: str) -> dict[str, Any]:
         blocks = padded.reshape(-1, BLOCK)
         scales = np.abs(blocks).max(axis=1) / 127.0
         scales[scales == 0] = 1.0
-        quantized = np.rint(blocks / scales[:, None]).astype(np.int8)
+        quantized = np.rint(blocks / scales[:, None]).astype(np.int8).reshape(-1)[:n]  # no padding sent
         return {
             "enc": "int8",
             "n": n,
@@ -55,8 +55,12 @@ def decode(message: dict[str, Any]) -> np.ndarray:
             return np.frombuffer(data, dtype=np.float16).astype(np.float32)
         if encoding == "int8":
             scales = np.frombuffer(message["scales"], dtype=np.float32)
-            quantized = np.frombuffer(data, dtype=np.int8).reshape(len(scales), BLOCK)
-            return (quantized.astype(np.float32) * scales[:, None]).reshape(-1)[: int(message["n"])]
+            n = int(message["n"])
+            if len(data) != n or len(scales) != -(-n // BLOCK):
+                raise ValueError(f"{len(data)} values and {len(scales)} scales for n={n}")
+            padded = np.zeros(len(scales) * BLOCK, dtype=np.float32)
+            padded[:n] = np.frombuffer(data, dtype=np.int8)
+            return (padded.reshape(-1, BLOCK) * scales[:, None]).reshape(-1)[:n]
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"not an encoded gradient: {e}") from None
     raise ValueError(f"unknown encoding {encoding!r}")

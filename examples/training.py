@@ -95,7 +95,7 @@ class Trainer:
         task = message.data
         if not isinstance(task, dict) or type(task.get("version")) is not int:
             raise ValueError("a task is {version, shard}")
-        if "model" in task and task["version"] > self.version:
+        if "model" in task:  # the supervisor's model wins, also over a newer one from its predecessor
             self.adopt(task["version"], decode(task["model"]))
         if task["version"] != self.version:
             return {"have": self.version}  # the supervisor sends the model with the task

@@ -558,7 +558,7 @@ def _measured_topology(lab: Lab, hosts: int, timeout_s: float = 20.0) -> Topolog
     while not measured(topo) and time.monotonic() < deadline:
         time.sleep(0.5)
         topo = read_topology(lab)
-    return topo
+    return read_topology(lab, with_routes=True)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -35,9 +35,18 @@ def _admin_get(lab: Lab, path: str) -> bytes:
     return reply.body
 
 
-def read_topology(lab: Lab) -> Topology:
-    """GET /v1/topology: the controller's nodes, measured links and chosen routes."""
-    body = _admin_get(lab, TOPOLOGY)
+def read_topology(lab: Lab, with_routes: bool = False) -> Topology:
+    """GET /v1/topology: the controller's nodes and measured links; with `with_routes`, also every
+    node's chosen routes (one GET ?source= per node: a lab has a handful)."""
+    topo = _topology(lab, TOPOLOGY)
+    if with_routes:
+        for node in topo.nodes:
+            topo.routes.update(_topology(lab, f"{TOPOLOGY}?source={node.node_id}").routes)
+    return topo
+
+
+def _topology(lab: Lab, path: str) -> Topology:
+    body = _admin_get(lab, path)
     try:
         return Topology.model_validate_json(body)
     except ValidationError as e:

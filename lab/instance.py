@@ -99,11 +99,13 @@ class Lab:
         *,
         mesh: bool = True,
         backend: str = "userspace",
+        controller_timeout_s: float = CONTROLLER_READY_TIMEOUT_S,
     ) -> Lab:
         """Build the underlay, `hosts` hosts, the controller and one agent per host; does not wait for
         the mesh (see `wait_for_mesh`). With mesh=False only the namespaces and the underlay are built
         (no controller, no agents). `backend`: the agents' (userspace, kernel or auto). On failure the
-        lab is left for `lab down` to remove."""
+        lab is left for `lab down` to remove. `controller_timeout_s`: how long the controller may take to
+        answer its health check (longer on a slow machine, e.g. under emulation)."""
         check_can_run_lab()
         chosen = resolve_backend(backend)
         layout = LabLayout(name)
@@ -125,7 +127,7 @@ class Lab:
         if not mesh:
             return lab
         progress("starting the controller")
-        lab.start_controller()
+        lab.start_controller(controller_timeout_s)
         lab.ensure_preauth_key()
         for h in host_layouts:
             progress(f"starting agents {h.index}/{hosts}")

@@ -13,6 +13,7 @@ import asyncio
 import base64
 import errno
 import io
+import json
 import queue
 import signal
 import socket
@@ -262,7 +263,7 @@ def enroll_request(
 
 class ControllerHarness:
     def __init__(self, state_dir: Path, clock: ManualClock, **settings: Any) -> None:
-        self.settings = Settings(state_dir=state_dir, mesh_cidr=MESH_CIDR, **settings)
+        self.settings = Settings(**{"state_dir": state_dir, "mesh_cidr": MESH_CIDR, **settings})
         self.clock = clock
         self._hosts = 0
         self._start()
@@ -328,6 +329,16 @@ class ControllerHarness:
     async def report(self, host: Host, *measurements: dict[str, Any]) -> None:
         r = await self.client.post(api.LINKS, json={"measurements": list(measurements)}, headers=host.auth)
         assert r.status_code == 204, r.text
+
+
+LONG_POLL_S = 30.0  # seconds a poll may wait; a test that would need it fails on pytest's timeout instead
+
+
+async def serial_of(controller: ControllerHarness, host: Host) -> int:
+    """The serial of `host`'s current map."""
+    netmap = await controller.netmap(host)
+    assert netmap is not None
+    return netmap.serial
 
 
 # --- a controller process -----------------------------------------------------------------------------
@@ -745,6 +756,11 @@ def deliver(netmaps: dict[int, NetMap], src: int, dst: int) -> list[int]:
         here = nxt
         assert len(hops) <= len(netmaps), f"routing loop {hops}"
     return hops
+
+
+def strip_serial(netmap: NetMap) -> str:
+    """A map's content without its serial, canonical (two maps that say the same compare equal)."""
+    return json.dumps(netmap.model_dump(mode="json", exclude={"serial"}), sort_keys=True)
 
 
 # --- an agent's status ----------------------------------------------------------------------------

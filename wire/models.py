@@ -332,6 +332,13 @@ class NodeInfo(WireModel):
         description="The policy version of the rules in the node's current map (its rules last changed "
         "then); the agent enforces them once policy_version says so. None: no policy.",
     )
+    implausible_link_reports: int = Field(
+        default=0,
+        ge=0,
+        description="Link measurements from this node the controller could not believe (an rtt below "
+        "any tunnel's, or far below what the other end sees) since the controller started; they cannot "
+        "lower a link's weight. Absent: 0.",
+    )
 
 
 class NodeTagsRequest(WireModel):
@@ -352,8 +359,15 @@ class TopologyEdge(WireModel):
 
 class Topology(WireModel):
     nodes: list[NodeInfo]
-    edges: list[TopologyEdge]
-    routes: dict[NodeId, list[Route]] = Field(description="Per source node, its chosen routes.")
+    edges: list[TopologyEdge] = Field(
+        description="The up links that were measured (or have a remembered weight), by (a, b)."
+    )
+    routes: dict[NodeId, list[Route]] = Field(
+        description="The chosen routes of the node asked for with ?source=; empty without it."
+    )
+    unmeasured_links: int = Field(
+        default=0, ge=0, description="Up links nobody measured yet (the default weight): counted, not listed."
+    )
 
 
 class ErrorBody(WireModel):

@@ -65,7 +65,7 @@ async def test_a_revoked_key_is_refused_with_the_reason(controller: ControllerHa
 
 async def test_an_unknown_key_is_refused(controller: ControllerHarness):
     r = await controller.enroll_raw(controller.new_host(), "wgm_pak_not-a-key-anybody-made")
-    assert r.status_code == 403 and r.json()["detail"] == "unknown pre-auth key"
+    assert r.status_code == 401 and r.json()["detail"] == "unknown pre-auth key"
 
 
 async def test_a_reusable_key_enrolls_many_hosts_and_counts_them(controller: ControllerHarness):

@@ -59,6 +59,10 @@ class World:
             )
             assert r.status_code == 200, r.text
             self.nodes.append({"Authorization": f"Bearer {r.json()['node_credential']}"})
+        # a usable key, so that enrollments get past the key check to what else is wrong with them
+        self.key = self.client.post(api.PREAUTH_KEYS, json={"reusable": True}, headers=self.admin).json()[
+            "key"
+        ]
 
     def state(self) -> Any:
         """What must not change: nodes, keys, maps, topology."""
@@ -221,7 +225,7 @@ def test_infinite_handshake_age_is_taken_as_long_ago(world):
 )
 def test_bad_enrollments_say_what_is_wrong_and_change_nothing(world, change, reason):
     before = world.state()
-    body = json.loads(enroll_request(make_host("h7", 7), "wgm_pak_unknown-key").model_dump_json())
+    body = json.loads(enroll_request(make_host("h7", 7), world.key).model_dump_json())
     body.update(change)
     r = world.client.post(api.ENROLL, content=json.dumps(body), headers=JSON)
     assert 400 <= r.status_code < 500, r.text

@@ -5,17 +5,9 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.support import ControllerHarness, Host
+from tests.support import LONG_POLL_S, ControllerHarness, serial_of
 from wire import api
 from wire.models import NetMap
-
-LONG = 30.0  # seconds a poll may wait; a test that would need it fails on pytest's timeout instead
-
-
-async def serial_of(controller: ControllerHarness, host: Host) -> int:
-    netmap = await controller.netmap(host)
-    assert netmap is not None
-    return netmap.serial
 
 
 async def test_a_poll_with_the_current_serial_waits_and_then_says_nothing_new(controller: ControllerHarness):
@@ -29,14 +21,14 @@ async def test_an_older_or_unknown_serial_gets_the_map_at_once(controller: Contr
     a = await controller.enroll()
     serial = await serial_of(controller, a)
     for since in (0, serial - 1, serial + 5):
-        netmap = await controller.netmap(a, since=since, timeout=LONG)
+        netmap = await controller.netmap(a, since=since, timeout=LONG_POLL_S)
         assert netmap is not None and netmap.serial == serial
 
 
 async def test_a_waiting_poll_wakes_when_a_peer_enrolls(controller: ControllerHarness):
     a = await controller.enroll()
     serial = await serial_of(controller, a)
-    waiting = asyncio.create_task(controller.netmap(a, since=serial, timeout=LONG))
+    waiting = asyncio.create_task(controller.netmap(a, since=serial, timeout=LONG_POLL_S))
     await controller.polls_parked(1)
     b = await controller.enroll()
     netmap = await waiting
@@ -45,6 +37,28 @@ async def test_a_waiting_poll_wakes_when_a_peer_enrolls(controller: ControllerHa
 
 
 async def test_only_nodes_whose_map_changed_are_woken(controller: ControllerHarness):
+    hosts = [await controller.enroll() for _ in range(4)]
+    a, b = hosts[:2]
+    serials = {h.node_id: await serial_of(controller, h) for h in hosts}
+    polls = {
+        h.node_id: asyncio.create_task(controller.netmap(h, since=serials[h.node_id], timeout=1.0))
+        for h in hosts
+    }
+    await controller.polls_parked(4)
+    # A says the A-B link is down: A and B go through a relay, which starts forwarding; the fourth
+    # node's map is the same.
+    await controller.report(a, {"peer_id": b.node_id, "loss": 1.0})
+    got = {n: await t for n, t in polls.items()}
+    assert got[a.node_id] is not None and got[a.node_id].serial == serials[a.node_id] + 1
+    assert got[b.node_id] is not None and got[b.node_id].serial == serials[b.node_id] + 1
+    relay = next(r.via for r in got[a.node_id].routes if r.destination == b.node_id)
+    assert got[relay] is not None and got[relay].forward
+    (other,) = {h.node_id for h in hosts} - {a.node_id, b.node_id, relay}
+    assert got[other] is None, "the fourth node's map did not change, so it must not be woken"
+    assert await serial_of(controller, hosts[[h.node_id for h in hosts].index(other)]) == serials[other]
+
+
+async def test_a_cost_change_alone_wakes_nobody(controller: ControllerHarness):
     a, b, c = [await controller.enroll() for _ in range(3)]
     serials = {h.node_id: await serial_of(controller, h) for h in (a, b, c)}
     polls = {
@@ -52,13 +66,13 @@ async def test_only_nodes_whose_map_changed_are_woken(controller: ControllerHarn
         for h in (a, b, c)
     }
     await controller.polls_parked(3)
-    # A measures the A-B link faster than the default: the A-B path cost changes for A and B only.
+    # Both ends measure the A-B link faster than the default: its cost moves, no next hop does.
     await controller.report(a, {"peer_id": b.node_id, "rtt_ms": 2.0, "loss": 0.0, "handshake_age_s": 3})
-    got = {n: await t for n, t in polls.items()}
-    assert got[a.node_id] is not None and got[a.node_id].serial == serials[a.node_id] + 1
-    assert got[b.node_id] is not None and got[b.node_id].serial == serials[b.node_id] + 1
-    assert got[c.node_id] is None, "C's map did not change, so C must not be woken"
-    assert await serial_of(controller, c) == serials[c.node_id]
+    await controller.report(b, {"peer_id": a.node_id, "rtt_ms": 2.0, "loss": 0.0, "handshake_age_s": 3})
+    assert {n: await t for n, t in polls.items()} == dict.fromkeys(polls)
+    assert {h.node_id: await serial_of(controller, h) for h in (a, b, c)} == serials
+    edges = (await controller.client.get(api.TOPOLOGY, headers=controller.admin)).json()["edges"]
+    assert [e["weight"] for e in edges if {e["a"], e["b"]} == {a.node_id, b.node_id}] == [2.0]
 
 
 async def test_nothing_changes_when_a_host_re_enrolls_with_the_same_data(controller: ControllerHarness):
@@ -72,12 +86,12 @@ async def test_removal_reaches_every_peer_at_once(controller: ControllerHarness)
     a, b, c = [await controller.enroll() for _ in range(3)]
     serials = {h.node_id: await serial_of(controller, h) for h in (a, b, c)}
     polls = {
-        h.node_id: asyncio.create_task(controller.netmap(h, since=serials[h.node_id], timeout=LONG))
+        h.node_id: asyncio.create_task(controller.netmap(h, since=serials[h.node_id], timeout=LONG_POLL_S))
         for h in (a, c)
     }
     removed_poll = asyncio.create_task(
         controller.client.get(
-            api.NETMAP, params={"since": serials[b.node_id], "timeout": LONG}, headers=b.auth
+            api.NETMAP, params={"since": serials[b.node_id], "timeout": LONG_POLL_S}, headers=b.auth
         )
     )
     await controller.polls_parked(3)

@@ -40,10 +40,12 @@ async def test_enrollments_nodes_version_and_refusals_are_counted(controller: Co
     before = await scrape(controller)
     assert value(before, "wgmesh_enrollments_total") == 0 and value(before, "wgmesh_nodes") == 0
     hosts = [await controller.enroll() for _ in range(3)]
-    # refused: a wrong pre-auth key (403), no credential (401), a body that is no JSON (400)
+    # refused: a wrong pre-auth key and no credential (401), a node on an admin route (403), a body
+    # that is no JSON (400)
     r = await controller.enroll_raw(controller.new_host(), "wgpk_not-a-key")
-    assert r.status_code == 403
+    assert r.status_code == 401
     assert (await controller.client.get(api.NETMAP)).status_code == 401
+    assert (await controller.client.get(api.NODES, headers=hosts[0].auth)).status_code == 403
     r = await controller.client.post(
         api.LINKS, content=b"{", headers={**hosts[0].auth, "Content-Type": "application/json"}
     )
@@ -54,8 +56,8 @@ async def test_enrollments_nodes_version_and_refusals_are_counted(controller: Co
     assert value(after, "wgmesh_map_version") == controller.app.state.plane.version >= 3
     assert value(after, "wgmesh_refused_requests_total", reason="forbidden") == 1
     assert value(after, "wgmesh_refused_requests_total", reason="malformed") == 1
-    # the scrape before enrolling had no credential problem; GET /v1/netmap without one is the only 401
-    assert value(after, "wgmesh_refused_requests_total", reason="unauthenticated") == 1
+    # the scrape before enrolling had no credential problem: the wrong key and the bare GET are the 401s
+    assert value(after, "wgmesh_refused_requests_total", reason="unauthenticated") == 2
 
 
 async def test_relayed_routes_follow_a_failed_link(controller: ControllerHarness):

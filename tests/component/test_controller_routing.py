@@ -46,7 +46,9 @@ async def test_a_failed_link_is_routed_around_through_a_relay_on_both_ends(contr
     assert peer_b.endpoints == b.endpoints and peer_b.persistent_keepalive
 
 
-async def test_the_link_comes_back_only_with_a_handshake_newer_than_the_failure(controller, controller_clock):
+async def test_the_link_comes_back_only_when_both_ends_see_a_handshake_newer_than_the_failure(
+    controller, controller_clock
+):
     a, b, _c = [await controller.enroll() for _ in range(3)]
     await controller.report(a, {"peer_id": b.node_id, "loss": 1.0, "handshake_age_s": 130})
     controller_clock.advance(60)
@@ -54,8 +56,10 @@ async def test_the_link_comes_back_only_with_a_handshake_newer_than_the_failure(
     await controller.report(a, {"peer_id": b.node_id, "handshake_age_s": 190})
     await controller.report(b, {"peer_id": a.node_id, "handshake_age_s": 190})
     assert via(await current(controller, a))[b.node_id] != b.node_id
-    # A handshake 5 s ago: after the failure, 60 s ago.
+    # A handshake 5 s ago: after the failure, 60 s ago; one end saying so is not enough.
     await controller.report(b, {"peer_id": a.node_id, "handshake_age_s": 5})
+    assert via(await current(controller, a))[b.node_id] != b.node_id
+    await controller.report(a, {"peer_id": b.node_id, "handshake_age_s": 5})
     ma, mb = await current(controller, a), await current(controller, b)
     assert via(ma)[b.node_id] == b.node_id and via(mb)[a.node_id] == a.node_id
     assert allowed(ma)[b.node_id] == {host32(b)}
@@ -142,16 +146,22 @@ async def test_many_agents_poll_at_once_and_all_get_the_new_map(controller: Cont
 async def test_the_topology_shows_nodes_weighted_edges_and_chosen_routes(controller: ControllerHarness):
     a, b, c = [await controller.enroll(controller.new_host(n)) for n in ("alpha", "beta", "gamma")]
     await controller.report(a, {"peer_id": c.node_id, "rtt_ms": 4.0, "loss": 0.0, "handshake_age_s": 2})
+    await controller.report(c, {"peer_id": a.node_id, "rtt_ms": 4.0, "loss": 0.0, "handshake_age_s": 2})
     await controller.report(a, {"peer_id": b.node_id, "loss": 1.0})
     r = await controller.client.get(api.TOPOLOGY, headers=controller.admin)
     assert r.status_code == 200
     topology = r.json()
     assert [n["name"] for n in topology["nodes"]] == ["alpha", "beta", "gamma"]
     edges = {(e["a"], e["b"]): e for e in topology["edges"]}
-    assert set(edges) == {(a.node_id, c.node_id), (b.node_id, c.node_id)}  # the failed link has no edge
+    # the measured link is listed; the failed link has no edge; B-C, never measured, is only counted
+    assert set(edges) == {(a.node_id, c.node_id)} and topology["unmeasured_links"] == 1
     assert edges[(a.node_id, c.node_id)]["weight"] == 4.0 and edges[(a.node_id, c.node_id)]["rtt_ms"] == 4.0
-    routes_a = {r["destination"]: r["via"] for r in topology["routes"][str(a.node_id)]}
+    assert topology["routes"] == {}  # routes only for a source asked for
+    of_a = await controller.client.get(api.TOPOLOGY, params={"source": a.node_id}, headers=controller.admin)
+    routes_a = {r["destination"]: r["via"] for r in of_a.json()["routes"][str(a.node_id)]}
     assert routes_a == {b.node_id: c.node_id, c.node_id: c.node_id}
+    unknown = await controller.client.get(api.TOPOLOGY, params={"source": 999}, headers=controller.admin)
+    assert unknown.status_code == 404 and unknown.json()["detail"] == "no node 999"
 
     dot = await controller.client.get(api.TOPOLOGY, params={"format": "dot"}, headers=controller.admin)
     assert dot.status_code == 200 and dot.headers["content-type"].startswith("text/vnd.graphviz")
@@ -159,3 +169,34 @@ async def test_the_topology_shows_nodes_weighted_edges_and_chosen_routes(control
     assert text.startswith("graph wgmesh {") and text.rstrip().endswith("}")
     assert f'n{c.node_id} [label="gamma\\n{c.address}", peripheries=2];' in text  # gamma relays
     assert f"n{a.node_id} -- n{c.node_id}" in text and f"n{a.node_id} -- n{b.node_id}" not in text
+    assert f"n{b.node_id} -- n{c.node_id}" not in text  # never measured
+
+
+async def test_a_node_that_reports_rtt_zero_does_not_draw_traffic_through_itself(
+    controller: ControllerHarness,
+):
+    """The attack of issue 8.5: M says rtt 0 to A and B, whose direct link is down. The honest ends see
+    M 40 ms away and C 30 ms away: A-B goes through C, and M's reports are counted as implausible."""
+    a, b, c, m = [await controller.enroll(controller.new_host(n)) for n in ("a", "b", "c", "m")]
+
+    async def link(x: Host, y: Host, rtt: float) -> None:
+        await controller.report(x, {"peer_id": y.node_id, "rtt_ms": rtt, "loss": 0.0, "handshake_age_s": 2})
+
+    await controller.report(a, {"peer_id": b.node_id, "loss": 1.0})
+    for x, y in ((a, c), (c, a), (b, c), (c, b)):
+        await link(x, y, 30.0)
+    for x in (a, b):
+        await link(x, m, 40.0)
+    for _round in range(3):
+        await controller.report(
+            m,
+            {"peer_id": a.node_id, "rtt_ms": 0.0, "loss": 0.0, "handshake_age_s": 2},
+            {"peer_id": b.node_id, "rtt_ms": 0.0, "loss": 0.0, "handshake_age_s": 2},
+        )
+    assert via(await current(controller, a))[b.node_id] == c.node_id
+    assert via(await current(controller, b))[a.node_id] == c.node_id
+    assert not (await current(controller, m)).forward
+    shown = (await controller.client.get(f"{api.NODES}/{m.node_id}", headers=controller.admin)).json()
+    assert shown["implausible_link_reports"] == 6
+    honest = (await controller.client.get(f"{api.NODES}/{a.node_id}", headers=controller.admin)).json()
+    assert honest["implausible_link_reports"] == 0

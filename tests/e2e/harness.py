@@ -33,7 +33,7 @@ def running_lab(name: str, hosts: int, timeout: float = 120.0, backend: str = "u
     layout = LabLayout(name)
     tear_down(layout)
     try:
-        lab = Lab.create(name, hosts, backend=backend)
+        lab = Lab.create(name, hosts, backend=backend, controller_timeout_s=max(timeout, 120.0))
         view = lab.wait_for_mesh(timeout)
         assert view.complete, f"the mesh of {hosts} hosts did not complete: {view.missing()}\n{logs(lab)}"
         yield lab

@@ -59,6 +59,8 @@ def booted(tmp_path_factory: pytest.TempPathFactory) -> Boot:
         "pytest",
         "-p",
         "no:cacheprovider",
+        "-p",
+        "tests.kernel.instafail",
         "-q",
         "-ra",
         "-o",

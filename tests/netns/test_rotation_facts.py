@@ -5,7 +5,7 @@ the kernel module inside the VM of tests/kernel (the module is `kernel_tier`).
 - N's new private key stops N sending on its sessions; what N sends is staged and arrives once a
   handshake completes (P's swap with a keepalive starts it at once, well before a 5 s retry);
 - N still receives on its old sessions after the switch;
-- at most 128 packets are staged per peer; beyond that the oldest are dropped;
+- at most 128 packets (the kernel: 129) are staged per peer; beyond that the oldest are dropped;
 - the swap on P moves N's allowed IPs to the new peer and removes the old one;
 - with the protocol (notice, N switches, P swaps), a ping each way every 10 ms loses nothing.
 
@@ -207,13 +207,16 @@ def test_a_switched_node_still_receives_on_its_old_sessions(pair) -> None:  # ty
     assert received(sink) == list(range(20))
 
 
-def test_at_most_128_packets_are_staged_and_the_oldest_are_dropped(pair) -> None:  # type: ignore[no-untyped-def]
+def test_at_most_128_packets_are_staged_and_the_oldest_are_dropped(pair, wg_backend: str) -> None:  # type: ignore[no-untyped-def]
     n, p = pair
     sink = start_sink(p, last=299)
     old = switch(n)
     send(n, p, 300)
     swap(p, n, old.public_key())
-    assert received(sink) == list(range(300 - 128, 300))
+    # wireguard-go keeps 128; the kernel trims its queue to 128 *before* adding a packet (device.c,
+    # wg_xmit), so it holds 129 (found by this test in the VM tier). Either way the newest are kept.
+    kept = 129 if wg_backend == "kernel" else 128
+    assert received(sink) == list(range(300 - kept, 300))
 
 
 def test_the_swap_moves_the_allowed_ips_and_the_keepalive_starts_the_handshake_at_once(pair) -> None:  # type: ignore[no-untyped-def]

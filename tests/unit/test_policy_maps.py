@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from datetime import timedelta
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 from controller.mesh import Mesh
 from controller.netmap import NodeCard
 from controller.topology import LinkPolicy
-from tests.support import MESH_CIDR, T0, card, deliver, maps
+from tests.support import MESH_CIDR, T0, card, deliver, maps, strip_serial
 from wire.models import LinkMeasurement, NetMap
 from wire.policy import PolicyDocument, Subject, decide, may_relay, parse_policy
 
@@ -25,26 +26,28 @@ def tagged(n: int, tags: list[str]) -> NodeCard:
     return dataclasses.replace(card(n), tags=tuple(sorted(tags)))
 
 
+def documents() -> st.SearchStrategy[PolicyDocument]:
+    rule = st.fixed_dictionaries(
+        {
+            "from": st.lists(st.sampled_from(SELECTORS), min_size=1, max_size=2),
+            "to": st.lists(st.sampled_from(SELECTORS), min_size=1, max_size=2),
+            "ports": st.sampled_from([None, ["tcp/8000"], ["udp/53", "icmp"]]),
+        }
+    )
+    return st.builds(
+        lambda rules, relays: PolicyDocument.model_validate(
+            {"rules": [{k: v for k, v in r.items() if v is not None} for r in rules], "relays": relays}
+        ),
+        st.lists(rule, max_size=4),
+        st.lists(st.sampled_from(SELECTORS[1:]), max_size=2),
+    )
+
+
 @st.composite
 def worlds(draw: st.DrawFn) -> tuple[list[NodeCard], PolicyDocument, list[tuple[int, int]]]:
     ids = sorted(draw(st.sets(st.integers(1, 39), min_size=2, max_size=8)))
     cards = [tagged(n, draw(st.lists(st.sampled_from(TAGS), unique=True, max_size=2))) for n in ids]
-    rules = draw(
-        st.lists(
-            st.fixed_dictionaries(
-                {
-                    "from": st.lists(st.sampled_from(SELECTORS), min_size=1, max_size=2),
-                    "to": st.lists(st.sampled_from(SELECTORS), min_size=1, max_size=2),
-                    "ports": st.sampled_from([None, ["tcp/8000"], ["udp/53", "icmp"]]),
-                }
-            ),
-            max_size=4,
-        )
-    )
-    relays = draw(st.lists(st.sampled_from(SELECTORS[1:]), max_size=2))
-    doc = PolicyDocument.model_validate(
-        {"rules": [{k: v for k, v in r.items() if v is not None} for r in rules], "relays": relays}
-    )
+    doc = draw(documents())
     pairs = list(itertools.combinations(ids, 2))
     failed = draw(st.lists(st.sampled_from(pairs), unique=True, max_size=len(pairs)))
     return cards, doc, failed
@@ -58,18 +61,12 @@ def connected(doc: PolicyDocument, a: NodeCard, b: NodeCard) -> bool:
     return decide(doc, subject(a), subject(b)).allowed or decide(doc, subject(b), subject(a)).allowed
 
 
-@settings(max_examples=150, deadline=None)
-@given(world=worlds())
-def test_no_map_holds_a_forbidden_peer_or_relay(world):
-    cards, doc, failed = world
-    by_id = {c.node_id: c for c in cards}
-    mesh = Mesh(MESH_CIDR, LinkPolicy(), 25, cards, access=(doc, 1))
-    for a, b in failed:
-        mesh.report(b, [LinkMeasurement(peer_id=a, loss=1.0)], T0)
-    netmaps = maps(mesh)
+def check_maps(netmaps: dict[int, NetMap], doc: PolicyDocument, by_id: dict[int, NodeCard]) -> None:
+    """No map holds a forbidden peer, a route through a node that may not relay, or a forwarding flag on
+    a node that may not relay; every pair the policy connects is delivered, only through relays."""
     relays = {n for n, c in by_id.items() if may_relay(doc, subject(c))}
     for n, m in netmaps.items():
-        assert m.policy is not None and m.policy.version == 1
+        assert m.policy is not None
         if m.forward:
             assert n in relays, f"{n} forwards but may not relay"
         carried = {
@@ -96,16 +93,77 @@ def test_no_map_holds_a_forbidden_peer_or_relay(world):
             assert set(hops[1:-1]) <= relays, f"{s}->{d} crosses {hops} through a node that may not relay"
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(world=worlds())
-def test_maps_under_a_policy_are_the_models_own_serialization(world):
+def test_no_map_holds_a_forbidden_peer_or_relay(world):
     cards, doc, failed = world
     mesh = Mesh(MESH_CIDR, LinkPolicy(), 25, cards, access=(doc, 1))
     for a, b in failed:
         mesh.report(b, [LinkMeasurement(peer_id=a, loss=1.0)], T0)
-    for n in mesh.cards:
-        body = mesh.render(n)
-        assert NetMap.model_validate_json(body).model_dump_json(exclude={"kind"}).encode() == body
+    netmaps = maps(mesh)
+    assert all(m.policy is not None and m.policy.version == 1 for m in netmaps.values())
+    check_maps(netmaps, doc, {c.node_id: c for c in cards})
+
+
+@st.composite
+def histories(draw: st.DrawFn) -> tuple[list[NodeCard], PolicyDocument, list[tuple[str, object]]]:
+    cards, doc, _failed = draw(worlds())
+    ids = [c.node_id for c in cards]
+    pairs = list(itertools.permutations(ids, 2))
+    step = st.one_of(
+        st.tuples(st.just("policy"), documents()),
+        st.tuples(st.just("clear"), st.none()),
+        st.tuples(
+            st.just("retag"),
+            st.tuples(st.sampled_from(ids), st.lists(st.sampled_from(TAGS), unique=True, max_size=2)),
+        ),
+        st.tuples(st.just("cut"), st.sampled_from(pairs)),  # one end reports the link lost
+        st.tuples(st.just("heal"), st.sampled_from(pairs)),  # one end reports it fine
+    )
+    return cards, doc, draw(st.lists(step, min_size=1, max_size=10))
+
+
+@settings(max_examples=80, deadline=None)
+@given(history=histories())
+def test_no_map_ever_holds_a_forbidden_peer_and_only_changed_maps_get_a_serial(history):
+    """Through any sequence of policy changes, clears, retags and link cuts and heals: after each step
+    the maps obey the policy then in force (none: the full mesh), and a node gets a new serial exactly
+    when its map's content changed (only affected agents get a new map)."""
+    cards, doc, steps = history
+    by_id = {c.node_id: c for c in cards}
+    current: PolicyDocument | None = doc
+    mesh = Mesh(MESH_CIDR, LinkPolicy(), 25, cards, access=(doc, 1))
+    before = maps(mesh)
+    t = T0
+    for version, (kind, arg) in enumerate(steps, 2):
+        t += timedelta(seconds=30)
+        mesh.version = version
+        if kind == "policy":
+            current = arg  # type: ignore[assignment]
+            change = mesh.set_policy((current, version), [])  # type: ignore[arg-type]
+        elif kind == "clear":
+            current = None
+            change = mesh.set_policy(None, [])
+        elif kind == "retag":
+            node, tags = arg  # type: ignore[misc]
+            by_id[node] = tagged(node, tags)
+            change = mesh.upsert(by_id[node])
+        else:
+            a, b = arg  # type: ignore[misc]
+            healthy = {"rtt_ms": 1.0, "loss": 0.0, "handshake_age_s": 1.0}
+            m = {"loss": 1.0} if kind == "cut" else healthy
+            change = mesh.report(a, [LinkMeasurement(peer_id=b, **m)], t)
+        after = maps(mesh)
+        if current is None:
+            for n, netmap in after.items():
+                assert netmap.policy is None and len(netmap.peers) == len(by_id) - 1, f"{kind}: {n}"
+        else:
+            check_maps(after, current, by_id)
+        for n in by_id:
+            same = strip_serial(before[n]) == strip_serial(after[n])
+            assert (after[n].serial == before[n].serial) == same, f"{kind}: node {n}: serial vs content"
+            assert (n in change.maps) == (not same), f"{kind}: node {n} woken for nothing, or not woken"
+        before = after
 
 
 def test_no_policy_maps_are_todays_maps():
@@ -161,3 +219,21 @@ def test_only_a_node_that_may_relay_carries_others_traffic():
     netmaps = maps(mesh)
     assert deliver(netmaps, 2, 3) == [2, 3]
     assert not any(m.forward for m in netmaps.values())
+
+
+def test_a_pair_goes_through_the_relay_the_policy_allows_however_cheap_the_other_one_looks():
+    """Node 4 may not relay; node 3 may. The 1-2 link is down and 3's links are very slow: the maps
+    and the topology's routes still go through 3, never through 4 (and not 'direct' over the cut)."""
+    cards = [tagged(1, []), tagged(2, []), tagged(3, ["a"]), tagged(4, [])]
+    doc = PolicyDocument.model_validate({"rules": [{"from": ["*"], "to": ["*"]}], "relays": ["tag:a"]})
+    mesh = Mesh(MESH_CIDR, LinkPolicy(), 25, cards, access=(doc, 1))
+    m = LinkMeasurement
+    mesh.report(1, [m(peer_id=2, loss=1.0)], T0)
+    for a, b, rtt in [(1, 3, 9000.0), (2, 3, 9000.0), (1, 4, 1.0), (2, 4, 1.0)]:
+        for reporter, peer in ((a, b), (b, a)):
+            mesh.report(reporter, [m(peer_id=peer, rtt_ms=rtt, loss=0.0, handshake_age_s=1)], T0)
+    netmaps = maps(mesh)
+    assert deliver(netmaps, 1, 2) == [1, 3, 2]
+    assert not netmaps[4].forward and netmaps[3].forward
+    assert {r.destination: r.via for r in mesh.routes_of(1)}[2] == 3
+    assert mesh.forwards(3) and not mesh.forwards(4)

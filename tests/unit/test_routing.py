@@ -232,3 +232,27 @@ def test_relayed_pairs_are_the_pairs_whose_path_has_a_relay_once_each():
     pairs = {(router.nodes[s], router.nodes[d]) for s, d in router.relayed_pairs().tolist()}
     assert pairs == {(1, 4), (2, 4)}
     assert Router([], []).relayed_pairs().shape == (0, 2)
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_full_meshes_are_routed_like_networkx_whether_or_not_their_trees_are_stars(data):
+    """A complete graph whose links are mostly fresh (every tree a star of direct edges, found without a
+    search) with some slow or failed links (those trees searched), and nodes joining and leaving it."""
+    ids = list(range(1, data.draw(st.integers(2, 14)) + 1))
+    weights = st.sampled_from([None, 1.0, 10.0, 10.0, 10.0, 10.0, 45.0])  # None: the default (fresh)
+    current = {}
+    for a, b in itertools.combinations(ids, 2):
+        if data.draw(st.integers(0, 9)) != 0:  # one link in ten is down
+            current[a, b] = POLICY.cost(a, b, data.draw(weights))
+    router = Router(ids, [EdgeCost(a, b, c) for (a, b), c in current.items()])
+    assert_valid(router, ids, [EdgeCost(a, b, c) for (a, b), c in current.items()])
+    joining = max(ids) + 1
+    new = [EdgeCost(o, joining, POLICY.cost(o, joining, data.draw(weights))) for o in ids]
+    router.add_node(joining, new)
+    current.update({(e.a, e.b): e.cost for e in new})
+    gone = data.draw(st.sampled_from(ids))
+    router.remove_node(gone)
+    nodes = [x for x in [*ids, joining] if x != gone]
+    edges = [EdgeCost(a, b, c) for (a, b), c in current.items() if gone not in (a, b)]
+    assert_valid(router, nodes, edges)

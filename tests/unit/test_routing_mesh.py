@@ -5,7 +5,7 @@ restart from stored state changes no serial."""
 from __future__ import annotations
 
 import itertools
-import json
+import random
 from datetime import timedelta
 
 from hypothesis import given, settings
@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from controller.mesh import Mesh
 from controller.topology import LinkPolicy
-from tests.support import MESH_CIDR, T0, card, deliver, maps
-from wire.models import LinkMeasurement, NetMap
+from tests.support import MESH_CIDR, T0, card, deliver, maps, strip_serial
+from wire.models import LinkMeasurement
 
 
 def mesh_of(ids: list[int]) -> Mesh:
@@ -62,10 +62,6 @@ def test_every_packet_is_delivered_by_cryptokey_routing_on_the_rendered_maps(wor
                     p for p in m.peers if any(route.destination_address in net for net in p.allowed_ips)
                 )
                 assert owner.node_id == route.via
-
-
-def strip_serial(netmap: NetMap) -> str:
-    return json.dumps(netmap.model_dump(mode="json", exclude={"serial"}), sort_keys=True)
 
 
 @settings(max_examples=60, deadline=None)
@@ -134,3 +130,44 @@ def test_an_unreachable_peer_keeps_its_own_address_and_has_no_cost():
     m = maps(mesh)[1]
     assert [str(n) for n in m.peers[0].allowed_ips] == [f"{MESH_CIDR[2]}/32"]
     assert m.routes[0].via == 2 and m.routes[0].cost is None
+
+
+def idle_rounds(mesh: Mesh, rounds: int, seed: int = 7) -> int:
+    """Run `rounds` report rounds of an idle mesh whose links only have RTT noise (up to 60% spikes)
+    and whose 1-2 link is cut; how many new map serials they made after the first few rounds."""
+    rng = random.Random(seed)
+    ids = sorted(mesh.cards)
+    base = {p: 2.0 + 3.0 * (i % 4) for i, p in enumerate(itertools.combinations(ids, 2))}
+    new_serials = 0
+    for r in range(rounds):
+        t = T0 + timedelta(seconds=10 * r)
+        for a in ids:
+            out = []
+            for b in ids:
+                if b == a:
+                    continue
+                if {a, b} == {1, 2}:
+                    out.append(LinkMeasurement(peer_id=b, loss=1.0, handshake_age_s=400))
+                    continue
+                rtt = base[min(a, b), max(a, b)] * (1 + rng.choice([0.0, 0.1, -0.1, 0.3, 0.6, -0.4]))
+                out.append(LinkMeasurement(peer_id=b, rtt_ms=rtt, loss=0.0, handshake_age_s=5))
+            change = mesh.report(a, out, t)
+            if r >= 5:
+                new_serials += len(change.maps)
+    return new_serials
+
+
+def test_an_idle_mesh_with_rtt_noise_gets_no_new_map():
+    """RTT noise moves route costs, never next hops here: no map changes (and the cut pair stays on
+    one relay), however many rounds of reports come in."""
+    mesh = mesh_of([1, 2, 3, 4, 5, 6])
+    assert idle_rounds(mesh, 200) == 0
+    assert mesh.router.path(1, 2) is not None and len(mesh.router.path(1, 2)) == 3
+
+
+def test_a_route_whose_next_hop_changes_still_changes_the_map():
+    mesh = mesh_of([1, 2, 3])
+    before = mesh.serial(1)
+    change = mesh.report(1, [LinkMeasurement(peer_id=2, loss=1.0)], T0)
+    assert 1 in change.maps and mesh.serial(1) > before
+    assert [r.via for r in maps(mesh)[1].routes if r.destination == 2] == [3]

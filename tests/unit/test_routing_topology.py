@@ -48,18 +48,91 @@ def test_either_end_takes_a_link_down_by_loss_or_an_old_handshake():
     assert topo.graph.has_edge(1, 3)
 
 
-def test_a_down_link_returns_only_on_a_handshake_newer_than_the_failure():
+def test_a_down_link_returns_only_when_both_ends_see_a_handshake_newer_than_the_failure():
     topo = LinkGraph(POLICY, [1, 2])
     topo.report(1, [M(peer_id=2, loss=1.0, handshake_age_s=100)], at(0))
     # Relayed: no probe of the direct link; the handshake is from before the failure.
     assert topo.report(2, [M(peer_id=1, handshake_age_s=150)], at(50)).edges == []
     # A handshake after the failure, but still inside the hold-down: not yet.
     assert topo.report(2, [M(peer_id=1, handshake_age_s=1)], at(POLICY.hold_down_s / 2)).edges == []
+    assert topo.report(1, [M(peer_id=2, handshake_age_s=1)], at(POLICY.hold_down_s / 2)).edges == []
     # A handshake exactly at the failure is not newer than it.
     assert topo.report(2, [M(peer_id=1, handshake_age_s=60)], at(60)).edges == []
-    update = topo.report(2, [M(peer_id=1, handshake_age_s=59)], at(60))
+    # One end alone cannot bring it back (that would lower its weight).
+    assert topo.report(2, [M(peer_id=1, handshake_age_s=59)], at(60)).edges == []
+    update = topo.report(1, [M(peer_id=2, handshake_age_s=58)], at(61))
     assert [(e.a, e.b) for e in update.edges] == [(1, 2)] and update.edges[0].cost is not None
     assert topo.graph.has_edge(1, 2) and topo.link(1, 2).down_since is None
+
+
+def test_a_down_link_returns_when_both_ends_probe_it_working_over_the_direct_path():
+    """Partial loss takes a link down without ending its WireGuard session: no new handshake comes,
+    but probes over the direct path (agent.links keeps probing relayed peers) show it healthy."""
+    topo = LinkGraph(POLICY, [1, 2])
+    topo.report(1, [M(peer_id=2, rtt_ms=5.0, loss=0.6, handshake_age_s=30)], at(0))
+    assert not topo.graph.has_edge(1, 2)
+    assert topo.report(1, [M(peer_id=2, rtt_ms=5.0, loss=0.0, handshake_age_s=60)], at(30)).edges == []
+    update = topo.report(2, [M(peer_id=1, rtt_ms=5.0, loss=0.0, handshake_age_s=60)], at(31))
+    assert [(e.a, e.b) for e in update.edges] == [(1, 2)]
+    # Still lossy at one end: it stays down.
+    topo.report(1, [M(peer_id=2, rtt_ms=5.0, loss=0.6, handshake_age_s=30)], at(40))
+    topo.report(1, [M(peer_id=2, rtt_ms=5.0, loss=0.0, handshake_age_s=60)], at(60))
+    assert topo.report(2, [M(peer_id=1, rtt_ms=5.0, loss=0.5, handshake_age_s=60)], at(61)).edges == []
+    assert not topo.graph.has_edge(1, 2)
+
+
+def test_one_end_alone_can_raise_a_weight_but_never_lower_it():
+    """A node that says rtt 0 to its peers must not draw their traffic through itself."""
+    topo = LinkGraph(POLICY, [1, 2, 3])
+    # Node 3 lies about both of its links; nobody else has reported them yet.
+    update = topo.report(3, [healthy(1, rtt=0.0), healthy(2, rtt=0.0)], at(0))
+    assert topo.graph[1][3]["weight"] == POLICY.default_weight_ms
+    assert topo.graph[2][3]["weight"] == POLICY.default_weight_ms
+    assert {e.cost for e in update.edges} <= {POLICY.cost(1, 3, None), POLICY.cost(2, 3, None)}
+    # The honest ends see 40 ms: the worse of the two ends wins, however often the liar repeats.
+    topo.report(1, [healthy(3, rtt=40.0)], at(1))
+    topo.report(2, [healthy(3, rtt=40.0)], at(1))
+    for t in range(2, 12):
+        topo.report(3, [healthy(1, rtt=0.0), healthy(2, rtt=0.0)], at(t))
+    assert topo.graph[1][3]["weight"] == 40.0 and topo.graph[2][3]["weight"] == 40.0
+    # One end alone raises a weight at once (a slow link must be avoidable)...
+    topo.report(1, [healthy(2, rtt=300.0)], at(12))
+    assert topo.graph[1][2]["weight"] == 300.0
+    # ...and it goes down again only when both ends see it better.
+    topo.report(1, [healthy(2, rtt=5.0)], at(13))
+    assert topo.graph[1][2]["weight"] > 100.0
+    topo.report(2, [healthy(1, rtt=5.0)], at(14))
+    topo.report(1, [healthy(2, rtt=5.0)], at(15))
+    topo.report(2, [healthy(1, rtt=5.0)], at(16))
+    topo.report(1, [healthy(2, rtt=5.0)], at(17))
+    assert topo.graph[1][2]["weight"] < 100.0
+
+
+def test_a_report_older_than_the_sample_age_no_longer_lets_the_other_end_lower_a_weight():
+    topo = LinkGraph(POLICY, [1, 2])
+    topo.report(1, [healthy(2, rtt=50.0)], at(0))
+    topo.report(2, [healthy(1, rtt=50.0)], at(0))
+    assert topo.graph[1][2]["weight"] == 50.0
+    late = POLICY.sample_max_age_s + 1
+    for t in range(5):
+        topo.report(1, [healthy(2, rtt=1.0)], at(late + t))  # end 2 went quiet: 1 alone
+    assert topo.graph[1][2]["weight"] == 50.0
+
+
+def test_implausible_reports_are_flagged_and_counted_per_reporter():
+    topo = LinkGraph(POLICY, [1, 2, 3])
+    topo.report(1, [healthy(3, rtt=40.0)], at(0))
+    update = topo.report(3, [healthy(1, rtt=0.0), healthy(2, rtt=0.0)], at(1))
+    assert [(f.reporter, f.peer) for f in update.flags] == [(3, 1), (3, 2)]
+    assert "below" in update.flags[0].reason
+    update = topo.report(3, [healthy(1, rtt=2.0)], at(2))  # not zero, but far below what 1 sees
+    assert [(f.reporter, f.peer) for f in update.flags] == [(3, 1)]
+    assert "other end" in update.flags[0].reason
+    # Honest noise is not flagged.
+    assert topo.report(1, [healthy(3, rtt=30.0)], at(3)).flags == []
+    assert topo.implausible == {3: 3}
+    topo.remove_node(3)
+    assert topo.implausible == {}
 
 
 def test_a_fresh_handshake_with_heavy_loss_does_not_bring_a_link_back():
@@ -72,9 +145,9 @@ def test_a_measured_link_moves_off_the_default_and_then_only_on_big_changes():
     topo = LinkGraph(POLICY, [1, 2])
     update = topo.report(1, [healthy(2, rtt=50.0)], at(0))
     assert topo.graph[1][2]["weight"] == 50.0 and len(update.edges) == 1
-    assert topo.report(2, [healthy(1, rtt=55.0)], at(1)).edges == []  # mean 52.5: inside the band
-    update = topo.report(2, [healthy(1, rtt=90.0)], at(2))  # mean 70: outside
-    assert topo.graph[1][2]["weight"] == 70.0 and len(update.edges) == 1
+    assert topo.report(2, [healthy(1, rtt=55.0)], at(1)).edges == []  # the worse, 55: inside the band
+    update = topo.report(2, [healthy(1, rtt=105.0)], at(2))  # smoothed 80: outside
+    assert topo.graph[1][2]["weight"] == 80.0 and len(update.edges) == 1
 
 
 def test_loss_makes_a_link_more_expensive():

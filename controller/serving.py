@@ -1,0 +1,121 @@
+"""How the controller's HTTP server holds up against clients that hold on: uvicorn's h11 protocol with a
+whole-request deadline, a file-descriptor limit raised to what the system allows, and accept errors
+logged once per interval instead of once per attempt.
+
+Rules:
+- A connection has REQUEST_DEADLINE_S from its first byte (or from its opening, when it sends none) to
+  deliver a whole request, head and body; one that does not is closed. Time spent answering (a held
+  long-poll) is not counted; between requests the keep-alive timeout applies, as in uvicorn.
+- Errors the event loop reports again and again with the same message (accept() failing with EMFILE
+  while every descriptor is taken) are logged once, then counted and summed up at most once per
+  LOG_EVERY_S: a flood of connections never becomes a flood of log lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+import time
+from typing import Any
+
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+REQUEST_DEADLINE_S = 10.0
+LOG_EVERY_S = 10.0
+
+log = logging.getLogger("wgmesh.controller")
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol, closing connections that do not deliver a whole request in time."""
+
+    request_deadline_s = REQUEST_DEADLINE_S
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._deadline is None and self._between_requests():
+            self._arm()  # the first byte of the next request starts its clock
+        super().data_received(data)
+        if self._deadline is not None and self._answering():
+            self._disarm()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # may start a pipelined request: data_received's check covers it
+        if self._deadline is not None and self._answering():
+            self._disarm()
+
+    def _between_requests(self) -> bool:
+        return self.cycle is None or self.cycle.response_complete
+
+    def _answering(self) -> bool:
+        """A request's head and body are all in and its answer is not finished yet."""
+        return self.cycle is not None and not self.cycle.response_complete and not self.cycle.more_body
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(self.request_deadline_s, self._too_slow)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        if self._answering():
+            return  # the request is in and being answered
+        if not self.transport.is_closing():
+            self.transport.close()
+
+
+class ThrottledLoopErrors:
+    """An event-loop exception handler that logs a repeated message once per LOG_EVERY_S."""
+
+    def __init__(self, every_s: float = LOG_EVERY_S, clock: Any = time.monotonic) -> None:
+        self.every_s = every_s
+        self.clock = clock
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        message = str(context.get("message", "event loop error"))
+        exc = context.get("exception")
+        key = f"{message}: {exc}" if isinstance(exc, OSError) else None
+        if key is None:
+            loop.default_exception_handler(context)
+            return
+        now = self.clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self.every_s:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return
+        self._last[key] = now
+        again = self._suppressed.pop(key, 0)
+        more = f" ({again} more in the last {now - last:.0f} s)" if last is not None and again else ""
+        log.error("%s%s", key, more)
+
+
+def raise_fd_limit() -> tuple[int, int]:
+    """Raise the soft limit of open files to the hard limit (every connection takes one); returns
+    (soft before, soft now)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            return soft, soft
+        return soft, target
+    return soft, soft
