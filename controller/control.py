@@ -49,6 +49,7 @@ from controller.store import (
     NodeWrite,
     PolicyRecord,
     PreAuthKeyRecord,
+    RemovedNodeRecord,
     Snapshot,
     StaleVersion,
     Store,
@@ -66,6 +67,7 @@ from wire.models import (
     NodeTagsRequest,
     PreAuthKeyInfo,
     PreAuthKeyRequest,
+    RemovedNodeInfo,
     Topology,
 )
 from wire.policy import (
@@ -284,6 +286,14 @@ class ControlPlane:
                 self.sync()
             node = self._by_credential.get(hashed)
         return node
+
+    def removed_node_of(self, credential: str) -> RemovedNodeInfo | None:
+        """The removed node whose credential this was (asked only of a credential no node has)."""
+        try:
+            record = self.store.removed_by_credential(credential_hash(credential))
+        except StoreUnavailable:
+            return None
+        return None if record is None else _removed_info(record)
 
     def is_admin(self, credential: str) -> bool:
         return same_hash(credential_hash(credential), self._admin_hash)
@@ -530,7 +540,7 @@ class ControlPlane:
                 AddressHold(record.tunnel_address, n, self.version + 1) for n in self.nodes if n != node_id
             ]
             try:
-                gone = self.store.remove_node(node_id, holds, at_version=self.version)
+                gone = self.store.remove_node(node_id, holds, self.clock.now(), at_version=self.version)
             except StaleVersion:
                 continue
             except StoreUnavailable as e:
@@ -567,6 +577,20 @@ class ControlPlane:
             self.version += 1  # else another replica's change came first: catching up takes both
         self._apply(MeshChange(maps=self._take(record)))
         return self.node_info(node_id)
+
+    def removed_nodes(self) -> list[RemovedNodeInfo]:
+        return [_removed_info(r) for r in self.store.removed_nodes()]
+
+    def allow_node(self, node_id: int) -> RemovedNodeInfo:
+        """Let a removed node's keys enroll again (it comes back as a new node). 404: not removed."""
+        self._writable()
+        try:
+            record = self.store.allow_removed(node_id)
+        except StoreUnavailable as e:
+            raise ApiError(503, f"this controller cannot reach its database: {e}") from None
+        if record is None:
+            raise ApiError(404, f"no removed node {node_id}")
+        return _removed_info(record)
 
     # --- key rotation ------------------------------------------------------------------------------
 
@@ -834,6 +858,18 @@ def _policy_info(r: PolicyRecord, with_text: bool) -> PolicyInfo:
         action=action,
         restored=r.restored,
         text=r.text if with_text and action != "clear" else None,
+    )
+
+
+def _removed_info(r: RemovedNodeRecord) -> RemovedNodeInfo:
+    return RemovedNodeInfo.model_validate(
+        {
+            "node_id": r.node_id,
+            "name": r.name,
+            "wg_public_key": r.wg_public_key,
+            "identity_public_key": r.identity_public_key,
+            "removed_at": r.removed_at,
+        }
     )
 
 

@@ -52,9 +52,11 @@ from controller.store import (
     ChangeBatch,
     KeyRefused,
     NodeRecord,
+    NodeRemoved,
     NodeWrite,
     PolicyRecord,
     PreAuthKeyRecord,
+    RemovedNodeRecord,
     Snapshot,
     StaleVersion,
     StoreConflict,
@@ -198,6 +200,20 @@ key_rotations = sa.Table(
     metadata,
     sa.Column("node_id", sa.Integer, sa.ForeignKey("nodes.id", ondelete="CASCADE"), primary_key=True),
     sa.Column("record", sa.Text, nullable=False),
+)
+
+
+# Nodes an admin removed: their keys are refused at enrollment and their credential answered 410 until
+# an admin allows them again (the row is deleted then).
+removed_nodes = sa.Table(
+    "removed_nodes",
+    metadata,
+    sa.Column("node_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("name", sa.String(253), nullable=False),
+    sa.Column("wg_public_key", sa.String(44), nullable=False, index=True),
+    sa.Column("identity_public_key", sa.String(44), nullable=False, index=True),
+    sa.Column("credential_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("removed_at", UtcDateTime, nullable=False),
 )
 
 
@@ -442,6 +458,20 @@ class SqlStore:
         refusal = key_refusal(None if key is None else _key(key), now)
         if refusal is not None or key is None:
             raise KeyRefused(refusal or "unknown pre-auth key")
+        r = removed_nodes.c
+        gone = c.execute(
+            sa.select(removed_nodes).where(
+                sa.or_(
+                    r.identity_public_key == node.identity_public_key, r.wg_public_key == node.wg_public_key
+                )
+            )
+        ).first()
+        if gone is not None:
+            raise NodeRemoved(
+                f"these keys belong to node {gone.node_id} ({gone.name}), removed from the mesh at "
+                f"{gone.removed_at.isoformat(timespec='seconds')}: refused until an admin runs "
+                f"`wgmesh nodes allow {gone.node_id}`"
+            )
         existing = None
         if node.node_id is not None:
             existing = c.execute(sa.select(nodes).where(nodes.c.id == node.node_id)).first()
@@ -478,9 +508,23 @@ class SqlStore:
             node_id = _new_id(c, nodes.insert().values(enrolled_at=now, tags=key.tags, **values))
         return _node(c.execute(sa.select(nodes).where(nodes.c.id == node_id)).one())
 
-    def remove_node(self, node_id: int, holds: Sequence[AddressHold], at_version: int | None = None) -> bool:
+    def remove_node(
+        self, node_id: int, holds: Sequence[AddressHold], removed_at: datetime, at_version: int | None = None
+    ) -> bool:
         with self._tx() as c:
             version = self._lock_version(c, at_version)
+            row = c.execute(sa.select(nodes).where(nodes.c.id == node_id)).first()
+            if row is not None:
+                c.execute(
+                    removed_nodes.insert().values(
+                        node_id=row.id,
+                        name=row.name,
+                        wg_public_key=row.wg_public_key,
+                        identity_public_key=row.identity_public_key,
+                        credential_hash=row.credential_hash,
+                        removed_at=removed_at,
+                    )
+                )
             gone = c.execute(nodes.delete().where(nodes.c.id == node_id)).rowcount == 1
             if gone and holds:
                 c.execute(
@@ -493,6 +537,25 @@ class SqlStore:
             if gone:
                 self._bump(c, version, [("node", node_id, None)])
             return gone
+
+    def removed_nodes(self) -> list[RemovedNodeRecord]:
+        with self._tx() as c:
+            rows = c.execute(sa.select(removed_nodes).order_by(removed_nodes.c.node_id)).all()
+        return [_removed(r) for r in rows]
+
+    def removed_by_credential(self, credential_hash: str) -> RemovedNodeRecord | None:
+        with self._tx() as c:
+            row = c.execute(
+                sa.select(removed_nodes).where(removed_nodes.c.credential_hash == credential_hash)
+            ).first()
+        return None if row is None else _removed(row)
+
+    def allow_removed(self, node_id: int) -> RemovedNodeRecord | None:
+        with self._tx() as c:
+            row = c.execute(sa.select(removed_nodes).where(removed_nodes.c.node_id == node_id)).first()
+            if row is not None:
+                c.execute(removed_nodes.delete().where(removed_nodes.c.node_id == node_id))
+        return None if row is None else _removed(row)
 
     def save_maps(self, maps: Mapping[int, MapState]) -> None:
         if not maps:
@@ -794,6 +857,17 @@ def _rotation(text: str) -> NodeRotation:
             values[name] = datetime.fromisoformat(values[name])
     known = {f.name for f in dataclasses.fields(NodeRotation)}
     return NodeRotation(**{k: v for k, v in values.items() if k in known})
+
+
+def _removed(r: sa.Row[Any]) -> RemovedNodeRecord:
+    return RemovedNodeRecord(
+        node_id=r.node_id,
+        name=r.name,
+        wg_public_key=r.wg_public_key,
+        identity_public_key=r.identity_public_key,
+        credential_hash=r.credential_hash,
+        removed_at=r.removed_at,
+    )
 
 
 def _key(r: sa.Row[Any]) -> PreAuthKeyRecord:

@@ -36,6 +36,10 @@ class KeyRefused(Exception):
     """The pre-auth key cannot enroll this host; the message says why."""
 
 
+class NodeRemoved(KeyRefused):
+    """The host's keys belong to a node an admin removed: refused until the admin allows them again."""
+
+
 class StaleVersion(Exception):
     """Another replica changed the mesh since the version the caller's view is at: catch up, retry."""
 
@@ -69,6 +73,18 @@ def key_refusal(key: PreAuthKeyRecord | None, now: datetime) -> str | None:
     if key.expires_at is not None and key.expires_at <= now:
         return f"pre-auth key {key.id} expired at {key.expires_at.isoformat(timespec='seconds')}"
     return None
+
+
+@dataclass(frozen=True)
+class RemovedNodeRecord:
+    """What stays of a removed node: what refuses its keys and answers its credential 410."""
+
+    node_id: int
+    name: str
+    wg_public_key: str
+    identity_public_key: str
+    credential_hash: str
+    removed_at: datetime
 
 
 @dataclass(frozen=True)
@@ -208,15 +224,31 @@ class Store(Protocol):
         """Check and use the pre-auth key, then insert (node_id None: it takes the key's tags) or update
         the node (it keeps its tags).
 
-        Raises KeyRefused (unknown, revoked, expired, single-use already used by another host),
+        Raises KeyRefused (unknown, revoked, expired, single-use already used by another host; its
+        NodeRemoved when the identity or WireGuard key belongs to a removed node, checked after the key),
         StoreConflict or StaleVersion (the mesh is no longer at `at_version`; None: do not check);
         changes nothing then. A re-enrollment may present the single-use key that enrolled this very
         node before: it is not consumed twice.
         """
         ...
 
-    def remove_node(self, node_id: int, holds: Sequence[AddressHold], at_version: int | None = None) -> bool:
-        """Delete the node with its link state and map state, and add the holds on its address."""
+    def remove_node(
+        self, node_id: int, holds: Sequence[AddressHold], removed_at: datetime, at_version: int | None = None
+    ) -> bool:
+        """Delete the node with its link state and map state, add the holds on its address, and remember
+        it as removed (its keys and credential refused until `allow_removed`)."""
+        ...
+
+    def removed_nodes(self) -> list[RemovedNodeRecord]:
+        """Every removed node not allowed again, by node id."""
+        ...
+
+    def removed_by_credential(self, credential_hash: str) -> RemovedNodeRecord | None:
+        """The removed node this credential belonged to; None: none."""
+        ...
+
+    def allow_removed(self, node_id: int) -> RemovedNodeRecord | None:
+        """Forget a removal: its keys may enroll again (as a new node). None: no such removed node."""
         ...
 
     def version(self) -> int:

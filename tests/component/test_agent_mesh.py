@@ -73,22 +73,15 @@ class FlakyHostNetwork(FakeHostNetwork):
 
 
 class SwitchableTransport(httpx.AsyncBaseTransport):
-    """The network between agents and controller; `down` makes every new request fail to connect.
-    Requests with a credential in `removed` are answered 410, as a controller that remembers removed
-    nodes answers them (today's controller does so only to a poll parked at the removal)."""
+    """The network between agents and controller; `down` makes every new request fail to connect."""
 
     def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
         self.inner = inner
         self.down = False
-        self.removed: set[str] = set()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if self.down:
             raise httpx.ConnectError("connection refused", request=request)
-        credential = request.headers.get("authorization", "").removeprefix("Bearer ")
-        if credential in self.removed:
-            body = {"detail": "node was removed from the mesh"}
-            return httpx.Response(410, json=body, request=request)
         return await self.inner.handle_async_request(request)
 
 
@@ -318,12 +311,11 @@ async def test_a_fourth_host_appears_everywhere_and_a_removed_one_disappears(mes
         await wait_for(
             f"{name} to log beta's removal", lambda h=h: "event=peer_removed peer=beta" in h.log(), mesh
         )
-    # the removed host is told once (removed: 410, or its credential refused: 401, depending on
-    # whether its poll was parked at the removal)
+    # the removed host is told once, whether its poll was parked at the removal or came after it
     beta = mesh.hosts["beta"]
-    await wait_for("beta told", lambda: beta.status().controller in ("rejected", "removed"), mesh)
-    told = beta.log().count("event=controller_rejected") + beta.log().count("event=node_removed")
-    assert 1 <= told <= 2
+    await wait_for("beta told", lambda: beta.status().controller == "removed", mesh)
+    assert beta.log().count("event=node_removed") == 1
+    assert "event=controller_rejected" not in beta.log()
 
 
 async def test_a_removed_node_takes_its_peers_down_says_so_once_and_stops(mesh: Mesh) -> None:
@@ -331,7 +323,6 @@ async def test_a_removed_node_takes_its_peers_down_says_so_once_and_stops(mesh: 
         await mesh.start(name)
     await wait_for("two hosts meshed", lambda: full_mesh(mesh, ["alpha", "beta"]), mesh)
     beta = mesh.hosts["beta"]
-    mesh.transport.removed.add(StatePaths(beta.state_dir).credential.read_text().strip())
     await mesh.remove("beta")
     await wait_for("beta's agent to stop", lambda: beta.task is not None and beta.task.done(), mesh)
     assert beta.agent is not None and beta.agent.stopped is not None
@@ -344,6 +335,22 @@ async def test_a_removed_node_takes_its_peers_down_says_so_once_and_stops(mesh: 
     assert beta.status().controller == "removed" and beta.status().peers == []
     assert not StatePaths(beta.state_dir).netmap.exists(), "a restart would bring the peers back"
     assert not StatePaths(beta.state_dir).p2p_directory.exists()
+
+
+async def test_a_node_removed_while_its_agent_was_down_is_told_when_it_comes_back(mesh: Mesh) -> None:
+    """Issue 8.10: the removal must last. Its credential is answered 410 (not 401, on which an agent
+    keeps its peers and retries forever), so the agent started from its cache takes the peers down."""
+    for name in ("alpha", "beta"):
+        await mesh.start(name)
+    await wait_for("two hosts meshed", lambda: full_mesh(mesh, ["alpha", "beta"]), mesh)
+    await mesh.stop("beta")
+    await mesh.remove("beta")
+    beta = await mesh.start("beta")
+    await wait_for("beta's agent to stop", lambda: beta.task is not None and beta.task.done(), mesh)
+    assert beta.agent is not None and beta.agent.stopped is not None
+    assert beta.agent.stopped.exit_code == EXIT_REMOVED
+    assert beta.backend.read("wg0").peers == {} and beta.host_network.forward["wg0"] is False
+    assert beta.log().count("event=node_removed") == 1 and "event=controller_rejected" not in beta.log()
 
 
 async def test_controller_away_agents_run_from_cache_then_reconnect(mesh: Mesh) -> None:
