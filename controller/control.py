@@ -159,6 +159,10 @@ class ControlPlane:
         store.save_maps(self.mesh.initial.maps)
         self._last_seen = {n.node_id: n.last_seen for n in snapshot.nodes if n.last_seen}
         self._seen_written = dict(self._last_seen)
+        # Bookkeeping that polls make, written by `tick` in one transaction each (one per poll would
+        # cost thousands of transactions when every agent acknowledges a removal at once).
+        self._seen_due: set[int] = set()  # nodes whose last_seen is due to be written
+        self._releases: dict[int, int] = {}  # holder -> the serial it acknowledged (holds to release)
 
     def _load(self, snapshot: Snapshot, maps: dict[int, MapState]) -> None:
         self.version = snapshot.version
@@ -260,6 +264,8 @@ class ControlPlane:
         self._by_identity.pop(record.identity_public_key, None)
         self._last_seen.pop(record.node_id, None)
         self._seen_written.pop(record.node_id, None)
+        self._seen_due.discard(record.node_id)
+        self._releases.pop(record.node_id, None)
         self._policy_held.pop(record.node_id, None)
         self._flagged.discard(record.node_id)
         self._infos.pop(record.node_id, None)
@@ -440,13 +446,28 @@ class ControlPlane:
         if self.unavailable is not None:
             return
         written = self._seen_written.get(node_id)
-        # Bookkeeping only: a failed write is retried with the next poll, the map is served anyway.
+        if written is None or now - written >= LAST_SEEN_WRITE_EVERY:
+            self._seen_due.add(node_id)
+        if 0 < since <= self.mesh.serial(node_id) and self.holds.acknowledge(node_id, since):
+            self._releases[node_id] = max(since, self._releases.get(node_id, 0))
+
+    def write_bookkeeping(self) -> None:
+        """Write what polls noted (last seen, acknowledged holds). Bookkeeping only: a failed write is
+        tried again next time, and holding an address longer than needed is always safe."""
         with contextlib.suppress(StoreUnavailable):
-            if written is None or now - written >= LAST_SEEN_WRITE_EVERY:
-                self.store.touch({node_id: now})
-                self._seen_written[node_id] = now
-            if 0 < since <= self.mesh.serial(node_id) and self.holds.acknowledge(node_id, since):
-                self.store.release_holds(node_id, since)
+            if self._releases:
+                released, self._releases = self._releases, {}
+                try:
+                    self.store.release_holds(released)
+                except StoreUnavailable:
+                    for h, serial in released.items():
+                        self._releases[h] = max(serial, self._releases.get(h, 0))
+                    raise
+            due = {n: self._last_seen[n] for n in self._seen_due if n in self._last_seen}
+            if due:
+                self.store.touch(due)
+                self._seen_written.update(due)
+            self._seen_due.clear()
 
     def report(self, node_id: int, report: LinkReport) -> None:
         seen: set[int] = set()
@@ -656,7 +677,9 @@ class ControlPlane:
         )
 
     def tick(self) -> None:
-        """Periodic: give up rotations of nodes that never answered; start the scheduled one."""
+        """Periodic: write the polls' bookkeeping; give up rotations of nodes that never answered;
+        start the scheduled one."""
+        self.write_bookkeeping()
         now = self.clock.now()
         changed = self.rotations.tick(now)
         interval = self.settings.key_rotation_interval_s
@@ -810,6 +833,7 @@ class ControlPlane:
         return _policy_info(record, with_text=False)
 
     def close(self) -> None:
+        self.write_bookkeeping()
         pending = {n: t for n, t in self._last_seen.items() if t and self._seen_written.get(n) != t}
         self.store.touch(pending)
         self.store.close()

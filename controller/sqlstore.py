@@ -597,12 +597,16 @@ class SqlStore:
             )
             return self._bump(c, version, [("link", r.a, r.b) for r in kept])
 
-    def release_holds(self, holder: int, up_to_serial: int) -> None:
+    def release_holds(self, released: Mapping[int, int]) -> None:
+        if not released:
+            return
         with self._tx() as c:
             c.execute(
                 address_holds.delete().where(
-                    address_holds.c.holder == holder, address_holds.c.min_serial <= up_to_serial
-                )
+                    address_holds.c.holder == sa.bindparam("holder"),
+                    address_holds.c.min_serial <= sa.bindparam("serial"),
+                ),
+                [{"holder": h, "serial": s} for h, s in released.items()],
             )
 
     def save_rotations(self, records: Sequence[NodeRotation]) -> None:

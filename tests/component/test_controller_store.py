@@ -235,7 +235,7 @@ def test_removing_a_node_takes_its_state_and_ids_are_never_reused(url: str):
     assert [n.node_id for n in snap.nodes] == [a.node_id]
     assert snap.links == [] and set(snap.maps) == {a.node_id}
     assert snap.holds == [AddressHold(b.tunnel_address, a.node_id, 4)]
-    store.release_holds(a.node_id, 4)
+    store.release_holds({a.node_id: 4})
     assert store.load().holds == []
     c = store.enroll(credential_hash("k"), node(3), NOW)
     assert c.node_id > b.node_id
