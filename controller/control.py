@@ -21,6 +21,7 @@ import base64
 import binascii
 import contextlib
 import dataclasses
+import functools
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -143,8 +144,8 @@ class ControlPlane:
     ) -> None:
         self.settings = settings
         self.ca_pin = ca_pin  # carried in every pre-auth key made here (None: operator certificates)
-        self.nonces = EnrollNonces()
         self.store = store
+        self.nonces = EnrollNonces(store)
         self.clock = clock
         self._wake = on_maps_changed
         admin, _created = ensure_admin_credential(settings.state_dir)
@@ -225,10 +226,15 @@ class ControlPlane:
             if record is None:
                 continue
             self._forget(record)
+            self.rotations.forget(node_id)
             maps.update(self.mesh.remove(node_id).maps)
             wake.append(node_id)
         for record in batch.nodes:
             maps.update(self._take(record))
+        for rotation in batch.rotations:
+            if rotation.node_id in self.nodes:
+                self.rotations.take(rotation)
+                maps.update(self.mesh.upsert(self._card(rotation.node_id)).maps)
         maps.update(self.mesh.set_links(batch.links).maps)
         if batch.policy is not None and batch.policy != self.policy:
             self.policy = batch.policy
@@ -337,15 +343,18 @@ class ControlPlane:
         wg_key = req.wg_public_key.base64()
         credential = new_secret(NODE_PREFIX)
         self._writable()
+        now = self.clock.now()
         for _attempt in range(WRITE_ATTEMPTS):
             self.sync()
             write = self._enroll_write(req, identity, wg_key, credential)
+            book = self.rotations.copy()  # the node's key is as old as now, in the same transaction
             try:
                 record = self.store.enroll(
                     credential_hash(_secret_of(req.preauth_key)),
                     write,
-                    self.clock.now(),
+                    now,
                     at_version=self.version,
+                    rotations=functools.partial(book.enrolled, now=now),
                 )
             except StaleVersion:
                 continue
@@ -360,7 +369,7 @@ class ControlPlane:
             raise ApiError(503, "the mesh changed on every attempt to enroll; try again")
         self.version += 1
         self.mesh.version = self.version
-        self.store.save_rotations(self.rotations.enrolled(record.node_id, self.clock.now()))
+        self.rotations = book
         self._apply(MeshChange(maps=self._take(record)))
         return EnrollResponse(
             node_id=record.node_id,
@@ -560,8 +569,12 @@ class ControlPlane:
             holds = [
                 AddressHold(record.tunnel_address, n, self.version + 1) for n in self.nodes if n != node_id
             ]
+            book = self.rotations.copy()
+            moved_on = book.removed(node_id, self.clock.now())
             try:
-                gone = self.store.remove_node(node_id, holds, self.clock.now(), at_version=self.version)
+                gone = self.store.remove_node(
+                    node_id, holds, self.clock.now(), at_version=self.version, rotations=moved_on
+                )
             except StaleVersion:
                 continue
             except StoreUnavailable as e:
@@ -578,8 +591,11 @@ class ControlPlane:
         change = self.mesh.remove(node_id)
         for h in holds:
             self.holds.hold(h.address, {h.holder: h.min_serial})
+        self.rotations = book
+        for r in moved_on:  # a running `rotate --all` asks the next node
+            if r.node_id in self.nodes:
+                change.maps.update(self.mesh.upsert(self._card(r.node_id)).maps)
         self._apply(change, also_wake=[node_id])
-        self._rotations_changed(self.rotations.removed(node_id, self.clock.now()))
 
     def set_node_tags(self, node_id: int, req: NodeTagsRequest) -> NodeInfo:
         """An admin's tags for the node; maps change where the policy in force now says otherwise."""
@@ -620,16 +636,14 @@ class ControlPlane:
         if node_id not in self.nodes:
             raise ApiError(404, f"no node {node_id}")
         neighbours = [n for n in self.nodes if n != node_id]  # every node's map holds every other one
-        self._rotations_changed(
-            self._refusable(lambda: self.rotations.request(node_id, neighbours, self.clock.now()))
-        )
+        now = self.clock.now()
+        self._rotation_step(lambda book: book.request(node_id, neighbours, now))
         return self.rotation_info(node_id)
 
     def rotate_all(self) -> RotationProgress:
         """Queue every node and rotate them one at a time. 409 while any rotation runs."""
-        self._rotations_changed(
-            self._refusable(lambda: self.rotations.request_all(sorted(self.nodes), self.clock.now()))
-        )
+        now = self.clock.now()
+        self._rotation_step(lambda book: book.request_all(sorted(self.nodes), now))
         return self.rotation_progress()
 
     def rotation_info(self, node_id: int) -> RotationInfo:
@@ -660,18 +674,11 @@ class ControlPlane:
                 raise ApiError(409, f"WireGuard public key already belongs to node {other.node_id}")
         now = self.clock.now()
         if report.phase == "prepare":
-            self.store.save_rotations(
-                self._refusable(lambda: self.rotations.prepare(node_id, report.rotation_id, key))
-            )
+            self._rotation_step(lambda book: book.prepare(node_id, report.rotation_id, key))
         else:
-            changed = self._refusable(lambda: self.rotations.commit(node_id, report.rotation_id, key, now))
-            if changed:
-                try:
-                    record = self.store.record_key(node_id, key, changed)
-                except StoreConflict as e:
-                    raise ApiError(409, str(e)) from None
-                self.nodes[node_id] = record
-                self._rotations_changed(changed, saved=True)
+            self._rotation_step(
+                lambda book: book.commit(node_id, report.rotation_id, key, now), new_key=(node_id, key)
+            )
         return KeyReportAnswer(
             rotation_id=report.rotation_id, phase=report.phase, serial=self.mesh.serial(node_id)
         )
@@ -681,11 +688,17 @@ class ControlPlane:
         start the scheduled one."""
         self.write_bookkeeping()
         now = self.clock.now()
-        changed = self.rotations.tick(now)
         interval = self.settings.key_rotation_interval_s
-        if interval:
-            changed += self.rotations.due(sorted(self.nodes), now, timedelta(seconds=interval))
-        self._rotations_changed(changed)
+
+        def step(book: RotationBook) -> list[NodeRotation]:
+            changed = book.tick(now)
+            if interval:
+                changed += book.due(sorted(self.nodes), now, timedelta(seconds=interval))
+            return changed
+
+        # Every replica ticks; the version check lets one of them decide. A database away: next tick.
+        with contextlib.suppress(ApiError, StoreUnavailable):
+            self._rotation_step(step)
 
     def create_preauth_key(self, req: PreAuthKeyRequest) -> PreAuthKeyInfo:
         key = new_secret(PREAUTH_PREFIX)
@@ -843,17 +856,50 @@ class ControlPlane:
     def _card(self, node_id: int) -> NodeCard:
         return card_of(self.nodes[node_id], self._doc, self.rotations.requested_of(node_id))
 
-    @staticmethod
-    def _refusable(step: Callable[[], list[NodeRotation]]) -> list[NodeRotation]:
-        try:
-            return step()
-        except RotationRefused as e:
-            raise ApiError(e.status, e.detail) from None
-
-    def _rotations_changed(self, changed: list[NodeRotation], saved: bool = False) -> None:
-        """Persist changed rotation records, then give each node's map its rotation request."""
-        if not saved:
-            self.store.save_rotations(changed)
+    def _rotation_step(
+        self, step: Callable[[RotationBook], list[NodeRotation]], new_key: tuple[int, str] | None = None
+    ) -> None:
+        """Decide on a copy of the rotation book and keep it only if its records commit at the version
+        this view is at (else catch up and decide again), so a decision is made once across replicas;
+        then give each changed node's map its rotation request. A refusal is given only on a view
+        that has caught up (another replica may have moved the rotation on a moment ago). `new_key`:
+        a commit, whose node key is written in the same transaction."""
+        self._writable()
+        synced = False
+        for _attempt in range(WRITE_ATTEMPTS):
+            book = self.rotations.copy()
+            try:
+                changed = step(book)
+            except RotationRefused as e:
+                if synced:
+                    raise ApiError(e.status, e.detail) from None
+                self.sync()
+                synced = True
+                continue
+            if not changed:
+                return
+            try:
+                if new_key is not None:
+                    record = self.store.record_key(*new_key, changed, at_version=self.version)
+                    version = self.version + 1
+                else:
+                    version = self.store.save_rotations(changed, at_version=self.version)
+            except StaleVersion:
+                self.sync()
+                synced = True
+                continue
+            except StoreConflict as e:
+                raise ApiError(409, str(e)) from None
+            except KeyError:
+                raise ApiError(404, f"no node {new_key[0] if new_key else '?'}") from None
+            break
+        else:
+            raise ApiError(503, "the mesh changed on every attempt to record the rotation; try again")
+        self.rotations = book
+        if version != self.version:
+            self.version = self.mesh.version = version
+        if new_key is not None:
+            self.nodes[record.node_id] = record
         for r in changed:
             if r.node_id in self.nodes:
                 self._apply(self.mesh.upsert(self._card(r.node_id)))

@@ -31,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -174,7 +174,7 @@ changes = sa.Table(
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("version", sa.BigInteger, nullable=False, index=True),
     # "node": node_id enrolled, changed or removed; "link": link (node_id, peer_id) written;
-    # "policy": a new policy version
+    # "policy": a new policy version; "rotation": node_id's key rotation record written
     sa.Column("kind", sa.String(16), nullable=False),
     sa.Column("node_id", sa.Integer, nullable=True),
     sa.Column("peer_id", sa.Integer, nullable=True),
@@ -234,6 +234,29 @@ audit_events = sa.Table(
     sqlite_autoincrement=True,
 )
 AUDIT_KEPT = 1_000_000
+
+
+# Enrollment nonces outstanding (controller.nonces): any replica takes a nonce another issued, once.
+enroll_nonces = sa.Table(
+    "enroll_nonces",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("nonce", sa.String(64), nullable=False, unique=True),
+    sa.Column("expires_at", UtcDateTime, nullable=False),
+    sqlite_autoincrement=True,
+)
+
+# The managed TLS CA (controller.tls), one row: every replica issues its server certificate from it, so
+# the pin in pre-auth keys holds for all of them. Whoever reads this database can impersonate the
+# controller to agents; whoever writes it can already enroll anything, so it is kept with the rest.
+tls_ca = sa.Table(
+    "tls_ca",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("key_pem", sa.Text, nullable=False),
+    sa.Column("cert_pem", sa.Text, nullable=False),
+    sa.CheckConstraint("id = 1", name="tls_ca_one_row"),
+)
 
 
 def sqlite_url(path: str) -> str:
@@ -387,6 +410,12 @@ class SqlStore:
                 policy_row = c.execute(
                     sa.select(policy_versions).order_by(policy_versions.c.version.desc()).limit(1)
                 ).first()
+            rotated = {r.node_id for r in rows if r.kind == "rotation"}
+            rotation_rows = (
+                c.execute(sa.select(key_rotations.c.record).where(key_rotations.c.node_id.in_(rotated))).all()
+                if rotated
+                else []
+            )
         present = {r.id for r in node_rows}
         return ChangeBatch(
             since=since,
@@ -396,6 +425,7 @@ class SqlStore:
             links=[_link(r) for r in link_rows],
             holds=[_hold(r) for r in hold_rows],
             policy=None if policy_row is None else _policy(policy_row),
+            rotations=[_rotation(r.record) for r in rotation_rows],
         )
 
     def list_preauth_keys(self) -> list[PreAuthKeyRecord]:
@@ -441,13 +471,21 @@ class SqlStore:
             return None if row is None else _key(row)
 
     def enroll(
-        self, key_hash: str, node: NodeWrite, now: datetime, at_version: int | None = None
+        self,
+        key_hash: str,
+        node: NodeWrite,
+        now: datetime,
+        at_version: int | None = None,
+        rotations: Callable[[int], Sequence[NodeRotation]] | None = None,
     ) -> NodeRecord:
         try:
             with self._tx() as c:
                 version = self._lock_version(c, at_version)
                 record = self._enroll(c, key_hash, node, now)
-                self._bump(c, version, [("node", record.node_id, None)])
+                saved = self._save_rotations(c, rotations(record.node_id)) if rotations else []
+                self._bump(
+                    c, version, [("node", record.node_id, None), *(("rotation", n, None) for n in saved)]
+                )
                 return record
         except IntegrityError as e:
             raise StoreConflict(f"already in use: {_constraint(e)}") from None
@@ -509,7 +547,12 @@ class SqlStore:
         return _node(c.execute(sa.select(nodes).where(nodes.c.id == node_id)).one())
 
     def remove_node(
-        self, node_id: int, holds: Sequence[AddressHold], removed_at: datetime, at_version: int | None = None
+        self,
+        node_id: int,
+        holds: Sequence[AddressHold],
+        removed_at: datetime,
+        at_version: int | None = None,
+        rotations: Sequence[NodeRotation] = (),
     ) -> bool:
         with self._tx() as c:
             version = self._lock_version(c, at_version)
@@ -535,7 +578,8 @@ class SqlStore:
                     ],
                 )
             if gone:
-                self._bump(c, version, [("node", node_id, None)])
+                saved = self._save_rotations(c, rotations)
+                self._bump(c, version, [("node", node_id, None), *(("rotation", n, None) for n in saved)])
             return gone
 
     def removed_nodes(self) -> list[RemovedNodeRecord]:
@@ -609,35 +653,47 @@ class SqlStore:
                 [{"holder": h, "serial": s} for h, s in released.items()],
             )
 
-    def save_rotations(self, records: Sequence[NodeRotation]) -> None:
-        if not records:
-            return
+    def save_rotations(self, records: Sequence[NodeRotation], at_version: int | None = None) -> int:
         with self._tx() as c:
-            self._save_rotations(c, records)
+            version = self._lock_version(c, at_version)
+            saved = self._save_rotations(c, records)
+            if not saved:
+                return version
+            return self._bump(c, version, [("rotation", n, None) for n in saved])
 
-    def _save_rotations(self, c: Connection, records: Sequence[NodeRotation]) -> None:
+    def _save_rotations(self, c: Connection, records: Sequence[NodeRotation]) -> list[int]:
+        """Write the records of nodes still there; their ids."""
+        if not records:
+            return []
         known = {r.node_id for r in records}
         present = set(c.execute(sa.select(nodes.c.id).where(nodes.c.id.in_(known))).scalars())
         rows = [{"node_id": r.node_id, "record": _rotation_json(r)} for r in records if r.node_id in present]
         if not rows:
-            return
+            return []
         stmt = self._upsert(key_rotations)
         stmt = stmt.on_conflict_do_update(
             index_elements=[key_rotations.c.node_id], set_={"record": stmt.excluded.record}
         )
         c.execute(stmt, rows)
+        return sorted({r.node_id for r in records if r.node_id in present})
 
-    def record_key(self, node_id: int, wg_public_key: str, rotations: Sequence[NodeRotation]) -> NodeRecord:
+    def record_key(
+        self,
+        node_id: int,
+        wg_public_key: str,
+        rotations: Sequence[NodeRotation],
+        at_version: int | None = None,
+    ) -> NodeRecord:
         try:
             with self._tx() as c:
-                version = self._lock_version(c, None)
+                version = self._lock_version(c, at_version)
                 done = c.execute(
                     nodes.update().where(nodes.c.id == node_id).values(wg_public_key=wg_public_key)
                 )
                 if done.rowcount != 1:
                     raise KeyError(node_id)
-                self._save_rotations(c, rotations)
-                self._bump(c, version, [("node", node_id, None)])
+                saved = self._save_rotations(c, rotations)
+                self._bump(c, version, [("node", node_id, None), *(("rotation", n, None) for n in saved)])
                 return _node(c.execute(sa.select(nodes).where(nodes.c.id == node_id)).one())
         except IntegrityError as e:
             raise StoreConflict(f"already in use: {_constraint(e)}") from None
@@ -661,6 +717,32 @@ class SqlStore:
                 .values(last_seen=sa.bindparam("seen")),
                 [{"node_id": n, "seen": t} for n, t in last_seen.items()],
             )
+
+    # --- enrollment nonces and the managed CA ------------------------------------------------------
+
+    def add_nonce(self, nonce: str, expires_at: datetime, now: datetime, capacity: int) -> None:
+        n = enroll_nonces.c
+        with self._tx() as c:
+            c.execute(enroll_nonces.delete().where(n.expires_at <= now))
+            new = _new_id(c, enroll_nonces.insert().values(nonce=nonce, expires_at=expires_at))
+            c.execute(enroll_nonces.delete().where(n.id <= new - capacity))
+
+    def take_nonce(self, nonce: str, now: datetime) -> bool:
+        n = enroll_nonces.c
+        with self._tx() as c:
+            return c.execute(enroll_nonces.delete().where(n.nonce == nonce, n.expires_at > now)).rowcount == 1
+
+    def nonce_count(self) -> int:
+        with self._tx() as c:
+            return int(c.execute(sa.select(sa.func.count()).select_from(enroll_nonces)).scalar_one())
+
+    def share_tls_ca(self, key_pem: str, cert_pem: str) -> tuple[str, str]:
+        """Keep this CA unless the database keeps one already; the CA kept (key, certificate)."""
+        stmt = self._upsert(tls_ca).values(id=1, key_pem=key_pem, cert_pem=cert_pem)
+        with self._tx() as c:
+            c.execute(stmt.on_conflict_do_nothing(index_elements=[tls_ca.c.id]))
+            row = c.execute(sa.select(tls_ca.c.key_pem, tls_ca.c.cert_pem)).one()
+            return str(row.key_pem), str(row.cert_pem)
 
     # --- the mesh version ------------------------------------------------------------------------
 
