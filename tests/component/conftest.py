@@ -6,13 +6,16 @@ SQLite and on PostgreSQL (`store_url` in tests/conftest.py).
   still run on the event loop's clock).
 - `controller`: a `ControllerHarness`: `.client` (httpx.AsyncClient, base URL http://controller),
   `.transport` (for agents' own clients), `.admin` (headers), `.new_key()`, `.enroll()`, `.restart()`.
+- `replicas`: (cluster, database URL, [replica a, replica b]): two `Replica`s (harnesses with their
+  follower running) on one new PostgreSQL database.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import ipaddress
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,10 +30,12 @@ from controller.credentials import admin_credential_path
 from controller.settings import Settings
 from controller.sqlstore import SqlStore
 from keys import IdentityPrivateKey, WireGuardPrivateKey
+from lab.postgres import PostgresCluster
 from wire import api
 from wire.models import EnrollRequest, NetMap, enroll_signing_bytes
 
 CONTROLLER_URL = "http://controller"
+DEADLINE_S = 20.0
 MESH_CIDR = ipaddress.ip_network("198.19.0.0/16")
 
 
@@ -175,3 +180,48 @@ async def controller(
         yield harness
     finally:
         await harness.close()
+
+
+# --- replicas: several controllers on one PostgreSQL, in this process ----------------------------
+
+
+class Replica(ControllerHarness):
+    """A controller replica with its follower running, as `controller serve` runs it."""
+
+    def __init__(self, name: str, state_dir: Path, clock: ManualClock, db_url: str) -> None:
+        super().__init__(state_dir, clock, db_url=db_url)
+        self.name = name
+        self.task = asyncio.create_task(self.app.state.follower.run())
+
+    async def close(self) -> None:
+        self.app.state.follower.stop()
+        await asyncio.wait_for(self.task, DEADLINE_S)
+        await super().close()
+
+
+async def until(condition: Callable[[], object], what: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DEADLINE_S
+    while not condition():
+        assert loop.time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def replicas(
+    tmp_path: Path, postgres: PostgresCluster, controller_clock: ManualClock
+) -> AsyncIterator[tuple[PostgresCluster, str, list[Replica]]]:
+    url = postgres.create_database()
+    # Replicas share the admin credential: here one state directory; in production the same file.
+    made = [Replica(name, tmp_path / "controller", controller_clock, url) for name in ("a", "b")]
+    try:
+        yield postgres, url, made
+    finally:
+        for r in made:
+            await r.close()
+
+
+async def netmap(replica: Replica, host: Host, since: int, timeout: float = 0) -> httpx.Response:
+    return await replica.client.get(
+        api.NETMAP, params={"since": since, "timeout": timeout}, headers=host.auth
+    )

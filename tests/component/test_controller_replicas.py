@@ -6,62 +6,14 @@ serves nothing until it is back."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 
 import httpx
-import pytest
 
 from agent.client import ControllerClient
 from agent.targets import Targets
-from lab.postgres import PostgresCluster
-from tests.component.conftest import ControllerHarness, Host, ManualClock, make_host
+from tests.component.conftest import DEADLINE_S, make_host, netmap, until
 from wire import api
 from wire.models import NetMap
-
-DEADLINE_S = 20.0
-
-
-class Replica(ControllerHarness):
-    """A controller replica with its follower running, as `controller serve` runs it."""
-
-    def __init__(self, name: str, state_dir: Path, clock: ManualClock, db_url: str) -> None:
-        super().__init__(state_dir, clock, db_url=db_url)
-        self.name = name
-        self.task = asyncio.create_task(self.app.state.follower.run())
-
-    async def close(self) -> None:
-        self.app.state.follower.stop()
-        await asyncio.wait_for(self.task, DEADLINE_S)
-        await super().close()
-
-
-async def until(condition: Callable[[], object], what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + DEADLINE_S
-    while not condition():
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
-
-
-@pytest.fixture
-async def replicas(
-    tmp_path: Path, postgres: PostgresCluster, controller_clock: ManualClock
-) -> AsyncIterator[tuple[PostgresCluster, str, list[Replica]]]:
-    url = postgres.create_database()
-    # Replicas share the admin credential: here one state directory; in production the same file.
-    made = [Replica(name, tmp_path / "controller", controller_clock, url) for name in ("a", "b")]
-    try:
-        yield postgres, url, made
-    finally:
-        for r in made:
-            await r.close()
-
-
-async def netmap(replica: Replica, host: Host, since: int, timeout: float = 0) -> httpx.Response:
-    return await replica.client.get(
-        api.NETMAP, params={"since": since, "timeout": timeout}, headers=host.auth
-    )
 
 
 async def test_a_host_enrolled_through_one_replica_is_in_a_map_waiting_on_the_other(replicas):

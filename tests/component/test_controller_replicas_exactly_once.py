@@ -8,14 +8,7 @@ from __future__ import annotations
 import asyncio
 
 from keys import WireGuardPrivateKey
-from tests.component.conftest import enroll_request
-from tests.component.test_controller_replicas import (  # noqa: F401  (replicas: a fixture)
-    DEADLINE_S,
-    Replica,
-    netmap,
-    replicas,
-    until,
-)
+from tests.component.conftest import DEADLINE_S, Replica, enroll_request, netmap, until
 from wire import api
 from wire.models import NetMap
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ssl
 import stat
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import pytest
 
