@@ -17,6 +17,7 @@ from lab.cli import main as lab_main
 from lab.instance import Lab
 from lab.layout import LabLayout
 from lab.processes import log_tail
+from lab.record import LabStore
 from lab.teardown import tear_down
 
 T = TypeVar("T")
@@ -42,19 +43,35 @@ def wait_until(
 
 
 def logs(lab: Lab, lines: int = 15) -> str:
-    parts = [f"--- controller ({lab.layout.controller_log})", log_tail(lab.layout.controller_log, lines)]
+    parts = []
+    for r in lab.replicas:
+        parts += [f"--- controller {r.name} ({r.log})", log_tail(r.log, lines)]
     for h in lab.hosts:
         parts += [f"--- {h.name} agent ({h.agent_log})", log_tail(h.agent_log, lines)]
     return "\n".join(parts)
 
 
 @contextlib.contextmanager
-def running_lab(name: str, hosts: int, timeout: float = 120.0, backend: str = "userspace") -> Iterator[Lab]:
+def running_lab(
+    name: str,
+    hosts: int,
+    timeout: float = 120.0,
+    backend: str = "userspace",
+    store: LabStore = "sqlite",
+    replicas: int = 1,
+) -> Iterator[Lab]:
     """A lab whose mesh is complete; removed afterwards whatever happens (also leftovers of a crash)."""
     layout = LabLayout(name)
     tear_down(layout)
     try:
-        lab = Lab.create(name, hosts, backend=backend, controller_timeout_s=max(timeout, 120.0))
+        lab = Lab.create(
+            name,
+            hosts,
+            backend=backend,
+            store=store,
+            replicas=replicas,
+            controller_timeout_s=max(timeout, 120.0),
+        )
         view = lab.wait_for_mesh(timeout)
         assert view.complete, f"the mesh of {hosts} hosts did not complete: {view.missing()}\n{logs(lab)}"
         yield lab
