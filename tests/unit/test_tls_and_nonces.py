@@ -150,3 +150,29 @@ def test_a_certificate_without_the_urls_name_says_how_to_fix_it():
         "the controller's TLS certificate is not trusted (Hostname mismatch, certificate is not valid for "
         "'c.example'.; give the controller that name with --tls-san, or use a name it has)"
     )
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("S3cretPW", "must start with sqlite:/// or postgresql://, got something else"),
+        ("mysql://u:S3cretPW@db/x", "must start with sqlite:/// or postgresql://, got 'mysql'"),
+        ("postgresql://u:S3cretPW@db:fivefour/x", "the port of the database URL is not a number"),
+        ("postgresql://u:S3cr@tPW@db/x", "write an '@' in the user name or password as %40"),
+    ],
+)
+def test_a_database_url_that_cannot_work_is_one_line_without_its_password(tmp_path, url, message):
+    with pytest.raises(SettingsError) as e:
+        load_settings({"state_dir": str(tmp_path)}, {"WGMESH_DB": url})
+    line = str(e.value)
+    assert line.startswith("WGMESH_DB: ") and message in line and "\n" not in line
+    assert "S3cr" not in line and "tPW" not in line
+
+
+def test_database_urls_libpq_takes_are_taken(tmp_path):
+    for url, kept in (
+        ("postgres://u:p%40ss@db:5433/x", "postgresql://u:p%40ss@db:5433/x"),
+        ("postgresql:///x?host=/run/postgresql", "postgresql:///x?host=/run/postgresql"),
+        ("sqlite:///x.db", "sqlite:///x.db"),
+    ):
+        assert load_settings({"state_dir": str(tmp_path)}, {"WGMESH_DB": url}).database_url == kept
