@@ -243,7 +243,8 @@ class ControlPlane:
             maps.update(self.mesh.set_policy(self._access(), cards).maps)
         self.holds = AddressHolds(batch.holds)
         self.version = batch.version
-        self._persist_maps({n: s for n, s in maps.items() if n in self.nodes})
+        # The replica that made the change keeps the serials (every replica gives them the same):
+        # writing them again here would cost each replica a row per node per change.
         self._wake([*maps, *wake])
 
     def _resync(self) -> None:
