@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import ssl
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import httpx
@@ -75,8 +76,12 @@ class ControllerClient:
         transport: httpx.AsyncBaseTransport | None = None,
         targets: Targets | None = None,
         verify: ssl.SSLContext | bool = True,
+        on_target: Callable[[str], None] | None = None,
     ) -> None:
+        """`on_target(label)`: called when a request goes to another replica than the last one did."""
         self.targets = targets or Targets(base_url, resolve=transport is None)
+        self._on_target = on_target
+        self._last_target: str | None = None
         self._credential = credential
         self._http = httpx.AsyncClient(
             transport=transport,
@@ -178,6 +183,9 @@ class ControllerClient:
         order = await self.targets.aorder()
         problems: list[str] = []
         for target in order:
+            if self._on_target is not None and target.label != self._last_target:
+                self._last_target = target.label
+                self._on_target(target.label)
             try:
                 response = await self._send(target, method, path, json, params, headers, extra)
             except ControllerUnreachable as e:

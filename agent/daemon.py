@@ -208,6 +208,7 @@ class Agent:
             credential=credential,
             transport=self.edges.transport,
             verify=trusted_verify(self.settings),
+            on_target=self._replica_changed,
         )
         try:
             await asyncio.to_thread(backend.create, self.ifname)
@@ -556,10 +557,17 @@ class Agent:
         assert self.core is not None
         return self.core.status(self.edges.clock(), running)
 
+    def _replica_changed(self, _label: str) -> None:
+        """The client moved to another controller replica: the status says which, at once."""
+        if self._last_status is not None:
+            self._write_status(self._last_status)
+
     def _write_status(self, status: AgentStatus) -> None:
         self._last_status = status
         if self.rotation is not None:
             status = self.rotation.decorate(status)
+        if self.client is not None:
+            status = status.model_copy(update={"controller_in_use": self.client.base_url})
         try:
             status.save(self.paths.status)
         except OSError as e:

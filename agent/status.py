@@ -91,6 +91,10 @@ class AgentStatus(BaseModel):
         default=None,
         description="The key rotation under way (prepared, switching, switched, recorded); None: none.",
     )
+    controller_in_use: str | None = Field(
+        default=None,
+        description="The replica of `controller_url` (one of its URLs) the agent talks to now; None: unknown.",
+    )
 
     @classmethod
     def load(cls, path: Path) -> AgentStatus:
@@ -193,9 +197,12 @@ def render_table(status: AgentStatus, now: float) -> str:
     if status.netmap_source == "cache":
         serial += " (from cache)"
     state = status.controller if status.running else "agent stopped"
+    controller = status.controller_url
+    if status.controller_in_use and status.controller_in_use != controller and status.running:
+        controller += f" (using {status.controller_in_use})"
     head = (
         f"node {status.name} (id {status.node_id}) {status.tunnel_address} on {status.interface}; "
-        f"controller {status.controller_url}: {state}{since}; {serial}"
+        f"controller {controller}: {state}{since}; {serial}"
     )
     lines = [head]
     if status.wg_public_key is not None:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx
 
+from agent.targets import split_urls
 from keys.store import write_private_file
 from wgmesh.neterror import describe
 from wire import api
@@ -71,19 +72,27 @@ def adopt_ca_file(ca_file: Path, state_dir: Path) -> ssl.SSLContext:
 async def pin_controller_ca(
     url: str, pin: str, state_dir: Path, transport: httpx.AsyncBaseTransport | None = None
 ) -> ssl.SSLContext:
-    """Fetch the controller's CA, check it against `pin`, store it; the context that trusts it."""
-    if not url.startswith("https://"):
-        raise TrustError(f"the pre-auth key pins the controller's CA, but {url} is not https://")
-    # Not verified: the CA is checked against the pin below, and no secret is sent on this connection.
-    async with httpx.AsyncClient(
-        base_url=url, verify=False, transport=transport, timeout=FETCH_TIMEOUT_S
-    ) as client:
-        try:
-            response = await client.get(api.TLS_CA)
-        except httpx.HTTPError as e:
-            raise TrustError(
-                f"cannot fetch the controller's CA from {url}{api.TLS_CA}: {describe(e)}"
-            ) from None
+    """Fetch the controller's CA, check it against `pin`, store it; the context that trusts it.
+    `url` may name several replicas (comma-separated): they share one CA, so the first that answers
+    gives it."""
+    urls = split_urls(url)
+    for one in urls:
+        if not one.startswith("https://"):
+            raise TrustError(f"the pre-auth key pins the controller's CA, but {one} is not https://")
+    problems: list[str] = []
+    for url in urls:
+        # Not verified: the CA is checked against the pin below, and no secret is sent on this connection.
+        async with httpx.AsyncClient(
+            base_url=url, verify=False, transport=transport, timeout=FETCH_TIMEOUT_S
+        ) as client:
+            try:
+                response = await client.get(api.TLS_CA)
+            except httpx.HTTPError as e:
+                problems.append(f"cannot fetch the controller's CA from {url}{api.TLS_CA}: {describe(e)}")
+                continue
+        break
+    else:
+        raise TrustError("; ".join(problems))
     if response.status_code != 200:
         raise TrustError(
             f"{url}{api.TLS_CA} answered {response.status_code}: the controller has no managed CA "

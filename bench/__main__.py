@@ -5,7 +5,18 @@ from __future__ import annotations
 import subprocess
 import sys
 
-BENCHES = ["topology", "push", "p2p", "p2p_gate", "backend", "lab", "election", "rotation", "abandoned_polls"]
+BENCHES = [
+    "topology",
+    "push",
+    "replicas",
+    "p2p",
+    "p2p_gate",
+    "backend",
+    "lab",
+    "election",
+    "rotation",
+    "abandoned_polls",
+]
 
 
 def main(argv: list[str]) -> int:

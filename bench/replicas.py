@@ -5,12 +5,15 @@ directory, lab.postgres), measured in one run.
   enrolls through replica A; the time until every agent holds its new map. Baseline: all agents on
   replica A alone; then replica B starts and half the agents poll B. Goal: <= 1 s over 2 replicas.
 - failover: the agents on A keep polling; A is killed with SIGKILL and a host enrolls through B at
-  once; an agent whose connection breaks polls B (what the agent's client does with several URLs).
-  The time from the kill until every one of them holds the map with the new host.
+  once (with the nonce A issued before it died: nonces live in the database); an agent whose
+  connection breaks polls B (what the agent's client does with several URLs). The time from the
+  kill until every one of them holds the map with the new host.
 - enroll: enrollments per second through the API (ENROLLERS clients at once, requests signed before
   the clock starts) against a fresh controller on SQLite and one on PostgreSQL.
 
-Controllers are child processes ended by their pids; everything lives in temporary directories that
+Every connection is HTTPS verified against one CA: the one replica A made on first start, which B
+takes from the database (one pin for all replicas, as agents have it). Controllers are child
+processes ended by their pids; everything lives in temporary directories that
 are removed at the end. Prints `RESULT replicas ...` last.
 """
 
@@ -22,6 +25,7 @@ import os
 import resource
 import shutil
 import signal
+import ssl
 import statistics
 import subprocess
 import sys
@@ -75,7 +79,7 @@ def end(process: subprocess.Popen[str] | None) -> None:
 
 
 async def poll_with_failover(
-    agent: SimAgent, polling: Polling, fallback_port: int, moved: list[float]
+    agent: SimAgent, polling: Polling, fallback_port: int, moved: list[float], tls: ssl.SSLContext
 ) -> None:
     """bench.push.poll_forever, moving to `fallback_port` when the replica in use goes away."""
     while not polling.stop.is_set():
@@ -86,7 +90,7 @@ async def poll_with_failover(
             )
         except (OSError, asyncio.IncompleteReadError):
             await agent.conn.close()
-            agent.conn = AgentConnection(fallback_port, agent.credential)
+            agent.conn = AgentConnection(fallback_port, agent.credential, tls)
             moved.append(time.perf_counter())
             continue
         if status == 200:
@@ -131,42 +135,57 @@ async def fetch_serials(agents: list[SimAgent]) -> None:
 
 
 async def measure_push(
-    port_a: int, port_b: int, start_b: Callable[[], None], admin: str, agents: list[SimAgent], pid_a: int
+    port_a: int,
+    port_b: int,
+    start_b: Callable[[], None],
+    admin: str,
+    agents: list[SimAgent],
+    pid_a: int,
+    tls: ssl.SSLContext,
 ) -> tuple[float, float]:
     """(median all-agents time on A alone, the same over A and B)."""
     async with httpx.AsyncClient(
-        base_url=f"http://127.0.0.1:{port_a}", timeout=POLL_TIMEOUT_S + 30
+        base_url=f"https://127.0.0.1:{port_a}", timeout=POLL_TIMEOUT_S + 30, verify=tls
     ) as client:
         for a in agents:
-            a.conn = AgentConnection(port_a, a.credential)
+            a.conn = AgentConnection(port_a, a.credential, tls)
         await fetch_serials(agents)
         alone = await rounds("1x", client, admin, agents, pid_a, 100)
         await asyncio.to_thread(start_b)
         for a in agents[1::2]:
             assert a.conn is not None
             await a.conn.close()
-            a.conn = AgentConnection(port_b, a.credential)
+            a.conn = AgentConnection(port_b, a.credential, tls)  # B's certificate, from the same CA
         await fetch_serials(agents)
         spread = await rounds("2x", client, admin, agents, pid_a, 200)
     return statistics.median(r["all"] for r in alone), statistics.median(r["all"] for r in spread)
 
 
 async def measure_failover(
-    port_a: int, port_b: int, admin: str, agents: list[SimAgent], process_a: subprocess.Popen[str]
+    port_a: int,
+    port_b: int,
+    admin: str,
+    agents: list[SimAgent],
+    process_a: subprocess.Popen[str],
+    tls: ssl.SSLContext,
 ) -> float:
     """Seconds from SIGKILL of replica A until every agent that polled A holds the next map."""
     on_a = [a for a in agents if a.conn is not None and a.conn.port == port_a]
     await fetch_serials(on_a)
     polling = Polling(delta=True)
     moved: list[float] = []
-    tasks = [asyncio.create_task(poll_with_failover(a, polling, port_b, moved)) for a in on_a]
+    tasks = [asyncio.create_task(poll_with_failover(a, polling, port_b, moved, tls)) for a in on_a]
     try:
         await asyncio.sleep(SETTLE_S)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port_b}", timeout=30) as client:
+        async with httpx.AsyncClient(
+            base_url=f"https://127.0.0.1:{port_b}", timeout=30, verify=tls
+        ) as client:
             headers = {"Authorization": f"Bearer {admin}"}
             r = await client.post(api.PREAUTH_KEYS, json={}, headers=headers)
             r.raise_for_status()
-            request, wg_key = enroll_request(r.json()["key"], 250)
+            async with httpx.AsyncClient(base_url=f"https://127.0.0.1:{port_a}", verify=tls) as on_a_client:
+                nonce = (await on_a_client.post(api.ENROLL_NONCE)).raise_for_status().json()["nonce"]
+            request, wg_key = enroll_request(r.json()["key"], nonce, 250)
             polling.marker = wg_key.encode()
             for a in on_a:
                 a.got.clear()
@@ -197,20 +216,22 @@ async def measure_failover(
         process_a.wait()
 
 
-async def enroll_rate(port: int, admin: str) -> float:
-    """Enrollments per second through the API with ENROLLERS clients at once."""
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+async def enroll_rate(port: int, admin: str, tls: ssl.SSLContext) -> float:
+    """Enrollments per second through the API with ENROLLERS clients at once, each enrollment a
+    nonce request and the enroll request signed over it (a fraction of a millisecond of signing)."""
+    async with httpx.AsyncClient(base_url=f"https://127.0.0.1:{port}", timeout=60, verify=tls) as client:
         r = await client.post(
             api.PREAUTH_KEYS, json={"reusable": True}, headers={"Authorization": f"Bearer {admin}"}
         )
         r.raise_for_status()
         key = r.json()["key"]
-        bodies = [enroll_request(key, i)[0].model_dump_json() for i in range(ENROLLMENTS)]
-        queue = list(bodies)
+        queue = list(range(ENROLLMENTS))
 
         async def worker() -> None:
             while queue:
-                body = queue.pop()
+                i = queue.pop()
+                nonce = (await client.post(api.ENROLL_NONCE)).raise_for_status().json()["nonce"]
+                body = enroll_request(key, nonce, i)[0].model_dump_json()
                 r = await client.post(api.ENROLL, content=body, headers={"Content-Type": "application/json"})
                 r.raise_for_status()
 
@@ -245,9 +266,13 @@ def main() -> int:
                 processes.append(start_controller(dir_b, port_b, env_for(url)))
                 print(f"replica B up in {time.perf_counter() - t:.1f} s", flush=True)
 
+            # Replica A made the CA and put it in the database; B serves with a certificate from it.
+            tls = ssl.create_default_context(cafile=str(dir_a / "tls" / "ca.crt"))
             print("\n" + HEADER)
-            alone, spread = asyncio.run(measure_push(port_a, port_b, start_b, admin, agents, process_a.pid))
-            failover = asyncio.run(measure_failover(port_a, port_b, admin, agents, process_a))
+            alone, spread = asyncio.run(
+                measure_push(port_a, port_b, start_b, admin, agents, process_a.pid, tls)
+            )
+            failover = asyncio.run(measure_failover(port_a, port_b, admin, agents, process_a, tls))
             for a in agents:
                 if a.conn is not None:
                     asyncio.run(a.conn.close())
@@ -263,7 +288,8 @@ def main() -> int:
                 process = start_controller(state, port, env)
                 processes.append(process)
                 admin_e, _ = ensure_admin_credential(state)
-                rates[kind] = asyncio.run(enroll_rate(port, admin_e))
+                own = ssl.create_default_context(cafile=str(state / "tls" / "ca.crt"))
+                rates[kind] = asyncio.run(enroll_rate(port, admin_e, own))
                 end(process)
                 print(f"enroll on {kind}: {rates[kind]:.1f} per second ({ENROLLERS} clients at once)")
     finally:

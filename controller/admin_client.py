@@ -34,7 +34,7 @@ from controller.tls import TLS_DIR
 from wgmesh.neterror import describe
 from wire import api
 from wire.audit import ACTOR_HEADER, MAX_ACTOR, AuditEvent, clean_actor
-from wire.models import NodeInfo, NodeTagsRequest, PreAuthKeyInfo, PreAuthKeyRequest
+from wire.models import NodeInfo, NodeTagsRequest, PreAuthKeyInfo, PreAuthKeyRequest, RemovedNodeInfo
 from wire.policy import (
     PolicyCheckResult,
     PolicyError,
@@ -181,6 +181,13 @@ class AdminClient:
 
     def remove_node(self, node_id: int) -> None:
         self._call("DELETE", f"{api.NODES}/{node_id}")
+
+    def removed_nodes(self) -> list[RemovedNodeInfo]:
+        r = self._call("GET", api.REMOVED_NODES)
+        return TypeAdapter(list[RemovedNodeInfo]).validate_json(r.content)
+
+    def allow_node(self, node_id: int) -> None:
+        self._call("DELETE", f"{api.REMOVED_NODES}/{node_id}")
 
     def set_tags(self, node_id: int, req: NodeTagsRequest) -> NodeInfo:
         r = self._call("PUT", f"{api.NODES}/{node_id}/tags", req.model_dump())

@@ -117,6 +117,14 @@ PREAUTH_INFO: dict[str, Any] = {
     "key": "wgm_pak_k3JX9w0yq1v8c2mZ4nQpL6tR0sUaVbWcXdYeZf1g2h3.9c1f0e6d3b2a4f5e8d7c6b5a49382716f5e4d3c2b1a09f8e7d6c5b4a3928170f",
 }
 
+REMOVED_NODE_INFO: dict[str, Any] = {
+    "node_id": 7,
+    "name": "old-host",
+    "wg_public_key": _WG,
+    "identity_public_key": _ID,
+    "removed_at": "2026-01-02T03:04:05Z",
+}
+
 NODE_INFO: dict[str, Any] = {
     "node_id": 1,
     "name": "web-1",

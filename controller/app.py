@@ -54,6 +54,7 @@ from wire.models import (
     NodeInfo,
     PreAuthKeyInfo,
     PreAuthKeyRequest,
+    RemovedNodeInfo,
     Topology,
     enroll_signing_bytes,
 )
@@ -408,7 +409,7 @@ def create_app(
         tags=["node"],
         status_code=204,
         response_class=Response,
-        responses=_errors(401, 403, 413, 422),
+        responses=_errors(401, 403, 410, 413, 422),
     )
     async def links(
         node: NodeCaller, report: Annotated[LinkReport, Body(openapi_examples=ex.LINK_REPORT)]
@@ -451,6 +452,33 @@ def create_app(
     async def remove_node(node_id: IdPath) -> Response:
         """Remove a node: it disappears from every peer's map at once, its credential stops working."""
         plane.remove_node(node_id)
+        return Response(status_code=204)
+
+    @app.get(
+        api.REMOVED_NODES,
+        tags=["admin"],
+        dependencies=[ADMIN],
+        response_model=list[RemovedNodeInfo],
+        responses={
+            200: {"content": {"application/json": {"example": [ex.REMOVED_NODE_INFO]}}},
+            **_errors(401, 403),
+        },
+    )
+    async def removed_nodes() -> list[RemovedNodeInfo]:
+        """Removed nodes: enrollment refuses their keys and their credential gets 410 Gone."""
+        return plane.removed_nodes()
+
+    @app.delete(
+        api.REMOVED_NODES + "/{node_id}",
+        tags=["admin"],
+        dependencies=[ADMIN],
+        status_code=204,
+        response_class=Response,
+        responses=_errors(401, 403, 404, 422),
+    )
+    async def allow_node(node_id: IdPath) -> Response:
+        """Allow a removed node's keys to enroll again (it comes back as a new node)."""
+        plane.allow_node(node_id)
         return Response(status_code=204)
 
     @app.post(
@@ -504,7 +532,7 @@ def create_app(
         response_model=KeyReportAnswer,
         responses={
             200: {"content": {"application/json": {"example": ex.KEY_REPORT_ANSWER}}},
-            **_errors(401, 403, 409, 413, 422),
+            **_errors(401, 403, 409, 410, 413, 422),
         },
     )
     async def key_report(

@@ -26,6 +26,7 @@ from wire.models import (
     NodeTagsRequest,
     PreAuthKeyInfo,
     PreAuthKeyRequest,
+    RemovedNodeInfo,
 )
 from wire.policy import PolicyInfo, PolicyRollbackRequest, PolicySetRequest
 from wire.rotation import KeyReport, KeyReportAnswer, RotationInfo, RotationProgress
@@ -103,6 +104,18 @@ class AuditedControlPlane(ControlPlane):
             node_name=record.name,
             detail=f"address {record.tunnel_address} removed",
         )
+
+    def allow_node(self, node_id: int) -> RemovedNodeInfo:
+        info = self._admin("node.allow", lambda: super(AuditedControlPlane, self).allow_node(node_id))
+        self.audit.record(
+            "node.allow",
+            "ok",
+            ADMIN,
+            node_id=node_id,
+            node_name=info.name,
+            detail="its keys may enroll again",
+        )
+        return info
 
     def create_preauth_key(self, req: PreAuthKeyRequest) -> PreAuthKeyInfo:
         info = self._admin("preauth.create", lambda: super(AuditedControlPlane, self).create_preauth_key(req))

@@ -2,7 +2,8 @@
 
 Rules:
 - A route that needs a credential checks it first: a request without the right credential is answered
-  401 (none, or unknown) or 403 (the other kind) whatever its body, query or path, so nothing about the
+  401 (none, or unknown), 410 (the credential of a node an admin removed: for good, see
+  controller.store's removed nodes) or 403 (the other kind) whatever its body, query or path, so nothing about the
   API's validation or the mesh's state reaches a caller who is not authenticated. `AuthFirstRoute`
   does this for every route whose dependencies name `caller_node` or `caller_admin`; those
   dependencies then only hand the already checked caller to the route.
@@ -60,6 +61,13 @@ def authenticate_node(request: Request) -> int:
     if node is None:
         if plane.is_admin(credential):
             raise ApiError(403, "this route needs a node credential, not the admin credential")
+        removed = plane.removed_node_of(credential)
+        if removed is not None:
+            raise ApiError(
+                410,
+                f"node {removed.node_id} ({removed.name}) was removed from the mesh: this credential is "
+                f"refused for good (an admin can allow its keys again: wgmesh nodes allow {removed.node_id})",
+            )
         raise ApiError(401, "unknown node credential (was the node removed or re-enrolled?)")
     request.scope[_CALLER_NODE] = node
     return node

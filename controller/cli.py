@@ -32,7 +32,7 @@ from controller.settings import (
     describe_settings,
     load_settings,
 )
-from controller.tls import TLS_DIR, ServerTls, TlsError, managed_tls, operator_tls, server_names
+from controller.tls import TLS_DIR, ServerTls, SharedCa, TlsError, managed_tls, operator_tls, server_names
 from keys.store import ensure_private_dir
 from wgmesh.argparser import OneLineParser
 from wgmesh.metrics_listen import MetricsListenError, bind_metrics_socket
@@ -197,8 +197,7 @@ def serve(args: argparse.Namespace, env: Mapping[str, str], prog: str) -> int:
         settings = load_settings(flags, env)
         ensure_private_dir(settings.state_dir)
         credential, created = ensure_admin_credential(settings.state_dir)
-        tls = server_tls(settings)
-    except (SettingsError, CredentialError, TlsError) as e:
+    except (SettingsError, CredentialError) as e:
         return fail(str(e))
     except OSError as e:
         return fail(f"state directory: {e}")
@@ -207,6 +206,14 @@ def serve(args: argparse.Namespace, env: Mapping[str, str], prog: str) -> int:
     except StoreError as e:
         return fail(str(e))
     raise_fd_limit()  # every connection takes a descriptor: as many as the system allows
+    try:
+        tls = server_tls(settings, store)
+    except (TlsError, StoreUnavailable) as e:
+        store.close()
+        return fail(str(e))
+    except OSError as e:
+        store.close()
+        return fail(f"state directory: {e}")
     try:
         sock = _listen_socket(settings)
     except OSError as e:
@@ -267,15 +274,15 @@ def serve(args: argparse.Namespace, env: Mapping[str, str], prog: str) -> int:
     return 0
 
 
-def server_tls(settings: Settings) -> ServerTls | None:
+def server_tls(settings: Settings, shared: SharedCa | None = None) -> ServerTls | None:
     """What the server presents: the operator's files, else the managed CA's certificate for the names
-    agents use; None with insecure_http."""
+    agents use (the CA the database `shared` keeps, so replicas share it); None with insecure_http."""
     if settings.insecure_http:
         return None
     if settings.tls_cert and settings.tls_key:
         return operator_tls(settings.tls_cert, settings.tls_key)
     names = server_names(settings.listen_host, settings.tls_san)
-    return managed_tls(settings.state_dir / TLS_DIR, names, datetime.now(UTC))
+    return managed_tls(settings.state_dir / TLS_DIR, names, datetime.now(UTC), shared)
 
 
 def show_admin_credential(args: argparse.Namespace, env: Mapping[str, str], prog: str) -> int:

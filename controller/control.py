@@ -21,6 +21,7 @@ import base64
 import binascii
 import contextlib
 import dataclasses
+import functools
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ from controller.store import (
     NodeWrite,
     PolicyRecord,
     PreAuthKeyRecord,
+    RemovedNodeRecord,
     Snapshot,
     StaleVersion,
     Store,
@@ -66,6 +68,7 @@ from wire.models import (
     NodeTagsRequest,
     PreAuthKeyInfo,
     PreAuthKeyRequest,
+    RemovedNodeInfo,
     Topology,
 )
 from wire.policy import (
@@ -141,8 +144,8 @@ class ControlPlane:
     ) -> None:
         self.settings = settings
         self.ca_pin = ca_pin  # carried in every pre-auth key made here (None: operator certificates)
-        self.nonces = EnrollNonces()
         self.store = store
+        self.nonces = EnrollNonces(store)
         self.clock = clock
         self._wake = on_maps_changed
         admin, _created = ensure_admin_credential(settings.state_dir)
@@ -157,6 +160,10 @@ class ControlPlane:
         store.save_maps(self.mesh.initial.maps)
         self._last_seen = {n.node_id: n.last_seen for n in snapshot.nodes if n.last_seen}
         self._seen_written = dict(self._last_seen)
+        # Bookkeeping that polls make, written by `tick` in one transaction each (one per poll would
+        # cost thousands of transactions when every agent acknowledges a removal at once).
+        self._seen_due: set[int] = set()  # nodes whose last_seen is due to be written
+        self._releases: dict[int, int] = {}  # holder -> the serial it acknowledged (holds to release)
 
     def _load(self, snapshot: Snapshot, maps: dict[int, MapState]) -> None:
         self.version = snapshot.version
@@ -219,10 +226,15 @@ class ControlPlane:
             if record is None:
                 continue
             self._forget(record)
+            self.rotations.forget(node_id)
             maps.update(self.mesh.remove(node_id).maps)
             wake.append(node_id)
         for record in batch.nodes:
             maps.update(self._take(record))
+        for rotation in batch.rotations:
+            if rotation.node_id in self.nodes:
+                self.rotations.take(rotation)
+                maps.update(self.mesh.upsert(self._card(rotation.node_id)).maps)
         maps.update(self.mesh.set_links(batch.links).maps)
         if batch.policy is not None and batch.policy != self.policy:
             self.policy = batch.policy
@@ -231,7 +243,8 @@ class ControlPlane:
             maps.update(self.mesh.set_policy(self._access(), cards).maps)
         self.holds = AddressHolds(batch.holds)
         self.version = batch.version
-        self._persist_maps({n: s for n, s in maps.items() if n in self.nodes})
+        # The replica that made the change keeps the serials (every replica gives them the same):
+        # writing them again here would cost each replica a row per node per change.
         self._wake([*maps, *wake])
 
     def _resync(self) -> None:
@@ -258,6 +271,8 @@ class ControlPlane:
         self._by_identity.pop(record.identity_public_key, None)
         self._last_seen.pop(record.node_id, None)
         self._seen_written.pop(record.node_id, None)
+        self._seen_due.discard(record.node_id)
+        self._releases.pop(record.node_id, None)
         self._policy_held.pop(record.node_id, None)
         self._flagged.discard(record.node_id)
         self._infos.pop(record.node_id, None)
@@ -284,6 +299,14 @@ class ControlPlane:
                 self.sync()
             node = self._by_credential.get(hashed)
         return node
+
+    def removed_node_of(self, credential: str) -> RemovedNodeInfo | None:
+        """The removed node whose credential this was (asked only of a credential no node has)."""
+        try:
+            record = self.store.removed_by_credential(credential_hash(credential))
+        except StoreUnavailable:
+            return None
+        return None if record is None else _removed_info(record)
 
     def is_admin(self, credential: str) -> bool:
         return same_hash(credential_hash(credential), self._admin_hash)
@@ -321,15 +344,18 @@ class ControlPlane:
         wg_key = req.wg_public_key.base64()
         credential = new_secret(NODE_PREFIX)
         self._writable()
+        now = self.clock.now()
         for _attempt in range(WRITE_ATTEMPTS):
             self.sync()
             write = self._enroll_write(req, identity, wg_key, credential)
+            book = self.rotations.copy()  # the node's key is as old as now, in the same transaction
             try:
                 record = self.store.enroll(
                     credential_hash(_secret_of(req.preauth_key)),
                     write,
-                    self.clock.now(),
+                    now,
                     at_version=self.version,
+                    rotations=functools.partial(book.enrolled, now=now),
                 )
             except StaleVersion:
                 continue
@@ -344,7 +370,7 @@ class ControlPlane:
             raise ApiError(503, "the mesh changed on every attempt to enroll; try again")
         self.version += 1
         self.mesh.version = self.version
-        self.store.save_rotations(self.rotations.enrolled(record.node_id, self.clock.now()))
+        self.rotations = book
         self._apply(MeshChange(maps=self._take(record)))
         return EnrollResponse(
             node_id=record.node_id,
@@ -430,13 +456,28 @@ class ControlPlane:
         if self.unavailable is not None:
             return
         written = self._seen_written.get(node_id)
-        # Bookkeeping only: a failed write is retried with the next poll, the map is served anyway.
+        if written is None or now - written >= LAST_SEEN_WRITE_EVERY:
+            self._seen_due.add(node_id)
+        if 0 < since <= self.mesh.serial(node_id) and self.holds.acknowledge(node_id, since):
+            self._releases[node_id] = max(since, self._releases.get(node_id, 0))
+
+    def write_bookkeeping(self) -> None:
+        """Write what polls noted (last seen, acknowledged holds). Bookkeeping only: a failed write is
+        tried again next time, and holding an address longer than needed is always safe."""
         with contextlib.suppress(StoreUnavailable):
-            if written is None or now - written >= LAST_SEEN_WRITE_EVERY:
-                self.store.touch({node_id: now})
-                self._seen_written[node_id] = now
-            if 0 < since <= self.mesh.serial(node_id) and self.holds.acknowledge(node_id, since):
-                self.store.release_holds(node_id, since)
+            if self._releases:
+                released, self._releases = self._releases, {}
+                try:
+                    self.store.release_holds(released)
+                except StoreUnavailable:
+                    for h, serial in released.items():
+                        self._releases[h] = max(serial, self._releases.get(h, 0))
+                    raise
+            due = {n: self._last_seen[n] for n in self._seen_due if n in self._last_seen}
+            if due:
+                self.store.touch(due)
+                self._seen_written.update(due)
+            self._seen_due.clear()
 
     def report(self, node_id: int, report: LinkReport) -> None:
         seen: set[int] = set()
@@ -529,8 +570,12 @@ class ControlPlane:
             holds = [
                 AddressHold(record.tunnel_address, n, self.version + 1) for n in self.nodes if n != node_id
             ]
+            book = self.rotations.copy()
+            moved_on = book.removed(node_id, self.clock.now())
             try:
-                gone = self.store.remove_node(node_id, holds, at_version=self.version)
+                gone = self.store.remove_node(
+                    node_id, holds, self.clock.now(), at_version=self.version, rotations=moved_on
+                )
             except StaleVersion:
                 continue
             except StoreUnavailable as e:
@@ -547,8 +592,11 @@ class ControlPlane:
         change = self.mesh.remove(node_id)
         for h in holds:
             self.holds.hold(h.address, {h.holder: h.min_serial})
+        self.rotations = book
+        for r in moved_on:  # a running `rotate --all` asks the next node
+            if r.node_id in self.nodes:
+                change.maps.update(self.mesh.upsert(self._card(r.node_id)).maps)
         self._apply(change, also_wake=[node_id])
-        self._rotations_changed(self.rotations.removed(node_id, self.clock.now()))
 
     def set_node_tags(self, node_id: int, req: NodeTagsRequest) -> NodeInfo:
         """An admin's tags for the node; maps change where the policy in force now says otherwise."""
@@ -568,6 +616,20 @@ class ControlPlane:
         self._apply(MeshChange(maps=self._take(record)))
         return self.node_info(node_id)
 
+    def removed_nodes(self) -> list[RemovedNodeInfo]:
+        return [_removed_info(r) for r in self.store.removed_nodes()]
+
+    def allow_node(self, node_id: int) -> RemovedNodeInfo:
+        """Let a removed node's keys enroll again (it comes back as a new node). 404: not removed."""
+        self._writable()
+        try:
+            record = self.store.allow_removed(node_id)
+        except StoreUnavailable as e:
+            raise ApiError(503, f"this controller cannot reach its database: {e}") from None
+        if record is None:
+            raise ApiError(404, f"no removed node {node_id}")
+        return _removed_info(record)
+
     # --- key rotation ------------------------------------------------------------------------------
 
     def rotate(self, node_id: int) -> RotationInfo:
@@ -575,16 +637,14 @@ class ControlPlane:
         if node_id not in self.nodes:
             raise ApiError(404, f"no node {node_id}")
         neighbours = [n for n in self.nodes if n != node_id]  # every node's map holds every other one
-        self._rotations_changed(
-            self._refusable(lambda: self.rotations.request(node_id, neighbours, self.clock.now()))
-        )
+        now = self.clock.now()
+        self._rotation_step(lambda book: book.request(node_id, neighbours, now))
         return self.rotation_info(node_id)
 
     def rotate_all(self) -> RotationProgress:
         """Queue every node and rotate them one at a time. 409 while any rotation runs."""
-        self._rotations_changed(
-            self._refusable(lambda: self.rotations.request_all(sorted(self.nodes), self.clock.now()))
-        )
+        now = self.clock.now()
+        self._rotation_step(lambda book: book.request_all(sorted(self.nodes), now))
         return self.rotation_progress()
 
     def rotation_info(self, node_id: int) -> RotationInfo:
@@ -615,30 +675,31 @@ class ControlPlane:
                 raise ApiError(409, f"WireGuard public key already belongs to node {other.node_id}")
         now = self.clock.now()
         if report.phase == "prepare":
-            self.store.save_rotations(
-                self._refusable(lambda: self.rotations.prepare(node_id, report.rotation_id, key))
-            )
+            self._rotation_step(lambda book: book.prepare(node_id, report.rotation_id, key))
         else:
-            changed = self._refusable(lambda: self.rotations.commit(node_id, report.rotation_id, key, now))
-            if changed:
-                try:
-                    record = self.store.record_key(node_id, key, changed)
-                except StoreConflict as e:
-                    raise ApiError(409, str(e)) from None
-                self.nodes[node_id] = record
-                self._rotations_changed(changed, saved=True)
+            self._rotation_step(
+                lambda book: book.commit(node_id, report.rotation_id, key, now), new_key=(node_id, key)
+            )
         return KeyReportAnswer(
             rotation_id=report.rotation_id, phase=report.phase, serial=self.mesh.serial(node_id)
         )
 
     def tick(self) -> None:
-        """Periodic: give up rotations of nodes that never answered; start the scheduled one."""
+        """Periodic: write the polls' bookkeeping; give up rotations of nodes that never answered;
+        start the scheduled one."""
+        self.write_bookkeeping()
         now = self.clock.now()
-        changed = self.rotations.tick(now)
         interval = self.settings.key_rotation_interval_s
-        if interval:
-            changed += self.rotations.due(sorted(self.nodes), now, timedelta(seconds=interval))
-        self._rotations_changed(changed)
+
+        def step(book: RotationBook) -> list[NodeRotation]:
+            changed = book.tick(now)
+            if interval:
+                changed += book.due(sorted(self.nodes), now, timedelta(seconds=interval))
+            return changed
+
+        # Every replica ticks; the version check lets one of them decide. A database away: next tick.
+        with contextlib.suppress(ApiError, StoreUnavailable):
+            self._rotation_step(step)
 
     def create_preauth_key(self, req: PreAuthKeyRequest) -> PreAuthKeyInfo:
         key = new_secret(PREAUTH_PREFIX)
@@ -786,6 +847,7 @@ class ControlPlane:
         return _policy_info(record, with_text=False)
 
     def close(self) -> None:
+        self.write_bookkeeping()
         pending = {n: t for n, t in self._last_seen.items() if t and self._seen_written.get(n) != t}
         self.store.touch(pending)
         self.store.close()
@@ -795,17 +857,50 @@ class ControlPlane:
     def _card(self, node_id: int) -> NodeCard:
         return card_of(self.nodes[node_id], self._doc, self.rotations.requested_of(node_id))
 
-    @staticmethod
-    def _refusable(step: Callable[[], list[NodeRotation]]) -> list[NodeRotation]:
-        try:
-            return step()
-        except RotationRefused as e:
-            raise ApiError(e.status, e.detail) from None
-
-    def _rotations_changed(self, changed: list[NodeRotation], saved: bool = False) -> None:
-        """Persist changed rotation records, then give each node's map its rotation request."""
-        if not saved:
-            self.store.save_rotations(changed)
+    def _rotation_step(
+        self, step: Callable[[RotationBook], list[NodeRotation]], new_key: tuple[int, str] | None = None
+    ) -> None:
+        """Decide on a copy of the rotation book and keep it only if its records commit at the version
+        this view is at (else catch up and decide again), so a decision is made once across replicas;
+        then give each changed node's map its rotation request. A refusal is given only on a view
+        that has caught up (another replica may have moved the rotation on a moment ago). `new_key`:
+        a commit, whose node key is written in the same transaction."""
+        self._writable()
+        synced = False
+        for _attempt in range(WRITE_ATTEMPTS):
+            book = self.rotations.copy()
+            try:
+                changed = step(book)
+            except RotationRefused as e:
+                if synced:
+                    raise ApiError(e.status, e.detail) from None
+                self.sync()
+                synced = True
+                continue
+            if not changed:
+                return
+            try:
+                if new_key is not None:
+                    record = self.store.record_key(*new_key, changed, at_version=self.version)
+                    version = self.version + 1
+                else:
+                    version = self.store.save_rotations(changed, at_version=self.version)
+            except StaleVersion:
+                self.sync()
+                synced = True
+                continue
+            except StoreConflict as e:
+                raise ApiError(409, str(e)) from None
+            except KeyError:
+                raise ApiError(404, f"no node {new_key[0] if new_key else '?'}") from None
+            break
+        else:
+            raise ApiError(503, "the mesh changed on every attempt to record the rotation; try again")
+        self.rotations = book
+        if version != self.version:
+            self.version = self.mesh.version = version
+        if new_key is not None:
+            self.nodes[record.node_id] = record
         for r in changed:
             if r.node_id in self.nodes:
                 self._apply(self.mesh.upsert(self._card(r.node_id)))
@@ -834,6 +929,18 @@ def _policy_info(r: PolicyRecord, with_text: bool) -> PolicyInfo:
         action=action,
         restored=r.restored,
         text=r.text if with_text and action != "clear" else None,
+    )
+
+
+def _removed_info(r: RemovedNodeRecord) -> RemovedNodeInfo:
+    return RemovedNodeInfo.model_validate(
+        {
+            "node_id": r.node_id,
+            "name": r.name,
+            "wg_public_key": r.wg_public_key,
+            "identity_public_key": r.identity_public_key,
+            "removed_at": r.removed_at,
+        }
     )
 
 

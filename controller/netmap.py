@@ -234,6 +234,7 @@ class Directory:
         self.ids = np.array([c.node_id for c in self.cards], dtype=np.int64)
         self.id_list = [c.node_id for c in self.cards]
         self.direct_peers = [c.direct_peer(keepalive_s) for c in self.cards]
+        self.direct_route_heads = [c.direct_route_head for c in self.cards]
         self._matches: dict[int, tuple[Directory, CardMatch]] = {}
         keepalive = "null" if keepalive_s is None else str(int(keepalive_s))
         self.peer_tail = keepalive.encode()  # what the digests know of the shared tail of every peer
@@ -414,11 +415,17 @@ def _route_fragments(m: MapInputs) -> list[bytes]:
     directory, index = m.directory, m.index
     via, _ = _relays(m)
     tenths = m.tenths.tolist()
-    heads = [c.direct_route_head for c in directory.cards]
+    heads = directory.direct_route_heads.copy()
     for d in np.flatnonzero(via != np.arange(len(via))).tolist():
         heads[d] = directory.cards[d].route_head + b"%d" % directory.id_list[int(via[d])] + _ROUTE_MID
     del heads[index], tenths[index]
-    return [h + tenths_json(t) + _ROUTE_END for h, t in zip(heads, tenths, strict=True)]
+    return list(map(bytes.__add__, heads, map(_cost_end, tenths)))
+
+
+@functools.lru_cache(maxsize=4096)
+def _cost_end(tenths: int) -> bytes:
+    """What follows a route's `"cost":`: the cost and the end of the route."""
+    return tenths_json(tenths) + _ROUTE_END
 
 
 def _node_json(m: MapInputs) -> bytes:

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 
 from controller.admin_client import AdminClient, AdminError, add_target_options, resolve_target, table, when
 from wgmesh.argparser import OneLineParser
-from wire.models import NodeInfo, NodeTagsRequest
+from wire.models import NodeInfo, NodeTagsRequest, RemovedNodeInfo
 from wire.rotation import RotationInfo, RotationProgress
 
 POLL_S = 0.2
@@ -39,7 +39,16 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     show = sub.add_parser("show", help="everything about one node")
     show.add_argument("node", help="node id or name (as `nodes list` shows them)")
     add_target_options(show)
-    remove = sub.add_parser("remove", help="remove a node from the mesh (every peer's map drops it)")
+    add_target_options(
+        sub.add_parser("removed", help="the removed nodes, whose keys stay refused until `allow`")
+    )
+    allow = sub.add_parser("allow", help="let a removed node's keys enroll again (as a new node)")
+    allow.add_argument("node", help="removed node id or name (as `nodes removed` shows them)")
+    add_target_options(allow)
+    remove = sub.add_parser(
+        "remove",
+        help="remove a node from the mesh (every peer's map drops it; its keys stay refused until `allow`)",
+    )
     remove.add_argument("node", help="node id or name (as `nodes list` shows them)")
     add_target_options(remove)
     tag = sub.add_parser("tag", help="replace a node's policy tags")
@@ -88,6 +97,19 @@ def main(argv: Sequence[str], prog: str = "wgmesh nodes") -> int:
             print(node.model_dump_json() if args.json else render_node(node))
         elif args.cmd == "rotate":
             return rotate(client, args, print)
+        elif args.cmd == "removed":
+            gone = client.removed_nodes()
+            if args.json:
+                print(json.dumps([n.model_dump(mode="json") for n in gone]))
+            else:
+                print(render_removed(gone))
+        elif args.cmd == "allow":
+            node_id = find_removed(client, args.node)
+            client.allow_node(node_id)
+            if args.json:
+                print(json.dumps({"allowed": node_id}))
+            else:
+                print(f"node {node_id}'s keys may enroll again (it will come back as a new node)")
         elif args.cmd == "tag":
             node = client.set_tags(find_node(client, args.node).node_id, tags)
             if args.json:
@@ -121,6 +143,26 @@ def _tag_problem(e: ValueError) -> str:
     if callable(errors):
         return str(errors()[0].get("msg", e)).removeprefix("Value error, ")
     return str(e)
+
+
+def find_removed(client: AdminClient, ref: str) -> int:
+    """The id of the removed node `ref` names (an id or a name). AdminError when there is none."""
+    gone = client.removed_nodes()
+    matches = [n.node_id for n in gone if (ref.isdigit() and n.node_id == int(ref)) or n.name == ref]
+    if not matches:
+        raise AdminError(f"no removed node {ref!r} (`wgmesh nodes removed` lists them)")
+    if len(matches) > 1:
+        raise AdminError(f"{len(matches)} removed nodes are named {ref!r}: give the id ({matches})")
+    return matches[0]
+
+
+def render_removed(gone: list[RemovedNodeInfo]) -> str:
+    if not gone:
+        return "no removed node: nothing is refused"
+    return table(
+        ["ID", "NAME", "REMOVED", "WIREGUARD KEY"],
+        [[n.node_id, n.name, when(n.removed_at), n.wg_public_key.base64()] for n in gone],
+    )
 
 
 def find_node(client: AdminClient, ref: str) -> NodeInfo:

@@ -1,52 +1,48 @@
 """Enrollment nonces: the controller's challenge an enrolling host signs, so a recorded enroll request
-cannot be sent again. Pure: time is an argument.
+cannot be sent again. The book is kept in the store, so a nonce one replica issued is taken by
+whichever replica the enroll request reaches; time is an argument.
 
 Rules:
 - A nonce is 128 random bits, issued by `issue(now)`, valid for `ttl` and accepted once: `take` removes
-  it whether the enrollment then succeeds or not.
-- At most `capacity` nonces are outstanding; issuing one more first drops the expired ones, then the
-  oldest, so a flood of nonce requests costs bounded memory and only delays the flooder's victims by
-  one retry (the agent asks again when its nonce was dropped).
-- Nonces live in this process's memory: replicas behind one address must route an agent's nonce and
-  enroll requests to the same replica (the agent makes both on one connection).
+  it (one conditional delete, so two replicas cannot both take it) whether the enrollment then
+  succeeds or not.
+- At most about `capacity` nonces are outstanding; issuing one drops the expired ones and those more
+  than `capacity` issues old, so a flood of nonce requests costs bounded space and only delays the
+  flooder's victims by one retry (the agent asks again when its nonce was dropped).
 """
 
 from __future__ import annotations
 
 import secrets
-from collections import OrderedDict
 from datetime import datetime, timedelta
+from typing import Protocol
 
 NONCE_TTL = timedelta(seconds=120)
 NONCE_CAPACITY = 4096
 
 
+class NonceStore(Protocol):
+    def add_nonce(self, nonce: str, expires_at: datetime, now: datetime, capacity: int) -> None: ...
+
+    def take_nonce(self, nonce: str, now: datetime) -> bool: ...
+
+    def nonce_count(self) -> int: ...
+
+
 class EnrollNonces:
-    def __init__(self, ttl: timedelta = NONCE_TTL, capacity: int = NONCE_CAPACITY) -> None:
+    def __init__(self, store: NonceStore, ttl: timedelta = NONCE_TTL, capacity: int = NONCE_CAPACITY) -> None:
         self.ttl = ttl
         self.capacity = capacity
-        self._expiry: OrderedDict[str, datetime] = OrderedDict()  # oldest first
+        self._store = store
 
     def __len__(self) -> int:
-        return len(self._expiry)
+        return self._store.nonce_count()
 
     def issue(self, now: datetime) -> str:
-        if len(self._expiry) >= self.capacity:
-            self._drop_expired(now)
-        while len(self._expiry) >= self.capacity:
-            self._expiry.popitem(last=False)
         nonce = secrets.token_urlsafe(16)
-        self._expiry[nonce] = now + self.ttl
+        self._store.add_nonce(nonce, now + self.ttl, now, self.capacity)
         return nonce
 
     def take(self, nonce: str, now: datetime) -> bool:
         """True exactly once for a nonce issued less than `ttl` ago; False for anything else."""
-        expiry = self._expiry.pop(nonce, None)
-        return expiry is not None and now < expiry
-
-    def _drop_expired(self, now: datetime) -> None:
-        while self._expiry:
-            nonce, expiry = next(iter(self._expiry.items()))
-            if expiry > now:
-                return
-            del self._expiry[nonce]
+        return self._store.take_nonce(nonce, now)

@@ -1,6 +1,8 @@
 """The controller's book of key rotations, pure: who is asked to rotate, who waits in a `rotate --all`,
 what each node's key age is, and the refusals. No I/O, no clock: `now` is an argument, and every method
-returns the records it changed for the caller to persist.
+returns the records it changed for the caller to persist. Replicas each hold a book: a step is tried on
+a `copy()` and kept only once its records are committed at the version the book was read at, so
+every decision is made once, on the current records, whichever replica makes it.
 
 Rules:
 - At most one rotation is active (requested or prepared) among neighbours: a node is refused while any
@@ -60,6 +62,21 @@ class RotationBook:
     def __init__(self, records: Iterable[NodeRotation] = ()) -> None:
         self.records: dict[int, NodeRotation] = {r.node_id: r for r in records}
         self._next_id = 1 + max((r.rotation_id or 0 for r in self.records.values()), default=0)
+
+    def copy(self) -> RotationBook:
+        """A book to try a step on: the caller keeps it only if the step's records are committed."""
+        book = RotationBook(self.records.values())
+        book._next_id = max(book._next_id, self._next_id)
+        return book
+
+    def take(self, record: NodeRotation) -> None:
+        """A record another replica committed."""
+        self.records[record.node_id] = record
+        self._next_id = max(self._next_id, (record.rotation_id or 0) + 1)
+
+    def forget(self, node_id: int) -> None:
+        """A node another replica removed (that replica moved a running `--all` on)."""
+        self.records.pop(node_id, None)
 
     # --- queries -----------------------------------------------------------------------------------
 

@@ -282,15 +282,37 @@ def _cidr(value: Any, where: str) -> IPNetwork:
     return net
 
 
+_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]{0,30}$")
+
+
 def _db_url(value: Any, where: str) -> str:
+    """A database URL, checked enough that nothing of it but its scheme is ever echoed: it carries the
+    password."""
     text = _text(value, where)
-    scheme = text.partition(":")[0].partition("+")[0]
-    if scheme not in ("sqlite", "postgresql", "postgres"):
-        raise SettingsError(
-            f"{where}: database URL must start with sqlite:/// or postgresql://, got {scheme!r}"
-        )
-    if scheme == "postgres":
+    scheme, sep, rest = text.partition("://")
+    base = scheme.partition("+")[0]
+    if not sep or base not in ("sqlite", "postgresql", "postgres"):
+        got = repr(scheme) if sep and _SCHEME.match(scheme) else "something else"
+        raise SettingsError(f"{where}: database URL must start with sqlite:/// or postgresql://, got {got}")
+    if base == "postgres":
         text = "postgresql" + text[len("postgres") :]
+    if base != "sqlite":
+        authority = rest.partition("/")[0]
+        if authority.count("@") > 1:
+            raise SettingsError(
+                f"{where}: the database URL has more than one '@' before its host: write an '@' in the "
+                "user name or password as %40"
+            )
+        import sqlalchemy as sa  # only when a URL is given: admin commands never pay for it
+
+        try:
+            sa.engine.make_url(text)
+        except ValueError:
+            raise SettingsError(f"{where}: the port of the database URL is not a number") from None
+        except sa.exc.ArgumentError:
+            raise SettingsError(
+                f"{where}: not a database URL (expected postgresql://USER:PASSWORD@HOST[:PORT]/DATABASE)"
+            ) from None
     return text
 
 

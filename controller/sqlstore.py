@@ -31,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,9 +52,11 @@ from controller.store import (
     ChangeBatch,
     KeyRefused,
     NodeRecord,
+    NodeRemoved,
     NodeWrite,
     PolicyRecord,
     PreAuthKeyRecord,
+    RemovedNodeRecord,
     Snapshot,
     StaleVersion,
     StoreConflict,
@@ -172,7 +174,7 @@ changes = sa.Table(
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("version", sa.BigInteger, nullable=False, index=True),
     # "node": node_id enrolled, changed or removed; "link": link (node_id, peer_id) written;
-    # "policy": a new policy version
+    # "policy": a new policy version; "rotation": node_id's key rotation record written
     sa.Column("kind", sa.String(16), nullable=False),
     sa.Column("node_id", sa.Integer, nullable=True),
     sa.Column("peer_id", sa.Integer, nullable=True),
@@ -201,6 +203,20 @@ key_rotations = sa.Table(
 )
 
 
+# Nodes an admin removed: their keys are refused at enrollment and their credential answered 410 until
+# an admin allows them again (the row is deleted then).
+removed_nodes = sa.Table(
+    "removed_nodes",
+    metadata,
+    sa.Column("node_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("name", sa.String(253), nullable=False),
+    sa.Column("wg_public_key", sa.String(44), nullable=False, index=True),
+    sa.Column("identity_public_key", sa.String(44), nullable=False, index=True),
+    sa.Column("credential_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("removed_at", UtcDateTime, nullable=False),
+)
+
+
 # The audit trail (wire.audit): rows are only ever added; the oldest go beyond AUDIT_KEPT.
 audit_events = sa.Table(
     "audit_events",
@@ -218,6 +234,29 @@ audit_events = sa.Table(
     sqlite_autoincrement=True,
 )
 AUDIT_KEPT = 1_000_000
+
+
+# Enrollment nonces outstanding (controller.nonces): any replica takes a nonce another issued, once.
+enroll_nonces = sa.Table(
+    "enroll_nonces",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("nonce", sa.String(64), nullable=False, unique=True),
+    sa.Column("expires_at", UtcDateTime, nullable=False),
+    sqlite_autoincrement=True,
+)
+
+# The managed TLS CA (controller.tls), one row: every replica issues its server certificate from it, so
+# the pin in pre-auth keys holds for all of them. Whoever reads this database can impersonate the
+# controller to agents; whoever writes it can already enroll anything, so it is kept with the rest.
+tls_ca = sa.Table(
+    "tls_ca",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("key_pem", sa.Text, nullable=False),
+    sa.Column("cert_pem", sa.Text, nullable=False),
+    sa.CheckConstraint("id = 1", name="tls_ca_one_row"),
+)
 
 
 def sqlite_url(path: str) -> str:
@@ -371,6 +410,12 @@ class SqlStore:
                 policy_row = c.execute(
                     sa.select(policy_versions).order_by(policy_versions.c.version.desc()).limit(1)
                 ).first()
+            rotated = {r.node_id for r in rows if r.kind == "rotation"}
+            rotation_rows = (
+                c.execute(sa.select(key_rotations.c.record).where(key_rotations.c.node_id.in_(rotated))).all()
+                if rotated
+                else []
+            )
         present = {r.id for r in node_rows}
         return ChangeBatch(
             since=since,
@@ -380,6 +425,7 @@ class SqlStore:
             links=[_link(r) for r in link_rows],
             holds=[_hold(r) for r in hold_rows],
             policy=None if policy_row is None else _policy(policy_row),
+            rotations=[_rotation(r.record) for r in rotation_rows],
         )
 
     def list_preauth_keys(self) -> list[PreAuthKeyRecord]:
@@ -425,13 +471,21 @@ class SqlStore:
             return None if row is None else _key(row)
 
     def enroll(
-        self, key_hash: str, node: NodeWrite, now: datetime, at_version: int | None = None
+        self,
+        key_hash: str,
+        node: NodeWrite,
+        now: datetime,
+        at_version: int | None = None,
+        rotations: Callable[[int], Sequence[NodeRotation]] | None = None,
     ) -> NodeRecord:
         try:
             with self._tx() as c:
                 version = self._lock_version(c, at_version)
                 record = self._enroll(c, key_hash, node, now)
-                self._bump(c, version, [("node", record.node_id, None)])
+                saved = self._save_rotations(c, rotations(record.node_id)) if rotations else []
+                self._bump(
+                    c, version, [("node", record.node_id, None), *(("rotation", n, None) for n in saved)]
+                )
                 return record
         except IntegrityError as e:
             raise StoreConflict(f"already in use: {_constraint(e)}") from None
@@ -442,6 +496,20 @@ class SqlStore:
         refusal = key_refusal(None if key is None else _key(key), now)
         if refusal is not None or key is None:
             raise KeyRefused(refusal or "unknown pre-auth key")
+        r = removed_nodes.c
+        gone = c.execute(
+            sa.select(removed_nodes).where(
+                sa.or_(
+                    r.identity_public_key == node.identity_public_key, r.wg_public_key == node.wg_public_key
+                )
+            )
+        ).first()
+        if gone is not None:
+            raise NodeRemoved(
+                f"these keys belong to node {gone.node_id} ({gone.name}), removed from the mesh at "
+                f"{gone.removed_at.isoformat(timespec='seconds')}: refused until an admin runs "
+                f"`wgmesh nodes allow {gone.node_id}`"
+            )
         existing = None
         if node.node_id is not None:
             existing = c.execute(sa.select(nodes).where(nodes.c.id == node.node_id)).first()
@@ -478,9 +546,28 @@ class SqlStore:
             node_id = _new_id(c, nodes.insert().values(enrolled_at=now, tags=key.tags, **values))
         return _node(c.execute(sa.select(nodes).where(nodes.c.id == node_id)).one())
 
-    def remove_node(self, node_id: int, holds: Sequence[AddressHold], at_version: int | None = None) -> bool:
+    def remove_node(
+        self,
+        node_id: int,
+        holds: Sequence[AddressHold],
+        removed_at: datetime,
+        at_version: int | None = None,
+        rotations: Sequence[NodeRotation] = (),
+    ) -> bool:
         with self._tx() as c:
             version = self._lock_version(c, at_version)
+            row = c.execute(sa.select(nodes).where(nodes.c.id == node_id)).first()
+            if row is not None:
+                c.execute(
+                    removed_nodes.insert().values(
+                        node_id=row.id,
+                        name=row.name,
+                        wg_public_key=row.wg_public_key,
+                        identity_public_key=row.identity_public_key,
+                        credential_hash=row.credential_hash,
+                        removed_at=removed_at,
+                    )
+                )
             gone = c.execute(nodes.delete().where(nodes.c.id == node_id)).rowcount == 1
             if gone and holds:
                 c.execute(
@@ -491,8 +578,28 @@ class SqlStore:
                     ],
                 )
             if gone:
-                self._bump(c, version, [("node", node_id, None)])
+                saved = self._save_rotations(c, rotations)
+                self._bump(c, version, [("node", node_id, None), *(("rotation", n, None) for n in saved)])
             return gone
+
+    def removed_nodes(self) -> list[RemovedNodeRecord]:
+        with self._tx() as c:
+            rows = c.execute(sa.select(removed_nodes).order_by(removed_nodes.c.node_id)).all()
+        return [_removed(r) for r in rows]
+
+    def removed_by_credential(self, credential_hash: str) -> RemovedNodeRecord | None:
+        with self._tx() as c:
+            row = c.execute(
+                sa.select(removed_nodes).where(removed_nodes.c.credential_hash == credential_hash)
+            ).first()
+        return None if row is None else _removed(row)
+
+    def allow_removed(self, node_id: int) -> RemovedNodeRecord | None:
+        with self._tx() as c:
+            row = c.execute(sa.select(removed_nodes).where(removed_nodes.c.node_id == node_id)).first()
+            if row is not None:
+                c.execute(removed_nodes.delete().where(removed_nodes.c.node_id == node_id))
+        return None if row is None else _removed(row)
 
     def save_maps(self, maps: Mapping[int, MapState]) -> None:
         if not maps:
@@ -534,43 +641,59 @@ class SqlStore:
             )
             return self._bump(c, version, [("link", r.a, r.b) for r in kept])
 
-    def release_holds(self, holder: int, up_to_serial: int) -> None:
+    def release_holds(self, released: Mapping[int, int]) -> None:
+        if not released:
+            return
         with self._tx() as c:
             c.execute(
                 address_holds.delete().where(
-                    address_holds.c.holder == holder, address_holds.c.min_serial <= up_to_serial
-                )
+                    address_holds.c.holder == sa.bindparam("holder"),
+                    address_holds.c.min_serial <= sa.bindparam("serial"),
+                ),
+                [{"holder": h, "serial": s} for h, s in released.items()],
             )
 
-    def save_rotations(self, records: Sequence[NodeRotation]) -> None:
-        if not records:
-            return
+    def save_rotations(self, records: Sequence[NodeRotation], at_version: int | None = None) -> int:
         with self._tx() as c:
-            self._save_rotations(c, records)
+            version = self._lock_version(c, at_version)
+            saved = self._save_rotations(c, records)
+            if not saved:
+                return version
+            return self._bump(c, version, [("rotation", n, None) for n in saved])
 
-    def _save_rotations(self, c: Connection, records: Sequence[NodeRotation]) -> None:
+    def _save_rotations(self, c: Connection, records: Sequence[NodeRotation]) -> list[int]:
+        """Write the records of nodes still there; their ids."""
+        if not records:
+            return []
         known = {r.node_id for r in records}
         present = set(c.execute(sa.select(nodes.c.id).where(nodes.c.id.in_(known))).scalars())
         rows = [{"node_id": r.node_id, "record": _rotation_json(r)} for r in records if r.node_id in present]
         if not rows:
-            return
+            return []
         stmt = self._upsert(key_rotations)
         stmt = stmt.on_conflict_do_update(
             index_elements=[key_rotations.c.node_id], set_={"record": stmt.excluded.record}
         )
         c.execute(stmt, rows)
+        return sorted({r.node_id for r in records if r.node_id in present})
 
-    def record_key(self, node_id: int, wg_public_key: str, rotations: Sequence[NodeRotation]) -> NodeRecord:
+    def record_key(
+        self,
+        node_id: int,
+        wg_public_key: str,
+        rotations: Sequence[NodeRotation],
+        at_version: int | None = None,
+    ) -> NodeRecord:
         try:
             with self._tx() as c:
-                version = self._lock_version(c, None)
+                version = self._lock_version(c, at_version)
                 done = c.execute(
                     nodes.update().where(nodes.c.id == node_id).values(wg_public_key=wg_public_key)
                 )
                 if done.rowcount != 1:
                     raise KeyError(node_id)
-                self._save_rotations(c, rotations)
-                self._bump(c, version, [("node", node_id, None)])
+                saved = self._save_rotations(c, rotations)
+                self._bump(c, version, [("node", node_id, None), *(("rotation", n, None) for n in saved)])
                 return _node(c.execute(sa.select(nodes).where(nodes.c.id == node_id)).one())
         except IntegrityError as e:
             raise StoreConflict(f"already in use: {_constraint(e)}") from None
@@ -594,6 +717,32 @@ class SqlStore:
                 .values(last_seen=sa.bindparam("seen")),
                 [{"node_id": n, "seen": t} for n, t in last_seen.items()],
             )
+
+    # --- enrollment nonces and the managed CA ------------------------------------------------------
+
+    def add_nonce(self, nonce: str, expires_at: datetime, now: datetime, capacity: int) -> None:
+        n = enroll_nonces.c
+        with self._tx() as c:
+            c.execute(enroll_nonces.delete().where(n.expires_at <= now))
+            new = _new_id(c, enroll_nonces.insert().values(nonce=nonce, expires_at=expires_at))
+            c.execute(enroll_nonces.delete().where(n.id <= new - capacity))
+
+    def take_nonce(self, nonce: str, now: datetime) -> bool:
+        n = enroll_nonces.c
+        with self._tx() as c:
+            return c.execute(enroll_nonces.delete().where(n.nonce == nonce, n.expires_at > now)).rowcount == 1
+
+    def nonce_count(self) -> int:
+        with self._tx() as c:
+            return int(c.execute(sa.select(sa.func.count()).select_from(enroll_nonces)).scalar_one())
+
+    def share_tls_ca(self, key_pem: str, cert_pem: str) -> tuple[str, str]:
+        """Keep this CA unless the database keeps one already; the CA kept (key, certificate)."""
+        stmt = self._upsert(tls_ca).values(id=1, key_pem=key_pem, cert_pem=cert_pem)
+        with self._tx() as c:
+            c.execute(stmt.on_conflict_do_nothing(index_elements=[tls_ca.c.id]))
+            row = c.execute(sa.select(tls_ca.c.key_pem, tls_ca.c.cert_pem)).one()
+            return str(row.key_pem), str(row.cert_pem)
 
     # --- the mesh version ------------------------------------------------------------------------
 
@@ -794,6 +943,17 @@ def _rotation(text: str) -> NodeRotation:
             values[name] = datetime.fromisoformat(values[name])
     known = {f.name for f in dataclasses.fields(NodeRotation)}
     return NodeRotation(**{k: v for k, v in values.items() if k in known})
+
+
+def _removed(r: sa.Row[Any]) -> RemovedNodeRecord:
+    return RemovedNodeRecord(
+        node_id=r.node_id,
+        name=r.name,
+        wg_public_key=r.wg_public_key,
+        identity_public_key=r.identity_public_key,
+        credential_hash=r.credential_hash,
+        removed_at=r.removed_at,
+    )
 
 
 def _key(r: sa.Row[Any]) -> PreAuthKeyRecord:

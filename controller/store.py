@@ -10,7 +10,7 @@ Rules every implementation keeps:
   catches up with `changes_since`. Writes that decide from the caller's view of the mesh (`enroll`,
   `remove_node`) name the version that view is at and fail with `StaleVersion` when another replica
   wrote first: the writers serialize on the version row, so keys, addresses and removals are
-  exactly-once across replicas.
+  exactly-once across replicas. Key rotation decisions (`save_rotations`, `record_key`) do the same.
 - `enroll` checks and consumes the pre-auth key in the same transaction that writes the node, with a
   conditional update, so a single-use key lets exactly one enrollment through even across processes.
 - Node ids are never reused; no two nodes share an address, name, WireGuard key or identity key.
@@ -19,7 +19,7 @@ Rules every implementation keeps:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -34,6 +34,10 @@ from wire.models import IPAddress
 
 class KeyRefused(Exception):
     """The pre-auth key cannot enroll this host; the message says why."""
+
+
+class NodeRemoved(KeyRefused):
+    """The host's keys belong to a node an admin removed: refused until the admin allows them again."""
 
 
 class StaleVersion(Exception):
@@ -69,6 +73,18 @@ def key_refusal(key: PreAuthKeyRecord | None, now: datetime) -> str | None:
     if key.expires_at is not None and key.expires_at <= now:
         return f"pre-auth key {key.id} expired at {key.expires_at.isoformat(timespec='seconds')}"
     return None
+
+
+@dataclass(frozen=True)
+class RemovedNodeRecord:
+    """What stays of a removed node: what refuses its keys and answers its credential 410."""
+
+    node_id: int
+    name: str
+    wg_public_key: str
+    identity_public_key: str
+    credential_hash: str
+    removed_at: datetime
 
 
 @dataclass(frozen=True)
@@ -177,6 +193,7 @@ class ChangeBatch:
     links: list[LinkRecord]
     holds: list[AddressHold]
     policy: PolicyRecord | None = None  # the policy now, when a change set it; None: unchanged
+    rotations: list[NodeRotation] = field(default_factory=list)  # the current records of those written
 
 
 class Store(Protocol):
@@ -203,20 +220,48 @@ class Store(Protocol):
         ...
 
     def enroll(
-        self, key_hash: str, node: NodeWrite, now: datetime, at_version: int | None = None
+        self,
+        key_hash: str,
+        node: NodeWrite,
+        now: datetime,
+        at_version: int | None = None,
+        rotations: Callable[[int], Sequence[NodeRotation]] | None = None,
     ) -> NodeRecord:
         """Check and use the pre-auth key, then insert (node_id None: it takes the key's tags) or update
-        the node (it keeps its tags).
+        the node (it keeps its tags), and write the rotation records `rotations(node_id)` gives, in
+        the same transaction.
 
-        Raises KeyRefused (unknown, revoked, expired, single-use already used by another host),
+        Raises KeyRefused (unknown, revoked, expired, single-use already used by another host; its
+        NodeRemoved when the identity or WireGuard key belongs to a removed node, checked after the key),
         StoreConflict or StaleVersion (the mesh is no longer at `at_version`; None: do not check);
         changes nothing then. A re-enrollment may present the single-use key that enrolled this very
         node before: it is not consumed twice.
         """
         ...
 
-    def remove_node(self, node_id: int, holds: Sequence[AddressHold], at_version: int | None = None) -> bool:
-        """Delete the node with its link state and map state, and add the holds on its address."""
+    def remove_node(
+        self,
+        node_id: int,
+        holds: Sequence[AddressHold],
+        removed_at: datetime,
+        at_version: int | None = None,
+        rotations: Sequence[NodeRotation] = (),
+    ) -> bool:
+        """Delete the node with its link state and map state, add the holds on its address, remember
+        it as removed (its keys and credential refused until `allow_removed`) and write `rotations`
+        (the next node of a running `rotate --all`), in one transaction."""
+        ...
+
+    def removed_nodes(self) -> list[RemovedNodeRecord]:
+        """Every removed node not allowed again, by node id."""
+        ...
+
+    def removed_by_credential(self, credential_hash: str) -> RemovedNodeRecord | None:
+        """The removed node this credential belonged to; None: none."""
+        ...
+
+    def allow_removed(self, node_id: int) -> RemovedNodeRecord | None:
+        """Forget a removal: its keys may enroll again (as a new node). None: no such removed node."""
         ...
 
     def version(self) -> int:
@@ -239,13 +284,25 @@ class Store(Protocol):
         """Write link state; the mesh version after it (unchanged when `links` is empty)."""
         ...
 
-    def release_holds(self, holder: int, up_to_serial: int) -> None: ...
+    def release_holds(self, released: Mapping[int, int]) -> None:
+        """Each holder's holds up to that serial go (holder -> the serial it acknowledged), at once."""
+        ...
 
-    def save_rotations(self, records: Sequence[NodeRotation]) -> None: ...
+    def save_rotations(self, records: Sequence[NodeRotation], at_version: int | None = None) -> int:
+        """Write rotation records (of nodes still there) as one change; the mesh version after it.
+        StaleVersion when the mesh is no longer at `at_version` (None: do not check)."""
+        ...
 
-    def record_key(self, node_id: int, wg_public_key: str, rotations: Sequence[NodeRotation]) -> NodeRecord:
+    def record_key(
+        self,
+        node_id: int,
+        wg_public_key: str,
+        rotations: Sequence[NodeRotation],
+        at_version: int | None = None,
+    ) -> NodeRecord:
         """A rotation committed: the node's new WireGuard key and the rotation records, in one
-        transaction. StoreConflict when another node holds the key; KeyError when the node is gone."""
+        transaction. StoreConflict when another node holds the key; KeyError when the node is gone;
+        StaleVersion as for `save_rotations`."""
         ...
 
     def set_tags(self, node_id: int, tags: Sequence[str] | None) -> NodeRecord:
@@ -271,6 +328,20 @@ class Store(Protocol):
 
     def audit_events(self, query: AuditQuery) -> list[AuditEvent]:
         """The events `query` selects, oldest first."""
+        ...
+
+    def add_nonce(self, nonce: str, expires_at: datetime, now: datetime, capacity: int) -> None:
+        """Keep an issued enrollment nonce; drop the expired ones and those `capacity` issues old."""
+        ...
+
+    def take_nonce(self, nonce: str, now: datetime) -> bool:
+        """Remove the nonce; True when it was there and not expired (so exactly one caller gets True)."""
+        ...
+
+    def nonce_count(self) -> int: ...
+
+    def share_tls_ca(self, key_pem: str, cert_pem: str) -> tuple[str, str]:
+        """Keep this managed CA unless one is kept already; the one kept, which every replica uses."""
         ...
 
     def close(self) -> None: ...

@@ -4,13 +4,16 @@ operator's own certificate and key files; and the CA pin that pre-auth keys carr
 Layout of STATE_DIR/tls (the directory is 0700, every file 0600):
 
     ca.key, ca.crt          the controller CA (ECDSA P-256, 20 years), made once. Its pin (SHA-256 of its
-                            SubjectPublicKeyInfo) is in every pre-auth key, so it never changes; replicas
-                            that share a database must share these two files.
+                            SubjectPublicKeyInfo) is in every pre-auth key, so it never changes. The
+                            database keeps the same CA (`shared`): the first controller to start puts its
+                            CA there, every replica after it takes that one, so one pin holds for all.
     server.key, server.crt  issued by the CA at every start, for the names the controller is reached at
                             (the listen address, `tls_san`, this host's names and addresses, loopback)
 
 Rules:
 - The CA signs controller server certificates only, nothing else.
+- A state directory whose CA is not the one the database keeps is refused (its agents pinned another
+  CA): the operator removes the directory's tls/ to take the database's, or points at its own database.
 - Operator files (`tls_cert` + `tls_key`) replace all of this; keys then carry no pin and agents verify
   the controller with the system CAs or their --ca-file.
 """
@@ -27,6 +30,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -57,6 +61,12 @@ class ServerTls:
         return None if self.ca_pem is None else ca_pin_of_pem(self.ca_pem)
 
 
+class SharedCa(Protocol):
+    """Where replicas find the CA they share (the store)."""
+
+    def share_tls_ca(self, key_pem: str, cert_pem: str) -> tuple[str, str]: ...
+
+
 def operator_tls(cert_file: Path, key_file: Path) -> ServerTls:
     """The operator's certificate chain and key, checked to load together."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -69,17 +79,32 @@ def operator_tls(cert_file: Path, key_file: Path) -> ServerTls:
     return ServerTls(cert_file, key_file, None)
 
 
-def managed_tls(tls_dir: Path, names: Sequence[str], now: datetime) -> ServerTls:
-    """The CA in `tls_dir` (made when missing) and a fresh server certificate for `names`."""
+def managed_tls(
+    tls_dir: Path, names: Sequence[str], now: datetime, shared: SharedCa | None = None
+) -> ServerTls:
+    """The CA (in `tls_dir`, and the one `shared` keeps; made when neither has one) and a fresh server
+    certificate for `names`."""
     ensure_private_dir(tls_dir)
     ca_key_file, ca_cert_file = tls_dir / "ca.key", tls_dir / "ca.crt"
-    if ca_cert_file.exists() and ca_key_file.exists():
+    local = ca_cert_file.exists() and ca_key_file.exists()
+    if local:
         ca_key, ca_cert = _load(ca_key_file, ca_cert_file)
     elif ca_cert_file.exists() or ca_key_file.exists():
         missing = ca_key_file if ca_cert_file.exists() else ca_cert_file
         raise TlsError(f"{missing} is missing: restore it (agents pinned this CA) or remove {tls_dir}")
     else:
         ca_key, ca_cert = _new_ca(now)
+    if shared is not None:
+        mine = ca_cert.public_bytes(serialization.Encoding.PEM).decode()
+        key_pem, cert_pem = shared.share_tls_ca(_key_pem(ca_key).decode(), mine)
+        if cert_pem != mine:
+            if local:
+                raise TlsError(
+                    f"{ca_cert_file} is not the CA the database keeps (another controller made that one): "
+                    f"agents pinned one of them; remove {tls_dir} to serve with the database's"
+                )
+            ca_key, ca_cert = _parse(key_pem.encode(), cert_pem.encode(), "the database's CA")
+    if not local:
         write_private_file(ca_key_file, _key_pem(ca_key).decode())
         write_private_file(ca_cert_file, ca_cert.public_bytes(serialization.Encoding.PEM).decode())
     server_key = ec.generate_private_key(ec.SECP256R1())
@@ -198,13 +223,21 @@ def _spki(key: object) -> bytes:
 
 def _load(key_file: Path, cert_file: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     try:
-        key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
-    except (OSError, ValueError, TypeError) as e:
-        raise TlsError(f"CA key {key_file} cannot be read: {e}") from None
+        key_pem, cert_pem = key_file.read_bytes(), cert_file.read_bytes()
+    except OSError as e:
+        raise TlsError(f"CA file {e.filename} cannot be read: {e.strerror or e}") from None
+    return _parse(key_pem, cert_pem, f"{key_file} and {cert_file}")
+
+
+def _parse(key_pem: bytes, cert_pem: bytes, what: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     try:
-        cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
-    except (OSError, ValueError) as e:
-        raise TlsError(f"CA certificate {cert_file} cannot be read: {e}") from None
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError) as e:
+        raise TlsError(f"CA key of {what} cannot be read: {e}") from None
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError as e:
+        raise TlsError(f"CA certificate of {what} cannot be read: {e}") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey) or _spki(key.public_key()) != _spki(cert.public_key()):
-        raise TlsError(f"CA key {key_file} does not belong to {cert_file}")
+        raise TlsError(f"CA key of {what}: the key does not belong to the certificate")
     return key, cert

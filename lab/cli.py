@@ -17,10 +17,19 @@ from lab import render
 from lab.command import LabError, LabExists
 from lab.controller_admin import read_topology
 from lab.impairment import ImpairmentError, parse_delay_ms, parse_loss
-from lab.instance import Lab
-from lab.layout import LABS_ROOT, MAX_HOSTS, LabLayout, LayoutError, check_lab_name
+from lab.instance import Lab, ProcessState
+from lab.layout import (
+    LABS_ROOT,
+    MAX_HOSTS,
+    MAX_REPLICAS,
+    LabLayout,
+    LayoutError,
+    ReplicaLayout,
+    check_lab_name,
+    replica_index,
+)
 from lab.observe import MeshView
-from lab.record import RecordError
+from lab.record import LabStore, RecordError
 from lab.teardown import known_labs, tear_down
 from wgmesh.argparser import OneLineParser
 from wgmesh.invocation import program
@@ -59,6 +68,16 @@ def _host_count(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not 1 <= n <= MAX_HOSTS:
         raise argparse.ArgumentTypeError(f"a lab has 1 to {MAX_HOSTS} hosts")
+    return n
+
+
+def _replica_count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 1 <= n <= MAX_REPLICAS:
+        raise argparse.ArgumentTypeError(f"a lab has 1 to {MAX_REPLICAS} controller replicas")
     return n
 
 
@@ -112,6 +131,19 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     up.add_argument("-n", "--hosts", type=_host_count, default=3, help="number of hosts (default 3)")
     up.add_argument("--timeout", type=float, help="seconds to wait for the mesh (default 60 + 6 per host)")
     up.add_argument(
+        "--store",
+        choices=("sqlite", "postgres"),
+        default="sqlite",
+        help="the controller's database (default sqlite; postgres: a private cluster in the underlay)",
+    )
+    up.add_argument(
+        "--replicas",
+        type=_replica_count,
+        default=1,
+        help=f"controller replicas c1..cN on the one PostgreSQL (1 to {MAX_REPLICAS}, default 1; "
+        "more than one needs --store postgres)",
+    )
+    up.add_argument(
         "--underlay-only",
         action="store_true",
         help="only the namespaces and the underlay: no controller, no agents",
@@ -155,7 +187,10 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     delay.add_argument("delay", type=_delay, help="added round-trip time, e.g. 80ms or 0.2s")
     delay.add_argument("--loss", type=_loss, default=0.0, help="share dropped each way, e.g. 5%%")
 
-    for name, text in (("cut", "drop the underlay between two hosts"), ("heal", "undo `cut` and `delay`")):
+    for name, text in (
+        ("cut", "drop the underlay between two hosts (or `cut c1 db`: a replica from PostgreSQL)"),
+        ("heal", "undo `cut` and `delay`"),
+    ):
         p = sub.add_parser(name, parents=[common], help=text)
         p.add_argument("a")
         p.add_argument("b")
@@ -163,8 +198,12 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         ("stop", "stop a host's agent (wg0 keeps running)"),
         ("start", "start a host's agent"),
     ):
-        p = sub.add_parser(name, parents=[common], help=f"{text}; `controller` for the controller")
-        p.add_argument("host", help="h1, h2, ... or controller")
+        p = sub.add_parser(
+            name, parents=[common], help=f"{text}; `controller` for the controller, c1.. for one replica"
+        )
+        p.add_argument("host", help="h1, h2, ..., controller, or c1, c2, ... (a replica)")
+        if name == "stop":
+            p.add_argument("--kill", action="store_true", help="SIGKILL, as in a crash (default SIGTERM)")
 
     add = sub.add_parser("add", parents=[common], help="add one host and wait until it reaches every host")
     add.add_argument("--timeout", type=float, default=90.0, help="seconds to wait (default 90)")
@@ -249,7 +288,14 @@ def _report_incomplete(lab: Lab, view: MeshView, timeout: float) -> None:
     )
 
 
-def _up(name: str, hosts: int, timeout: float | None, backend: str = "userspace") -> tuple[Lab | None, bool]:
+def _up(
+    name: str,
+    hosts: int,
+    timeout: float | None,
+    backend: str = "userspace",
+    store: LabStore = "sqlite",
+    replicas: int = 1,
+) -> tuple[Lab | None, bool]:
     """Build the lab and wait for the mesh. (lab, complete); lab is None when building failed.
     Raises LabExists, touching nothing, when a lab of that name is there already."""
     line = render.ProgressLine()
@@ -260,6 +306,8 @@ def _up(name: str, hosts: int, timeout: float | None, backend: str = "userspace"
             hosts,
             lambda text: line.update(f"[{time.monotonic() - started:5.1f}s] {text}"),
             backend=backend,
+            store=store,
+            replicas=replicas,
         )
     except LabExists:
         line.finish()
@@ -297,9 +345,17 @@ def cmd_up(args: argparse.Namespace) -> int:
             )
         )
         return 0
-    lab, complete = _up(args.name, args.hosts, args.timeout, args.backend)
+    if args.replicas > 1 and args.store != "postgres":
+        print(
+            f"{program()} lab up: --replicas {args.replicas} needs --store postgres (replicas share one database)",
+            file=sys.stderr,
+        )
+        return 2
+    lab, complete = _up(args.name, args.hosts, args.timeout, args.backend, args.store, args.replicas)
     if lab is None or not complete:
         return 1
+    if args.store == "postgres":
+        print(f"controllers: {lab.controller_urls} (PostgreSQL in the underlay)")
     print(_hosts_table(lab, lab.observe()))
     return 0
 
@@ -320,7 +376,8 @@ def _agent_view(lab: Lab, name: str) -> tuple[str, str, str]:
     if not lab.agent_state(name).running:
         return "-", netmap, "-"  # what a stopped agent last wrote about the controller is stale
     relayed = ",".join(f"{p.name} via {p.via}" for p in status.peers if p.route == "relay") or "-"
-    return status.controller, netmap, relayed
+    replica = lab.replica_in_use(name)
+    return status.controller + (f" ({replica})" if replica else ""), netmap, relayed
 
 
 HOST_COLUMNS = ["host", "underlay", "tunnel", "agent", "controller", "map", "wg0", "peers", "handshakes"]
@@ -360,10 +417,27 @@ def _host_rows(lab: Lab, view: MeshView) -> list[list[object]]:
     return rows
 
 
+def _controller_line(lab: Lab, replica: ReplicaLayout, state: ProcessState) -> str:
+    health = ""
+    if state.running:
+        code = lab.replica_health(replica.name)
+        health = {200: "healthy", 503: "UNHEALTHY (no database)"}.get(code or 0, "NOT ANSWERING")
+    if replica.namespace is not None and lab.cut_from_database_now(replica.name):
+        health += ", cut from PostgreSQL"
+    where = (
+        "never started"
+        if state.pid is None
+        else f"pid {state.pid} {'running' if state.running else 'STOPPED'}"
+    )
+    name = "controller" if lab.record.store == "sqlite" else f"controller {replica.name}"
+    return f"{name} {replica.url}: {where} {health}".rstrip() + f"; log {state.log}"
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     lab = Lab.open(args.name)
     view = lab.observe()
     ctl = lab.controller_state()
+    replicas = [(r, lab.controller_state(r.name)) for r in lab.replicas]
     if args.json:
         keys = [c.replace(" ", "_") for c in HOST_COLUMNS]
         hosts = [
@@ -375,25 +449,23 @@ def cmd_status(args: argparse.Namespace) -> int:
             for i in lab.impairments()
         ]
         controller = {
-            "url": lab.layout.controller_url,
+            "url": lab.replicas[0].url,
             "pid": ctl.pid,
             "running": ctl.running,
             "log": str(ctl.log),
         }
-        print(
-            json.dumps(
-                {"lab": lab.layout.name, "controller": controller, "hosts": hosts, "delays": delays}, indent=2
-            )
-        )
+        controllers = [
+            {"name": r.name, "url": r.url, "pid": st.pid, "running": st.running, "health": lab.replica_health(r.name),
+             "cut_from_database": r.namespace is not None and lab.cut_from_database_now(r.name), "log": str(st.log)}
+            for r, st in replicas
+        ]  # fmt: skip
+        out: dict[str, object] = {"lab": lab.layout.name, "store": lab.record.store, "controller": controller}
+        out.update(controllers=controllers, hosts=hosts, delays=delays)
+        print(json.dumps(out, indent=2))
         return 0
-    health = (
-        "healthy" if ctl.running and lab.controller_healthy() else ("NOT ANSWERING" if ctl.running else "")
-    )
     print(f"lab {lab.layout.name!r}: {len(view.hosts)} hosts, files in {lab.layout.dir}")
-    ctl_state = (
-        "never started" if ctl.pid is None else f"pid {ctl.pid} {'running' if ctl.running else 'STOPPED'}"
-    )
-    print(f"controller {lab.layout.controller_url}: {ctl_state} {health}".rstrip() + f"; log {ctl.log}")
+    for replica, state in replicas:
+        print(_controller_line(lab, replica, state))
     print()
     print(_hosts_table(lab, view))
     if lab.impairments():
@@ -461,7 +533,24 @@ def cmd_admin(args: argparse.Namespace) -> int:
     return subprocess.call(lab.exec_argv("underlay", ["wgmesh", *command]))
 
 
+def _replica_and_db(args: argparse.Namespace) -> str | None:
+    """`cut c1 db` / `heal db c1`: the replica named; None for two hosts."""
+    pair = {args.a, args.b}
+    if "db" not in pair:
+        return None
+    other = (pair - {"db"}) or {"db"}
+    name = str(other.pop())
+    if replica_index(name) is None:
+        raise LabError(f"`{args.cmd} ... db` takes a controller replica (c1, c2, ...), not {name!r}")
+    return name
+
+
 def cmd_cut(args: argparse.Namespace) -> int:
+    replica = _replica_and_db(args)
+    if replica is not None:
+        Lab.open(args.name).cut_from_database(replica)
+        print(f"{replica} cut from PostgreSQL (`{program()} lab heal {replica} db` undoes it)")
+        return 0
     Lab.open(args.name).cut(args.a, args.b)
     print(f"underlay between {args.a} and {args.b} cut (`{program()} lab heal {args.a} {args.b}` undoes it)")
     return 0
@@ -478,6 +567,11 @@ def cmd_delay(args: argparse.Namespace) -> int:
 
 
 def cmd_heal(args: argparse.Namespace) -> int:
+    replica = _replica_and_db(args)
+    if replica is not None:
+        Lab.open(args.name).heal_database(replica)
+        print(f"{replica} reaches PostgreSQL again")
+        return 0
     Lab.open(args.name).heal(args.a, args.b)
     print(f"underlay between {args.a} and {args.b} healed")
     return 0
@@ -485,7 +579,12 @@ def cmd_heal(args: argparse.Namespace) -> int:
 
 def cmd_stop(args: argparse.Namespace) -> int:
     lab = Lab.open(args.name)
-    stopped = lab.stop_controller() if args.host == "controller" else lab.stop_agent(args.host)
+    if args.host == "controller":
+        stopped = lab.stop_controller(kill=args.kill)
+    elif replica_index(args.host) is not None:
+        stopped = lab.stop_replica(args.host, kill=args.kill)
+    else:
+        stopped = lab.stop_agent(args.host, kill=args.kill)
     print(f"{args.host}: {'stopped' if stopped else 'was not running'}")
     return 0
 
@@ -493,12 +592,16 @@ def cmd_stop(args: argparse.Namespace) -> int:
 def cmd_start(args: argparse.Namespace) -> int:
     lab = Lab.open(args.name)
     if args.host == "controller":
-        running = lab.controller_state().running
+        running = all(lab.controller_state(r.name).running for r in lab.replicas)
         lab.start_controller()
         started = not running
+        state = lab.controller_state()
+    elif replica_index(args.host) is not None:
+        started = lab.start_replica(args.host)
+        state = lab.controller_state(args.host)
     else:
         started = lab.start_agent(args.host)
-    state = lab.controller_state() if args.host == "controller" else lab.agent_state(args.host)
+        state = lab.agent_state(args.host)
     print(f"{args.host}: {'started' if started else 'already running'} (pid {state.pid}, log {state.log})")
     return 0
 

@@ -20,16 +20,24 @@ def _admin_get(lab: Lab, path: str) -> bytes:
         raise LabError(
             f"no admin credential at {lab.layout.admin_credential_path}: is the controller up?"
         ) from None
-    try:
-        reply = request(
-            lab.layout.underlay_namespace,
-            "GET",
-            f"{lab.layout.controller_url}{path}",
-            bearer=credential,
-            ca_file=lab.layout.controller_ca_path,
-        )
-    except OSError as e:
-        raise LabError(f"the controller at {lab.layout.controller_url} does not answer: {e}") from None
+    problems: list[str] = []
+    for replica in lab.replicas:  # the first that answers, as an admin command does
+        try:
+            reply = request(
+                lab.layout.underlay_namespace,
+                "GET",
+                f"{replica.url}{path}",
+                bearer=credential,
+                ca_file=lab.layout.controller_ca_path,
+            )
+        except OSError as e:
+            problems.append(f"{replica.url}: {e}")
+            continue
+        if reply.status < 500:
+            break
+        problems.append(f"{replica.url}: answered {reply.status}")
+    else:
+        raise LabError(f"no controller answers: {'; '.join(problems)}")
     if reply.status != 200:
         raise LabError(f"GET {path} answered {reply.status}: {reply.body[:200].decode(errors='replace')}")
     return reply.body

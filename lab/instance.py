@@ -12,6 +12,7 @@ Rules:
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import subprocess
 import time
@@ -29,15 +30,30 @@ from lab.layout import (
     AGENT_METRICS_LISTEN,
     BRIDGE_ADDRESS,
     CONTROLLER_METRICS_LISTEN,
+    MAX_REPLICAS,
     MESH_CIDR,
+    POSTGRES_ADDRESS,
+    POSTGRES_PORT,
+    UNDERLAY_NET,
     WG_INTERFACE,
     WG_LISTEN_PORT,
     HostLayout,
     LabLayout,
+    ReplicaLayout,
     host_index,
+    replica_index,
 )
 from lab.observe import MeshView, PingResult, observe, ping_matrix, ping_once
-from lab.record import HostRecord, ImpairmentRecord, LabBackend, LabRecord, ProcessRecord, load, save
+from lab.record import (
+    HostRecord,
+    ImpairmentRecord,
+    LabBackend,
+    LabRecord,
+    LabStore,
+    ProcessRecord,
+    load,
+    save,
+)
 from lab.underlay_http import request
 from wgmesh.invocation import program
 
@@ -99,25 +115,33 @@ class Lab:
         *,
         mesh: bool = True,
         backend: str = "userspace",
+        store: LabStore = "sqlite",
+        replicas: int = 1,
         controller_timeout_s: float = CONTROLLER_READY_TIMEOUT_S,
     ) -> Lab:
         """Build the underlay, `hosts` hosts, the controller and one agent per host; does not wait for
         the mesh (see `wait_for_mesh`). With mesh=False only the namespaces and the underlay are built
-        (no controller, no agents). `backend`: the agents' (userspace, kernel or auto). On failure the
-        lab is left for `lab down` to remove. `controller_timeout_s`: how long the controller may take to
+        (no controller, no agents). `backend`: the agents' (userspace, kernel or auto). `store`
+        postgres: a private PostgreSQL in the underlay and `replicas` controllers on it, each in its
+        own namespace; agents and admin commands get every replica's URL. On failure the lab is left
+        for `lab down` to remove. `controller_timeout_s`: how long the controller may take to
         answer its health check (longer on a slow machine, e.g. under emulation)."""
         check_can_run_lab()
         chosen = resolve_backend(backend)
         layout = LabLayout(name)
         if hosts < 1:
             raise LabError("a lab needs at least one host")
+        if not 1 <= replicas <= MAX_REPLICAS:
+            raise LabError(f"a lab has 1 to {MAX_REPLICAS} controller replicas")
+        if replicas > 1 and store != "postgres":
+            raise LabError("controller replicas share one database: use --store postgres with --replicas")
         host_layouts = [layout.host(i) for i in range(1, hosts + 1)]  # validates the count
         leftovers = [ns for ns in netns.list_namespaces() if layout.owns_namespace(ns)]
         if layout.record_path.exists() or leftovers:
             raise LabExists(
                 f"a lab named {name!r} exists already; remove it with `{program()} lab down --name {name}`"
             )
-        lab = cls(layout, LabRecord(name=name, backend=chosen))
+        lab = cls(layout, LabRecord(name=name, backend=chosen, store=store, replicas=replicas))
         lab.save()
         progress("creating the underlay")
         netns.create_underlay(layout)
@@ -126,6 +150,12 @@ class Lab:
             lab._create_host(h)
         if not mesh:
             return lab
+        if store == "postgres":
+            progress("starting PostgreSQL")
+            lab._start_postgres()
+            for replica in lab.replicas:
+                assert replica.namespace is not None
+                netns.create_attached(layout, replica.namespace, replica.bridge_port_ifname, replica.address)
         progress("starting the controller")
         lab.start_controller(controller_timeout_s)
         lab.ensure_preauth_key()
@@ -133,6 +163,31 @@ class Lab:
             progress(f"starting agents {h.index}/{hosts}")
             lab.start_agent(h.name)
         return lab
+
+    def _start_postgres(self) -> None:
+        """A private cluster in the underlay on the bridge address, one database, and the settings
+        file that gives the controllers its URL."""
+        from lab.postgres import PostgresCluster, PostgresMissing
+
+        try:
+            cluster = PostgresCluster(
+                prefix=f"wgl-{self.layout.name}-pg-",
+                host=str(POSTGRES_ADDRESS),
+                port=POSTGRES_PORT,
+                netns=self.layout.underlay_namespace,
+                clients=str(UNDERLAY_NET),
+            )
+        except PostgresMissing as e:
+            raise LabError(str(e)) from None
+        netns.add_bridge_address(self.layout, POSTGRES_ADDRESS)
+        self.record.postgres_dir = str(cluster.dir)
+        self.save()
+        try:
+            cluster.start()
+            url = cluster.create_database("wgmesh")
+        except RuntimeError as e:
+            raise LabError(f"PostgreSQL did not start: {e}") from None
+        write_file_atomically(self.layout.database_config_path, f"db = {json.dumps(url)}\n", 0o600)
 
     def _create_host(self, host: HostLayout) -> None:
         self.record.hosts.append(HostRecord(index=host.index))
@@ -171,63 +226,130 @@ class Lab:
             return ProcessState(None, False, log)
         return ProcessState(proc.pid, processes.is_ours(proc, self.layout.dir), log)
 
-    def controller_state(self) -> ProcessState:
-        return self._state(self.record.controller, self.layout.controller_log)
+    @property
+    def replicas(self) -> list[ReplicaLayout]:
+        """The controller processes: one (in the underlay), or the replicas of a lab on PostgreSQL."""
+        own = self.record.store == "postgres"
+        return [self.layout.replica(i, own) for i in range(1, self.record.replicas + 1)]
+
+    def replica(self, name: str) -> ReplicaLayout:
+        index = replica_index(name)
+        if index is None or index > self.record.replicas:
+            known = ", ".join(r.name for r in self.replicas)
+            raise LabError(f"lab {self.layout.name!r} has no controller replica {name!r} (replicas: {known})")
+        return self.replicas[index - 1]
+
+    @property
+    def controller_urls(self) -> str:
+        """Every replica's URL, comma-separated, as agents and admin commands take them."""
+        return ",".join(r.url for r in self.replicas)
+
+    def _replica_process(self, index: int) -> ProcessRecord | None:
+        return self.record.controller if index == 1 else self.record.replica_processes.get(index)
+
+    def controller_state(self, name: str = "c1") -> ProcessState:
+        replica = self.replica(name)
+        return self._state(self._replica_process(replica.index), replica.log)
 
     def agent_state(self, name: str) -> ProcessState:
         host = self.host(name)
         return self._state(self.record.host(host.index).agent, host.agent_log)
 
     def start_controller(self, timeout_s: float = CONTROLLER_READY_TIMEOUT_S) -> None:
-        """Start the controller (unless it runs) and wait until GET /v1/health answers 200."""
-        if self.controller_state().running:
-            return
-        self.layout.controller_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        """Start every controller replica that does not run and wait until each answers GET /v1/health
+        with 200. Replica c1 first: it makes the admin credential the others are given, and the CA."""
+        first, *others = self.replicas
+        self.start_replica(first.name, timeout_s)
+        for replica in others:
+            self.start_replica(replica.name, timeout_s)
+
+    def start_replica(self, name: str, timeout_s: float = CONTROLLER_READY_TIMEOUT_S) -> bool:
+        """Start one replica unless it runs, and wait for its health. False when it was running."""
+        replica = self.replica(name)
+        if self.controller_state(name).running:
+            return False
+        replica.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if replica.index > 1:
+            # Replicas share the admin credential (the operator gives each the same file).
+            credential = self.layout.admin_credential_path.read_text()
+            write_file_atomically(replica.state_dir / "admin-credential", credential, 0o600)
         argv = processes.wgmesh_argv(
             "controller", "serve",
-            "--listen", self.layout.controller_listen,
-            "--state-dir", str(self.layout.controller_dir),
+            "--listen", replica.listen,
+            "--state-dir", str(replica.state_dir),
             "--mesh-cidr", str(MESH_CIDR),
             "--metrics-listen", CONTROLLER_METRICS_LISTEN,
         )  # fmt: skip
-        proc = processes.start(
-            processes.in_namespace(self.layout.underlay_namespace, argv), self.layout.controller_log
-        )
-        self.record.controller = proc
+        if self.record.store == "postgres":
+            argv += ["--config", str(self.layout.database_config_path)]
+        namespace = replica.namespace or self.layout.underlay_namespace
+        proc = processes.start(processes.in_namespace(namespace, argv), replica.log)
+        if replica.index == 1:
+            self.record.controller = proc
+        else:
+            self.record.replica_processes[replica.index] = proc
         self.save()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if not processes.is_ours(proc, self.layout.dir):
                 raise LabError(
-                    f"the controller exited during start; last lines of {self.layout.controller_log}:\n"
-                    + processes.log_tail(self.layout.controller_log)
+                    f"controller {replica.name} exited during start; last lines of {replica.log}:\n"
+                    + processes.log_tail(replica.log)
                 )
-            if self.controller_healthy():
-                return
+            if self.replica_health(replica.name) == 200:
+                return True
             time.sleep(0.1)
         raise LabError(
-            f"the controller did not answer /v1/health within {timeout_s:.0f} s; see {self.layout.controller_log}"
+            f"controller {replica.name} did not answer /v1/health within {timeout_s:.0f} s; see {replica.log}"
         )
 
-    def controller_healthy(self) -> bool:
+    def replica_health(self, name: str) -> int | None:
+        """The status GET /v1/health answers on one replica (200 healthy, 503 without its database);
+        None when it does not answer."""
         try:
             reply = request(
                 self.layout.underlay_namespace,
                 "GET",
-                f"{self.layout.controller_url}/v1/health",
+                f"{self.replica(name).url}/v1/health",
                 timeout=2,
-                ca_file=self.layout.controller_ca_path,
+                ca_file=self.layout.controller_ca_path,  # one CA for every replica
             )
         except OSError:
-            return False
-        return reply.status == 200
+            return None
+        return reply.status
+
+    def controller_healthy(self) -> bool:
+        """Every replica answers /v1/health with 200."""
+        return all(self.replica_health(r.name) == 200 for r in self.replicas)
 
     def stop_controller(self, *, kill: bool = False) -> bool:
-        """End the controller (SIGKILL with kill=True, as in a crash). False when it was not running."""
-        if self.record.controller is None:
+        """End every replica (SIGKILL with kill=True, as in a crash). False when none was running."""
+        stopped = [self.stop_replica(r.name, kill=kill) for r in self.replicas]
+        return any(stopped)
+
+    def stop_replica(self, name: str, *, kill: bool = False) -> bool:
+        """End one replica (SIGKILL with kill=True). False when it was not running."""
+        proc = self._replica_process(self.replica(name).index)
+        if proc is None:
             return False
         sig = signal.SIGKILL if kill else signal.SIGTERM
-        return processes.end_recorded(self.record.controller, self.layout.dir, sig=sig)
+        return processes.end_recorded(proc, self.layout.dir, sig=sig)
+
+    def cut_from_database(self, name: str) -> None:
+        """Drop every packet between a replica and PostgreSQL (both directions, established flows too)."""
+        firewall.block(self._replica_namespace(name), POSTGRES_ADDRESS)
+
+    def heal_database(self, name: str) -> None:
+        firewall.unblock(self._replica_namespace(name), POSTGRES_ADDRESS)
+
+    def cut_from_database_now(self, name: str) -> bool:
+        return POSTGRES_ADDRESS in firewall.cut_addresses(self._replica_namespace(name))
+
+    def _replica_namespace(self, name: str) -> str:
+        replica = self.replica(name)
+        if replica.namespace is None:
+            raise LabError("only the replicas of a lab on PostgreSQL (--store postgres) reach a database")
+        return replica.namespace
 
     def run_in_underlay(self, argv: Sequence[str], timeout: float = 300.0) -> str:
         """Run a wgmesh admin command (or any command) in the underlay namespace; its stdout."""
@@ -236,7 +358,7 @@ class Lab:
     def admin_argv(self, *args: str) -> list[str]:
         """`wgmesh <args> --controller URL --state-dir CONTROLLERDIR`, for the admin commands."""
         return processes.wgmesh_argv(
-            *args, "--controller", self.layout.controller_url, "--state-dir", str(self.layout.controller_dir)
+            *args, "--controller", self.controller_urls, "--state-dir", str(self.layout.controller_dir)
         )
 
     def ensure_preauth_key(self) -> str:
@@ -262,7 +384,7 @@ class Lab:
     def agent_argv(self, host: HostLayout) -> list[str]:
         return processes.wgmesh_argv(
             "agent", "up",
-            "--controller", self.layout.controller_url,
+            "--controller", self.controller_urls,
             "--token-file", str(self.ensure_preauth_key_file()),
             "--interface", WG_INTERFACE,
             "--backend", self.record.backend,
@@ -304,6 +426,14 @@ class Lab:
         except StatusError:
             return None
 
+    def replica_in_use(self, name: str) -> str | None:
+        """The controller replica (c1, c2, ...) host `name`'s agent talks to, as its status says;
+        None for a lab with one controller or when the agent has not said."""
+        status = self.agent_status(name)
+        if self.record.replicas == 1 or status is None or status.controller_in_use is None:
+            return None
+        return next((r.name for r in self.replicas if r.url == status.controller_in_use), None)
+
     def delete_interface(self, name: str) -> None:
         """Remove the host's wg0 (its wireguard-go exits with it), as after a reboot."""
         netns.delete_link(self.host(name).namespace, WG_INTERFACE)
@@ -319,7 +449,7 @@ class Lab:
     def admin_env(self) -> dict[str, str]:
         """What an admin command in the underlay needs to find this lab's controller and credential."""
         return {
-            "WGMESH_CONTROLLER": self.layout.controller_url,
+            "WGMESH_CONTROLLER": self.controller_urls,
             "WGMESH_STATE_DIR": str(self.layout.controller_dir),
             "PATH": processes.program_path(),
         }

@@ -8,6 +8,9 @@ Rules:
   15 characters Linux allows.
 - Every address is in 198.18.0.0/15 (RFC 2544 benchmarking range): the underlay is 198.18.0.0/16 with
   the bridge (and the controller) on 198.18.0.1 and host N on 198.18.1.N; the mesh is 198.19.0.0/16.
+- A lab on PostgreSQL runs its controller replicas c1..cN each in a namespace of its own on
+  198.18.0.(10+N) (so one can be cut from the database alone), and PostgreSQL in the underlay on
+  198.18.0.2:5432 (an address of its own, so a cut leaves the underlay's admin traffic alone). Replica c1 keeps the single controller's state directory and log.
 """
 
 from __future__ import annotations
@@ -34,8 +37,14 @@ BRIDGE_IFNAME = "wgl-br"
 HOST_UPLINK_IFNAME = "wgl-eth0"  # the host's end of its veth, inside the host namespace
 IFNAME_MAX = 15
 
+MAX_REPLICAS = 3
+REPLICA_ADDRESS_BASE = 10  # replica N on 198.18.0.(10+N)
+POSTGRES_ADDRESS = IPv4Address("198.18.0.2")  # a second address of the bridge: cut alone
+POSTGRES_PORT = 5432
+
 _NAME = re.compile(r"^[a-z][a-z0-9]{0,7}$")
 _HOST = re.compile(r"^h([1-9][0-9]{0,2})$")
+_REPLICA = re.compile(r"^c([1-9])$")
 
 
 class LayoutError(ValueError):
@@ -59,6 +68,12 @@ def host_index(host: str) -> int:
     return int(m.group(1))
 
 
+def replica_index(name: str) -> int | None:
+    """`c2` -> 2; None for anything that is not a replica name."""
+    m = _REPLICA.match(name)
+    return int(m.group(1)) if m else None
+
+
 def host_name(index: int) -> str:
     if not 1 <= index <= MAX_HOSTS:
         raise LayoutError(f"a lab has at most {MAX_HOSTS} hosts (asked for host {index})")
@@ -80,6 +95,28 @@ class HostLayout:
     @property
     def endpoint(self) -> str:
         return f"{self.underlay_address}:{WG_LISTEN_PORT}"
+
+
+@dataclass(frozen=True)
+class ReplicaLayout:
+    """One controller process of the lab: the single controller (in the underlay, on the bridge
+    address), or replica cN of a lab on PostgreSQL (in a namespace of its own)."""
+
+    index: int
+    name: str  # c1, c2, ...
+    namespace: str | None  # None: the underlay's
+    address: IPv4Address
+    bridge_port_ifname: str
+    state_dir: Path
+    log: Path
+
+    @property
+    def listen(self) -> str:
+        return f"{self.address}:{CONTROLLER_PORT}"
+
+    @property
+    def url(self) -> str:
+        return f"https://{self.listen}"
 
 
 @dataclass(frozen=True)
@@ -135,6 +172,30 @@ class LabLayout:
     def controller_ca_path(self) -> Path:
         """The CA the controller made on first start; agents pin it through the pre-auth key."""
         return self.controller_dir / "tls" / "ca.crt"
+
+    @property
+    def database_config_path(self) -> Path:
+        """The controllers' TOML settings naming the database URL (with its password): 0600, and
+        passed as --config so the password never shows in a command line or a log."""
+        return self.dir / "controller-db.toml"
+
+    def replica(self, index: int, own_namespace: bool) -> ReplicaLayout:
+        """Controller `index` (1 .. MAX_REPLICAS); `own_namespace`: a lab on PostgreSQL."""
+        if not 1 <= index <= MAX_REPLICAS:
+            raise LayoutError(f"a lab has 1 to {MAX_REPLICAS} controller replicas (asked for c{index})")
+        name = f"c{index}"
+        first = index == 1
+        return ReplicaLayout(
+            index=index,
+            name=name,
+            namespace=f"{self.namespace_prefix}{name}" if own_namespace else None,
+            address=UNDERLAY_NET.network_address + REPLICA_ADDRESS_BASE + index
+            if own_namespace
+            else BRIDGE_ADDRESS,
+            bridge_port_ifname=f"wgl-{name}",
+            state_dir=self.controller_dir if first else self.dir / f"controller-{name}",
+            log=self.controller_log if first else self.dir / f"controller-{name}.log",
+        )
 
     def host(self, index: int) -> HostLayout:
         name = host_name(index)

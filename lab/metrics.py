@@ -76,7 +76,10 @@ def scrape(namespace: str, where: str, listen: str) -> Scrape:
 
 
 def scrape_lab(lab: Lab) -> tuple[Scrape, list[Scrape]]:
-    controller = scrape(lab.layout.underlay_namespace, "controller", CONTROLLER_METRICS_LISTEN)
+    first = lab.replicas[0]  # a lab on PostgreSQL: replica c1, in its own namespace
+    controller = scrape(
+        first.namespace or lab.layout.underlay_namespace, "controller", CONTROLLER_METRICS_LISTEN
+    )
     agents = [scrape(h.namespace, h.name, AGENT_METRICS_LISTEN) for h in lab.hosts]
     return controller, agents
 

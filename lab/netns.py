@@ -57,20 +57,40 @@ def create_underlay(layout: LabLayout) -> None:
     run(["ip", "-n", ns, "link", "set", BRIDGE_IFNAME, "up"])
 
 
+def add_bridge_address(layout: LabLayout, address: IPv4Address) -> None:
+    """One more address of the underlay on its bridge (a service of its own there)."""
+    run(["ip", "-n", layout.underlay_namespace, "addr", "add", f"{address}/32", "dev", BRIDGE_IFNAME])
+
+
 def create_host(layout: LabLayout, host: HostLayout) -> None:
     """The host's namespace, its veth to the underlay bridge and its underlay address."""
-    create_namespace(host.namespace)
+    create_attached(layout, host.namespace, host.bridge_port_ifname, host.underlay_address)
+
+
+def create_attached(layout: LabLayout, namespace: str, port_ifname: str, address: IPv4Address) -> None:
+    """A namespace on the underlay bridge (a host, a controller replica) with `address`."""
+    create_namespace(namespace)
     u = layout.underlay_namespace
     run(
         [
-            "ip", "link", "add", HOST_UPLINK_IFNAME, "netns", host.namespace, "type", "veth",
-            "peer", "name", host.bridge_port_ifname, "netns", u,
+            "ip", "link", "add", HOST_UPLINK_IFNAME, "netns", namespace, "type", "veth",
+            "peer", "name", port_ifname, "netns", u,
         ]
     )  # fmt: skip
-    run(["ip", "-n", u, "link", "set", host.bridge_port_ifname, "master", BRIDGE_IFNAME, "up"])
-    address = f"{host.underlay_address}/{UNDERLAY_NET.prefixlen}"
-    run(["ip", "-n", host.namespace, "addr", "add", address, "dev", HOST_UPLINK_IFNAME])
-    run(["ip", "-n", host.namespace, "link", "set", HOST_UPLINK_IFNAME, "up"])
+    run(["ip", "-n", u, "link", "set", port_ifname, "master", BRIDGE_IFNAME, "up"])
+    run(
+        [
+            "ip",
+            "-n",
+            namespace,
+            "addr",
+            "add",
+            f"{address}/{UNDERLAY_NET.prefixlen}",
+            "dev",
+            HOST_UPLINK_IFNAME,
+        ]
+    )
+    run(["ip", "-n", namespace, "link", "set", HOST_UPLINK_IFNAME, "up"])
 
 
 def interface_ipv4(namespace: str, ifname: str) -> IPv4Address | None:

@@ -4,7 +4,9 @@ For the test tiers, the benchmarks and the lab's replicated controllers; nothing
 system-wide PostgreSQL service. Rules:
 - The server runs as an unprivileged user (root cannot run postgres): the caller's own user, or, as
   root, the `postgres` account Debian's package creates (else `nobody`); the directory is theirs.
-- It listens on one loopback TCP port chosen at run time and on a Unix socket inside the directory.
+- It listens on one loopback TCP port chosen at run time and on a Unix socket inside the directory;
+  the lab's replicated controllers put it inside the lab's underlay namespace instead (`netns`,
+  `host`, `port`), where only the lab reaches it.
 - The superuser has a random password (scram-sha-256 over TCP), so URLs carry a real secret and code
   that must never show it can be checked; local socket connections are trusted.
 - `stop()` ends the server by its pid file through pg_ctl (fast mode) and removes the directory.
@@ -55,7 +57,16 @@ def free_port() -> int:
 
 
 class PostgresCluster:
-    def __init__(self, prefix: str = "wgq-pg-") -> None:
+    def __init__(
+        self,
+        prefix: str = "wgq-pg-",
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        netns: str | None = None,
+        clients: str | None = None,
+    ) -> None:
+        """`clients`: a network (CIDR) whose addresses may log in over TCP too (default: loopback)."""
         bindir = find_bindir()
         if bindir is None:
             raise PostgresMissing(
@@ -65,18 +76,26 @@ class PostgresCluster:
         self.user = _server_user()
         self.dir = Path(tempfile.mkdtemp(prefix=prefix))
         self.data = self.dir / "data"
-        self.port = free_port()
+        self.host = host
+        self.port = port or free_port()
+        self.netns = netns
+        self.clients = clients
         self.password = secrets.token_urlsafe(18)
         self._started = False
         self._databases = 0
 
-    def _run(self, *argv: str, input_text: str | None = None) -> str:
+    def _run(self, *argv: str, input_text: str | None = None, in_netns: bool = False) -> str:
         kwargs: dict[str, object] = {}
-        if os.geteuid() == 0:
+        command = [str(self.bindir / argv[0]), *argv[1:]]
+        if in_netns and self.netns:
+            # Entering a namespace takes root; the server then runs as its own user there.
+            ids = [f"--reuid={self.user.pw_uid}", f"--regid={self.user.pw_gid}", "--clear-groups"]
+            command = ["ip", "netns", "exec", self.netns, "setpriv", *ids, *command]
+        elif os.geteuid() == 0:
             kwargs.update(user=self.user.pw_uid, group=self.user.pw_gid, extra_groups=[])
-        env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C", "HOME": str(self.dir)}
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C", "HOME": str(self.dir)}
         done = subprocess.run(
-            [str(self.bindir / argv[0]), *argv[1:]],
+            command,
             input=input_text,
             capture_output=True,
             text=True,
@@ -110,14 +129,18 @@ class PostgresCluster:
             "--no-sync",
         )
         pwfile.unlink()
+        if self.clients:
+            with (self.data / "pg_hba.conf").open("a") as hba:
+                hba.write(f"host all all {self.clients} scram-sha-256\n")
         options = (
-            f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories={self.dir} "
+            f"-c listen_addresses={self.host} -c port={self.port} -c unix_socket_directories={self.dir} "
             "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200 "
             "-c shared_buffers=32MB"
         )
         self._run(
-            "pg_ctl", "-D", str(self.data), "-l", str(self.dir / "server.log"), "-o", options, "-w", "start"
-        )
+            "pg_ctl", "-D", str(self.data), "-l", str(self.dir / "server.log"), "-o", options, "-w", "start",
+            in_netns=True,
+        )  # fmt: skip
         self._started = True
         return self
 
@@ -136,12 +159,11 @@ class PostgresCluster:
 
     def url(self, database: str, password: str | None = None) -> str:
         secret = self.password if password is None else password
-        return f"postgresql://{SUPERUSER}:{secret}@127.0.0.1:{self.port}/{database}"
+        return f"postgresql://{SUPERUSER}:{secret}@{self.host}:{self.port}/{database}"
 
     def stop(self) -> None:
         if self._started:
-            with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
-                self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+            stop_data_dir(self.dir)
             self._started = False
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -150,3 +172,22 @@ class PostgresCluster:
 
     def __exit__(self, *_exc: object) -> None:
         self.stop()
+
+
+def stop_data_dir(directory: Path) -> None:
+    """Stop the server of a cluster made here (its pid file names it) and remove its directory: for
+    whoever lost the `PostgresCluster` object, such as `lab down`."""
+    bindir = find_bindir()
+    data = directory / "data"
+    if bindir is not None and (data / "postmaster.pid").exists():
+        owner = directory.stat()
+        kwargs: dict[str, object] = {}
+        if os.geteuid() == 0:
+            kwargs.update(user=owner.st_uid, group=owner.st_gid, extra_groups=[])
+        with contextlib.suppress(subprocess.TimeoutExpired, OSError):
+            subprocess.run(
+                [str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
+                capture_output=True, env={"PATH": "/usr/bin:/bin", "LC_ALL": "C"}, cwd=directory,
+                timeout=60, **kwargs,  # type: ignore[call-overload]
+            )  # fmt: skip
+    shutil.rmtree(directory, ignore_errors=True)

@@ -21,6 +21,7 @@ from wgmesh.invocation import program
 
 RECORD_VERSION = 1
 LabBackend = Literal["userspace", "kernel"]  # `auto` is resolved when the lab is created
+LabStore = Literal["sqlite", "postgres"]
 
 
 class RecordError(RuntimeError):
@@ -66,6 +67,12 @@ class LabRecord(_Model):
         default="userspace", description="The agents' WireGuard backend; absent: userspace (older labs)."
     )
     impairments: list[ImpairmentRecord] = Field(default_factory=list)
+    store: LabStore = Field(default="sqlite", description="The controllers' database; absent: sqlite.")
+    replicas: int = Field(default=1, ge=1, description="Controller replicas (more than one: postgres).")
+    replica_processes: dict[int, ProcessRecord] = Field(
+        default_factory=dict, description="Replicas 2..N by index (replica 1 is `controller`)."
+    )
+    postgres_dir: str | None = Field(default=None, description="The private PostgreSQL cluster's directory.")
 
     def host(self, index: int) -> HostRecord:
         for h in self.hosts:

@@ -1,8 +1,9 @@
 """`lab down`: remove every namespace, link, process and file of one lab, also after a crash or a
 half-finished `lab up`.
 
-Order matters: processes first (recorded pids, verified; then whatever still runs inside the lab's
-namespaces, e.g. the wireguard-go an agent started), then the namespaces (which takes the veth pairs,
+Order matters: processes first (recorded pids, verified; a lab on PostgreSQL's cluster through its
+pid file; then whatever still runs inside the lab's namespaces, e.g. the wireguard-go an agent
+started), then the namespaces (which takes the veth pairs,
 the bridge and the nftables tables with them), then the lab directory. Namespaces are found by the
 lab's prefix, so a lost or corrupt record still gets everything removed.
 """
@@ -12,9 +13,11 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from lab import netns, processes
 from lab.layout import LABS_ROOT, NAMESPACE_PREFIX, LabLayout
+from lab.postgres import stop_data_dir
 from lab.record import load_if_present
 
 
@@ -37,13 +40,17 @@ def tear_down(layout: LabLayout, progress: Callable[[str], None] = lambda _: Non
     if record is not None:
         procs = [i.relay for i in record.impairments]
         procs += [h.agent for h in record.hosts if h.agent is not None]
-        if record.controller is not None:
-            procs.append(record.controller)  # last: agents may talk to it while they stop
+        # Controllers last: agents may talk to them while they stop.
+        procs += [record.controller] if record.controller is not None else []
+        procs += list(record.replica_processes.values())
         for proc in procs:
             progress(f"stopping pid {proc.pid}")
             if processes.end_recorded(proc, layout.dir, grace_s=3.0):
                 recorded += 1
                 ended.append((proc.pid, proc.start_ticks))
+        if record.postgres_dir is not None:
+            progress("stopping PostgreSQL")
+            stop_data_dir(Path(record.postgres_dir))
     namespaces = [ns for ns in netns.list_namespaces() if layout.owns_namespace(ns)]
     # Hosts before the underlay: a host's veth peer lives in the underlay.
     namespaces.sort(key=lambda ns: ns == layout.underlay_namespace)

@@ -341,6 +341,32 @@ async def serial_of(controller: ControllerHarness, host: Host) -> int:
     return netmap.serial
 
 
+DEADLINE_S = 20.0  # what the replica tests give a change to reach another replica
+
+
+class Replica(ControllerHarness):
+    """A controller replica with its follower running, as `controller serve` runs it."""
+
+    def __init__(self, name: str, state_dir: Path, clock: ManualClock, db_url: str) -> None:
+        super().__init__(state_dir, clock, db_url=db_url)
+        self.name = name
+        self.task = asyncio.create_task(self.app.state.follower.run())
+
+    async def close(self) -> None:
+        self.app.state.follower.stop()
+        await finished(self.task, f"replica {self.name}'s follower", DEADLINE_S)
+        await super().close()
+
+
+async def poll_netmap(
+    replica: ControllerHarness, host: Host, since: int, timeout: float = 0
+) -> httpx.Response:
+    """One long-poll of `host`'s map on `replica`, answered as it comes (200, 204, 410...)."""
+    return await replica.client.get(
+        api.NETMAP, params={"since": since, "timeout": timeout}, headers=host.auth
+    )
+
+
 # --- a controller process -----------------------------------------------------------------------------
 
 
@@ -438,22 +464,15 @@ class FlakyHostNetwork(FakeHostNetwork):
 
 
 class SwitchableTransport(httpx.AsyncBaseTransport):
-    """The network between agents and controller; `down` makes every new request fail to connect.
-    Requests with a credential in `removed` are answered 410, as a controller that remembers removed
-    nodes answers them (today's controller does so only to a poll parked at the removal)."""
+    """The network between agents and controller; `down` makes every new request fail to connect."""
 
     def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
         self.inner = inner
         self.down = False
-        self.removed: set[str] = set()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if self.down:
             raise httpx.ConnectError("connection refused", request=request)
-        credential = request.headers.get("authorization", "").removeprefix("Bearer ")
-        if credential in self.removed:
-            body = {"detail": "node was removed from the mesh"}
-            return httpx.Response(410, json=body, request=request)
         return await self.inner.handle_async_request(request)
 
 

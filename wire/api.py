@@ -16,6 +16,9 @@ LINKS = "/v1/links"  # POST LinkReport (node) -> 204
 # GET (admin) -> list[NodeInfo]; /v1/nodes/{id}: GET NodeInfo, DELETE -> 204;
 # /v1/nodes/{id}/tags: PUT NodeTagsRequest -> NodeInfo
 NODES = "/v1/nodes"
+# GET (admin) -> list[RemovedNodeInfo]: removed nodes, whose keys enrollment refuses and whose credential
+# is answered 410; /v1/removed-nodes/{id}: DELETE -> 204 allows its keys to enroll again.
+REMOVED_NODES = "/v1/removed-nodes"
 PREAUTH_KEYS = "/v1/preauth-keys"  # POST PreAuthKeyRequest -> PreAuthKeyInfo with key; GET list; DELETE /{id}
 # GET (admin) -> PolicyState; PUT PolicySetRequest -> PolicyInfo (422 naming every problem: refused
 # whole). POST /check PolicySetRequest -> PolicyCheckResult; POST /test PolicyTestRequest ->

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 AuditAction = Literal[
     "enroll",  # a host enrolled (ok) or was refused (refused)
     "node.remove",
+    "node.allow",  # an admin let a removed node's keys enroll again
     "node.tag",  # an admin set a node's tags
     "preauth.create",
     "preauth.revoke",

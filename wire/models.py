@@ -341,6 +341,17 @@ class NodeInfo(WireModel):
     )
 
 
+class RemovedNodeInfo(WireModel):
+    """A node an admin removed: enrollment refuses its keys (whatever pre-auth key comes with them) and
+    its old credential is answered 410 Gone, until an admin allows it again."""
+
+    node_id: NodeId
+    name: str
+    wg_public_key: WgPublicKey
+    identity_public_key: IdPublicKey
+    removed_at: datetime
+
+
 class NodeTagsRequest(WireModel):
     """An admin's tags for a node, replacing those it has (they stay across re-enrollment)."""
 

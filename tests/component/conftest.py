@@ -6,6 +6,8 @@ SQLite and on PostgreSQL (`store_url` in tests/conftest.py).
   still run on the event loop's clock).
 - `controller`: a `ControllerHarness`: `.client` (httpx.AsyncClient, base URL http://controller),
   `.transport` (for agents' own clients), `.admin` (headers), `.new_key()`, `.enroll()`, `.restart()`.
+- `replicas`: (cluster, database URL, [replica a, replica b]): two `Replica`s (harnesses with their
+  follower running) on one new PostgreSQL database.
 - `mesh`: an `AgentMesh`, agents around an in-process controller with its managed CA.
 - `mesh_factory`: makes `NodeMesh`es of p2p nodes on loopback, closed at the end.
 
@@ -19,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import AgentMesh, ControllerHarness, ManualClock, NodeMesh
+from lab.postgres import PostgresCluster
+from tests.support import AgentMesh, ControllerHarness, ManualClock, NodeMesh, Replica
 
 
 @pytest.fixture
@@ -59,3 +62,17 @@ async def mesh_factory() -> AsyncIterator[Callable[..., NodeMesh]]:
     yield make
     for m in meshes:
         await m.close()
+
+
+@pytest.fixture
+async def replicas(
+    tmp_path: Path, postgres: PostgresCluster, controller_clock: ManualClock
+) -> AsyncIterator[tuple[PostgresCluster, str, list[Replica]]]:
+    url = postgres.create_database()
+    # Replicas share the admin credential: here one state directory; in production the same file.
+    made = [Replica(name, tmp_path / "controller", controller_clock, url) for name in ("a", "b")]
+    try:
+        yield postgres, url, made
+    finally:
+        for r in made:
+            await r.close()

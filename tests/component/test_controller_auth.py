@@ -99,4 +99,4 @@ async def test_a_removed_nodes_credential_stops_working(controller: ControllerHa
         await controller.client.delete(f"{api.NODES}/{a.node_id}", headers=controller.admin)
     ).status_code == 204
     r = await controller.client.get(api.NETMAP, headers=a.auth)
-    assert r.status_code == 401
+    assert r.status_code == 410 and "removed from the mesh" in r.json()["detail"]

@@ -91,6 +91,18 @@ def test_token_create_prints_only_the_key_and_it_enrolls_a_host(served: Served):
     removed = served.cli("nodes", "remove", "cli-host")
     assert removed.returncode == 0 and "removed node 1 (cli-host" in removed.stdout
     assert json.loads(served.cli("nodes", "list", "--json").stdout) == []
+    gone = served.cli("nodes", "removed")
+    assert gone.returncode == 0
+    assert gone.stdout.splitlines()[0].split() == ["ID", "NAME", "REMOVED", "WIREGUARD", "KEY"]
+    assert gone.stdout.splitlines()[1].split()[:2] == ["1", "cli-host"]
+    allowed = served.cli("nodes", "allow", "cli-host")
+    assert allowed.returncode == 0 and "node 1's keys may enroll again" in allowed.stdout
+    assert served.cli("nodes", "removed").stdout.startswith("no removed node")
+    again = served.cli("nodes", "allow", "cli-host")
+    assert again.returncode == 1
+    assert again.stderr.strip() == (
+        "wgmesh nodes allow: no removed node 'cli-host' (`wgmesh nodes removed` lists them)"
+    )
 
     revoked = served.cli("controller", "token", "revoke", "1")
     assert revoked.returncode == 0

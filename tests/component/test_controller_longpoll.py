@@ -109,3 +109,23 @@ async def test_removal_reaches_every_peer_at_once(controller: ControllerHarness)
     assert (
         await controller.client.get(f"{api.NODES}/{b.node_id}", headers=controller.admin)
     ).status_code == 404
+
+
+async def test_holds_acknowledged_by_polls_reach_the_store_at_the_next_tick_and_at_shutdown(
+    controller: ControllerHarness,
+):
+    """A removed node's address stays held in the store until every other node acknowledged a map
+    without it; the acknowledgements of many polls are written together, by the periodic tick (or when
+    the controller stops), not one transaction per poll."""
+    a, b, c, d = [await controller.enroll() for _ in range(4)]
+    r = await controller.client.delete(f"{api.NODES}/{b.node_id}", headers=controller.admin)
+    assert r.status_code == 204
+    assert {h.holder for h in controller.store.load().holds} == {a.node_id, c.node_id, d.node_id}
+    for host in (a, c):
+        await controller.netmap(host, since=await serial_of(controller, host))
+    assert {h.holder for h in controller.store.load().holds} == {a.node_id, c.node_id, d.node_id}
+    controller.app.state.plane.tick()
+    assert {h.holder for h in controller.store.load().holds} == {d.node_id}
+    await controller.netmap(d, since=await serial_of(controller, d))
+    await controller.restart()
+    assert controller.store.load().holds == []

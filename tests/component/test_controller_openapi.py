@@ -21,6 +21,8 @@ PATHS = {
     api.NODES + "/{node_id}": {"get", "delete"},
     api.NODES + "/{node_id}/rotate": {"post"},
     api.NODES + "/{node_id}/tags": {"put"},
+    api.REMOVED_NODES: {"get"},
+    api.REMOVED_NODES + "/{node_id}": {"delete"},
     api.ROTATE_ALL: {"post"},
     api.ROTATIONS: {"get"},
     api.KEY: {"post"},

@@ -6,64 +6,23 @@ serves nothing until it is back."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import httpx
-import pytest
 
 from agent.client import ControllerClient
 from agent.targets import Targets
-from lab.postgres import PostgresCluster
-from tests.support import ControllerHarness, Host, ManualClock, eventually, make_host
+from tests.support import DEADLINE_S, eventually, make_host, poll_netmap
 from wire import api
 from wire.models import NetMap
-
-DEADLINE_S = 20.0
-
-
-class Replica(ControllerHarness):
-    """A controller replica with its follower running, as `controller serve` runs it."""
-
-    def __init__(self, name: str, state_dir: Path, clock: ManualClock, db_url: str) -> None:
-        super().__init__(state_dir, clock, db_url=db_url)
-        self.name = name
-        self.task = asyncio.create_task(self.app.state.follower.run())
-
-    async def close(self) -> None:
-        self.app.state.follower.stop()
-        async with asyncio.timeout(DEADLINE_S):
-            await self.task
-        await super().close()
-
-
-@pytest.fixture
-async def replicas(
-    tmp_path: Path, postgres: PostgresCluster, controller_clock: ManualClock
-) -> AsyncIterator[tuple[PostgresCluster, str, list[Replica]]]:
-    url = postgres.create_database()
-    # Replicas share the admin credential: here one state directory; in production the same file.
-    made = [Replica(name, tmp_path / "controller", controller_clock, url) for name in ("a", "b")]
-    try:
-        yield postgres, url, made
-    finally:
-        for r in made:
-            await r.close()
-
-
-async def netmap(replica: Replica, host: Host, since: int, timeout: float = 0) -> httpx.Response:
-    return await replica.client.get(
-        api.NETMAP, params={"since": since, "timeout": timeout}, headers=host.auth
-    )
 
 
 async def test_a_host_enrolled_through_one_replica_is_in_a_map_waiting_on_the_other(replicas):
     _pg, _url, (a, b) = replicas
     first = await a.enroll()
-    r = await netmap(b, first, 0)  # B knows a node A enrolled a moment ago
+    r = await poll_netmap(b, first, 0)  # B knows a node A enrolled a moment ago
     assert r.status_code == 200, r.text
     held = NetMap.model_validate_json(r.content)
-    waiting = asyncio.create_task(netmap(b, first, held.serial, timeout=30))
+    waiting = asyncio.create_task(poll_netmap(b, first, held.serial, timeout=30))
     await asyncio.sleep(0.1)
     assert not waiting.done()
     second = await a.enroll()
@@ -72,7 +31,7 @@ async def test_a_host_enrolled_through_one_replica_is_in_a_map_waiting_on_the_ot
     update = NetMap.model_validate_json(answer.content)
     assert [p.name for p in update.peers] == [second.name]
     # Both replicas give the same map the same serial: a host can move between them freely.
-    again = NetMap.model_validate_json((await netmap(a, first, 0)).content)
+    again = NetMap.model_validate_json((await poll_netmap(a, first, 0)).content)
     assert again.serial == update.serial and again.peers == update.peers
 
 
@@ -105,17 +64,17 @@ async def test_hosts_enrolled_through_both_replicas_get_distinct_addresses(repli
 async def test_a_node_removed_through_one_replica_is_gone_on_the_other(replicas):
     _pg, _url, (a, b) = replicas
     gone, stays = await a.enroll(), await a.enroll()
-    held = NetMap.model_validate_json((await netmap(b, stays, 0)).content)
-    waiting = asyncio.create_task(netmap(b, stays, held.serial, timeout=30))
-    gone_held = NetMap.model_validate_json((await netmap(b, gone, 0)).content)
-    waiting_removed = asyncio.create_task(netmap(b, gone, gone_held.serial, timeout=30))
+    held = NetMap.model_validate_json((await poll_netmap(b, stays, 0)).content)
+    waiting = asyncio.create_task(poll_netmap(b, stays, held.serial, timeout=30))
+    gone_held = NetMap.model_validate_json((await poll_netmap(b, gone, 0)).content)
+    waiting_removed = asyncio.create_task(poll_netmap(b, gone, gone_held.serial, timeout=30))
     await asyncio.sleep(0.1)
     r = await a.client.delete(f"{api.NODES}/{gone.node_id}", headers=a.admin)
     assert r.status_code == 204
     update = NetMap.model_validate_json((await asyncio.wait_for(waiting, DEADLINE_S)).content)
     assert update.peers == []
     assert (await asyncio.wait_for(waiting_removed, DEADLINE_S)).status_code == 410
-    assert (await netmap(b, gone, 0)).status_code == 401
+    assert (await poll_netmap(b, gone, 0)).status_code == 410  # for good, on every replica
     # Removing it again through the other replica removes nothing.
     assert (await b.client.delete(f"{api.NODES}/{gone.node_id}", headers=b.admin)).status_code == 404
 
@@ -164,8 +123,8 @@ async def test_a_replica_that_loses_its_database_reports_unhealthy_and_refuses_w
     database = url.rsplit("/", 1)[1]
     pg.psql(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
     pg.psql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{database}'")
-    held = NetMap.model_validate_json((await netmap(a, host, 0)).content)
-    waiting = asyncio.create_task(netmap(a, host, held.serial, timeout=60))
+    held = NetMap.model_validate_json((await poll_netmap(a, host, 0)).content)
+    waiting = asyncio.create_task(poll_netmap(a, host, held.serial, timeout=60))
     try:
         await eventually(
             "replica A to notice", lambda: a.app.state.plane.health() is not None, timeout=DEADLINE_S
@@ -176,8 +135,9 @@ async def test_a_replica_that_loses_its_database_reports_unhealthy_and_refuses_w
         # A long-poll held when the database went away is released with the reason, not a stale map.
         assert (await asyncio.wait_for(waiting, DEADLINE_S)).status_code == 503
         assert (await a.client.post(api.PREAUTH_KEYS, json={}, headers=a.admin)).status_code == 503
-        assert (await a.enroll_raw(a.new_host(), "wgmesh-pak-whatever")).status_code == 503
-        assert (await netmap(a, host, 0)).status_code == 503
+        # Enrollment starts with a nonce, which lives in the database too.
+        assert (await a.client.post(api.ENROLL_NONCE)).status_code == 503
+        assert (await poll_netmap(a, host, 0)).status_code == 503
     finally:
         pg.psql(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
     # Both replicas lost it here (one database); each comes back by itself.
@@ -201,7 +161,7 @@ async def test_a_lost_listening_connection_is_replaced_and_nothing_is_missed(rep
     await eventually(
         "B to listen", lambda: listener is not None and listener.connected.is_set(), timeout=DEADLINE_S
     )
-    held = NetMap.model_validate_json((await netmap(b, host, 0)).content)
+    held = NetMap.model_validate_json((await poll_netmap(b, host, 0)).content)
     pg.psql(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
         f"WHERE datname = '{database}' AND query LIKE 'LISTEN%'"
@@ -209,7 +169,7 @@ async def test_a_lost_listening_connection_is_replaced_and_nothing_is_missed(rep
     await eventually(
         "the listening connection to drop", lambda: not listener.connected.is_set(), timeout=DEADLINE_S
     )
-    waiting = asyncio.create_task(netmap(b, host, held.serial, timeout=30))
+    waiting = asyncio.create_task(poll_netmap(b, host, held.serial, timeout=30))
     other = await a.enroll()  # while B is not listening, maybe
     update = NetMap.model_validate_json((await asyncio.wait_for(waiting, DEADLINE_S)).content)
     assert [p.name for p in update.peers] == [other.name]

@@ -5,6 +5,7 @@ bumps the mesh version with a log another replica catches up from."""
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import sqlite3
 import threading
@@ -21,7 +22,7 @@ from controller.credentials import credential_hash
 from controller.ipam import AddressHold
 from controller.mesh import MapState
 from controller.sqlstore import SCHEMA_VERSION, SqlStore, StoreError, _alembic_config, engine_url, metadata
-from controller.store import KeyRefused, NodeWrite, StaleVersion, StoreConflict
+from controller.store import KeyRefused, NodeRemoved, NodeWrite, StaleVersion, StoreConflict
 from controller.topology import LinkRecord
 from lab.postgres import PostgresCluster, free_port
 
@@ -144,7 +145,7 @@ def test_every_change_bumps_the_version_and_another_store_catches_up(url: str):
     assert batch is not None and (batch.since, batch.version) == (0, 3)
     assert [n.name for n in batch.nodes] == ["n1", "n2"] and batch.removed == []
     assert batch.links == [LinkRecord(n1.node_id, n2.node_id, 3.0, None)]
-    assert a.remove_node(n2.node_id, [AddressHold(n2.tunnel_address, n1.node_id, 4)], at_version=3)
+    assert a.remove_node(n2.node_id, [AddressHold(n2.tunnel_address, n1.node_id, 4)], NOW, at_version=3)
     batch = b.changes_since(3)
     assert batch is not None and batch.version == 4 and batch.removed == [n2.node_id] and batch.nodes == []
     assert batch.holds == [AddressHold(n2.tunnel_address, n1.node_id, 4)]
@@ -162,7 +163,7 @@ def test_a_write_from_a_stale_view_changes_nothing(url: str):
         a.enroll(credential_hash("k"), node(2), NOW, at_version=0)
     assert a.list_preauth_keys()[0].used_count == 0 and len(a.load().nodes) == 1
     with pytest.raises(StaleVersion):
-        a.remove_node(1, [], at_version=0)
+        a.remove_node(1, [], NOW, at_version=0)
     assert a.version() == 1 and len(a.load().nodes) == 1
     a.close()
     b.close()
@@ -229,16 +230,37 @@ def test_removing_a_node_takes_its_state_and_ids_are_never_reused(url: str):
     b = store.enroll(credential_hash("k"), node(2), NOW)
     store.save_maps({a.node_id: MapState(3, "aa"), b.node_id: MapState(5, "bb")})
     store.save_links([LinkRecord(a.node_id, b.node_id, 12.5, NOW)])
-    assert store.remove_node(b.node_id, [AddressHold(b.tunnel_address, a.node_id, 4)])
+    assert store.remove_node(b.node_id, [AddressHold(b.tunnel_address, a.node_id, 4)], NOW)
     snap = store.load()
     assert [n.node_id for n in snap.nodes] == [a.node_id]
     assert snap.links == [] and set(snap.maps) == {a.node_id}
     assert snap.holds == [AddressHold(b.tunnel_address, a.node_id, 4)]
-    store.release_holds(a.node_id, 4)
+    store.release_holds({a.node_id: 4})
     assert store.load().holds == []
     c = store.enroll(credential_hash("k"), node(3), NOW)
     assert c.node_id > b.node_id
-    assert not store.remove_node(b.node_id, [])
+    assert not store.remove_node(b.node_id, [], NOW)
+
+
+def test_a_removed_nodes_keys_are_refused_until_allowed_and_its_credential_is_known(url: str):
+    store = SqlStore(url)
+    store.create_preauth_key(credential_hash("k"), "node", True, NOW, None)
+    b = store.enroll(credential_hash("k"), node(2), NOW)
+    assert store.remove_node(b.node_id, [], NOW)
+    with pytest.raises(NodeRemoved, match=f"wgmesh nodes allow {b.node_id}"):
+        store.enroll(credential_hash("k"), node(2), NOW)
+    other_wg = dataclasses.replace(node(2), identity_public_key=f"id{9:040d}==")
+    with pytest.raises(NodeRemoved):
+        store.enroll(credential_hash("k"), other_wg, NOW)
+    with pytest.raises(KeyRefused, match="unknown pre-auth key"):
+        store.enroll(credential_hash("nope"), node(2), NOW)  # the key first: nothing said of removals
+    assert store.list_preauth_keys()[0].used_count == 1  # refusals used nothing up
+    gone = store.removed_by_credential(credential_hash("cred2"))
+    assert gone is not None and (gone.node_id, gone.name, gone.removed_at) == (b.node_id, "n2", NOW)
+    assert [r.node_id for r in SqlStore(url).removed_nodes()] == [b.node_id]  # kept in the database
+    assert store.allow_removed(b.node_id) == gone and store.allow_removed(b.node_id) is None
+    assert store.removed_by_credential(credential_hash("cred2")) is None
+    assert store.enroll(credential_hash("k"), node(2), NOW).node_id > b.node_id
 
 
 def test_timestamps_come_back_timezone_aware(url: str):

@@ -10,30 +10,49 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
+import subprocess
 from collections.abc import Iterator
 
 from lab.cli import main as lab_main
 from lab.instance import Lab
 from lab.layout import LabLayout
 from lab.processes import log_tail
+from lab.record import LabStore
 from lab.teardown import tear_down
 from tests.support import wait_until
 
 
 def logs(lab: Lab, lines: int = 15) -> str:
-    parts = [f"--- controller ({lab.layout.controller_log})", log_tail(lab.layout.controller_log, lines)]
+    parts = []
+    for r in lab.replicas:
+        parts += [f"--- controller {r.name} ({r.log})", log_tail(r.log, lines)]
     for h in lab.hosts:
         parts += [f"--- {h.name} agent ({h.agent_log})", log_tail(h.agent_log, lines)]
     return "\n".join(parts)
 
 
 @contextlib.contextmanager
-def running_lab(name: str, hosts: int, timeout: float = 120.0, backend: str = "userspace") -> Iterator[Lab]:
+def running_lab(
+    name: str,
+    hosts: int,
+    timeout: float = 120.0,
+    backend: str = "userspace",
+    store: LabStore = "sqlite",
+    replicas: int = 1,
+) -> Iterator[Lab]:
     """A lab whose mesh is complete; removed afterwards whatever happens (also leftovers of a crash)."""
     layout = LabLayout(name)
     tear_down(layout)
     try:
-        lab = Lab.create(name, hosts, backend=backend, controller_timeout_s=max(timeout, 120.0))
+        lab = Lab.create(
+            name,
+            hosts,
+            backend=backend,
+            store=store,
+            replicas=replicas,
+            controller_timeout_s=max(timeout, 120.0),
+        )
         view = lab.wait_for_mesh(timeout)
         assert view.complete, f"the mesh of {hosts} hosts did not complete: {view.missing()}\n{logs(lab)}"
         yield lab
@@ -67,3 +86,27 @@ def wait_all_reach(lab: Lab, pairs: set[tuple[str, str]], timeout: float, what: 
         return not pending
 
     wait_until(what, probe, timeout, show=lambda: f"still silent: {sorted(pending)}\n{logs(lab)}")
+
+
+_RECEIVED = re.compile(r"(\d+) packets transmitted, (\d+) received")
+
+
+def start_pings(lab: Lab, pairs: list[tuple[str, str]], seconds: float, interval: float = 0.5):
+    """Background `ping` processes, one per pair, each lasting `seconds`."""
+    addresses = lab.tunnel_addresses()
+    procs = {}
+    for a, b in pairs:
+        argv = ["ip", "netns", "exec", lab.host(a).namespace, "ping", "-n", "-q", "-i", str(interval)]
+        argv += ["-w", f"{seconds:g}", "-W", "1", str(addresses[b])]
+        procs[(a, b)] = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return procs
+
+
+def ping_counts(procs) -> dict[tuple[str, str], tuple[int, int]]:
+    counts = {}
+    for pair, proc in procs.items():
+        out, _ = proc.communicate(timeout=120)
+        m = _RECEIVED.search(out)
+        assert m, out
+        counts[pair] = (int(m.group(1)), int(m.group(2)))
+    return counts

@@ -6,46 +6,30 @@ The tests share one lab and run in file order."""
 
 from __future__ import annotations
 
-import re
-import subprocess
 import time
 
 import pytest
 
 from lab.instance import Lab
-from tests.e2e.harness import both_ways, logs, reachable, running_lab, wait_all_reach
+from tests.e2e.harness import (
+    both_ways,
+    logs,
+    ping_counts,
+    reachable,
+    running_lab,
+    start_pings,
+    wait_all_reach,
+)
 from tests.support import wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.scenario]
 NAME = "e2er"
-_RECEIVED = re.compile(r"(\d+) packets transmitted, (\d+) received")
 
 
 @pytest.fixture(scope="module")
 def lab():
     with running_lab(NAME, 3) as lab:
         yield lab
-
-
-def start_pings(lab: Lab, pairs: list[tuple[str, str]], seconds: float, interval: float = 0.5):
-    """Background `ping` processes, one per pair, each lasting `seconds`."""
-    addresses = lab.tunnel_addresses()
-    procs = {}
-    for a, b in pairs:
-        argv = ["ip", "netns", "exec", lab.host(a).namespace, "ping", "-n", "-q", "-i", str(interval)]
-        argv += ["-w", f"{seconds:g}", "-W", "1", str(addresses[b])]
-        procs[(a, b)] = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    return procs
-
-
-def ping_counts(procs) -> dict[tuple[str, str], tuple[int, int]]:
-    counts = {}
-    for pair, proc in procs.items():
-        out, _ = proc.communicate(timeout=120)
-        m = _RECEIVED.search(out)
-        assert m, out
-        counts[pair] = (int(m.group(1)), int(m.group(2)))
-    return counts
 
 
 def test_an_agent_restart_drops_no_session(lab: Lab):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -87,21 +88,29 @@ def booted(tmp_path_factory: pytest.TempPathFactory) -> Boot:
     ]
     env = {**os.environ, "PATH": f"{Path(python).parent}:{os.environ.get('PATH', '')}"}
     prepared = time.monotonic()
+    # vng runs qemu through a shell and virtme-run: in a session of its own, so that a timeout ends them
+    # all (killing vng alone leaves qemu running on, eating a core).
+    vng = subprocess.Popen(
+        vm.vng_argv(kernel, work / "python.img", results, command),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
     try:
-        done = subprocess.run(
-            vm.vng_argv(kernel, work / "python.img", results, command),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=VM_TIMEOUT_S,
-            check=False,
-        )
-        code, output = done.returncode, done.stdout + done.stderr
-    except subprocess.TimeoutExpired as e:  # qemu is killed; what the guest's tests printed so far is kept
+        output, _ = vng.communicate(timeout=VM_TIMEOUT_S)
+        code = vng.returncode
+    except subprocess.TimeoutExpired:  # what the guest's tests printed so far is kept
+        os.killpg(vng.pid, signal.SIGKILL)
+        vng.communicate()
         log = results / "pytest.log"
         shown = log.read_text(errors="replace") if log.exists() else "(the guest wrote no pytest.log)"
-        code, output = -9, f"the VM ran out of its {VM_TIMEOUT_S} s; {e}\nits pytest.log:\n{shown}"
+        code, output = -9, f"the VM ran out of its {VM_TIMEOUT_S} s and was killed; its pytest.log:\n{shown}"
+    finally:
+        if vng.poll() is None:  # interrupted (^C, pytest's timeout): never leave a VM behind
+            os.killpg(vng.pid, signal.SIGKILL)
     (work / "python.img").unlink()
     print(f"kernel tier: prepared in {prepared - started:.0f} s, VM ran {time.monotonic() - prepared:.0f} s")
     return Boot(code, output, results)

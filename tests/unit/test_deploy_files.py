@@ -79,3 +79,13 @@ def test_each_unit_runs_a_command_wgmesh_accepts(role):
     assert argv[:2] == ["/opt/wgmesh/bin/wgmesh", role]
     parser = agent_parser("wgmesh agent") if role == "agent" else controller_parser("wgmesh controller")
     parser.parse_args(argv[2:])
+
+
+def test_systemd_does_not_restart_an_agent_whose_node_was_removed():
+    """The agent of a removed node exits EXIT_REMOVED after taking its peers down; restarting it would
+    only say so again, every RestartSec, forever."""
+    from agent.core import EXIT_REMOVED
+
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.read_string((DEPLOY / "systemd" / "wgmesh-agent.service").read_text())
+    assert unit["Service"]["RestartPreventExitStatus"].split() == [str(EXIT_REMOVED)]

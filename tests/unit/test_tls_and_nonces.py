@@ -1,15 +1,14 @@
-"""The pre-auth key format with its CA pin, the controller's CA and server certificate, and the
-enrollment nonce book: each as a user of it would notice."""
+"""The pre-auth key format with its CA pin, and the controller's CA and server certificate: each as a
+user of it would notice (the enrollment nonces, kept in the store, are in tests/component)."""
 
 from __future__ import annotations
 
 import ssl
 import stat
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import pytest
 
-from controller.nonces import EnrollNonces
 from controller.settings import SettingsError, load_settings
 from controller.tls import TlsError, managed_tls, operator_tls
 from wire.preauth import PreAuthKey, PreAuthKeyError, ca_pin_of_pem, parse_preauth_key
@@ -74,25 +73,6 @@ def test_tls_settings_go_together_and_say_which_is_missing(tmp_path):
     assert s.tls_san == ("a.example", "203.0.113.7") and s.scheme == "https"
     with pytest.raises(SettingsError, match="WGMESH_INSECURE_HTTP: expected true or false"):
         load_settings({"state_dir": str(tmp_path)}, {"WGMESH_INSECURE_HTTP": "perhaps"})
-
-
-def test_a_nonce_is_good_once_and_only_until_it_expires():
-    book = EnrollNonces(ttl=timedelta(seconds=120))
-    a, b = book.issue(NOW), book.issue(NOW)
-    assert a != b
-    assert book.take(a, NOW + timedelta(seconds=119))
-    assert not book.take(a, NOW + timedelta(seconds=119))  # used
-    assert not book.take(b, NOW + timedelta(seconds=120))  # expired
-    assert not book.take("never-issued", NOW)
-
-
-def test_a_flood_of_nonces_costs_bounded_memory_and_drops_the_oldest_first():
-    book = EnrollNonces(ttl=timedelta(seconds=120), capacity=100)
-    oldest = book.issue(NOW)
-    issued = [book.issue(NOW + timedelta(seconds=1)) for _ in range(150)]
-    assert len(book) == 100
-    assert not book.take(oldest, NOW + timedelta(seconds=2))
-    assert book.take(issued[-1], NOW + timedelta(seconds=2))
 
 
 def _handshake(client: ssl.SSLContext, server: ssl.SSLContext, name: str) -> str | None:
@@ -170,3 +150,29 @@ def test_a_certificate_without_the_urls_name_says_how_to_fix_it():
         "the controller's TLS certificate is not trusted (Hostname mismatch, certificate is not valid for "
         "'c.example'.; give the controller that name with --tls-san, or use a name it has)"
     )
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("S3cretPW", "must start with sqlite:/// or postgresql://, got something else"),
+        ("mysql://u:S3cretPW@db/x", "must start with sqlite:/// or postgresql://, got 'mysql'"),
+        ("postgresql://u:S3cretPW@db:fivefour/x", "the port of the database URL is not a number"),
+        ("postgresql://u:S3cr@tPW@db/x", "write an '@' in the user name or password as %40"),
+    ],
+)
+def test_a_database_url_that_cannot_work_is_one_line_without_its_password(tmp_path, url, message):
+    with pytest.raises(SettingsError) as e:
+        load_settings({"state_dir": str(tmp_path)}, {"WGMESH_DB": url})
+    line = str(e.value)
+    assert line.startswith("WGMESH_DB: ") and message in line and "\n" not in line
+    assert "S3cr" not in line and "tPW" not in line
+
+
+def test_database_urls_libpq_takes_are_taken(tmp_path):
+    for url, kept in (
+        ("postgres://u:p%40ss@db:5433/x", "postgresql://u:p%40ss@db:5433/x"),
+        ("postgresql:///x?host=/run/postgresql", "postgresql:///x?host=/run/postgresql"),
+        ("sqlite:///x.db", "sqlite:///x.db"),
+    ):
+        assert load_settings({"state_dir": str(tmp_path)}, {"WGMESH_DB": url}).database_url == kept
