@@ -16,6 +16,8 @@ BENCHES = [
     "election",
     "rotation",
     "abandoned_polls",
+    "controller_api",
+    "slow_clients",
 ]
 
 

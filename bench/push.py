@@ -459,7 +459,9 @@ async def policy_round(
     )
     answered = time.perf_counter()
     r.raise_for_status()
-    deadline = start + deadline_s(len(agents))
+    # The unmeasured round that puts the policy in force changes every map: on a loaded machine it may
+    # take as long as several full fetches of every map.
+    deadline = start + deadline_s(len(agents)) * (4 if affected is None else 1)
     while sum(1 for a in agents if a.got and a.node_id in want) < len(want):
         for t in tasks:
             if t.done() and t.exception():

@@ -25,6 +25,7 @@ from fastapi import Body, FastAPI, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException
+from starlette.routing import BaseRoute, Match
 
 from controller import api_examples as ex
 from controller.audit import AuditOrigin
@@ -35,6 +36,7 @@ from controller.clock import Clock, SystemClock
 from controller.control import ApiError
 from controller.longpoll import PollEnded, PollSlots
 from controller.metrics import ControllerMetrics, add_metrics
+from controller.openapi_errors import document_errors
 from controller.policy_routes import add_policy_routes
 from controller.push import MapNotifier
 from controller.replication import Follower
@@ -154,6 +156,11 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {s: {"model": ErrorBody, "description": text[s]} for s in statuses}
 
 
+def _on_path(route: BaseRoute, request: Request) -> bool:
+    match, _ = route.matches(request.scope)
+    return match is not Match.NONE
+
+
 IdPath = Annotated[int, Path(ge=1, le=MAX_ID, description="Node id")]
 KeyIdPath = Annotated[int, Path(ge=1, le=MAX_ID, description="Pre-auth key id")]
 
@@ -238,8 +245,13 @@ def create_app(
         return JSONResponse({"detail": detail}, status_code=status)
 
     @app.exception_handler(HTTPException)
-    async def _http(_req: Request, exc: HTTPException) -> JSONResponse:
-        return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+    async def _http(req: Request, exc: HTTPException) -> JSONResponse:
+        headers = exc.headers
+        if exc.status_code == 405:
+            # Starlette names the methods of the first route on the path only; a path has one per method
+            allowed = sorted({m for r in app.routes if _on_path(r, req) for m in getattr(r, "methods", ())})
+            headers = {**(headers or {}), "Allow": ", ".join(allowed)}
+        return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code, headers=headers)
 
     @app.get(
         api.HEALTH,
@@ -615,6 +627,12 @@ def create_app(
         body = await asyncio.to_thread(plane.topology(source))
         return Response(body, media_type="application/json")
 
+    documented = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        return document_errors(documented())
+
+    app.openapi = openapi  # type: ignore[method-assign]
     add_policy_routes(app, plane, ADMIN, _errors)
     add_audit_routes(app, plane, ADMIN, _errors)
     add_metrics(app, metrics, plane, notifier, ADMIN)

@@ -7,6 +7,7 @@
     wgmesh policy history                every version: who, when, what
     wgmesh policy rollback VERSION       bring VERSION back, as a new version (0: no policy)
     wgmesh policy clear                  no policy any more: the full mesh, as a new version
+    wgmesh policy status                 per node: its tags and whether its agent enforces its rules
 
 A bad document is refused whole; each problem is printed on its own line naming its place in FILE.
 Exit codes: 0 done (for `check`: no problem), 1 refused, a problem found, or no controller, 2 bad usage.
@@ -31,6 +32,7 @@ from controller.admin_client import (
     when,
 )
 from wgmesh.argparser import OneLineParser
+from wire.models import NodeInfo
 from wire.policy import (
     MAX_POLICY_TEXT,
     PolicyError,
@@ -61,6 +63,11 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     test.add_argument("port", nargs="?", help="8000 (tcp), udp/53 or icmp; absent: any traffic")
     add_target_options(test)
     add_target_options(sub.add_parser("history", help="every version with who and when"))
+    add_target_options(
+        sub.add_parser(
+            "status", help="per node: tags, the rules' version in its map, what its agent enforces"
+        )
+    )
     rollback = sub.add_parser("rollback", help="bring an earlier version back")
     rollback.add_argument("version", type=_version, help="the version to restore; 0: no policy (full mesh)")
     rollback.add_argument("--author", help="who makes the change (default: USER@HOST)")
@@ -155,6 +162,26 @@ def _run(args: argparse.Namespace, client: AdminClient, cmd: str) -> int:
             version = "no policy" if decision.version is None else f"policy version {decision.version}"
             print(f"{what}: {'allowed' if decision.allowed else 'denied'} by {decision.rule} ({version})")
         return 0
+    if args.cmd == "status":
+        nodes = client.nodes()
+        if args.json:
+            print(json.dumps([_status_json(n) for n in nodes]))
+            return 0
+        status_rows: list[tuple[object, ...]] = [
+            (
+                n.node_id,
+                n.name,
+                ",".join(n.tags) or "-",
+                "-" if n.policy_version_sent is None else n.policy_version_sent,
+                "-" if n.policy_version is None else n.policy_version,
+                enforcement(n),
+            )
+            for n in nodes
+        ]
+        print(table(("ID", "NAME", "TAGS", "IN MAP", "ENFORCED", "STATE"), status_rows))
+        current = sum(1 for n in nodes if enforcement(n) in ("current", "full mesh"))
+        print(f"{current} of {len(nodes)} nodes enforce the rules in their map", file=sys.stderr)
+        return 0
     if args.cmd == "history":
         history = client.policy_history()
         if args.json:
@@ -182,6 +209,28 @@ def _run(args: argparse.Namespace, client: AdminClient, cmd: str) -> int:
     else:
         print(f"policy version {restore} restored as version {info.version}")
     return 0
+
+
+def enforcement(n: NodeInfo) -> str:
+    """Whether the node's agent enforces the rules in its map: 'full mesh' (no policy in force),
+    'current', 'behind' (it reports an older version) or 'not reported' (not since the controller
+    started)."""
+    if n.policy_version_sent is None:
+        return "full mesh"
+    if n.policy_version is None:
+        return "not reported"
+    return "current" if n.policy_version >= n.policy_version_sent else "behind"
+
+
+def _status_json(n: NodeInfo) -> dict[str, object]:
+    return {
+        "node_id": n.node_id,
+        "name": n.name,
+        "tags": n.tags,
+        "policy_version_sent": n.policy_version_sent,
+        "policy_version": n.policy_version,
+        "state": enforcement(n),
+    }
 
 
 def _what(h: PolicyInfo) -> str:

@@ -37,6 +37,11 @@ class WireModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+REQUEST_CONFIG = ConfigDict(extra="forbid", frozen=True, strict=True)
+"""What a client sends is also strict about types: `true` is no id, `"5"` no number (a JSON number
+is still a float)."""
+
+
 # --- enrollment -------------------------------------------------------------------------------------
 
 
@@ -52,6 +57,8 @@ class EnrollRequest(WireModel):
     `enroll_signing_bytes(request)`: it proves the host holds the identity key it names, so nobody can
     re-enroll someone else's identity, and it covers the controller's single-use `nonce`, so a recorded
     request cannot enroll again."""
+
+    model_config = REQUEST_CONFIG
 
     preauth_key: str = Field(
         min_length=8,
@@ -253,6 +260,8 @@ class LinkMeasurement(WireModel):
     handshake newer than the moment the link went down proves the direct link works again.
     """
 
+    model_config = REQUEST_CONFIG
+
     peer_id: NodeId
     rtt_ms: float | None = Field(default=None, ge=0, le=600_000, description="None: no reply, or not probed.")
     loss: float | None = Field(
@@ -262,6 +271,7 @@ class LinkMeasurement(WireModel):
 
 
 class LinkReport(WireModel):
+    model_config = REQUEST_CONFIG
     measurements: list[LinkMeasurement] = Field(max_length=10_000)
 
 
@@ -275,6 +285,7 @@ MAX_TAGS = 16
 
 
 class PreAuthKeyRequest(WireModel):
+    model_config = REQUEST_CONFIG
     role: Role = "node"
     reusable: bool = False
     expires_in_s: int | None = Field(

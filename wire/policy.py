@@ -337,7 +337,11 @@ class _Api(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class PolicySetRequest(_Api):
+class _ApiRequest(_Api):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)  # as wire.models.REQUEST_CONFIG
+
+
+class PolicySetRequest(_ApiRequest):
     text: str = Field(max_length=MAX_POLICY_TEXT, description="The document, JSON or TOML.")
     source: str = Field(
         default="policy", max_length=200, description="A name for the text in error messages (its file)."
@@ -347,7 +351,7 @@ class PolicySetRequest(_Api):
     )
 
 
-class PolicyRollbackRequest(_Api):
+class PolicyRollbackRequest(_ApiRequest):
     version: int = Field(
         ge=0,
         description="The version to bring back (it becomes a new version); 0: no policy, the full mesh "
@@ -383,7 +387,7 @@ class PolicyCheckResult(_Api):
     problems: list[str] = Field(default_factory=list, description="One per problem, naming its place.")
 
 
-class PolicyTestRequest(_Api):
+class PolicyTestRequest(_ApiRequest):
     source: str = Field(max_length=253, description="A node name or id.")
     destination: str = Field(max_length=253, description="A node name or id.")
     port: str | None = Field(

@@ -22,7 +22,7 @@ from typing import Literal
 from pydantic import Field
 
 from wire.fields import WgPublicKey
-from wire.models import NodeId, WireModel
+from wire.models import REQUEST_CONFIG, NodeId, WireModel
 
 ROTATION_PORT = 51822
 """UDP port of the agent's rotation listener, bound to its tunnel address."""
@@ -81,6 +81,8 @@ class KeyReport(WireModel):
 
     "prepare": the key is made and about to be switched to (the controller keeps it as pending);
     "commit": the node switched; the controller records the key and pushes every peer's map."""
+
+    model_config = REQUEST_CONFIG
 
     rotation_id: RotationId = Field(ge=1)
     phase: KeyReportPhase

@@ -96,3 +96,40 @@ async def test_node_and_admin_routes_name_their_bearer_scheme(openapi):
     )
     assert openapi["paths"][api.NETMAP]["get"]["security"] == [{"NodeCredential": []}]
     assert openapi["paths"][api.NODES]["get"]["security"] == [{"AdminCredential": []}]
+
+
+async def test_every_operation_documents_the_errors_the_shared_layers_answer(openapi):
+    for path, ops in openapi["paths"].items():
+        for method, op in ops.items():
+            codes = set(op["responses"])
+            assert {"400", "413", "503"} <= codes, f"{method} {path}: {sorted(codes)}"
+            if "requestBody" in op:
+                assert {"415", "422"} <= codes, f"{method} {path}: {sorted(codes)}"
+            if op.get("security"):
+                assert {"401", "403"} <= codes, f"{method} {path}: {sorted(codes)}"
+    assert "429" in openapi["paths"][api.NETMAP]["get"]["responses"]
+
+
+async def test_a_wrong_method_names_every_method_of_the_path(controller: ControllerHarness):
+    r = await controller.client.request("PATCH", api.NODES + "/1", headers=controller.admin)
+    assert r.status_code == 405
+    assert r.headers["allow"] == "DELETE, GET"
+    r = await controller.client.request("DELETE", api.POLICY, headers=controller.admin)
+    assert r.status_code == 405 and r.headers["allow"] == "GET, PUT"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        (api.LINKS, {"measurements": [{"peer_id": True, "loss": 1.0}]}, "peer_id"),
+        (api.LINKS, {"measurements": [{"peer_id": "2", "loss": 1.0}]}, "peer_id"),
+        (api.PREAUTH_KEYS, {"reusable": 1}, "reusable"),
+        (api.PREAUTH_KEYS, {"expires_in_s": "3600"}, "expires_in_s"),
+        (api.POLICY + "/rollback", {"version": True}, "version"),
+    ],
+)
+async def test_the_models_are_strict_about_types(controller: ControllerHarness, path, body, field):
+    node = await controller.enroll()
+    auth = node.auth if path == api.LINKS else controller.admin
+    r = await controller.client.post(path, json=body, headers=auth)
+    assert r.status_code == 422 and field in r.json()["detail"], r.text

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 
 from controller.policy_cli import main as policy_main
 from tests.support import Served, start_controller
+from wire import api
 
 POLICY = """# the api is for clients
 [tags]
@@ -146,3 +148,30 @@ def test_tags_from_the_key_and_from_the_admin(served: Served):
         "wgmesh controller token create: --tag: 'UPPER': a tag is 1-32 of a-z, 0-9, '_' or '-', "
         "starting with a letter"
     )
+
+
+def test_status_says_which_agents_enforce_their_rules(served: Served, tmp_path: Path):
+    keys = [served.cli("controller", "token", "create").stdout.strip() for _ in range(2)]
+    web = served.enroll("web", keys[0]).json()
+    served.enroll("laptop", keys[1])
+    doc = tmp_path / "p.toml"
+    doc.write_text(POLICY)
+    assert policy(served, "set", str(doc)).returncode == 0
+    with served.http() as c:  # web's agent polls, saying it enforces version 1
+        r = c.get(
+            api.NETMAP, params={"policy": 1}, headers={"Authorization": f"Bearer {web['node_credential']}"}
+        )
+        assert r.status_code == 200
+    shown = policy(served, "status")
+    lines = shown.stdout.splitlines()
+    assert lines[0].split() == ["ID", "NAME", "TAGS", "IN", "MAP", "ENFORCED", "STATE"]
+    assert [line.split() for line in lines[1:]] == [
+        ["1", "web", "supervisor", "1", "1", "current"],
+        ["2", "laptop", "node", "1", "-", "not", "reported"],
+    ]
+    assert shown.stderr.strip() == "1 of 2 nodes enforce the rules in their map"
+    assert policy(served, "clear").returncode == 0
+    assert [row["state"] for row in json.loads(policy(served, "status", "--json").stdout)] == [
+        "full mesh",
+        "full mesh",
+    ]

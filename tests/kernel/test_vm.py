@@ -9,10 +9,13 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,11 +45,12 @@ class Boot:
 
 
 @pytest.fixture(scope="module")
-def booted(tmp_path_factory: pytest.TempPathFactory) -> Boot:
+def booted() -> Iterator[Boot]:
     reason = vm.missing()
     if reason is not None:
         pytest.skip(reason)
-    work = tmp_path_factory.mktemp("wgk")
+    # Not under pytest's basetemp: another pytest run on the machine may prune it while the VM writes.
+    work = Path(tempfile.mkdtemp(prefix="wgmesh-kernel-tier-"))
     results = work / "results"
     results.mkdir()
     started = time.monotonic()
@@ -113,7 +117,8 @@ def booted(tmp_path_factory: pytest.TempPathFactory) -> Boot:
             os.killpg(vng.pid, signal.SIGKILL)
     (work / "python.img").unlink()
     print(f"kernel tier: prepared in {prepared - started:.0f} s, VM ran {time.monotonic() - prepared:.0f} s")
-    return Boot(code, output, results)
+    yield Boot(code, output, results)
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def test_the_kernel_tier_passes_inside_the_vm(booted: Boot) -> None:
