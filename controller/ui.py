@@ -33,7 +33,7 @@ from fastapi import Request, Response
 from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
 
 from controller.audit import ADMIN
-from controller.ui_view import mesh_view
+from controller.ui_view import LastMeasured, mesh_view
 from wire import api
 from wire.ui import UiTicket
 
@@ -249,8 +249,12 @@ def add_ui_routes(app: FastAPI, plane: AuditedControlPlane, admin: Depends) -> U
             return JSONResponse({"detail": f"no file {name!r} here"}, status_code=404)
         return Response(_static(name), media_type=kind, headers={"X-Content-Type-Options": "nosniff"})
 
+    last_measured = LastMeasured()
+
     def view() -> dict[str, Any]:
-        return mesh_view(plane)
+        shown = mesh_view(plane)
+        last_measured.fill(shown["links"])
+        return shown
 
     shared: list[tuple[float, str]] = []  # (monotonic time, view text): one computation per tick
 
