@@ -12,7 +12,7 @@ Browser authentication (the admin credential never goes into a URL, a cookie or 
   401 JSON without one, the page answers with the login form.
 - The event stream checks for changes every POLL_S and sends the view when it differs (the page thus
   follows a change within a second), a comment every KEEPALIVE_S otherwise, and ends when the session
-  expires.
+  expires. All streams of an app share one computation of the view per half poll.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from fastapi import Request, Response
 from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
 
 from controller.audit import ADMIN
-from controller.ui_view import mesh_view
+from controller.ui_view import LastMeasured, mesh_view
 from wire import api
 from wire.ui import UiTicket
 
@@ -249,8 +249,21 @@ def add_ui_routes(app: FastAPI, plane: AuditedControlPlane, admin: Depends) -> U
             return JSONResponse({"detail": f"no file {name!r} here"}, status_code=404)
         return Response(_static(name), media_type=kind, headers={"X-Content-Type-Options": "nosniff"})
 
+    last_measured = LastMeasured()
+
     def view() -> dict[str, Any]:
-        return mesh_view(plane)
+        shown = mesh_view(plane)
+        last_measured.fill(shown["links"])
+        return shown
+
+    shared: list[tuple[float, str]] = []  # (monotonic time, view text): one computation per tick
+
+    def view_text() -> str:
+        """The view as JSON, computed at most once per half poll however many browsers watch."""
+        t = time.monotonic()
+        if not shared or t - shared[0][0] >= POLL_S / 2:
+            shared[:] = [(t, json.dumps(view(), separators=(",", ":")))]
+        return shared[0][1]
 
     def now() -> float:
         return plane.clock.now().timestamp()
@@ -270,7 +283,7 @@ def add_ui_routes(app: FastAPI, plane: AuditedControlPlane, admin: Depends) -> U
         if not expiry:
             return unauthorized()
         return StreamingResponse(
-            _events(request, view, now, expiry, sessions.clock),
+            _events(request, view_text, now, expiry, sessions.clock),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
@@ -280,7 +293,7 @@ def add_ui_routes(app: FastAPI, plane: AuditedControlPlane, admin: Depends) -> U
 
 async def _events(
     request: Request,
-    view: Callable[[], dict[str, Any]],
+    view_text: Callable[[], str],
     now: Callable[[], float],
     expiry: float,
     clock: Callable[[], float],
@@ -293,7 +306,7 @@ async def _events(
     while clock() < expiry:
         if await request.is_disconnected():
             return
-        text = json.dumps(view(), separators=(",", ":"))
+        text = view_text()
         if text != last:
             last = text
             quiet_since = time.monotonic()

@@ -36,6 +36,27 @@ def link_health(up: bool, rtt_ms: float | None, loss: float | None) -> str:
     return "slow" if rtt_ms >= SLOW_MS else "ok"
 
 
+class LastMeasured:
+    """What each link last measured over its direct path, kept per app. Once traffic is routed around a
+    link, its probes go through the relay and say nothing about it (rtt and loss None); a link that
+    carries no route then shows what was seen before, marked `earlier`, instead of nothing."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[int, int], tuple[float | None, float | None]] = {}
+
+    def fill(self, links: list[dict[str, Any]]) -> None:
+        for link in links:
+            key = (link["a"], link["b"])
+            if not link["up"]:
+                continue
+            if link["rtt_ms"] is not None or link["loss"] is not None:
+                self._seen[key] = (link["rtt_ms"], link["loss"])
+            elif key in self._seen and not link["carries_routes"]:
+                link["rtt_ms"], link["loss"] = self._seen[key]
+                link["earlier"] = True
+                link["health"] = link_health(True, link["rtt_ms"], link["loss"])
+
+
 def _unix(t: datetime | None) -> float | None:
     return None if t is None else round(t.timestamp(), 1)
 

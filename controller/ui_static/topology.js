@@ -164,7 +164,7 @@
       tr.dataset.link = linkName(names, l.a, l.b);
       cell(tr, linkName(names, l.a, l.b));
       cell(tr, l.health, "health " + l.health);
-      cell(tr, rtt(l));
+      cell(tr, rtt(l) + (l.earlier ? " (before it was routed around)" : ""));
       cell(tr, loss(l));
       links.appendChild(tr);
     }

@@ -140,3 +140,21 @@ async def test_logins_and_refused_logins_are_in_the_audit_trail(controller: Cont
     assert any("login link that was used already" in d for d in refused)
     assert any("login form got a wrong admin credential" in d for d in refused)
     assert all("guess" not in d for _, _, d in trail)
+
+
+async def test_a_link_routed_around_keeps_showing_what_it_measured_before(controller: ControllerHarness):
+    a, b, c = [await controller.enroll() for _ in range(3)]
+    cookie = await session(controller)
+    for x, y, rtt in ((a, b, 120.0), (a, c, 5.0), (c, b, 5.0), (b, a, 120.0)):
+        await controller.report(x, {"peer_id": y.node_id, "rtt_ms": rtt, "loss": 0.0, "handshake_age_s": 3})
+    view = (await controller.client.get("/ui/api/view", headers=cookie)).json()
+    slow = next(lk for lk in view["links"] if (lk["a"], lk["b"]) == (a.node_id, b.node_id))
+    assert slow["health"] == "slow" and not slow["carries_routes"] and "earlier" not in slow
+    # routed through c, the agents' probes of b go through the relay: nothing about the direct link
+    for x, y in ((a, b), (b, a)):
+        await controller.report(x, {"peer_id": y.node_id, "handshake_age_s": 3})
+    view = (await controller.client.get("/ui/api/view", headers=cookie)).json()
+    slow = next(lk for lk in view["links"] if (lk["a"], lk["b"]) == (a.node_id, b.node_id))
+    assert slow["earlier"] is True and slow["rtt_ms"] is not None and slow["rtt_ms"] >= 50
+    assert slow["health"] == "slow"
+    assert [r["text"] for r in view["relayed"]] == [f"{a.name} ↔ {b.name} via {c.name}"]
