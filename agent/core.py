@@ -106,6 +106,7 @@ class CoreSettings:
     poll_timeout_s: float = 30.0
     apply_retry_s: float | None = None  # None: the probe interval
     restart_pause_s: float | None = None  # after a driver task crashed; None: max(1 s, probe interval)
+    direct_probes: bool = False  # probe addresses on wg0, relayed peers probed there (agent.desired)
 
     @property
     def retry_s(self) -> float:
@@ -428,7 +429,7 @@ class AgentCore:
         return [Apply(desired)]
 
     def _desired(self, netmap: NetMap, resolved: Mapping[str, str | None]) -> DesiredState:
-        return build_desired(netmap, self.private_key, resolved)
+        return build_desired(netmap, self.private_key, resolved, self.settings.direct_probes)
 
     def _applied(self, event: Applied, now: float) -> list[Action]:
         target, self._applying = self._applying, None
@@ -512,7 +513,7 @@ class AgentCore:
         if self.netmap is None or self._measuring or self.removed:
             return []
         self._measuring = True
-        return [Measure(tuple(probe_targets(self.netmap)))]
+        return [Measure(tuple(probe_targets(self.netmap, self.settings.direct_probes)))]
 
     def _measured(self, event: Measured, now: float) -> list[Action]:
         self._measuring = False
@@ -534,7 +535,7 @@ class AgentCore:
         elif self._probe_error != event.probe_error:
             self._probe_error = event.probe_error
             actions.append(Log("warning", "probe_failed", {"error": event.probe_error}))
-        self.measurements = measure_links(netmap, self.device, event.probes, now)
+        self.measurements = measure_links(netmap, self.device, event.probes, now, self.settings.direct_probes)
         actions += self._status_actions(now)
         if self.measurements and not self._reporting:
             self._reporting = True

@@ -74,7 +74,7 @@ from agent.reconcile import Change, diff
 from agent.rotation_channel import Message as RotationMessage
 from agent.rotation_channel import RotationChannel
 from agent.rotation_driver import RotationDriver, RotationEdges, swap_changed_keys
-from agent.settings import AgentError, AgentSettings, short_error
+from agent.settings import AgentError, AgentSettings, ipv6_usable, short_error
 from agent.state import (
     AgentState,
     HostKeys,
@@ -233,7 +233,11 @@ class Agent:
         # applied with the key the device runs.
         await self._start_rotation(cached)
         settings = CoreSettings(
-            probe_interval_s=self.settings.probe_interval_s, poll_timeout_s=self.settings.poll_timeout_s
+            probe_interval_s=self.settings.probe_interval_s,
+            poll_timeout_s=self.settings.poll_timeout_s,
+            direct_probes=ipv6_usable()
+            if self.settings.direct_probes is None
+            else self.settings.direct_probes,
         )
         self.core = AgentCore(
             self.state, backend.name, self.keys.wireguard, settings, self.edges.backoff, os.getpid()
@@ -549,7 +553,7 @@ class Agent:
         the report the core sends."""
         core = self.core
         assert core is not None and core.netmap is not None
-        measured = await self._measure(tuple(probe_targets(core.netmap)))
+        measured = await self._measure(tuple(probe_targets(core.netmap, core.settings.direct_probes)))
         self._execute(core.handle(measured, self.edges.clock()))
         return LinkReport(measurements=list(core.measurements.values()))
 

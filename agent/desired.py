@@ -10,13 +10,20 @@ Rules:
 - A peer's endpoint is its first advertised endpoint that is usable: an IP literal, or a host name the
   caller resolved (`resolved`: name endpoint -> "ip:port", or None when it does not resolve). None
   usable means we wait for the peer to call us.
+- Direct probes (`direct_probes`): every node also answers on its *probe address*, an IPv6 ULA derived
+  from the mesh CIDR and its tunnel address (`probe_address`), which stays in its own peer entry's
+  allowed IPs whatever the routes say. Probing it therefore always crosses the DIRECT WireGuard path,
+  also while the node's tunnel address is relayed, which is how a relayed pair keeps measuring its
+  direct link (agent.links) and the controller can route it back when it heals. Every agent derives
+  the same addresses: nothing is added to the map.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Interface, IPv6Interface, ip_interface, ip_network
+from ipaddress import IPv4Interface, IPv6Address, IPv6Interface, IPv6Network, ip_interface, ip_network
 
 from agent.device import DeviceConfig, IPNetwork, PeerConfig, endpoint_address
 from agent.hostnet.base import HostConfig
@@ -50,6 +57,22 @@ class DesiredState:
         return HostConfig(self.addresses, self.routes, self.forward)
 
 
+PROBE_SUBNET = 0x7770
+"""The 16-bit subnet of the probe prefix inside the mesh's ULA /48."""
+
+
+def probe_prefix(mesh_cidr: IPNetwork) -> IPv6Network:
+    """The /64 of every probe address of this mesh: fd00::/8 + 40 bits of the mesh CIDR's hash."""
+    global_id = int.from_bytes(hashlib.blake2b(str(mesh_cidr).encode(), digest_size=5).digest(), "big")
+    return IPv6Network(((0xFD << 120) | (global_id << 80) | (PROBE_SUBNET << 64), 64))
+
+
+def probe_address(mesh_cidr: IPNetwork, tunnel_address: IPAddress) -> IPv6Address:
+    """The node's probe address: the probe prefix and the low 64 bits of its tunnel address (unique,
+    as tunnel addresses are unique in a mesh CIDR of at least 2^-64 of the space)."""
+    return probe_prefix(mesh_cidr)[int(tunnel_address) & (2**64 - 1)]
+
+
 def host_network(address: IPAddress) -> IPNetwork:
     """The /32 (or /128) of one address."""
     return ip_network(address)
@@ -71,13 +94,20 @@ def name_endpoints(netmap: NetMap) -> list[str]:
 
 
 def build_desired(
-    netmap: NetMap, private_key: WireGuardPrivateKey, resolved: Mapping[str, str | None] | None = None
+    netmap: NetMap,
+    private_key: WireGuardPrivateKey,
+    resolved: Mapping[str, str | None] | None = None,
+    direct_probes: bool = False,
 ) -> DesiredState:
+    """The host for `netmap`; `direct_probes`: with the probe addresses (see the module rules)."""
     own = host_network(netmap.node.tunnel_address)
     owner = _allowed_ip_owners(netmap)
+    cidr = netmap.node.mesh_cidr
     peers = []
     for peer in netmap.peers:
         ips = [net for net in peer.allowed_ips if net != own and owner.get(net) == peer.node_id]
+        if direct_probes:
+            ips.append(host_network(probe_address(cidr, peer.tunnel_address)))
         peers.append(
             PeerConfig(
                 public_key=peer.wg_public_key,
@@ -87,11 +117,17 @@ def build_desired(
             )
         )
     device = DeviceConfig.build(private_key, peers, listen_port=netmap.node.listen_port)
-    address = ip_interface(f"{netmap.node.tunnel_address}/{netmap.node.mesh_cidr.prefixlen}")
+    address = ip_interface(f"{netmap.node.tunnel_address}/{cidr.prefixlen}")
+    addresses: tuple[IPInterface, ...] = (address,)
+    routes: tuple[IPNetwork, ...] = (cidr,)
+    if direct_probes:
+        prefix = probe_prefix(cidr)
+        addresses += (IPv6Interface(f"{probe_address(cidr, netmap.node.tunnel_address)}/{prefix.prefixlen}"),)
+        routes += (prefix,)
     return DesiredState(
         device=device,
-        addresses=(address,),
-        routes=(netmap.node.mesh_cidr,),
+        addresses=addresses,
+        routes=routes,
         forward=netmap.forward,
         policy=netmap.policy,
     )

@@ -32,6 +32,15 @@ class AgentSettings:
     probe_interval_s: float = DEFAULT_PROBE_INTERVAL_S
     poll_timeout_s: float = DEFAULT_POLL_TIMEOUT_S
     down_on_stop: bool = False
+    direct_probes: bool | None = None  # probe addresses (agent.desired); None: where IPv6 is usable
+
+
+def ipv6_usable(proc: Path = Path("/proc/sys/net/ipv6/conf/all/disable_ipv6")) -> bool:
+    """IPv6 works in this network namespace (a container may have it off: no probe addresses then)."""
+    try:
+        return proc.read_text().strip() == "0"
+    except OSError:
+        return False
 
 
 def short_error(error: BaseException) -> str:

@@ -553,6 +553,7 @@ class AgentMesh:
             endpoints=(f"198.18.0.{index}:51820",),
             probe_interval_s=probe_interval_s,
             poll_timeout_s=5,
+            direct_probes=False,  # the device's allowed IPs as the map has them (agent.desired)
         )
         edges = AgentEdges(
             backend=h.backend,

@@ -99,7 +99,10 @@ def make_agent(state_dir, backend, out, prober=None, host_network=None):
         transport=httpx.MockTransport(refuse),
         backoff=RetryBackoff(initial_s=0.01, max_s=0.05),
     )
-    return Agent(AgentSettings(state_dir=state_dir, probe_interval_s=0.05, poll_timeout_s=1), edges)
+    settings = AgentSettings(
+        state_dir=state_dir, probe_interval_s=0.05, poll_timeout_s=1, direct_probes=False
+    )
+    return Agent(settings, edges)
 
 
 async def test_starts_from_the_cached_map_and_logs_the_outage_once(tmp_path):

@@ -106,3 +106,37 @@ def test_peer_views_without_a_device_use_the_map():
     (h2, h3) = peer_views(NETMAP, None, {})
     assert (h2.endpoint, h2.latest_handshake, h2.rx_bytes) == ("198.18.0.2:51820", None, 0)
     assert h3.via == "h2"
+
+
+def test_a_relayed_peer_is_probed_on_its_probe_address_over_the_direct_path():
+    """Issue 8.6: a relayed pair keeps measuring its direct link, so the controller can route it back."""
+    from agent.desired import build_desired, probe_address
+
+    cidr = NETMAP.node.mesh_cidr
+    p3 = probe_address(cidr, ip_address("10.99.0.3"))
+    assert probe_targets(NETMAP, direct_probes=True) == [ip_address("10.99.0.2"), p3]
+    # h3's probe address stays on h3's own peer entry (the direct path), its tunnel address on h2's
+    desired = build_desired(NETMAP, WireGuardPrivateKey.generate(), direct_probes=True)
+    allowed = {k: set(map(str, p.allowed_ips)) for k, p in desired.device.peers.items()}
+    assert allowed[KEYS[3]] == {f"{p3}/128"}
+    assert "10.99.0.3/32" in allowed[KEYS[2]] and f"{p3}/128" not in allowed[KEYS[2]]
+    own = probe_address(cidr, ip_address("10.99.0.1"))
+    assert [str(a) for a in desired.addresses] == ["10.99.0.1/16", f"{own}/64"]
+    assert own != p3 and own in desired.routes[1] and p3 in desired.routes[1]
+    # a reply through the direct path is a measurement of the direct link...
+    m = measure_links(NETMAP, DEVICE, {p3: ProbeResult(3, 2, 7.5)}, NOW, direct_probes=True)
+    assert (m[3].rtt_ms, m[3].loss, m[3].handshake_age_s) == (7.5, 1 / 3, 30.0)
+    # ...none is no claim at all (a peer without probe addresses answers none)
+    m = measure_links(NETMAP, DEVICE, {p3: ProbeResult(3, 0, None)}, NOW, direct_probes=True)
+    assert (m[3].rtt_ms, m[3].loss) == (None, None)
+    # without direct probes: today's report, the handshake only
+    assert probe_targets(NETMAP) == [ip_address("10.99.0.2")]
+
+
+def test_probe_addresses_are_unique_per_node_and_differ_between_meshes():
+    from agent.desired import probe_address, probe_prefix
+
+    a, b = ip_network("198.19.0.0/16"), ip_network("10.8.0.0/16")
+    addresses = {probe_address(a, a[i]) for i in range(1, 300)}
+    assert len(addresses) == 299 and all(x in probe_prefix(a) for x in addresses)
+    assert probe_prefix(a) != probe_prefix(b) and probe_prefix(a).network_address.packed[0] == 0xFD

@@ -171,3 +171,28 @@ def test_a_route_whose_next_hop_changes_still_changes_the_map():
     change = mesh.report(1, [LinkMeasurement(peer_id=2, loss=1.0)], T0)
     assert 1 in change.maps and mesh.serial(1) > before
     assert [r.via for r in maps(mesh)[1].routes if r.destination == 2] == [3]
+
+
+def test_a_relayed_pair_goes_back_to_direct_when_its_direct_probes_heal_and_does_not_flap():
+    """Issue 8.6: the agents keep probing a relayed pair's direct path (agent.links); when it heals the
+    pair goes back to direct within a few report rounds, once, and noise does not move it again."""
+    mesh = mesh_of([1, 2, 3])
+    rng = random.Random(3)
+    vias: list[int | None] = []
+
+    def round_(t: int, rtt_12: float) -> None:
+        for a, b, rtt in ((1, 2, rtt_12), (1, 3, 2.0), (2, 3, 2.0)):
+            for x, y in ((a, b), (b, a)):
+                noisy = rtt * (1 + rng.uniform(-0.3, 0.3))
+                m = LinkMeasurement(peer_id=y, rtt_ms=noisy, loss=0.0, handshake_age_s=5)
+                mesh.report(x, [m], T0 + timedelta(seconds=10 * t))
+        vias.append(mesh.router.next_hop(1, 2))
+
+    for t in range(10):
+        round_(t, 80.0)  # `lab delay h1 h2 80ms`
+    assert vias[-1] == 3
+    for t in range(10, 40):
+        round_(t, 1.0)  # healed
+    back = vias.index(2, 10) - 10
+    assert back <= 4, f"back to direct after {back} rounds"
+    assert all(v == 3 for v in vias[1:10]) and all(v == 2 for v in vias[10 + back :]), vias
