@@ -255,9 +255,11 @@ NetMapUpdate = Annotated[
 class LinkMeasurement(WireModel):
     """The state of the DIRECT link to one peer, as this node sees it.
 
-    While the peer is reached through a relay, probes over the tunnel measure the relayed path, not the
-    direct link, so the agent reports `loss=None` and `rtt_ms=None` and only the handshake age: a
-    handshake newer than the moment the link went down proves the direct link works again.
+    While the peer is reached through a relay, probes to its tunnel address measure the relayed path, so
+    the agent probes its probe address instead (agent.desired: always on the direct WireGuard path) and
+    reports what came back; with no reply (or no probe addresses) it reports `loss=None` and
+    `rtt_ms=None` and only the handshake age: a handshake newer than the moment the link went down
+    proves the direct link works again. The controller believes neither end alone for lowering a weight.
     """
 
     model_config = REQUEST_CONFIG
