@@ -813,6 +813,7 @@ class Node:
             await link.wait_inbox_room(delivery, len(envelope.body), link.connection)
 
     async def _work_loop(self, link: PeerLink) -> None:
+        run = self.handlers.run
         while True:
             delivery = link.inbox.pop()
             if delivery is None:
@@ -820,12 +821,9 @@ class Node:
                 await link.inbox_ready.wait()
                 continue
             link.inbox_room.set()
-            await self._dispatch(link, delivery)
-
-    async def _dispatch(self, link: PeerLink, delivery: Delivery) -> None:
-        answer = await self.handlers.run(delivery)
-        if delivery.expects_reply:
-            await self._reply(link, delivery.message, answer.data, answer.error)
+            answer = await run(delivery)
+            if delivery.expects_reply:
+                await self._reply(link, delivery.message, answer.data, answer.error)
 
     async def _reply(self, link: PeerLink, request: Message, data: Any, error: bool) -> None:
         try:

@@ -189,7 +189,7 @@ class ByPriority:
 
 
 class History:
-    __slots__ = ("_bytes", "_entries", "_next_expiry", "max_bytes", "max_entries", "retention")
+    __slots__ = ("_bytes", "_entries", "_lru", "_next_expiry", "max_bytes", "max_entries", "retention")
 
     def __init__(
         self,
@@ -206,6 +206,9 @@ class History:
         self._entries: dict[bytes, HistoryEntry] = {}
         self._bytes = 0
         self._next_expiry = _NEVER
+        # The default strategy's order, kept by `add` itself: the same evictions without three calls
+        # through the protocol per message (the node adds every message it sends and receives).
+        self._lru = self.retention._order if type(self.retention) is LeastRecentlyUsed else None
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -221,11 +224,21 @@ class History:
         """Record `message`. False (and nothing changes) when its id is already recorded or it is
         larger than the whole history may hold."""
         entries = self._entries
-        if message.id in entries:
+        key = message.id
+        if key in entries:
             return False
         size = payload_size + ENTRY_OVERHEAD
         if size > self.max_bytes:
             return False
+        lru = self._lru
+        if lru is not None:  # LeastRecentlyUsed inline: nothing expires, evict the front of its order
+            if len(entries) >= self.max_entries or self._bytes + size > self.max_bytes:
+                while entries and (len(entries) >= self.max_entries or self._bytes + size > self.max_bytes):
+                    self._bytes -= entries.pop(lru.popitem(last=False)[0]).size
+            entries[key] = HistoryEntry(message, size, now)
+            lru[key] = None
+            self._bytes += size
+            return True
         if now >= self._next_expiry:
             self.prune(now)
         retention = self.retention
