@@ -323,7 +323,10 @@ class Node:
         reply_to: bytes | None = None,
         message_id: bytes | None = None,
     ) -> tuple[bytes, Item, int]:
-        body_flags, body = self._encode(data)
+        try:
+            body_flags, body = self._codec.encode(data)
+        except BodyError as e:  # BodyTooLarge included
+            raise PayloadError(str(e)) from None
         if message_id is None:
             message_id = self._ids.next()
         now = self._clock()

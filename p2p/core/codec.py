@@ -35,20 +35,22 @@ class BodyTooLarge(BodyError):
 class BodyCodec:
     """Encodes and decodes message bodies. Holds reusable zstd contexts (not thread-safe)."""
 
-    __slots__ = ("_compressor", "_decompressor", "max_bytes", "threshold")
+    __slots__ = ("_compressor", "_decompressor", "_packer", "max_bytes", "threshold")
 
     def __init__(self, *, max_bytes: int, threshold: int = COMPRESSION_THRESHOLD, level: int = ZSTD_LEVEL):
         self.max_bytes = max_bytes
         self.threshold = threshold
         self._compressor = zstandard.ZstdCompressor(level=level)
         self._decompressor = zstandard.ZstdDecompressor()
+        self._packer = msgpack.Packer(use_bin_type=True)  # packb builds one per call
 
     def encode(self, data: Any) -> tuple[int, bytes]:
         """(flags, body) for `data`; raises BodyError for data msgpack cannot carry, BodyTooLarge above
         the limit."""
         try:
-            raw: bytes = msgpack.packb(data, use_bin_type=True)
+            raw: bytes = self._packer.pack(data)
         except (TypeError, ValueError, OverflowError) as e:
+            self._packer.reset()  # a failed pack may leave a partial buffer behind
             raise BodyError(f"payload cannot be encoded: {e}") from None
         if len(raw) > self.max_bytes:
             raise BodyTooLarge(f"payload is {len(raw)} bytes encoded, the limit is {self.max_bytes}")
