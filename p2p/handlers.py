@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from p2p.core.admission import Delivery
 from p2p.core.counters import Counters
@@ -18,9 +17,9 @@ from p2p.core.message import check_type
 from p2p.middleware import Handler, Middleware, Next, Refused, chain
 
 
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """The outcome of a delivery: the handler's result, or an error text (`error` True)."""
+class Answer(NamedTuple):
+    """The outcome of a delivery: the handler's result, or an error text (`error` True). A NamedTuple:
+    built once per message, a third of a frozen dataclass's cost."""
 
     data: Any
     error: bool

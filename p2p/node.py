@@ -471,6 +471,8 @@ class Node:
         size = len(signed) + ITEM_OVERHEAD
         full: list[str] = []
         for link in [link for link in self._links.values() if link.up]:
+            if link.push_outbox(item, priority, size):
+                continue
             try:
                 await self._enqueue(link, item, priority, size)
             except SendTimeout:
@@ -730,7 +732,9 @@ class Node:
                     await link.wait_inbox_room(delivery, len(event.body), conn)
             elif isinstance(event, GossipArrived):
                 assert link is not None
-                await self._on_gossip(link, event, next(admitted))
+                gossip = self._on_gossip(link, event, next(admitted))
+                if gossip is not None:
+                    await link.wait_inbox_room(*gossip, conn)
             elif isinstance(event, HeartbeatDue):
                 if link is not None and link.connection is conn:
                     link.push_outbox(event.item, PRIORITY_MAX, HEARTBEAT_SIZE)
@@ -796,11 +800,13 @@ class Node:
             results.append(None if p is None else self._admission.gossip_accept(p, next(checked), now))
         return results
 
-    async def _on_gossip(
+    def _on_gossip(
         self, link: PeerLink, event: GossipArrived, admitted: tuple[Delivery, int] | None
-    ) -> None:
+    ) -> tuple[Delivery, int] | None:
+        """Relay an admitted message on and queue it for the handler; (delivery, size) when the inbound
+        queue is full and the caller must wait for room (a plain function: no coroutine per message)."""
         if admitted is None:
-            return
+            return None
         delivery, ttl = admitted
         envelope = event.envelope
         if ttl > 0:
@@ -812,8 +818,8 @@ class Node:
                 if not other.push_outbox(item, envelope.priority, size):
                     self.counters.relay_dropped += 1
         if not link.push_inbox(delivery, len(envelope.body)):
-            assert link.connection is not None
-            await link.wait_inbox_room(delivery, len(envelope.body), link.connection)
+            return delivery, len(envelope.body)
+        return None
 
     async def _work_loop(self, link: PeerLink) -> None:
         run = self.handlers.run

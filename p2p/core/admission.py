@@ -102,8 +102,13 @@ class Admission:
         if envelope.id in self.history:
             self.counters.duplicate += 1
             return None
-        ok, data = self._decode(envelope.flags, envelope.body)
-        if not ok:
+        try:  # _decode inline: once per message
+            data = self.codec.decode(envelope.flags, envelope.body)
+        except BodyTooLarge:
+            self.counters.oversized += 1
+            return None
+        except BodyError:
+            self.counters.malformed += 1
             return None
         message = Message(
             envelope.type, data, envelope.timestamp, peer.node_id, envelope.id, envelope.priority
