@@ -466,7 +466,13 @@ async def test_a_flood_from_one_peer_does_not_starve_the_others(mesh_factory):
     await flooding
     # every flood message is accounted for: delivered, or refused and counted
     await eventually(
-        "the flood to drain", lambda: len(mesh.got(1, "spam")) + a.counters.rate_limited == 20_000, timeout=60
+        "the flood to drain",
+        lambda: len(mesh.got(1, "spam")) + a.counters.rate_limited == 20_000,
+        timeout=60,
+        show=lambda: (
+            f"delivered {len(mesh.got(1, 'spam'))}; node 1 counted {a.counters.as_dict()}; "
+            f"node 3 counted {c.counters.as_dict()}"
+        ),
     )
     assert a.counters.dead_peer == c.counters.dead_peer == 0
     assert [m.data for m in mesh.got(1, "work")] == list(range(100))
