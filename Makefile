@@ -56,8 +56,8 @@ $(VENV)/.installed: pyproject.toml
 	@$(BIN)/python -c 'import wgmesh, pyroute2, fastapi, websockets' && touch $@
 
 ## test: every tier; root tiers skip with a reason when not root
-test: sysdeps sysdeps-browser sysdeps-machines venv
-	$(BIN)/pytest -q -ra tests --ignore=tests/kernel
+test: sysdeps sysdeps-browser sysdeps-machines kernel-sysdeps venv
+	$(BIN)/pytest -q -ra tests
 
 ## test-machines: four booted Debian systems, installed by deploy/install.sh (root)
 test-machines: sysdeps sysdeps-machines venv
