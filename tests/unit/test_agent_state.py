@@ -20,7 +20,7 @@ from agent.state import (
     save_netmap,
 )
 from keys.types import IdentityPrivateKey, WireGuardPrivateKey
-from wire.models import NetMap, SelfNode
+from tests.support import SAMPLE_NETMAP
 
 
 def mode(path):
@@ -108,20 +108,7 @@ def test_credential_is_0600_and_refused_when_readable(tmp_path):
 
 def test_netmap_cache_round_trips(tmp_path):
     assert load_netmap(tmp_path) is None
-    netmap = NetMap(
-        serial=4,
-        node=SelfNode(
-            node_id=1,
-            name="a",
-            role="node",
-            tunnel_address=ip_address("10.99.0.1"),
-            mesh_cidr=ip_network("10.99.0.0/16"),
-            listen_port=51820,
-        ),
-        peers=[],
-        routes=[],
-        forward=False,
-    )
+    netmap = SAMPLE_NETMAP
     save_netmap(tmp_path, netmap)
     assert load_netmap(tmp_path) == netmap
     StatePaths(tmp_path).netmap.write_text("garbage")
