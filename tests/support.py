@@ -35,6 +35,7 @@ from fastapi import FastAPI
 from agent.backends.fake import FakeBackend
 from agent.backoff import RetryBackoff
 from agent.daemon import Agent, AgentEdges, AgentSettings
+from agent.device import Device, PeerConfig, PeerStatus
 from agent.eventlog import EventLog
 from agent.hostnet.base import HostConfig
 from agent.hostnet.fake import FakeHostNetwork
@@ -788,6 +789,18 @@ def strip_serial(netmap: NetMap) -> str:
 STATUS_NOW = 1_800_000_000.0
 PEER_KEY_B = WireGuardPrivateKey.generate().public_key()
 PEER_KEY_C = WireGuardPrivateKey.generate().public_key()
+
+
+def sample_device(rx_bytes: int, tx_bytes: int) -> Device:
+    """wg0 as the backend reads it live: peer beta (PEER_KEY_B) with these counters and a handshake 1 s
+    before STATUS_NOW."""
+    peer = PeerStatus(
+        PeerConfig(PEER_KEY_B, endpoint="198.18.0.9:51820"),
+        last_handshake=STATUS_NOW - 1,
+        rx_bytes=rx_bytes,
+        tx_bytes=tx_bytes,
+    )
+    return Device(name="wg0", private_key=None, listen_port=51820, fwmark=None, peers={PEER_KEY_B: peer})
 
 
 def sample_status(**overrides: Any) -> AgentStatus:

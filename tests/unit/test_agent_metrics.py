@@ -7,10 +7,10 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.device import Device, PeerConfig, PeerStatus
+from agent.device import Device
 from agent.metrics import MetricsListener, agent_registry
 from agent.settings import AgentError
-from tests.support import PEER_KEY_B, PEER_KEY_C, STATUS_NOW, sample_status
+from tests.support import PEER_KEY_B, PEER_KEY_C, STATUS_NOW, sample_device, sample_status
 
 
 def scrape(address: tuple[str, int]) -> dict[str, list[tuple[dict[str, str], float]]]:
@@ -29,20 +29,7 @@ def by_name(samples: list[tuple[dict[str, str], float]]) -> dict[str, float]:
 
 @pytest.fixture
 def listener():
-    live = Device(
-        name="wg0",
-        private_key=None,
-        listen_port=51820,
-        fwmark=None,
-        peers={
-            PEER_KEY_B: PeerStatus(
-                PeerConfig(PEER_KEY_B, endpoint="198.18.0.9:51820"),
-                last_handshake=STATUS_NOW - 1,
-                rx_bytes=5000,
-                tx_bytes=6000,
-            )
-        },
-    )
+    live = sample_device(rx_bytes=5000, tx_bytes=6000)
     started = MetricsListener("127.0.0.1", 0, agent_registry(lambda: sample_status(), lambda: live))
     try:
         yield started

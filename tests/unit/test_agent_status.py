@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from agent.device import Device, PeerConfig, PeerStatus
 from agent.status import (
     AgentStatus,
     StatusError,
@@ -13,7 +12,7 @@ from agent.status import (
     render_table,
     with_live_device,
 )
-from tests.support import PEER_KEY_B, STATUS_NOW, sample_status
+from tests.support import STATUS_NOW, sample_device, sample_status
 
 
 @pytest.mark.parametrize(
@@ -90,20 +89,7 @@ def test_table_without_peers():
 
 
 def test_live_device_counters_replace_the_file_ones():
-    device = Device(
-        name="wg0",
-        private_key=None,
-        listen_port=51820,
-        fwmark=None,
-        peers={
-            PEER_KEY_B: PeerStatus(
-                PeerConfig(PEER_KEY_B, endpoint="198.18.0.9:51820"),
-                last_handshake=STATUS_NOW - 1,
-                rx_bytes=5,
-                tx_bytes=6,
-            )
-        },
-    )
+    device = sample_device(rx_bytes=5, tx_bytes=6)
     live = with_live_device(sample_status(), device)
     beta = live.peer("beta")
     assert beta is not None
