@@ -196,6 +196,11 @@ def start_controller(
         *args,
     ]
     process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return ready(process, lambda: process.stderr.read() if process.stderr else "")
+
+
+def ready(process: subprocess.Popen[str], stderr: Callable[[], str]) -> subprocess.Popen[str]:
+    """`process` once it printed its ready line; killed, with `stderr()` in the error, when it does not."""
     assert process.stdout is not None
     deadline = time.monotonic() + START_DEADLINE_S
     while time.monotonic() < deadline:
@@ -205,7 +210,7 @@ def start_controller(
         if "ready" in line:
             return process
     process.kill()
-    raise RuntimeError(f"controller did not start: {process.stderr.read() if process.stderr else ''}")
+    raise RuntimeError(f"controller did not start: {stderr()}")
 
 
 def deadline_s(agents: int) -> float:

@@ -32,7 +32,6 @@ import httpx
 
 from bench.push import (
     MESH,
-    START_DEADLINE_S,
     AgentConnection,
     Polling,
     SimAgent,
@@ -40,6 +39,7 @@ from bench.push import (
     fetch_all,
     free_port,
     poll_forever,
+    ready,
     seed,
 )
 from controller.credentials import ensure_admin_credential
@@ -65,16 +65,7 @@ def start(state_dir: Path, port: int, stderr: Path, fd_limit: int | None = None)
     cmd += ["--mesh-cidr", str(MESH), "--insecure-http"]
     with stderr.open("w") as err:
         process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, preexec_fn=limit)
-    assert process.stdout is not None
-    deadline = time.monotonic() + START_DEADLINE_S
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line:
-            break
-        if "ready" in line:
-            return process
-    process.kill()
-    raise RuntimeError(f"controller did not start: {stderr.read_text()[-2000:]}")
+    return ready(process, lambda: stderr.read_text()[-2000:])
 
 
 def end(process: subprocess.Popen[str] | None) -> None:
