@@ -20,6 +20,7 @@ from lab.layout import LabLayout
 from lab.processes import log_tail
 from lab.record import LabStore
 from lab.teardown import tear_down
+from p2p.directory import FILE_NAME, DirectoryError, load_directory
 from tests.support import wait_until
 
 
@@ -110,3 +111,22 @@ def ping_counts(procs) -> dict[tuple[str, str], tuple[int, int]]:
         assert m, out
         counts[pair] = (int(m.group(1)), int(m.group(2)))
     return counts
+
+
+def wait_for_p2p_directories(lab: Lab, timeout: float) -> None:
+    """Until every host's agent has written a p2p directory that lists every other host."""
+
+    def complete(host: str) -> bool:
+        try:
+            directory = load_directory(lab.host(host).state_dir / FILE_NAME)
+        except DirectoryError:
+            return False
+        return {e.name for e in directory} == {h.name for h in lab.hosts} - {host}
+
+    for h in lab.hosts:
+        wait_until(
+            f"{h.name}'s agent to write a p2p directory with every peer",
+            lambda name=h.name: complete(name),  # type: ignore[misc]
+            timeout,
+            show=lambda: logs(lab),
+        )

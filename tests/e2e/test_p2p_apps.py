@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 
-from bench.election import Programs, full_directory, host_of
+from bench.election import Programs, host_of
 from lab.host_program import HostProgram
 from lab.instance import Lab
 from lab.processes import wgmesh_argv
 from p2p.core.election import leaders_by_term
-from tests.e2e.harness import logs, running_lab
+from tests.e2e.harness import running_lab, wait_for_p2p_directories
 from tests.support import wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.scenario]
@@ -34,13 +34,7 @@ ELECT = wgmesh_argv("p2p", "elect", "--json", "--timeouts", "0.3,0.6")
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
     with running_lab(NAME, len(HOSTS)) as lab:
-        for host in HOSTS:
-            wait_until(
-                f"{host}'s agent to write a p2p directory with every peer",
-                lambda h=host: full_directory(lab, h),  # type: ignore[misc]
-                60,
-                show=lambda: logs(lab),
-            )
+        wait_for_p2p_directories(lab, 60)
         yield lab
 
 

@@ -21,8 +21,8 @@ from lab.instance import Lab
 from lab.layout import MESH_CIDR
 from lab.observe import ping_once
 from lab.processes import wgmesh_argv
-from p2p.directory import FILE_NAME, DirectoryError, load_directory
-from tests.e2e.harness import logs, reachable, running_lab
+from p2p.directory import FILE_NAME, load_directory
+from tests.e2e.harness import logs, reachable, running_lab, wait_for_p2p_directories
 from tests.support import wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.scenario]
@@ -104,15 +104,6 @@ def listening(lab: Lab, host: str) -> Iterator[Listener]:
         reader.join(timeout=5)
 
 
-def full_directory(lab: Lab, host: str) -> bool:
-    """The host's agent has written a p2p directory that lists every other host."""
-    try:
-        directory = load_directory(lab.host(host).state_dir / FILE_NAME)
-    except DirectoryError:
-        return False
-    return {e.name for e in directory} == set(HOSTS) - {host}
-
-
 def listening_addresses(lab: Lab, host: str) -> set[str]:
     """Local addresses of the TCP sockets listening on the host (from `ss`)."""
     shown = lab.exec(host, ["ss", "-Hltn"])
@@ -123,13 +114,7 @@ def listening_addresses(lab: Lab, host: str) -> set[str]:
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
     with running_lab(NAME, len(HOSTS)) as lab:
-        for host in HOSTS:
-            wait_until(
-                f"{host}'s agent to write a p2p directory with every peer",
-                lambda h=host: full_directory(lab, h),  # type: ignore[misc]
-                30,
-                show=lambda: logs(lab),
-            )
+        wait_for_p2p_directories(lab, 30)
         yield lab
 
 
