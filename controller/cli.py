@@ -300,9 +300,10 @@ def show_admin_credential(args: argparse.Namespace, env: Mapping[str, str], prog
 
 
 def _notifying_server_class() -> type:
-    import uvicorn
 
-    class NotifyingServer(uvicorn.Server):
+    from controller.serving import GuardedServer
+
+    class NotifyingServer(GuardedServer):
         """uvicorn that tells systemd READY=1 once it serves (Type=notify), STOPPING=1 when it stops."""
 
         def __init__(

@@ -6,6 +6,8 @@ Rules:
 - A connection has REQUEST_DEADLINE_S from its first byte (or from its opening, when it sends none) to
   deliver a whole request, head and body; one that does not is closed. Time spent answering (a held
   long-poll) is not counted; between requests the keep-alive timeout applies, as in uvicorn.
+- A TLS connection has the same REQUEST_DEADLINE_S to finish its handshake (asyncio's default is 60 s and
+  uvicorn does not pass one): GuardedServer sets it on every listening socket it opens.
 - Errors the event loop reports again and again with the same message (accept() failing with EMFILE
   while every descriptor is taken) are logged once, then counted and summed up at most once per
   LOG_EVERY_S: a flood of connections never becomes a flood of log lines.
@@ -17,8 +19,11 @@ import asyncio
 import logging
 import resource
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 REQUEST_DEADLINE_S = 10.0
@@ -78,6 +83,34 @@ class GuardedH11Protocol(H11Protocol):
             return  # the request is in and being answered
         if not self.transport.is_closing():
             self.transport.close()
+
+
+class GuardedServer(uvicorn.Server):
+    """uvicorn's server whose TLS listeners close a client that has not finished its handshake within
+    handshake_deadline_s (the stalled handshake is otherwise held for asyncio's 60 s)."""
+
+    handshake_deadline_s = REQUEST_DEADLINE_S
+
+    async def startup(self, sockets: list[Any] | None = None) -> None:
+        with handshake_deadline(asyncio.get_running_loop(), self.handshake_deadline_s):
+            await super().startup(sockets)
+
+
+@contextmanager
+def handshake_deadline(loop: asyncio.AbstractEventLoop, seconds: float) -> Iterator[None]:
+    """While inside, every TLS server the loop creates gets ssl_handshake_timeout=seconds."""
+    original = loop.create_server
+
+    async def create_server(*args: Any, **kwargs: Any) -> asyncio.Server:
+        if kwargs.get("ssl") is not None:
+            kwargs.setdefault("ssl_handshake_timeout", seconds)
+        return await original(*args, **kwargs)
+
+    loop.create_server = create_server  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del loop.create_server  # back to the class's method
 
 
 class ThrottledLoopErrors:

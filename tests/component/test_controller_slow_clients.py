@@ -1,20 +1,25 @@
 """Slow clients (issue #8 item 2): the controller's HTTP server (uvicorn with
 controller.serving.GuardedH11Protocol, on a loopback port) closes a connection that does not deliver
-a whole request in time, and never one whose request is in and being answered; repeated accept
-errors are logged once per interval."""
+a whole request in time, and never one whose request is in and being answered; a TLS client that stalls
+in its handshake is closed as soon (controller.serving.GuardedServer); repeated accept errors are logged
+once per interval."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import socket
+import ssl
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 import uvicorn
 
-from controller.serving import GuardedH11Protocol, ThrottledLoopErrors
+from controller.serving import GuardedH11Protocol, GuardedServer, ThrottledLoopErrors
+from controller.tls import ServerTls, managed_tls
 
 DEADLINE_S = 0.5
 ANSWER_AFTER_S = 2.0  # a held answer, longer than the deadline
@@ -22,6 +27,10 @@ ANSWER_AFTER_S = 2.0  # a held answer, longer than the deadline
 
 class QuickGuard(GuardedH11Protocol):
     request_deadline_s = DEADLINE_S
+
+
+class QuickServer(GuardedServer):
+    handshake_deadline_s = DEADLINE_S
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -37,11 +46,35 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 @pytest.fixture
 async def port() -> AsyncIterator[int]:
+    async for p in serving():
+        yield p
+
+
+@pytest.fixture
+def tls(tmp_path: Path) -> ServerTls:
+    return managed_tls(tmp_path / "tls", ["127.0.0.1"], datetime.now(UTC))
+
+
+@pytest.fixture
+async def tls_port(tls: ServerTls) -> AsyncIterator[int]:
+    async for p in serving(ssl_certfile=str(tls.cert_file), ssl_keyfile=str(tls.key_file)):
+        yield p
+
+
+async def serving(**ssl_files: str) -> AsyncIterator[int]:
+    """A guarded server on a loopback port (TLS with ssl_files) for as long as the caller iterates."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(64)
-    config = uvicorn.Config(app, http=QuickGuard, log_level="warning", lifespan="off", timeout_keep_alive=30)
-    server = uvicorn.Server(config)
+    config = uvicorn.Config(
+        app,
+        http=QuickGuard,
+        log_level="warning",
+        lifespan="off",
+        timeout_keep_alive=30,
+        **ssl_files,  # type: ignore[arg-type]
+    )
+    server = QuickServer(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 10
@@ -94,6 +127,23 @@ async def test_a_request_being_answered_is_not_cut_and_keep_alive_still_works(po
     await writer.drain()
     await asyncio.sleep(DEADLINE_S / 5)
     writer.write(b"host: x\r\n\r\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert head.startswith(b"HTTP/1.1 200")
+    writer.close()
+
+
+async def test_a_stalled_tls_handshake_is_closed_after_the_deadline(tls_port: int):
+    reader, writer = await asyncio.open_connection("127.0.0.1", tls_port)
+    writer.write(b"\x16\x03\x01\x00\xff")  # the first bytes of a ClientHello, and then nothing
+    await writer.drain()
+    assert await closed_within(reader, 5) == b""
+    writer.close()
+
+
+async def test_a_tls_client_is_still_answered(tls: ServerTls, tls_port: int):
+    context = ssl.create_default_context(cadata=(tls.ca_pem or b"").decode())
+    reader, writer = await asyncio.open_connection("127.0.0.1", tls_port, ssl=context)
+    writer.write(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
     assert head.startswith(b"HTTP/1.1 200")
     writer.close()
