@@ -57,9 +57,8 @@ from p2p.core.frame import (
     FLAG_REQUEST,
     Envelope,
     Item,
-    SignedEnvelope,
-    gossip_signing_input,
-    signed_bytes,
+    local_gossip_item,
+    sign_broadcasts,
 )
 from p2p.core.gate import GateVerdict, admit_handshake
 from p2p.core.history import History
@@ -453,22 +452,10 @@ class Node:
         flags, body = self._encode(data)
         message_id = self._ids.next()
         now = self._clock()
-        signed = signed_bytes(
-            id=message_id,
-            type=message_type,
-            origin=self.node_id,
-            timestamp=now,
-            priority=priority,
-            flags=flags,
-            body=body,
-        )
-        signature = self.identity.sign(gossip_signing_input(signed))
-        envelope = SignedEnvelope(
-            self.node_id, message_id, message_type, now, priority, flags, body, signed, signature
-        )
-        item = envelope.item(self.config.gossip_ttl)
+        # signed by each peer's writer with the other broadcasts of its frame (one signature a frame)
+        item = local_gossip_item(self.config.gossip_ttl, message_id, message_type, now, priority, flags, body)
         self.history.add(Message(message_type, data, now, self.node_id, message_id, priority), len(body), now)
-        size = len(signed) + ITEM_OVERHEAD
+        size = len(body) + ITEM_OVERHEAD
         full: list[str] = []
         for link in [link for link in self._links.values() if link.up]:
             if link.push_outbox(item, priority, size):
@@ -732,9 +719,9 @@ class Node:
                     await link.wait_inbox_room(delivery, len(event.body), conn)
             elif isinstance(event, GossipArrived):
                 assert link is not None
-                gossip = self._on_gossip(link, event, next(admitted))
-                if gossip is not None:
-                    await link.wait_inbox_room(*gossip, conn)
+                for delivery, size in self._on_gossip(link, event, next(admitted)):
+                    if not link.push_inbox(delivery, size):
+                        await link.wait_inbox_room(delivery, size, conn)
             elif isinstance(event, HeartbeatDue):
                 if link is not None and link.connection is conn:
                     link.push_outbox(event.item, PRIORITY_MAX, HEARTBEAT_SIZE)
@@ -777,12 +764,16 @@ class Node:
                 self.counters.reply_dropped += 1
         return False
 
-    async def _admit_gossip(self, link: PeerLink, events: list[Event]) -> list[tuple[Delivery, int] | None]:
-        """Admission of every gossip item of one frame, in order. Signatures are verified in the
-        thread pool, split across its threads: off the event loop, and on every core."""
+    async def _admit_gossip(
+        self, link: PeerLink, events: list[Event]
+    ) -> list[tuple[list[tuple[Delivery, int]], int] | None]:
+        """Admission of every gossip unit of one frame, in order. Signatures (one per unit) are verified
+        in the thread pool, split across its threads: off the event loop, and on every core."""
         now = self._clock()
         gossip = [e for e in events if isinstance(e, GossipArrived)]
-        pending = [self._admission.gossip_precheck(e.ttl, e.envelope, link.entry, now) for e in gossip]
+        if not gossip:
+            return []
+        pending = [self._admission.gossip_precheck(e.ttl, e.batch, link.entry, now) for e in gossip]
         to_verify = [p for p in pending if p is not None]
         verdicts: list[bool] = []
         if to_verify:
@@ -793,7 +784,7 @@ class Node:
                 *(self._loop.run_in_executor(self._verifier, verify_signatures, part) for part in parts)
             )
             verdicts = [ok for part in done for ok in part]
-        results: list[tuple[Delivery, int] | None] = []
+        results: list[tuple[list[tuple[Delivery, int]], int] | None] = []
         checked = iter(verdicts)
         now = self._clock()
         for p in pending:
@@ -801,25 +792,27 @@ class Node:
         return results
 
     def _on_gossip(
-        self, link: PeerLink, event: GossipArrived, admitted: tuple[Delivery, int] | None
-    ) -> tuple[Delivery, int] | None:
-        """Relay an admitted message on and queue it for the handler; (delivery, size) when the inbound
-        queue is full and the caller must wait for room (a plain function: no coroutine per message)."""
+        self,
+        link: PeerLink,
+        event: GossipArrived,
+        admitted: tuple[list[tuple[Delivery, int]], int] | None,
+    ) -> list[tuple[Delivery, int]]:
+        """Relay an admitted unit on, whole and as it came, and return its (delivery, size) pairs for
+        the handler's queue."""
         if admitted is None:
-            return None
-        delivery, ttl = admitted
-        envelope = event.envelope
+            return []
+        deliveries, ttl = admitted
+        batch = event.batch
         if ttl > 0:
-            item = envelope.item(ttl)
-            size = len(envelope.signed) + ITEM_OVERHEAD
+            item = batch.item(ttl)
+            priority = batch.priority
+            size = len(batch.signed) + ITEM_OVERHEAD
             for other in self._links.values():
-                if other is link or other.node_id == envelope.origin or other.connection is None:
+                if other is link or other.node_id == batch.origin or other.connection is None:
                     continue
-                if not other.push_outbox(item, envelope.priority, size):
-                    self.counters.relay_dropped += 1
-        if not link.push_inbox(delivery, len(envelope.body)):
-            return delivery, len(envelope.body)
-        return None
+                if not other.push_outbox(item, priority, size):
+                    self.counters.relay_dropped += len(batch.messages)
+        return deliveries
 
     async def _work_loop(self, link: PeerLink) -> None:
         run = self.handlers.run
@@ -857,6 +850,7 @@ class Node:
         cfg = self.config
         assert self._loop is not None
         loop_time = self._loop.time
+        node_id, sign = self.node_id, self.identity.sign
         while True:
             await link.outbox_ready.wait()
             link.outbox_ready.clear()
@@ -867,7 +861,7 @@ class Node:
                 batch = link.outbox.pop_batch(cfg.batch_items, cfg.batch_bytes)
                 link.outbox_room.set()
                 # Seal and send with no await between: frames must leave in sealing order.
-                frame = conn.session.seal(batch, loop_time())
+                frame = conn.session.seal(sign_broadcasts(batch, node_id, sign), loop_time())
                 try:
                     await conn.ws.send(frame)
                 except ConnectionClosed:

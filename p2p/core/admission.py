@@ -2,13 +2,15 @@
 
 - A direct message comes from the session's authenticated peer: it is admitted unless its id is already
   in the history (duplicate) or its body does not decode.
-- A relayed (gossip) message is admitted only when its origin is in the directory, its timestamp is in
-  the replay window, its id is new, and its origin's Ed25519 signature verifies, checked in that order
-  so the ~100 us verify is spent only on messages that could be accepted. Admitted gossip is relayed on
-  with ttl - 1 while that is above zero. The check runs in three steps, `gossip_precheck` ->
-  `verify_signatures` -> `gossip_accept`, so a transport can verify a frame's worth of signatures off
-  its event loop and on several cores (verify_signatures touches no shared state); `gossip` runs all
-  three inline.
+- Relayed (gossip) messages come in signed units (`SignedBatch`: one message, or a batch under one
+  origin signature). A message is admitted only when its origin is in the directory, its timestamp is
+  in the replay window, its id is new, and its unit's Ed25519 signature by the origin verifies, checked
+  in that order so the ~100 us verify is spent only on units holding a message that could be accepted,
+  and once per unit however many messages it holds. A unit with an admitted message is relayed on,
+  whole and as it came, with ttl - 1 while that is above zero; a unit whose messages were all seen is
+  not (so copies die out). The check runs in three steps, `gossip_precheck` -> `verify_signatures` ->
+  `gossip_accept`, so a transport can verify a frame's worth of signatures off its event loop and on
+  several cores (verify_signatures touches no shared state); `gossip` runs all three inline.
 - A reply resolves a pending request; the transport owns the pending table.
 Every refusal increments one counter and returns None; nothing raises to the caller.
 """
@@ -22,7 +24,7 @@ from typing import Any
 from p2p.core.codec import BodyCodec, BodyError, BodyTooLarge
 from p2p.core.counters import Counters
 from p2p.core.directory import Directory, DirectoryEntry
-from p2p.core.frame import FLAG_ERROR, FLAG_REQUEST, Envelope, SignedEnvelope, gossip_signing_input
+from p2p.core.frame import FLAG_ERROR, FLAG_REQUEST, Envelope, GossipMessage, SignedBatch
 from p2p.core.history import History
 from p2p.core.message import Message
 from p2p.core.replay import Freshness, ReplayWindow
@@ -54,21 +56,19 @@ class Reply:
 
 @dataclass(slots=True)
 class PendingGossip:
-    """A relayed message that passed the cheap checks and waits for its signature check."""
+    """A signed unit with messages that passed the cheap checks, waiting for its signature check."""
 
     ttl: int
-    envelope: SignedEnvelope
+    batch: SignedBatch
+    fresh: list[GossipMessage]  # the messages that may be accepted
     origin: DirectoryEntry
     via: DirectoryEntry
 
 
 def verify_signatures(pending: Sequence[PendingGossip]) -> list[bool]:
-    """Each message's origin signature, checked. Pure and thread-safe: safe to run in a worker thread
+    """Each unit's origin signature, checked. Pure and thread-safe: safe to run in a worker thread
     (the Ed25519 verify releases the GIL, so threads use several cores)."""
-    return [
-        p.origin.identity_public_key.verify(p.envelope.signature, gossip_signing_input(p.envelope.signed))
-        for p in pending
-    ]
+    return [p.origin.identity_public_key.verify(p.batch.signature, p.batch.signing_input()) for p in pending]
 
 
 class Admission:
@@ -126,55 +126,71 @@ class Admission:
         return Reply(envelope.reply_to, data, None)
 
     def gossip_precheck(
-        self, ttl: int, envelope: SignedEnvelope, via: DirectoryEntry, now: float
+        self, ttl: int, batch: SignedBatch, via: DirectoryEntry, now: float
     ) -> PendingGossip | None:
-        """The cheap checks: known origin, fresh timestamp, new id. None (and counted) when refused."""
-        if envelope.id in self.history or envelope.origin == self.directory.own.node_id:
-            self.counters.duplicate += 1
+        """The cheap checks: known origin, fresh timestamps, new ids. None (and each message counted)
+        when no message of the unit could be accepted."""
+        counters = self.counters
+        if batch.origin == self.directory.own.node_id:
+            counters.duplicate += len(batch.messages)
             return None
-        origin = self.directory.peers.get(envelope.origin)
+        origin = self.directory.peers.get(batch.origin)
         if origin is None:
-            self.counters.unknown_sender += 1
+            counters.unknown_sender += len(batch.messages)
             return None
-        freshness = self.replay.check(envelope.origin, envelope.id, envelope.timestamp, now)
-        if freshness is Freshness.STALE:
-            self.counters.stale += 1
+        history, check = self.history, self.replay.check
+        fresh: list[GossipMessage] = []
+        for message in batch.messages:
+            if message.id in history:
+                counters.duplicate += 1
+                continue
+            freshness = check(batch.origin, message.id, message.timestamp, now)
+            if freshness is Freshness.FRESH:
+                fresh.append(message)
+            elif freshness is Freshness.STALE:
+                counters.stale += 1
+            else:
+                counters.replayed += 1
+        if not fresh:
             return None
-        if freshness is Freshness.REPLAYED:
-            self.counters.replayed += 1
-            return None
-        return PendingGossip(ttl, envelope, origin, via)
+        return PendingGossip(ttl, batch, fresh, origin, via)
 
     def gossip_accept(
         self, pending: PendingGossip, signature_ok: bool, now: float
-    ) -> tuple[Delivery, int] | None:
-        """(delivery, ttl to relay with; 0: do not relay) once the signature was checked."""
-        envelope = pending.envelope
+    ) -> tuple[list[tuple[Delivery, int]], int] | None:
+        """([(delivery, body size)], ttl to relay the unit with; 0: do not relay) once the signature
+        was checked; None when nothing was accepted."""
         if not signature_ok:
-            self.counters.bad_signature += 1
+            self.counters.bad_signature += len(pending.fresh)
             return None
-        # Another copy may have been accepted since the precheck (two copies in one frame).
-        if envelope.id in self.history or (
-            self.replay.check(envelope.origin, envelope.id, envelope.timestamp, now) is not Freshness.FRESH
-        ):
-            self.counters.duplicate += 1
+        origin, origin_id, via = pending.origin, pending.origin.node_id, pending.via.node_id
+        history, replay, counters = self.history, self.replay, self.counters
+        accepted: list[tuple[Delivery, int]] = []
+        for message in pending.fresh:
+            # Another copy may have been accepted since the precheck (two copies in one frame or batch).
+            if message.id in history or (
+                replay.check(origin_id, message.id, message.timestamp, now) is not Freshness.FRESH
+            ):
+                counters.duplicate += 1
+                continue
+            ok, data = self._decode(message.flags, message.body)
+            if not ok:
+                continue
+            replay.record(origin_id, message.id, message.timestamp, now)
+            delivered = Message(
+                message.type, data, message.timestamp, origin_id, message.id, message.priority
+            )
+            history.add(delivered, len(message.body), now)
+            accepted.append((Delivery(delivered, origin, via, False), len(message.body)))
+        if not accepted:
             return None
-        ok, data = self._decode(envelope.flags, envelope.body)
-        if not ok:
-            return None
-        self.replay.record(envelope.origin, envelope.id, envelope.timestamp, now)
-        origin = pending.origin
-        message = Message(
-            envelope.type, data, envelope.timestamp, origin.node_id, envelope.id, envelope.priority
-        )
-        self.history.add(message, len(envelope.body), now)
-        return Delivery(message, origin, pending.via.node_id, False), max(0, pending.ttl - 1)
+        return accepted, max(0, pending.ttl - 1)
 
     def gossip(
-        self, ttl: int, envelope: SignedEnvelope, via: DirectoryEntry, now: float
-    ) -> tuple[Delivery, int] | None:
+        self, ttl: int, batch: SignedBatch, via: DirectoryEntry, now: float
+    ) -> tuple[list[tuple[Delivery, int]], int] | None:
         """All three steps inline."""
-        pending = self.gossip_precheck(ttl, envelope, via, now)
+        pending = self.gossip_precheck(ttl, batch, via, now)
         if pending is None:
             return None
         return self.gossip_accept(pending, verify_signatures([pending])[0], now)

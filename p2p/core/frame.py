@@ -7,24 +7,36 @@
                  [REJECT, reason]
     data frame = [item, ...]   several messages per frame when the send queue has a backlog
     item       = [DIRECT, id, type, timestamp, priority, flags, body, reply_to | nil]
-               | [GOSSIP, ttl, signed, signature]
+               | [GOSSIP, ttl, signed, signature]        one relayable message
+               | [GOSSIP_BATCH, ttl, batch, signature]   1..MAX_BATCH_MESSAGES relayable messages of one origin
                | [PING]           a heartbeat beacon, sent after an interval with nothing else sent
     signed     = msgpack [version, id, type, origin, timestamp, priority, flags, body]
+    batch      = msgpack [version, origin, [[id, type, timestamp, priority, flags, body], ...]]
 
 A DIRECT item has no sender field: the sender is the peer the session authenticated, so it cannot be
 forged. A GOSSIP item carries its origin inside `signed`, signed by the origin's identity key over
-GOSSIP_DOMAIN + signed; relays forward `signed` and `signature` untouched and only lower `ttl`.
+GOSSIP_DOMAIN + signed; a GOSSIP_BATCH item carries its origin inside `batch`, and ONE signature by the
+origin over GOSSIP_BATCH_DOMAIN + batch covers every message in it (the domains keep a single message's
+signature from passing for a batch's and back). Relays forward `signed`/`batch` and `signature`
+untouched, as one unit, and only lower `ttl`: a relay can neither split, merge, change nor re-sign
+them, and a recipient verifies one signature per unit, whatever the path. Every message in a batch
+keeps its own id and timestamp, so de-duplication and the replay window work per message as before.
+An origin sends the broadcasts that leave in one frame as one batch (one signature), and a broadcast
+sent alone as a GOSSIP item: nothing waits for a batch to fill.
 `body` is the msgpack-encoded data, zstd-compressed when `flags & FLAG_COMPRESSED` (see codec.py).
 
 Version history (PROTOCOL_VERSION):
   1  2025-11-24  first version.
      2026-12-02  flag FLAG_IDEMPOTENT on requests (absent: the request is sent once); a receiver that
                  does not know a flag ignores it, so nodes without it run every copy as a new request.
+  2  2026-12-02  GOSSIP_BATCH items (one origin signature over many broadcasts). Version 1 nodes would
+                 count them as malformed and lose those broadcasts, so the handshake refuses them.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,10 +44,12 @@ import msgpack
 
 from p2p.core.message import MAX_TYPE_LEN, MESSAGE_ID_LEN, PRIORITY_MAX, PRIORITY_MIN
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 VERSION_BYTE = bytes([PROTOCOL_VERSION])
 MAC_LEN = 16
 GOSSIP_DOMAIN = b"wgmesh-p2p-gossip-v1\n"
+GOSSIP_BATCH_DOMAIN = b"wgmesh-p2p-gossip-batch-v1\n"
+MAX_BATCH_MESSAGES = 1024  # messages in one GOSSIP_BATCH; more is refused as oversized
 
 # handshake frame kinds
 HELLO = 10
@@ -46,6 +60,11 @@ REJECT = 13
 DIRECT = 0
 GOSSIP = 1
 PING = 2
+GOSSIP_BATCH = 3
+# Never on the wire: one of this node's broadcasts waiting in a send queue, signed by the writer
+# together with the others of its frame (`sign_broadcasts`).
+# [LOCAL_GOSSIP, ttl, id, type, timestamp, priority, flags, body]
+LOCAL_GOSSIP = -1
 
 # flags (FLAG_COMPRESSED = 1 lives in codec.py)
 FLAG_REQUEST = 2  # the sender waits for a reply
@@ -54,13 +73,17 @@ FLAG_ERROR = 8  # a reply whose body is an error text, not the handler's result
 FLAG_IDEMPOTENT = 16  # a request the sender may send again under the same id: run it once, answer every copy
 
 # An item array of a data frame (the `item` grammar above), as queued for a peer and sealed. Built only
-# by `Envelope.item`, `SignedEnvelope.item` and PING_ITEM, never by hand.
+# by `Envelope.item`, `SignedBatch.item`, `local_gossip_item` and PING_ITEM, never by hand.
 Item = list[Any]
 PING_ITEM: Item = [PING]
 
 
 class FrameError(ValueError):
     """A frame or item does not follow the format; the message says what is wrong."""
+
+
+class BatchTooLarge(FrameError):
+    """A GOSSIP_BATCH holds more than MAX_BATCH_MESSAGES messages."""
 
 
 @dataclass(slots=True)
@@ -89,22 +112,45 @@ class Envelope:
         ]
 
 
-@dataclass(frozen=True, slots=True)
-class SignedEnvelope:
-    """A relayable message: the fields inside `signed`, and the origin's signature over them."""
+@dataclass(slots=True)
+class GossipMessage:
+    """One relayable message, as signed by its origin (the origin is its unit's). Never mutated."""
 
-    origin: int
     id: bytes
     type: str
     timestamp: float
     priority: int
     flags: int
     body: bytes
-    signed: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SignedBatch:
+    """A unit of relayable messages under one origin signature: a GOSSIP item (one message) or a
+    GOSSIP_BATCH item. Relayed as it came (`item`), never split."""
+
+    kind: int  # GOSSIP or GOSSIP_BATCH
+    origin: int
+    messages: list[GossipMessage]
+    signed: bytes  # `signed` or `batch`: the bytes the signature covers, after the domain
     signature: bytes
 
+    def signing_input(self) -> bytes:
+        return (GOSSIP_DOMAIN if self.kind == GOSSIP else GOSSIP_BATCH_DOMAIN) + self.signed
+
+    @property
+    def priority(self) -> int:
+        return max(m.priority for m in self.messages)
+
     def item(self, ttl: int) -> Item:
-        return [GOSSIP, ttl, self.signed, self.signature]
+        return [self.kind, ttl, self.signed, self.signature]
+
+
+def local_gossip_item(
+    ttl: int, id: bytes, type: str, timestamp: float, priority: int, flags: int, body: bytes
+) -> Item:
+    """A broadcast of this node for its send queues; `sign_broadcasts` turns it into a wire item."""
+    return [LOCAL_GOSSIP, ttl, id, type, timestamp, priority, flags, body]
 
 
 _local = threading.local()  # one Packer per thread: msgpack.packb builds one per call (~10x the cost)
@@ -137,6 +183,52 @@ def signed_bytes(
 
 def gossip_signing_input(signed: bytes) -> bytes:
     return GOSSIP_DOMAIN + signed
+
+
+def batch_bytes(*, origin: int, messages: list[list[Any]]) -> bytes:
+    """The `batch` of a GOSSIP_BATCH item; each message is [id, type, timestamp, priority, flags, body]."""
+    return pack([PROTOCOL_VERSION, origin, messages])
+
+
+def batch_signing_input(batch: bytes) -> bytes:
+    return GOSSIP_BATCH_DOMAIN + batch
+
+
+def sign_broadcasts(items: list[Item], origin: int, sign: Callable[[bytes], bytes]) -> list[Item]:
+    """`items` with this node's queued broadcasts (LOCAL_GOSSIP) signed: those of one ttl as one
+    GOSSIP_BATCH item in the place of the first (a lone one as a GOSSIP item). One signature per frame,
+    however many broadcasts it carries; `items` is returned as it is when it holds none."""
+    groups: dict[int, list[list[Any]]] = {}
+    for item in items:
+        if item[0] == LOCAL_GOSSIP:
+            groups.setdefault(item[1], []).append(item[2:])
+    if not groups:
+        return items
+    out: list[Item] = []
+    for item in items:
+        if item[0] != LOCAL_GOSSIP:
+            out.append(item)
+            continue
+        group = groups.pop(item[1], None)
+        if group is not None:  # None: signed with the first of its ttl
+            out.extend(_signed_items(item[1], group, origin, sign))
+    return out
+
+
+def _signed_items(
+    ttl: int, group: list[list[Any]], origin: int, sign: Callable[[bytes], bytes]
+) -> list[Item]:
+    if len(group) == 1:
+        id, type_, timestamp, priority, flags, body = group[0]
+        signed = signed_bytes(
+            id=id, type=type_, origin=origin, timestamp=timestamp, priority=priority, flags=flags, body=body
+        )
+        return [[GOSSIP, ttl, signed, sign(gossip_signing_input(signed))]]
+    out: list[Item] = []
+    for start in range(0, len(group), MAX_BATCH_MESSAGES):
+        batch = batch_bytes(origin=origin, messages=group[start : start + MAX_BATCH_MESSAGES])
+        out.append([GOSSIP_BATCH, ttl, batch, sign(batch_signing_input(batch))])
+    return out
 
 
 def _check_common(
@@ -179,8 +271,7 @@ def parse_direct(item: Item) -> Envelope:
     return Envelope(id, type_, float(timestamp), priority, flags, body, reply_to)
 
 
-def parse_gossip(item: Item) -> tuple[int, SignedEnvelope]:
-    """(ttl, envelope) of a GOSSIP item. The signature is NOT checked here."""
+def _check_gossip_item(item: Item) -> tuple[int, bytes, bytes]:
     if len(item) != 4:
         raise FrameError("gossip item must have 4 fields")
     _, ttl, signed, signature = item
@@ -188,13 +279,48 @@ def parse_gossip(item: Item) -> tuple[int, SignedEnvelope]:
         raise FrameError("ttl must be a non-negative integer")
     if type(signed) is not bytes or type(signature) is not bytes or len(signature) != 64:
         raise FrameError("gossip item must carry signed bytes and a 64-byte signature")
-    inner = unpack(signed)
-    if type(inner) is not list or len(inner) != 8:
-        raise FrameError("signed part must be an array of 8 fields")
-    version, id, type_, origin, timestamp, priority, flags, body = inner
+    return ttl, signed, signature
+
+
+def _check_origin(version: object, origin: object) -> None:
     if version != PROTOCOL_VERSION:
         raise FrameError(f"signed part has protocol version {version!r}, expected {PROTOCOL_VERSION}")
     if type(origin) is not int or origin < 1:
         raise FrameError("origin must be a positive node id")
+
+
+def parse_gossip(item: Item) -> tuple[int, SignedBatch]:
+    """(ttl, unit of one message) of a GOSSIP item. The signature is NOT checked here."""
+    ttl, signed, signature = _check_gossip_item(item)
+    inner = unpack(signed)
+    if type(inner) is not list or len(inner) != 8:
+        raise FrameError("signed part must be an array of 8 fields")
+    version, id, type_, origin, timestamp, priority, flags, body = inner
+    _check_origin(version, origin)
     _check_common(id, type_, timestamp, priority, flags, body)
-    return ttl, SignedEnvelope(origin, id, type_, float(timestamp), priority, flags, body, signed, signature)
+    message = GossipMessage(id, type_, float(timestamp), priority, flags, body)
+    return ttl, SignedBatch(GOSSIP, origin, [message], signed, signature)
+
+
+def parse_gossip_batch(item: Item) -> tuple[int, SignedBatch]:
+    """(ttl, unit) of a GOSSIP_BATCH item: every message is checked, one bad message refuses the whole
+    batch (it is one signed unit). BatchTooLarge above MAX_BATCH_MESSAGES. The signature is NOT
+    checked here."""
+    ttl, batch, signature = _check_gossip_item(item)
+    inner = unpack(batch)
+    if type(inner) is not list or len(inner) != 3:
+        raise FrameError("batch must be an array of 3 fields")
+    version, origin, entries = inner
+    _check_origin(version, origin)
+    if type(entries) is not list or not entries:
+        raise FrameError("batch must hold a non-empty array of messages")
+    if len(entries) > MAX_BATCH_MESSAGES:
+        raise BatchTooLarge(f"batch holds {len(entries)} messages, the limit is {MAX_BATCH_MESSAGES}")
+    messages = []
+    for entry in entries:
+        if type(entry) is not list or len(entry) != 6:
+            raise FrameError("batch message must be an array of 6 fields")
+        id, type_, timestamp, priority, flags, body = entry
+        _check_common(id, type_, timestamp, priority, flags, body)
+        messages.append(GossipMessage(id, type_, float(timestamp), priority, flags, body))
+    return ttl, SignedBatch(GOSSIP_BATCH, origin, messages, batch, signature)

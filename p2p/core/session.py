@@ -45,6 +45,7 @@ from p2p.core.frame import (
     CHALLENGE,
     DIRECT,
     GOSSIP,
+    GOSSIP_BATCH,
     HELLO,
     MAC_LEN,
     PING,
@@ -53,13 +54,15 @@ from p2p.core.frame import (
     PROTOCOL_VERSION,
     REJECT,
     VERSION_BYTE,
+    BatchTooLarge,
     Envelope,
     FrameError,
     Item,
-    SignedEnvelope,
+    SignedBatch,
     pack,
     parse_direct,
     parse_gossip,
+    parse_gossip_batch,
     unpack,
 )
 
@@ -117,10 +120,11 @@ class HeartbeatDue:
 
 @dataclass(slots=True)
 class GossipArrived:
-    """A relayable message arrived; its signature is checked by `Admission`, not here."""
+    """A unit of relayable messages arrived (one message, or a batch under one signature); its signature
+    is checked by `Admission`, not here."""
 
     ttl: int
-    envelope: SignedEnvelope
+    batch: SignedBatch
 
 
 # Envelope (a direct message) is an event too.
@@ -451,13 +455,18 @@ class Session:
             try:
                 if kind == DIRECT:
                     events.append(parse_direct(item))
+                elif kind == GOSSIP_BATCH:
+                    ttl, batch = parse_gossip_batch(item)
+                    events.append(GossipArrived(ttl, batch))
                 elif kind == GOSSIP:
-                    ttl, envelope = parse_gossip(item)
-                    events.append(GossipArrived(ttl, envelope))
+                    ttl, batch = parse_gossip(item)
+                    events.append(GossipArrived(ttl, batch))
                 elif kind == PING:
                     pass  # a beacon: receiving it was the point
                 else:
                     self.counters.malformed += 1
+            except BatchTooLarge:
+                self.counters.oversized += 1
             except FrameError:
                 self.counters.malformed += 1
         return events

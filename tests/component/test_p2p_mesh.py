@@ -31,7 +31,16 @@ from p2p import (
 )
 from p2p.core.counters import Counters
 from p2p.core.directory import Directory, DirectoryEntry
-from p2p.core.frame import GOSSIP, Envelope, gossip_signing_input, signed_bytes
+from p2p.core.frame import (
+    GOSSIP,
+    GOSSIP_BATCH,
+    MAX_BATCH_MESSAGES,
+    Envelope,
+    batch_bytes,
+    batch_signing_input,
+    gossip_signing_input,
+    signed_bytes,
+)
 from p2p.core.session import Opened, Outgoing, Session, SessionLimits
 from p2p.directory import write_directory
 from p2p.errors import PayloadError
@@ -126,6 +135,62 @@ async def test_broadcast_reaches_a_node_without_a_direct_connection_once(mesh_fa
     assert all(len(mesh.got(i, "block")) == 1 for i in (2, 3, 4))
     assert mesh.got(1, "block") == []  # the origin does not deliver to itself
     assert sum(n.counters.bad_signature for n in (a, b, c, d)) == 0
+
+
+async def test_a_burst_of_broadcasts_reaches_every_node_once_in_order_through_a_relay(mesh_factory):
+    mesh = mesh_factory(3)
+    # node 1 knows only node 2 (and node 3 waits for the lower id to dial): everything node 3 gets
+    # from node 1 comes relayed by node 2
+    a = await mesh.start(1, directory=Directory.of(mesh.entries[1], [mesh.entries[2]]))
+    b, c = await mesh.start(2), await mesh.start(3)
+    await b.wait_connected([1, 3], timeout=5)
+    sent = [await a.broadcast("block", n) for n in range(600)]  # queued at once: frames of many
+    for i in (2, 3):
+        await eventually(f"600 blocks at node {i}", lambda i=i: len(mesh.got(i, "block")) == 600)
+    for i in (2, 3):
+        got = mesh.got(i, "block")
+        assert [m.data for m in got] == list(range(600)) and [m.id for m in got] == sent
+        assert all(m.sender == 1 for m in got)
+    assert (b.counters.bad_signature, c.counters.bad_signature, c.counters.duplicate) == (0, 0, 0)
+    # one broadcast alone still leaves at once, as a single signed message
+    await a.broadcast("block", "alone")
+    await eventually("the lone block at node 3", lambda: mesh.got(3, "block")[-1].data == "alone")
+
+
+async def test_malformed_oversized_and_forged_batches_are_refused_counted_and_not_relayed(mesh_factory):
+    mesh = mesh_factory(4)
+    a, _, d = [await mesh.start(i) for i in (1, 2, 4)]
+    await a.wait_connected([2, 4], timeout=5)
+    # node 3 is a directory member but malicious: it sends batches in node 2's name
+    ws, session, opened = await rogue_session(mesh, 3, 1)
+    assert opened
+    await eventually("node 3 up", lambda: 3 in a.connected_peers)
+
+    def batch(bodies: list[bytes], *, signer: int = 2, messages: list | None = None) -> list:
+        now = time.time()
+        entries = messages or [[os.urandom(16), "block", now, 5, 0, body] for body in bodies]
+        signed = batch_bytes(origin=2, messages=entries)
+        return [GOSSIP_BATCH, 3, signed, mesh.keys[signer].sign(batch_signing_input(signed))]
+
+    good = [os.urandom(16), "block", time.time(), 5, 0, b"\xa4real"]
+    await ws.send(session.seal([batch([b"\xa4fake", b"\xa5fake2"], signer=3)], 0.0))  # forged
+    await ws.send(session.seal([batch([], messages=[good, [b"short", "block", 1.0, 5, 0, b""]])], 0.0))
+    await ws.send(session.seal([batch([], messages=[good] * (MAX_BATCH_MESSAGES + 1))], 0.0))
+    await ws.send(session.seal([[GOSSIP_BATCH, 3, b"\xc1", b"s" * 64]], 0.0))
+    await ws.send(session.seal([batch([], messages=[good])], 0.0))  # genuine, captured from node 2
+    await eventually("the genuine batch", lambda: mesh.got(1, "block"))
+    c = a.counters
+    assert (c.bad_signature, c.malformed, c.oversized) == (2, 2, 1)
+    assert [m.data for m in mesh.got(1, "block")] == ["real"]  # not the good message of a refused batch
+    assert 3 in a.connected_peers  # the connection stays up: bad units are dropped, not fatal
+    await eventually("the genuine batch relayed to node 4", lambda: mesh.got(4, "block"))
+    assert [m.data for m in mesh.got(4, "block")] == ["real"] and d.counters.bad_signature == 0
+    await ws.send(session.seal([batch([], messages=[good])], 0.0))  # replayed: dropped, not relayed
+    await eventually("the replay counted", lambda: c.duplicate == 1)
+    await a.send(4, "after", None)  # nothing else broke
+    await eventually("a message after the bad batches", lambda: mesh.got(4, "after"))
+    assert [m.data for m in mesh.got(4, "block")] == ["real"]
+    await ws.close()
 
 
 async def test_request_returns_the_handlers_reply_or_a_clear_error(mesh_factory):

@@ -16,9 +16,14 @@ from p2p.core.frame import (
     FLAG_ERROR,
     FLAG_REPLY,
     FLAG_REQUEST,
+    GOSSIP_BATCH,
     Envelope,
+    batch_bytes,
+    batch_signing_input,
     gossip_signing_input,
+    pack,
     parse_gossip,
+    parse_gossip_batch,
     signed_bytes,
 )
 from p2p.core.history import History
@@ -66,6 +71,14 @@ def gossip(
     return parse_gossip([1, ttl, signed, signature])
 
 
+def batch(ns: list[int], *, origin: int = 3, signer: int | None = None, ts: float = NOW, ttl: int = 3):
+    messages = [[mid(n), "block", ts, 6, 0, pack(n)] for n in ns]
+    signed = batch_bytes(origin=origin, messages=messages)
+    return parse_gossip_batch(
+        [GOSSIP_BATCH, ttl, signed, KEYS[signer or origin].sign(batch_signing_input(signed))]
+    )
+
+
 def test_direct_message_is_delivered_with_the_peer_as_sender(admission):
     d = admission.direct(Envelope(mid(1), "grad", NOW, 7, FLAG_REQUEST, b"\x93\x01\x02\x03"), ENTRIES[2], NOW)
     assert d is not None
@@ -86,7 +99,8 @@ def test_direct_duplicate_and_malformed_bodies_are_dropped_and_counted(admission
 
 def test_relayed_message_verified_against_the_origin_delivered_once_and_relayed_on(admission):
     ttl, env = gossip(1)
-    delivery, relay_ttl = admission.gossip(ttl, env, ENTRIES[2], NOW)
+    [(delivery, size)], relay_ttl = admission.gossip(ttl, env, ENTRIES[2], NOW)
+    assert size == 3
     assert delivery.message.sender == 3 and delivery.via == 2 and delivery.relayed
     assert delivery.sender.role == "supervisor" and delivery.message.data == "hi"
     assert relay_ttl == 2
@@ -111,14 +125,17 @@ def test_a_relay_cannot_forge_a_message_in_another_nodes_name(admission):
 
 def test_a_changed_body_breaks_the_signature(admission):
     ttl, env = gossip(1)
-    from dataclasses import replace
-
-    from p2p.core.frame import pack
-
-    tampered_signed = pack(
-        [1, env.id, env.type, env.origin, env.timestamp, env.priority, env.flags, b"\xa3bye"]
+    m = env.messages[0]
+    tampered_signed = signed_bytes(
+        id=m.id,
+        type=m.type,
+        origin=env.origin,
+        timestamp=m.timestamp,
+        priority=m.priority,
+        flags=0,
+        body=b"\xa3bye",
     )
-    tampered = replace(env, signed=tampered_signed, body=b"\xa3bye")
+    _, tampered = parse_gossip([1, ttl, tampered_signed, env.signature])
     assert admission.gossip(ttl, tampered, ENTRIES[2], NOW) is None
     assert admission.counters.bad_signature == 1
 
@@ -153,3 +170,53 @@ def test_replies_carry_data_or_the_peers_error(admission):
     assert (ok.reply_to, ok.data, ok.error) == (mid(7), 42, None)
     err = admission.reply(Envelope(mid(2), "t", NOW, 5, FLAG_REPLY | FLAG_ERROR, b"\xa4boom", mid(8)))
     assert err.error == "boom"
+
+
+def test_a_batch_delivers_each_message_in_order_with_its_origin_as_sender(admission):
+    ttl, unit = batch([1, 2, 3])
+    deliveries, relay_ttl = admission.gossip(ttl, unit, ENTRIES[2], NOW)
+    assert [(d.message.data, d.message.sender, d.via) for d, _ in deliveries] == [
+        (1, 3, 2),
+        (2, 3, 2),
+        (3, 3, 2),
+    ]
+    assert all(d.sender.role == "supervisor" for d, _ in deliveries)  # what authorization looks at
+    assert relay_ttl == 2
+    # the same batch again (another path, or a replay): nothing delivered, nothing to relay
+    assert admission.gossip(ttl, unit, ENTRIES[3], NOW) is None
+    assert admission.counters.duplicate == 3
+
+
+def test_a_forged_batch_delivers_nothing_and_counts_each_message(admission):
+    ttl, unit = batch([1, 2], origin=3, signer=2)  # node 2 signs a batch in node 3's name
+    assert admission.gossip(ttl, unit, ENTRIES[2], NOW) is None
+    assert admission.counters.bad_signature == 2
+    assert mid(1) not in admission.history and mid(2) not in admission.history
+    ttl, real = batch([1, 2])
+    assert admission.gossip(ttl, real, ENTRIES[2], NOW) is not None  # the forgery blocked nothing
+
+
+def test_a_batch_partly_seen_delivers_only_the_new_messages_at_most_once(admission):
+    ttl, first = batch([1, 2])
+    assert admission.gossip(ttl, first, ENTRIES[2], NOW) is not None
+    ttl, overlapping = batch([2, 3, 3])  # one seen, one new, and a copy of it inside the same batch
+    deliveries, _ = admission.gossip(ttl, overlapping, ENTRIES[2], NOW)
+    assert [d.message.data for d, _ in deliveries] == [3]
+    assert admission.counters.duplicate == 2
+
+
+def test_stale_and_replayed_messages_of_a_batch_are_counted_each(admission):
+    ttl, old = batch([1, 2], ts=NOW - 61)
+    assert admission.gossip(ttl, old, ENTRIES[2], NOW) is None
+    ttl, fresh = batch([3])
+    assert admission.gossip(ttl, fresh, ENTRIES[2], NOW) is not None
+    admission.history = History(max_entries=1)
+    admission.history.add(admission_filler(), 1, NOW)  # the history forgot message 3
+    assert admission.gossip(ttl, fresh, ENTRIES[2], NOW + 1) is None
+    assert (admission.counters.stale, admission.counters.replayed) == (2, 1)
+
+
+def admission_filler():
+    from p2p.core.message import Message
+
+    return Message("x", None, NOW, 2, mid(99), 5)
