@@ -7,10 +7,12 @@ Rules:
 - Measurements are claims (a node that says rtt 0 to two others would draw their traffic through
   itself). So one end alone can only RAISE a link's weight: a link's measured value is the worse of
   the two ends' smoothed reports, and while only one end has a fresh report (within
-  `sample_max_age_s`) it is at least the weight the link already has. Implausible reports (an rtt
-  below `min_rtt_ms`, or far below what the other end sees: under `implausible_ratio` of it and more
-  than `implausible_gap_ms` apart) are flagged and counted per reporter (`implausible`); the rule
-  above already keeps them from steering anything.
+  `sample_max_age_s`) it is at least the weight the link already has. Implausible reports are
+  flagged and counted per reporter (`implausible`): an rtt below `min_rtt_ms`, or one far below what
+  the other end sees (under `implausible_ratio` of it and more than `implausible_gap_ms` apart) when
+  the other end measured that AFTER this end's previous report, which was already far below. A single
+  low report is not enough: when a link heals the first end to report is a round ahead of the other
+  (`lab heal` after `lab delay`), not lying. The rule above already keeps them from steering anything.
 - A link is down as soon as EITHER end reports it down (that only raises its weight): loss >=
   `loss_down`, or a handshake older than `handshake_stale_s`. A link that went down at T comes back
   only when BOTH ends, in reports made after T + `hold_down_s`, see it working: a handshake newer than
@@ -114,6 +116,7 @@ class Sample:
     handshake_age_s: float | None
     at: datetime
     smoothed: float | None = None
+    far_below: bool = False  # its rtt was far below the other end's latest (see `_implausible`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,12 +249,12 @@ class LinkGraph:
             state = self.links.get((a, b))
             if state is None:
                 state = self.links[a, b] = LinkState(a, b)
-            reason = self._implausible(state, reporter, m, now)
+            reason, far_below = self._implausible(state, reporter, m, now)
             if reason is not None:
                 flags.append(Flag(reporter, m.peer_id, reason))
                 self.implausible[reporter] = self.implausible.get(reporter, 0) + 1
             before = (state.weight, state.down_since)
-            self._take(state, reporter, m, now)
+            self._take(state, reporter, m, now, far_below)
             if (state.weight, state.down_since) == before:
                 continue
             records.append(state.record())
@@ -307,17 +310,19 @@ class LinkGraph:
         stale = m.handshake_age_s is not None and m.handshake_age_s > p.handshake_stale_s
         return lossy or stale
 
-    def _take(self, state: LinkState, reporter: int, m: LinkMeasurement, now: datetime) -> None:
+    def _take(
+        self, state: LinkState, reporter: int, m: LinkMeasurement, now: datetime, far_below: bool = False
+    ) -> None:
         p = self.policy
         if state.down_since is None:
             if self._reports_down(m):
                 state.down_since = now
                 state.samples.clear()
                 return
-            state.samples[reporter] = self._sample(state.samples.get(reporter), m, now)
+            state.samples[reporter] = self._sample(state.samples.get(reporter), m, now, far_below)
         else:
             t = state.down_since
-            state.samples[reporter] = self._sample(state.samples.get(reporter), m, now)
+            state.samples[reporter] = self._sample(state.samples.get(reporter), m, now, far_below)
             if now < t + timedelta(seconds=p.hold_down_s):
                 return
             ends = (state.samples.get(state.a), state.samples.get(state.b))
@@ -331,7 +336,9 @@ class LinkGraph:
         if w is None or abs(measured - w) > max(p.band_abs_ms, p.band_rel * w):
             state.weight = measured
 
-    def _sample(self, before: Sample | None, m: LinkMeasurement, now: datetime) -> Sample:
+    def _sample(
+        self, before: Sample | None, m: LinkMeasurement, now: datetime, far_below: bool = False
+    ) -> Sample:
         """The end's new sample: its report, with the EWMA carried on from its previous fresh one."""
         p = self.policy
         value = None if m.rtt_ms is None else m.rtt_ms + p.loss_penalty_ms * (m.loss or 0.0)
@@ -343,7 +350,7 @@ class LinkGraph:
             and now - before.at <= timedelta(seconds=p.sample_max_age_s)
         ):
             smoothed = before.smoothed + p.smoothing * (value - before.smoothed)
-        return Sample(m.rtt_ms, m.loss, m.handshake_age_s, now, smoothed)
+        return Sample(m.rtt_ms, m.loss, m.handshake_age_s, now, smoothed, far_below)
 
     def _sees_it_working(self, s: Sample, down_since: datetime) -> bool:
         """The end's report, made after the hold-down, says the direct link works again."""
@@ -377,20 +384,25 @@ class LinkGraph:
             worst = max(worst, p.default_weight_ms if state.weight is None else state.weight)
         return worst
 
-    def _implausible(self, state: LinkState, reporter: int, m: LinkMeasurement, now: datetime) -> str | None:
-        """Why this report cannot be believed (None: it can)."""
+    def _implausible(
+        self, state: LinkState, reporter: int, m: LinkMeasurement, now: datetime
+    ) -> tuple[str | None, bool]:
+        """Why this report cannot be believed (None: it can), and whether its rtt is far below the other
+        end's latest (kept on the sample: the next report of this end is judged with it)."""
         p = self.policy
         if m.rtt_ms is None:
-            return None
-        if m.rtt_ms < p.min_rtt_ms:
-            return f"rtt {m.rtt_ms:g} ms is below the {p.min_rtt_ms:g} ms any tunnel takes"
+            return None, False
         other = state.samples.get(state.b if reporter == state.a else state.a)
-        if (
+        far_below = (
             other is not None
             and other.rtt_ms is not None
             and now - other.at <= timedelta(seconds=p.sample_max_age_s)
             and m.rtt_ms < p.implausible_ratio * other.rtt_ms
             and other.rtt_ms - m.rtt_ms > p.implausible_gap_ms
-        ):
-            return f"rtt {m.rtt_ms:g} ms is far below the {other.rtt_ms:g} ms the other end sees"
-        return None
+        )
+        if m.rtt_ms < p.min_rtt_ms:
+            return f"rtt {m.rtt_ms:g} ms is below the {p.min_rtt_ms:g} ms any tunnel takes", far_below
+        own = state.samples.get(reporter)
+        if far_below and other is not None and own is not None and own.far_below and other.at > own.at:
+            return f"rtt {m.rtt_ms:g} ms is far below the {other.rtt_ms:g} ms the other end sees", True
+        return None, far_below

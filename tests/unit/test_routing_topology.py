@@ -125,14 +125,33 @@ def test_implausible_reports_are_flagged_and_counted_per_reporter():
     update = topo.report(3, [healthy(1, rtt=0.0), healthy(2, rtt=0.0)], at(1))
     assert [(f.reporter, f.peer) for f in update.flags] == [(3, 1), (3, 2)]
     assert "below" in update.flags[0].reason
-    update = topo.report(3, [healthy(1, rtt=2.0)], at(2))  # not zero, but far below what 1 sees
+    update = topo.report(3, [healthy(1, rtt=2.0)], at(2))  # not zero, but far below what 1 saw
+    assert update.flags == []  # ...before 3's last claim: the link may have just healed
+    topo.report(1, [healthy(3, rtt=40.0)], at(2.5))  # 1 measures again, and still sees 40
+    update = topo.report(3, [healthy(1, rtt=2.0)], at(3))
     assert [(f.reporter, f.peer) for f in update.flags] == [(3, 1)]
     assert "other end" in update.flags[0].reason
     # Honest noise is not flagged.
-    assert topo.report(1, [healthy(3, rtt=30.0)], at(3)).flags == []
+    assert topo.report(1, [healthy(3, rtt=30.0)], at(4)).flags == []
     assert topo.implausible == {3: 3}
     topo.remove_node(3)
     assert topo.implausible == {}
+
+
+def test_a_link_that_heals_is_not_an_implausible_report():
+    """`lab heal` after `lab delay 80ms`: the first end to report sees 1 ms while the other end's latest
+    report still says 80. One end is a round ahead, not lying: nothing is flagged, and the weight
+    comes down once both ends say so."""
+    topo = LinkGraph(POLICY, [1, 2])
+    for t in range(4):
+        topo.report(1, [healthy(2, rtt=80.0)], at(2 * t))
+        topo.report(2, [healthy(1, rtt=80.0)], at(2 * t + 1))
+    flags = []
+    for t in range(4, 8):
+        flags += topo.report(1, [healthy(2, rtt=1.0)], at(2 * t)).flags
+        flags += topo.report(2, [healthy(1, rtt=1.0)], at(2 * t + 1)).flags
+    assert flags == [] and topo.implausible == {}
+    assert topo.graph[1][2]["weight"] < 10
 
 
 def test_a_fresh_handshake_with_heavy_loss_does_not_bring_a_link_back():
