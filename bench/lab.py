@@ -1,5 +1,5 @@
 """Lab figures: how fast a real mesh forms, absorbs a new host, forgets a removed one, routes around a
-slow link (`lab delay`) and a cut link, and how much memory its processes use, for N = 3 and N = 10
+slow link (`lab delay`) and back when it heals, around a cut link, and how much memory its processes use, for N = 3 and N = 10
 hosts.
 
 Baseline, measured in the same run: building the same namespaces and underlay without controller and
@@ -40,6 +40,7 @@ class Figures:
     join_s: float
     removal_s: float
     delay_s: float
+    heal_s: float
     cut_s: float
     agent_hwm_kib: int
     agent_hwm_mean_kib: float
@@ -71,11 +72,15 @@ def all_reach(lab: Lab, pairs: list[tuple[str, str]]) -> Callable[[], bool]:
     return probe
 
 
-def relayed(lab: Lab, source: str, target: str) -> bool:
-    """`source`'s agent routes to `target` through a relay (as its status.json says)."""
+def routed(lab: Lab, source: str, target: str) -> str | None:
+    """How `source`'s agent routes to `target` ("direct", "relay"), as its status.json says."""
     status = lab.agent_status(source)
     peer = status.peer(target) if status else None
-    return peer is not None and peer.route == "relay"
+    return None if peer is None else peer.route
+
+
+def relayed(lab: Lab, source: str, target: str) -> bool:
+    return routed(lab, source, target) == "relay"
 
 
 def underlay_baseline(hosts: int) -> float:
@@ -141,8 +146,8 @@ def measure(hosts: int) -> Figures:
         lab.stop_agent(new)  # a removed node's agent has nothing left to do
 
         # A slow direct link (80 ms added between h2 and h3, userspace relay): time until both ends'
-        # agents route to each other through a relay. Healed afterwards; the h1-h2 cut below does not
-        # depend on whether h2-h3 went back to direct.
+        # agents route to each other through a relay; then healed: time until both route direct again
+        # (the agents keep probing a relayed pair's direct path).
         lab.delay("h2", "h3", 80.0)
         start = time.monotonic()
         timed_until(
@@ -151,7 +156,14 @@ def measure(hosts: int) -> Figures:
             120,
         )
         delay_s = time.monotonic() - start
+        start = time.monotonic()
         lab.heal("h2", "h3")
+        timed_until(
+            "h2 and h3 to route to each other direct again",
+            lambda: routed(lab, "h2", "h3") == "direct" and routed(lab, "h3", "h2") == "direct",
+            120,
+        )
+        heal_s = time.monotonic() - start
 
         lab.cut("h1", "h2")
         start = time.monotonic()
@@ -160,7 +172,7 @@ def measure(hosts: int) -> Figures:
 
         agents, wggo, controller = memory(lab)
         return Figures(
-            hosts, underlay_s, up_s, join_s, removal_s, delay_s, cut_s,
+            hosts, underlay_s, up_s, join_s, removal_s, delay_s, heal_s, cut_s,
             max(agents), statistics.mean(agents), max(wggo, default=0), controller,
         )  # fmt: skip
     finally:
@@ -191,6 +203,7 @@ def main() -> int:
             f"{f.join_s:.2f}",
             f"{f.removal_s:.2f}",
             f"{f.delay_s:.2f}",
+            f"{f.heal_s:.2f}",
             f"{f.cut_s:.2f}",
             mib(f.agent_hwm_kib),
             mib(f.agent_hwm_mean_kib),
@@ -200,7 +213,7 @@ def main() -> int:
         for f in results
     ]
     headers = [
-        "hosts", "underlay s", "mesh up s", "up/underlay", "join->reach s", "remove->gone s", "delay->relayed s", "cut->relayed s",
+        "hosts", "underlay s", "mesh up s", "up/underlay", "join->reach s", "remove->gone s", "delay->relayed s", "heal->direct s", "cut->relayed s",
         "agent max MiB", "agent mean MiB", "wg-go max MiB", "controller MiB",
     ]  # fmt: skip
     print(table(headers, rows))
@@ -208,7 +221,7 @@ def main() -> int:
         "underlay: namespaces + bridge + veths only (baseline); mesh up: `lab up` until every pair has a "
         "handshake; join: `lab add` until the new host and every host ping each other; remove: admin "
         "`nodes remove` until no peer has its key; delay: `lab delay h2 h3 80ms` until both agents route "
-        "to each other through a relay; cut: `lab cut h1 h2` until h1 pings h2 again (relay); "
+        "to each other through a relay; heal: `lab heal h2 h3` until both route direct again; cut: `lab cut h1 h2` until h1 pings h2 again (relay); "
         "memory: VmHWM"
     )
     parts = ["RESULT name=lab"]
@@ -221,6 +234,7 @@ def main() -> int:
             f"n{n}_join_s={f.join_s:.2f}",
             f"n{n}_removal_s={f.removal_s:.2f}",
             f"n{n}_delay_relay_s={f.delay_s:.2f}",
+            f"n{n}_heal_direct_s={f.heal_s:.2f}",
             f"n{n}_cut_relay_s={f.cut_s:.2f}",
             f"n{n}_agent_hwm_mib={f.agent_hwm_kib / 1024:.1f}",
             f"n{n}_controller_hwm_mib={f.controller_hwm_kib / 1024:.1f}",
