@@ -81,7 +81,7 @@ class Mesh:
         self.cards: dict[int, NodeCard] = {c.node_id: c for c in cards}
         self.topology = LinkGraph(policy, self.cards, links)
         self.topology.set_transit(self._transit())
-        self.router = Router(self.cards, self.topology.edges())
+        self.router = self._new_router()
         self._maps: dict[int, MapState] = {n: s for n, s in (maps or {}).items() if n in self.cards}
         self._inputs: dict[int, dict[int, MapInputs]] = {}  # node -> serial -> what that map was made of
         # node -> (its firewall and message rights under the policy, the version they last changed at):
@@ -168,15 +168,15 @@ class Mesh:
         mean rtt_ms, worst loss); the others are up with the default weight and only counted
         (`unmeasured_links`). Plain values: safe to hand to another thread."""
         out = []
-        graph = self.topology.graph
-        for (lo, hi), state in sorted(self.topology.links.items()):
-            d = graph.get_edge_data(lo, hi)
-            if d is None:
+        topology = self.topology
+        for (lo, hi), state in sorted(topology.links.items()):
+            weight = topology.weight(lo, hi)
+            if weight is None:
                 continue  # down
             rtts = [s.rtt_ms for s in state.samples.values() if s.rtt_ms is not None]
             losses = [s.loss for s in state.samples.values() if s.loss is not None]
             rtt = round(sum(rtts) / len(rtts), 3) if rtts else None
-            out.append((lo, hi, round(d["weight"], 3), rtt, max(losses) if losses else None))
+            out.append((lo, hi, round(weight, 3), rtt, max(losses) if losses else None))
         return out
 
     def edges(self) -> list[TopologyEdge]:
@@ -185,32 +185,11 @@ class Mesh:
 
     def unmeasured_links(self, listed: int) -> int:
         """How many up links `edges` leaves out, given how many it listed."""
-        return int(self.topology.graph.number_of_edges()) - listed
-
-    def _use_matrix(self) -> npt.NDArray[np.bool_]:
-        """[i, j] (routing indexes): the link i-j carries at least one route (one numpy pass)."""
-        pred = self.router.trees()  # [destination, source] -> next hop of source
-        n = pred.shape[0]
-        src = np.broadcast_to(np.arange(n), pred.shape)
-        hop = pred >= 0
-        used = np.zeros((n, n), dtype=bool)
-        used[src[hop], pred[hop]] = True
-        used |= used.T
-        np.fill_diagonal(used, False)
-        return used
-
-    def used_links(self) -> set[tuple[int, int]]:
-        """Edges (low id, high id) that carry at least one route."""
-        nodes = np.array(self.router.nodes, dtype=np.int64)
-        i, j = np.nonzero(np.triu(self._use_matrix(), 1))
-        a, b = nodes[i], nodes[j]
-        return set(zip(np.minimum(a, b).tolist(), np.maximum(a, b).tolist(), strict=True))
+        return self.topology.up_links() - listed
 
     def link_use(self) -> Callable[[int, int], bool]:
         """Whether the link a-b carries at least one route (node ids), without listing every link."""
-        used = self._use_matrix()
-        index = self.router.index
-        return lambda a, b: bool(used[index[a], index[b]])
+        return self.router.carries
 
     # --- changes ---------------------------------------------------------------------------------
 
@@ -227,11 +206,11 @@ class Mesh:
                 self.topology.transit[card.node_id] = penalty
             edges = self.topology.add_node(card.node_id)
             if self.router.nodes and card.node_id < self.router.nodes[-1]:
-                self.router = Router(self.cards, self.topology.edges())
+                self.router = self._new_router()
             else:
-                self.router.add_node(card.node_id, edges)
+                self.router.add_node(card.node_id, edges, self.topology.transit.get(card.node_id, 0.0))
         elif self.topology.set_transit(self._transit()):
-            self.router = Router(self.cards, self.topology.edges())  # its tags changed its relay right
+            self.router = self._new_router()  # its tags changed its relay right
         self._directory = self._new_directory()
         return MeshChange(maps=self._refresh(self.cards))
 
@@ -255,7 +234,7 @@ class Mesh:
         for card in retagged:
             self.cards[card.node_id] = card
         if self.topology.set_transit(self._transit()):
-            self.router = Router(self.cards, self.topology.edges())  # relay rights moved: every tree may
+            self.router = self._new_router()  # relay rights moved: every tree may
         if retagged:
             self._directory = self._new_directory()
         return MeshChange(maps=self._refresh(self.cards))
@@ -274,6 +253,10 @@ class Mesh:
         return MeshChange(maps=self._refresh(changed))
 
     # --- internals -------------------------------------------------------------------------------
+
+    def _new_router(self) -> Router:
+        """Routes over the implicit full mesh: the links with state, every other one a default link."""
+        return Router(self.cards, self.topology.edges(), self.topology.defaults())
 
     def _transit(self, cards: Iterable[NodeCard] | None = None) -> dict[int, float]:
         """Half the transit penalty for every node the policy in force does not let relay."""

@@ -1,27 +1,33 @@
-"""Routing: for every (source, destination) pair, the next hop, from shortest-path trees over the link graph.
+"""Routing: for every (source, destination) pair, the next hop, on an implicit full mesh.
+
+The graph: explicit edges (links with state: measured, down) and, when `DefaultLinks` are given, a
+direct link between every other pair at a default cost (`base + jitter(a, b) + offset(a) + offset(b)`),
+never stored. Without defaults only the explicit edges exist (a plain graph).
 
 Rules (WireGuard cryptokey routing makes them necessary, see DESIGN.md):
 - Edge costs are symmetric and make shortest paths unique (controller.topology adds a per-hop penalty
-  and a deterministic tiny perturbation per edge). This module only relies on them being positive.
+  and a deterministic tiny perturbation, `pair_jitter`, per edge). This module relies on them being
+  positive.
 - `next_hop(S, D)` is the parent of S in the shortest-path tree rooted at D. Following next hops from
-  any node toward D therefore walks that one tree: every intermediate node continues the same path
-  (hop-by-hop consistent). With unique shortest paths on an undirected graph the tree rooted at S holds
-  the reverse path, so path(D, S) = reverse(path(S, D)) (symmetric).
-- A full compute runs scipy's compiled Dijkstra from every node. An edge change touches only the trees
-  that use the edge (cost up or edge gone) or in which it becomes a shortcut (cost down or edge new);
-  every other tree keeps its distances (they still satisfy the triangle inequality), so its paths stay.
-  One change is repaired locally in each touched tree: the subtree hanging below the edge is re-attached
-  by a Dijkstra over that subtree only, or the improvement spreads from the edge by an improve-only
-  Dijkstra; a large repair recomputes the tree with scipy. Large batches recompute the touched trees.
+  any node toward D walks that one tree (hop-by-hop consistent); with unique shortest paths the way back
+  is the same path reversed (symmetric).
+- Every path of two hops or more from i to j costs at least lb(i) + lb(j), lb being a lower bound of
+  the node's edge costs. A pair whose direct edge is cheaper than that is *surely direct*: it needs no
+  search and nothing is stored for it. The others are *candidates* (symmetric: the pair is one in both
+  trees). Tree D is searched over its candidates only: a candidate reaches D directly, through one
+  surely-direct node (one vector pass over the row), or through other candidates (a Dijkstra among them).
+- Memory is O(nodes + explicit edges + candidate pairs); per change the work is the trees that can move:
+  a change of edge a-b (or of a's edges) touches the trees a, b and their candidate partners only, since
+  a tree's search reads only its candidates' rows and its own.
 
-Indexes: nodes are kept in ascending id order; row D of the predecessor matrix is the tree rooted at D.
+Indexes: nodes are kept in ascending id order; arrays handed out are in that order.
 """
 
 from __future__ import annotations
 
-import heapq
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -32,24 +38,48 @@ NO_HOP = -1
 """Next-hop value when the destination is unreachable."""
 
 _SCIPY_NONE = -9999
-# How a batch of edge changes is applied, by estimated cost (seconds on the machine this was tuned on;
-# only their ratios matter): repairing the touched trees one change at a time costs about
-# REPAIR_S + REPAIR_PER_NEIGHBOUR_S * average degree per (change, tree it touches); recomputing every
-# touched tree once costs a Dijkstra each. A sparse graph with many changes favours recomputing; a
-# dense mesh whose changes are one node's direct links (each touches two or three trees) favours
-# repairing.
-REPAIR_S = 2e-5
-REPAIR_PER_NEIGHBOUR_S = 1e-7
-DIJKSTRA_BASE_S = 1.5e-4
-DIJKSTRA_PER_ENTRY_S = 1.4e-9
-_VECTOR_DEGREE = 48
-"""Neighbour lists longer than this are scanned with numpy, shorter ones in Python (cheaper per call)."""
-# Distances closer than this (relative) are treated as "could be shorter": recomputing a tree too many
-# is always safe, skipping one that changed is not.
+# Distances closer than this (relative) are treated as "could be shorter": searching a pair too many
+# is always safe, skipping one that is not surely direct is not.
 _REL_TOL = 1e-9
+_BLOCK = 256
+"""Candidate rows handled at once in a tree's vector pass (bounds its temporary memory)."""
+_SMALL_SEARCH = 48
+"""Up to this many candidates a tree's search among them runs on numpy; beyond, on scipy."""
 
 IntMatrix = npt.NDArray[np.int32]
 FloatMatrix = npt.NDArray[np.float64]
+Entry = tuple[int, float]
+"""(next-hop node id or NO_HOP, path cost) of a candidate source in a tree."""
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+
+
+def _mix(x: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
+    """splitmix64's finalizer, element-wise (wrapping arithmetic)."""
+    z = x + _GOLDEN
+    z = (z ^ (z >> np.uint64(30))) * _MIX1
+    z = (z ^ (z >> np.uint64(27))) * _MIX2
+    return np.asarray(z ^ (z >> np.uint64(31)))
+
+
+def _unit(h: npt.NDArray[np.uint64], scale: float = 1.0) -> FloatMatrix:
+    """The top 53 bits as a float in [0, scale) (through int64: numpy converts that one faster)."""
+    out = (h >> np.uint64(11)).view(np.int64).astype(np.float64)
+    out *= scale / 2**53
+    return out
+
+
+def node_hashes(ids: npt.ArrayLike) -> npt.NDArray[np.uint64]:
+    return _mix(np.asarray(ids, dtype=np.int64).astype(np.uint64))
+
+
+def pair_jitter(a: npt.ArrayLike, b: npt.ArrayLike, scale: float) -> FloatMatrix:
+    """The deterministic per-pair offset in [0, scale), the same for a-b and b-a (element-wise): the
+    high bits of the product of the two nodes' hashes (one multiplication per pair, so a row of the
+    implicit mesh costs a few vector operations)."""
+    return _unit(node_hashes(a) * node_hashes(b), scale)
 
 
 @dataclass(frozen=True)
@@ -61,45 +91,51 @@ class EdgeCost:
     cost: float | None
 
 
-class Router:
-    """Shortest-path trees of an undirected graph with symmetric positive costs, kept up to date."""
+@dataclass(frozen=True)
+class DefaultLinks:
+    """Every pair without an explicit edge is linked at `base + pair_jitter(a, b, jitter) + offset(a) +
+    offset(b)` (offsets: per node, >= 0, 0 when absent)."""
 
-    def __init__(self, node_ids: Iterable[int], edges: Iterable[EdgeCost]) -> None:
+    base: float
+    jitter: float
+    offsets: Mapping[int, float] = field(default_factory=dict)
+
+
+class Router:
+    """Shortest-path trees of an (implicit) undirected graph with symmetric positive costs."""
+
+    def __init__(
+        self, node_ids: Iterable[int], edges: Iterable[EdgeCost], defaults: DefaultLinks | None = None
+    ) -> None:
         self.nodes: list[int] = sorted(set(node_ids))
         self.index: dict[int, int] = {n: i for i, n in enumerate(self.nodes)}
-        n = len(self.nodes)
-        # One pass over the edges in Python, the rest on arrays (a full mesh has n^2/2 of them).
-        table = np.array(
-            [(e.a, e.b, np.nan if e.cost is None else e.cost) for e in edges], dtype=np.float64
-        ).reshape(-1, 3)
-        for k in np.flatnonzero(
-            (table[:, 0] == table[:, 1]) | ~(np.isnan(table[:, 2]) | _usable(table[:, 2]))
-        ):
-            a, b, cost = table[k]
-            _check_cost(EdgeCost(int(a), int(b), float(cost)))
-        table = table[~np.isnan(table[:, 2])]
-        ids = np.array(self.nodes, dtype=np.float64)
-        ends = np.searchsorted(ids, table[:, :2]).clip(0, max(n - 1, 0))
-        unknown = table[:, :2][ids[ends] != table[:, :2]] if n else table[:, :2].ravel()
-        if len(unknown):
-            raise KeyError(int(unknown[0]))
-        lo, hi = ends.min(axis=1), ends.max(axis=1)
-        # The same edge twice: the last one counts.
-        _, last = np.unique((lo * max(n, 1) + hi)[::-1], return_index=True)
-        keep = len(lo) - 1 - last
-        lo, hi, cost = lo[keep], hi[keep], table[keep, 2]
-        self._w = _csr(np.concatenate((cost, cost)), np.concatenate((lo, hi)), np.concatenate((hi, lo)), n)
-        # A full computation's result becomes the buffers as it is: copying 12 MB at 1,000 nodes costs
-        # a tenth of the computation.
-        self._pred_buf: IntMatrix
-        self._dist_buf: FloatMatrix
-        if n:
-            self._pred_buf, self._dist_buf = self._all_trees()
-        else:
-            self._pred_buf, self._dist_buf = np.empty((0, 0), np.int32), np.empty((0, 0), np.float64)
-        self._pred: IntMatrix = self._pred_buf
-        self._dist: FloatMatrix = self._dist_buf
-        self._relays = self._relay_counts(self._pred, np.arange(n))
+        self._defaults = defaults
+        self._base = math.inf if defaults is None else defaults.base
+        self._scale = 0.0 if defaults is None else defaults.jitter
+        offsets = {} if defaults is None else defaults.offsets
+        for node, off in offsets.items():
+            if not off >= 0:
+                raise ValueError(f"node {node}: offset must be >= 0, got {off}")
+        self._ids = np.array(self.nodes, dtype=np.int64)
+        self._h = node_hashes(self._ids)
+        self._off = np.array([float(offsets.get(n, 0.0)) for n in self.nodes], dtype=np.float64)
+        # node id -> {neighbour id: cost}; inf: the edge is down (with defaults) or absent
+        self._explicit: dict[int, dict[int, float]] = {n: {} for n in self.nodes}
+        for e in edges:
+            _check_cost(e)
+            if e.a not in self.index:
+                raise KeyError(e.a)
+            if e.b not in self.index:
+                raise KeyError(e.b)
+            self._put(e.a, e.b, math.inf if e.cost is None else e.cost)
+        self._lb = np.array([self._lower_bound(n) for n in self.nodes], dtype=np.float64)
+        # tree (destination id) -> {candidate source id: (next hop id, cost)}; symmetric in its keys
+        self._tree: dict[int, dict[int, Entry]] = {n: {} for n in self.nodes}
+        self._relays: dict[int, int] = {}  # node id -> entries whose next hop it is (not their root)
+        self._link_use: dict[tuple[int, int], int] = {}  # (lo, hi) -> entries whose first hop it is
+        self._safe_defaults = self._defaults_surely_direct()
+        for k, entries in self._compute(list(range(len(self.nodes)))).items():
+            self._install(self.nodes[k], entries)
 
     # --- queries ---------------------------------------------------------------------------------
 
@@ -109,453 +145,509 @@ class Router:
     def next_hop(self, source: int, destination: int) -> int | None:
         """The node `source` hands packets for `destination` to (itself when source == destination);
         None when unreachable."""
-        hop = int(self._pred[self.index[destination], self.index[source]])
-        return None if hop == NO_HOP else self.nodes[hop]
+        self._known(source, destination)
+        if source == destination:
+            return source
+        entry = self._tree[destination].get(source)
+        if entry is None:
+            return destination
+        return None if entry[0] == NO_HOP else entry[0]
 
     def cost(self, source: int, destination: int) -> float | None:
-        d = float(self._dist[self.index[destination], self.index[source]])
-        return None if d == np.inf else d
+        if source == destination:
+            self._known(source)
+            return 0.0
+        entry = self._tree[destination].get(source)
+        d = self._pair_cost(self.index[source], self.index[destination]) if entry is None else entry[1]
+        return None if d == math.inf else d
 
     def next_hop_row(self, source: int) -> IntMatrix:
         """Next-hop INDEXES of `source` toward every destination index (NO_HOP when unreachable)."""
-        return np.ascontiguousarray(self._pred[:, self.index[source]])
+        row = np.arange(len(self.nodes), dtype=np.int32)
+        partners = self._tree[source]
+        if partners:
+            index = self.index
+            dest = np.fromiter((index[d] for d in partners), dtype=np.int64, count=len(partners))
+            hops = np.fromiter(
+                (self._hop_index(self._tree[d][source][0]) for d in partners),
+                dtype=np.int32,
+                count=len(partners),
+            )
+            row[dest] = hops
+        return row
 
     def cost_row(self, source: int) -> FloatMatrix:
         """Path costs from `source` to every destination index (inf when unreachable)."""
-        return np.ascontiguousarray(self._dist[:, self.index[source]])
+        row = self._row(self.index[source])
+        partners = self._tree[source]  # costs are symmetric: the tree rooted at source holds them
+        if partners:
+            index = self.index
+            dest = np.fromiter((index[d] for d in partners), dtype=np.int64, count=len(partners))
+            row[dest] = np.fromiter((e[1] for e in partners.values()), dtype=np.float64, count=len(partners))
+        return row
 
     def rows_of(self, sources: Sequence[int]) -> tuple[IntMatrix, FloatMatrix]:
         """Next-hop indexes and path costs of many sources at once: row i belongs to sources[i]."""
-        idx = np.array([self.index[s] for s in sources], dtype=np.int64)
-        return np.ascontiguousarray(self._pred.T[idx]), np.ascontiguousarray(self._dist.T[idx])
+        n = len(self.nodes)
+        hops = np.empty((len(sources), n), dtype=np.int32)
+        costs = np.empty((len(sources), n), dtype=np.float64)
+        for i, s in enumerate(sources):
+            hops[i] = self.next_hop_row(s)
+            costs[i] = self.cost_row(s)
+        return hops, costs
 
     def relayed_pairs(self) -> IntMatrix:
         """Index pairs (source, destination), source < destination, whose path goes through a relay
         (paths are symmetric, so each such pair stands for two relayed routes)."""
-        n = len(self.nodes)
-        idx = np.arange(n)
-        pred = self._pred[:n, :n]
-        through = (pred >= 0) & (pred != idx[:, None]) & (idx[:, None] > idx[None, :])
-        return np.argwhere(through)[:, ::-1].astype(np.int32)
+        index = self.index
+        out = [
+            (index[s], index[d])
+            for d, entries in self._tree.items()
+            for s, (hop, _) in entries.items()
+            if hop != NO_HOP and hop != d and index[s] < index[d]
+        ]
+        out.sort(key=lambda p: (p[1], p[0]))
+        return np.array(out, dtype=np.int32).reshape(-1, 2)
+
+    def candidate_pairs(self) -> int:
+        """How many pairs are stored (not surely direct): the routing state beyond O(nodes)."""
+        return sum(len(t) for t in self._tree.values()) // 2
 
     def trees(self) -> IntMatrix:
-        """The next-hop matrix, read-only: [destination index, source index] -> next-hop index."""
-        view = self._pred.view()
-        view.flags.writeable = False
-        return view
+        """The next-hop matrix, [destination index, source index] -> next-hop index. It is n x n:
+        materialized on each call, for callers that need every tree at once (controller.access)."""
+        n = len(self.nodes)
+        pred = np.repeat(np.arange(n, dtype=np.int32)[:, None], n, axis=1)
+        index = self.index
+        for d, entries in self._tree.items():
+            k = index[d]
+            for s, (hop, _) in entries.items():
+                pred[k, index[s]] = self._hop_index(hop)
+        return pred
 
     def forwards(self, node: int) -> bool:
         """True when some other pair's path passes through `node`."""
-        return bool(self._relays[self.index[node]] > 0)
+        self._known(node)
+        return self._relays.get(node, 0) > 0
+
+    def carries(self, a: int, b: int) -> bool:
+        """True when the link a-b is the first hop of some route (either way)."""
+        self._known(a, b)
+        if a == b:
+            return False
+        if a not in self._tree[b]:
+            return True  # surely direct: a's route to b is that link
+        return self._link_use.get((a, b) if a < b else (b, a), 0) > 0
 
     def path(self, source: int, destination: int) -> list[int] | None:
         """The node sequence source..destination, following next hops; None when unreachable."""
-        d = self.index[destination]
-        i = self.index[source]
         out = [source]
-        while i != d:
-            i = int(self._pred[d, i])
-            if i == NO_HOP or len(out) > len(self.nodes):
+        x = source
+        while x != destination:
+            hop = self.next_hop(x, destination)
+            if hop is None or len(out) > len(self.nodes):
                 return None
-            out.append(self.nodes[i])
+            out.append(hop)
+            x = hop
         return out
 
     # --- changes ---------------------------------------------------------------------------------
 
     def set_edges(self, changes: Sequence[EdgeCost]) -> set[int]:
-        """Apply edge cost changes (None: remove). Returns the nodes whose next hops, path costs or
-        forward flag may have changed (a superset: one that changed and changed back is included)."""
+        """Apply edge cost changes (None: remove / down). Returns the nodes whose next hops, path costs
+        or forward flag may have changed (a superset: one that changed and changed back is included)."""
         for e in changes:
             _check_cost(e)
-        if not changes:
+            self._known(e.a, e.b)
+        old_costs: dict[tuple[int, int], float] = {}
+        for e in changes:
+            new = math.inf if e.cost is None else e.cost
+            key = (e.a, e.b) if e.a < e.b else (e.b, e.a)
+            before = self._pair_cost(self.index[e.a], self.index[e.b])
+            if before == new and key not in old_costs:
+                continue
+            old_costs.setdefault(key, before)
+            self._put(e.a, e.b, new)
+        index = self.index
+        old_costs = {k: c for k, c in old_costs.items() if c != self._pair_cost(index[k[0]], index[k[1]])}
+        if not old_costs:
             return set()
-        us = np.array([self.index[e.a] for e in changes])
-        vs = np.array([self.index[e.b] for e in changes])
-        new_costs = [np.inf if e.cost is None else e.cost for e in changes]
-        touched = self._touched_trees(us, vs, np.array(new_costs))
-        trees = np.nonzero(touched.any(axis=1))[0]
-        degree = self._w.nnz / max(1, len(self.nodes))
-        repair = float(touched.sum()) * (REPAIR_S + REPAIR_PER_NEIGHBOUR_S * degree)
-        recompute = len(trees) * (DIJKSTRA_BASE_S + self._w.nnz * DIJKSTRA_PER_ENTRY_S)
-        if len(changes) == 1 or repair <= recompute:
-            changed: set[int] = set()
-            for e in changes:
-                changed |= self._set_one(e)
-            return changed
-        self._write_costs(us.tolist(), vs.tolist(), new_costs)
-        return self._recompute_and_diff(trees)
+        touched = {x for key in old_costs for x in key}
+        return self._update(touched, old_costs)
 
-    def add_node(self, node_id: int, edges: Sequence[EdgeCost]) -> None:
-        """Add a node (with a larger id than every present one) and its edges."""
+    def add_node(self, node_id: int, edges: Sequence[EdgeCost], offset: float = 0.0) -> None:
+        """Add a node (with a larger id than every present one), its explicit edges and its default
+        links' offset."""
         if self.nodes and node_id <= self.nodes[-1]:
             raise ValueError(f"node {node_id} must have a larger id than {self.nodes[-1]}")
-        n = len(self.nodes)
-        self.nodes.append(node_id)
-        self.index[node_id] = n
-        nbrs: list[int] = []
-        costs: list[float] = []
+        if not offset >= 0:
+            raise ValueError(f"node {node_id}: offset must be >= 0, got {offset}")
         for e in edges:
-            if e.cost is None:
-                continue
             _check_cost(e)
             other = e.b if e.a == node_id else e.a
             if node_id not in (e.a, e.b) or other == node_id:
                 raise ValueError(f"edge {e.a}-{e.b} does not join node {node_id} to another node")
-            nbrs.append(self.index[other])
-            costs.append(e.cost)
-        order = np.argsort(np.array(nbrs, dtype=np.int64), kind="stable")
-        nb = np.array(nbrs, dtype=np.int64)[order]
-        c = np.array(costs, dtype=np.float64)[order]
-        if len(nb) != len(np.unique(nb)):
+            self._known(other)
+        if len({e.a if e.b == node_id else e.b for e in edges}) != len(edges):
             raise ValueError(f"node {node_id}: an edge appears twice")
-        self._w = _append_node(self._w, nb, c)
-        self._grow(n + 1)
-        self._relays = np.append(self._relays, 0)
-        if not len(nb):
-            self._pred[n, n] = n
-            self._dist[n, n] = 0.0
-            return
-        # A shortest path between an old node d and the new node x ends with an edge k-x and never
-        # crosses x before, so dist(d, x) = min over x's neighbours k of dist_old(d, k) + c(k, x): that
-        # one k is x's first hop toward d, and d's first hop toward x is its first hop toward k (x
-        # itself when d == k). This is the new tree, and x's place as a leaf in every old tree, without
-        # a Dijkstra. Since every path of two hops or more costs at least the cheapest edge plus the
-        # cheapest edge of x, a direct edge cheaper than that is the shortest path: those d need no
-        # search (in a full mesh of fresh links, all of them).
-        old_dist, old_pred = self._dist[:n, :n], self._pred[:n, :n]
-        edge = np.full(n, np.inf)
-        edge[nb] = c
-        floor = float(self._w.data.min()) if self._w.nnz else np.inf
-        direct = edge * (1 + _REL_TOL) < floor + float(c.min())
-        best = np.where(direct, np.arange(n), -1)
-        dist_x = np.where(direct, edge, np.inf)
-        rest = np.flatnonzero(~direct)
-        if len(rest):
-            through = (old_dist[nb][:, rest] if len(nb) < n else old_dist[:, rest]) + c[:, None]
-            k = np.argmin(through, axis=0)
-            dist_x[rest] = through[k, np.arange(len(rest))]
-            best[rest] = nb[k]
-        reachable = np.isfinite(dist_x)
-        trees = np.arange(n)
-        parent = np.where(reachable, best, NO_HOP)
-        first = np.where(parent == trees, n, old_pred[np.maximum(parent, 0), trees])
-        self._pred[n, :n] = np.where(reachable, first, NO_HOP)
-        self._pred[n, n] = n
-        self._dist[n, :n] = self._dist[:n, n] = dist_x
-        self._dist[n, n] = 0.0
-        self._pred[:n, n] = parent
-        self._relays += self._relay_counts(self._pred[[n]], np.array([n]))
-        relayed = reachable & (parent != trees)
-        self._relays += np.bincount(parent[relayed], minlength=n + 1)
-        # An old tree changes only if x offers some node j a shorter way: dist(d, x) + c(x, j) <
-        # dist(d, j); no j is that far from d unless d's farthest node is beyond dist(d, x) + x's
-        # cheapest edge, so only those trees are checked edge by edge.
-        farthest = old_dist.max(axis=1)
-        maybe = np.flatnonzero(dist_x + float(c.min()) < farthest * (1 + _REL_TOL))
-        affected = np.zeros(n, dtype=bool)
-        if len(maybe):
-            via_x = dist_x[maybe][:, None] + c[None, :]
-            affected[maybe] = (via_x < old_dist[maybe][:, nb] * (1 + _REL_TOL)).any(axis=1)
-        if affected.any():
-            trees = np.nonzero(affected)[0]
-            self._relays -= self._relay_counts(self._pred[trees], trees)
-            self._recompute(trees)
-            self._relays += self._relay_counts(self._pred[trees], trees)
-
-    def _grow(self, n: int) -> None:
-        """Make the matrices n x n, keeping what they hold; room grows by a quarter at a time so a run
-        of enrollments does not copy them every time."""
-        old = self._pred.shape[0]
-        if self._pred_buf.shape[0] < n:
-            room = max(n, old + old // 4 + 8)
-            pred = np.full((room, room), NO_HOP, dtype=np.int32)
-            dist = np.full((room, room), np.inf, dtype=np.float64)
-            pred[:old, :old] = self._pred
-            dist[:old, :old] = self._dist
-            self._pred_buf, self._dist_buf = pred, dist
-        self._pred = self._pred_buf[:n, :n]
-        self._dist = self._dist_buf[:n, :n]
-        self._pred[old:, :] = NO_HOP
-        self._pred[:, old:] = NO_HOP
-        self._dist[old:, :] = np.inf
-        self._dist[:, old:] = np.inf
+        x = len(self.nodes)
+        self.nodes.append(node_id)
+        self.index[node_id] = x
+        self._ids = np.append(self._ids, node_id)
+        self._h = np.append(self._h, node_hashes([node_id]))
+        self._off = np.append(self._off, offset)
+        self._explicit[node_id] = {}
+        self._tree[node_id] = {}
+        self._lb = np.append(self._lb, math.inf)
+        old_costs: dict[tuple[int, int], float] = {}
+        for e in edges:
+            other = e.b if e.a == node_id else e.a
+            old_costs[(other, node_id)] = self._pair_cost(self.index[other], x)
+            self._put(e.a, e.b, math.inf if e.cost is None else e.cost)
+        # Trees the new node may shorten as a relay: a candidate pair s-d whose cost is above what
+        # s-x-d costs (a surely-direct pair cannot get shorter).
+        row_x = self._row(x)
+        shortcut: set[int] = set()
+        limit = 2 * float(self._lower_bound(node_id)) * (1 - _REL_TOL)
+        index = self.index
+        for d, entries in self._tree.items():
+            if not entries or d == node_id:
+                continue
+            via_d = row_x[index[d]]
+            for s, (_, dist) in entries.items():
+                if dist > limit and row_x[index[s]] + via_d < dist * (1 + _REL_TOL):
+                    shortcut.add(d)
+                    break
+        self._update({node_id, *(k[0] for k in old_costs)}, old_costs, extra=shortcut)
 
     def remove_node(self, node_id: int) -> None:
         x = self.index[node_id]
-        n = len(self.nodes)
-        # Trees where x is a leaf lose only x; trees where x is inner must be recomputed. A node that
-        # relays for nobody is a leaf everywhere: its own tree and its column go, nothing else moves.
-        relays_anyone = bool(self._relays[x] > 0)
-        if relays_anyone:
-            inner = (self._pred == x).any(axis=1)
-            inner[x] = False
-        else:
-            trees = np.arange(n)
-            col = self._pred[:, x]
-            carried = (col >= 0) & (col != trees)
-            carried[x] = False
-            relays = self._relays - self._relay_counts(self._pred[[x]], np.array([x]))
-            relays -= np.bincount(col[carried], minlength=n)
-            self._relays = np.delete(relays, x)
-        self._w = _drop_node(self._w, x)
-        for buf in (self._pred_buf, self._dist_buf):  # shifted in place: the room stays
-            buf[x : n - 1, :n] = buf[x + 1 : n, :n]
-            buf[: n - 1, x : n - 1] = buf[: n - 1, x + 1 : n]
-        self._pred = self._pred_buf[: n - 1, : n - 1]
-        self._dist = self._dist_buf[: n - 1, : n - 1]
-        np.subtract(self._pred, 1, out=self._pred, where=self._pred > x)
+        # Trees with a path through the node (every such path has an entry whose next hop it is), and
+        # the node's candidate partners (their trees lose its entry).
+        inner: set[int] = set()
+        if self._relays.get(node_id, 0) > 0:
+            inner = {
+                d
+                for d, entries in self._tree.items()
+                if d != node_id and any(hop == node_id for hop, _ in entries.values())
+            }
+        partners = set(self._tree[node_id])
+        neighbours = set(self._explicit[node_id])
+        self._install(node_id, {})
+        for d in partners:
+            entries = self._tree[d]
+            gone = entries.get(node_id)
+            if gone is not None:
+                self._count(d, node_id, gone[0], -1)
+                del entries[node_id]
+        for y in neighbours:
+            del self._explicit[y][node_id]
+        del self._explicit[node_id], self._tree[node_id]
+        self._relays.pop(node_id, None)
         del self.nodes[x]
         self.index = {node: i for i, node in enumerate(self.nodes)}
-        if relays_anyone:
-            inner = np.delete(inner, x)
-            if inner.any():
-                self._recompute(np.nonzero(inner)[0])
-            self._relays = self._relay_counts(self._pred, np.arange(len(self.nodes)))
+        self._ids = np.delete(self._ids, x)
+        self._h = np.delete(self._h, x)
+        self._off = np.delete(self._off, x)
+        self._lb = np.delete(self._lb, x)
+        for y in neighbours:
+            self._lb[self.index[y]] = self._lower_bound(y)
+        self._update(neighbours, {}, extra=inner)
 
     # --- internals -------------------------------------------------------------------------------
 
-    def _set_one(self, e: EdgeCost) -> set[int]:
-        u, v = self.index[e.a], self.index[e.b]
-        old = self._cost(u, v)
-        new = np.inf if e.cost is None else e.cost
-        if new == old:
-            return set()
-        self._write_costs([u], [v], [new])
-        # (tree, node, old parent, old tenths) for every entry a repair rewrote
-        rewritten: list[tuple[int, int, int, int]] = []
-        big: list[int] = []
-        if new > old:
-            for tree, child in self._trees_using(u, v):
-                if not self._reattach_subtree(tree, child, rewritten):
-                    big.append(tree)
-        else:
-            dist = self._dist
-            for t, s in ((v, u), (u, v)):
-                for tree in np.nonzero(dist[:, s] + new < dist[:, t])[0].tolist():
-                    self._spread_improvement(tree, t, s, float(dist[tree, s] + new), rewritten)
-        changed = self._apply_rewrites(rewritten)
-        if big:
-            changed |= self._recompute_and_diff(np.array(big))
-        return changed
-
-    def _cost(self, i: int, j: int) -> float:
-        w = self._w
-        lo, hi = w.indptr[i], w.indptr[i + 1]
-        k = lo + int(np.searchsorted(w.indices[lo:hi], j))
-        return float(w.data[k]) if k < hi and w.indices[k] == j else np.inf
-
-    def _slice(self, i: int) -> tuple[npt.NDArray[np.int32], FloatMatrix]:
-        """Neighbour indexes of node index i and the edge costs (inf: edge down)."""
-        w = self._w
-        lo, hi = w.indptr[i], w.indptr[i + 1]
-        return w.indices[lo:hi], w.data[lo:hi]
-
-    def _trees_using(self, u: int, v: int) -> list[tuple[int, int]]:
-        """(tree, child) for every tree with the edge u-v, `child` being its end further from the root."""
-        pred = self._pred
-        below_u = np.nonzero(pred[:, v] == u)[0].tolist()
-        below_v = np.nonzero(pred[:, u] == v)[0].tolist()
-        return [(t, v) for t in below_u] + [(t, u) for t in below_v]
-
-    def _reattach_subtree(self, tree: int, child: int, rewritten: list[tuple[int, int, int, int]]) -> bool:
-        """The edge above `child` got dearer or went away: give its subtree new shortest paths.
-        False (nothing done) when the subtree is too large for a local repair."""
-        row_p, row_d = self._pred[tree], self._dist[tree]
-        subtree = [child]
-        i = 0
-        limit = max(64, len(self.nodes) // 8)
-        while i < len(subtree):
-            subtree.extend(np.flatnonzero(row_p == subtree[i]).tolist())
-            i += 1
-            if len(subtree) > limit:
-                return False
-        members = np.array(subtree, dtype=np.int64)
-        before = {x: (int(row_p[x]), _tenths(float(row_d[x]))) for x in subtree}
-        tentative: dict[int, float] = {}
-        heap: list[tuple[float, int, int]] = []
-        inner_edges: dict[int, list[tuple[int, float]]] = {}
-        inside = set(subtree)
-        for x in subtree:
-            nbrs, weights = self._slice(x)
-            if len(nbrs) > _VECTOR_DEGREE:
-                inner = np.isin(nbrs, members)
-                via_outside = np.where(inner, np.inf, row_d[nbrs] + weights)
-                k = int(np.argmin(via_outside))
-                best, parent = float(via_outside[k]), int(nbrs[k])
-                inner_edges[x] = list(zip(nbrs[inner].tolist(), weights[inner].tolist(), strict=True))
-            else:
-                best, parent = np.inf, NO_HOP
-                inner_edges[x] = []
-                for y, w in zip(nbrs.tolist(), weights.tolist(), strict=True):
-                    if y in inside:
-                        inner_edges[x].append((y, w))
-                    elif row_d[y] + w < best:
-                        best, parent = float(row_d[y] + w), y
-            tentative[x] = best
-            if best < np.inf:
-                heapq.heappush(heap, (best, x, parent))
-        settled: dict[int, tuple[float, int]] = {}
-        while heap:
-            d, x, p = heapq.heappop(heap)
-            if x in settled:
-                continue
-            settled[x] = (d, p)
-            for y, w in inner_edges[x]:
-                if y not in settled and d + w < tentative[y]:
-                    tentative[y] = d + w
-                    heapq.heappush(heap, (d + w, y, x))
-        for x in subtree:
-            d, p = settled.get(x, (np.inf, NO_HOP))
-            row_p[x], row_d[x] = p, d
-            old_p, old_t = before[x]
-            if old_p != p or old_t != _tenths(d):
-                rewritten.append((tree, x, old_p, old_t))
-        return True
-
-    def _spread_improvement(
-        self, tree: int, start: int, via: int, d0: float, rewritten: list[tuple[int, int, int, int]]
-    ) -> None:
-        """The edge via-start got cheaper (or appeared): spread the shorter distances from `start`."""
-        row_p, row_d = self._pred[tree], self._dist[tree]
-        heap = [(d0, start, via)]
-        seen: set[int] = set()
-        while heap:
-            d, x, p = heapq.heappop(heap)
-            if not d < row_d[x]:
-                continue
-            old_p, old_t = int(row_p[x]), _tenths(float(row_d[x]))
-            row_p[x], row_d[x] = p, d
-            if x not in seen:
-                seen.add(x)
-                rewritten.append((tree, x, old_p, old_t))
-            nbrs, weights = self._slice(x)
-            if len(nbrs) > _VECTOR_DEGREE:
-                reach = d + weights
-                better = reach < row_d[nbrs]
-                for y, dy in zip(nbrs[better].tolist(), reach[better].tolist(), strict=True):
-                    heapq.heappush(heap, (dy, y, x))
-            else:
-                for y, w in zip(nbrs.tolist(), weights.tolist(), strict=True):
-                    if d + w < row_d[y]:
-                        heapq.heappush(heap, (d + w, y, x))
-
-    def _apply_rewrites(self, rewritten: list[tuple[int, int, int, int]]) -> set[int]:
-        """Sources whose next hop or shown cost changed, with relay counts and forward flags kept."""
+    def _update(
+        self, touched: set[int], old_costs: Mapping[tuple[int, int], float], extra: Iterable[int] = ()
+    ) -> set[int]:
+        """The explicit edges of `touched` nodes changed (their old costs: `old_costs`): refresh their
+        lower bounds and every tree that can move; the nodes whose routes or forward flag changed."""
+        affected = set(extra)
+        for y in touched:
+            affected.add(y)
+            affected.update(self._tree[y])
+        for y in touched:
+            self._lb[self.index[y]] = self._lower_bound(y)
+        safe = self._defaults_surely_direct()
+        if safe != self._safe_defaults:
+            # Default pairs may have become candidates (or stopped being ones) anywhere.
+            affected = set(self.nodes)
+        self._safe_defaults = safe
+        for y in touched:
+            affected.update(self.nodes[j] for j in self._candidates(self.index[y]))
+        before = {n: self._relays.get(n, 0) > 0 for n in self._relays}
         changed: set[int] = set()
-        touched: dict[int, bool] = {}
-        for tree, x, old_p, old_t in rewritten:
-            new_p = int(self._pred[tree, x])
-            if new_p == old_p and _tenths(float(self._dist[tree, x])) == old_t:
-                continue
-            changed.add(self.nodes[x])
-            if new_p == old_p:
-                continue
-            for p, delta in ((old_p, -1), (new_p, 1)):
-                if p != NO_HOP and p != tree:
-                    touched.setdefault(p, bool(self._relays[p] > 0))
-                    self._relays[p] += delta
-        changed.update(self.nodes[p] for p, was in touched.items() if was != (self._relays[p] > 0))
+        order = sorted(self.index[d] for d in affected if d in self.index)
+        for k, entries in self._compute(order).items():
+            d = self.nodes[k]
+            changed |= self._diff(d, entries, old_costs)
+            self._install(d, entries)
+        for n in set(before) | set(self._relays):
+            if before.get(n, False) != (self._relays.get(n, 0) > 0) and n in self.index:
+                changed.add(n)
         return changed
 
-    def _touched_trees(
-        self, us: npt.NDArray[np.int64], vs: npt.NDArray[np.int64], new: FloatMatrix
-    ) -> npt.NDArray[np.bool_]:
-        """[tree, change]: the tree uses the changed edge (either direction), or the changed edge is
-        now a shortcut in it."""
-        pred, dist = self._pred, self._dist
-        uses = (pred[:, vs] == us[None, :]) | (pred[:, us] == vs[None, :])
-        du, dv = dist[:, us], dist[:, vs]
-        shortcut = (du + new < dv * (1 + _REL_TOL)) | (dv + new < du * (1 + _REL_TOL))
-        return np.asarray(uses | shortcut)
+    def _diff(self, d: int, new: Mapping[int, Entry], old_costs: Mapping[tuple[int, int], float]) -> set[int]:
+        """Sources whose route toward d moves (next hop, or cost as maps show it) from the tree's old
+        entries to `new`."""
+        old = self._tree[d]
+        out: set[int] = set()
+        k = self.index[d]
+        for s in old.keys() | new.keys():
+            if s not in self.index:
+                continue
+            a = old.get(s)
+            b = new.get(s)
+            if a is None:
+                key = (s, d) if s < d else (d, s)
+                c = old_costs.get(key)
+                a = (d, self._pair_cost(self.index[s], k) if c is None else c)
+            if b is None:
+                b = (d, self._pair_cost(self.index[s], k))
+            if a[0] != b[0] or _tenths(a[1]) != _tenths(b[1]):
+                out.add(s)
+        # a surely-direct pair whose edge cost moved (in neither entry set)
+        for lo, hi in old_costs:
+            s = hi if d == lo else lo
+            if (
+                d in (lo, hi)
+                and s in self.index
+                and s not in old
+                and s not in new
+                and _tenths(old_costs[lo, hi]) != _tenths(self._pair_cost(self.index[s], k))
+            ):
+                out.add(s)
+        return out
 
-    def _write_costs(self, us: list[int], vs: list[int], costs: list[float]) -> None:
-        missing: list[tuple[int, int, float]] = []
-        w = self._w
-        for u, v, c in zip(us, vs, costs, strict=True):
-            for i, j in ((u, v), (v, u)):
-                lo, hi = w.indptr[i], w.indptr[i + 1]
-                k = lo + int(np.searchsorted(w.indices[lo:hi], j))
-                if k < hi and w.indices[k] == j:
-                    w.data[k] = c  # inf keeps the slot: a down edge costs nothing to bring back
-                elif c != np.inf:
-                    missing.append((i, j, c))
-        if missing:
-            coo = w.tocoo()
-            extra = np.array(missing)
-            self._w = _csr(
-                np.concatenate([coo.data, extra[:, 2]]),
-                np.concatenate([coo.row, extra[:, 0].astype(np.int64)]),
-                np.concatenate([coo.col, extra[:, 1].astype(np.int64)]),
-                len(self.nodes),
-            )
+    def _install(self, d: int, entries: dict[int, Entry]) -> None:
+        for s, (hop, _) in self._tree.get(d, {}).items():
+            self._count(d, s, hop, -1)
+        for s, (hop, _) in entries.items():
+            self._count(d, s, hop, 1)
+        self._tree[d] = entries
 
-    def _all_trees(self) -> tuple[IntMatrix, FloatMatrix]:
-        """Every shortest-path tree. A tree whose root has a direct edge to every other node, each one
-        cheaper than any path of two hops can be (the cheapest edge plus the root's cheapest), is the
-        star of those edges and needs no search: in a full mesh of fresh links every tree is one."""
-        w = self._w
-        n = w.shape[0]
-        counts = np.diff(w.indptr)
-        star = np.zeros(n, dtype=bool)
-        finite = np.isfinite(w.data)
-        if finite.any():
-            floor = float(w.data[finite].min())
-            filled = counts > 0
-            starts = w.indptr[:-1][filled]
-            row_max = np.full(n, np.inf)
-            row_min = np.full(n, np.inf)
-            row_max[filled] = np.maximum.reduceat(w.data, starts)
-            row_min[filled] = np.minimum.reduceat(w.data, starts)
-            star = (counts == n - 1) & filled & (row_max * (1 + _REL_TOL) < floor + row_min)
-        pred = np.empty((n, n), dtype=np.int32)
-        dist = np.empty((n, n), dtype=np.float64)
-        rest = np.flatnonzero(~star)
-        if len(rest):
-            pred[rest], dist[rest] = self._trees(rest)
-        roots = np.flatnonzero(star)
-        if len(roots):
-            pred[roots] = roots[:, None].astype(np.int32)
-            row_of = np.repeat(np.arange(n), counts)
-            on_star = star[row_of]
-            dist[row_of[on_star], w.indices[on_star]] = w.data[on_star]
-            dist[roots, roots] = 0.0
-        return pred, dist
-
-    def _trees(self, trees: npt.NDArray[np.intp]) -> tuple[IntMatrix, FloatMatrix]:
-        """Next hops and costs of the shortest-path trees rooted at `trees` (row i: tree trees[i])."""
-        dist, pred = dijkstra(self._w, directed=True, indices=trees, return_predecessors=True)
-        pred = pred.astype(np.int32, copy=False)
-        pred[pred == _SCIPY_NONE] = NO_HOP
-        pred[np.arange(len(trees)), trees] = trees
-        return pred, dist
-
-    def _recompute(self, trees: npt.NDArray[np.intp]) -> None:
-        if len(trees) == 0:
+    def _count(self, d: int, s: int, hop: int, delta: int) -> None:
+        if hop == NO_HOP:
             return
-        self._pred[trees], self._dist[trees] = self._trees(trees)
+        key = (s, hop) if s < hop else (hop, s)
+        use = self._link_use.get(key, 0) + delta
+        if use:
+            self._link_use[key] = use
+        else:
+            self._link_use.pop(key, None)
+        if hop != d:
+            relays = self._relays.get(hop, 0) + delta
+            if relays:
+                self._relays[hop] = relays
+            else:
+                self._relays.pop(hop, None)
 
-    def _recompute_and_diff(self, trees: npt.NDArray[np.intp]) -> set[int]:
-        if len(trees) == 0:
-            return set()
-        old_pred = self._pred[trees].copy()
-        old_dist = self._dist[trees].copy()
-        old_relays = self._relays.copy()
-        self._recompute(trees)
-        changed = (old_pred != self._pred[trees]).any(axis=0)
-        changed |= (cost_tenths(old_dist) != cost_tenths(self._dist[trees])).any(axis=0)
-        self._relays = (
-            self._relays - self._relay_counts(old_pred, trees) + self._relay_counts(self._pred[trees], trees)
-        )
-        changed |= (old_relays > 0) != (self._relays > 0)
-        return {self.nodes[i] for i in np.nonzero(changed)[0]}
+    def _known(self, *nodes: int) -> None:
+        """KeyError for a node that is not routed."""
+        for n in nodes:
+            if n not in self.index:
+                raise KeyError(n)
 
-    def _relay_counts(self, pred_rows: IntMatrix, trees: npt.NDArray[np.intp]) -> npt.NDArray[np.int64]:
-        """How many (source, destination) pairs of these trees pass through each node."""
+    def _hop_index(self, hop: int) -> int:
+        return NO_HOP if hop == NO_HOP else self.index[hop]
+
+    def _put(self, a: int, b: int, cost: float) -> None:
+        if cost == math.inf and self._defaults is None:
+            self._explicit[a].pop(b, None)
+            self._explicit[b].pop(a, None)
+            return
+        self._explicit[a][b] = cost
+        self._explicit[b][a] = cost
+
+    def _lower_bound(self, node: int) -> float:
+        """No edge of `node` costs less (its default links' floor and its explicit edges)."""
+        floor = self._base + float(self._off[self.index[node]])
+        explicit = self._explicit[node]
+        return min(floor, min(explicit.values())) if explicit else floor
+
+    def _defaults_surely_direct(self) -> bool:
+        """Every default pair is surely direct (the usual case: a relay pays one more hop penalty than
+        a default link costs), so candidates are explicit pairs only."""
+        if self._defaults is None or len(self.nodes) < 2:
+            return False
+        slack = self._lb - self._off
+        tol = _REL_TOL * 2 * float(np.max(self._lb))
+        return bool(self._base + self._scale + tol < 2 * float(np.min(slack)))
+
+    def _row(self, i: int) -> FloatMatrix:
+        """Edge costs from node index i to every node index (0 to itself, inf: no edge)."""
+        row: FloatMatrix = self._rows(np.array([i], dtype=np.intp))[0]
+        return row
+
+    def _rows(self, idx: npt.NDArray[np.intp]) -> FloatMatrix:
+        """Edge costs from each node index in `idx` (row i: idx[i]) to every node index."""
         n = len(self.nodes)
-        if n == 0 or len(trees) == 0:
-            return np.zeros(n, dtype=np.int64)
-        relayed = (pred_rows >= 0) & (pred_rows != np.asarray(trees)[:, None])
-        return np.bincount(pred_rows[relayed], minlength=n).astype(np.int64)
+        m = len(idx)
+        if self._defaults is None:
+            rows = np.full((m, n), math.inf)
+        else:
+            rows = _unit(self._h[idx][:, None] * self._h[None, :], self._scale)
+            rows += self._base
+            if self._off.any():
+                rows += self._off[idx][:, None] + self._off[None, :]
+        at: list[int] = []
+        to: list[int] = []
+        costs: list[float] = []
+        index = self.index
+        nodes = self.nodes
+        for r, i in enumerate(idx.tolist()):
+            explicit = self._explicit[nodes[i]]
+            if explicit:
+                at.extend([r] * len(explicit))
+                to.extend(index[j] for j in explicit)
+                costs.extend(explicit.values())
+        if at:
+            rows[at, to] = costs
+        rows[np.arange(m), idx] = 0.0
+        return rows
+
+    def _pair_cost(self, i: int, j: int) -> float:
+        if i == j:
+            return 0.0
+        c = self._explicit[self.nodes[i]].get(self.nodes[j])
+        if c is not None:
+            return c
+        if self._defaults is None:
+            return math.inf
+        jit = float(_unit(self._h[[i]] * self._h[[j]], self._scale)[0])
+        return (self._base + jit) + (float(self._off[i]) + float(self._off[j]))
+
+    def _candidates(self, k: int, row: FloatMatrix | None = None) -> npt.NDArray[np.intp]:
+        """Indexes of the sources that are not surely direct to node index k."""
+        lb = self._lb
+        if self._safe_defaults:
+            explicit = self._explicit[self.nodes[k]]
+            index = self.index
+            bound = float(lb[k])
+            return np.array(
+                sorted(
+                    index[j]
+                    for j, c in explicit.items()
+                    if not c < (bound + float(lb[index[j]])) * (1 - _REL_TOL)
+                ),
+                dtype=np.intp,
+            )
+        if row is None:
+            row = self._row(k)
+        sure = row < (lb + lb[k]) * (1 - _REL_TOL)
+        sure[k] = True
+        return np.flatnonzero(~sure)
+
+    def _compute(self, trees: Sequence[int]) -> dict[int, dict[int, Entry]]:
+        """The candidate entries of the trees rooted at these node indexes."""
+        if self._defaults is None:
+            return self._compute_explicit(trees)
+        return {k: self._search(k) for k in trees}
+
+    def _search(self, k: int) -> dict[int, Entry]:
+        """Tree k over its candidates: each reaches k directly, through one surely-direct node, or
+        through other candidates."""
+        row_k = self._row(k)
+        cand = self._candidates(k, row_k)
+        m = len(cand)
+        if m == 0:
+            return {}
+        nodes = self.nodes
+        if np.count_nonzero(np.isfinite(row_k)) == 1:  # isolated: only itself
+            return {nodes[s]: (NO_HOP, math.inf) for s in cand.tolist()}
+        tent = np.empty(m)
+        par = np.empty(m, dtype=np.int64)
+        inner = np.empty((m, m))
+        for lo in range(0, m, _BLOCK):
+            block = cand[lo : lo + _BLOCK]
+            rows = self._rows(block)
+            inner[lo : lo + len(block)] = rows[:, cand]
+            via = rows
+            via += row_k
+            via[:, cand] = math.inf
+            via[:, k] = math.inf
+            r = np.argmin(via, axis=1)
+            best = via[np.arange(len(block)), r]
+            direct = row_k[block]
+            take_direct = direct <= best
+            tent[lo : lo + len(block)] = np.where(take_direct, direct, best)
+            par[lo : lo + len(block)] = np.where(take_direct, k, r)
+        dist, par = _among(tent, par, inner, cand)
+        out: dict[int, Entry] = {}
+        for s, d, p in zip(cand.tolist(), dist.tolist(), par.tolist(), strict=True):
+            if d == math.inf:
+                out[nodes[s]] = (NO_HOP, math.inf)
+            else:
+                out[nodes[s]] = (nodes[p], d)
+        return out
+
+    def _compute_explicit(self, trees: Sequence[int]) -> dict[int, dict[int, Entry]]:
+        """Without defaults: scipy's Dijkstra from each root over the explicit edges."""
+        out: dict[int, dict[int, Entry]] = {}
+        if not len(trees):
+            return out
+        n = len(self.nodes)
+        rows, cols, data = [], [], []
+        index = self.index
+        for a, nbrs in self._explicit.items():
+            for b, c in nbrs.items():
+                rows.append(index[a])
+                cols.append(index[b])
+                data.append(c)
+        w = sp.csr_array(
+            (
+                np.array(data, dtype=np.float64),
+                (np.array(rows, dtype=np.int64), np.array(cols, dtype=np.int64)),
+            ),
+            shape=(n, n),
+        )
+        nodes = self.nodes
+        for lo in range(0, len(trees), _BLOCK):
+            chunk = list(trees[lo : lo + _BLOCK])
+            dist, pred = dijkstra(w, directed=True, indices=chunk, return_predecessors=True)
+            for i, k in enumerate(chunk):
+                entries: dict[int, Entry] = {}
+                for s in self._candidates(k).tolist():
+                    p = int(pred[i, s])
+                    d = float(dist[i, s])
+                    entries[nodes[s]] = (
+                        (NO_HOP, math.inf) if p == _SCIPY_NONE or d == math.inf else (nodes[p], d)
+                    )
+                out[k] = entries
+        return out
+
+
+def _among(
+    tent: FloatMatrix, par: npt.NDArray[np.int64], inner: FloatMatrix, cand: npt.NDArray[np.intp]
+) -> tuple[FloatMatrix, npt.NDArray[np.int64]]:
+    """Dijkstra among the candidates: `tent` is each one's best way to the root not through another
+    candidate (its next hop `par`), `inner` the edge costs between them."""
+    m = len(tent)
+    if m == 1:
+        return tent, par
+    if m > _SMALL_SEARCH:
+        # A virtual root 0 joined to each candidate at its tentative cost.
+        g = np.zeros((m + 1, m + 1))
+        g[0, 1:] = np.where(np.isfinite(tent), tent, 0.0)
+        g[1:, 1:] = np.where(np.isfinite(inner), inner, 0.0)
+        np.fill_diagonal(g, 0.0)
+        dist, pred = dijkstra(sp.csr_array(g), directed=True, indices=0, return_predecessors=True)
+        via = pred[1:]
+        out_par = np.where(via == 0, par, cand[np.maximum(via - 1, 0)])
+        return np.asarray(dist[1:]), np.asarray(out_par, dtype=np.int64)
+    dist = tent.copy()
+    out_par = par.copy()
+    done = np.zeros(m, dtype=bool)
+    for _ in range(m):
+        open_ = np.where(done, math.inf, dist)
+        u = int(np.argmin(open_))
+        if open_[u] == math.inf:
+            break
+        done[u] = True
+        alt = dist[u] + inner[u]
+        better = ~done & (alt < dist)
+        dist[better] = alt[better]
+        out_par[better] = cand[u]
+    return dist, out_par
 
 
 def cost_tenths(costs: FloatMatrix) -> npt.NDArray[np.int64]:
@@ -566,14 +658,8 @@ def cost_tenths(costs: FloatMatrix) -> npt.NDArray[np.int64]:
 
 
 def _tenths(d: float) -> int:
-    """One cost as `cost_tenths` shows it (the same rule on a scalar, for the repair loops)."""
+    """One cost as `cost_tenths` shows it (the same rule on a scalar)."""
     return int(np.rint(d * 10)) if np.isfinite(d) else -1
-
-
-def _usable(costs: FloatMatrix) -> npt.NDArray[np.bool_]:
-    """Which edge costs are valid (positive and finite); `_check_cost` says what is wrong with one."""
-    with np.errstate(invalid="ignore"):
-        return np.asarray((costs > 0) & np.isfinite(costs))
 
 
 def _check_cost(e: EdgeCost) -> None:
@@ -581,51 +667,3 @@ def _check_cost(e: EdgeCost) -> None:
         raise ValueError(f"edge {e.a}-{e.b} is a loop")
     if e.cost is not None and not (e.cost > 0 and e.cost != np.inf):
         raise ValueError(f"edge {e.a}-{e.b}: cost must be positive and finite, got {e.cost}")
-
-
-def _append_node(w: sp.csr_array, nbrs: npt.NDArray[np.int64], costs: FloatMatrix) -> sp.csr_array:
-    """`w` with one more node (the last index) joined to sorted `nbrs`: the new column goes at the end
-    of each neighbour's row, so every row stays sorted and nothing is re-sorted."""
-    n = w.shape[0]
-    ends = w.indptr[1:][nbrs]
-    indices = np.insert(w.indices, ends, n)
-    data = np.insert(w.data, ends, costs)
-    grown = np.zeros(n + 1, dtype=np.int64)
-    grown[nbrs + 1] = 1
-    indptr = w.indptr.astype(np.int64) + np.cumsum(grown)
-    indptr = np.append(indptr, indptr[-1] + len(nbrs))
-    indices = np.concatenate([indices, nbrs])
-    data = np.concatenate([data, costs])
-    m = sp.csr_array((data, indices, indptr), shape=(n + 1, n + 1))
-    m.has_sorted_indices = True
-    return m
-
-
-def _drop_node(w: sp.csr_array, x: int) -> sp.csr_array:
-    """`w` without node x (its row and column; later indexes move down by one), rows kept sorted."""
-    n = w.shape[0]
-    indptr = w.indptr.astype(np.int64)
-    hits = np.flatnonzero(w.indices == x)  # at most one per row
-    keep = w.indices != x
-    keep[indptr[x] : indptr[x + 1]] = False
-    indices = w.indices[keep]
-    indices -= indices > x
-    counts = np.diff(indptr)
-    np.subtract.at(counts, np.searchsorted(indptr, hits, side="right") - 1, 1)
-    counts = np.delete(counts, x)
-    m = sp.csr_array((w.data[keep], indices, np.concatenate(([0], np.cumsum(counts)))), shape=(n - 1, n - 1))
-    m.has_sorted_indices = True
-    return m
-
-
-def _csr(data: Sequence[float] | FloatMatrix, rows: object, cols: object, n: int) -> sp.csr_array:
-    m = sp.csr_array(
-        (
-            np.asarray(data, dtype=np.float64),
-            (np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)),
-        ),
-        shape=(n, n),
-    )
-    m.sum_duplicates()
-    m.sort_indices()
-    return m

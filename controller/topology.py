@@ -1,9 +1,12 @@
-"""The mesh's link graph (`LinkGraph`, networkx) and the up/down state and weight of every link; the
-wire shape an admin reads (GET /v1/topology) is `wire.models.Topology`.
+"""The mesh's link graph (`LinkGraph`) and the up/down state and weight of every link; the wire shape
+an admin reads (GET /v1/topology) is `wire.models.Topology`.
 
 Rules:
 - Nodes are enrolled hosts; edges are the links the policy allows (a full mesh) that are up. A failed
   link has no edge. A link nobody has measured yet is up with `default_weight_ms`.
+- Only links with state (measured, down, remembered) are stored; every other pair is an implicit
+  default link (`defaults()`: what controller.routing needs to cost it without storing it). Memory is
+  O(nodes + links with state).
 - Measurements are claims (a node that says rtt 0 to two others would draw their traffic through
   itself). So one end alone can only RAISE a link's weight: a link's measured value is the worse of
   the two ends' smoothed reports, and while only one end has a fresh report (within
@@ -22,23 +25,20 @@ Rules:
 - Hysteresis lives on EDGE weights, never on individual routes (every node must agree on the same
   graph): an edge's weight moves to the measured value only when the measurement leaves the band
   max(band_abs_ms, band_rel * weight) around it.
-- An edge's routing cost is weight + `hop_penalty_ms` + perturbation(a, b): symmetric, positive, and
-  with the tiny deterministic perturbation shortest paths are unique (controller.routing relies on it).
+- An edge's routing cost is weight + `hop_penalty_ms` + perturbation(a, b) (+ the transit penalties of
+  its ends): symmetric, positive, and with the tiny deterministic perturbation (`routing.pair_jitter`,
+  vectorized) shortest paths are unique (controller.routing relies on it).
   `default_weight_ms` < `hop_penalty_ms`, so a relay never beats a fresh direct link.
 - Time is an input (`now`); nothing here reads a clock.
 """
 
 from __future__ import annotations
 
-import hashlib
-import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-import networkx as nx
-
-from controller.routing import EdgeCost
+from controller.routing import DefaultLinks, EdgeCost, pair_jitter
 from wire.models import LinkMeasurement
 
 TRANSIT_PENALTY_MS = 1e9
@@ -97,9 +97,7 @@ class LinkPolicy:
 
     def perturbation(self, a: int, b: int) -> float:
         """A deterministic per-edge offset in [0, perturbation_ms), the same for a-b and b-a."""
-        lo, hi = min(a, b), max(a, b)
-        digest = hashlib.blake2b(f"{lo}-{hi}".encode(), digest_size=8).digest()
-        return int.from_bytes(digest, "big") / 2**64 * self.perturbation_ms
+        return float(pair_jitter([a], [b], self.perturbation_ms)[0])
 
     def cost(self, a: int, b: int, weight: float | None) -> float:
         w = self.default_weight_ms if weight is None else weight
@@ -162,7 +160,8 @@ def pair(a: int, b: int) -> tuple[int, int]:
 
 
 class LinkGraph:
-    """The link graph. `graph` edges carry `weight` (ms, after hysteresis) and `cost` (routing)."""
+    """The link graph: the nodes, and the state of the links that have one (the others are up at the
+    default weight)."""
 
     def __init__(
         self, policy: LinkPolicy, node_ids: Iterable[int], records: Iterable[LinkRecord] = ()
@@ -170,20 +169,13 @@ class LinkGraph:
         self.policy = policy
         self.transit: dict[int, float] = {}  # node -> what each of its edges adds (nodes that may not relay)
         self.implausible: dict[int, int] = {}  # reporter -> how many implausible measurements it sent
-        self.graph = nx.Graph()
-        self.graph.add_nodes_from(sorted(node_ids))
+        self.nodes: set[int] = set(node_ids)
         # Only links with something to remember get a state; the others are fresh and up.
         self.links: dict[tuple[int, int], LinkState] = {}
         for r in records:
-            if r.a in self.graph and r.b in self.graph and r.a != r.b:
+            if r.a in self.nodes and r.b in self.nodes and r.a != r.b:
                 a, b = pair(r.a, r.b)
                 self.links[a, b] = LinkState(a, b, r.weight, r.down_since)
-        nodes = list(self.graph.nodes)
-        self.graph.add_edges_from(
-            (a, b, self._edge_attrs(a, b))
-            for a, b in itertools.combinations(nodes, 2)
-            if self.allowed(a, b) and self._is_up(a, b)
-        )
 
     # --- policy ----------------------------------------------------------------------------------
 
@@ -193,27 +185,59 @@ class LinkGraph:
 
     # --- queries ---------------------------------------------------------------------------------
 
-    def edges(self) -> list[EdgeCost]:
-        return [EdgeCost(a, b, d["cost"]) for a, b, d in self.graph.edges(data=True)]
+    def defaults(self) -> DefaultLinks:
+        """How controller.routing costs a link without state: exactly `cost(a, b)` of a fresh link."""
+        p = self.policy
+        return DefaultLinks(p.default_weight_ms + p.hop_penalty_ms, p.perturbation_ms, dict(self.transit))
 
-    def edges_of(self, node: int) -> list[EdgeCost]:
-        return [EdgeCost(node, other, d["cost"]) for other, d in self.graph.adj[node].items()]
+    def edges(self) -> list[EdgeCost]:
+        """The edges that differ from a default link: down (cost None) or with a weight of their own."""
+        out = []
+        for (a, b), state in self.links.items():
+            if state.down_since is not None:
+                out.append(EdgeCost(a, b, None))
+            elif state.weight is not None:
+                out.append(EdgeCost(a, b, self.cost(a, b)))
+        return out
 
     def link(self, a: int, b: int) -> LinkState | None:
         return self.links.get(pair(a, b))
 
+    def is_up(self, a: int, b: int) -> bool:
+        """The link a-b exists (both ends are nodes, the policy allows it) and is not down."""
+        return a in self.nodes and b in self.nodes and self.allowed(a, b) and self._is_up(*pair(a, b))
+
+    def weight(self, a: int, b: int) -> float | None:
+        """The link's routing weight in ms (the default when never measured); None when it is down."""
+        if not self.is_up(a, b):
+            return None
+        state = self.links.get(pair(a, b))
+        return self.policy.default_weight_ms if state is None or state.weight is None else state.weight
+
+    def cost(self, a: int, b: int) -> float | None:
+        """The link's routing cost (see the module rules); None when it is down."""
+        if not self.is_up(a, b):
+            return None
+        lo, hi = pair(a, b)
+        state = self.links.get((lo, hi))
+        return self.policy.cost(lo, hi, None if state is None else state.weight) + (
+            self.transit.get(lo, 0.0) + self.transit.get(hi, 0.0)
+        )
+
+    def up_links(self) -> int:
+        """How many links are up (the full mesh less the down ones)."""
+        n = len(self.nodes)
+        down = sum(1 for s in self.links.values() if s.down_since is not None)
+        return n * (n - 1) // 2 - down
+
     # --- changes ---------------------------------------------------------------------------------
 
     def add_node(self, node: int) -> list[EdgeCost]:
-        if node in self.graph:
+        """A new node: its links are default links (no state yet), so there is no edge to return."""
+        if node in self.nodes:
             raise ValueError(f"node {node} is already in the topology")
-        others = list(self.graph.nodes)
-        self.graph.add_node(node)
-        for other in others:
-            if self.allowed(node, other):
-                a, b = pair(node, other)
-                self.graph.add_edge(a, b, **self._edge_attrs(a, b))
-        return self.edges_of(node)
+        self.nodes.add(node)
+        return []
 
     def set_transit(self, penalties: Mapping[int, float]) -> bool:
         """Set the per-edge penalty of the nodes that may not relay (see the module rules); True when
@@ -221,19 +245,15 @@ class LinkGraph:
         wanted = {n: p for n, p in penalties.items() if p}
         if wanted == self.transit:
             return False
-        changed = {n for n in self.transit.keys() | wanted.keys() if self.transit.get(n) != wanted.get(n)}
         self.transit = wanted
-        for n in changed & set(self.graph.nodes):
-            for other in self.graph.adj[n]:
-                self.graph[n][other].update(self._edge_attrs(*pair(n, other)))
         return True
 
     def remove_node(self, node: int) -> None:
         self.transit.pop(node, None)
         self.implausible.pop(node, None)
-        for other in list(self.graph.nodes):
+        for other in self.nodes:
             self.links.pop(pair(node, other), None)
-        self.graph.remove_node(node)
+        self.nodes.discard(node)
 
     def report(
         self, reporter: int, measurements: Sequence[LinkMeasurement], now: datetime
@@ -258,7 +278,7 @@ class LinkGraph:
             if (state.weight, state.down_since) == before:
                 continue
             records.append(state.record())
-            edges += self._place_edge(a, b, state)
+            edges += self._place_edge(a, b, state, before[1] is None)
         return LinkGraphUpdate(edges, records, flags)
 
     def set_records(self, records: Iterable[LinkRecord]) -> list[EdgeCost]:
@@ -266,43 +286,30 @@ class LinkGraph:
         edges: list[EdgeCost] = []
         for r in records:
             a, b = pair(r.a, r.b)
-            if a == b or a not in self.graph or b not in self.graph or not self.allowed(a, b):
+            if a == b or a not in self.nodes or b not in self.nodes or not self.allowed(a, b):
                 continue
             state = self.links.get((a, b))
             if state is None:
                 state = self.links[a, b] = LinkState(a, b)
             if (state.weight, state.down_since) == (r.weight, r.down_since):
                 continue
+            was_up = state.down_since is None
             state.weight, state.down_since = r.weight, r.down_since
-            edges += self._place_edge(a, b, state)
+            edges += self._place_edge(a, b, state, was_up)
         return edges
 
     # --- internals -------------------------------------------------------------------------------
 
-    def _place_edge(self, a: int, b: int, state: LinkState) -> list[EdgeCost]:
-        """Make the graph's a-b edge follow the link's state: gone while it is down, else with its cost.
-        The edge costs that changed (none when a down link had no edge)."""
+    def _place_edge(self, a: int, b: int, state: LinkState, was_up: bool) -> list[EdgeCost]:
+        """The routing change of the a-b edge after its link's state changed: gone while it is down,
+        else its cost (none when a link that was down stays down)."""
         if state.down_since is not None:
-            if not self.graph.has_edge(a, b):
-                return []
-            self.graph.remove_edge(a, b)
-            return [EdgeCost(a, b, None)]
-        attrs = self._edge_attrs(a, b)
-        self.graph.add_edge(a, b, **attrs)
-        return [EdgeCost(a, b, attrs["cost"])]
+            return [EdgeCost(a, b, None)] if was_up else []
+        return [EdgeCost(a, b, self.cost(a, b))]
 
     def _is_up(self, a: int, b: int) -> bool:
         state = self.links.get((a, b))
         return state is None or state.down_since is None
-
-    def _edge_attrs(self, a: int, b: int) -> dict[str, float]:
-        state = self.links.get((a, b))
-        weight = None if state is None else state.weight
-        transit = self.transit.get(a, 0.0) + self.transit.get(b, 0.0)
-        return {
-            "weight": self.policy.default_weight_ms if weight is None else weight,
-            "cost": self.policy.cost(a, b, weight) + transit,
-        }
 
     def _reports_down(self, m: LinkMeasurement) -> bool:
         p = self.policy

@@ -80,7 +80,7 @@ def mesh_view(plane: ControlPlane) -> dict[str, Any]:
                 "relays": bool(n.node_id in router.index and router.forwards(n.node_id)),
             }
         )
-    used = mesh.used_links()
+    used = mesh.link_use()
     links = []
     for e in mesh.edges():
         links.append(
@@ -91,12 +91,12 @@ def mesh_view(plane: ControlPlane) -> dict[str, Any]:
                 "rtt_ms": e.rtt_ms,
                 "loss": e.loss,
                 "weight": e.weight,
-                "carries_routes": (e.a, e.b) in used,
+                "carries_routes": used(e.a, e.b),
                 "health": link_health(True, e.rtt_ms, e.loss),
             }
         )
     for (a, b), state in sorted(mesh.topology.links.items()):
-        if state.down_since is None or a not in names or b not in names or mesh.topology.graph.has_edge(a, b):
+        if state.down_since is None or a not in names or b not in names or mesh.topology.is_up(a, b):
             continue
         rtts = [s.rtt_ms for s in state.samples.values() if s.rtt_ms is not None]
         losses = [s.loss for s in state.samples.values() if s.loss is not None]

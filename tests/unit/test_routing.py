@@ -11,8 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import controller.routing
-from controller.routing import EdgeCost, Router
+from controller.routing import DefaultLinks, EdgeCost, Router, pair_jitter
 from controller.topology import LinkPolicy
 
 POLICY = LinkPolicy()
@@ -159,10 +158,9 @@ def test_bad_edges_are_refused():
     assert router.next_hop(1, 2) is None and router.path(1, 2) is None
 
 
-@pytest.mark.parametrize("way", ["repair", "recompute"])
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(graph=graphs(max_nodes=12), data=st.data())
-def test_a_batch_of_changes_ends_where_a_full_recompute_does_either_way(way, graph, data):
+def test_a_batch_of_changes_ends_where_a_full_recompute_does(graph, data):
     ids, weights = graph
     pairs = list(itertools.combinations(ids, 2))
     router = Router(ids, costs(weights))
@@ -171,11 +169,7 @@ def test_a_batch_of_changes_ends_where_a_full_recompute_does_either_way(way, gra
         EdgeCost(a, b, None if w is None else POLICY.cost(a, b, w))
         for (a, b), w in zip(pairs, draws, strict=True)
     ]
-    # The cost estimate picks the way; tilt it so both ways are exercised on the same inputs.
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(controller.routing, "REPAIR_S", 0.0 if way == "repair" else 1e9)
-        mp.setattr(controller.routing, "REPAIR_PER_NEIGHBOUR_S", 0.0)
-        router.set_edges(batch)
+    router.set_edges(batch)
     assert_valid(router, ids, [e for e in batch if e.cost is not None])
 
 
@@ -256,3 +250,127 @@ def test_full_meshes_are_routed_like_networkx_whether_or_not_their_trees_are_sta
     nodes = [x for x in [*ids, joining] if x != gone]
     edges = [EdgeCost(a, b, c) for (a, b), c in current.items() if gone not in (a, b)]
     assert_valid(router, nodes, edges)
+
+
+OFFSETS = st.sampled_from([0.0, 0.0, 0.0, 3.0, 5e8])  # 5e8: half the transit penalty of a non-relay
+
+
+@st.composite
+def implicit_meshes(draw: st.DrawFn, max_nodes: int = 10) -> tuple[list[int], DefaultLinks, dict]:
+    """A full mesh given by its default links (base cost, jitter, per-node offsets) and the few links
+    with state: measured (a cost) or down (None)."""
+    ids = sorted(draw(st.sets(st.integers(1, 300), min_size=2, max_size=max_nodes)))
+    # 30: the controller's default (a default link never loses to a relay); 60, 100: it can
+    base = draw(st.sampled_from([POLICY.default_weight_ms + POLICY.hop_penalty_ms, 60.0, 100.0]))
+    offsets = {n: o for n in ids if (o := draw(OFFSETS))}
+    defaults = DefaultLinks(base, POLICY.perturbation_ms, offsets)
+    pairs = list(itertools.combinations(ids, 2))
+    chosen = draw(st.lists(st.sampled_from(pairs), unique=True, max_size=len(pairs)))
+    return ids, defaults, {p: explicit_cost(defaults, p, draw(st.none() | WEIGHTS)) for p in chosen}
+
+
+def explicit_cost(defaults: DefaultLinks, p: tuple[int, int], w: float | None) -> float | None:
+    off = defaults.offsets
+    return None if w is None else POLICY.cost(*p, w) + (off.get(p[0], 0.0) + off.get(p[1], 0.0))
+
+
+def materialized(ids: list[int], defaults: DefaultLinks, explicit: dict) -> list[EdgeCost]:
+    """Every edge of the implicit mesh, as a plain graph has them (down links left out)."""
+    off = defaults.offsets
+    out = []
+    for a, b in itertools.combinations(ids, 2):
+        if (a, b) in explicit:
+            cost = explicit[a, b]
+        else:
+            jitter = float(pair_jitter([a], [b], defaults.jitter)[0])
+            cost = (defaults.base + jitter) + (off.get(a, 0.0) + off.get(b, 0.0))
+        if cost is not None:
+            out.append(EdgeCost(a, b, cost))
+    return out
+
+
+def snapshot(router: Router) -> dict[int, tuple[list[int | None], list[int], bool]]:
+    """What a node's map is made of: its next hops, its costs in tenths, its forward flag."""
+    ids = router.nodes
+    return {
+        s: (
+            [router.next_hop(s, d) for d in ids],
+            [-1 if (c := router.cost(s, d)) is None else round(c * 10) for d in ids],
+            router.forwards(s),
+        )
+        for s in ids
+    }
+
+
+@settings(max_examples=120, deadline=None)
+@given(mesh=implicit_meshes())
+def test_an_implicit_full_mesh_is_routed_like_the_materialized_mesh(mesh):
+    ids, defaults, explicit = mesh
+    router = Router(ids, [EdgeCost(a, b, c) for (a, b), c in explicit.items()], defaults)
+    edges = materialized(ids, defaults, explicit)
+    assert_valid(router, ids, edges)
+    # A link carries a route exactly when it is some route's first hop.
+    first_hops = {
+        tuple(sorted((s, h))) for s, d in itertools.permutations(ids, 2) if (h := router.next_hop(s, d))
+    }
+    for a, b in itertools.combinations(ids, 2):
+        assert router.carries(a, b) == ((a, b) in first_hops)
+
+
+@settings(max_examples=100, deadline=None)
+@given(mesh=implicit_meshes(max_nodes=9), data=st.data())
+def test_implicit_mesh_changes_end_where_a_full_recompute_does_and_name_who_moved(mesh, data):
+    ids, defaults, explicit = mesh
+    router = Router(ids, [EdgeCost(a, b, c) for (a, b), c in explicit.items()], defaults)
+    nodes = list(ids)
+    next_id = max(ids) + 1
+    for _ in range(data.draw(st.integers(1, 6))):
+        op = data.draw(st.sampled_from(["edges", "edges", "edges", "add", "remove"]))
+        before = snapshot(router)
+        if op == "edges":
+            pairs = data.draw(
+                st.lists(
+                    st.sampled_from(list(itertools.combinations(nodes, 2))),
+                    unique=True,
+                    min_size=1,
+                    max_size=3,
+                )
+            )
+            batch = [EdgeCost(*p, explicit_cost(defaults, p, data.draw(st.none() | WEIGHTS))) for p in pairs]
+            explicit.update({(e.a, e.b): e.cost for e in batch})
+            changed = router.set_edges(batch)
+            after = snapshot(router)
+            assert {n for n in nodes if after[n] != before[n]} <= changed
+        elif op == "add":
+            others = data.draw(st.lists(st.sampled_from(nodes), unique=True, max_size=3))
+            offset = data.draw(OFFSETS)
+            defaults = DefaultLinks(defaults.base, defaults.jitter, {**defaults.offsets, next_id: offset})
+            new = [
+                EdgeCost(o, next_id, explicit_cost(defaults, (o, next_id), data.draw(st.none() | WEIGHTS)))
+                for o in others
+            ]
+            router.add_node(next_id, new, offset)
+            explicit.update({(e.a, e.b): e.cost for e in new})
+            nodes.append(next_id)
+            next_id += 1
+        elif len(nodes) > 2:
+            gone = data.draw(st.sampled_from(nodes))
+            router.remove_node(gone)
+            nodes.remove(gone)
+            explicit = {p: c for p, c in explicit.items() if gone not in p}
+        fresh = Router(nodes, [EdgeCost(a, b, c) for (a, b), c in explicit.items()], defaults)
+        assert snapshot(router) == snapshot(fresh)
+    assert_valid(router, nodes, materialized(nodes, defaults, explicit))
+
+
+def test_a_default_mesh_stores_nothing_and_a_cut_link_relays_one_pair():
+    ids = list(range(1, 201))
+    defaults = DefaultLinks(POLICY.default_weight_ms + POLICY.hop_penalty_ms, POLICY.perturbation_ms)
+    router = Router(ids, [], defaults)
+    assert router.relayed_pairs().shape == (0, 2) and not any(router.forwards(n) for n in ids)
+    assert router.next_hop(3, 150) == 150 and router.cost(3, 150) == router.cost(150, 3)
+    changed = router.set_edges([EdgeCost(3, 150, None)])
+    via = router.next_hop(3, 150)
+    assert via not in (None, 3, 150) and router.path(150, 3) == [150, via, 3]
+    assert changed == {3, 150, via}  # the two ends (new route) and the relay (it now forwards)
+    assert [router.nodes[i] for i in router.relayed_pairs()[0]] == [3, 150]
