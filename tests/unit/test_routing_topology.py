@@ -151,7 +151,7 @@ def test_a_link_that_heals_is_not_an_implausible_report():
         flags += topo.report(1, [healthy(2, rtt=1.0)], at(2 * t)).flags
         flags += topo.report(2, [healthy(1, rtt=1.0)], at(2 * t + 1)).flags
     assert flags == [] and topo.implausible == {}
-    assert topo.graph[1][2]["weight"] < 10
+    assert topo.weight(1, 2) < 10
 
 
 def test_a_fresh_handshake_with_heavy_loss_does_not_bring_a_link_back():
