@@ -185,7 +185,7 @@ def create_app(
     async def rotation_ticks() -> None:
         while True:
             await asyncio.sleep(ROTATION_TICK_S)
-            plane.tick()
+            await plane.tick()
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -314,7 +314,7 @@ def create_app(
     async def enroll_nonce() -> EnrollNonce:
         """A single-use challenge for the next enrollment; needs no credential. Sign it (as
         EnrollRequest.nonce) within `expires_in_s`."""
-        return plane.enroll_nonce()
+        return await plane.enroll_nonce()
 
     @app.post(
         api.ENROLL,
@@ -330,7 +330,7 @@ def create_app(
     ) -> EnrollResponse:
         """Join the mesh with a pre-auth key; re-enrolling the same identity key returns the same node
         with a fresh credential (the old one stops working)."""
-        return plane.enroll(req, enroll_signing_bytes(req))
+        return await plane.enroll(req, enroll_signing_bytes(req))
 
     @app.get(
         api.NETMAP,
@@ -427,7 +427,7 @@ def create_app(
         node: NodeCaller, report: Annotated[LinkReport, Body(openapi_examples=ex.LINK_REPORT)]
     ) -> Response:
         """The caller's measurements of its direct links, one per peer."""
-        plane.report(node, report)
+        await plane.report(node, report)
         return Response(status_code=204)
 
     @app.get(
@@ -463,7 +463,7 @@ def create_app(
     )
     async def remove_node(node_id: IdPath) -> Response:
         """Remove a node: it disappears from every peer's map at once, its credential stops working."""
-        plane.remove_node(node_id)
+        await plane.remove_node(node_id)
         return Response(status_code=204)
 
     @app.get(
@@ -478,7 +478,7 @@ def create_app(
     )
     async def removed_nodes() -> list[RemovedNodeInfo]:
         """Removed nodes: enrollment refuses their keys and their credential gets 410 Gone."""
-        return plane.removed_nodes()
+        return await plane.removed_nodes()
 
     @app.delete(
         api.REMOVED_NODES + "/{node_id}",
@@ -490,7 +490,7 @@ def create_app(
     )
     async def allow_node(node_id: IdPath) -> Response:
         """Allow a removed node's keys to enroll again (it comes back as a new node)."""
-        plane.allow_node(node_id)
+        await plane.allow_node(node_id)
         return Response(status_code=204)
 
     @app.post(
@@ -507,7 +507,7 @@ def create_app(
     async def rotate_node(node_id: IdPath) -> RotationInfo:
         """Ask the node to rotate its WireGuard key; it does so through its map, without losing a packet.
         409 when it, or a neighbour, already rotates, or a rotate --all runs."""
-        return plane.rotate(node_id)
+        return await plane.rotate(node_id)
 
     @app.post(
         api.ROTATE_ALL,
@@ -522,7 +522,7 @@ def create_app(
     )
     async def rotate_all() -> RotationProgress:
         """Rotate every node's key, one node at a time. 409 while any rotation runs."""
-        return plane.rotate_all()
+        return await plane.rotate_all()
 
     @app.get(
         api.ROTATIONS,
@@ -552,7 +552,7 @@ def create_app(
     ) -> KeyReportAnswer:
         """The caller's new WireGuard key during a rotation it was asked for: "prepare" keeps it as
         pending, "commit" (after the switch) records it and pushes every peer's map."""
-        return plane.key_report(node, report)
+        return await plane.key_report(node, report)
 
     @app.post(
         api.PREAUTH_KEYS,
@@ -569,7 +569,7 @@ def create_app(
         req: Annotated[PreAuthKeyRequest, Body(openapi_examples=ex.PREAUTH_REQUEST)],
     ) -> PreAuthKeyInfo:
         """A new pre-auth key; the secret is in this response only."""
-        return plane.create_preauth_key(req)
+        return await plane.create_preauth_key(req)
 
     @app.get(
         api.PREAUTH_KEYS,
@@ -582,7 +582,7 @@ def create_app(
         },
     )
     async def list_keys() -> list[PreAuthKeyInfo]:
-        return plane.preauth_keys()
+        return await plane.preauth_keys()
 
     @app.delete(
         api.PREAUTH_KEYS + "/{key_id}",
@@ -594,7 +594,7 @@ def create_app(
     )
     async def revoke_key(key_id: KeyIdPath) -> Response:
         """Revoke a pre-auth key (again: no error). Nodes it enrolled stay."""
-        plane.revoke_preauth_key(key_id)
+        await plane.revoke_preauth_key(key_id)
         return Response(status_code=204)
 
     @app.get(

@@ -3,8 +3,10 @@ middleware), one `AuditEntry` per event into the store, a log line per event, an
 unauthenticated callers from filling the trail.
 
 Rules:
-- An event is written after the action it records, in its own transaction; a lost database costs the
-  event (logged as a warning), never the action, which has happened already.
+- An event is written after the action it records, in its own transaction, by a worker thread
+  (`StoreCalls.ordered`: events are written in the order they happened, and a read of the trail waits
+  for the events recorded before it); a lost database costs the event (logged as a warning), never
+  the action, which has happened already. At most `MAX_UNWRITTEN` events wait to be written.
 - Nothing secret goes in: callers pass ids and names, never keys or credentials (wire.audit).
 - Events an unauthenticated caller can cause (`throttled=True`: refused enrollments, admin
   authentication failures) are kept at most `per_source` per window per source address and
@@ -21,10 +23,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from controller.clock import Clock
-from controller.store import AuditEntry, Store, StoreUnavailable
-from wire.audit import ACTOR_HEADER, clean_actor
+from controller.store import AuditEntry, AuditQuery, Store, StoreCalls, StoreUnavailable
+from wire.audit import ACTOR_HEADER, AuditEvent, clean_actor
 
 log = logging.getLogger("wgmesh.audit")
+MAX_UNWRITTEN = 10_000
 
 Scope = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Any, Any], Awaitable[None]]
@@ -99,10 +102,17 @@ ADMIN = "admin"
 
 
 class AuditTrail:
-    def __init__(self, store: Store, clock: Clock, throttle: Throttle | None = None) -> None:
+    def __init__(
+        self, store: Store, clock: Clock, calls: StoreCalls, throttle: Throttle | None = None
+    ) -> None:
         self.store = store
         self.clock = clock
+        self.calls = calls
         self.throttle = throttle or Throttle()
+
+    async def events(self, query: AuditQuery) -> list[AuditEvent]:
+        """The events `query` selects, including every one recorded before this call."""
+        return await self.calls.ordered(self.store.audit_events, query)
 
     def record(
         self,
@@ -146,7 +156,16 @@ class AuditTrail:
             source or "-",
             entry.detail,
         )
+        if self.calls.pending() >= MAX_UNWRITTEN:
+            log.warning(
+                "audit event %s by %s not stored: %d events wait already", action, actor, MAX_UNWRITTEN
+            )
+            return
+        if not self.calls.ordered_background(self._write, entry):
+            log.warning("audit event %s by %s not stored: the database is away", action, actor)
+
+    def _write(self, entry: AuditEntry) -> None:
         try:
             self.store.add_audit(entry)
         except StoreUnavailable as e:
-            log.warning("audit event %s by %s not stored: %s", action, actor, e)
+            log.warning("audit event %s by %s not stored: %s", entry.action, entry.actor, e)

@@ -64,4 +64,4 @@ def add_audit_routes(app: FastAPI, plane: AuditedControlPlane, admin: Depends, e
             raise ApiError(422, "query.since: give a time zone (2026-11-24T10:00:00Z)")
         if action is not None and (problem := action_filter_problem(action)):
             raise ApiError(422, f"query.action: {problem}")
-        return plane.audit_events(AuditQuery(since=since, node=node, action=action, limit=limit))
+        return await plane.audit_events(AuditQuery(since=since, node=node, action=action, limit=limit))

@@ -10,7 +10,7 @@ never a secret.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
 
 from controller.audit import ADMIN, AuditTrail
@@ -52,15 +52,15 @@ class AuditedControlPlane(ControlPlane):
         ca_pin: str | None = None,
     ) -> None:
         super().__init__(settings, store, clock, on_maps_changed, ca_pin)
-        self.audit = AuditTrail(store, clock)
+        self.audit = AuditTrail(store, clock, self.db)
 
-    def audit_events(self, query: AuditQuery) -> list[AuditEvent]:
-        return self.store.audit_events(query)
+    async def audit_events(self, query: AuditQuery) -> list[AuditEvent]:
+        return await self.audit.events(query)
 
-    def _admin(self, action: str, step: Callable[[], T], node_id: int | None = None) -> T:
+    async def _admin(self, action: str, step: Callable[[], Awaitable[T]], node_id: int | None = None) -> T:
         """Run an admin action; record it as refused (with the refusal) or let the caller record it."""
         try:
-            return step()
+            return await step()
         except ApiError as e:
             name = self.nodes[node_id].name if node_id in self.nodes else None
             self.audit.record(action, "refused", ADMIN, node_id=node_id, node_name=name, detail=e.detail)
@@ -72,10 +72,10 @@ class AuditedControlPlane(ControlPlane):
         """A request to an admin route without the admin credential (called by the auth dependency)."""
         self.audit.record("admin.auth", "refused", "anonymous", detail=reason, throttled=True)
 
-    def enroll(self, req: EnrollRequest, signing_bytes: bytes) -> EnrollResponse:
+    async def enroll(self, req: EnrollRequest, signing_bytes: bytes) -> EnrollResponse:
         actor = f"host {req.hostname}"
         try:
-            answer = super().enroll(req, signing_bytes)
+            answer = await super().enroll(req, signing_bytes)
         except ApiError as e:
             self.audit.record("enroll", "refused", actor, detail=e.detail, throttled=True)
             raise
@@ -92,9 +92,11 @@ class AuditedControlPlane(ControlPlane):
 
     # --- admin actions -----------------------------------------------------------------------------
 
-    def remove_node(self, node_id: int) -> None:
+    async def remove_node(self, node_id: int) -> None:
         record = self.nodes.get(node_id)
-        self._admin("node.remove", lambda: super(AuditedControlPlane, self).remove_node(node_id), node_id)
+        await self._admin(
+            "node.remove", lambda: super(AuditedControlPlane, self).remove_node(node_id), node_id
+        )
         assert record is not None  # a node this replica did not know was refused (404) above
         self.audit.record(
             "node.remove",
@@ -105,8 +107,8 @@ class AuditedControlPlane(ControlPlane):
             detail=f"address {record.tunnel_address} removed",
         )
 
-    def allow_node(self, node_id: int) -> RemovedNodeInfo:
-        info = self._admin("node.allow", lambda: super(AuditedControlPlane, self).allow_node(node_id))
+    async def allow_node(self, node_id: int) -> RemovedNodeInfo:
+        info = await self._admin("node.allow", lambda: super(AuditedControlPlane, self).allow_node(node_id))
         self.audit.record(
             "node.allow",
             "ok",
@@ -117,8 +119,10 @@ class AuditedControlPlane(ControlPlane):
         )
         return info
 
-    def create_preauth_key(self, req: PreAuthKeyRequest) -> PreAuthKeyInfo:
-        info = self._admin("preauth.create", lambda: super(AuditedControlPlane, self).create_preauth_key(req))
+    async def create_preauth_key(self, req: PreAuthKeyRequest) -> PreAuthKeyInfo:
+        info = await self._admin(
+            "preauth.create", lambda: super(AuditedControlPlane, self).create_preauth_key(req)
+        )
         self.audit.record(
             "preauth.create",
             "ok",
@@ -128,14 +132,16 @@ class AuditedControlPlane(ControlPlane):
         )
         return info
 
-    def revoke_preauth_key(self, key_id: int) -> None:
-        self._admin("preauth.revoke", lambda: super(AuditedControlPlane, self).revoke_preauth_key(key_id))
+    async def revoke_preauth_key(self, key_id: int) -> None:
+        await self._admin(
+            "preauth.revoke", lambda: super(AuditedControlPlane, self).revoke_preauth_key(key_id)
+        )
         self.audit.record("preauth.revoke", "ok", ADMIN, detail=f"pre-auth key {key_id} revoked")
 
-    def set_policy(self, req: PolicySetRequest) -> PolicyInfo:
+    async def set_policy(self, req: PolicySetRequest) -> PolicyInfo:
         actor = _author(req.author)
         try:
-            info = super().set_policy(req)
+            info = await super().set_policy(req)
         except ApiError as e:
             self.audit.record("policy.set", "refused", actor, detail=e.detail)
             raise
@@ -148,10 +154,10 @@ class AuditedControlPlane(ControlPlane):
         )
         return info
 
-    def rollback_policy(self, req: PolicyRollbackRequest) -> PolicyInfo:
+    async def rollback_policy(self, req: PolicyRollbackRequest) -> PolicyInfo:
         actor = _author(req.author)
         try:
-            info = super().rollback_policy(req)
+            info = await super().rollback_policy(req)
         except ApiError as e:
             action = "policy.clear" if req.version == 0 else "policy.rollback"
             self.audit.record(action, "refused", actor, detail=e.detail)
@@ -166,9 +172,9 @@ class AuditedControlPlane(ControlPlane):
         self.audit.record(action, "ok", actor, policy_version=info.version, detail=detail)
         return info
 
-    def set_node_tags(self, node_id: int, req: NodeTagsRequest) -> NodeInfo:
+    async def set_node_tags(self, node_id: int, req: NodeTagsRequest) -> NodeInfo:
         before = self.nodes.get(node_id)
-        info = self._admin(
+        info = await self._admin(
             "node.tag", lambda: super(AuditedControlPlane, self).set_node_tags(node_id, req), node_id
         )
         was = "its role" if before is None or before.tags is None else ", ".join(before.tags) or "none"
@@ -178,8 +184,10 @@ class AuditedControlPlane(ControlPlane):
         )
         return info
 
-    def rotate(self, node_id: int) -> RotationInfo:
-        info = self._admin("key.rotate", lambda: super(AuditedControlPlane, self).rotate(node_id), node_id)
+    async def rotate(self, node_id: int) -> RotationInfo:
+        info = await self._admin(
+            "key.rotate", lambda: super(AuditedControlPlane, self).rotate(node_id), node_id
+        )
         self.audit.record(
             "key.rotate",
             "ok",
@@ -190,16 +198,16 @@ class AuditedControlPlane(ControlPlane):
         )
         return info
 
-    def rotate_all(self) -> RotationProgress:
-        progress = self._admin("key.rotate_all", lambda: super(AuditedControlPlane, self).rotate_all())
+    async def rotate_all(self) -> RotationProgress:
+        progress = await self._admin("key.rotate_all", lambda: super(AuditedControlPlane, self).rotate_all())
         self.audit.record("key.rotate_all", "ok", ADMIN, detail=f"{len(progress.nodes)} nodes queued")
         return progress
 
-    def key_report(self, node_id: int, report: KeyReport) -> KeyReportAnswer:
+    async def key_report(self, node_id: int, report: KeyReport) -> KeyReportAnswer:
         name = self.nodes[node_id].name if node_id in self.nodes else None
         before = self.nodes.get(node_id)
         try:
-            answer = super().key_report(node_id, report)
+            answer = await super().key_report(node_id, report)
         except ApiError as e:
             if report.phase == "commit":
                 self.audit.record(
@@ -218,9 +226,9 @@ class AuditedControlPlane(ControlPlane):
             )
         return answer
 
-    def tick(self) -> None:
+    async def tick(self) -> None:
         before = {r.node_id: r.rotation_id for r in self.rotations.active()}
-        super().tick()
+        await super().tick()
         for node_id in self.nodes:
             r = self.rotations.get(node_id)
             name = self.nodes[node_id].name

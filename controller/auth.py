@@ -51,17 +51,17 @@ def bearer_of(request: Request) -> str | None:
     return credential
 
 
-def authenticate_node(request: Request) -> int:
+async def authenticate_node(request: Request) -> int:
     """The node whose credential the request carries (ApiError 401/403 otherwise)."""
     plane = _plane(request)
     credential = bearer_of(request)
     if credential is None:
         raise ApiError(401, "missing credential: send 'Authorization: Bearer <node credential>'")
-    node = plane.node_of(credential)
+    node = await plane.node_of(credential)
     if node is None:
         if plane.is_admin(credential):
             raise ApiError(403, "this route needs a node credential, not the admin credential")
-        removed = plane.removed_node_of(credential)
+        removed = await plane.removed_node_of(credential)
         if removed is not None:
             raise ApiError(
                 410,
@@ -73,7 +73,7 @@ def authenticate_node(request: Request) -> int:
     return node
 
 
-def authenticate_admin(request: Request) -> None:
+async def authenticate_admin(request: Request) -> None:
     """Nothing when the request carries the admin credential; a refusal goes into the audit trail."""
     plane = _plane(request)
     credential = bearer_of(request)
@@ -81,7 +81,7 @@ def authenticate_admin(request: Request) -> None:
     if credential is None:
         refusal = ApiError(401, "missing credential: send 'Authorization: Bearer <admin credential>'")
     elif not plane.is_admin(credential):
-        if plane.node_of(credential) is not None:
+        if plane.known_node(credential) is not None:
             refusal = ApiError(403, "this route needs the admin credential, not a node credential")
         else:
             refusal = ApiError(401, "wrong admin credential")
@@ -96,7 +96,7 @@ async def caller_node(
 ) -> int:
     """The node whose credential the request carries (checked by `AuthFirstRoute` already)."""
     node = request.scope.get(_CALLER_NODE)
-    return node if isinstance(node, int) else authenticate_node(request)
+    return node if isinstance(node, int) else await authenticate_node(request)
 
 
 async def caller_admin(
@@ -104,14 +104,14 @@ async def caller_admin(
 ) -> None:
     """Nothing: the admin credential was checked by `AuthFirstRoute` (again here for other routers)."""
     if request.scope.get(_CALLER_ADMIN) is not True:
-        authenticate_admin(request)
+        await authenticate_admin(request)
 
 
 NodeCaller = Annotated[int, Depends(caller_node)]
 ADMIN = Depends(caller_admin)
 
 
-def _needed(dependant: Dependant) -> Callable[[Request], object] | None:
+def _needed(dependant: Dependant) -> Callable[[Request], Coroutine[Any, Any, object]] | None:
     """The check a route's dependencies need (admin wins over node; None: no credential)."""
     calls = set()
     stack = [dependant]
@@ -136,7 +136,7 @@ class AuthFirstRoute(APIRoute):
             return handler
 
         async def authenticated(request: Request) -> Response:
-            check(request)
+            await check(request)
             return await handler(request)
 
         return authenticated

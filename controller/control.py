@@ -4,8 +4,12 @@ Rules:
 - State changes happen in the order: check everything (raise `ApiError`, nothing changed) -> store
   transaction -> in-memory mesh -> persist the map serials -> wake the agents whose map changed.
   A crash between the store write and the serials is repaired at start-up (digests are compared).
-- Methods are synchronous and never yield to the event loop, so requests that change state are
-  serialized by the loop they run on; the store's conditional updates guard the rest.
+- The store is never called on the event loop: every call goes through `self.db` (controller.store's
+  `StoreCalls`, worker threads with a deadline), so a slow or lost database never holds up health,
+  held long-polls or map renders. Operations that call the store are coroutines; those that change
+  the view (a write, catching up) hold `self.lock` from their first read to their last change of the
+  view, so they are serialized as they were when the whole plane ran on the loop. The view itself
+  changes only on the loop, between awaits, so readers (polls, renders) always see it whole.
 - A node is identified by its identity key: re-enrolling with the same identity key (proved by the
   signature) returns the same node with a fresh credential; the old credential stops working.
 - Replicas: the plane's view is the store at mesh version `version`. Before a write it catches up
@@ -17,6 +21,7 @@ Rules:
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextlib
@@ -54,6 +59,7 @@ from controller.store import (
     Snapshot,
     StaleVersion,
     Store,
+    StoreCalls,
     StoreConflict,
     StoreUnavailable,
     key_refusal,
@@ -145,18 +151,21 @@ class ControlPlane:
         self.settings = settings
         self.ca_pin = ca_pin  # carried in every pre-auth key made here (None: operator certificates)
         self.store = store
+        self.db = StoreCalls()
+        self.lock = asyncio.Lock()
+        """Held by whatever changes the view from the store (writes, catching up), across its awaits."""
         self.nonces = EnrollNonces(store)
         self.clock = clock
         self._wake = on_maps_changed
         admin, _created = ensure_admin_credential(settings.state_dir)
         self._admin_hash = credential_hash(admin)
         self.pool = AddressPool(settings.mesh_cidr)
-        self.unavailable: str | None = None
-        """Why the database cannot be used now (None: it can)."""
+        self._unavailable: str | None = None
         self._policy_held: dict[int, int] = {}  # node -> policy version its agent last reported
         self._flagged: set[int] = set()  # nodes whose implausible link reports were logged (once each)
+        # Start-up, before anything is served: the store is called directly.
         snapshot = store.load()
-        self._load(snapshot, snapshot.maps)
+        store.save_rotations(self._load(snapshot, snapshot.maps))
         store.save_maps(self.mesh.initial.maps)
         self._last_seen = {n.node_id: n.last_seen for n in snapshot.nodes if n.last_seen}
         self._seen_written = dict(self._last_seen)
@@ -165,7 +174,8 @@ class ControlPlane:
         self._seen_due: set[int] = set()  # nodes whose last_seen is due to be written
         self._releases: dict[int, int] = {}  # holder -> the serial it acknowledged (holds to release)
 
-    def _load(self, snapshot: Snapshot, maps: dict[int, MapState]) -> None:
+    def _load(self, snapshot: Snapshot, maps: dict[int, MapState]) -> list[NodeRotation]:
+        """Take `snapshot` as the view; the rotation records it lacks (for the caller to write)."""
         self.version = snapshot.version
         self.nodes: dict[int, NodeRecord] = {n.node_id: n for n in snapshot.nodes}
         self._by_credential = {n.credential_hash: n.node_id for n in snapshot.nodes}
@@ -182,7 +192,6 @@ class ControlPlane:
             if n.node_id not in self.rotations.records
             for r in self.rotations.enrolled(n.node_id, n.enrolled_at)
         ]
-        self.store.save_rotations(undated)
         self.mesh = Mesh(
             self.settings.mesh_cidr,
             self.settings.policy,
@@ -194,28 +203,46 @@ class ControlPlane:
             access=self._access(),
         )
         self._highest_id = max([*self.nodes, getattr(self, "_highest_id", 0)])
+        return undated
 
     # --- replicas ----------------------------------------------------------------------------------
+
+    @property
+    def unavailable(self) -> str | None:
+        """Why the database cannot be used now (None: it can). Set by controller.replication; while
+        set, writes are refused and store calls under way or asked for end at once (503)."""
+        return self._unavailable
+
+    @unavailable.setter
+    def unavailable(self, problem: str | None) -> None:
+        if problem != self._unavailable:
+            self._unavailable = problem
+            self.db.outage(problem)
 
     def health(self) -> str | None:
         """None when this replica can serve; else one line saying why not."""
         return self.unavailable
 
-    def sync(self) -> None:
-        """Catch up with what other replicas wrote (a query; ApiError 503 when the database is away)."""
+    async def sync(self) -> None:
+        """Catch up with what other replicas wrote (a query; ApiError 503 when the database is away).
+        The caller holds `self.lock`."""
         try:
-            batch = self.store.changes_since(self.version)
+            batch = await self.db(self.store.changes_since, self.version)
+            await self.apply(batch)
         except StoreUnavailable as e:
             # Health is the follower's to judge (it also sees the database come back).
             raise ApiError(503, f"this controller cannot reach its database: {e}") from None
-        self.apply(batch)
 
-    def apply(self, batch: ChangeBatch | None) -> None:
+    async def apply(self, batch: ChangeBatch | None) -> None:
         """Take a batch of others' changes read after `self.version` (None: the log no longer reaches
-        back that far: reload everything). A batch read from an older version is ignored."""
+        back that far: reload everything). A batch read from an older version is ignored. The caller
+        holds `self.lock`."""
         if batch is None:
-            self._resync()
+            await self._resync()
             return
+        self._apply_batch(batch)
+
+    def _apply_batch(self, batch: ChangeBatch) -> None:
         if batch.since != self.version or batch.version <= self.version:
             return
         self.mesh.version = batch.version
@@ -247,10 +274,10 @@ class ControlPlane:
         # writing them again here would cost each replica a row per node per change.
         self._wake([*maps, *wake])
 
-    def _resync(self) -> None:
+    async def _resync(self) -> None:
+        snapshot = await self.db(self.store.load)
         before = {n: self.mesh.map_state(n) for n in self.nodes}
-        snapshot = self.store.load()
-        self._load(snapshot, before)
+        self.db.background(self.store.save_rotations, self._load(snapshot, before))
         changed = [n for n in before if n not in self.nodes or self.mesh.map_state(n) != before[n]]
         self._persist_maps(self.mesh.initial.maps)
         self._wake([*changed, *self.mesh.initial.maps])
@@ -284,26 +311,31 @@ class ControlPlane:
 
     def _persist_maps(self, maps: dict[int, MapState]) -> None:
         # Serials are a convenience across restarts; losing one write costs agents a full map.
-        with contextlib.suppress(StoreUnavailable):
-            self.store.save_maps(maps)
+        if maps:
+            self.db.background(self.store.save_maps, dict(maps))
 
     # --- authentication ----------------------------------------------------------------------------
 
-    def node_of(self, credential: str) -> int | None:
+    def known_node(self, credential: str) -> int | None:
+        """The node with this credential in the view as it is (no catching up)."""
+        return self._by_credential.get(credential_hash(credential))
+
+    async def node_of(self, credential: str) -> int | None:
         """The node with this credential; one it does not know yet may have enrolled through another
         replica a moment ago, so a miss catches up once before answering."""
         hashed = credential_hash(credential)
         node = self._by_credential.get(hashed)
         if node is None and self.unavailable is None:
             with contextlib.suppress(ApiError):
-                self.sync()
+                async with self.lock:
+                    await self.sync()
             node = self._by_credential.get(hashed)
         return node
 
-    def removed_node_of(self, credential: str) -> RemovedNodeInfo | None:
+    async def removed_node_of(self, credential: str) -> RemovedNodeInfo | None:
         """The removed node whose credential this was (asked only of a credential no node has)."""
         try:
-            record = self.store.removed_by_credential(credential_hash(credential))
+            record = await self.db(self.store.removed_by_credential, credential_hash(credential))
         except StoreUnavailable:
             return None
         return None if record is None else _removed_info(record)
@@ -313,12 +345,13 @@ class ControlPlane:
 
     # --- enrollment --------------------------------------------------------------------------------
 
-    def enroll_nonce(self) -> EnrollNonce:
-        nonce = self.nonces.issue(self.clock.now())
+    async def enroll_nonce(self) -> EnrollNonce:
+        self._writable()
+        nonce = await self.db(self.nonces.issue, self.clock.now())
         return EnrollNonce(nonce=nonce, expires_in_s=int(self.nonces.ttl.total_seconds()))
 
-    def enroll(self, req: EnrollRequest, signing_bytes: bytes) -> EnrollResponse:
-        self._check_preauth_key(req)
+    async def enroll(self, req: EnrollRequest, signing_bytes: bytes) -> EnrollResponse:
+        await self._check_preauth_key(req)
         if req.protocol_version != PROTOCOL_VERSION:
             raise ApiError(
                 400,
@@ -334,7 +367,11 @@ class ControlPlane:
                 "signature does not verify against identity_public_key "
                 "(sign wire.models.enroll_signing_bytes(request) with the identity private key)",
             )
-        if not self.nonces.take(req.nonce, self.clock.now()):
+        try:
+            taken = await self.db(self.nonces.take, req.nonce, self.clock.now())
+        except StoreUnavailable as e:
+            raise ApiError(503, f"this controller cannot reach its database: {e}") from None
+        if not taken:
             raise ApiError(
                 403,
                 "enrollment nonce is unknown, already used or expired: "
@@ -343,14 +380,26 @@ class ControlPlane:
         identity = req.identity_public_key.base64()
         wg_key = req.wg_public_key.base64()
         credential = new_secret(NODE_PREFIX)
+        async with self.lock:
+            record = await self._enroll(req, identity, wg_key, credential)
+        return EnrollResponse(
+            node_id=record.node_id,
+            name=record.name,
+            tunnel_address=record.tunnel_address,
+            mesh_cidr=self.settings.mesh_cidr,
+            node_credential=credential,
+        )
+
+    async def _enroll(self, req: EnrollRequest, identity: str, wg_key: str, credential: str) -> NodeRecord:
         self._writable()
         now = self.clock.now()
         for _attempt in range(WRITE_ATTEMPTS):
-            self.sync()
+            await self.sync()
             write = self._enroll_write(req, identity, wg_key, credential)
             book = self.rotations.copy()  # the node's key is as old as now, in the same transaction
             try:
-                record = self.store.enroll(
+                record = await self.db(
+                    self.store.enroll,
                     credential_hash(_secret_of(req.preauth_key)),
                     write,
                     now,
@@ -372,20 +421,14 @@ class ControlPlane:
         self.mesh.version = self.version
         self.rotations = book
         self._apply(MeshChange(maps=self._take(record)))
-        return EnrollResponse(
-            node_id=record.node_id,
-            name=record.name,
-            tunnel_address=record.tunnel_address,
-            mesh_cidr=self.settings.mesh_cidr,
-            node_credential=credential,
-        )
+        return record
 
-    def _check_preauth_key(self, req: EnrollRequest) -> None:
+    async def _check_preauth_key(self, req: EnrollRequest) -> None:
         """The pre-auth key is the enrollment's credential: it is checked before anything else, so a
         caller without a usable key learns nothing about the mesh (the store checks it again, and
         uses it, atomically)."""
         try:
-            key = self.store.find_preauth_key(credential_hash(_secret_of(req.preauth_key)))
+            key = await self.db(self.store.find_preauth_key, credential_hash(_secret_of(req.preauth_key)))
         except StoreUnavailable as e:
             raise ApiError(503, f"this controller cannot reach its database: {e}") from None
         if key is None:
@@ -461,25 +504,28 @@ class ControlPlane:
         if 0 < since <= self.mesh.serial(node_id) and self.holds.acknowledge(node_id, since):
             self._releases[node_id] = max(since, self._releases.get(node_id, 0))
 
-    def write_bookkeeping(self) -> None:
+    async def write_bookkeeping(self) -> None:
         """Write what polls noted (last seen, acknowledged holds). Bookkeeping only: a failed write is
         tried again next time, and holding an address longer than needed is always safe."""
-        with contextlib.suppress(StoreUnavailable):
-            if self._releases:
-                released, self._releases = self._releases, {}
-                try:
-                    self.store.release_holds(released)
-                except StoreUnavailable:
-                    for h, serial in released.items():
-                        self._releases[h] = max(serial, self._releases.get(h, 0))
-                    raise
-            due = {n: self._last_seen[n] for n in self._seen_due if n in self._last_seen}
-            if due:
-                self.store.touch(due)
-                self._seen_written.update(due)
-            self._seen_due.clear()
+        if self._releases:
+            released, self._releases = self._releases, {}
+            try:
+                await self.db(self.store.release_holds, released)
+            except StoreUnavailable:
+                for h, serial in released.items():
+                    self._releases[h] = max(serial, self._releases.get(h, 0))
+                return
+        due = {n: self._last_seen[n] for n in self._seen_due if n in self._last_seen}
+        self._seen_due.clear()
+        if due:
+            try:
+                await self.db(self.store.touch, due)
+            except StoreUnavailable:
+                self._seen_due.update(due)
+                return
+            self._seen_written.update(due)
 
-    def report(self, node_id: int, report: LinkReport) -> None:
+    async def report(self, node_id: int, report: LinkReport) -> None:
         seen: set[int] = set()
         for m in report.measurements:
             if m.peer_id == node_id:
@@ -493,8 +539,12 @@ class ControlPlane:
         unknown = sorted(p for p in seen - self.nodes.keys() if p > self._highest_id)
         if unknown:
             raise ApiError(422, f"measurements: unknown peer ids {', '.join(map(str, unknown[:10]))}")
+        async with self.lock:
+            await self._report(node_id, report)
+
+    async def _report(self, node_id: int, report: LinkReport) -> None:
         self._writable()
-        self.sync()
+        await self.sync()
         current = [m for m in report.measurements if m.peer_id in self.nodes]
         if node_id not in self.nodes:
             return  # removed through another replica meanwhile
@@ -513,7 +563,7 @@ class ControlPlane:
             )
         if change.links:
             try:
-                written = self.store.save_links(change.links)
+                written = await self.db(self.store.save_links, change.links)
             except StoreUnavailable as e:
                 raise ApiError(503, f"this controller cannot reach its database: {e}") from None
             # Another replica's change may have come first: then catching up takes this one too.
@@ -558,10 +608,14 @@ class ControlPlane:
     def node_infos(self) -> list[NodeInfo]:
         return [self.node_info(n) for n in sorted(self.nodes)]
 
-    def remove_node(self, node_id: int) -> None:
+    async def remove_node(self, node_id: int) -> None:
+        async with self.lock:
+            await self._remove_node(node_id)
+
+    async def _remove_node(self, node_id: int) -> None:
         self._writable()
         for _attempt in range(WRITE_ATTEMPTS):
-            self.sync()
+            await self.sync()
             record = self.nodes.get(node_id)
             if record is None:
                 raise ApiError(404, f"no node {node_id}")
@@ -573,8 +627,13 @@ class ControlPlane:
             book = self.rotations.copy()
             moved_on = book.removed(node_id, self.clock.now())
             try:
-                gone = self.store.remove_node(
-                    node_id, holds, self.clock.now(), at_version=self.version, rotations=moved_on
+                gone = await self.db(
+                    self.store.remove_node,
+                    node_id,
+                    holds,
+                    self.clock.now(),
+                    at_version=self.version,
+                    rotations=moved_on,
                 )
             except StaleVersion:
                 continue
@@ -598,32 +657,34 @@ class ControlPlane:
                 change.maps.update(self.mesh.upsert(self._card(r.node_id)).maps)
         self._apply(change, also_wake=[node_id])
 
-    def set_node_tags(self, node_id: int, req: NodeTagsRequest) -> NodeInfo:
+    async def set_node_tags(self, node_id: int, req: NodeTagsRequest) -> NodeInfo:
         """An admin's tags for the node; maps change where the policy in force now says otherwise."""
-        self._writable()
-        self.sync()
-        if node_id not in self.nodes:
-            raise ApiError(404, f"no node {node_id}")
-        self.mesh.version = self.version + 1
-        try:
-            record = self.store.set_tags(node_id, req.tags)
-        except KeyError:
-            raise ApiError(404, f"no node {node_id}") from None
-        except StoreUnavailable as e:
-            raise ApiError(503, f"this controller cannot reach its database: {e}") from None
-        if self.store.version() == self.version + 1:
-            self.version += 1  # else another replica's change came first: catching up takes both
-        self._apply(MeshChange(maps=self._take(record)))
-        return self.node_info(node_id)
+        async with self.lock:
+            self._writable()
+            await self.sync()
+            if node_id not in self.nodes:
+                raise ApiError(404, f"no node {node_id}")
+            try:
+                record = await self.db(self.store.set_tags, node_id, req.tags)
+                version = await self.db(self.store.version)
+            except KeyError:
+                raise ApiError(404, f"no node {node_id}") from None
+            except StoreUnavailable as e:
+                raise ApiError(503, f"this controller cannot reach its database: {e}") from None
+            self.mesh.version = self.version + 1
+            if version == self.version + 1:
+                self.version += 1  # else another replica's change came first: catching up takes both
+            self._apply(MeshChange(maps=self._take(record)))
+            return self.node_info(node_id)
 
-    def removed_nodes(self) -> list[RemovedNodeInfo]:
-        return [_removed_info(r) for r in self.store.removed_nodes()]
+    async def removed_nodes(self) -> list[RemovedNodeInfo]:
+        return [_removed_info(r) for r in await self.db(self.store.removed_nodes)]
 
-    def allow_node(self, node_id: int) -> RemovedNodeInfo:
+    async def allow_node(self, node_id: int) -> RemovedNodeInfo:
         """Let a removed node's keys enroll again (it comes back as a new node). 404: not removed."""
         self._writable()
         try:
-            record = self.store.allow_removed(node_id)
+            record = await self.db(self.store.allow_removed, node_id)
         except StoreUnavailable as e:
             raise ApiError(503, f"this controller cannot reach its database: {e}") from None
         if record is None:
@@ -632,19 +693,19 @@ class ControlPlane:
 
     # --- key rotation ------------------------------------------------------------------------------
 
-    def rotate(self, node_id: int) -> RotationInfo:
+    async def rotate(self, node_id: int) -> RotationInfo:
         """Ask one node to rotate its key (through its map). 404 unknown node; 409 already rotating."""
         if node_id not in self.nodes:
             raise ApiError(404, f"no node {node_id}")
         neighbours = [n for n in self.nodes if n != node_id]  # every node's map holds every other one
         now = self.clock.now()
-        self._rotation_step(lambda book: book.request(node_id, neighbours, now))
+        await self._rotation_step(lambda book: book.request(node_id, neighbours, now))
         return self.rotation_info(node_id)
 
-    def rotate_all(self) -> RotationProgress:
+    async def rotate_all(self) -> RotationProgress:
         """Queue every node and rotate them one at a time. 409 while any rotation runs."""
         now = self.clock.now()
-        self._rotation_step(lambda book: book.request_all(sorted(self.nodes), now))
+        await self._rotation_step(lambda book: book.request_all(sorted(self.nodes), now))
         return self.rotation_progress()
 
     def rotation_info(self, node_id: int) -> RotationInfo:
@@ -667,7 +728,7 @@ class ControlPlane:
             nodes=[self.rotation_info(n) for n in sorted(self.nodes)],
         )
 
-    def key_report(self, node_id: int, report: KeyReport) -> KeyReportAnswer:
+    async def key_report(self, node_id: int, report: KeyReport) -> KeyReportAnswer:
         """The node's new key: kept as pending ("prepare") or recorded and pushed ("commit")."""
         key = report.wg_public_key.base64()
         for other in self.nodes.values():
@@ -675,19 +736,19 @@ class ControlPlane:
                 raise ApiError(409, f"WireGuard public key already belongs to node {other.node_id}")
         now = self.clock.now()
         if report.phase == "prepare":
-            self._rotation_step(lambda book: book.prepare(node_id, report.rotation_id, key))
+            await self._rotation_step(lambda book: book.prepare(node_id, report.rotation_id, key))
         else:
-            self._rotation_step(
+            await self._rotation_step(
                 lambda book: book.commit(node_id, report.rotation_id, key, now), new_key=(node_id, key)
             )
         return KeyReportAnswer(
             rotation_id=report.rotation_id, phase=report.phase, serial=self.mesh.serial(node_id)
         )
 
-    def tick(self) -> None:
+    async def tick(self) -> None:
         """Periodic: write the polls' bookkeeping; give up rotations of nodes that never answered;
         start the scheduled one."""
-        self.write_bookkeeping()
+        await self.write_bookkeeping()
         now = self.clock.now()
         interval = self.settings.key_rotation_interval_s
 
@@ -699,22 +760,28 @@ class ControlPlane:
 
         # Every replica ticks; the version check lets one of them decide. A database away: next tick.
         with contextlib.suppress(ApiError, StoreUnavailable):
-            self._rotation_step(step)
+            await self._rotation_step(step)
 
-    def create_preauth_key(self, req: PreAuthKeyRequest) -> PreAuthKeyInfo:
+    async def create_preauth_key(self, req: PreAuthKeyRequest) -> PreAuthKeyInfo:
         key = new_secret(PREAUTH_PREFIX)
         now = self.clock.now()
         expires = None if req.expires_in_s is None else now + timedelta(seconds=req.expires_in_s)
-        record = self.store.create_preauth_key(
-            credential_hash(key), req.role, req.reusable, now, expires, req.tags
+        record = await self.db(
+            self.store.create_preauth_key,
+            credential_hash(key),
+            req.role,
+            req.reusable,
+            now,
+            expires,
+            req.tags,
         )
         return _key_info(record, PreAuthKey(key, self.ca_pin).text())
 
-    def preauth_keys(self) -> list[PreAuthKeyInfo]:
-        return [_key_info(r) for r in self.store.list_preauth_keys()]
+    async def preauth_keys(self) -> list[PreAuthKeyInfo]:
+        return [_key_info(r) for r in await self.db(self.store.list_preauth_keys)]
 
-    def revoke_preauth_key(self, key_id: int) -> None:
-        if self.store.revoke_preauth_key(key_id) is None:
+    async def revoke_preauth_key(self, key_id: int) -> None:
+        if await self.db(self.store.revoke_preauth_key, key_id) is None:
             raise ApiError(404, f"no pre-auth key {key_id}")
 
     def topology(self, source: int | None = None) -> Callable[[], bytes]:
@@ -780,29 +847,29 @@ class ControlPlane:
             return PolicyCheckResult(ok=False, problems=e.problems)
         return PolicyCheckResult(ok=True)
 
-    def set_policy(self, req: PolicySetRequest) -> PolicyInfo:
+    async def set_policy(self, req: PolicySetRequest) -> PolicyInfo:
         """A new version; a document with any problem is refused whole and the one in force stays."""
         try:
             doc = parse_policy(req.text, req.source)
         except PolicyError as e:
             raise ApiError(422, "policy refused, the one in force stays: " + "; ".join(e.problems)) from None
-        return self._put_policy(doc, req.text, req.author, "set", None)
+        return await self._put_policy(doc, req.text, req.author, "set", None)
 
-    def rollback_policy(self, req: PolicyRollbackRequest) -> PolicyInfo:
+    async def rollback_policy(self, req: PolicyRollbackRequest) -> PolicyInfo:
         """Version `req.version` again, as a new version; 0 (or a version that was a clear): no policy."""
         if req.version == 0:
-            return self._put_policy(None, "", req.author, "clear", 0)
-        old = next((r for r in self.store.policy_history() if r.version == req.version), None)
+            return await self._put_policy(None, "", req.author, "clear", 0)
+        old = next((r for r in await self.db(self.store.policy_history) if r.version == req.version), None)
         if old is None:
             raise ApiError(404, f"no policy version {req.version}")
         if old.action == "clear":
-            return self._put_policy(None, "", req.author, "clear", old.version)
-        return self._put_policy(
+            return await self._put_policy(None, "", req.author, "clear", old.version)
+        return await self._put_policy(
             parse_policy(old.text, f"version {old.version}"), old.text, req.author, "rollback", old.version
         )
 
-    def policy_history(self) -> list[PolicyInfo]:
-        return [_policy_info(r, with_text=False) for r in self.store.policy_history()]
+    async def policy_history(self) -> list[PolicyInfo]:
+        return [_policy_info(r, with_text=False) for r in await self.db(self.store.policy_history)]
 
     def test_policy(self, req: PolicyTestRequest) -> PolicyTestResult:
         src, dst = self._policy_subject(req.source), self._policy_subject(req.destination)
@@ -831,25 +898,31 @@ class ControlPlane:
             raise ApiError(404, f"no node named {name_or_id!r}")
         return Subject(record.name, tags_of(self._doc, record.name, record.own_tags))
 
-    def _put_policy(
+    async def _put_policy(
         self, doc: PolicyDocument | None, text: str, author: str, action: str, restored: int | None
     ) -> PolicyInfo:
         """Store a new version (`doc` None: a clear, no policy) and put it in force."""
-        self._writable()
-        self.sync()
-        self.mesh.version = self.version + 1
-        record = self.store.add_policy(text, author, action, restored, self.clock.now())
-        if self.store.version() == self.version + 1:
-            self.version += 1  # else another replica's change came first: catching up takes both
-        self.policy, self._doc = record, doc
-        cards = [card_of(n, doc, self.rotations.requested_of(n.node_id)) for n in self.nodes.values()]
-        self._apply(self.mesh.set_policy(self._access(), cards))
-        return _policy_info(record, with_text=False)
+        async with self.lock:
+            self._writable()
+            await self.sync()
+            record = await self.db(self.store.add_policy, text, author, action, restored, self.clock.now())
+            version = await self.db(self.store.version)
+            self.mesh.version = self.version + 1
+            if version == self.version + 1:
+                self.version += 1  # else another replica's change came first: catching up takes both
+            self.policy, self._doc = record, doc
+            cards = [card_of(n, doc, self.rotations.requested_of(n.node_id)) for n in self.nodes.values()]
+            self._apply(self.mesh.set_policy(self._access(), cards))
+            return _policy_info(record, with_text=False)
 
     def close(self) -> None:
-        self.write_bookkeeping()
-        pending = {n: t for n, t in self._last_seen.items() if t and self._seen_written.get(n) != t}
-        self.store.touch(pending)
+        """Write what is left of the bookkeeping and close the store (at shutdown: the calls block)."""
+        self.db.close()
+        with contextlib.suppress(StoreUnavailable):
+            if self._releases:
+                self.store.release_holds(self._releases)
+            pending = {n: t for n, t in self._last_seen.items() if t and self._seen_written.get(n) != t}
+            self.store.touch(pending)
         self.store.close()
 
     # --- internals ---------------------------------------------------------------------------------
@@ -857,7 +930,7 @@ class ControlPlane:
     def _card(self, node_id: int) -> NodeCard:
         return card_of(self.nodes[node_id], self._doc, self.rotations.requested_of(node_id))
 
-    def _rotation_step(
+    async def _rotation_step(
         self, step: Callable[[RotationBook], list[NodeRotation]], new_key: tuple[int, str] | None = None
     ) -> None:
         """Decide on a copy of the rotation book and keep it only if its records commit at the version
@@ -865,6 +938,12 @@ class ControlPlane:
         then give each changed node's map its rotation request. A refusal is given only on a view
         that has caught up (another replica may have moved the rotation on a moment ago). `new_key`:
         a commit, whose node key is written in the same transaction."""
+        async with self.lock:
+            await self._rotation_step_locked(step, new_key)
+
+    async def _rotation_step_locked(
+        self, step: Callable[[RotationBook], list[NodeRotation]], new_key: tuple[int, str] | None
+    ) -> None:
         self._writable()
         synced = False
         for _attempt in range(WRITE_ATTEMPTS):
@@ -874,19 +953,19 @@ class ControlPlane:
             except RotationRefused as e:
                 if synced:
                     raise ApiError(e.status, e.detail) from None
-                self.sync()
+                await self.sync()
                 synced = True
                 continue
             if not changed:
                 return
             try:
                 if new_key is not None:
-                    record = self.store.record_key(*new_key, changed, at_version=self.version)
+                    record = await self.db(self.store.record_key, *new_key, changed, at_version=self.version)
                     version = self.version + 1
                 else:
-                    version = self.store.save_rotations(changed, at_version=self.version)
+                    version = await self.db(self.store.save_rotations, changed, at_version=self.version)
             except StaleVersion:
-                self.sync()
+                await self.sync()
                 synced = True
                 continue
             except StoreConflict as e:

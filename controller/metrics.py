@@ -197,7 +197,7 @@ class MetricsMiddleware:
             if name == b"authorization":
                 scheme, _, credential = value.decode("latin-1").partition(" ")
                 if scheme.lower() == "bearer" and credential:
-                    return self.plane.node_of(credential.strip())
+                    return self.plane.known_node(credential.strip())
         return None
 
 

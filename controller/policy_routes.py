@@ -69,7 +69,7 @@ def add_policy_routes(app: FastAPI, plane: ControlPlane, admin: Depends, errors:
     ) -> NodeInfo:
         """Replace a node's tags (the policy document's `tags` entry for its name still wins); maps
         change at once where the policy in force says otherwise."""
-        return plane.set_node_tags(node_id, req)
+        return await plane.set_node_tags(node_id, req)
 
     @app.get(
         api.POLICY,
@@ -91,7 +91,7 @@ def add_policy_routes(app: FastAPI, plane: ControlPlane, admin: Depends, errors:
     )
     async def set_policy(req: Annotated[PolicySetRequest, Body(openapi_examples=_SET)]) -> PolicyInfo:
         """A new policy version, in force at once; a document with any problem is refused whole."""
-        return plane.set_policy(req)
+        return await plane.set_policy(req)
 
     @app.post(
         api.POLICY + "/check",
@@ -133,7 +133,7 @@ def add_policy_routes(app: FastAPI, plane: ControlPlane, admin: Depends, errors:
     )
     async def policy_history() -> list[PolicyInfo]:
         """Every version, oldest first: who set it, when, and what it restored."""
-        return plane.policy_history()
+        return await plane.policy_history()
 
     @app.post(
         api.POLICY + "/rollback",
@@ -146,4 +146,4 @@ def add_policy_routes(app: FastAPI, plane: ControlPlane, admin: Depends, errors:
         req: Annotated[PolicyRollbackRequest, Body(openapi_examples=_ROLLBACK)],
     ) -> PolicyInfo:
         """Bring back an earlier version, as a new version."""
-        return plane.rollback_policy(req)
+        return await plane.rollback_policy(req)

@@ -3,9 +3,12 @@
 `Follower.run()` is one asyncio task per controller. It wakes when a notification arrives or every
 `CHECK_EVERY_S` (the fallback: notifications can be lost), reads the change log after the plane's
 version in a worker thread (a query must never stall the event loop), and hands the batch to
-`ControlPlane.apply` on the loop. Each successful read proves the database is there; when reads fail
-or none has succeeded for `UNHEALTHY_AFTER_S`, the plane is marked unavailable: it refuses writes,
-/v1/health answers 503 and waiting long-polls are released, so agents move to another replica.
+`ControlPlane.apply` on the loop under the plane's lock (a write that holds it for longer than
+CHECK_EVERY_S catches up itself; the follower reads again meanwhile, so health is judged on). Each successful read proves the database is there; when
+reads fail or none has succeeded for `UNHEALTHY_AFTER_S`, or one has not answered in that time, the
+plane is marked unavailable: it refuses writes, /v1/health answers 503 and waiting long-polls are
+released, so agents move to another replica. A cut database shows within CHECK_EVERY_S +
+UNHEALTHY_AFTER_S, whatever else the replica is doing: no store call runs on the event loop.
 
 On PostgreSQL a `Listener` thread holds its own connection (never one from the pool: a pooled
 connection is handed to others and sits inside transactions, where notifications are not delivered;
@@ -27,8 +30,8 @@ from typing import Any
 from controller.control import ControlPlane
 from controller.store import ChangeBatch, StoreUnavailable
 
-CHECK_EVERY_S = 1.0
-UNHEALTHY_AFTER_S = 3.0
+CHECK_EVERY_S = 0.5
+UNHEALTHY_AFTER_S = 1.5
 RECONNECT_EVERY_S = 1.0
 
 
@@ -41,6 +44,8 @@ class Follower:
         self._wake = asyncio.Event()
         self._listener: Listener | None = None
         self._listen_url = listen_url
+        self._read: asyncio.Future[tuple[ChangeBatch | None, float]] | None = None
+        self._began: list[float] = []
 
     def wake(self) -> None:
         self._wake.set()
@@ -66,7 +71,10 @@ class Follower:
                 if self._stopping:
                     break
                 problem = await self._catch_up()
-                if problem is None:
+                if problem == _BUSY:
+                    last_ok = loop.time()
+                    self._wake.set()
+                elif problem is None:
                     last_ok = loop.time()
                 elif self.plane.unavailable is not None or loop.time() - last_ok >= UNHEALTHY_AFTER_S:
                     newly = self.plane.unavailable is None
@@ -81,20 +89,31 @@ class Follower:
                 await asyncio.to_thread(self._listener.stop)
 
     async def _catch_up(self) -> str | None:
-        """Read and apply what changed; None when the database answered, else why not."""
-        version = self.plane.version
+        """Read and apply what changed; None when the database answered, else why not (_BUSY: it
+        answered, but a write held the view)."""
+        if self._read is None:
+            version = self.plane.version
+            began: list[float] = []
 
-        def timed_read() -> tuple[ChangeBatch | None, float]:
-            started = time.monotonic()
-            return self.plane.store.changes_since(version), time.monotonic() - started
+            def timed_read() -> tuple[ChangeBatch | None, float]:
+                began.append(time.monotonic())
+                try:
+                    return self.plane.store.changes_since(version), time.monotonic() - began[0]
+                finally:
+                    began.append(time.monotonic())  # ended (the loop may take a moment to see it)
 
-        read = asyncio.ensure_future(asyncio.to_thread(timed_read))
-        # A read that hangs (a cut network) must not keep the replica looking healthy meanwhile.
-        done, _pending = await asyncio.wait({read}, timeout=UNHEALTHY_AFTER_S)
-        if not done:
-            await asyncio.wait({read}, timeout=30)  # one read at a time: let it end
-            if not read.done():
-                return "database unavailable: no answer in time"
+            self._read, self._began = asyncio.ensure_future(asyncio.to_thread(timed_read)), began
+        read = self._read
+        while not read.done():
+            await asyncio.wait({read}, timeout=UNHEALTHY_AFTER_S)
+            if read.done() or len(self._began) > 1:
+                continue  # it ended (while the loop was busy, its answer may still be on its way)
+            # A read that hangs (a cut network) must not keep the replica looking healthy meanwhile;
+            # it stays the one read under way (the next round waits on it again). Its time counts
+            # from when it began: a loop that was late to start it is not a slow database.
+            if self._began and time.monotonic() - self._began[0] >= UNHEALTHY_AFTER_S:
+                return f"database unavailable: no answer within {UNHEALTHY_AFTER_S:g} s"
+        self._read = None
         try:
             batch, took = read.result()
         except StoreUnavailable as e:
@@ -102,10 +121,23 @@ class Follower:
         # The read's own time, not the loop's: a loop busy with a long change for a few seconds has a
         # database that answered in time.
         if took >= UNHEALTHY_AFTER_S:
-            return "database unavailable: no answer in time"
+            return f"database unavailable: no answer within {UNHEALTHY_AFTER_S:g} s"
         self.plane.unavailable = None
-        self.plane.apply(batch)
+        try:
+            async with asyncio.timeout(CHECK_EVERY_S):
+                await self.plane.lock.acquire()
+        except TimeoutError:
+            return _BUSY  # a write holds the view: it catches up itself; read again (and judge health)
+        try:
+            await self.plane.apply(batch)  # ignored when a write moved the view on meanwhile
+        except StoreUnavailable as e:  # reloading everything failed
+            return str(e)
+        finally:
+            self.plane.lock.release()
         return None
+
+
+_BUSY = "busy"
 
 
 class Listener:

@@ -15,14 +15,23 @@ Rules every implementation keeps:
   conditional update, so a single-use key lets exactly one enrollment through even across processes.
 - Node ids are never reused; no two nodes share an address, name, WireGuard key or identity key.
 - Only hashes of credentials and pre-auth keys are stored.
+
+Store methods block (a query waits on the database): the controller never calls them on its event
+loop but through `StoreCalls`, a bounded pool of worker threads with a deadline per call, so a hung
+or unreachable database costs a request a 503, never the loop (health, held long-polls) its answers.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import functools
+import logging
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import ParamSpec, Protocol, TypeVar
 
 from controller.ipam import AddressHold
 from controller.mesh import MapState
@@ -30,6 +39,10 @@ from controller.rotation import NodeRotation
 from controller.topology import LinkRecord
 from wire.audit import AuditEvent
 from wire.models import IPAddress
+
+log = logging.getLogger("wgmesh.controller")
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 class KeyRefused(Exception):
@@ -345,3 +358,112 @@ class Store(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+STORE_WORKERS = 8
+"""Threads that run store calls: as many as the PostgreSQL pool has connections, more would only wait."""
+STORE_DEADLINE_S = 10.0
+"""How long a request waits for one store call before it answers 503 (the call itself runs on, bounded
+by the database driver's own timeouts; what it commits is picked up like another replica's change).
+A database found away (`outage`) ends every wait at once."""
+
+
+class StoreCalls:
+    """Store calls off the event loop: `await calls(store.method, *args)` runs it in a bounded pool of
+    worker threads and raises StoreUnavailable when it has not answered within `deadline_s`.
+    `background(...)` runs one without waiting (bookkeeping a later call repeats); `ordered(...)`
+    runs calls one after the other in the order given (the audit trail's appends, then its reads).
+    While `outage(problem)` says the database is away, every call waiting ends with StoreUnavailable
+    and new calls fail at once (background ones are dropped), until `outage(None)`."""
+
+    def __init__(self, workers: int = STORE_WORKERS, deadline_s: float = STORE_DEADLINE_S) -> None:
+        self.deadline_s = deadline_s
+        self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="wgmesh-store")
+        self._serial = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="wgmesh-store-ordered")
+        self._pending: set[concurrent.futures.Future[object]] = set()
+        self._lock = threading.Lock()
+        self._outage: str | None = None
+        self._gates: set[asyncio.Future[None]] = set()
+
+    def outage(self, problem: str | None) -> None:
+        """The database is away (`problem` says why) or back (None). Call on the event loop."""
+        self._outage = problem
+        if problem is not None:
+            for gate in self._gates:
+                if not gate.done():
+                    gate.set_result(None)
+
+    async def __call__(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        self._check()
+        return await self._wait(self._submit(self._pool, functools.partial(fn, *args, **kwargs)))
+
+    async def ordered(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        self._check()
+        return await self._wait(self._submit(self._serial, functools.partial(fn, *args, **kwargs)))
+
+    def background(self, fn: Callable[P, object], *args: P.args, **kwargs: P.kwargs) -> bool:
+        """Run `fn` without waiting for it; a StoreUnavailable is dropped (the caller tries again later).
+        False: not run (the database is away)."""
+        if self._outage is not None:
+            return False
+        self._submit(self._pool, functools.partial(_quiet, fn, *args, **kwargs))
+        return True
+
+    def ordered_background(self, fn: Callable[P, object], *args: P.args, **kwargs: P.kwargs) -> bool:
+        if self._outage is not None:
+            return False
+        self._submit(self._serial, functools.partial(_quiet, fn, *args, **kwargs))
+        return True
+
+    def _check(self) -> None:
+        if self._outage is not None:
+            raise StoreUnavailable(self._outage)
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Let what was submitted end (up to `timeout`: a hung call is left behind), then stop."""
+        with self._lock:
+            pending = set(self._pending)
+        concurrent.futures.wait(pending, timeout=timeout)
+        for pool in (self._pool, self._serial):
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def _submit(
+        self, pool: concurrent.futures.ThreadPoolExecutor, call: Callable[[], T]
+    ) -> concurrent.futures.Future[T]:
+        future = pool.submit(call)
+        with self._lock:
+            self._pending.add(future)  # type: ignore[arg-type]
+        future.add_done_callback(self._done)
+        return future
+
+    def _done(self, future: concurrent.futures.Future[T]) -> None:
+        with self._lock:
+            self._pending.discard(future)
+
+    async def _wait(self, future: concurrent.futures.Future[T]) -> T:
+        waited = asyncio.wrap_future(future)
+        gate = asyncio.get_running_loop().create_future()
+        self._gates.add(gate)
+        try:
+            # A caller that goes away (a client hanging up) does not cancel the call under way.
+            await asyncio.wait({waited, gate}, timeout=self.deadline_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._gates.discard(gate)
+        if waited.done():
+            return waited.result()
+        if self._outage is not None:
+            raise StoreUnavailable(self._outage)
+        raise StoreUnavailable(f"database unavailable: no answer within {self.deadline_s:g} s")
+
+
+def _quiet(fn: Callable[P, object], *args: P.args, **kwargs: P.kwargs) -> None:
+    try:
+        fn(*args, **kwargs)
+    except StoreUnavailable as e:
+        log.debug("background store call %s not done: %s", getattr(fn, "__name__", fn), e)
+    except Exception:
+        log.exception("background store call %s failed", getattr(fn, "__name__", fn))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import errno
 import io
 import json
@@ -357,6 +358,66 @@ class Replica(ControllerHarness):
         self.app.state.follower.stop()
         await finished(self.task, f"replica {self.name}'s follower", DEADLINE_S)
         await super().close()
+
+
+class HangingLink:
+    """A TCP relay on loopback to `host:port`, in threads of its own (it keeps relaying when the test's
+    event loop is stuck). `cut()` makes the far side stop answering as a dropped network does, as far
+    as a client can tell: what it sends is accepted and held, new connections are accepted and never
+    answered, nothing is closed. `heal()` lets everything held through. `port`: where to connect."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self._to = (host, port)
+        self._open = threading.Event()
+        self._open.set()
+        self._closed = False
+        self._sockets: list[socket.socket] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        threading.Thread(target=self._accept, name="hanging-link", daemon=True).start()
+
+    def cut(self) -> None:
+        self._open.clear()
+
+    def heal(self) -> None:
+        self._open.set()
+
+    def close(self) -> None:
+        self._closed = True
+        self._open.set()
+        for s in [self._listener, *self._sockets]:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            self._sockets.append(client)
+            threading.Thread(target=self._connect, args=(client,), daemon=True).start()
+
+    def _connect(self, client: socket.socket) -> None:
+        self._open.wait()  # a connection made while cut reaches nothing until healed
+        try:
+            server = socket.create_connection(self._to, timeout=10)
+        except OSError:
+            client.close()
+            return
+        server.settimeout(None)
+        self._sockets.append(server)
+        for src, dst in ((client, server), (server, client)):
+            threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                self._open.wait()  # while cut, what arrives is held, neither answered nor refused
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
 
 
 async def poll_netmap(

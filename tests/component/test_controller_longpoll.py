@@ -124,7 +124,7 @@ async def test_holds_acknowledged_by_polls_reach_the_store_at_the_next_tick_and_
     for host in (a, c):
         await controller.netmap(host, since=await serial_of(controller, host))
     assert {h.holder for h in controller.store.load().holds} == {a.node_id, c.node_id, d.node_id}
-    controller.app.state.plane.tick()
+    await controller.app.state.plane.tick()
     assert {h.holder for h in controller.store.load().holds} == {d.node_id}
     await controller.netmap(d, since=await serial_of(controller, d))
     await controller.restart()

@@ -37,8 +37,13 @@ async def test_one_nonce_sent_to_both_replicas_at_once_enrolls_one_host(replicas
         bodies = [enroll_request(a.new_host(), key, nonce).model_dump_json() for _ in range(2)]
         answers = await asyncio.gather(post_enroll(a, bodies[0]), post_enroll(b, bodies[1]))
         assert sorted(r.status_code for r in answers) == [200, 403]
-    listed = (await a.client.get(api.NODES, headers=a.admin)).json()
-    assert len(listed) == 5
+
+    async def five_listed() -> bool:
+        listed = [(await r.client.get(api.NODES, headers=r.admin)).json() for r in (a, b)]
+        return all(len(nodes) == 5 for nodes in listed)
+
+    # Each replica takes the other's last enrollment a moment after it was made; none lists a sixth.
+    await eventually("both replicas to list the 5 hosts", five_listed, timeout=DEADLINE_S)
 
 
 async def test_a_rotation_asked_through_one_replica_runs_through_the_other(replicas):

@@ -125,7 +125,7 @@ async def test_a_node_that_never_answers_is_given_up_and_its_map_stops_asking(
     a = three[0]
     info = await rotate(controller, a.node_id)
     controller.clock.advance(121)
-    controller.app.state.plane.tick()
+    await controller.app.state.plane.tick()
     shown = (await controller.client.get(api.ROTATIONS, headers=controller.admin)).json()["nodes"][0]
     assert shown["state"] == "idle" and shown["outcome"] == "timed_out"
     m = await controller.netmap(a)
@@ -144,12 +144,12 @@ async def test_the_schedule_rotates_the_oldest_key(tmp_path, controller_clock) -
     c = ControllerHarness(tmp_path / "scheduled", controller_clock, key_rotation_interval_s=3600)
     try:
         hosts = [await c.enroll() for _ in range(2)]
-        c.app.state.plane.tick()
+        await c.app.state.plane.tick()
         assert all(
             n["state"] == "idle" for n in (await c.client.get(api.ROTATIONS, headers=c.admin)).json()["nodes"]
         )
         controller_clock.advance(3601)
-        c.app.state.plane.tick()
+        await c.app.state.plane.tick()
         nodes = (await c.client.get(api.ROTATIONS, headers=c.admin)).json()["nodes"]
         assert [n["state"] for n in nodes] == ["requested", "idle"] and nodes[0]["node_id"] == hosts[
             0

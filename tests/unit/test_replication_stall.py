@@ -23,8 +23,9 @@ class Plane:
             return ChangeBatch(since, since, [], [], [], [])
 
         self.store = SimpleNamespace(changes_since=changes_since)
+        self.lock = asyncio.Lock()
 
-    def apply(self, batch: ChangeBatch | None) -> None:
+    async def apply(self, batch: ChangeBatch | None) -> None:
         self.applied.append(batch)
 
 
@@ -41,5 +42,5 @@ async def test_a_stalled_loop_with_a_quick_database_stays_healthy():
 async def test_a_database_slower_than_the_limit_is_unavailable():
     plane = Plane(read_s=UNHEALTHY_AFTER_S + 0.2)
     follower = Follower(plane, on_unavailable=lambda: None)  # type: ignore[arg-type]
-    assert await follower._catch_up() == "database unavailable: no answer in time"
+    assert await follower._catch_up() == f"database unavailable: no answer within {UNHEALTHY_AFTER_S:g} s"
     assert plane.applied == []
