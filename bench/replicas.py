@@ -9,7 +9,13 @@ directory, lab.postgres), measured in one run.
   connection breaks polls B (what the agent's client does with several URLs). The time from the
   kill until every one of them holds the map with the new host.
 - enroll: enrollments per second through the API (ENROLLERS clients at once, requests signed before
-  the clock starts) against a fresh controller on SQLite and one on PostgreSQL.
+  the clock starts) against a fresh controller on SQLite and one on PostgreSQL, with the controller's
+  CPU time per enrollment (what the load of other processes does not change).
+
+Where a push's time goes, per round: when the enrollment's answer came back from A; when the
+database's NOTIFY reached a listener of the bench's own (the wake-up B gets); the first and last
+agent on A and on B to hold the new map; the CPU time A, B and the bench's simulated agents spent.
+Wall-clock figures come with the load average (the machine is shared), CPU times are per process.
 
 Every connection is HTTPS verified against one CA: the one replica A made on first start, which B
 takes from the database (one pin for all replicas, as agents have it). Controllers are child
@@ -30,21 +36,23 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from bench.push import (
     AGENTS,
-    HEADER,
     POLL_TIMEOUT_S,
     ROUND_DEADLINE_S,
     SETTLE_S,
     AgentConnection,
     Polling,
     SimAgent,
+    cpu_seconds,
     enroll_request,
     free_port,
     head_of,
@@ -55,12 +63,54 @@ from bench.push import (
     start_controller,
 )
 from controller.credentials import ensure_admin_credential
+from controller.sqlstore import NOTIFY_CHANNEL, listen_conninfo
 from lab.postgres import PostgresCluster
 from wire import api
 
 ROUNDS = 3
 ENROLLMENTS = 150
 ENROLLERS = 8
+
+
+def load() -> str:
+    return "load average " + " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+class Notices:
+    """A LISTEN of the bench's own on the replicas' channel: when each change notification arrived."""
+
+    def __init__(self, url: str) -> None:
+        self.times: list[float] = []
+        self._stop = threading.Event()
+        self._url = url
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        self._ready.wait(10)
+
+    def _run(self) -> None:
+        import psycopg
+
+        conninfo, options = listen_conninfo(self._url)
+        with psycopg.connect(conninfo, autocommit=True, **options) as conn:
+            conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+            self._ready.set()
+            while not self._stop.is_set():
+                for _n in conn.notifies(timeout=0.2, stop_after=1):
+                    self.times.append(time.perf_counter())
+
+    def first_after(self, t: float) -> float:
+        return next((x for x in self.times if x >= t), float("nan"))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+ROUND_HEADER = (
+    f"{'push':<5} {'round':>5} {'enroll':>7} {'notify':>7} {'A first':>8} {'A all':>7} {'B first':>8} "
+    f"{'B all':>7} {'all':>7} {'A CPU':>6} {'B CPU':>6} {'bench CPU':>9}  (s after the enroll was sent)"
+)
 
 
 def env_for(url: str) -> dict[str, str]:
@@ -106,16 +156,41 @@ async def poll_with_failover(
 
 
 async def rounds(
-    name: str, client: httpx.AsyncClient, admin: str, agents: list[SimAgent], pid: int, first: int
+    name: str,
+    client: httpx.AsyncClient,
+    admin: str,
+    agents: list[SimAgent],
+    pids: dict[int, int],
+    first: int,
+    notices: Notices,
 ) -> list[dict[str, float]]:
+    """`pids`: port -> controller pid (A first)."""
     polling = Polling(delta=True)
     tasks = [asyncio.create_task(poll_forever(a, polling)) for a in agents]
+    pid_a = next(iter(pids.values()))
     try:
-        await push_round("warmup", first, client, admin, agents, tasks, polling, pid, show=False)
-        return [
-            await push_round(name, first + i, client, admin, agents, tasks, polling, pid)
-            for i in range(1, ROUNDS + 1)
-        ]
+        await push_round("warmup", first, client, admin, agents, tasks, polling, pid_a, show=False)
+        figures = []
+        for i in range(1, ROUNDS + 1):
+            cpu = {port: cpu_seconds(pid) for port, pid in pids.items()}
+            started = time.perf_counter()
+            x: dict[str, Any] = await push_round(
+                name, first + i, client, admin, agents, tasks, polling, pid_a, show=False
+            )
+            x["notify"] = notices.first_after(started) - started
+            for side, (port, pid) in zip("AB", pids.items(), strict=False):
+                got = [min(a.got.values()) - started for a in agents if a.conn and a.conn.port == port]
+                x[f"{side}_first"], x[f"{side}_all"] = min(got), max(got)
+                x[f"{side}_cpu"] = cpu_seconds(pid) - cpu[port]
+            print(
+                f"{name:<5} {first + i:>5} {x['enroll']:>7.3f} {x['notify']:>7.3f} {x['A_first']:>8.3f} "
+                f"{x['A_all']:>7.3f} {x.get('B_first', float('nan')):>8.3f} "
+                f"{x.get('B_all', float('nan')):>7.3f} {x['all']:>7.3f} {x['A_cpu']:>6.2f} "
+                f"{x.get('B_cpu', float('nan')):>6.2f} {x['agents_cpu']:>9.2f}",
+                flush=True,
+            )
+            figures.append(x)
+        return figures
     finally:
         polling.stop.set()
         for t in tasks:
@@ -137,28 +212,32 @@ async def fetch_serials(agents: list[SimAgent]) -> None:
 async def measure_push(
     port_a: int,
     port_b: int,
-    start_b: Callable[[], None],
+    start_b: Callable[[], int],
     admin: str,
     agents: list[SimAgent],
     pid_a: int,
     tls: ssl.SSLContext,
-) -> tuple[float, float]:
-    """(median all-agents time on A alone, the same over A and B)."""
+    notices: Notices,
+) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
+    """(the rounds on A alone, the rounds over A and B)."""
     async with httpx.AsyncClient(
         base_url=f"https://127.0.0.1:{port_a}", timeout=POLL_TIMEOUT_S + 30, verify=tls
     ) as client:
         for a in agents:
             a.conn = AgentConnection(port_a, a.credential, tls)
         await fetch_serials(agents)
-        alone = await rounds("1x", client, admin, agents, pid_a, 100)
-        await asyncio.to_thread(start_b)
+        print(f"all {len(agents)} agents on A; {load()}")
+        alone = await rounds("1x", client, admin, agents, {port_a: pid_a}, 100, notices)
+        pid_b = await asyncio.to_thread(start_b)
         for a in agents[1::2]:
             assert a.conn is not None
             await a.conn.close()
             a.conn = AgentConnection(port_b, a.credential, tls)  # B's certificate, from the same CA
         await fetch_serials(agents)
-        spread = await rounds("2x", client, admin, agents, pid_a, 200)
-    return statistics.median(r["all"] for r in alone), statistics.median(r["all"] for r in spread)
+        print(f"half the agents on B; {load()}")
+        spread = await rounds("2x", client, admin, agents, {port_a: pid_a, port_b: pid_b}, 200, notices)
+        print(load())
+    return alone, spread
 
 
 async def measure_failover(
@@ -195,6 +274,7 @@ async def measure_failover(
                 api.ENROLL, content=request.model_dump_json(), headers={"Content-Type": "application/json"}
             )
             r.raise_for_status()
+            enrolled = time.perf_counter() - killed
         deadline = killed + ROUND_DEADLINE_S
         while sum(1 for a in on_a if a.got) < len(on_a):
             for t in tasks:
@@ -206,7 +286,12 @@ async def measure_failover(
                 )
             await asyncio.sleep(0.005)
         done = max(min(a.got.values()) for a in on_a) - killed
-        print(f"failover: {len(on_a)} agents moved to B and held the new map {done:.3f} s after the kill")
+        arrivals = sorted(min(a.got.values()) - killed for a in on_a)
+        print(
+            f"failover: {len(on_a)} agents moved to B and held the new map {done:.3f} s after the kill "
+            f"(the last reconnected to B at {max(moved) - killed:.3f} s, B answered the enrollment at "
+            f"{enrolled:.3f} s, median agent {statistics.median(arrivals):.3f} s; {load()})"
+        )
         return done
     finally:
         polling.stop.set()
@@ -216,9 +301,10 @@ async def measure_failover(
         process_a.wait()
 
 
-async def enroll_rate(port: int, admin: str, tls: ssl.SSLContext) -> float:
-    """Enrollments per second through the API with ENROLLERS clients at once, each enrollment a
-    nonce request and the enroll request signed over it (a fraction of a millisecond of signing)."""
+async def enroll_rate(port: int, admin: str, tls: ssl.SSLContext, pid: int) -> tuple[float, float]:
+    """(Enrollments per second through the API with ENROLLERS clients at once, each enrollment a
+    nonce request and the enroll request signed over it (a fraction of a millisecond of signing);
+    the controller's CPU milliseconds per enrollment)."""
     async with httpx.AsyncClient(base_url=f"https://127.0.0.1:{port}", timeout=60, verify=tls) as client:
         r = await client.post(
             api.PREAUTH_KEYS, json={"reusable": True}, headers={"Authorization": f"Bearer {admin}"}
@@ -235,9 +321,10 @@ async def enroll_rate(port: int, admin: str, tls: ssl.SSLContext) -> float:
                 r = await client.post(api.ENROLL, content=body, headers={"Content-Type": "application/json"})
                 r.raise_for_status()
 
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), cpu_seconds(pid)
         await asyncio.gather(*(worker() for _ in range(ENROLLERS)))
-        return ENROLLMENTS / (time.perf_counter() - start)
+        rate = ENROLLMENTS / (time.perf_counter() - start)
+        return rate, (cpu_seconds(pid) - cpu) / ENROLLMENTS * 1000
 
 
 def main() -> int:
@@ -261,17 +348,24 @@ def main() -> int:
             processes.append(process_a)
             print(f"{AGENTS} nodes seeded into PostgreSQL, replica A up in {time.perf_counter() - t:.1f} s")
 
-            def start_b() -> None:
+            def start_b() -> int:
                 t = time.perf_counter()
                 processes.append(start_controller(dir_b, port_b, env_for(url)))
                 print(f"replica B up in {time.perf_counter() - t:.1f} s", flush=True)
+                return processes[-1].pid
 
             # Replica A made the CA and put it in the database; B serves with a certificate from it.
             tls = ssl.create_default_context(cafile=str(dir_a / "tls" / "ca.crt"))
-            print("\n" + HEADER)
-            alone, spread = asyncio.run(
-                measure_push(port_a, port_b, start_b, admin, agents, process_a.pid, tls)
-            )
+            print("\n" + ROUND_HEADER)
+            notices = Notices(url)
+            try:
+                alone_rounds, spread_rounds = asyncio.run(
+                    measure_push(port_a, port_b, start_b, admin, agents, process_a.pid, tls, notices)
+                )
+            finally:
+                notices.stop()
+            alone = statistics.median(r["all"] for r in alone_rounds)
+            spread = statistics.median(r["all"] for r in spread_rounds)
             failover = asyncio.run(measure_failover(port_a, port_b, admin, agents, process_a, tls))
             for a in agents:
                 if a.conn is not None:
@@ -279,7 +373,8 @@ def main() -> int:
             for p in processes:
                 end(p)
 
-            rates = {}
+            rates: dict[str, float] = {}
+            cpu_ms: dict[str, float] = {}
             for kind in ("sqlite", "postgresql"):
                 state = work / f"enroll-{kind}"
                 state.mkdir(mode=0o700)
@@ -289,9 +384,12 @@ def main() -> int:
                 processes.append(process)
                 admin_e, _ = ensure_admin_credential(state)
                 own = ssl.create_default_context(cafile=str(state / "tls" / "ca.crt"))
-                rates[kind] = asyncio.run(enroll_rate(port, admin_e, own))
+                rates[kind], cpu_ms[kind] = asyncio.run(enroll_rate(port, admin_e, own, process.pid))
                 end(process)
-                print(f"enroll on {kind}: {rates[kind]:.1f} per second ({ENROLLERS} clients at once)")
+                print(
+                    f"enroll on {kind}: {rates[kind]:.1f} per second ({ENROLLERS} clients at once), "
+                    f"controller CPU {cpu_ms[kind]:.1f} ms per enrollment; {load()}"
+                )
     finally:
         for p in processes:
             end(p)
@@ -300,7 +398,9 @@ def main() -> int:
         f"RESULT replicas agents={AGENTS} push_1x_s={alone:.3f} push_2x_s={spread:.3f} "
         f"ratio_2x_vs_1x={spread / alone:.2f} goal_2x_s=1.0 failover_s={failover:.3f} "
         f"enroll_sqlite_per_s={rates['sqlite']:.1f} enroll_pg_per_s={rates['postgresql']:.1f} "
-        f"ratio_pg_vs_sqlite={rates['postgresql'] / rates['sqlite']:.2f}"
+        f"ratio_pg_vs_sqlite={rates['postgresql'] / rates['sqlite']:.2f} "
+        f"enroll_cpu_ms_sqlite={cpu_ms['sqlite']:.1f} enroll_cpu_ms_pg={cpu_ms['postgresql']:.1f} "
+        f"load1={os.getloadavg()[0]:.1f}"
     )
     return 0
 
