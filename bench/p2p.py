@@ -7,12 +7,19 @@
 - direct: one-way 200-byte messages/s from one Node to another, counted in the receiver's handler,
   against two baselines: websockets sending 200-byte frames one-way (goal: >= 0.75x), and what a user
   would pick instead for authenticated, encrypted messaging: ZeroMQ PUSH/PULL with CURVE (pyzmq, the
-  `bench` extra; goal: >= 0.5x). Without pyzmq (or without CURVE in its libzmq) that row says why.
+  `bench` extra; goal: >= 0.5x). Our rounds and pyzmq's alternate (a warm-up each, then 3 pairs) so
+  both see the same load; the ratio is the median of the pairs', and the CPU time per message of the
+  sending and the receiving process is printed too (it holds up on a loaded machine where wall-clock
+  rates do not). Without pyzmq (or without CURVE in its libzmq) those rows say why.
 - signed: broadcasts (origin-signed) received and verified by one node; and arriving at a third node
-  through a relay (both verify). Ed25519 verify costs ~100 us (~150 us with both cores busy), so
-  ~8k/s is the ceiling of one core; the node verifies on a thread pool (the verify releases the GIL).
-- round trip: sequential request/reply with 200 bytes, p50 and p99 against a websockets echo.
-  Goal: p99 <= 1 ms.
+  through a relay (both verify), against the same with a signature per message (the path before batch
+  signatures, by sending one message a frame), alternated; with the CPU time per message of relay and
+  sink. Ed25519 verify costs ~100 us, so ~9k/s is the ceiling of one core when every message has its
+  own signature; a frame's broadcasts share one.
+- round trip: sequential request/reply with 200 bytes (each request alone on an idle connection: what
+  batching must not slow down), p50 and p99 against a websockets echo. Goal: p99 <= 1 ms.
+
+The load average is printed at the start and the end: wall-clock figures depend on it.
 
 Sender and receiver run in separate processes (this machine has 2 cores), on 127.0.0.1 with ephemeral
 ports; children are ended by their pid. Bounded: about half a minute in all.
@@ -26,6 +33,7 @@ import json
 import multiprocessing
 import os
 import socket
+import statistics
 import sys
 import time
 import zlib
@@ -49,6 +57,7 @@ from p2p.node import Node
 
 MESSAGE_BYTES = 200
 DIRECT_N = 100_000
+ROUNDS = 3
 SIGNED_N = 10_000
 RTT_N = 5_000
 WARMUP = 2_000
@@ -238,11 +247,18 @@ async def baseline_echo(pipe: Connection, port: int) -> None:
 
 
 async def node_child(
-    pipe: Connection, key: bytes, directory: Directory, count: int, report_to: int | None
+    pipe: Connection,
+    key: bytes,
+    directory: Directory,
+    count: int,
+    report_to: int | None,
+    config: dict[str, Any] | None = None,
+    await_peers: list[int] | None = None,
 ) -> None:
     """A node that counts messages of type "m" (direct or relayed), answers "echo" requests, and when it
-    has counted `count`, says so: to node `report_to` as a "done" message, or on the pipe."""
-    node = Node(directory, IdentityPrivateKey(key), config=NodeConfig())
+    has counted `count`, says so with the CPU time its process has used so far: to node `report_to` as
+    a "done" message, or on the pipe."""
+    node = Node(directory, IdentityPrivateKey(key), config=NodeConfig(**(config or {})))
     received = 0
 
     async def on_message(message: Message) -> None:
@@ -251,9 +267,9 @@ async def node_child(
         if received == count:
             received = 0
             if report_to is not None:
-                await node.send(report_to, "done", None)
+                await node.send(report_to, "done", time.process_time())
             else:
-                pipe.send("done")
+                pipe.send(time.process_time())
 
     async def on_echo(message: Message) -> Any:
         return message.data
@@ -262,7 +278,12 @@ async def node_child(
     node.handle("echo", on_echo)
     async with node:
         pipe.send("ready")
-        await asyncio.get_running_loop().run_in_executor(None, pipe.recv)
+        # "cpu": once connected to `await_peers`, answer with the CPU time used so far (asked before
+        # traffic starts); anything else: stop
+        while await asyncio.get_running_loop().run_in_executor(None, pipe.recv) == "cpu":
+            if await_peers:
+                await node.wait_connected(await_peers, timeout=30)
+            pipe.send(time.process_time())
 
 
 async def zmq_curve_pull(pipe: Connection, port: int, count: int, server_secret: bytes) -> None:
@@ -280,7 +301,7 @@ async def zmq_curve_pull(pipe: Connection, port: int, count: int, server_secret:
         while True:
             for _ in range(count):
                 sock.recv(copy=False)
-            pipe.send("done")
+            pipe.send(time.process_time())
             if pipe.recv() != "again":
                 return
     finally:
@@ -356,37 +377,69 @@ def zmq_curve_missing() -> str | None:
     return None
 
 
-def zmq_curve_one_way() -> float:
-    """200-byte messages/s through ZeroMQ PUSH -> PULL with CURVE authentication and encryption."""
-    import zmq
+class Rounds:
+    """Rounds of one-way messages: rate, and CPU time per message of the sending and the receiving
+    process (CPU time holds up under a loaded machine where wall-clock rates do not)."""
 
-    server_public, server_secret = zmq.curve_keypair()
-    client_public, client_secret = zmq.curve_keypair()
-    port = free_port()
-    child = Child("zmq_curve_pull", port=port, count=DIRECT_N, server_secret=server_secret)
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.PUSH)
-    try:
-        sock.curve_serverkey = server_public
-        sock.curve_publickey = client_public
-        sock.curve_secretkey = client_secret
-        sock.connect(f"tcp://{HOST}:{port}")
+    def __init__(self) -> None:
+        self.rates: list[float] = []
+        self.send_cpu: list[float] = []
+        self.recv_cpu: list[float] = []
+
+    def add(self, n: int, wall: float, send_cpu: float, recv_cpu: float) -> None:
+        self.rates.append(n / wall)
+        self.send_cpu.append(send_cpu / n * 1e6)
+        self.recv_cpu.append(recv_cpu / n * 1e6)
+
+    @property
+    def rate(self) -> float:
+        return max(self.rates)
+
+    @property
+    def cpu_us(self) -> tuple[float, float]:
+        return min(self.send_cpu), min(self.recv_cpu)
+
+
+class ZmqCurvePush:
+    """ZeroMQ PUSH (here) -> PULL (a child) with CURVE authentication and encryption."""
+
+    def __init__(self) -> None:
+        import zmq
+
+        server_public, server_secret = zmq.curve_keypair()
+        client_public, client_secret = zmq.curve_keypair()
+        port = free_port()
+        self.child = Child("zmq_curve_pull", port=port, count=DIRECT_N, server_secret=server_secret)
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.PUSH)
+        self.sock.curve_serverkey = server_public
+        self.sock.curve_publickey = client_public
+        self.sock.curve_secretkey = client_secret
+        self.sock.connect(f"tcp://{HOST}:{port}")
+        self.rounds = Rounds()
+        self._recv_cpu: float | None = None
+        self._sent = 0
+
+    def round(self) -> None:
         payload = os.urandom(MESSAGE_BYTES)
-        rates = []
-        for round_ in range(2):
-            if round_:
-                child.pipe.send("again")
-            started = time.perf_counter()
-            for _ in range(DIRECT_N):
-                sock.send(payload, copy=True)
-            if not child.pipe.poll(60) or child.pipe.recv() != "done":
-                raise TimeoutError("the zmq PULL child did not report")
-            rates.append(DIRECT_N / (time.perf_counter() - started))
-        return max(rates)
-    finally:
-        sock.close(linger=0)
-        ctx.term()
-        child.close()
+        if self._sent:
+            self.child.pipe.send("again")
+        self._sent += 1
+        cpu, started = time.process_time(), time.perf_counter()
+        for _ in range(DIRECT_N):
+            self.sock.send(payload, copy=True)
+        if not self.child.pipe.poll(60):
+            raise TimeoutError("the zmq PULL child did not report")
+        recv_cpu = self.child.pipe.recv()
+        wall, send_cpu = time.perf_counter() - started, time.process_time() - cpu
+        if self._recv_cpu is not None:  # the first round warms up (and has no start figure)
+            self.rounds.add(DIRECT_N, wall, send_cpu, recv_cpu - self._recv_cpu)
+        self._recv_cpu = recv_cpu
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+        self.ctx.term()
+        self.child.close()
 
 
 async def baseline_rtt() -> list[float]:
@@ -407,49 +460,92 @@ async def baseline_rtt() -> list[float]:
         child.close()
 
 
-async def node_direct_and_rtt() -> tuple[float, list[float]]:
-    keys, entries = make_mesh(2)
-    child = Child(
-        "node", key=keys[2].raw(), directory=directory(2, entries, [1]), count=DIRECT_N, report_to=1
-    )
-    try:
-        node = Node(directory(1, entries, [2]), keys[1])
-        done: asyncio.Queue[None] = asyncio.Queue()
+class NodeSender:
+    """One Node (here) sending 200-byte direct messages to another (a child)."""
+
+    async def start(self) -> None:
+        keys, entries = make_mesh(2)
+        self.child = Child(
+            "node", key=keys[2].raw(), directory=directory(2, entries, [1]), count=DIRECT_N, report_to=1
+        )
+        self.node = Node(directory(1, entries, [2]), keys[1])
+        self.done: asyncio.Queue[float] = asyncio.Queue()
 
         async def on_done(message: Message) -> None:
-            done.put_nowait(None)
+            self.done.put_nowait(message.data)
 
-        node.handle("done", on_done)
-        async with node:
-            await node.wait_connected(timeout=10)
-            payload = os.urandom(MESSAGE_BYTES)
-            rates = []
-            for _ in range(2):
-                started = time.perf_counter()
-                for _ in range(DIRECT_N):
-                    await node.send(2, "m", payload)
-                async with asyncio.timeout(60):
-                    await done.get()
-                rates.append(DIRECT_N / (time.perf_counter() - started))
-            samples = []
-            for i in range(WARMUP + RTT_N):
-                started = time.perf_counter()
-                await node.request(2, "echo", payload)
-                if i >= WARMUP:
-                    samples.append(time.perf_counter() - started)
-            return max(rates), samples
+        self.node.handle("done", on_done)
+        await self.node.start()
+        await self.node.wait_connected(timeout=10)
+        self.rounds = Rounds()
+        self._recv_cpu: float | None = None
+
+    async def round(self) -> None:
+        payload = os.urandom(MESSAGE_BYTES)
+        node = self.node
+        cpu, started = time.process_time(), time.perf_counter()
+        for _ in range(DIRECT_N):
+            await node.send(2, "m", payload)
+        async with asyncio.timeout(60):
+            recv_cpu = await self.done.get()
+        wall, send_cpu = time.perf_counter() - started, time.process_time() - cpu
+        if self._recv_cpu is not None:
+            self.rounds.add(DIRECT_N, wall, send_cpu, recv_cpu - self._recv_cpu)
+        self._recv_cpu = recv_cpu
+
+    async def rtt(self) -> list[float]:
+        """Sequential request/reply: each request goes out alone, on an idle connection."""
+        payload = os.urandom(MESSAGE_BYTES)
+        samples = []
+        for i in range(WARMUP + RTT_N):
+            started = time.perf_counter()
+            await self.node.request(2, "echo", payload)
+            if i >= WARMUP:
+                samples.append(time.perf_counter() - started)
+        return samples
+
+    async def close(self) -> None:
+        await self.node.close()
+        self.child.close()
+
+
+async def direct_against_zmq() -> tuple[Rounds, Rounds | None, str | None, list[float]]:
+    """Our rounds and pyzmq CURVE's, interleaved (a warm-up each, then ROUNDS pairs), so both see the
+    same load; and the idle round trip."""
+    ours = NodeSender()
+    await ours.start()
+    zmq_missing = zmq_curve_missing()
+    zmq = ZmqCurvePush() if zmq_missing is None else None
+    try:
+        for _ in range(ROUNDS + 1):
+            if zmq is not None:
+                zmq.round()
+            await ours.round()
+        return ours.rounds, zmq.rounds if zmq else None, zmq_missing, await ours.rtt()
     finally:
-        child.close()
+        if zmq is not None:
+            zmq.close()
+        await ours.close()
 
 
-async def node_signed_one_hop() -> float:
+# The origin sends one message a frame: every broadcast signed on its own, as before batch signatures
+# (relays still put many in a frame, as they did).
+PER_MESSAGE_SIGNATURES = {"batch_items": 1}
+
+
+async def node_signed_one_hop(config: dict[str, Any] | None = None) -> float:
     """Signed broadcasts/s received and verified by one peer (origin and receiver: one process each)."""
     keys, entries = make_mesh(2)
     receiver = Child(
-        "node", key=keys[2].raw(), directory=directory(2, entries, [1]), count=SIGNED_N, report_to=None
+        "node",
+        key=keys[2].raw(),
+        directory=directory(2, entries, [1]),
+        count=SIGNED_N,
+        report_to=None,
+        config=config,
     )
     try:
-        async with Node(directory(1, entries, [2]), keys[1]) as node:
+        async with Node(directory(1, entries, [2]), keys[1], config=NodeConfig(**(config or {}))) as node:
             await node.wait_connected(timeout=10)
             payload = os.urandom(MESSAGE_BYTES)
             started = time.perf_counter()
@@ -461,26 +557,42 @@ async def node_signed_one_hop() -> float:
         receiver.close()
 
 
-async def node_signed_relayed() -> float:
-    """Signed broadcasts/s arriving at a node the origin has no connection to, through a relay."""
+async def node_signed_relayed(config: dict[str, Any] | None = None) -> tuple[float, float]:
+    """Signed broadcasts/s arriving at a node the origin has no connection to, through a relay; and the
+    CPU time per message of the relay and the sink together (both verify every signature). `config` is
+    the origin's: relays forward what they get as it came."""
     keys, entries = make_mesh(3)
     # node 1 (origin, here) knows only node 2; node 2 relays to node 3, which reports on its pipe
     relay = Child(
-        "node", key=keys[2].raw(), directory=directory(2, entries, [1, 3]), count=SIGNED_N, report_to=None
+        "node",
+        key=keys[2].raw(),
+        directory=directory(2, entries, [1, 3]),
+        count=SIGNED_N,
+        report_to=None,
+        await_peers=[1, 3],
     )
     sink = Child(
-        "node", key=keys[3].raw(), directory=directory(3, entries, [1, 2]), count=SIGNED_N, report_to=None
+        "node",
+        key=keys[3].raw(),
+        directory=directory(3, entries, [1, 2]),
+        count=SIGNED_N,
+        report_to=None,
     )
     try:
-        async with Node(directory(1, entries, [2]), keys[1]) as node:
+        async with Node(directory(1, entries, [2]), keys[1], config=NodeConfig(**(config or {}))) as node:
             await node.wait_connected(timeout=10)
-            await asyncio.sleep(0.5)  # node 2 dials node 3 (the lower id dials)
+            cpu_before = 0.0  # asked of the relay once it is connected to the sink too
+            for child in (relay, sink):
+                child.pipe.send("cpu")
+                cpu_before += await wait_pipe(child.pipe)
             payload = os.urandom(MESSAGE_BYTES)
             started = time.perf_counter()
             for _ in range(SIGNED_N):
                 await node.broadcast("m", payload)
-            await wait_pipe(sink.pipe)
-            return SIGNED_N / (time.perf_counter() - started)
+            relay_cpu = await wait_pipe(relay.pipe)
+            sink_cpu = await wait_pipe(sink.pipe)
+            rate = SIGNED_N / (time.perf_counter() - started)
+            return rate, (relay_cpu + sink_cpu - cpu_before) / SIGNED_N * 1e6
     finally:
         relay.close()
         sink.close()
@@ -491,54 +603,97 @@ def pct(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e6
 
 
+def load() -> str:
+    return "/".join(f"{x:.1f}" for x in os.getloadavg())
+
+
 async def run() -> int:
-    print(f"p2p bench: {os.cpu_count()} cores, python {sys.version.split()[0]}")
+    load_start = load()
+    print(f"p2p bench: {os.cpu_count()} cores, python {sys.version.split()[0]}, load average {load_start}")
     measure_format()
     comp = measure_compression()
     encodings = measure_gradient_encodings()
     base_rate = await baseline_one_way()
-    zmq_missing = zmq_curve_missing()
-    zmq_rate = zmq_curve_one_way() if zmq_missing is None else None
     base_rtt = await baseline_rtt()
-    direct_rate, rtt = await node_direct_and_rtt()
+    ours, zmq, zmq_missing, rtt = await direct_against_zmq()
+    direct_rate = ours.rate
+    # interleaved rounds: each pair saw the same load; the median of the pair-wise ratios
+    zmq_ratio = statistics.median(a / b for a, b in zip(ours.rates, zmq.rates, strict=True)) if zmq else None
+    send_us, recv_us = ours.cpu_us
     at_relay = await node_signed_one_hop()
-    at_sink = await node_signed_relayed()
+    # relayed, per-message signatures (the old path: one message a frame) against batch signatures,
+    # alternated so both see the same load
+    relayed: dict[str, list[tuple[float, float]]] = {"batch": [], "single": []}
+    for _ in range(2):
+        relayed["single"].append(await node_signed_relayed(PER_MESSAGE_SIGNATURES))
+        relayed["batch"].append(await node_signed_relayed())
+    at_sink, sink_cpu = max(relayed["batch"])
+    single_rate, single_cpu = max(relayed["single"])
+    relay_gain = at_sink / single_rate
     ratio = direct_rate / base_rate
-    zmq_ratio = direct_rate / zmq_rate if zmq_rate else None
-    zmq_row = (
-        ["direct messages/s", f"{direct_rate:,.0f}", f"{zmq_rate:,.0f} (pyzmq PUSH/PULL, CURVE)", f"{zmq_ratio:.2f}x", ">= 0.5x"]
-        if zmq_rate and zmq_ratio
-        else ["direct messages/s", f"{direct_rate:,.0f}", f"skipped: {zmq_missing}", "-", ">= 0.5x"]
-    )  # fmt: skip
+    if zmq and zmq_ratio:
+        zsend, zrecv = zmq.cpu_us
+        zmq_rows = [
+            [
+                "direct messages/s",
+                f"{direct_rate:,.0f}",
+                f"{zmq.rate:,.0f} (pyzmq PUSH/PULL, CURVE)",
+                f"{zmq_ratio:.2f}x",
+                ">= 0.5x",
+            ],
+            [
+                "  CPU per message, sender",
+                f"{send_us:.2f} us",
+                f"{zsend:.2f} us (pyzmq)",
+                f"{zsend / send_us:.2f}x",
+                "-",
+            ],
+            [
+                "  CPU per message, receiver",
+                f"{recv_us:.2f} us",
+                f"{zrecv:.2f} us (pyzmq)",
+                f"{zrecv / recv_us:.2f}x",
+                "-",
+            ],
+        ]
+    else:
+        zmq_rows = [["direct messages/s", f"{direct_rate:,.0f}", f"skipped: {zmq_missing}", "-", ">= 0.5x"]]
     table(
         f"one connection on loopback, {MESSAGE_BYTES}-byte messages (sender and receiver in separate processes)",
         ["measure", "p2p Node", "baseline", "ratio", "goal"],
         [
             ["direct messages/s", f"{direct_rate:,.0f}", f"{base_rate:,.0f} (websockets)", f"{ratio:.2f}x", ">= 0.75x"],
-            zmq_row,
+            *zmq_rows,
             ["signed broadcasts/s, verified by the peer", f"{at_relay:,.0f}", "-", "-", "~8k/s (verify-bound)"],
-            ["signed, via a relay (3 processes, 2 cores)", f"{at_sink:,.0f}", "-", "-", ">= 7,500/s"],
-            ["request round trip p50", f"{pct(rtt, 0.5):.0f} us", f"{pct(base_rtt, 0.5):.0f} us", "-", "-"],
-            ["request round trip p99", f"{pct(rtt, 0.99):.0f} us", f"{pct(base_rtt, 0.99):.0f} us", "-", "<= 1000 us"],
+            ["signed, via a relay (3 processes, 2 cores)", f"{at_sink:,.0f}", f"{single_rate:,.0f} (a signature per message)", f"{relay_gain:.1f}x", ">= 7,500/s"],
+            ["  CPU per message, relay + sink", f"{sink_cpu:.0f} us", f"{single_cpu:.0f} us (a signature per message)", f"{single_cpu / sink_cpu:.1f}x", "-"],
+            ["request round trip p50 (idle)", f"{pct(rtt, 0.5):.0f} us", f"{pct(base_rtt, 0.5):.0f} us", "-", "-"],
+            ["request round trip p99 (idle)", f"{pct(rtt, 0.99):.0f} us", f"{pct(base_rtt, 0.99):.0f} us", "-", "<= 1000 us"],
         ],
     )  # fmt: skip
+    load_end = load()
+    print(f"load average {load_start} at the start, {load_end} at the end (wall-clock rates depend on it)")
     ok = ratio >= 0.75 and pct(rtt, 0.99) <= 1000 and (zmq_ratio is None or zmq_ratio >= 0.5)
     ok = ok and at_sink >= 7500
     zmq_fields = (
-        f"zmq_curve_msgs_per_s={zmq_rate:.0f} zmq_curve_ratio={zmq_ratio:.2f} "
-        if zmq_rate and zmq_ratio
+        f"zmq_curve_msgs_per_s={zmq.rate:.0f} zmq_curve_ratio={zmq_ratio:.2f} "
+        f"send_cpu_us={send_us:.2f} recv_cpu_us={recv_us:.2f} zmq_send_cpu_us={zmq.cpu_us[0]:.2f} "
+        f"zmq_recv_cpu_us={zmq.cpu_us[1]:.2f} "
+        if zmq and zmq_ratio
         else "zmq_curve_skipped=1 "
     )
     print(
         f"RESULT name=p2p direct_msgs_per_s={direct_rate:.0f} baseline_msgs_per_s={base_rate:.0f} "
         f"direct_ratio={ratio:.2f} {zmq_fields}signed_msgs_per_s={at_relay:.0f} relayed_msgs_per_s={at_sink:.0f} "
+        f"relayed_single_sig_msgs_per_s={single_rate:.0f} relayed_gain={relay_gain:.1f} "
+        f"relayed_cpu_us={sink_cpu:.0f} relayed_single_sig_cpu_us={single_cpu:.0f} "
         f"rtt_p50_us={pct(rtt, 0.5):.0f} rtt_p99_us={pct(rtt, 0.99):.0f} "
         f"baseline_rtt_p50_us={pct(base_rtt, 0.5):.0f} baseline_rtt_p99_us={pct(base_rtt, 0.99):.0f} "
         f"format=msgpack compression=zstd-1 gradient_ratio={comp['ratio']:.3f} "
         f"gradient_compress_ms={comp['compress_ms']:.2f} gradient_decompress_ms={comp['decompress_ms']:.2f} "
         f"float16_ratio={encodings['float16_ratio']:.2f} float16_error={encodings['float16_error']:.1e} "
         f"int8_ratio={encodings['int8_ratio']:.2f} int8_error={encodings['int8_error']:.1e} "
-        f"goals_met={'yes' if ok else 'no'}"
+        f"load_start={load_start} load_end={load_end} goals_met={'yes' if ok else 'no'}"
     )
     return 0
 
