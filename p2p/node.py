@@ -57,12 +57,23 @@ from p2p.core.frame import (
     FLAG_REQUEST,
     Envelope,
     Item,
+    direct_item,
     local_gossip_item,
+    new_tuple,
     sign_broadcasts,
 )
 from p2p.core.gate import GateVerdict, admit_handshake
 from p2p.core.history import History
-from p2p.core.message import PRIORITY_DEFAULT, PRIORITY_MAX, Message, MessageIds, check_priority, check_type
+from p2p.core.message import (
+    MAX_TYPE_LEN,
+    PRIORITY_DEFAULT,
+    PRIORITY_MAX,
+    PRIORITY_MIN,
+    Message,
+    MessageIds,
+    check_priority,
+    check_type,
+)
 from p2p.core.pacing import Backoff
 from p2p.core.queue import BoundedPriorityQueue
 from p2p.core.replay import ReplayWindow
@@ -82,7 +93,7 @@ from p2p.errors import NodeClosed, PayloadError, RequestFailed, RequestTimeout, 
 from p2p.events import PeerDown, PeerEvent, PeerEventStream, PeerUp
 from p2p.handlers import HandlerTable
 from p2p.link import PeerConnection, PeerLink
-from p2p.middleware import Handler, Middleware, authorize_by_policy
+from p2p.middleware import Handler, Middleware, policy_check
 from p2p.requests import PendingRequests
 
 ITEM_OVERHEAD = 64  # bytes charged per queued item besides its body
@@ -143,7 +154,7 @@ class Node:
             max_age=self.config.reply_cache_seconds,
         )
         self.handlers = HandlerTable(node_id=directory.own.node_id, counters=self.counters, log=self._log)
-        self.handlers.use(authorize_by_policy(lambda: self.directory))
+        self.handlers.guard(policy_check(lambda: self.directory))
         self._streams: list[PeerEventStream] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._server: Server | None = None
@@ -329,10 +340,9 @@ class Node:
         if message_id is None:
             message_id = self._ids.next()
         now = self._clock()
-        envelope = Envelope(message_id, message_type, now, priority, flags | body_flags, body, reply_to)
-        item = envelope.item()
+        item = direct_item(message_id, message_type, now, priority, flags | body_flags, body, reply_to)
         if reply_to is None:
-            message = Message(message_type, data, now, self.node_id, message_id, priority)
+            message = new_tuple(Message, (message_type, data, now, self.node_id, message_id, priority))
             self.history.add(message, len(body), now)
         return message_id, item, len(body) + ITEM_OVERHEAD
 
@@ -352,10 +362,15 @@ class Node:
     ) -> bytes:
         """Queue a message for `peer`; returns its id. Waits while the peer's queue is full
         (SendTimeout after `config.send_timeout`)."""
-        self._running()
-        link = self._link(peer)
-        check_type(message_type)
-        check_priority(priority)
+        link = self._links.get(peer)
+        if link is None or self._closed or self._loop is None:
+            self._running()  # these raise the error that says why
+            link = self._link(peer)
+        # check_type and check_priority inline when they pass (once per message)
+        if type(message_type) is not str or not 0 < len(message_type) <= MAX_TYPE_LEN:
+            check_type(message_type)
+        if type(priority) is not int or not PRIORITY_MIN <= priority <= PRIORITY_MAX:
+            check_priority(priority)
         message_id, item, size = self._direct(message_type, data, priority)
         if not link.push_outbox(item, priority, size):
             await self._enqueue(link, item, priority, size)

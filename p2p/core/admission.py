@@ -19,21 +19,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from p2p.core.codec import BodyCodec, BodyError, BodyTooLarge
 from p2p.core.counters import Counters
 from p2p.core.directory import Directory, DirectoryEntry
-from p2p.core.frame import FLAG_ERROR, FLAG_REQUEST, Envelope, GossipMessage, SignedBatch
+from p2p.core.frame import FLAG_ERROR, FLAG_REQUEST, Envelope, GossipMessage, SignedBatch, new_tuple
 from p2p.core.history import History
 from p2p.core.message import Message
 from p2p.core.replay import Freshness, ReplayWindow
 
 
-@dataclass(slots=True)
-class Delivery:
-    """A message on its way to a handler, with who sent it and how it came. Never mutated (not frozen:
-    built once per message, see Envelope)."""
+class Delivery(NamedTuple):
+    """A message on its way to a handler, with who sent it and how it came. Immutable (a NamedTuple,
+    built with `new_tuple` once per message)."""
 
     message: Message
     sender: DirectoryEntry  # the origin; its role is what authorization looks at
@@ -110,11 +109,12 @@ class Admission:
         except BodyError:
             self.counters.malformed += 1
             return None
-        message = Message(
-            envelope.type, data, envelope.timestamp, peer.node_id, envelope.id, envelope.priority
+        node_id = peer.node_id
+        message: Message = new_tuple(
+            Message, (envelope.type, data, envelope.timestamp, node_id, envelope.id, envelope.priority)
         )
         self.history.add(message, len(envelope.body), now)
-        return Delivery(message, peer, peer.node_id, bool(envelope.flags & FLAG_REQUEST))
+        return new_tuple(Delivery, (message, peer, node_id, envelope.flags & FLAG_REQUEST != 0))
 
     def reply(self, envelope: Envelope) -> Reply | None:
         assert envelope.reply_to is not None

@@ -16,7 +16,7 @@ T = TypeVar("T")
 
 
 class BoundedPriorityQueue(Generic[T]):
-    __slots__ = ("_buckets", "_bytes", "_len", "max_bytes", "max_items")
+    __slots__ = ("_buckets", "_bytes", "_descending", "_len", "max_bytes", "max_items")
 
     def __init__(self, max_items: int, max_bytes: int) -> None:
         if max_items < 1 or max_bytes < 1:
@@ -25,6 +25,7 @@ class BoundedPriorityQueue(Generic[T]):
         self.max_bytes = max_bytes
         # index = priority; index 0 unused
         self._buckets: list[deque[tuple[T, int]]] = [deque() for _ in range(PRIORITY_MAX + 1)]
+        self._descending = self._buckets[PRIORITY_MAX : PRIORITY_MIN - 1 : -1]  # the same deques
         self._len = 0
         self._bytes = 0
 
@@ -45,18 +46,18 @@ class BoundedPriorityQueue(Generic[T]):
     def push(self, item: T, priority: int, size: int) -> bool:
         if not PRIORITY_MIN <= priority <= PRIORITY_MAX:
             raise ValueError(f"priority {priority} out of range")
-        if not self.has_room(size):
+        n = self._len
+        if n and (n >= self.max_items or self._bytes + size > self.max_bytes):  # has_room, inline
             return False
         self._buckets[priority].append((item, size))
-        self._len += 1
+        self._len = n + 1
         self._bytes += size
         return True
 
     def pop(self) -> T | None:
         if not self._len:
             return None
-        for priority in range(PRIORITY_MAX, PRIORITY_MIN - 1, -1):
-            bucket = self._buckets[priority]
+        for bucket in self._descending:
             if bucket:
                 item, size = bucket.popleft()
                 self._len -= 1

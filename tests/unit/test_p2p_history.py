@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from p2p.core.history import ENTRY_OVERHEAD, ByPriority, History, LeastRecentlyUsed, MaxAge
+from p2p.core.history import ENTRY_OVERHEAD, ByPriority, History, HistoryEntry, LeastRecentlyUsed, MaxAge
 from p2p.core.message import Message
 
 
@@ -105,12 +105,13 @@ def test_history_stays_bounded_and_consistent_whatever_arrives(kind, operations,
             assert got is None or got.id == message.id
             # nothing past its lifetime is ever returned
             for entry in h._entries.values():
-                assert entry.recorded_at + lifetime(entry.message.priority) > now
+                kept, _, recorded_at = entry_parts(entry)
+                assert recorded_at + lifetime(kept.priority) > now
         else:
             h.add(message, size, now)
         assert len(h) <= max_entries
         assert h.total_bytes <= max_bytes
-        assert h.total_bytes == sum(e.size for e in h._entries.values())
+        assert h.total_bytes == sum(entry_parts(e)[1] for e in h._entries.values())
 
 
 def test_bounds_must_be_positive():
@@ -118,3 +119,11 @@ def test_bounds_must_be_positive():
         History(max_entries=0)
     with pytest.raises(ValueError):
         MaxAge(0)
+
+
+def entry_parts(entry: tuple) -> tuple[Message, int, float]:
+    """(message, size, recorded_at) of a kept entry: a HistoryEntry, or the default strategy's plain
+    tuple (*message, size, recorded_at)."""
+    if isinstance(entry, HistoryEntry):
+        return entry.message, entry.size, entry.recorded_at
+    return Message(*entry[:6]), entry[6], entry[7]

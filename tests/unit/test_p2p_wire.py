@@ -185,7 +185,7 @@ def test_the_broadcasts_of_one_frame_leave_as_one_batch_under_one_signature():
     assert (ttl, batch.origin, [m.body for m in batch.messages]) == (4, 7, [b"\x01", b"\x02", b"\x03"])
     assert key.public_key().verify(batch.signature, batch.signing_input())
     # the relay forwards the unit as it came, only the ttl lowered
-    assert batch.item(3) == [GOSSIP_BATCH, 3, signed[1][2], signed[1][3]]
+    assert batch.item(3) == (GOSSIP_BATCH, 3, signed[1][2], signed[1][3])
 
 
 def test_a_lone_broadcast_is_a_gossip_item_and_a_frame_without_any_is_untouched():
