@@ -79,4 +79,9 @@ def action_filter_problem(value: str) -> str | None:
     return f"{value!r} is not an action: one of {', '.join(AUDIT_ACTIONS)}, or a prefix ('policy', 'key')"
 
 
+AUDIT_FILTERS: tuple[str, ...] = tuple(
+    sorted({a.rsplit(".", i)[0] for a in AUDIT_ACTIONS for i in range(a.count(".") + 1)})
+)
+"""What GET /v1/audit's `action` takes: an action, or a prefix of some ('policy' for policy.*)."""
+
 AUDIT_MAX_LIMIT = 10_000

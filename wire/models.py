@@ -18,10 +18,19 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from wire import PROTOCOL_VERSION
-from wire.fields import Endpoint, Hostname, IdPublicKey, Port, Role, WgPublicKey
+from wire.fields import (
+    JSON_INT,
+    Endpoint,
+    Hostname,
+    IdPublicKey,
+    Int,
+    Port,
+    Role,
+    WgPublicKey,
+)
 from wire.policy import TagName
 
-NodeId = Annotated[int, Field(ge=1, description="Controller-assigned node id, never reused.")]
+NodeId = Annotated[int, Field(ge=1, description="Controller-assigned node id, never reused."), JSON_INT]
 IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network
 
@@ -76,8 +85,12 @@ class EnrollRequest(WireModel):
         default_factory=list, max_length=16, description="Underlay endpoints; empty: reachable only outbound."
     )
     listen_port: Port = 51820
-    protocol_version: int = PROTOCOL_VERSION
-    signature: str = Field(description="base64 Ed25519 signature, see enroll_signing_bytes")
+    protocol_version: Int = PROTOCOL_VERSION
+    signature: str = Field(
+        max_length=200,
+        description="base64 Ed25519 signature, see enroll_signing_bytes; one that is no base64 does not "
+        "verify (403)",
+    )
 
 
 def enroll_signing_bytes(req: EnrollRequest) -> bytes:
@@ -290,8 +303,8 @@ class PreAuthKeyRequest(WireModel):
     model_config = REQUEST_CONFIG
     role: Role = "node"
     reusable: bool = False
-    expires_in_s: int | None = Field(
-        default=3600, ge=1, le=MAX_PREAUTH_EXPIRY_S, description="None: never expires."
+    expires_in_s: Annotated[int, Field(ge=1, le=MAX_PREAUTH_EXPIRY_S), JSON_INT] | None = Field(
+        default=3600, description="None: never expires."
     )
     tags: list[TagName] | None = Field(
         default=None,

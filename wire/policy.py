@@ -39,7 +39,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+)
+
+from wire.fields import JSON_INT
 
 POLICY_FORMAT = 1
 """Version of the document's format (the `format` field; absent: 1)."""
@@ -47,7 +57,8 @@ POLICY_FORMAT = 1
 DEFAULT_P2P_PORT = 8421
 
 Protocol = Literal["tcp", "udp", "icmp", "any"]
-_TAG = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+TAG_PATTERN = "^[a-z][a-z0-9_-]{0,31}$"  # as wire.fields.ROLE_PATTERN: a role is a node's default tag
+_TAG = re.compile(TAG_PATTERN)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$")
 _MESSAGE_TYPE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 _PORT_SPEC = re.compile(r"^(tcp|udp)(?:/(\d{1,5})(?:-(\d{1,5}))?)?$|^(icmp|any)$")
@@ -67,7 +78,7 @@ def _check_selector(value: str) -> str:
     kind, sep, rest = value.partition(":")
     if not sep or kind not in ("tag", "node"):
         raise ValueError(f"{value!r}: a selector is 'tag:NAME', 'node:NAME' or '*'")
-    if kind == "tag" and not _TAG.match(rest):
+    if kind == "tag" and not _TAG.fullmatch(rest):
         raise ValueError(f"{value!r}: a tag is 1-32 of a-z, 0-9, '_' or '-', starting with a letter")
     if kind == "node" and not _NAME.match(rest):
         raise ValueError(f"{value!r}: not a node name")
@@ -126,14 +137,18 @@ def _check_port_text(value: str) -> str:
 
 
 def _check_tag(value: str) -> str:
-    if not _TAG.match(value):
+    if not _TAG.fullmatch(value):
         raise ValueError(f"{value!r}: a tag is 1-32 of a-z, 0-9, '_' or '-', starting with a letter")
     return value
 
 
 Selector = Annotated[str, AfterValidator(_check_selector)]
 PortText = Annotated[str, AfterValidator(_check_port_text)]
-TagName = Annotated[str, AfterValidator(_check_tag)]
+TagName = Annotated[
+    str,
+    AfterValidator(_check_tag),
+    WithJsonSchema({"type": "string", "pattern": TAG_PATTERN, "examples": ["worker"]}),
+]
 
 
 class _Doc(BaseModel):
@@ -352,8 +367,7 @@ class PolicySetRequest(_ApiRequest):
 
 
 class PolicyRollbackRequest(_ApiRequest):
-    version: int = Field(
-        ge=0,
+    version: Annotated[int, Field(ge=0), JSON_INT] = Field(
         description="The version to bring back (it becomes a new version); 0: no policy, the full mesh "
         "(as `wgmesh policy clear`).",
     )

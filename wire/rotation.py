@@ -17,11 +17,11 @@ Signatures are Ed25519 over `signing_bytes(...)`: every field but the signature,
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
-from wire.fields import WgPublicKey
+from wire.fields import JSON_INT, WgPublicKey
 from wire.models import REQUEST_CONFIG, NodeId, WireModel
 
 ROTATION_PORT = 51822
@@ -84,7 +84,7 @@ class KeyReport(WireModel):
 
     model_config = REQUEST_CONFIG
 
-    rotation_id: RotationId = Field(ge=1)
+    rotation_id: Annotated[RotationId, Field(ge=1), JSON_INT]
     phase: KeyReportPhase
     wg_public_key: WgPublicKey
 
