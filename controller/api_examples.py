@@ -21,7 +21,8 @@ ENROLL_REQUEST: dict[str, Any] = {
             "endpoints": ["198.18.0.2:51820"],
             "listen_port": 51820,
             "protocol_version": 2,
-            "signature": "base64 Ed25519 signature over enroll_signing_bytes(request)",
+            # base64 Ed25519 signature over enroll_signing_bytes(request)
+            "signature": "H3xH5N59iiOZaJwyeGkrFI9I0VsIxEpcmOe7VWa7xGCfOjutwHzGe/bmV1lRkQJbidInQxx63FxVdQ1dH8Qp+w==",
         },
     }
 }

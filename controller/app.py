@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
@@ -25,7 +26,7 @@ from fastapi import Body, FastAPI, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException
-from starlette.routing import BaseRoute, Match
+from starlette.routing import BaseRoute, Match, Route
 
 from controller import api_examples as ex
 from controller.audit import AuditOrigin
@@ -147,7 +148,7 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
         401: "missing or unknown credential",
         403: "credential not allowed here, or enrollment refused",
         404: "no such object",
-        409: "conflicts with an existing node",
+        409: "conflicts with the mesh as it is (an existing node, a running rotation, peers it lacks)",
         410: "the node was removed",
         413: "request body too large",
         422: "invalid field values",
@@ -159,6 +160,19 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 def _on_path(route: BaseRoute, request: Request) -> bool:
     match, _ = route.matches(request.scope)
     return match is not Match.NONE
+
+
+def _literal_paths_win(routes: list[BaseRoute]) -> None:
+    """A path that is a route of its own is never a value of another route's parameter:
+    `/v1/nodes/rotate-all` is that resource for every method (405 for GET, not node "rotate-all")."""
+    literal = [r.path for r in routes if isinstance(r, Route) and not r.param_convertors]
+    for route in routes:
+        if not isinstance(route, Route) or not route.param_convertors:
+            continue
+        taken = [p for p in literal if route.path_regex.match(p)]
+        if taken:
+            exclude = "|".join(re.escape(p) for p in sorted(set(taken)))
+            route.path_regex = re.compile(f"^(?!(?:{exclude})$){route.path_regex.pattern.removeprefix('^')}")
 
 
 IdPath = Annotated[int, Path(ge=1, le=MAX_ID, description="Node id")]
@@ -421,12 +435,13 @@ def create_app(
         tags=["node"],
         status_code=204,
         response_class=Response,
-        responses=_errors(401, 403, 410, 413, 422),
+        responses=_errors(401, 403, 409, 410, 413, 422),
     )
     async def links(
         node: NodeCaller, report: Annotated[LinkReport, Body(openapi_examples=ex.LINK_REPORT)]
     ) -> Response:
-        """The caller's measurements of its direct links, one per peer."""
+        """The caller's measurements of its direct links, one per peer. 409 when a measurement names
+        the caller itself, a peer twice, or a node that never was in the mesh."""
         await plane.report(node, report)
         return Response(status_code=204)
 
@@ -637,4 +652,5 @@ def create_app(
     add_audit_routes(app, plane, ADMIN, _errors)
     add_metrics(app, metrics, plane, notifier, ADMIN)
     add_ui_routes(app, plane, ADMIN)
+    _literal_paths_win(app.routes)
     return app

@@ -360,7 +360,7 @@ class ControlPlane:
         try:
             signature = base64.b64decode(req.signature, validate=True)
         except (binascii.Error, ValueError):
-            raise ApiError(422, "signature: not valid base64") from None
+            raise ApiError(403, "signature: not valid base64, so it does not verify") from None
         if len(signature) != 64 or not req.identity_public_key.verify(signature, signing_bytes):
             raise ApiError(
                 403,
@@ -526,19 +526,23 @@ class ControlPlane:
             self._seen_written.update(due)
 
     async def report(self, node_id: int, report: LinkReport) -> None:
+        # A report that does not fit the mesh (its own id, a peer twice, a node that never existed) is
+        # 409: well formed, as the document says, but in conflict with who the caller and its peers are.
         seen: set[int] = set()
         for m in report.measurements:
             if m.peer_id == node_id:
-                raise ApiError(422, f"measurements: peer_id {m.peer_id} is the reporting node itself")
+                raise ApiError(409, f"measurements: peer_id {m.peer_id} is the reporting node itself")
             if m.peer_id in seen:
-                raise ApiError(422, f"measurements: peer_id {m.peer_id} appears more than once")
+                raise ApiError(409, f"measurements: peer_id {m.peer_id} appears more than once")
             seen.add(m.peer_id)
         # Ids are never reused: an id below the highest one known belonged to a node that was removed,
         # which an agent may still measure until its next map arrives. Those are skipped; an id that
         # never existed is a mistake.
         unknown = sorted(p for p in seen - self.nodes.keys() if p > self._highest_id)
         if unknown:
-            raise ApiError(422, f"measurements: unknown peer ids {', '.join(map(str, unknown[:10]))}")
+            raise ApiError(
+                409, f"measurements: unknown peer ids {', '.join(map(str, unknown[:10]))} (no such nodes)"
+            )
         async with self.lock:
             await self._report(node_id, report)
 

@@ -90,7 +90,7 @@ async def test_a_node_reports_only_its_own_links(controller: ControllerHarness):
         json={"measurements": [{"peer_id": a.node_id, "loss": 1.0}]},
         headers=a.auth,
     )
-    assert r.status_code == 422 and "reporting node itself" in r.json()["detail"]
+    assert r.status_code == 409 and "reporting node itself" in r.json()["detail"]
 
 
 async def test_a_removed_nodes_credential_stops_working(controller: ControllerHarness):

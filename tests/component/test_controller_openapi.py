@@ -118,6 +118,17 @@ async def test_a_wrong_method_names_every_method_of_the_path(controller: Control
     assert r.status_code == 405 and r.headers["allow"] == "GET, PUT"
 
 
+@pytest.mark.parametrize("method", ["GET", "DELETE", "OPTIONS"])
+async def test_a_path_of_its_own_is_no_value_of_another_paths_parameter(
+    controller: ControllerHarness, method
+):
+    # /v1/nodes/rotate-all is that resource, not node "rotate-all" of /v1/nodes/{node_id}
+    r = await controller.client.request(method, api.ROTATE_ALL, headers=controller.admin)
+    assert r.status_code == 405 and r.headers["allow"] == "POST", r.text
+    r = await controller.client.get(api.NODES + "/rotate-al", headers=controller.admin)
+    assert r.status_code == 422 and "node_id" in r.json()["detail"]
+
+
 @pytest.mark.parametrize(
     ("path", "body", "field"),
     [
@@ -126,6 +137,7 @@ async def test_a_wrong_method_names_every_method_of_the_path(controller: Control
         (api.PREAUTH_KEYS, {"reusable": 1}, "reusable"),
         (api.PREAUTH_KEYS, {"expires_in_s": "3600"}, "expires_in_s"),
         (api.POLICY + "/rollback", {"version": True}, "version"),
+        (api.POLICY + "/rollback", {"version": 1.5}, "version"),
     ],
 )
 async def test_the_models_are_strict_about_types(controller: ControllerHarness, path, body, field):
@@ -133,3 +145,18 @@ async def test_the_models_are_strict_about_types(controller: ControllerHarness, 
     auth = node.auth if path == api.LINKS else controller.admin
     r = await controller.client.post(path, json=body, headers=auth)
     assert r.status_code == 422 and field in r.json()["detail"], r.text
+
+
+async def test_an_integer_may_be_written_as_a_json_number_without_fraction(controller: ControllerHarness):
+    # JSON Schema's `integer` takes 3600.0; so does the API
+    r = await controller.client.post(
+        api.PREAUTH_KEYS, json={"expires_in_s": 3600.0}, headers=controller.admin
+    )
+    assert r.status_code == 201, r.text
+
+
+async def test_a_link_report_that_does_not_fit_the_mesh_is_a_conflict(controller: ControllerHarness):
+    node = await controller.enroll()
+    for measurements in ([{"peer_id": 99}], [{"peer_id": node.node_id}]):
+        r = await controller.client.post(api.LINKS, json={"measurements": measurements}, headers=node.auth)
+        assert r.status_code == 409, r.text
