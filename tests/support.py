@@ -264,15 +264,24 @@ def enroll_request(
 
 
 class ControllerHarness:
-    def __init__(self, state_dir: Path, clock: ManualClock, **settings: Any) -> None:
+    """`managed_ca`: the controller has its own CA (served at /v1/tls/ca, pinned in pre-auth keys); the
+    ASGI transport still carries no TLS."""
+
+    def __init__(
+        self, state_dir: Path, clock: ManualClock, managed_ca: bool = False, **settings: Any
+    ) -> None:
         self.settings = Settings(**{"state_dir": state_dir, "mesh_cidr": MESH_CIDR, **settings})
         self.clock = clock
+        self.managed_ca = managed_ca
         self._hosts = 0
         self._start()
 
     def _start(self) -> None:
         self.store = SqlStore(self.settings.database_url)
-        self.app: FastAPI = create_app(self.settings, self.store, self.clock)
+        tls = None
+        if self.managed_ca:
+            tls = managed_tls(self.settings.state_dir / "tls", ["controller"], datetime.now(UTC))
+        self.app: FastAPI = create_app(self.settings, self.store, self.clock, tls)
         self.transport = httpx.ASGITransport(app=self.app)
         self.client = httpx.AsyncClient(transport=self.transport, base_url=CONTROLLER_URL)
         credential = admin_credential_path(self.settings.state_dir).read_text().strip()
