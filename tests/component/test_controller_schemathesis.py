@@ -11,9 +11,6 @@ check with the request that reproduces it (as curl; credentials filtered).
 What the run is told beyond the document, and why (none of it switches a check or an operation off):
 - GET /v1/netmap's `timeout` is 0: a long poll holds the request up to `timeout` wall-clock seconds,
   which would make the run wait for minutes; holding is test_controller_longpoll's.
-- 413 counts as a rejection and as an answer to valid data: the body limit (`max_body_bytes`) counts
-  bytes and is configurable, a JSON Schema length counts characters (1 to 12 bytes each in JSON), so
-  no maxLength can promise that a body fits; every operation documents 413.
 - PUT /v1/policy may answer valid data 422: its `text` is a TOML/JSON policy document whose rules no
   JSON Schema can express (POST /v1/policy/check answers the same problems with 200).
 """
@@ -38,9 +35,7 @@ from wire import api
 from wire.preauth import parse_preauth_key
 
 SEED = 8
-# schemathesis's answers to valid and to invalid data, each with 413 (see above)
-ACCEPTED = ["2xx", "3xx", 401, 403, 404, 409, 413, 429, "5xx"]
-REJECTED = [400, 401, 403, 404, 405, 406, 409, 413, 415, 422, 428, 429, "5xx"]
+ACCEPTED = ["2xx", "3xx", 401, 403, 404, 409, 429, "5xx"]  # schemathesis's answers to valid data
 MAX_EXAMPLES = 25  # per operation and phase; the whole run stays well under a minute on a loaded machine
 
 
@@ -77,11 +72,7 @@ def config(credential: str) -> schemathesis.Config:
         {
             "seed": SEED,
             "headers": {"Authorization": f"Bearer {credential}"},
-            "checks": {
-                "enabled": True,
-                "positive_data_acceptance": {"expected-statuses": [*ACCEPTED]},
-                "negative_data_rejection": {"expected-statuses": [*REJECTED]},
-            },
+            "checks": {"enabled": True},  # all of them, as --checks all
             "generation": {"max-examples": MAX_EXAMPLES, "deterministic": True, "database": "none"},
             "operations": [
                 {"include-name": "GET " + api.NETMAP, "parameters": {"timeout": 0}},
