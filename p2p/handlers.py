@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 from typing import Any, NamedTuple
 
 from p2p.core.admission import Delivery
@@ -75,7 +76,10 @@ class HandlerTable:
             found = self._chains[message_type] = chain(handler, self._middlewares)
         return found
 
-    async def run(self, delivery: Delivery) -> Answer:
+    def start(self, delivery: Delivery) -> Answer | Awaitable[Any]:
+        """The first half of `run`, a plain call: the Answer when no handler takes the delivery or a
+        guard refuses it, else the chain's awaitable (its result is the handler's). Errors raised by
+        the awaitable go to `failed`. Lets a transport run a handler with one coroutine, its own."""
         message = delivery.message
         handle = self._chain_for(message.type)
         if handle is None:
@@ -84,15 +88,32 @@ class HandlerTable:
         try:
             for check in self._guards:
                 check(delivery)
-            return _new_tuple(Answer, (await handle(delivery), False))
         except Refused as e:
-            setattr(self._counters, e.counter, getattr(self._counters, e.counter) + 1)
-            return Answer(f"refused: {e.reason}", True)
+            return self.failed(delivery, e)
+        return handle(delivery)
+
+    def failed(self, delivery: Delivery, error: Exception) -> Answer:
+        """The Answer for a delivery whose guard, middleware or handler raised `error`, counted."""
+        message = delivery.message
+        if isinstance(error, Refused):
+            setattr(self._counters, error.counter, getattr(self._counters, error.counter) + 1)
+            return Answer(f"refused: {error.reason}", True)
+        self._counters.handler_error += 1
+        self._log.error("handler for %r from node %d failed", message.type, message.sender, exc_info=error)
+        return Answer(
+            f"handler for {message.type!r} failed on node {self._node_id}: {type(error).__name__}: {error}",
+            True,
+        )
+
+    async def run(self, delivery: Delivery) -> Answer:
+        """Run the delivery's handler through the guards and the middleware chain; every way it can end
+        is an Answer."""
+        pending = self.start(delivery)
+        if type(pending) is Answer:
+            return pending
+        try:
+            return _new_tuple(Answer, (await pending, False))  # type: ignore[misc]
         except asyncio.CancelledError:
             raise
         except Exception as e:
-            self._counters.handler_error += 1
-            self._log.exception("handler for %r from node %d failed", message.type, message.sender)
-            return Answer(
-                f"handler for {message.type!r} failed on node {self._node_id}: {type(e).__name__}: {e}", True
-            )
+            return self.failed(delivery, e)

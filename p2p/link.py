@@ -99,7 +99,9 @@ class PeerLink:
         return True
 
     async def wait_inbox_room(self, delivery: Delivery, size: int, conn: PeerConnection) -> None:
-        """Queue an inbound delivery, holding the connection unread until there is room."""
+        """Queue an inbound delivery, holding the connection unread until there is room. Wakes the
+        handler first: the reader may have queued messages without waking it (once a frame)."""
+        self.inbox_ready.set()
         conn.held = True
         try:
             while not self.push_inbox(delivery, size):

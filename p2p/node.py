@@ -91,7 +91,7 @@ from p2p.core.session import (
 from p2p.directory import DirectoryFile, follow_directory
 from p2p.errors import NodeClosed, PayloadError, RequestFailed, RequestTimeout, SendTimeout, UnknownPeer
 from p2p.events import PeerDown, PeerEvent, PeerEventStream, PeerUp
-from p2p.handlers import HandlerTable
+from p2p.handlers import Answer, HandlerTable
 from p2p.link import PeerConnection, PeerLink
 from p2p.middleware import Handler, Middleware, policy_check
 from p2p.requests import PendingRequests
@@ -720,6 +720,7 @@ class Node:
         link = conn.link
         admitted = iter(await self._admit_gossip(link, events) if link is not None else ())
         admit_direct, clock = self._admission.direct, self._clock
+        queued = False  # direct messages pushed to the inbox without waking its handler yet
         for event in events:
             if isinstance(event, Envelope):
                 assert link is not None
@@ -728,10 +729,13 @@ class Node:
                     continue
                 if event.flags & FLAG_IDEMPOTENT and not self._first_copy(link, event):
                     continue
-                # the common case inline: no coroutine per message
+                # the common case inline: no coroutine per message, the handler woken once a frame
                 delivery = admit_direct(event, link.entry, clock())
-                if delivery is not None and not link.push_inbox(delivery, len(event.body)):
-                    await link.wait_inbox_room(delivery, len(event.body), conn)
+                if delivery is not None:
+                    if link.inbox.push(delivery, event.priority, len(event.body)):
+                        queued = True
+                    else:
+                        await link.wait_inbox_room(delivery, len(event.body), conn)  # wakes it
             elif isinstance(event, GossipArrived):
                 assert link is not None
                 for delivery, size in self._on_gossip(link, event, next(admitted)):
@@ -749,6 +753,9 @@ class Node:
                     conn.session.close()
             else:
                 conn.reason = event.reason
+        if queued:
+            assert link is not None
+            link.inbox_ready.set()
 
     async def _close_ws(self, conn: PeerConnection) -> None:
         with contextlib.suppress(Exception):
@@ -830,15 +837,26 @@ class Node:
         return deliveries
 
     async def _work_loop(self, link: PeerLink) -> None:
-        run = self.handlers.run
+        start, failed = self.handlers.start, self.handlers.failed
+        pop, inbox_room = link.inbox.pop, link.inbox_room
         while True:
-            delivery = link.inbox.pop()
+            delivery = pop()
             if delivery is None:
                 link.inbox_ready.clear()
                 await link.inbox_ready.wait()
                 continue
-            link.inbox_room.set()
-            answer = await run(delivery)
+            inbox_room.set()
+            # HandlerTable.run inline: the handler's own coroutine is the only one per message
+            pending = start(delivery)
+            if type(pending) is Answer:
+                answer = pending
+            else:
+                try:
+                    answer = new_tuple(Answer, (await pending, False))  # type: ignore[misc]
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:
+                    answer = failed(delivery, e)
             if delivery.expects_reply:
                 await self._reply(link, delivery.message, answer.data, answer.error)
 

@@ -496,6 +496,26 @@ async def test_forged_and_replayed_relayed_messages_are_dropped_counted_and_not_
     await ws.close()
 
 
+async def test_a_frame_of_many_direct_messages_is_handled_in_order_each_id_once(mesh_factory):
+    mesh = mesh_factory(2)
+    a = await mesh.start(1)
+    ws, session, opened = await rogue_session(mesh, 2, 1)
+    assert opened
+    envelopes = [
+        Envelope(os.urandom(16), "t", 0.0, 5, 0, bytes([0xCD]) + n.to_bytes(2, "big")) for n in range(300)
+    ]
+    items = [e.item() for e in envelopes]
+    items.insert(100, items[50])  # the same id again, in the same frame
+    items.insert(200, ["garbage"])
+    await ws.send(session.seal(items, 0.0))
+    await ws.send(session.seal([envelopes[7].item()], 0.0))  # and again in a later frame
+    await eventually("300 messages", lambda: len(mesh.got(1, "t")) == 300)
+    assert [m.id for m in mesh.got(1, "t")] == [e.id for e in envelopes]
+    await eventually("both copies counted", lambda: a.counters.duplicate == 2)
+    assert a.counters.malformed == 1 and len(mesh.got(1, "t")) == 300
+    await ws.close()
+
+
 async def test_a_tampered_frame_closes_the_connection_and_nothing_is_delivered(mesh_factory):
     mesh = mesh_factory(2)
     a = await mesh.start(1)
