@@ -3,11 +3,16 @@ user of it would notice (the enrollment nonces, kept in the store, are in tests/
 
 from __future__ import annotations
 
+import hashlib
 import ssl
 import stat
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.x509.oid import NameOID
 
 from controller.settings import SettingsError, load_settings
 from controller.tls import TlsError, managed_tls, operator_tls
@@ -40,6 +45,48 @@ def test_a_malformed_key_is_one_line_saying_what_is_wrong(text, message):
     with pytest.raises(PreAuthKeyError) as e:
         parse_preauth_key(text)
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        ec.generate_private_key(ec.SECP256R1()),
+        rsa.generate_private_key(65537, 2048),
+        ed25519.Ed25519PrivateKey.generate(),
+    ],
+    ids=["ec", "rsa", "ed25519"],
+)
+def test_the_pin_of_an_operators_ca_is_the_sha256_of_its_public_key_info(key):
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, "c" * 64),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "o"),
+        ]
+    )
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(NOW).not_valid_after(NOW + timedelta(days=1))
+        .sign(key, None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256())
+    )  # fmt: skip
+    pem = cert.public_bytes(serialization.Encoding.PEM)
+    spki = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    # what `openssl x509 -pubkey -noout | openssl pkey -pubin -outform der | sha256sum` prints
+    assert ca_pin_of_pem(b"a bundle's comment\n" + pem + pem) == hashlib.sha256(spki).hexdigest()
+
+
+@pytest.mark.parametrize(
+    "pem",
+    [
+        b"",
+        b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----",
+        b"-----BEGIN CERTIFICATE-----\nMIIB!\n-----END CERTIFICATE-----",
+    ],
+)
+def test_a_file_without_a_certificate_has_no_pin(pem):
+    with pytest.raises(ValueError):
+        ca_pin_of_pem(pem)
 
 
 def test_the_managed_ca_is_made_once_kept_0600_and_signs_a_server_certificate_for_the_names(tmp_path):
