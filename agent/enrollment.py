@@ -170,7 +170,7 @@ def signed_request(
         listen_port=listen_port,
         signature="",
     )
-    signature = base64.b64encode(keys.identity.sign(enroll_signing_bytes(unsigned))).decode()
+    signature = base64.b64encode(keys.identity.sign_with_libcrypto(enroll_signing_bytes(unsigned))).decode()
     return unsigned.model_copy(update={"signature": signature})
 
 

@@ -280,7 +280,7 @@ def verify_signature(message: RotationNotice, identity: IdentityPublicKey) -> bo
         signature = base64.b64decode(message.signature, validate=True)
     except (binascii.Error, ValueError):
         return False
-    return len(signature) == 64 and identity.verify(signature, signing_bytes(message))
+    return len(signature) == 64 and identity.verify_with_libcrypto(signature, signing_bytes(message))
 
 
 def judge_notice(

@@ -168,7 +168,7 @@ class RotationDriver:
             signature = base64.b64decode(ack.signature, validate=True)
         except ValueError:
             return False
-        return bool(peer.identity_public_key.verify(signature, signing_bytes(ack)))
+        return bool(peer.identity_public_key.verify_with_libcrypto(signature, signing_bytes(ack)))
 
     async def _on_notice(self, notice: RotationNotice, source: str) -> None:
         netmap = self.netmap
@@ -215,7 +215,7 @@ class RotationDriver:
         ack = RotationAck(
             node_id=self.node_id, rotation_id=notice.rotation_id, new_wg_public_key=notice.new_wg_public_key
         )
-        signature = base64.b64encode(self.identity.sign(signing_bytes(ack))).decode()
+        signature = base64.b64encode(self.identity.sign_with_libcrypto(signing_bytes(ack))).decode()
         self.edges.send(ack.model_copy(update={"signature": signature}), source, ROTATION_PORT)
 
     def _peer(self, node_id: int) -> Peer | None:
@@ -296,7 +296,7 @@ class RotationDriver:
             old_wg_public_key=action.old_public_key,
             new_wg_public_key=action.new_public_key,
         )
-        signature = base64.b64encode(self.identity.sign(signing_bytes(notice))).decode()
+        signature = base64.b64encode(self.identity.sign_with_libcrypto(signing_bytes(notice))).decode()
         signed = notice.model_copy(update={"signature": signature})
         hosts = []
         for peer in self.netmap.peers:

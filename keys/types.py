@@ -13,17 +13,14 @@ import base64
 import binascii
 import hmac
 import os
-from typing import ClassVar, Self
+from typing import TYPE_CHECKING, ClassVar, Self
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
+from keys import libcrypto
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 KEY_LEN = 32
-_RAW = serialization.Encoding.Raw
-_RAW_PUB = serialization.PublicFormat.Raw
-_RAW_PRIV = serialization.PrivateFormat.Raw
-_NO_ENC = serialization.NoEncryption()
 
 
 class InvalidKey(ValueError):
@@ -123,28 +120,39 @@ class WireGuardPrivateKey(_Key):
 
     @classmethod
     def generate(cls) -> Self:
-        key = x25519.X25519PrivateKey.generate()
-        return cls(key.private_bytes(_RAW, _RAW_PRIV, _NO_ENC))
+        raw = bytearray(os.urandom(KEY_LEN))
+        raw[0] &= 248  # clamped as `wg genkey` (and OpenSSL's X25519 key generation) store it
+        raw[31] = (raw[31] & 127) | 64
+        return cls(bytes(raw))
 
     def public_key(self) -> WireGuardPublicKey:
         # X25519 clamps the scalar itself, so any 32 bytes give the same public key `wg pubkey` does.
-        pub = x25519.X25519PrivateKey.from_private_bytes(self._raw).public_key()
-        return WireGuardPublicKey(pub.public_bytes(_RAW, _RAW_PUB))
+        return WireGuardPublicKey(libcrypto.x25519_public_key(self._raw))
 
 
 class IdentityPublicKey(_Key):
     KIND = "identity public key"
 
     def verify(self, signature: bytes, message: bytes) -> bool:
+        # cryptography, imported at the first check: p2p checks thousands a second (the agent checks its
+        # few with verify_with_libcrypto, which keeps cryptography out of it).
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives.asymmetric import ed25519
+
         try:
             ed25519.Ed25519PublicKey.from_public_bytes(self._raw).verify(signature, message)
         except (InvalidSignature, ValueError):
             return False
         return True
 
+    def verify_with_libcrypto(self, signature: bytes, message: bytes) -> bool:
+        """`verify` without importing cryptography (keys/libcrypto.py): for a process that checks a few."""
+        return libcrypto.ed25519_verify(self._raw, signature, message)
+
 
 class IdentityPrivateKey(_Key):
-    """An Ed25519 seed. Signing objects are cached per instance: creating one costs more than signing."""
+    """An Ed25519 seed. The signing object (cryptography) is made at the first `sign` and cached: creating
+    one costs more than signing."""
 
     KIND = "identity private key"
     SECRET = True
@@ -152,14 +160,23 @@ class IdentityPrivateKey(_Key):
 
     def __init__(self, raw: bytes) -> None:
         super().__init__(raw)
-        self._signer = ed25519.Ed25519PrivateKey.from_private_bytes(self._raw)
+        self._signer: Ed25519PrivateKey | None = None
 
     @classmethod
     def generate(cls) -> Self:
-        return cls(ed25519.Ed25519PrivateKey.generate().private_bytes(_RAW, _RAW_PRIV, _NO_ENC))
+        return cls(os.urandom(KEY_LEN))
 
     def public_key(self) -> IdentityPublicKey:
-        return IdentityPublicKey(self._signer.public_key().public_bytes(_RAW, _RAW_PUB))
+        return IdentityPublicKey(libcrypto.ed25519_public_key(self._raw))
 
     def sign(self, message: bytes) -> bytes:
+        if self._signer is None:
+            from cryptography.hazmat.primitives.asymmetric import ed25519
+
+            self._signer = ed25519.Ed25519PrivateKey.from_private_bytes(self._raw)
         return self._signer.sign(message)
+
+    def sign_with_libcrypto(self, message: bytes) -> bytes:
+        """`sign` without importing cryptography (keys/libcrypto.py): the same signature, twice the time,
+        for a process that signs a few (the agent)."""
+        return libcrypto.ed25519_sign(self._raw, message)

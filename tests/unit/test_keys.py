@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from keys import libcrypto
 from keys.store import load_key, save_key, write_private_file
 from keys.types import (
     IdentityPrivateKey,
@@ -83,6 +84,62 @@ def test_identity_sign_and_verify():
     assert not key.public_key().verify(sig, b"hellO")
     assert not IdentityPrivateKey.generate().public_key().verify(sig, b"hello")
     assert not key.public_key().verify(b"short", b"hello")
+
+
+# RFC 7748 6.1 (Alice) and RFC 8032 7.1 (test 1, the empty message)
+X25519_PRIVATE = "77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a"
+X25519_PUBLIC = "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a"
+ED25519_SEED = "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60"
+ED25519_PUBLIC = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"
+ED25519_SIGNATURE = "e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e065224901555fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b"
+
+
+@pytest.fixture(params=["libcrypto", "cryptography"])
+def backend(request, monkeypatch):
+    """keys.libcrypto as it runs here, and as it runs where no libcrypto can be loaded."""
+    if request.param == "libcrypto":
+        assert libcrypto.available(), "this machine has no libcrypto.so.3 or .so.1.1"
+    else:
+        monkeypatch.setattr(libcrypto, "_lib", lambda: None)
+    return request.param
+
+
+def test_the_rfc_vectors_give_the_rfc_keys_and_signature(backend):
+    assert WireGuardPrivateKey.from_hex(X25519_PRIVATE).public_key().hex() == X25519_PUBLIC
+    seed = IdentityPrivateKey.from_hex(ED25519_SEED)
+    assert seed.public_key().hex() == ED25519_PUBLIC
+    assert seed.sign_with_libcrypto(b"").hex() == seed.sign(b"").hex() == ED25519_SIGNATURE
+    assert seed.public_key().verify_with_libcrypto(bytes.fromhex(ED25519_SIGNATURE), b"")
+
+
+@given(st.binary(min_size=32, max_size=32), st.binary(max_size=300))
+def test_signatures_made_and_checked_without_cryptography_are_the_same(raw, message):
+    key = IdentityPrivateKey(raw)
+    signature = key.sign_with_libcrypto(message)
+    assert signature == key.sign(message)
+    assert key.public_key().verify(signature, message)
+    assert key.public_key().verify_with_libcrypto(signature, message)
+    assert not key.public_key().verify_with_libcrypto(signature, message + b"!")
+    assert not key.public_key().verify_with_libcrypto(signature[:-1], message)
+    assert not IdentityPrivateKey.generate().public_key().verify_with_libcrypto(signature, message)
+
+
+@given(st.binary(min_size=32, max_size=32))
+def test_public_keys_derived_without_cryptography_are_cryptographys(raw):
+    from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
+
+    assert WireGuardPrivateKey(raw).public_key().raw() == (
+        x25519.X25519PrivateKey.from_private_bytes(raw).public_key().public_bytes_raw()
+    )
+    assert IdentityPrivateKey(raw).public_key().raw() == (
+        ed25519.Ed25519PrivateKey.from_private_bytes(raw).public_key().public_bytes_raw()
+    )
+
+
+def test_a_generated_wireguard_key_is_clamped_as_wg_genkey_stores_it():
+    for _ in range(50):
+        raw = WireGuardPrivateKey.generate().raw()
+        assert raw[0] & 7 == 0 and raw[31] & 128 == 0 and raw[31] & 64 == 64
 
 
 def test_key_file_is_0600_in_0700_dir_and_round_trips(tmp_path):
