@@ -30,6 +30,7 @@ from lab.teardown import tear_down
 NAME = "bench"
 SIZES = (3, 10)
 POLL_S = 0.1
+AGENT_GOAL_MIB = 50.0  # issue 10: an agent's peak RSS in the lab
 
 
 @dataclass
@@ -217,6 +218,10 @@ def main() -> int:
         "agent max MiB", "agent mean MiB", "wg-go max MiB", "controller MiB",
     ]  # fmt: skip
     print(table(headers, rows))
+    for f in results:
+        peak = f.agent_hwm_kib / 1024
+        verdict = "met" if peak <= AGENT_GOAL_MIB else "NOT met"
+        print(f"agent memory, N={f.hosts}: peak {peak:.1f} MiB, goal <= {AGENT_GOAL_MIB:.0f} MiB: {verdict}")
     print(
         "underlay: namespaces + bridge + veths only (baseline); mesh up: `lab up` until every pair has a "
         "handshake; join: `lab add` until the new host and every host ping each other; remove: admin "
@@ -224,7 +229,7 @@ def main() -> int:
         "to each other through a relay; heal: `lab heal h2 h3` until both route direct again; cut: `lab cut h1 h2` until h1 pings h2 again (relay); "
         "memory: VmHWM"
     )
-    parts = ["RESULT name=lab"]
+    parts = ["RESULT name=lab", f"agent_goal_mib={AGENT_GOAL_MIB:.0f}"]
     for f in results:
         n = f.hosts
         parts += [
@@ -237,6 +242,7 @@ def main() -> int:
             f"n{n}_heal_direct_s={f.heal_s:.2f}",
             f"n{n}_cut_relay_s={f.cut_s:.2f}",
             f"n{n}_agent_hwm_mib={f.agent_hwm_kib / 1024:.1f}",
+            f"n{n}_agent_goal_met={int(f.agent_hwm_kib / 1024 <= AGENT_GOAL_MIB)}",
             f"n{n}_controller_hwm_mib={f.controller_hwm_kib / 1024:.1f}",
         ]
     print(" ".join(parts))
