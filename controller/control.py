@@ -29,7 +29,6 @@ import dataclasses
 import functools
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal
 
@@ -110,13 +109,6 @@ class ApiError(Exception):
         super().__init__(detail)
         self.status = status
         self.detail = detail
-
-
-@dataclass(frozen=True)
-class Caller:
-    """Who sent a request: the admin, or one node."""
-
-    node_id: int | None  # None: the admin
 
 
 def card_of(

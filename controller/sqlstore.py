@@ -259,10 +259,6 @@ tls_ca = sa.Table(
 )
 
 
-def sqlite_url(path: str) -> str:
-    return f"sqlite:///{path}"
-
-
 class SqlStore:
     def __init__(self, url: str) -> None:
         self.url = url

@@ -34,7 +34,7 @@ from __future__ import annotations
 import json
 import re
 import tomllib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Literal
@@ -331,16 +331,6 @@ def may_send(doc: PolicyDocument | None, message_type: str, sender: Subject) -> 
     if selects(selectors, sender):
         return Decision(True, f"messages.{message_type}")
     return Decision(False, f"messages.{message_type} (allowed: {', '.join(selectors) or 'nobody'})")
-
-
-def message_rights(doc: PolicyDocument | None, subjects: Mapping[int, Subject]) -> dict[str, list[int]]:
-    """Per restricted message type, the node ids that may send it (what an agent's directory carries)."""
-    if doc is None:
-        return {}
-    return {
-        t: sorted(n for n, s in subjects.items() if selects(selectors, s))
-        for t, selectors in doc.messages.items()
-    }
 
 
 # --- the admin API's models -------------------------------------------------------------------------

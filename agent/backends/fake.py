@@ -11,7 +11,7 @@ It behaves like the real thing where reconcile depends on it:
 - the allowed IPs of an upserted peer are replaced (`replace_allowed_ips`); a desired endpoint of None
   keeps the endpoint the device had learned.
 
-Handshakes and traffic do not happen by themselves: `handshake()` and `traffic()` record them at the
+Handshakes do not happen by themselves: `handshake()` records one at the
 injected clock's time. Every applied update is kept in `history()` so a test can see that an apply
 of the same state did nothing. `fail_next()` makes the next call raise, to exercise error paths.
 """
@@ -150,15 +150,6 @@ class FakeBackend:
             dev = self._get(ifname)
             status = self._peer(dev, ifname, public_key)
             dev.peers[public_key] = replace(status, last_handshake=self._clock(), protocol_version=1)
-
-    def traffic(self, ifname: str, public_key: WireGuardPublicKey, rx: int = 0, tx: int = 0) -> None:
-        """Add received/sent bytes to a configured peer's counters."""
-        with self._lock:
-            dev = self._get(ifname)
-            status = self._peer(dev, ifname, public_key)
-            dev.peers[public_key] = replace(
-                status, rx_bytes=status.rx_bytes + rx, tx_bytes=status.tx_bytes + tx
-            )
 
     def roam(self, ifname: str, public_key: WireGuardPublicKey, endpoint: str) -> None:
         """The peer's packets arrived from `endpoint`: the device learns it, as WireGuard does."""

@@ -169,17 +169,6 @@ def configure_interface(
     return changes
 
 
-def remove_routes(ifname: str, netns: str | None = None) -> list[str]:
-    """Remove every route wgmesh owns on `ifname` (when the interface goes down for good)."""
-    with _rtnl(netns) as rtnl:
-        index = _link(rtnl, ifname, netns).index
-        removed = []
-        for net, scope in _routes(rtnl, index).items():
-            _del_route(rtnl, index, net, scope)
-            removed.append(f"{ifname}: route {net} removed")
-        return removed
-
-
 def _del_route(rtnl: Rtnl, index: int, net: IPNetwork, scope: int) -> None:
     rtnl.delete_route(
         net.network_address, net.prefixlen, oif=index, table=MAIN_TABLE, protocol=ROUTE_PROTO, scope=scope
