@@ -10,7 +10,7 @@ Rules:
   a helper thread enters the namespace, opens the socket and ends, so no thread of ours ever stays in
   another namespace; a missing namespace is FileNotFoundError, never created.
 - Every request asks for an acknowledgement; the kernel's refusal is `NetlinkError` with its errno.
-- Decoding returns small frozen dataclasses (`Link`, `Address`, `Route`); nothing else leaves here.
+- Decoding returns small frozen dataclasses (`Link`, `Address`, `KernelRoute`); nothing else leaves here.
 - Synchronous and blocking, like pyroute2's `IPRoute`: asyncio callers use a worker thread.
 """
 
@@ -76,7 +76,7 @@ class Address:
 
 
 @dataclass(frozen=True)
-class Route:
+class KernelRoute:
     """A route as the kernel lists it (`oif` 0: none, e.g. a multipath or blackhole route)."""
 
     family: int
@@ -172,11 +172,11 @@ def parse_address(body: bytes) -> Address:
     return Address(index, ip_address(raw), prefixlen)
 
 
-def parse_route(body: bytes) -> Route:
+def parse_route(body: bytes) -> KernelRoute:
     family, dst_len, _, _, table, protocol, scope, _, _ = _RTMSG.unpack_from(body)
     found = attrs(body[_RTMSG.size :])
     dst = found.get(RTA_DST)
-    return Route(
+    return KernelRoute(
         family,
         ip_address(dst) if dst is not None else None,
         dst_len,
@@ -304,9 +304,9 @@ class Rtnl:
     def delete_address(self, index: int, address: IPv4Address | IPv6Address, prefixlen: int) -> None:
         self.request(RTM_DELADDR, ifaddr(address, prefixlen, index))
 
-    def routes(self, oif: int) -> list[Route]:
+    def routes(self, oif: int) -> list[KernelRoute]:
         """The IPv4 and IPv6 routes leaving through link `oif`, in every table."""
-        found: list[Route] = []
+        found: list[KernelRoute] = []
         for family in (socket.AF_INET, socket.AF_INET6):
             dump = self.request(RTM_GETROUTE, _RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0), NLM_F_DUMP)
             found += (parse_route(body) for kind, body in dump if kind == RTM_NEWROUTE)

@@ -55,7 +55,7 @@ def test_a_link_answer_gives_name_mtu_and_state():
 def test_a_route_answer_without_a_destination_is_the_default_route():
     body = struct.pack("=8BI", socket.AF_INET6, 0, 0, 0, 254, 87, 0, 1, 0) + rtnl.u32(rtnl.RTA_OIF, 4)
     route = rtnl.parse_route(body)
-    assert route == rtnl.Route(socket.AF_INET6, None, 0, 254, 87, 0, 4)
+    assert route == rtnl.KernelRoute(socket.AF_INET6, None, 0, 254, 87, 0, 4)
 
 
 def test_a_table_above_255_comes_from_its_attribute():
