@@ -726,11 +726,12 @@ class NodeMesh:
         return node
 
     async def stop(self, i: int) -> None:
-        await self.nodes.pop(i).close()
+        """Close node `i`; fail (after cancelling the close) when it takes over STOP_S."""
+        await finished(asyncio.ensure_future(self.nodes.pop(i).close()), f"node {i}'s close", STOP_S)
 
     async def close(self) -> None:
-        for node in self.nodes.values():
-            await node.close()
+        for i in list(self.nodes):
+            await self.stop(i)
 
     def got(self, i: int, type_: str) -> list[Message]:
         return [m for m in self.inbox[i] if m.type == type_]

@@ -186,7 +186,7 @@ def test_two_stores_racing_for_one_single_use_key_let_exactly_one_through(url: s
     barrier = threading.Barrier(len(stores))
 
     def enroll(i: int) -> None:
-        barrier.wait()
+        barrier.wait(timeout=30)
         try:
             stores[i].enroll(credential_hash("k"), node(i + 1), NOW)
             results.append("ok")
@@ -197,7 +197,8 @@ def test_two_stores_racing_for_one_single_use_key_let_exactly_one_through(url: s
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
+        t.join(timeout=30)
+    assert not any(t.is_alive() for t in threads), "an enrollment did not finish within 30 s"
     assert sorted(results) == ["ok"] + ["single-use pre-auth key 1 was already used"] * 3
     assert len(stores[0].load().nodes) == 1
     assert stores[0].list_preauth_keys()[0].used_count == 1

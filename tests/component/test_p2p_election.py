@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from ipaddress import IPv4Address
 
 from keys.types import IdentityPrivateKey
 from p2p import LeaderElection, Node, NodeConfig
 from p2p.core.directory import Directory, DirectoryEntry
 from p2p.core.election import ElectionTiming
-from tests.support import eventually, free_port
+from tests.support import STOP_S, eventually, finished, free_port
 
 FAST = NodeConfig(heartbeat_interval=0.1, dead_after=0.6, backoff_initial=0.05, backoff_max=0.3)
 TIMING = ElectionTiming(election_timeout_min=0.4, election_timeout_max=0.8, heartbeat_interval=0.1)
@@ -57,7 +58,7 @@ async def test_three_nodes_agree_on_a_leader_and_replace_it_when_it_dies():
         assert new != leader and elections[new].is_leader and elections[new].term > first_term
         assert await elections[new].wait_leader(timeout=1) == new
     finally:
-        for election in elections.values():
-            await election.close()
-        for node in nodes.values():
-            await node.close()
+        for i, election in elections.items():
+            await finished(asyncio.ensure_future(election.close()), f"node {i}'s election close", STOP_S)
+        for i, node in nodes.items():
+            await finished(asyncio.ensure_future(node.close()), f"node {i}'s close", STOP_S)

@@ -108,7 +108,7 @@ def booted() -> Iterator[Boot]:
         code = vng.returncode
     except subprocess.TimeoutExpired:  # what the guest's tests printed so far is kept
         os.killpg(vng.pid, signal.SIGKILL)
-        vng.communicate()
+        vng.communicate(timeout=30)
         log = results / "pytest.log"
         shown = log.read_text(errors="replace") if log.exists() else "(the guest wrote no pytest.log)"
         code, output = -9, f"the VM ran out of its {VM_TIMEOUT_S} s and was killed; its pytest.log:\n{shown}"

@@ -118,7 +118,8 @@ def test_restarting_the_agent_keeps_every_session(mesh: Mesh):
     )
     pinger.start()
     h1.sh("systemctl restart wgmesh-agent")
-    pinger.join()
+    pinger.join(timeout=60)
+    assert not pinger.is_alive(), "the pings during the restart did not end within 60 s"
     assert lossless(result["out"]), f"h2 -> h1 during the restart: {loss(result['out'])}"
     assert handshakes(h1) == before  # the same sessions: no new handshake was needed
     assert status(h1)["running"]
@@ -143,7 +144,8 @@ def test_controller_away_loses_no_ping_and_a_rebooted_host_rejoins_from_cache(me
         assert view["netmap_source"] == "cache" and view["controller"] != "connected"
         wait_until("h3 to ping h1 and h2 again with the controller away",
                    lambda: all(lossless(pings(h3, addresses[o])) for o in ("h1", "h2")), 60)  # fmt: skip
-        pinger.join()
+        pinger.join(timeout=90)
+        assert not pinger.is_alive(), "the pings with the controller away did not end within 90 s"
         assert lossless(result["out"]), f"h1 -> h2 with the controller stopped 30 s: {loss(result['out'])}"
     finally:
         c.sh("systemctl start wgmesh-controller")
