@@ -26,11 +26,11 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import TypeAdapter
 
-from controller.netmap import Envelope, NodeCard
+from controller.netmap import JsonTemplate, NodeCard
 from wire.models import FirewallRule, NodePolicy
 from wire.policy import PolicyDocument, Subject, selects
 
-_POLICY = Envelope(NodePolicy)
+_POLICY = JsonTemplate(NodePolicy)
 _NO_VERSION = frozenset({"version"})
 assert _POLICY.fields[0][0] == "version", "Access.node puts the version first"
 

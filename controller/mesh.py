@@ -26,9 +26,9 @@ import numpy.typing as npt
 
 from controller.access import Access, PolicyMasks, subject_of
 from controller.netmap import (
-    Directory,
     MapInputs,
     NodeCard,
+    NodeCards,
     map_digest,
     render_delta,
     render_map,
@@ -87,7 +87,7 @@ class Mesh:
         # node -> (its firewall and message rights under the policy, the version they last changed at):
         # a policy change that leaves a node's rules alone leaves its map alone
         self._rules: dict[int, tuple[bytes, int]] = {}
-        self._masks: tuple[Directory, PolicyMasks] | None = None  # for the directory and policy in force
+        self._masks: tuple[NodeCards, PolicyMasks] | None = None  # for the directory and policy in force
         self._shown: Access | None = None  # the policy's meaning on the current trees, for queries
         self._directory = self._new_directory()
         self.initial = MeshChange(maps=self._refresh(self.cards))
@@ -296,8 +296,8 @@ class Mesh:
         own = pen[[self.router.index[n] for n in nodes]]
         return np.asarray(np.maximum(costs - pen[None, :] - own[:, None], 0.0))
 
-    def _new_directory(self) -> Directory:
-        return Directory([self.cards[n] for n in self.router.nodes], self.mesh_cidr, self.keepalive_s)
+    def _new_directory(self) -> NodeCards:
+        return NodeCards([self.cards[n] for n in self.router.nodes], self.mesh_cidr, self.keepalive_s)
 
     def _refresh(self, candidates: Iterable[int]) -> dict[int, MapState]:
         self._shown = None  # every change comes through here: the trees or the policy may have moved

@@ -15,7 +15,7 @@ Rules:
   entry (an allowed IP belongs to one peer only). An unreachable destination keeps its own /32.
 - One encoder: every JSON fragment comes from the wire models. Each card's peer, route and self
   parts are rendered once by `Peer` / `Route` / `SelfNode` themselves (`model_dump_json`) and cached on
-  the card; the objects around them (`NetMap`, `NetMapDelta`) are assembled by `Envelope` from the
+  the card; the objects around them (`NetMap`, `NetMapDelta`) are assembled by `JsonTemplate` from the
   model's own field list, names, defaults and omission rules. A map is mostly a join of cached parts,
   which is what makes pushing thousands of maps cheap, and it is byte for byte the model's own
   serialization (property-tested), so a field added to the wire cannot be missed here.
@@ -52,7 +52,7 @@ DEFAULT_KEEPALIVE_S = 25
 # --- the encoder: wire models' JSON from parts the models rendered -----------------------------------
 
 
-class Envelope:
+class JsonTemplate:
     """A wire model's JSON object assembled from field values already rendered as JSON: the field
     names, their order, the JSON of the defaults of fields not given, and which fields the wire form
     leaves out (`exclude_if`) all come from the model."""
@@ -81,8 +81,8 @@ class Envelope:
         return b"{" + b",".join(out) + b"}"
 
 
-_NETMAP = Envelope(NetMap)
-_DELTA = Envelope(NetMapDelta)
+_NETMAP = JsonTemplate(NetMap)
+_DELTA = JsonTemplate(NetMapDelta)
 _NETWORK: TypeAdapter[IPNetwork] = TypeAdapter(IPNetwork)
 _IDS: TypeAdapter[list[int]] = TypeAdapter(list[int])
 _TRUE, _FALSE = b"true", b"false"
@@ -224,7 +224,7 @@ class CardMatch:
     same_tail: bool  # keepalive and mesh CIDR unchanged
 
 
-class Directory:
+class NodeCards:
     """The node cards in routing-index order, the shared parts of every map, and their digest."""
 
     def __init__(self, cards: Sequence[NodeCard], mesh_cidr: IPNetwork, keepalive_s: int | None) -> None:
@@ -235,7 +235,7 @@ class Directory:
         self.id_list = [c.node_id for c in self.cards]
         self.direct_peers = [c.direct_peer(keepalive_s) for c in self.cards]
         self.direct_route_heads = [c.direct_route_head for c in self.cards]
-        self._matches: dict[int, tuple[Directory, CardMatch]] = {}
+        self._matches: dict[int, tuple[NodeCards, CardMatch]] = {}
         keepalive = "null" if keepalive_s is None else str(int(keepalive_s))
         self.peer_tail = keepalive.encode()  # what the digests know of the shared tail of every peer
         h = hashlib.blake2b(digest_size=32)
@@ -256,7 +256,7 @@ class Directory:
             dtype=np.uint64,
         )
 
-    def match(self, older: Directory) -> CardMatch:
+    def match(self, older: NodeCards) -> CardMatch:
         """How this directory's cards line up with those of `older` (cached: maps of many nodes are
         diffed between the same two directories)."""
         cached = self._matches.get(id(older))
@@ -291,7 +291,7 @@ class Directory:
         return match
 
 
-def _peer_json(directory: Directory, k: int, direct: bool, carried: Sequence[int]) -> bytes:
+def _peer_json(directory: NodeCards, k: int, direct: bool, carried: Sequence[int]) -> bytes:
     """The one relay-fragment builder: the peer at position k, its allowed IPs being its own address
     when the node reaches it directly plus the addresses of the destinations relayed through it."""
     if direct and not carried:
@@ -302,7 +302,7 @@ def _peer_json(directory: Directory, k: int, direct: bool, carried: Sequence[int
     return head + b",".join(ips) + tail
 
 
-def _route_json(directory: Directory, d: int, via: int, tenths: int) -> bytes:
+def _route_json(directory: NodeCards, d: int, via: int, tenths: int) -> bytes:
     """The route to the node at position d through the peer at position `via` (d: direct)."""
     card = directory.cards[d]
     head = (
@@ -312,7 +312,7 @@ def _route_json(directory: Directory, d: int, via: int, tenths: int) -> bytes:
 
 
 def map_digest(
-    directory: Directory,
+    directory: NodeCards,
     index: int,
     next_row: npt.NDArray[np.int32],
     tenths: npt.NDArray[np.int64],
@@ -332,7 +332,7 @@ def map_digest(
 
 
 def _policy_digest(
-    directory: Directory,
+    directory: NodeCards,
     index: int,
     next_row: npt.NDArray[np.int32],
     tenths: npt.NDArray[np.int64],
@@ -371,7 +371,7 @@ class MapInputs:
     private copies: nobody changes them after construction. `access` is the node's share of the policy
     in force (None: no policy, every node is a peer); with it, `forward` is the access's."""
 
-    directory: Directory
+    directory: NodeCards
     index: int
     next_row: npt.NDArray[np.int32]
     tenths: npt.NDArray[np.int32]
@@ -558,7 +558,7 @@ def render_map(m: MapInputs, serial: int, with_kind: bool = False) -> bytes:
 
 
 def render_netmap(
-    directory: Directory,
+    directory: NodeCards,
     index: int,
     serial: int,
     next_row: npt.NDArray[np.int32],

@@ -11,7 +11,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.netmap import Directory, MapInputs, NodeCard, render_delta, render_map
+from controller.netmap import MapInputs, NodeCard, NodeCards, render_delta, render_map
 from keys.types import IdentityPrivateKey, WireGuardPrivateKey
 from wire.delta import apply_delta, netmap_delta
 from wire.models import NetMap, NetMapDelta
@@ -41,7 +41,7 @@ def card(
 
 @st.composite
 def inputs(draw: st.DrawFn, cards: list[NodeCard], keepalive: int | None = 25) -> MapInputs:
-    directory = Directory(cards, MESH, keepalive)
+    directory = NodeCards(cards, MESH, keepalive)
     n = len(cards)
     index = [c.node_id for c in cards].index(ME)
     others = [p for p in range(n) if p != index]
