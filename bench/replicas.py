@@ -371,6 +371,13 @@ def main() -> int:
                 notices.stop()
             alone = statistics.median(r["all"] for r in alone_rounds)
             spread = statistics.median(r["all"] for r in spread_rounds)
+            # CPU, which the machine's load does not stretch: the busiest replica's share of a push.
+            cpu_alone = statistics.median(r["A_cpu"] for r in alone_rounds)
+            cpu_spread = statistics.median(max(r["A_cpu"], r["B_cpu"]) for r in spread_rounds)
+            print(
+                f"push CPU (median): A alone {cpu_alone:.2f} s; over 2 replicas the busier one "
+                f"{cpu_spread:.2f} s ({cpu_spread / cpu_alone:.2f} of alone)"
+            )
             failover = asyncio.run(
                 measure_failover(port_a, port_b, admin, agents, process_a, processes[-1].pid, tls)
             )
@@ -403,7 +410,9 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
     print(
         f"RESULT replicas agents={AGENTS} push_1x_s={alone:.3f} push_2x_s={spread:.3f} "
-        f"ratio_2x_vs_1x={spread / alone:.2f} goal_2x_s=1.0 failover_s={failover:.3f} "
+        f"ratio_2x_vs_1x={spread / alone:.2f} goal_2x_s=1.0 push_cpu_1x_s={cpu_alone:.2f} "
+        f"push_cpu_2x_busier_s={cpu_spread:.2f} cpu_ratio_2x_vs_1x={cpu_spread / cpu_alone:.2f} "
+        f"failover_s={failover:.3f} "
         f"enroll_sqlite_per_s={rates['sqlite']:.1f} enroll_pg_per_s={rates['postgresql']:.1f} "
         f"ratio_pg_vs_sqlite={rates['postgresql'] / rates['sqlite']:.2f} "
         f"enroll_cpu_ms_sqlite={cpu_ms['sqlite']:.1f} enroll_cpu_ms_pg={cpu_ms['postgresql']:.1f} "
