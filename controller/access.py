@@ -1,7 +1,7 @@
 """Access: what the policy in force means for the mesh's maps, on the routing arrays.
 
-Given the policy document, the node cards in routing-index order and the shortest-path trees, `Access`
-answers per node: which destinations it routes to, which peers its map holds, which of its routes may
+Given the policy document, the node cards in routing-index order and the routes (a
+controller.routing.Router), `Access` answers per node: which destinations it routes to, which peers its map holds, which of its routes may
 use a relay, whether it forwards for others, and the `NodePolicy` JSON its agent enforces.
 
 Rules (property-tested: no map holds a forbidden peer or a route across a node that may not relay):
@@ -13,7 +13,9 @@ Rules (property-tested: no map holds a forbidden peer or a route across a node t
   inside (it relays for that pair); its peers are the first hops of those routes and the nodes it is
   connected to; a first hop that is not itself a destination is reached directly.
 - A node forwards exactly when it lies inside a usable path of a connected pair.
-Pure: numpy only, no I/O, no clock.
+Only relayed routes (the router's stored pairs) can cross a node: a direct route is usable and has no
+inside, so the work and memory are O(nodes + relayed routes x their length), beside the connected
+matrix. Pure: numpy only, no I/O, no clock.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import numpy.typing as npt
 from pydantic import TypeAdapter
 
 from controller.netmap import JsonTemplate, NodeCard
+from controller.routing import Router
 from wire.models import FirewallRule, NodePolicy
 from wire.policy import PolicyDocument, Subject, selects
 
@@ -64,38 +67,6 @@ def connected_matrix(doc: PolicyDocument, subjects: Sequence[Subject]) -> BoolMa
     out |= out.T
     np.fill_diagonal(out, False)
     return out
-
-
-def usable_paths(pred: npt.NDArray[np.int32], relay: npt.NDArray[np.bool_]) -> BoolMatrix:
-    """[tree d, node x]: the path from x to d crosses only nodes that may relay (true when direct,
-    unreachable or x == d). `pred[d, x]` is x's next hop toward d (-1: unreachable)."""
-    n = pred.shape[0]
-    roots = np.arange(n)[:, None]
-    parent = np.where(pred >= 0, pred, roots).astype(np.int64)
-    ok: BoolMatrix = parent == roots
-    for _ in range(n):
-        grown = ok | (relay[parent] & np.take_along_axis(ok, parent, axis=1))
-        if np.array_equal(grown, ok):
-            break
-        ok = grown
-    return ok
-
-
-def inside_paths(pred: npt.NDArray[np.int32], connected: BoolMatrix, ok: BoolMatrix) -> BoolMatrix:
-    """[tree d, node x]: x lies inside the usable path of some node connected to d (it relays for d)."""
-    n = pred.shape[0]
-    roots = np.arange(n)[:, None]
-    parent = np.where(pred >= 0, pred, roots).astype(np.int64)
-    inside = np.zeros((n, n), dtype=bool)
-    cur = np.where(connected & ok & (parent != roots), parent, roots)
-    for _ in range(n):
-        active = cur != roots
-        if not active.any():
-            break
-        d, _x = np.nonzero(active)
-        inside[d, cur[active]] = True
-        cur = np.where(active, np.take_along_axis(parent, cur, axis=1), roots)
-    return inside
 
 
 class PolicyMasks:
@@ -138,13 +109,25 @@ class PolicyMasks:
 class Access:
     """The policy's meaning for one directory and one set of shortest-path trees."""
 
-    def __init__(self, masks: PolicyMasks, pred: npt.NDArray[np.int32]) -> None:
+    def __init__(self, masks: PolicyMasks, router: Router) -> None:
         self.masks = masks
         self.relay = masks.relay
         self.connected = masks.connected
-        self._pred = pred
-        self.ok = usable_paths(pred, self.relay)
-        self.inside = inside_paths(pred, self.connected, self.ok)
+        self._router = router
+        self._unusable: dict[int, list[int]] = {}  # source index -> destinations its path may not take
+        self._inside: dict[int, set[int]] = {}  # node index -> destinations it relays for (usable paths)
+        relay, connected = self.relay, self.connected
+        for s, d in router.relayed_routes():
+            inner = router.path_indexes(s, d)[1:-1]
+            if not all(relay[x] for x in inner):
+                self._unusable.setdefault(s, []).append(d)
+            elif connected[s, d]:
+                for x in inner:
+                    self._inside.setdefault(x, set()).add(d)
+
+    def forwards(self, index: int) -> bool:
+        """The node lies inside a usable path of a connected pair."""
+        return bool(self._inside.get(index))
 
     def rules_json(self, index: int) -> bytes:
         """The node's firewall and message rights: its NodePolicy JSON without the version."""
@@ -164,11 +147,14 @@ class Access:
     def node(self, index: int, version: int, rules_json: bytes | None = None) -> NodeAccess:
         """What the node at `index` may see, route and must enforce; `version`: the policy version its
         rules were last changed at (`rules_json`: its `rules_json`, when already made)."""
+        n = len(self._router)
         col = self.connected[index]
-        inside = self.inside[:, index]
+        inside = np.zeros(n, dtype=bool)
+        inside[list(self._inside.get(index, ()))] = True
         dests = col | inside
-        hops = self._pred[:, index]
-        ok = self.ok[:, index]
+        hops = self._router.next_hop_row(self._router.nodes[index])
+        ok = np.ones(n, dtype=bool)
+        ok[self._unusable.get(index, [])] = False
         relayed = ok & (hops >= 0) & (hops != np.arange(len(hops)))
         peers = col.copy()
         via = hops[dests & relayed]

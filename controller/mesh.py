@@ -157,7 +157,7 @@ class Mesh:
         access = self._access_now()
         if access is None:
             return self.router.forwards(node_id)
-        return bool(access.inside[:, self.router.index[node_id]].any())
+        return access.forwards(self.router.index[node_id])
 
     def implausible_reports(self, node_id: int) -> int:
         """How many link measurements from this node were implausible (see controller.topology)."""
@@ -274,7 +274,7 @@ class Mesh:
         if self.access_policy is None:
             return None
         if self._shown is None:
-            self._shown = Access(self._policy_masks(), self.router.trees())
+            self._shown = Access(self._policy_masks(), self.router)
         return self._shown
 
     def _policy_masks(self) -> PolicyMasks:
@@ -310,7 +310,7 @@ class Mesh:
         access = None
         if self.access_policy is not None:
             version = self.access_policy[1]
-            access = self._shown = Access(self._policy_masks(), self.router.trees())
+            access = self._shown = Access(self._policy_masks(), self.router)
         for i, node in enumerate(nodes):
             index = self.router.index[node]
             node_access = None
