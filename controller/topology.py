@@ -22,6 +22,11 @@ Rules:
   T (now - handshake_age > T) or a probe answered over the direct path, and loss below `loss_down`.
   Probes through a relay say nothing about the direct link (agents then report loss=None).
 - Each end's reports are smoothed (EWMA, weight `smoothing` for the newest) before they are combined.
+- A link nobody measures goes back to direct in the end: a relayed pair is probed over its direct path
+  only where both ends have probe addresses (agent.desired), so in a mixed mesh (IPv6 off, an older
+  agent) neither end may report an rtt for it. An up link whose weight is above `default_weight_ms`
+  and for which no end reported an rtt for `unmeasured_retry_s` returns to the default weight: it is
+  tried direct, where it is probed on the tunnel addresses, and goes back to the relay if still slow.
 - Hysteresis lives on EDGE weights, never on individual routes (every node must agree on the same
   graph): an edge's weight moves to the measured value only when the measurement leaves the band
   max(band_abs_ms, band_rel * weight) around it.
@@ -69,11 +74,18 @@ class LinkPolicy:
     min_rtt_ms: float = 0.01
     implausible_ratio: float = 0.25
     implausible_gap_ms: float = 10.0
+    unmeasured_retry_s: float = 300.0
 
     def problems(self) -> list[str]:
         """What is wrong with these values, one sentence each (empty: usable)."""
         out = []
-        for name in ("default_weight_ms", "hop_penalty_ms", "handshake_stale_s", "sample_max_age_s"):
+        for name in (
+            "default_weight_ms",
+            "hop_penalty_ms",
+            "handshake_stale_s",
+            "sample_max_age_s",
+            "unmeasured_retry_s",
+        ):
             if not getattr(self, name) > 0:
                 out.append(f"{name} must be > 0")
         for name in (
@@ -143,6 +155,7 @@ class LinkState:
     weight: float | None = None
     down_since: datetime | None = None
     samples: dict[int, Sample] = field(default_factory=dict)  # by reporting end; not persisted
+    measured_at: datetime | None = None  # when an end last reported an rtt (or first reported); not persisted
 
     def record(self) -> LinkRecord:
         return LinkRecord(self.a, self.b, self.weight, self.down_since)
@@ -336,6 +349,15 @@ class LinkGraph:
             if not all(s is not None and self._sees_it_working(s, t) for s in ends):
                 return
             state.down_since = None
+        if m.rtt_ms is not None or state.measured_at is None:
+            state.measured_at = now
+        elif (
+            state.weight is not None
+            and state.weight > p.default_weight_ms
+            and now - state.measured_at > timedelta(seconds=p.unmeasured_retry_s)
+        ):
+            state.weight, state.measured_at = None, now  # tried direct again (see the module rules)
+            return
         measured = self._measured(state, now)
         if measured is None:
             return

@@ -154,6 +154,36 @@ def test_a_link_that_heals_is_not_an_implausible_report():
     assert topo.weight(1, 2) < 10
 
 
+def test_a_raised_link_nobody_can_measure_any_more_is_tried_direct_again():
+    """Issue 8.6 in a mixed mesh: an end without probe addresses (IPv6 off, an older agent) answers no
+    probe of the direct path, so while the pair is relayed neither end reports an rtt for it, only
+    fresh handshakes. The raised weight would stand for good; after `unmeasured_retry_s` the link goes
+    back to the default weight (tried direct, where both ends probe it on the tunnel address)."""
+    topo = LinkGraph(POLICY, [1, 2])
+    for t in range(4):
+        topo.report(1, [healthy(2, rtt=80.0)], at(t))
+        topo.report(2, [healthy(1, rtt=80.0)], at(t))
+    assert topo.weight(1, 2) > 70
+    unmeasured = [M(peer_id=2, handshake_age_s=20)], [M(peer_id=1, handshake_age_s=20)]
+    t = 4.0
+    while t < 4 + POLICY.unmeasured_retry_s - 10:
+        assert topo.report(1, unmeasured[0], at(t)).edges == []
+        assert topo.report(2, unmeasured[1], at(t)).edges == []
+        t += 10
+    updates = []
+    while t < 4 + POLICY.unmeasured_retry_s + 20:
+        updates += topo.report(1, unmeasured[0], at(t)).edges + topo.report(2, unmeasured[1], at(t)).edges
+        t += 10
+    assert [(e.a, e.b) for e in updates] == [(1, 2)]
+    assert topo.weight(1, 2) == POLICY.default_weight_ms
+    # a link still measured (slow, both ends agree) is never reset
+    topo = LinkGraph(POLICY, [1, 2])
+    for t in range(0, 2 * int(POLICY.unmeasured_retry_s), 10):
+        topo.report(1, [healthy(2, rtt=80.0)], at(t))
+        topo.report(2, [M(peer_id=1, handshake_age_s=20)], at(t))
+    assert topo.weight(1, 2) > 70
+
+
 def test_a_fresh_handshake_with_heavy_loss_does_not_bring_a_link_back():
     topo = LinkGraph(POLICY, [1, 2])
     topo.report(1, [M(peer_id=2, loss=1.0)], at(0))
