@@ -6,7 +6,7 @@ new map differs from the stored one. It does no I/O and reads no clock: the call
 returned `MeshChange` and wakes the agents it names.
 
 For deltas it keeps, per node, what its maps at the last `MAP_HISTORY` serials were rendered from
-(about 8 bytes per node per kept map): an agent holding one of those gets a delta, any other a full map.
+(in a direct full mesh a few bytes per kept map: see `MapInputs`): an agent holding one of those gets a delta, any other a full map.
 Nothing of it is persisted: after a restart every agent gets a full map first.
 
 Serials are mesh versions: a map that changes while the mesh goes to version `version` (set by the
@@ -26,9 +26,11 @@ import numpy.typing as npt
 
 from controller.access import Access, PolicyMasks, subject_of
 from controller.netmap import (
+    CompactRow,
     MapInputs,
     NodeCard,
     NodeCards,
+    compact_rows,
     map_digest,
     render_delta,
     render_map,
@@ -40,6 +42,8 @@ from wire.policy import PolicyDocument, may_relay
 
 MAP_HISTORY = 3
 """Maps kept per node to diff from: the current one and the two before it."""
+REFRESH_BLOCK = 256
+"""Nodes whose routing rows are read at once when maps are refreshed."""
 
 
 @dataclass(frozen=True)
@@ -305,36 +309,50 @@ class Mesh:
         changed: dict[int, MapState] = {}
         if not nodes:
             return changed
-        rows, costs = self.router.rows_of(nodes)
-        tenths = cost_tenths(self._shown_costs(nodes, rows, costs))
         access = None
         if self.access_policy is not None:
-            version = self.access_policy[1]
             access = self._shown = Access(self._policy_masks(), self.router)
-        for i, node in enumerate(nodes):
-            index = self.router.index[node]
-            node_access = None
-            if access is not None:
-                rules = access.rules_json(index)
-                held = self._rules.get(node)
-                rules_version = held[1] if held is not None and held[0] == rules else version
-                self._rules[node] = (rules, rules_version)
-                node_access = access.node(index, rules_version, rules)
-            forward = self.router.forwards(node) if node_access is None else node_access.forward
-            digest = map_digest(self._directory, index, rows[i], tenths[i], forward, node_access).hex()
-            old = self._maps.get(node)
-            if old is None or old.digest != digest:
-                serial = max(self.version, (old.serial if old else 0) + 1)
-                self._maps[node] = changed[node] = MapState(serial, digest)
-            serial = self._maps[node].serial
-            kept = self._inputs.setdefault(node, {})
-            if serial not in kept:
-                kept[serial] = MapInputs(
-                    self._directory, index, rows[i].copy(), tenths[i].astype(np.int32), forward, node_access
-                )
-                for old_serial in sorted(kept)[:-MAP_HISTORY]:
-                    del kept[old_serial]
+        # The routing rows come in blocks: all of them at once would be nodes x nodes of them.
+        for start in range(0, len(nodes), REFRESH_BLOCK):
+            block = nodes[start : start + REFRESH_BLOCK]
+            rows, costs = self.router.rows_of(block)
+            tenths = cost_tenths(self._shown_costs(block, rows, costs)).astype(np.int32)
+            compact = compact_rows(rows, tenths)
+            for i, node in enumerate(block):
+                self._refresh_one(node, rows[i], tenths[i], compact[i], access, changed)
         return changed
+
+    def _refresh_one(
+        self,
+        node: int,
+        row: npt.NDArray[np.int32],
+        tenths: npt.NDArray[np.int32],
+        compact: CompactRow,
+        access: Access | None,
+        changed: dict[int, MapState],
+    ) -> None:
+        index = self.router.index[node]
+        node_access = None
+        if access is not None:
+            assert self.access_policy is not None
+            rules = access.rules_json(index)
+            held = self._rules.get(node)
+            rules_version = held[1] if held is not None and held[0] == rules else self.access_policy[1]
+            self._rules[node] = (rules, rules_version)
+            node_access = access.node(index, rules_version, rules)
+        forward = self.router.forwards(node) if node_access is None else node_access.forward
+        inputs = MapInputs(self._directory, index, row, tenths, forward, node_access, compact)
+        digest = map_digest(inputs).hex()
+        old = self._maps.get(node)
+        if old is None or old.digest != digest:
+            serial = max(self.version, (old.serial if old else 0) + 1)
+            self._maps[node] = changed[node] = MapState(serial, digest)
+        serial = self._maps[node].serial
+        kept = self._inputs.setdefault(node, {})
+        if serial not in kept:
+            kept[serial] = inputs
+            for old_serial in sorted(kept)[:-MAP_HISTORY]:
+                del kept[old_serial]
 
 
 def edge(row: tuple[int, int, float, float | None, float | None]) -> TopologyEdge:

@@ -24,7 +24,9 @@ Rules:
   maps under a policy; costs are shown by the one tenths rule (controller.routing.cost_tenths, as `tenths_json` writes it).
 - A delta (`render_delta`) compares the fragments of two maps of one node by node id: a peer or route
   whose JSON differs is sent whole, an id only in the old map is removed. It is therefore exactly
-  `wire.delta.netmap_delta` of the two maps, without parsing either.
+  `wire.delta.netmap_delta` of the two maps, without parsing either. Between two compact rows
+  (`MapInputs`: a full mesh's maps) only the positions that can differ are looked at — the cards the
+  directory changed and the rows' few odd destinations — so a join costs each agent's delta O(1).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import ipaddress
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -48,6 +51,8 @@ if TYPE_CHECKING:
     from controller.access import NodeAccess
 
 DEFAULT_KEEPALIVE_S = 25
+COMPACT_ODD = 64
+"""A kept map's routing row with at most this many destinations off the common case stays compact."""
 
 # --- the encoder: wire models' JSON from parts the models rendered -----------------------------------
 
@@ -222,6 +227,8 @@ class CardMatch:
     same_route: npt.NDArray[np.bool_]  # the node's route JSON head is unchanged
     same_host: npt.NDArray[np.bool_]  # the node's host route (its /32 in a relay's allowed IPs) is unchanged
     same_tail: bool  # keepalive and mesh CIDR unchanged
+    new_pos: npt.NDArray[np.int64]  # per position in the older directory, the node's in the newer; -1: gone
+    changed: npt.NDArray[np.int64]  # newer positions whose card is new or shows anything differently
 
 
 class NodeCards:
@@ -235,6 +242,7 @@ class NodeCards:
         self.id_list = [c.node_id for c in self.cards]
         self.direct_peers = [c.direct_peer(keepalive_s) for c in self.cards]
         self.direct_route_heads = [c.direct_route_head for c in self.cards]
+        self.position = {node_id: p for p, node_id in enumerate(self.id_list)}
         self._matches: dict[int, tuple[NodeCards, CardMatch]] = {}
         keepalive = "null" if keepalive_s is None else str(int(keepalive_s))
         self.peer_tail = keepalive.encode()  # what the digests know of the shared tail of every peer
@@ -262,7 +270,7 @@ class NodeCards:
         cached = self._matches.get(id(older))
         if cached is not None and cached[0] is older:
             return cached[1]
-        where = {node_id: p for p, node_id in enumerate(older.id_list)}
+        where = older.position
         old_pos = np.array([where.get(node_id, -1) for node_id in self.id_list], dtype=np.int64)
         same_peer = np.zeros(len(self.cards), dtype=bool)
         same_route = np.zeros(len(self.cards), dtype=bool)
@@ -276,6 +284,9 @@ class NodeCards:
                 same_route[k] = same or was.route_head == card.route_head
                 same_host[k] = same or was.host_route == card.host_route
         kept = set(self.id_list)
+        present = old_pos >= 0
+        new_pos = np.full(len(older.cards), -1, dtype=np.int64)
+        new_pos[old_pos[present]] = np.flatnonzero(present)
         match = CardMatch(
             old_pos=old_pos,
             removed=sorted(i for i in older.id_list if i not in kept),
@@ -284,6 +295,8 @@ class NodeCards:
             same_route=same_route,
             same_host=same_host,
             same_tail=older.keepalive_s == self.keepalive_s and older.mesh_cidr == self.mesh_cidr,
+            new_pos=new_pos,
+            changed=np.flatnonzero(~present | ~same_peer | ~same_route | ~same_host),
         )
         if len(self._matches) >= 8:
             self._matches.pop(next(iter(self._matches)))
@@ -311,23 +324,22 @@ def _route_json(directory: NodeCards, d: int, via: int, tenths: int) -> bytes:
     return head + tenths_json(tenths) + _ROUTE_END
 
 
-def map_digest(
-    directory: NodeCards,
-    index: int,
-    next_row: npt.NDArray[np.int32],
-    tenths: npt.NDArray[np.int64],
-    forward: bool,
-    access: NodeAccess | None = None,
-) -> bytes:
-    """Digest of everything `render_netmap` puts in this node's map except the serial and the route
-    costs: of `tenths` only whether each cost is shown counts."""
-    if access is not None:
-        return _policy_digest(directory, index, next_row, tenths, access)
+def map_digest(m: MapInputs) -> bytes:
+    """Digest of everything `render_map` puts in this node's map except the serial and the route
+    costs: of the costs only whether each is shown counts (a cost is hidden where the route is
+    unreachable, and then the next hop says so). It reads the row's detours only: a direct full mesh
+    costs O(1) per node beyond the directory's digest."""
+    if m.access is not None:
+        return _policy_digest(m.directory, m.index, m.next_row, m.tenths.astype(np.int64), m.access)
+    directory, index = m.directory, m.index
+    where, via = m.detours()
     h = hashlib.blake2b(directory.digest, digest_size=32)
     h.update(index.to_bytes(4, "big"))
     h.update((directory.cards[index].key_rotation or 0).to_bytes(8, "big"))
-    h.update(np.ascontiguousarray(next_row, dtype=np.int32).tobytes())
-    h.update(b"\x01" if forward else b"\x00")
+    h.update(struct.pack(f">{len(where)}i", *where))
+    h.update(b"|")
+    h.update(struct.pack(f">{len(via)}i", *via))
+    h.update(b"\x01" if m.forward else b"\x00")
     return h.digest()
 
 
@@ -362,21 +374,135 @@ def _policy_digest(
     return h.digest()
 
 
-@dataclass(frozen=True)
+CompactRow = tuple[int, dict[int, tuple[int, int]] | None]
+"""A routing row as `MapInputs` keeps it: (common cost, odd position -> (next hop, cost)); None: the
+row has too many odd positions to keep compact."""
+_SAMPLES = 9
+
+
+def compact_rows(rows: npt.NDArray[np.int32], tenths: npt.NDArray[np.int32]) -> list[CompactRow]:
+    """The compact form of each row of a block (one numpy pass over the block). The common cost is
+    the median of a few sampled direct destinations' costs: any value is correct, the usual one keeps
+    the row small."""
+    k, n = rows.shape
+    positions = np.arange(n, dtype=np.int32)
+    direct = rows == positions[None, :]
+    cols = np.unique(np.linspace(0, max(n - 1, 0), _SAMPLES).astype(np.int64)) if n else positions
+    sampled = np.where(direct[:, cols] & (tenths[:, cols] >= 0), tenths[:, cols], np.iinfo(np.int32).max)
+    sampled.sort(axis=1)
+    valid = (sampled < np.iinfo(np.int32).max).sum(axis=1)
+    common = sampled[np.arange(k), valid // 2]
+    common = np.where(valid > 0, common, 0).astype(np.int32)
+    odd = ~direct | (tenths != common[:, None])
+    counts = odd.sum(axis=1)
+    small = counts <= COMPACT_ODD
+    r, c = np.nonzero(odd & small[:, None])
+    vias, costs = rows[r, c].tolist(), tenths[r, c].tolist()
+    cols_list = c.tolist()
+    out: list[CompactRow] = []
+    start = 0
+    for value, count, fits in zip(common.tolist(), counts.tolist(), small.tolist(), strict=True):
+        if not fits:
+            out.append((value, None))
+            continue
+        end = start + count
+        out.append(
+            (
+                value,
+                dict(
+                    zip(
+                        cols_list[start:end], zip(vias[start:end], costs[start:end], strict=True), strict=True
+                    )
+                ),
+            )
+        )
+        start = end
+    return out
+
+
 class MapInputs:
     """Everything one node's map at one serial is rendered from (kept to diff a later map against).
 
-    `next_row[d]` is the index of the peer carrying traffic to the node at index d (d itself when direct,
-    -1 when unreachable); `tenths[d]` the path cost in tenths (-1 when unreachable). The arrays are
-    private copies: nobody changes them after construction. `access` is the node's share of the policy
-    in force (None: no policy, every node is a peer); with it, `forward` is the access's."""
+    Given as arrays over the directory's positions: `next_row[d]` is the index of the peer carrying
+    traffic to the node at index d (d itself when direct, -1 when unreachable); `tenths[d]` the path
+    cost in tenths (-1 when unreachable). `access` is the node's share of the policy in force (None: no
+    policy, every node is a peer); with it, `forward` is the access's.
 
-    directory: NodeCards
-    index: int
-    next_row: npt.NDArray[np.int32]
-    tenths: npt.NDArray[np.int32]
-    forward: bool
-    access: NodeAccess | None = None
+    Kept compact (nothing else holds a map's routing row, and each node keeps a few): the destinations
+    reached directly at the row's most common cost (`common`) are not stored, the others are (`odd`:
+    position -> (next hop, cost)), so a direct full mesh costs a few hundred bytes per kept map and a
+    delta between two such maps is found from their odd positions and the directory's changed cards.
+    A row with more than COMPACT_ODD odd positions is kept whole (`odd` None). Nobody changes them."""
+
+    __slots__ = ("_dense", "access", "common", "directory", "forward", "index", "odd")
+
+    def __init__(
+        self,
+        directory: NodeCards,
+        index: int,
+        next_row: npt.NDArray[np.int32],
+        tenths: npt.NDArray[np.int32],
+        forward: bool,
+        access: NodeAccess | None = None,
+        row: CompactRow | None = None,
+    ) -> None:
+        """`row`: the compact form of (next_row, tenths) when the caller made it (`compact_rows`)."""
+        self.directory = directory
+        self.index = index
+        self.forward = forward
+        self.access = access
+        if row is None:
+            row = compact_rows(next_row[None, :], tenths[None, :])[0]
+        self.common, self.odd = row[0], row[1]
+        self._dense: tuple[npt.NDArray[np.int32], npt.NDArray[np.int32]] | None = None
+        if self.odd is None:
+            self._dense = (
+                np.array(next_row, dtype=np.int32, copy=True),
+                np.array(tenths, dtype=np.int32, copy=True),
+            )
+
+    @property
+    def next_row(self) -> npt.NDArray[np.int32]:
+        if self._dense is not None:
+            return self._dense[0]
+        assert self.odd is not None
+        row = np.arange(len(self.directory.cards), dtype=np.int32)
+        for p, (via, _) in self.odd.items():
+            row[p] = via
+        return row
+
+    @property
+    def tenths(self) -> npt.NDArray[np.int32]:
+        if self._dense is not None:
+            return self._dense[1]
+        assert self.odd is not None
+        row = np.full(len(self.directory.cards), self.common, dtype=np.int32)
+        for p, (_, tenths) in self.odd.items():
+            row[p] = tenths
+        return row
+
+    def detours(self) -> tuple[list[int], list[int]]:
+        """(positions not reached directly, their next hop or -1), ascending: the row's shape."""
+        if self.odd is None:
+            row = self.next_row
+            where = np.flatnonzero(row != np.arange(len(row)))
+            return where.tolist(), row[where].tolist()
+        pairs = sorted((p, via) for p, (via, _) in self.odd.items() if via != p)
+        return [p for p, _ in pairs], [v for _, v in pairs]
+
+    def via(self, p: int) -> int:
+        """The position carrying traffic to position p (compact rows), as `_relays` says: an
+        unreachable destination and the node itself are tried directly."""
+        assert self.odd is not None
+        entry = self.odd.get(p)
+        if entry is None or p == self.index or entry[0] < 0:
+            return p
+        return entry[0]
+
+    def tenths_at(self, p: int) -> int:
+        assert self.odd is not None
+        entry = self.odd.get(p)
+        return self.common if entry is None else entry[1]
 
     @property
     def peer_ids(self) -> list[int]:
@@ -579,6 +705,9 @@ def render_delta(old: MapInputs, new: MapInputs, base_serial: int, serial: int) 
     its cost does."""
     if old.access is not None or new.access is not None:
         return _render_keyed_delta(old, new, base_serial, serial)
+    sparse = _sparse_delta(old, new, base_serial, serial)
+    if sparse is not None:
+        return sparse
     d_old, d_new = old.directory, new.directory
     match = d_new.match(d_old)
     ids = d_new.ids
@@ -617,4 +746,55 @@ def render_delta(old: MapInputs, new: MapInputs, base_serial: int, serial: int) 
         _route_json(d_new, k, int(via_new[k]), int(new.tenths[k]))
         for k in np.flatnonzero(route_changed).tolist()
     ]
+    return _delta_json(new, base_serial, serial, peers, match.removed, routes, match.removed)
+
+
+def _sparse_delta(old: MapInputs, new: MapInputs, base_serial: int, serial: int) -> bytes | None:
+    """`render_delta` of two compact rows with the same common cost, on the positions where anything
+    may differ only (the directory's changed cards, either row's odd positions, and the peers carrying
+    relayed destinations among them): O(what changed) per node. None: not such a pair."""
+    if old.odd is None or new.odd is None or old.common != new.common:
+        return None
+    d_old, d_new = old.directory, new.directory
+    match = d_new.match(d_old)
+    if not match.same_tail:
+        return None
+    ids, old_ids = d_new.id_list, d_old.id_list
+    old_pos, new_pos = match.old_pos, match.new_pos
+    spots = set(match.changed.tolist()) | new.odd.keys()
+    spots.update(q for q in (int(new_pos[p]) for p in old.odd) if q >= 0)
+    peer_spots: set[int] = set()
+    route_spots: list[int] = []
+    carriers: set[int] = set()  # node ids
+    same_peer, same_route, same_host = match.same_peer, match.same_route, match.same_host
+    for s in sorted(spots):
+        sid = ids[s]
+        at = int(old_pos[s])
+        present = at >= 0
+        vid_new = ids[new.via(s)]
+        vid_was = old_ids[old.via(at)] if present else -1
+        direct_new, direct_was = vid_new == sid, vid_was == sid
+        moved = present and vid_was != vid_new
+        if moved and not direct_was:
+            carriers.add(vid_was)  # lost a relayed destination
+        if not direct_new and (moved or not present or not same_host[s]):
+            carriers.add(vid_new)  # gained one, or one of its destinations is new or moved address
+        if not present or not same_peer[s] or (moved and direct_new != direct_was):
+            peer_spots.add(s)
+        if not present or not same_route[s] or moved or old.tenths_at(at) != new.tenths_at(s):
+            route_spots.append(s)
+    for g in match.gone.tolist():
+        v = old.via(g)
+        if v != g:
+            carriers.add(old_ids[v])  # a removed node was relayed through it
+    position = d_new.position
+    peer_spots.update(position[c] for c in carriers if c in position)
+    peer_spots.discard(new.index)
+    carried: dict[int, list[int]] = {}
+    for p in sorted(new.odd):
+        v = new.via(p)
+        if v != p:
+            carried.setdefault(v, []).append(p)
+    peers = [_peer_json(d_new, k, new.via(k) == k, carried.get(k, ())) for k in sorted(peer_spots)]
+    routes = [_route_json(d_new, k, new.via(k), new.tenths_at(k)) for k in route_spots if k != new.index]
     return _delta_json(new, base_serial, serial, peers, match.removed, routes, match.removed)

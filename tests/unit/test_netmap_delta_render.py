@@ -40,21 +40,29 @@ def card(
 
 
 @st.composite
-def inputs(draw: st.DrawFn, cards: list[NodeCard], keepalive: int | None = 25) -> MapInputs:
+def inputs(
+    draw: st.DrawFn, cards: list[NodeCard], keepalive: int | None = 25, mostly_direct: bool = False
+) -> MapInputs:
+    """Random rows; `mostly_direct`: most destinations direct at one cost, as in a full mesh (the
+    controller then keeps the row compact and diffs only where the rows differ)."""
     directory = NodeCards(cards, MESH, keepalive)
     n = len(cards)
     index = [c.node_id for c in cards].index(ME)
     others = [p for p in range(n) if p != index]
+    kinds = (
+        ["direct"] * 6 + ["relayed", "unreachable"] if mostly_direct else ["direct", "relayed", "unreachable"]
+    )
+    costs = [312] * 8 + [-1, 10, 100_007] if mostly_direct else [-1, 0, 3, 10, 312, 100_007, 123_456_789]
     row = []
     for d in range(n):
-        choice = draw(st.sampled_from(["direct", "relayed", "unreachable"])) if others else "direct"
+        choice = draw(st.sampled_from(kinds)) if others else "direct"
         if d == index or choice == "direct":
             row.append(d)
         elif choice == "unreachable":
             row.append(-1)
         else:
             row.append(draw(st.sampled_from(others)))
-    tenths = [draw(st.sampled_from([-1, 0, 3, 10, 312, 100_007, 123_456_789])) for _ in range(n)]
+    tenths = [draw(st.sampled_from(costs)) for _ in range(n)]
     return MapInputs(
         directory, index, np.array(row, dtype=np.int32), np.array(tenths, dtype=np.int32), draw(st.booleans())
     )
@@ -86,10 +94,11 @@ def pairs(draw: st.DrawFn) -> tuple[MapInputs, MapInputs]:
             new_cards.append(card(i, rotation=7))
         else:
             new_cards.append(card(i))
-    old = draw(inputs([old_cards[i] for i in old_ids]))
+    mostly_direct = draw(st.booleans())
+    old = draw(inputs([old_cards[i] for i in old_ids], mostly_direct=mostly_direct))
     same_directory = set(old_ids) == set(new_ids) and draw(st.booleans())
     keepalive = draw(st.sampled_from([25, None])) if not same_directory else 25
-    new = draw(inputs(old.directory.cards if same_directory else new_cards, keepalive))
+    new = draw(inputs(old.directory.cards if same_directory else new_cards, keepalive, mostly_direct))
     return old, new
 
 
