@@ -26,8 +26,9 @@ Scale (issue #18): `--agents N` runs everything at N agents (above FULL_ROUNDS_U
 round only: each full map is N peers); after the delta rounds a removal round (the admin removes a
 host that enrolled; agents hold the new map when their delta removes it), then the controller's
 resident memory, then enrollments per second with nobody polling (ENROLLMENTS, one after another:
-what one join costs the controller at this size). `--sizes 100,1000,2000,5000` runs one process per
-size and prints the figures side by side with their ratios to the first size: controller CPU per
+what one join costs the controller at this size; also as its CPU per enrollment, which a loaded
+machine does not blur; every round prints the load average). `--sizes 100,1000,2000,5000` runs one
+process per size and prints the figures side by side with their ratios to the first size: controller CPU per
 change (goal: growing linearly, so CPU per change and agent stays flat) and the enrollment rate
 (goal: at the largest size within 2x of the smallest).
 """
@@ -309,7 +310,7 @@ def enroll_request(key: str, nonce: str, i: int) -> tuple[EnrollRequest, str]:
 
 HEADER = (
     f"{'push':<6} {'round':>5} {'enroll s':>9} {'first s':>8} {'p50 s':>7} {'p99 s':>7} {'all s':>7} "
-    f"{'KB/agent':>9} {'server CPU s':>12} {'agents CPU s':>12}"
+    f"{'KB/agent':>9} {'server CPU s':>12} {'agents CPU s':>12} {'load1':>6}"
 )
 
 
@@ -393,11 +394,13 @@ async def measured_change(
         "p99": arrivals[int(0.99 * (len(arrivals) - 1))],
         "all": arrivals[-1],
         "kb": statistics.mean(a.got_bytes for a in agents) / 1024,
+        "load": os.getloadavg()[0],
     }
     if show:
         print(
             f"{name:<6} {number:>5} {x['enroll']:>9.3f} {x['first']:>8.3f} {x['p50']:>7.3f} {x['p99']:>7.3f} "
-            f"{x['all']:>7.3f} {x['kb']:>9.1f} {x['server_cpu']:>12.2f} {x['agents_cpu']:>12.2f}",
+            f"{x['all']:>7.3f} {x['kb']:>9.1f} {x['server_cpu']:>12.2f} {x['agents_cpu']:>12.2f} "
+            f"{x['load']:>6.1f}",
             flush=True,
         )
     return x
@@ -455,7 +458,7 @@ async def policy_round(
     for a in agents:
         a.got.clear()
     want = {a.node_id for a in agents} if affected is None else affected
-    server_cpu = cpu_seconds(controller_pid)
+    server_cpu, agents_cpu = cpu_seconds(controller_pid), time.process_time()
     start = time.perf_counter()
     r = await client.put(
         api.POLICY,
@@ -474,6 +477,9 @@ async def policy_round(
         if time.perf_counter() > deadline:
             raise RuntimeError(f"policy round {number}: not every affected agent got a map")
         await asyncio.sleep(0.005)
+    # CPU until the last affected agent held its map: compared with the wall time, it says whether
+    # anything waited (a tick, a debounce) or the machine was busy (load average).
+    cpu_held, agents_held = cpu_seconds(controller_pid) - server_cpu, time.process_time() - agents_cpu
     await asyncio.sleep(SETTLE_S)  # anything else would have arrived by now
     arrivals = sorted(min(a.got.values()) - start for a in agents if a.node_id in want)
     x = {
@@ -481,13 +487,15 @@ async def policy_round(
         "p50": statistics.median(arrivals),
         "all": arrivals[-1],
         "others": float(sum(1 for a in agents if a.got and a.node_id not in want)),
-        "server_cpu": cpu_seconds(controller_pid) - server_cpu,
+        "server_cpu": cpu_held,
+        "agents_cpu": agents_held,
+        "load": os.getloadavg()[0],
     }
     if show:
         print(
             f"{'policy':<6} {number:>5} {x['put']:>9.3f} {'':>8} {x['p50']:>7.3f} {'':>7} {x['all']:>7.3f} "
-            f"{'':>9} {x['server_cpu']:>12.2f}   affected {len(want)}, other agents with a new map: "
-            f"{int(x['others'])}",
+            f"{'':>9} {x['server_cpu']:>12.2f} {x['agents_cpu']:>12.2f} {x['load']:>6.1f}   affected "
+            f"{len(want)}, other agents with a new map: {int(x['others'])}",
             flush=True,
         )
     return x
@@ -515,8 +523,11 @@ async def remove_round(
     return await measured_change("remove", number, agents, tasks, polling, marker, controller_pid, remove)
 
 
-async def enroll_rate(client: httpx.AsyncClient, admin: str, count: int) -> float:
-    """Enrollments per second, one after another (requests signed before the clock starts)."""
+async def enroll_rate(
+    client: httpx.AsyncClient, admin: str, count: int, controller_pid: int
+) -> tuple[float, float]:
+    """(enrollments per second, one after another (requests signed before the clock starts), the
+    controller's CPU milliseconds per enrollment: the figure a loaded machine does not blur)."""
     r = await client.post(
         api.PREAUTH_KEYS, json={"reusable": True}, headers={"Authorization": f"Bearer {admin}"}
     )
@@ -528,11 +539,12 @@ async def enroll_rate(client: httpx.AsyncClient, admin: str, count: int) -> floa
         r.raise_for_status()
         nonces.append(r.json()["nonce"])
     bodies = [enroll_request(key, nonce, 100 + i)[0].model_dump_json() for i, nonce in enumerate(nonces)]
+    cpu = cpu_seconds(controller_pid)
     start = time.perf_counter()
     for body in bodies:
         r = await client.post(api.ENROLL, content=body, headers={"Content-Type": "application/json"})
         r.raise_for_status()
-    return count / (time.perf_counter() - start)
+    return count / (time.perf_counter() - start), (cpu_seconds(controller_pid) - cpu) / count * 1000
 
 
 def resident_mb(pid: int) -> tuple[float, float]:
@@ -555,6 +567,7 @@ class Figures:
     rss_mb: float = 0.0
     peak_rss_mb: float = 0.0
     enroll_per_s: float = 0.0
+    enroll_cpu_ms: float = 0.0
 
 
 async def run(
@@ -623,7 +636,7 @@ async def run(
                 await asyncio.gather(*tasks, return_exceptions=True)
             verified = await verify(agents)
             rss, peak = resident_mb(controller_pid)
-            rate = await enroll_rate(client, admin, ENROLLMENTS)
+            rate, enroll_cpu_ms = await enroll_rate(client, admin, ENROLLMENTS, controller_pid)
         return Figures(
             baseline,
             full,
@@ -635,6 +648,7 @@ async def run(
             rss,
             peak,
             rate,
+            enroll_cpu_ms,
         )
     finally:
         for a in agents:
@@ -705,7 +719,8 @@ def measure(n: int, policy_rounds: bool, full_push: bool = True) -> int:
     )
     print(
         f"controller resident memory {figures.rss_mb:.0f} MB (peak {figures.peak_rss_mb:.0f} MB); "
-        f"{figures.enroll_per_s:.1f} enrollments per second with nobody polling"
+        f"{figures.enroll_per_s:.1f} enrollments per second with nobody polling "
+        f"({figures.enroll_cpu_ms:.0f} ms of controller CPU each)"
     )
     goal = delta_all <= 1.0 and removal_all <= 1.0 and ok == checked > 0 and figures.mismatches == 0
     if figures.policy:
@@ -718,10 +733,17 @@ def measure(n: int, policy_rounds: bool, full_push: bool = True) -> int:
             f"answered in {med(figures.policy, 'put'):.3f} s); other agents given a new map: {int(policy_others)}"
         )
         print(
+            f"policy change CPU until the last affected agent held its map (median): controller "
+            f"{med(figures.policy, 'server_cpu'):.2f} s, the simulated agents {med(figures.policy, 'agents_cpu'):.2f} s, "
+            f"at load average {med(figures.policy, 'load'):.1f} on {os.cpu_count()} cores (wall well above CPU with "
+            "the machine idle would mean something waits)"
+        )
+        print(
             f"RESULT name=push_policy agents={n} affected={affected} "
             f"policy_push_all_s={policy_all:.3f} policy_push_worst_s={max(r['all'] for r in figures.policy):.3f} "
             f"policy_put_s={med(figures.policy, 'put'):.3f} policy_over_delta={policy_all / delta_all:.2f} "
             f"unaffected_maps={int(policy_others)} controller_cpu_policy_s={med(figures.policy, 'server_cpu'):.2f} "
+            f"agents_cpu_policy_s={med(figures.policy, 'agents_cpu'):.2f} load1={med(figures.policy, 'load'):.1f} "
             f"goal_met={'yes' if policy_all <= 1.0 and policy_others == 0 else 'no'}"
         )
     print(
@@ -733,8 +755,8 @@ def measure(n: int, policy_rounds: bool, full_push: bool = True) -> int:
         f"full_kb={med(figures.full, 'kb'):.1f} controller_cpu_delta_s={cpu_join:.3f} "
         f"controller_cpu_removal_s={cpu_removal:.3f} agents_cpu_delta_s={med(figures.delta, 'agents_cpu'):.2f} "
         f"controller_rss_mb={figures.rss_mb:.0f} controller_peak_rss_mb={figures.peak_rss_mb:.0f} "
-        f"enroll_per_s={figures.enroll_per_s:.1f} verified={ok}/{checked} "
-        f"goal_met={'yes' if goal else 'no'}"
+        f"enroll_per_s={figures.enroll_per_s:.1f} enroll_cpu_ms={figures.enroll_cpu_ms:.1f} verified={ok}/{checked} "
+        f"load1={med(figures.delta, 'load'):.1f} goal_met={'yes' if goal else 'no'}"
     )
     return 0
 
@@ -763,7 +785,8 @@ def compare(sizes: list[int]) -> int:
     n0 = int(first["agents"])
     print(
         f"\n{'agents':>7} {'join all s':>10} {'removal all s':>13} {'CPU/join s':>10} {'CPU/removal s':>13} "
-        f"{'CPU/join ratio':>14} {'agents ratio':>12} {'RSS MB':>7} {'enroll/s':>9} {'enroll ratio':>12}"
+        f"{'CPU/join ratio':>14} {'agents ratio':>12} {'RSS MB':>7} {'enroll/s':>9} {'enroll ratio':>12} "
+        f"{'CPU/enroll ms':>13} {'load1':>6}"
     )
     for r in rows:
         n = int(r["agents"])
@@ -772,7 +795,8 @@ def compare(sizes: list[int]) -> int:
             f"{n:>7} {float(r['delta_push_all_s']):>10.3f} {float(r['removal_push_all_s']):>13.3f} "
             f"{float(r['controller_cpu_delta_s']):>10.3f} {float(r['controller_cpu_removal_s']):>13.3f} "
             f"{cpu_ratio:>14.2f} {n / n0:>12.2f} {float(r['controller_rss_mb']):>7.0f} "
-            f"{float(r['enroll_per_s']):>9.1f} {float(r['enroll_per_s']) / float(first['enroll_per_s']):>12.2f}"
+            f"{float(r['enroll_per_s']):>9.1f} {float(r['enroll_per_s']) / float(first['enroll_per_s']):>12.2f} "
+            f"{float(r.get('enroll_cpu_ms', 'nan')):>13.1f} {r.get('load1', '?'):>6}"
         )
     last = rows[-1]
     linear = (
@@ -781,9 +805,11 @@ def compare(sizes: list[int]) -> int:
         / (int(last["agents"]) / n0)
     )
     enroll = float(first["enroll_per_s"]) / float(last["enroll_per_s"])
+    enroll_cpu = float(last.get("enroll_cpu_ms", "nan")) / float(first.get("enroll_cpu_ms", "nan"))
     print(
         f"RESULT name=push_scale sizes={','.join(r['agents'] for r in rows)} "
         f"cpu_per_join_growth_over_linear={linear:.2f} enroll_slowdown={enroll:.2f} "
+        f"enroll_cpu_growth={enroll_cpu:.2f} "
         f"largest_join_all_s={float(last['delta_push_all_s']):.3f} "
         f"largest_removal_all_s={float(last['removal_push_all_s']):.3f} "
         f"largest_rss_mb={float(last['controller_rss_mb']):.0f} "
