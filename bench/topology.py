@@ -2,7 +2,8 @@
 `MEASURED` of its links (rtt 1-100 ms, a tenth of them down), every other link is a default link.
 
 For 1,000 / 2,000 / 5,000 nodes: one full computation, one link change (down, back up, new weight;
-median, p95 and max of `CHANGES`), one enrollment and one removal, and the routing state's memory
+median, p95 and max of `CHANGES`), a node going offline (`OFFLINE_REPORTS` peers report their link
+to it down, one report each, then back up: median per report), one enrollment and one removal, and the routing state's memory
 (tracemalloc: what the Router holds after building, and its peak while building). The baseline is the
 dense Router this replaced (bench/baseline_routing.py) on the same mesh materialized as n(n-1)/2 edges,
 in the same process, at the sizes where it fits (`--baseline 1000,2000`; at 5,000 it would hold 12.5 M
@@ -35,6 +36,7 @@ SIZES = (1000, 2000, 5000)
 MEASURED = 8
 DOWN = 0.1
 CHANGES = 30
+OFFLINE_REPORTS = 300
 SEED = 20261202
 POLICY = LinkPolicy()
 T = TypeVar("T")
@@ -124,6 +126,18 @@ def ms(xs: Sequence[float]) -> tuple[float, float, float]:
     return statistics.median(s) * 1000, s[int(0.95 * (len(s) - 1))] * 1000, s[-1] * 1000
 
 
+def node_offline(router: Router, x: int, rng: random.Random) -> tuple[list[float], list[float]]:
+    """A node goes offline: OFFLINE_REPORTS peers, one report each, say their link to it is down; then
+    the same peers see it back (at the default weight). Seconds per report, each way."""
+    peers = rng.sample([y for y in router.nodes if y != x], min(OFFLINE_REPORTS, len(router) - 1))
+    down = per_change(lambda c: router.set_edges([c]), [EdgeCost(min(x, y), max(x, y), None) for y in peers])
+    up = per_change(
+        lambda c: router.set_edges([c]),
+        [EdgeCost(min(x, y), max(x, y), POLICY.cost(min(x, y), max(x, y), None)) for y in peers],
+    )
+    return down, up
+
+
 def mismatches(router: Router, other: Callable[[int, int], int | None], n: int, rng: random.Random) -> int:
     sample = rng.sample(range(1, n + 1), min(n, 20))
     return sum(1 for s in sample for d in range(1, n + 1) if router.next_hop(s, d) != other(s, d))
@@ -140,6 +154,7 @@ def run(n: int, baseline: bool, rng: random.Random) -> dict[str, float | str]:
         mesh.explicit[c.a, c.b] = c.cost
     fresh = Router(range(1, n + 1), mesh.edges(), mesh.defaults)
     bad = mismatches(router, fresh.next_hop, n, rng)
+    offline, back = node_offline(router, rng.randint(1, n), rng)
     join, _, _ = timed(lambda: router.add_node(n + 1, []))
     leave, _, _ = timed(lambda: router.remove_node(rng.randint(1, n)))
     row: dict[str, float | str] = {
@@ -153,6 +168,9 @@ def run(n: int, baseline: bool, rng: random.Random) -> dict[str, float | str]:
         "change_median_ms": ms(times)[0],
         "change_p95_ms": ms(times)[1],
         "change_max_ms": ms(times)[2],
+        "offline_ms": ms(offline)[0],
+        "offline_max_ms": ms(offline)[2],
+        "back_ms": ms(back)[0],
         "join_ms": join * 1000,
         "leave_ms": leave * 1000,
         "load": os.getloadavg()[0],
@@ -204,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     header = (
         f"{'nodes':>6} {'state':>6} {'stored':>7} {'full s':>7} {'cpu s':>6} {'old s':>7} {'x':>6} "
         f"{'held MB':>8} {'peak MB':>8} {'old held':>9} {'x':>7} {'change ms':>10} {'p95':>6} {'max':>6} "
-        f"{'old ms':>7} {'join ms':>8} {'leave ms':>9} {'load':>5} {'same':>5}"
+        f"{'old ms':>7} {'offline':>8} {'back':>6} {'join ms':>8} {'leave ms':>9} {'load':>5} {'same':>5}"
     )
     print(header)
     rows = []
@@ -221,7 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{ratio(r, 'full_s', 'baseline_full_s'):>6} {f('held_mb', '.1f'):>8} {f('peak_mb', '.1f'):>8} "
             f"{f('baseline_held_mb', '.0f'):>9} {ratio(r, 'held_mb', 'baseline_held_mb'):>7} "
             f"{f('change_median_ms', '.1f'):>10} {f('change_p95_ms', '.1f'):>6} {f('change_max_ms', '.1f'):>6} "
-            f"{f('baseline_change_median_ms', '.1f'):>7} {f('join_ms', '.1f'):>8} {f('leave_ms', '.1f'):>9} "
+            f"{f('baseline_change_median_ms', '.1f'):>7} {f('offline_ms', '.1f'):>8} {f('back_ms', '.1f'):>6} "
+            f"{f('join_ms', '.1f'):>8} {f('leave_ms', '.1f'):>9} "
             f"{f('load', '.1f'):>5} {'yes' if r['mismatches'] == 0 else 'NO':>5}",
             flush=True,
         )

@@ -16,15 +16,19 @@ Rules (WireGuard cryptokey routing makes them necessary, see DESIGN.md):
   search and nothing is stored for it. The others are *candidates* (symmetric: the pair is one in both
   trees). Tree D is searched over its candidates only: a candidate reaches D directly, through one
   surely-direct node (one vector pass over the row), or through other candidates (a Dijkstra among them).
-- Memory is O(nodes + explicit edges + candidate pairs); per change the work is the trees that can move:
-  a change of edge a-b (or of a's edges) touches the trees a, b and their candidate partners only, since
-  a tree's search reads only its candidates' rows and its own.
+- Memory is O(nodes + explicit edges + candidate pairs); per change the work is the trees that can move.
+  A change of edge a-b that moves no lower bound (the usual one: not a node's cheapest link) repairs the
+  trees a and b in place (a dearer edge re-attaches the subtree below it, a cheaper one spreads its gain
+  among the candidates) and recomputes only the other trees whose paths use a-b or can now. Otherwise
+  the trees a, b and their candidate partners are recomputed (a tree's search reads only its
+  candidates' rows and its own). Changes are applied one at a time.
 
 Indexes: nodes are kept in ascending id order; arrays handed out are in that order.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -282,21 +286,108 @@ class Router:
         for e in changes:
             _check_cost(e)
             self._known(e.a, e.b)
-        old_costs: dict[tuple[int, int], float] = {}
+        changed: set[int] = set()
         for e in changes:
+            i, j = self.index[e.a], self.index[e.b]
+            before = self._pair_cost(i, j)
             new = math.inf if e.cost is None else e.cost
-            key = (e.a, e.b) if e.a < e.b else (e.b, e.a)
-            before = self._pair_cost(self.index[e.a], self.index[e.b])
-            if before == new and key not in old_costs:
+            if before == new:
                 continue
-            old_costs.setdefault(key, before)
+            key = (e.a, e.b) if e.a < e.b else (e.b, e.a)
+            bounds = (float(self._lb[i]), float(self._lb[j]))
             self._put(e.a, e.b, new)
-        index = self.index
-        old_costs = {k: c for k, c in old_costs.items() if c != self._pair_cost(index[k[0]], index[k[1]])}
-        if not old_costs:
-            return set()
-        touched = {x for key in old_costs for x in key}
-        return self._update(touched, old_costs)
+            self._lb[i], self._lb[j] = self._lower_bound(e.a), self._lower_bound(e.b)
+            if self._defaults is not None and bounds == (float(self._lb[i]), float(self._lb[j])):
+                changed |= self._edge_moved(e.a, e.b, before, new)
+            else:
+                changed |= self._update({e.a, e.b}, {key: before})
+        return changed
+
+    def _edge_moved(self, a: int, b: int, old: float, new: float) -> set[int]:
+        """One edge's cost moved, no lower bound did (so only the pair a-b can change candidacy): repair
+        trees a and b, and recompute the other trees whose paths use the edge or can use it now."""
+        affected: set[int] = set()
+        tol = 1 + _REL_TOL
+        for d in (self._tree[a].keys() | self._tree[b].keys()) - {a, b}:
+            ha, da = self._route(d, a)
+            hb, db = self._route(d, b)
+            if ha == b or hb == a or da + new < db * tol or db + new < da * tol:
+                affected.add(d)
+        key = (a, b) if a < b else (b, a)
+        before = {n: self._relays.get(n, 0) > 0 for n in self._relays}
+        changed: set[int] = set()
+        fresh = {d: self._repair_root(d, b if d == a else a, old, new) for d in (a, b)}
+        fresh |= {
+            self.nodes[k]: entries
+            for k, entries in self._compute(sorted(self.index[d] for d in affected)).items()
+        }
+        for d, entries in fresh.items():
+            changed |= self._diff(d, entries, {key: old})
+            self._install(d, entries)
+        for n in set(before) | set(self._relays):
+            if before.get(n, False) != (self._relays.get(n, 0) > 0):
+                changed.add(n)
+        return changed
+
+    def _route(self, d: int, s: int) -> Entry:
+        """s's next hop toward d and its path cost (the direct edge when nothing is stored)."""
+        entry = self._tree[d].get(s)
+        return (d, self._pair_cost(self.index[s], self.index[d])) if entry is None else entry
+
+    def _repair_root(self, d: int, b: int, old: float, new: float) -> dict[int, Entry]:
+        """Tree d after its edge to b went from `old` to `new`: dearer, b's subtree is re-attached (the
+        other nodes keep their paths); cheaper, the gain spreads from b among the candidates."""
+        entries = dict(self._tree[d])
+        k, j = self.index[d], self.index[b]
+        row_k = self._row(k)
+        reach = row_k.copy()
+        if entries:
+            index = self.index
+            at = np.fromiter((index[s] for s in entries), dtype=np.int64, count=len(entries))
+            reach[at] = np.fromiter((e[1] for e in entries.values()), dtype=np.float64, count=len(entries))
+        hop_b, dist_b = entries.get(b, (d, old))
+        reach[j] = dist_b
+        lb = self._lb
+        candidate = not row_k[j] < (lb[j] + lb[k]) * (1 - _REL_TOL)
+        if new > old:
+            if hop_b == d:  # b's path was the edge: b and everything below it move
+                children: dict[int, list[int]] = {}
+                for s, (hop, _) in entries.items():
+                    children.setdefault(hop, []).append(s)
+                subtree = [b]
+                for x in subtree:
+                    subtree.extend(children.get(x, ()))
+                members = np.array(sorted(self.index[x] for x in subtree), dtype=np.intp)
+                entries.update(self._attach(k, members, row_k, reach))
+        elif new < dist_b:  # cheaper than b's path: b goes direct, and the gain spreads
+            entries[b] = (d, new)
+            reach[j] = new
+            self._spread(k, j, entries, reach)
+        if not candidate:
+            entries.pop(b, None)  # surely direct now: its route is the edge, nothing to store
+        return entries
+
+    def _spread(self, k: int, start: int, entries: dict[int, Entry], reach: FloatMatrix) -> None:
+        """A Dijkstra from node index `start` (whose path cost to k just fell to reach[start]) over k's
+        candidates: each that gets a cheaper path through it takes it."""
+        nodes, index = self.nodes, self.index
+        cand = np.array(sorted(index[s] for s in entries if index[s] != start), dtype=np.intp)
+        if not len(cand):
+            return
+        heap = [(float(reach[start]), start)]
+        done: set[int] = set()
+        while heap:
+            du, u = heapq.heappop(heap)
+            if u in done or du > reach[u]:
+                continue
+            done.add(u)
+            alt = self._row(u)[cand] + du
+            better = np.flatnonzero(alt < reach[cand])
+            for c in better.tolist():
+                s = int(cand[c])
+                reach[s] = alt[c]
+                entries[nodes[s]] = (nodes[u], float(alt[c]))
+                heapq.heappush(heap, (float(alt[c]), s))
 
     def add_node(self, node_id: int, edges: Sequence[EdgeCost], offset: float = 0.0) -> None:
         """Add a node (with a larger id than every present one), its explicit edges and its default
@@ -577,6 +668,16 @@ class Router:
         nodes = self.nodes
         if np.count_nonzero(np.isfinite(row_k)) == 1:  # isolated: only itself
             return {nodes[s]: (NO_HOP, math.inf) for s in cand.tolist()}
+        return self._attach(k, cand, row_k, row_k)
+
+    def _attach(
+        self, k: int, cand: npt.NDArray[np.intp], row_k: FloatMatrix, reach: FloatMatrix
+    ) -> dict[int, Entry]:
+        """New paths toward k for the node indexes `cand`, every other node keeping its path: each
+        reaches k directly (`row_k`: edge costs to k), through one other node q (its path cost to k:
+        `reach[q]`), or through other members of `cand` (a Dijkstra among them)."""
+        m = len(cand)
+        nodes = self.nodes
         tent = np.empty(m)
         par = np.empty(m, dtype=np.int64)
         inner = np.empty((m, m))
@@ -585,7 +686,7 @@ class Router:
             rows = self._rows(block)
             inner[lo : lo + len(block)] = rows[:, cand]
             via = rows
-            via += row_k
+            via += reach
             via[:, cand] = math.inf
             via[:, k] = math.inf
             r = np.argmin(via, axis=1)

@@ -374,3 +374,24 @@ def test_a_default_mesh_stores_nothing_and_a_cut_link_relays_one_pair():
     assert via not in (None, 3, 150) and router.path(150, 3) == [150, via, 3]
     assert changed == {3, 150, via}  # the two ends (new route) and the relay (it now forwards)
     assert [router.nodes[i] for i in router.relayed_pairs()[0]] == [3, 150]
+
+
+def test_a_node_going_offline_link_by_link_and_back_is_routed_like_a_fresh_computation():
+    """Every peer reports its link to node 7 down, one report at a time, then back up: at each step
+    the incremental routes are the full computation's, and the reports name every node that moved."""
+    ids = list(range(1, 31))
+    defaults = DefaultLinks(POLICY.default_weight_ms + POLICY.hop_penalty_ms, POLICY.perturbation_ms)
+    explicit = {(a, a + 1): POLICY.cost(a, a + 1, 5.0 * (a % 4)) for a in range(1, 30)}
+    router = Router(ids, [EdgeCost(a, b, c) for (a, b), c in explicit.items()], defaults)
+    others = [y for y in ids if y != 7]
+    for y, cost in [(y, None) for y in others] + [
+        (y, POLICY.cost(min(7, y), max(7, y), None)) for y in others
+    ]:
+        p = (min(7, y), max(7, y))
+        before = snapshot(router)
+        changed = router.set_edges([EdgeCost(*p, cost)])
+        explicit[p] = cost
+        after = snapshot(router)
+        assert {n for n in ids if after[n] != before[n]} <= changed
+        assert after == snapshot(Router(ids, [EdgeCost(a, b, c) for (a, b), c in explicit.items()], defaults))
+    assert router.candidate_pairs() == 0  # every link back at its default: nothing stored
