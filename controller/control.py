@@ -888,7 +888,7 @@ class ControlPlane:
 
     def _policy_subject(self, name_or_id: str) -> Subject:
         record = next((r for r in self.nodes.values() if r.name == name_or_id), None)
-        if record is None and name_or_id.isdigit():
+        if record is None and name_or_id.isascii() and name_or_id.isdigit():  # not '³'
             record = self.nodes.get(int(name_or_id))
         if record is None:
             raise ApiError(404, f"no node named {name_or_id!r}")

@@ -148,7 +148,8 @@ def _tag_problem(e: ValueError) -> str:
 def find_removed(client: AdminClient, ref: str) -> int:
     """The id of the removed node `ref` names (an id or a name). AdminError when there is none."""
     gone = client.removed_nodes()
-    matches = [n.node_id for n in gone if (ref.isdigit() and n.node_id == int(ref)) or n.name == ref]
+    is_id = ref.isascii() and ref.isdigit()
+    matches = [n.node_id for n in gone if (is_id and n.node_id == int(ref)) or n.name == ref]
     if not matches:
         raise AdminError(f"no removed node {ref!r} (`wgmesh nodes removed` lists them)")
     if len(matches) > 1:
@@ -167,7 +168,7 @@ def render_removed(gone: list[RemovedNodeInfo]) -> str:
 
 def find_node(client: AdminClient, ref: str) -> NodeInfo:
     """The node `ref` names: a node id (digits) or a node name. AdminError when there is none."""
-    if ref.isdigit():
+    if ref.isascii() and ref.isdigit():
         return client.node(int(ref))
     matches = [n for n in client.nodes() if n.name == ref]
     if not matches:

@@ -797,9 +797,9 @@ class SqlStore:
             conditions.append(a.at >= query.since)
         if query.node is not None:
             by_name = a.node_name == query.node
-            conditions.append(
-                sa.or_(a.node_id == int(query.node), by_name) if query.node.isdigit() else by_name
-            )
+            # an id is ASCII digits ('³' is a digit int() refuses) within SQL's 64-bit integers
+            is_id = query.node.isascii() and query.node.isdigit() and int(query.node) < 2**63
+            conditions.append(sa.or_(a.node_id == int(query.node), by_name) if is_id else by_name)
         if query.action is not None:
             conditions.append(sa.or_(a.action == query.action, a.action.startswith(query.action + ".")))
         select = sa.select(audit_events).where(*conditions).order_by(a.id.desc()).limit(query.limit)

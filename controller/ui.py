@@ -102,7 +102,9 @@ class UiSessions:
             return None
         body, _, signature = cookie.rpartition(".")
         expiry_text = body.partition(".")[0]
-        if not body or not expiry_text.isdigit() or not hmac.compare_digest(signature, self._sign(body)):
+        if not (body and expiry_text.isascii() and expiry_text.isdigit()):
+            return None
+        if not hmac.compare_digest(signature.encode(), self._sign(body).encode()):
             return None
         expiry = float(expiry_text)
         return expiry if expiry > self.clock() else None

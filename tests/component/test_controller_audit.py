@@ -116,6 +116,13 @@ async def test_filters_select_by_action_node_and_time(controller: ControllerHarn
     assert [e["action"] for e in newest] == ["policy.set"]
 
 
+async def test_a_node_filter_that_is_no_id_is_a_name(controller: ControllerHarness):
+    await controller.enroll()
+    for node in ("\u00b3", "9" * 30):  # a digit int() refuses; an id past SQL's integers
+        r = await controller.client.get(api.AUDIT, params={"node": node}, headers=controller.admin)
+        assert r.status_code == 200 and r.json() == [], r.text
+
+
 async def test_bad_filters_are_one_line_and_the_route_needs_the_admin(controller: ControllerHarness):
     for params, detail in (
         ({"action": "nonsense"}, "query.action: 'nonsense' is not an action"),

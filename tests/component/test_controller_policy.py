@@ -79,10 +79,11 @@ async def test_test_names_the_deciding_rule(controller: ControllerHarness):
     assert await test(client, sup, "8001") == (False, "default deny (no rule matches)")
     assert await test(client, worker) == (False, "default deny (no rule matches)")
     assert await test(worker, sup, "udp/9") == (True, "work")
-    r = await controller.client.post(
-        api.POLICY + "/test", json={"source": "nobody", "destination": sup.name}, headers=controller.admin
-    )
-    assert r.status_code == 404 and "nobody" in r.json()["detail"]
+    for nobody in ("nobody", "\u00b3"):  # '³' is a digit that int() refuses
+        r = await controller.client.post(
+            api.POLICY + "/test", json={"source": nobody, "destination": sup.name}, headers=controller.admin
+        )
+        assert r.status_code == 404 and repr(nobody) in r.json()["detail"], r.text
 
 
 async def test_a_bad_policy_is_refused_whole_and_the_old_one_stays(controller: ControllerHarness):
