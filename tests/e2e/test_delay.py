@@ -17,7 +17,7 @@ from agent.desired import probe_address
 from lab.controller_admin import read_nodes, read_topology
 from lab.instance import Lab
 from lab.observe import ping_once
-from tests.e2e.harness import reachable, run_cli, running_lab
+from tests.e2e.harness import logs, reachable, run_cli, running_lab
 from tests.support import wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.scenario]
@@ -101,7 +101,7 @@ def test_a_slow_direct_link_goes_through_a_relay_and_back_when_it_heals_without_
         _wait_for_route(lab, "direct", 60)
         back = time.monotonic() - healed_at
         _watch_route(lab, "direct", 15)
-        assert _route_changes(lab, logs_at) == {"h1": 1, "h2": 1}, "the route to the healed peer flapped"
+        _changed_once(lab, logs_at)
         # the first end to see the healed link is a round ahead of the other, not lying
         assert {n.name: n.implausible_link_reports for n in read_nodes(lab)} == {"h1": 0, "h2": 0, "h3": 0}
         print(f"rerouted through h3 {rerouted:.1f} s after the delay was added, back {back:.1f} s after heal")
@@ -123,7 +123,7 @@ def test_a_few_seconds_of_partial_loss_leave_the_pair_direct_again(lab: Lab):
         _stop_dropping(lab, "h2")
     _wait_for_route(lab, "direct", 90)
     _watch_route(lab, "direct", 15)
-    assert _route_changes(lab, logs_at) == {"h1": 1, "h2": 1}, "the route to the recovered peer flapped"
+    _changed_once(lab, logs_at)
 
 
 def _wait_for_route(lab: Lab, route: str, timeout: float) -> None:
@@ -133,8 +133,19 @@ def _wait_for_route(lab: Lab, route: str, timeout: float) -> None:
         lambda: _route(lab, "h1", "h2") == route and _route(lab, "h2", "h1") == route,
         timeout,
         interval=0.5,
-        show=lambda: run_cli("status", "--name", NAME)[1],
+        show=lambda: _what_is_seen(lab),
     )
+
+
+def _what_is_seen(lab: Lab) -> str:
+    """The lab's status, the controller's view of the h1-h2 link, and the agents' last lines."""
+    link = next((e for e in _edges(lab) if e[0] == {"h1", "h2"}), None)
+    return f"{run_cli('status', '--name', NAME)[1]}\ncontroller's h1-h2 link: {link}\n{logs(lab, 8)}"
+
+
+def _edges(lab: Lab) -> list[tuple[set[str | None], float, float | None, float | None]]:
+    names = {n.node_id: n.name for n in read_topology(lab).nodes}
+    return [({names.get(e.a), names.get(e.b)}, e.weight, e.rtt_ms, e.loss) for e in read_topology(lab).edges]
 
 
 def _watch_route(lab: Lab, route: str, seconds: float) -> None:
@@ -142,7 +153,7 @@ def _watch_route(lab: Lab, route: str, seconds: float) -> None:
     watch_until = time.monotonic() + seconds
     while time.monotonic() < watch_until:
         seen = (_route(lab, "h1", "h2"), _route(lab, "h2", "h1"))
-        assert seen == (route, route), f"{seen}\n{run_cli('status', '--name', NAME)[1]}"
+        assert seen == (route, route), f"{seen}\n{_what_is_seen(lab)}"
         time.sleep(0.5)
 
 
@@ -150,20 +161,27 @@ def _log_ends(lab: Lab) -> dict[str, int]:
     return {h: lab.host(h).agent_log.stat().st_size for h in ("h1", "h2")}
 
 
-def _route_changes(lab: Lab, since: dict[str, int]) -> dict[str, int]:
-    """How often h1's agent moved h2's addresses between peers (a route change), and h2's h1's, in
-    their logs after `since` (byte offsets)."""
-    counts = {}
+def _route_changes(lab: Lab, since: dict[str, int]) -> dict[str, list[str]]:
+    """The lines where h1's agent moved h2's addresses between peers (a route change), and h2's h1's,
+    in their logs after `since` (byte offsets)."""
+    changes = {}
     for host, other in (("h1", "h2"), ("h2", "h1")):
         with lab.host(host).agent_log.open("rb") as f:
             f.seek(since[host])
             text = f.read().decode(errors="replace")
-        counts[host] = sum(
-            1
+        changes[host] = [
+            line
             for line in text.splitlines()
             if f"event=peer_changed peer={other} " in line and "allowed_ips" in line
-        )
-    return counts
+        ]
+    return changes
+
+
+def _changed_once(lab: Lab, since: dict[str, int]) -> None:
+    changes = _route_changes(lab, since)
+    assert {h: len(lines) for h, lines in changes.items()} == {"h1": 1, "h2": 1}, (
+        "the route between h1 and h2 flapped:\n" + "\n".join(line for v in changes.values() for line in v)
+    )
 
 
 LOSSY_TABLE = "e2edelay_loss"
