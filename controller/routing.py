@@ -132,6 +132,8 @@ class Router:
         self._off = np.array([float(offsets.get(n, 0.0)) for n in self.nodes], dtype=np.float64)
         # node id -> {neighbour id: cost}; inf: the edge is down (with defaults) or absent
         self._explicit: dict[int, dict[int, float]] = {n: {} for n in self.nodes}
+        # node id -> its explicit edges as (neighbour indexes, costs), built when a row needs them
+        self._arrays: dict[int, tuple[npt.NDArray[np.intp], FloatMatrix]] = {}
         for e in edges:
             _check_cost(e)
             if e.a not in self.index:
@@ -460,6 +462,7 @@ class Router:
         self._relays.pop(node_id, None)
         del self.nodes[x]
         self.index = {node: i for i, node in enumerate(self.nodes)}
+        self._arrays.clear()  # the indexes moved
         self._ids = np.delete(self._ids, x)
         self._h = np.delete(self._h, x)
         self._off = np.delete(self._off, x)
@@ -565,6 +568,8 @@ class Router:
         return NO_HOP if hop == NO_HOP else self.index[hop]
 
     def _put(self, a: int, b: int, cost: float) -> None:
+        self._arrays.pop(a, None)
+        self._arrays.pop(b, None)
         if cost == math.inf and self._defaults is None:
             self._explicit[a].pop(b, None)
             self._explicit[b].pop(a, None)
@@ -603,21 +608,26 @@ class Router:
             rows += self._base
             if self._off.any():
                 rows += self._off[idx][:, None] + self._off[None, :]
-        at: list[int] = []
-        to: list[int] = []
-        costs: list[float] = []
-        index = self.index
-        nodes = self.nodes
-        for r, i in enumerate(idx.tolist()):
-            explicit = self._explicit[nodes[i]]
-            if explicit:
-                at.extend([r] * len(explicit))
-                to.extend(index[j] for j in explicit)
-                costs.extend(explicit.values())
+        nodes, explicit = self.nodes, self._explicit
+        at = [r for r, i in enumerate(idx.tolist()) if explicit[nodes[i]]]
         if at:
-            rows[at, to] = costs
+            parts = [self._edge_arrays(nodes[int(idx[r])]) for r in at]
+            where = np.repeat(np.array(at, dtype=np.intp), [len(cols) for cols, _ in parts])
+            rows[where, np.concatenate([cols for cols, _ in parts])] = np.concatenate([c for _, c in parts])
         rows[np.arange(m), idx] = 0.0
         return rows
+
+    def _edge_arrays(self, node: int) -> tuple[npt.NDArray[np.intp], FloatMatrix]:
+        cached = self._arrays.get(node)
+        if cached is None:
+            explicit = self._explicit[node]
+            index = self.index
+            cols = np.fromiter((index[j] for j in explicit), dtype=np.intp, count=len(explicit))
+            cached = self._arrays[node] = (
+                cols,
+                np.fromiter(explicit.values(), dtype=np.float64, count=len(explicit)),
+            )
+        return cached
 
     def _pair_cost(self, i: int, j: int) -> float:
         if i == j:
