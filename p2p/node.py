@@ -719,7 +719,7 @@ class Node:
         tick) produced it. Before `Opened` the connection has no link and only handshake events come."""
         link = conn.link
         admitted = iter(await self._admit_gossip(link, events) if link is not None else ())
-        admit_direct, clock = self._admission.direct, self._clock
+        admit_direct, now = self._admission.direct, self._clock()  # a frame's messages arrive together
         queued = False  # direct messages pushed to the inbox without waking its handler yet
         for event in events:
             if isinstance(event, Envelope):
@@ -730,7 +730,7 @@ class Node:
                 if event.flags & FLAG_IDEMPOTENT and not self._first_copy(link, event):
                     continue
                 # the common case inline: no coroutine per message, the handler woken once a frame
-                delivery = admit_direct(event, link.entry, clock())
+                delivery = admit_direct(event, link.entry, now)
                 if delivery is not None:
                     if link.inbox.push(delivery, event.priority, len(event.body)):
                         queued = True

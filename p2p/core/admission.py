@@ -98,7 +98,7 @@ class Admission:
         return False, None
 
     def direct(self, envelope: Envelope, peer: DirectoryEntry, now: float) -> Delivery | None:
-        if envelope.id in self.history:
+        if envelope.id in self.history.ids:
             self.counters.duplicate += 1
             return None
         try:  # _decode inline: once per message
