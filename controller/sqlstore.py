@@ -28,9 +28,11 @@ halfway. Timestamps are stored as naive UTC and come back timezone-aware.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import ipaddress
 import json
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -270,6 +272,12 @@ class SqlStore:
         except SQLAlchemyError as e:
             raise StoreError(f"database {_safe(url)}: {_first_line(e)}") from None
         self.postgres = self._engine.dialect.name == "postgresql"
+        # The controller calls the store from several threads; an in-memory SQLite database is one
+        # connection (StaticPool), whose transactions must not interleave: one at a time there.
+        shared = isinstance(self._engine.pool, StaticPool)
+        self._one_connection: contextlib.AbstractContextManager[object] = (
+            threading.RLock() if shared else contextlib.nullcontext()
+        )
         self._upsert = postgresql.insert if self.postgres else sqlite.insert
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -336,7 +344,7 @@ class SqlStore:
         """One transaction; a lost or refusing database becomes StoreUnavailable.
         `snapshot`: every statement sees the same committed state (PostgreSQL REPEATABLE READ)."""
         try:
-            with self._engine.connect() as conn:
+            with self._one_connection, self._engine.connect() as conn:
                 if snapshot and self.postgres:
                     conn = conn.execution_options(isolation_level="REPEATABLE READ")
                 with conn.begin():
