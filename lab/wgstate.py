@@ -3,7 +3,8 @@
 
 Each host's `/run/wireguard` is a directory of the lab (see `lab.processes`), so the lab reads
 `HOSTDIR/run/wg0.sock` directly: a unix socket path works across network namespaces, and this needs no
-process per poll. `parse_uapi_get` is pure; keys in UAPI are hex.
+process per poll. `parse_uapi_get` is pure: it is the agent's UAPI parser (`agent.uapi.parse_get`),
+its `Device` seen as a `WgDeviceView`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from keys.types import InvalidKey, WireGuardPrivateKey, WireGuardPublicKey
+from agent.device import Device
+from agent.uapi import UapiError, parse_get
+from keys.types import WireGuardPublicKey
 
 UAPI_TIMEOUT_S = 2.0
 
@@ -34,70 +37,25 @@ class WgDeviceView:
     peers: dict[WireGuardPublicKey, WgPeerView] = field(default_factory=dict)
 
 
-class UapiError(RuntimeError):
-    pass
-
-
-@dataclass
-class _PeerFields:
-    public_key: WireGuardPublicKey
-    endpoint: str | None = None
-    allowed_ips: list[str] = field(default_factory=list)
-    hs_sec: int = 0
-    hs_nsec: int = 0
-    rx: int = 0
-    tx: int = 0
-
-    def view(self) -> WgPeerView:
-        handshake = self.hs_sec + self.hs_nsec / 1e9 if self.hs_sec else None
-        return WgPeerView(
-            self.public_key, self.endpoint, tuple(self.allowed_ips), handshake, self.rx, self.tx
+def view_of(device: Device) -> WgDeviceView:
+    peers = {
+        key: WgPeerView(
+            key,
+            p.config.endpoint,
+            tuple(str(n) for n in p.config.allowed_ips),
+            p.last_handshake,
+            p.rx_bytes,
+            p.tx_bytes,
         )
+        for key, p in device.peers.items()
+    }
+    public = device.private_key.public_key() if device.private_key is not None else None
+    return WgDeviceView(public, device.listen_port, peers)
 
 
 def parse_uapi_get(text: str) -> WgDeviceView:
-    """Parse the reply to `get=1`. Raises UapiError on a non-zero errno or a malformed reply."""
-    public: WireGuardPublicKey | None = None
-    port: int | None = None
-    parsed: list[_PeerFields] = []
-    errno: int | None = None
-    try:
-        for line in text.splitlines():
-            if not line:
-                continue
-            key, sep, value = line.partition("=")
-            if not sep:
-                raise UapiError(f"malformed UAPI line {line!r}")
-            peer = parsed[-1] if parsed else None
-            if key == "private_key":
-                public = WireGuardPrivateKey.from_hex(value).public_key()
-            elif key == "listen_port":
-                port = int(value)
-            elif key == "public_key":
-                parsed.append(_PeerFields(WireGuardPublicKey.from_hex(value)))
-            elif key == "errno":
-                errno = int(value)
-            elif peer is None:
-                continue
-            elif key == "endpoint":
-                peer.endpoint = value
-            elif key == "allowed_ip":
-                peer.allowed_ips.append(value)
-            elif key == "last_handshake_time_sec":
-                peer.hs_sec = int(value)
-            elif key == "last_handshake_time_nsec":
-                peer.hs_nsec = int(value)
-            elif key == "rx_bytes":
-                peer.rx = int(value)
-            elif key == "tx_bytes":
-                peer.tx = int(value)
-    except (ValueError, InvalidKey) as e:
-        raise UapiError(f"malformed UAPI reply: {e}") from None
-    if errno is None:
-        raise UapiError("UAPI reply has no errno line")
-    if errno != 0:
-        raise UapiError(f"UAPI get failed with errno={errno}")
-    return WgDeviceView(public, port, {p.public_key: p.view() for p in parsed})
+    """The reply to `get=1`. Raises agent.uapi's UapiError on a non-zero errno or a malformed reply."""
+    return view_of(parse_get("wg", text))
 
 
 def read_device(sock_path: Path, timeout: float = UAPI_TIMEOUT_S) -> WgDeviceView | None:
@@ -135,16 +93,4 @@ def read_kernel_device(namespace: str, ifname: str) -> WgDeviceView | None:
         device = backend.read(ifname)
     except (BackendError, OSError):
         return None
-    peers = {
-        key: WgPeerView(
-            key,
-            p.config.endpoint,
-            tuple(str(n) for n in p.config.allowed_ips),
-            p.last_handshake,
-            p.rx_bytes,
-            p.tx_bytes,
-        )
-        for key, p in device.peers.items()
-    }
-    public = device.private_key.public_key() if device.private_key is not None else None
-    return WgDeviceView(public, device.listen_port, peers)
+    return view_of(device)
