@@ -71,7 +71,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 
-class BodyTooLarge(HTTPException):
+class RequestTooLarge(HTTPException):
     def __init__(self, limit: int) -> None:
         super().__init__(413, f"request body too large: at most {limit} bytes")
 
@@ -103,7 +103,7 @@ class BodyLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.limit:
-                    raise BodyTooLarge(self.limit)
+                    raise RequestTooLarge(self.limit)
             return message
 
         await self.app(scope, limited, send)

@@ -19,7 +19,7 @@ from lab.underlay_http import request
 
 
 @dataclass(frozen=True)
-class Sample:
+class MetricSample:
     name: str
     labels: dict[str, str]
     value: float
@@ -31,7 +31,7 @@ class Scrape:
 
     where: str  # "controller" or a host name
     url: str
-    samples: list[Sample] = field(default_factory=list)
+    samples: list[MetricSample] = field(default_factory=list)
     error: str | None = None
 
     def value(self, name: str, **labels: str) -> float | None:
@@ -40,7 +40,7 @@ class Scrape:
                 return s.value
         return None
 
-    def of(self, name: str) -> list[Sample]:
+    def of(self, name: str) -> list[MetricSample]:
         return [s for s in self.samples if s.name == name]
 
     def json(self) -> dict[str, object]:
@@ -66,7 +66,7 @@ def scrape(namespace: str, where: str, listen: str) -> Scrape:
         for family in text_string_to_metric_families(reply.body.decode()):
             # `_created` samples (when a counter started) say nothing a person looks for here
             out.samples += [
-                Sample(s.name, dict(s.labels), s.value)
+                MetricSample(s.name, dict(s.labels), s.value)
                 for s in family.samples
                 if not s.name.endswith("_created")
             ]
