@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent.device import Device
 from keys.store import write_private_file
+from wgmesh.table import table
 from wire.models import IPAddress, IPNetwork, NodeId
 
 STATUS_FORMAT = 1
@@ -216,7 +217,7 @@ def render_table(status: AgentStatus, now: float) -> str:
         lines += ["", "no peers"]
         return "\n".join(lines) + "\n"
     header = ("NAME", "TUNNEL ADDRESS", "ENDPOINT", "HANDSHAKE", "TRANSFER (rx / tx)", "RTT", "ROUTE")
-    rows = [header]
+    rows = []
     for p in sorted(status.peers, key=lambda p: (p.name, p.node_id)):
         age = None if p.latest_handshake is None else now - p.latest_handshake
         rows.append(
@@ -230,7 +231,5 @@ def render_table(status: AgentStatus, now: float) -> str:
                 format_route(p),
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines.append("")
-    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines += ["", table(header, rows)]
     return "\n".join(lines) + "\n"

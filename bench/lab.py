@@ -24,8 +24,8 @@ from lab.command import LabError, check_can_run_lab
 from lab.controller_admin import node_id
 from lab.instance import Lab
 from lab.layout import LabLayout
-from lab.render import table
 from lab.teardown import tear_down
+from wgmesh.table import table
 
 NAME = "bench"
 SIZES = (3, 10)

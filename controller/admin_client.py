@@ -18,7 +18,7 @@ import argparse
 import getpass
 import socket
 import ssl
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -264,9 +264,3 @@ def _detail(response: httpx.Response) -> str:
 
 def when(t: datetime | None, never: str = "never") -> str:
     return never if t is None else t.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    cells = [[str(h) for h in headers], *[[str(c) for c in row] for row in rows]]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells)

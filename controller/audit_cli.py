@@ -18,8 +18,9 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
-from controller.admin_client import AdminClient, AdminError, add_target_options, resolve_target, table, when
+from controller.admin_client import AdminClient, AdminError, add_target_options, resolve_target, when
 from wgmesh.argparser import OneLineParser
+from wgmesh.table import table
 from wire.audit import AUDIT_ACTIONS, AUDIT_MAX_LIMIT, AuditEvent, action_filter_problem
 
 _AGO = re.compile(r"^(\d+)([smhd])$")

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from controller.admin_client import AdminClient, AdminError, add_target_options, resolve_target, table, when
+from controller.admin_client import AdminClient, AdminError, add_target_options, resolve_target, when
 from controller.credentials import (
     CredentialError,
     admin_credential_path,
@@ -37,6 +37,7 @@ from keys.store import ensure_private_dir
 from wgmesh.argparser import OneLineParser
 from wgmesh.metrics_listen import MetricsListenError, bind_metrics_socket
 from wgmesh.systemd import Notifier, under_systemd
+from wgmesh.table import table
 from wire.models import MAX_PREAUTH_EXPIRY_S, PreAuthKeyRequest
 
 if TYPE_CHECKING:

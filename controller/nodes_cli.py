@@ -23,8 +23,9 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
-from controller.admin_client import AdminClient, AdminError, add_target_options, resolve_target, table, when
+from controller.admin_client import AdminClient, AdminError, add_target_options, resolve_target, when
 from wgmesh.argparser import OneLineParser
+from wgmesh.table import table
 from wire.models import NodeInfo, NodeTagsRequest, RemovedNodeInfo
 from wire.rotation import RotationInfo, RotationProgress
 

@@ -28,10 +28,10 @@ from controller.admin_client import (
     add_target_options,
     admin_user,
     resolve_target,
-    table,
     when,
 )
 from wgmesh.argparser import OneLineParser
+from wgmesh.table import table
 from wire.models import NodeInfo
 from wire.policy import (
     MAX_POLICY_TEXT,

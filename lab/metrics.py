@@ -14,8 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from agent.status import format_age, format_bytes
 from lab.instance import Lab
 from lab.layout import AGENT_METRICS_LISTEN, CONTROLLER_METRICS_LISTEN
-from lab.render import table
 from lab.underlay_http import request
+from wgmesh.table import table
 
 
 @dataclass(frozen=True)

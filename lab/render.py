@@ -9,14 +9,8 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from lab.observe import MeshView, PingResult
+from wgmesh.table import table as table  # the table every command prints (lab.cli renders with it)
 from wire.models import Topology
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    cells = [[str(c) for c in headers], *[[("-" if c is None else str(c)) for c in r] for r in rows]]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
-    return "\n".join(lines)
 
 
 def matrix(names: Sequence[str], cell: dict[tuple[str, str], str], corner: str = "from\\to") -> str:
