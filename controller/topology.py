@@ -29,7 +29,10 @@ Rules:
   tried direct, where it is probed on the tunnel addresses, and goes back to the relay if still slow.
 - Hysteresis lives on EDGE weights, never on individual routes (every node must agree on the same
   graph): an edge's weight moves to the measured value only when the measurement leaves the band
-  max(band_abs_ms, band_rel * weight) around it.
+  max(band_abs_ms, band_rel * weight) around it. On the way down, when both ends' latest reports are
+  below the band too (a link that healed), the weight drops at once to the worse of those and both
+  ends' smoothing restarts there: stepping down through the smoothed values would cross the point
+  where the direct cost equals a relay's, where one noisy round flips the route back (flapping).
 - An edge's routing cost is weight + `hop_penalty_ms` + perturbation(a, b) (+ the transit penalties of
   its ends): symmetric, positive, and with the tiny deterministic perturbation (`routing.pair_jitter`,
   vectorized) shortest paths are unique (controller.routing relies on it).
@@ -40,7 +43,7 @@ Rules:
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from controller.routing import DefaultLinks, EdgeCost, pair_jitter
@@ -363,7 +366,7 @@ class LinkGraph:
             return
         w = state.weight
         if w is None or abs(measured - w) > max(p.band_abs_ms, p.band_rel * w):
-            state.weight = measured
+            state.weight = self._dropped(state, w, measured, now)
 
     def _sample(
         self, before: Sample | None, m: LinkMeasurement, now: datetime, far_below: bool = False
@@ -396,6 +399,25 @@ class LinkGraph:
             and s.at - timedelta(seconds=min(s.handshake_age_s, MAX_HANDSHAKE_AGE_S)) > down_since
         )
         return answered or handshake_after_down
+
+    def _dropped(self, state: LinkState, w: float | None, measured: float, now: datetime) -> float:
+        """The new weight when the smoothed value left the band: `measured`, except on the way down when
+        both ends' latest reports are below the band too: then the worse of those at once, and both
+        ends' smoothing restarts there (see the module rules)."""
+        p = self.policy
+        if w is None or measured >= w:
+            return measured
+        floor = w - max(p.band_abs_ms, p.band_rel * w)
+        latest = {
+            end: s.rtt_ms + p.loss_penalty_ms * (s.loss or 0.0)
+            for end, s in state.samples.items()
+            if s.rtt_ms is not None and now - s.at <= timedelta(seconds=p.sample_max_age_s)
+        }
+        if len(latest) < 2 or max(latest.values()) >= floor:
+            return measured
+        for end, value in latest.items():
+            state.samples[end] = replace(state.samples[end], smoothed=value)
+        return max(latest.values())
 
     def _measured(self, state: LinkState, now: datetime) -> float | None:
         """The link's value as measured now: the worse of the two ends' smoothed reports; while only

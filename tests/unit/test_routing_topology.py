@@ -184,6 +184,21 @@ def test_a_raised_link_nobody_can_measure_any_more_is_tried_direct_again():
     assert topo.weight(1, 2) > 70
 
 
+def test_a_healed_link_comes_down_in_one_step_once_both_ends_see_it():
+    """Stepping down 80 -> 40 -> 20 would pass where the direct cost equals a relay's (two 1 ms hops:
+    42), where one noisy round flips the route back; both ends' reports below the band drop it at once."""
+    topo = LinkGraph(POLICY, [1, 2])
+    for t in range(4):
+        topo.report(1, [healthy(2, rtt=80.0)], at(2 * t))
+        topo.report(2, [healthy(1, rtt=80.0)], at(2 * t + 1))
+    topo.report(1, [healthy(2, rtt=1.0)], at(10))
+    assert (topo.weight(1, 2) or 0) > 70  # one end alone never lowers it
+    topo.report(2, [healthy(1, rtt=1.5)], at(11))
+    assert topo.weight(1, 2) == 1.5
+    topo.report(1, [healthy(2, rtt=12.0)], at(12))  # a noisy round: the smoothing restarted at 1 and 1.5
+    assert topo.weight(1, 2) == 6.5
+
+
 def test_a_fresh_handshake_with_heavy_loss_does_not_bring_a_link_back():
     topo = LinkGraph(POLICY, [1, 2])
     topo.report(1, [M(peer_id=2, loss=1.0)], at(0))
