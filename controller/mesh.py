@@ -26,6 +26,7 @@ import numpy.typing as npt
 
 from controller.access import Access, PolicyMasks, subject_of
 from controller.netmap import (
+    COMPACT_ODD,
     CompactRow,
     MapInputs,
     NodeCard,
@@ -35,7 +36,7 @@ from controller.netmap import (
     render_delta,
     render_map,
 )
-from controller.routing import Router, cost_tenths
+from controller.routing import DefaultLinks, Router, cost_tenths
 from controller.topology import TRANSIT_PENALTY_MS, Flag, LinkGraph, LinkPolicy, LinkRecord
 from wire.models import IPNetwork, LinkMeasurement, Route, TopologyEdge
 from wire.policy import PolicyDocument, may_relay
@@ -312,6 +313,19 @@ class Mesh:
         access = None
         if self.access_policy is not None:
             access = self._shown = Access(self._policy_masks(), self.router)
+        common = _uniform_tenths(self.topology.defaults()) if access is None else None
+        if common is not None:
+            # Without a policy a node's row is direct at the default cost except toward its own links
+            # with a state and the destinations it relays: those few are read, never the whole row.
+            odd = self._odd_destinations()
+            whole = []
+            for node in nodes:
+                few = odd.get(node, ())
+                if len(few) < COMPACT_ODD:
+                    self._refresh_sparse(node, common, few, changed)
+                else:
+                    whole.append(node)
+            nodes = whole
         # The routing rows come in blocks: all of them at once would be nodes x nodes of them.
         for start in range(0, len(nodes), REFRESH_BLOCK):
             block = nodes[start : start + REFRESH_BLOCK]
@@ -321,6 +335,39 @@ class Mesh:
             for i, node in enumerate(block):
                 self._refresh_one(node, rows[i], tenths[i], compact[i], access, changed)
         return changed
+
+    def _odd_destinations(self) -> dict[int, set[int]]:
+        """Per node, the destinations its row may not reach directly at the default cost: the other
+        ends of its links with a state (measured or down), and the destinations it relays."""
+        odd: dict[int, set[int]] = {}
+        for a, b in self.topology.links:
+            odd.setdefault(a, set()).add(b)
+            odd.setdefault(b, set()).add(a)
+        ids = self.router.nodes
+        for s, d in self.router.relayed_pairs().tolist():
+            odd.setdefault(ids[s], set()).add(ids[d])
+            odd.setdefault(ids[d], set()).add(ids[s])
+        return odd
+
+    def _refresh_sparse(
+        self, node: int, common: int, odd: Iterable[int], changed: dict[int, MapState]
+    ) -> None:
+        """`_refresh_one` for a row made of its odd destinations only (see `_refresh`)."""
+        router, transit = self.router, self.topology.transit
+        index = router.index
+        own = transit.get(node, 0.0)
+        entries = {index[node]: (index[node], 0)}
+        for d in odd:
+            if d not in index:
+                continue
+            hop, cost = router.next_hop(node, d), router.cost(node, d)
+            shown = -1 if cost is None else _tenths(max(cost - transit.get(d, 0.0) - own, 0.0))
+            entries[index[d]] = (-1 if hop is None else index[hop], shown)
+        self._keep(
+            node,
+            MapInputs.of_row(self._directory, index[node], (common, entries), router.forwards(node)),
+            changed,
+        )
 
     def _refresh_one(
         self,
@@ -341,7 +388,12 @@ class Mesh:
             self._rules[node] = (rules, rules_version)
             node_access = access.node(index, rules_version, rules)
         forward = self.router.forwards(node) if node_access is None else node_access.forward
-        inputs = MapInputs(self._directory, index, row, tenths, forward, node_access, compact)
+        self._keep(
+            node, MapInputs(self._directory, index, row, tenths, forward, node_access, compact), changed
+        )
+
+    def _keep(self, node: int, inputs: MapInputs, changed: dict[int, MapState]) -> None:
+        """The node's map is now the one made of `inputs`: a new serial when its digest moved."""
         digest = map_digest(inputs).hex()
         old = self._maps.get(node)
         if old is None or old.digest != digest:
@@ -353,6 +405,25 @@ class Mesh:
             kept[serial] = inputs
             for old_serial in sorted(kept)[:-MAP_HISTORY]:
                 del kept[old_serial]
+
+
+def _uniform_tenths(defaults: DefaultLinks) -> int | None:
+    """The cost every default link shows, in tenths, when the per-pair jitter cannot move it (None: it
+    can, and rows are read whole)."""
+    low, high = defaults.base * 10, (defaults.base + defaults.jitter) * 10
+    margin = 1e-6
+    if (
+        round(low) != round(high)
+        or abs(low - np.floor(low) - 0.5) < margin
+        or abs(high - np.floor(high) - 0.5) < margin
+    ):
+        return None
+    return _tenths(defaults.base)
+
+
+def _tenths(cost: float) -> int:
+    """One cost as `controller.routing.cost_tenths` shows it."""
+    return int(cost_tenths(np.array([cost]))[0])
 
 
 def edge(row: tuple[int, int, float, float | None, float | None]) -> TopologyEdge:

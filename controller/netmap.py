@@ -461,6 +461,15 @@ class MapInputs:
                 np.array(tenths, dtype=np.int32, copy=True),
             )
 
+    @classmethod
+    def of_row(cls, directory: NodeCards, index: int, row: CompactRow, forward: bool) -> MapInputs:
+        """The inputs of a map without a policy, from its row in compact form (`row[1]` not None)."""
+        m = cls.__new__(cls)
+        m.directory, m.index, m.forward, m.access = directory, index, forward, None
+        m.common, m.odd = row
+        m._dense = None
+        return m
+
     @property
     def next_row(self) -> npt.NDArray[np.int32]:
         if self._dense is not None:

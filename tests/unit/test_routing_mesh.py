@@ -12,9 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controller.mesh import Mesh
+from controller.netmap import NodeCards, render_netmap
+from controller.routing import cost_tenths
 from controller.topology import LinkPolicy
 from tests.support import MESH_CIDR, T0, card, deliver, maps, strip_serial
-from wire.models import LinkMeasurement
+from wire.delta import apply_delta
+from wire.models import LinkMeasurement, NetMap, NetMapDelta
 
 
 def mesh_of(ids: list[int]) -> Mesh:
@@ -62,6 +65,50 @@ def test_every_packet_is_delivered_by_cryptokey_routing_on_the_rendered_maps(wor
                     p for p in m.peers if any(route.destination_address in net for net in p.allowed_ips)
                 )
                 assert owner.node_id == route.via
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    world=meshes_with_failures(),
+    joining=st.integers(40, 45),
+    unmeasured=st.integers(0, 4),
+    # default links dear and hops cheap: measured links relay pairs that have no state of their own
+    policy=st.sampled_from([LinkPolicy(), LinkPolicy(default_weight_ms=100.0, hop_penalty_ms=1.0)]),
+)
+def test_maps_made_from_each_rows_few_odd_destinations_are_the_maps_of_the_whole_rows(
+    world, joining, unmeasured, policy
+):
+    """The mesh reads only the destinations a row does not reach directly at the default cost; its
+    maps, and the deltas of a join, are those made from the router's whole rows (some links measured,
+    some down, the others default: relayed pairs without a link of their own)."""
+    ids, failed, rtts = world
+    mesh = Mesh(MESH_CIDR, policy, 25, [card(n) for n in ids])
+    for (a, b), rtt in rtts.items():
+        if (a * 7 + b) % 5 < unmeasured:
+            continue
+        for x, y in ((a, b), (b, a)):  # both ends: one end alone can only raise a link's weight
+            mesh.report(x, [LinkMeasurement(peer_id=y, rtt_ms=rtt, loss=0.0, handshake_age_s=5)], T0)
+    for a, b in failed:
+        mesh.report(b, [LinkMeasurement(peer_id=a, loss=1.0)], T0)
+    before = maps(mesh)
+    serials = {n: mesh.serial(n) for n in mesh.cards}
+    mesh.version = max(serials.values()) + 1
+    mesh.upsert(card(joining))
+    router = mesh.router
+    directory = NodeCards([mesh.cards[n] for n in router.nodes], MESH_CIDR, 25)
+    for n in mesh.cards:
+        whole = render_netmap(
+            directory,
+            router.index[n],
+            mesh.serial(n),
+            router.next_hop_row(n),
+            cost_tenths(router.cost_row(n)),
+            router.forwards(n),
+        )
+        assert mesh.render(n) == whole
+        if n in before:
+            delta = NetMapDelta.model_validate_json(mesh.render_update(n, serials[n]))
+            assert apply_delta(before[n], delta) == NetMap.model_validate_json(whole)
 
 
 @settings(max_examples=60, deadline=None)
