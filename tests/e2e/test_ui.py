@@ -175,9 +175,16 @@ def test_lab_metrics_shows_the_controller_and_every_agent(lab: Lab):
     rows = [line.split()[:3] for line in lines[agents + 2 :]]
     pairs = {(r[0], r[1]) for r in rows}
     assert pairs == {(a, b) for a in ("h1", "h2", "h3") for b in ("h1", "h2", "h3") if a != b}
-    code, out, _ = run_cli("metrics", "--name", NAME, "--json")
-    shown = json.loads(out)
-    h1 = {s["name"] for s in shown["hosts"]["h1"]["samples"]}
+
+    def h1_samples() -> set[str]:
+        code, out, _ = run_cli("metrics", "--name", NAME, "--json")
+        return {s["name"] for s in json.loads(out)["hosts"]["h1"]["samples"]} if code == 0 else set()
+
+    # An RTT exists once h1's probes measured its peers (the lab may have just come up).
+    wait_until(
+        "h1's agent to export an RTT", lambda: "wgmesh_peer_rtt_seconds" in h1_samples(), 60, interval=1.0
+    )
+    h1 = h1_samples()
     assert {
         "wgmesh_peer_last_handshake_seconds",
         "wgmesh_peer_receive_bytes_total",
