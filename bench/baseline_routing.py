@@ -34,6 +34,8 @@ import numpy.typing as npt
 import scipy.sparse as sp
 from scipy.sparse.csgraph import dijkstra
 
+from controller.routing import _tenths, cost_tenths  # the one tenths rule maps use
+
 NO_HOP = -1
 """Next-hop value when the destination is unreachable."""
 
@@ -562,18 +564,6 @@ class Router:
             return np.zeros(n, dtype=np.int64)
         relayed = (pred_rows >= 0) & (pred_rows != np.asarray(trees)[:, None])
         return np.bincount(pred_rows[relayed], minlength=n).astype(np.int64)
-
-
-def cost_tenths(costs: FloatMatrix) -> npt.NDArray[np.int64]:
-    """Path costs as maps show them: whole tenths (rounded half to even), -1 when unreachable. The one
-    rule: maps render these (controller.netmap), and a cost change is visible when its tenths move."""
-    finite = np.isfinite(costs)
-    return np.where(finite, np.rint(np.where(finite, costs, 0.0) * 10), -1).astype(np.int64)
-
-
-def _tenths(d: float) -> int:
-    """One cost as `cost_tenths` shows it (the same rule on a scalar, for the repair loops)."""
-    return int(np.rint(d * 10)) if np.isfinite(d) else -1
 
 
 def _usable(costs: FloatMatrix) -> npt.NDArray[np.bool_]:
