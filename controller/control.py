@@ -193,6 +193,7 @@ class ControlPlane:
             maps,
             version=snapshot.version,
             access=self._access(),
+            samples=snapshot.samples,
         )
         self._highest_id = max([*self.nodes, getattr(self, "_highest_id", 0)])
         return undated
@@ -254,7 +255,7 @@ class ControlPlane:
             if rotation.node_id in self.nodes:
                 self.rotations.take(rotation)
                 maps.update(self.mesh.upsert(self._card(rotation.node_id)).maps)
-        maps.update(self.mesh.set_links(batch.links).maps)
+        maps.update(self.mesh.set_links(batch.links, batch.samples).maps)
         if batch.policy is not None and batch.policy != self.policy:
             self.policy = batch.policy
             self._doc = _doc_of(batch.policy)
@@ -557,9 +558,9 @@ class ControlPlane:
                 flag.peer,
                 flag.reason,
             )
-        if change.links:
+        if change.links or change.samples:
             try:
-                written = await self.db(self.store.save_links, change.links)
+                written = await self.db(self.store.save_links, change.links, change.samples)
             except StoreUnavailable as e:
                 raise ApiError(503, f"this controller cannot reach its database: {e}") from None
             # Another replica's change may have come first: then catching up takes this one too.

@@ -37,7 +37,7 @@ from controller.netmap import (
     render_map,
 )
 from controller.routing import DefaultLinks, Router, cost_tenths
-from controller.topology import TRANSIT_PENALTY_MS, Flag, LinkGraph, LinkPolicy, LinkRecord
+from controller.topology import TRANSIT_PENALTY_MS, Flag, LinkGraph, LinkPolicy, LinkRecord, SampleRecord
 from wire.models import IPNetwork, LinkMeasurement, Route, TopologyEdge
 from wire.policy import PolicyDocument, may_relay
 
@@ -60,9 +60,10 @@ class MeshChange:
     maps: dict[int, MapState] = field(default_factory=dict)  # nodes whose map changed: new serial
     links: list[LinkRecord] = field(default_factory=list)  # link state to persist
     flags: list[Flag] = field(default_factory=list)  # implausible link reports (nothing to persist)
+    samples: list[SampleRecord] = field(default_factory=list)  # link samples for the other replicas
 
     def __bool__(self) -> bool:
-        return bool(self.maps or self.links)
+        return bool(self.maps or self.links or self.samples)
 
 
 class Mesh:
@@ -76,6 +77,7 @@ class Mesh:
         maps: Mapping[int, MapState] | None = None,
         version: int = 0,
         access: tuple[PolicyDocument, int] | None = None,
+        samples: Iterable[SampleRecord] = (),
     ) -> None:
         self.version = version
         """The mesh version the next changed maps take as their serial."""
@@ -84,7 +86,7 @@ class Mesh:
         self.policy = policy
         self.keepalive_s = keepalive_s
         self.cards: dict[int, NodeCard] = {c.node_id: c for c in cards}
-        self.topology = LinkGraph(policy, self.cards, links)
+        self.topology = LinkGraph(policy, self.cards, links, samples)
         self.topology.set_transit(self._transit())
         self.router = self._new_router()
         self._maps: dict[int, MapState] = {n: s for n, s in (maps or {}).items() if n in self.cards}
@@ -250,11 +252,13 @@ class Mesh:
         changed = self.router.set_edges(update.edges)
         if changed and self.access_policy is not None:
             changed = set(self.cards)  # who relays for whom moved: any map may change
-        return MeshChange(maps=self._refresh(changed), links=update.records, flags=update.flags)
+        return MeshChange(
+            maps=self._refresh(changed), links=update.records, flags=update.flags, samples=update.samples
+        )
 
-    def set_links(self, records: Sequence[LinkRecord]) -> MeshChange:
-        """Link state another replica decided (read from the store)."""
-        changed = self.router.set_edges(self.topology.set_records(records))
+    def set_links(self, records: Sequence[LinkRecord], samples: Sequence[SampleRecord] = ()) -> MeshChange:
+        """Link state another replica decided, and the samples it shared (read from the store)."""
+        changed = self.router.set_edges(self.topology.set_records(records, samples))
         return MeshChange(maps=self._refresh(changed))
 
     # --- internals -------------------------------------------------------------------------------

@@ -65,7 +65,7 @@ from controller.store import (
     StoreUnavailable,
     key_refusal,
 )
-from controller.topology import LinkRecord
+from controller.topology import MAX_HANDSHAKE_AGE_S, LinkRecord, Sample, SampleRecord
 from wire.audit import AuditEvent
 
 SCHEMA_VERSION = 4
@@ -152,6 +152,24 @@ links = sa.Table(
     sa.Column("weight", sa.Float, nullable=True),
     sa.Column("down_since", UtcDateTime, nullable=True),
     sa.CheckConstraint("a < b", name="links_ordered"),
+)
+
+# Link samples replicas share (controller.topology: an end's latest report of a contested link, and every
+# sample the replica that wrote a link record held for it): the other replicas need them to decide.
+link_samples = sa.Table(
+    "link_samples",
+    metadata,
+    sa.Column("a", sa.Integer, sa.ForeignKey("nodes.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("b", sa.Integer, sa.ForeignKey("nodes.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("reporter", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("rtt_ms", sa.Float, nullable=True),
+    sa.Column("loss", sa.Float, nullable=True),
+    sa.Column("handshake_age_s", sa.Float, nullable=True),
+    sa.Column("at", UtcDateTime, nullable=False),
+    sa.Column("smoothed", sa.Float, nullable=True),
+    sa.Column("far_below", sa.Boolean, nullable=False),
+    sa.CheckConstraint("a < b", name="link_samples_ordered"),
+    sa.CheckConstraint("reporter = a OR reporter = b", name="link_samples_end"),
 )
 
 address_holds = sa.Table(
@@ -363,6 +381,7 @@ class SqlStore:
             version = c.execute(sa.select(mesh_version.c.version)).scalar_one()
             node_rows = c.execute(sa.select(nodes).order_by(nodes.c.id)).all()
             link_rows = c.execute(sa.select(links)).all()
+            sample_rows = c.execute(sa.select(link_samples)).all()
             map_rows = c.execute(sa.select(map_states)).all()
             hold_rows = c.execute(sa.select(address_holds)).all()
             policy_row = c.execute(
@@ -373,6 +392,7 @@ class SqlStore:
             policy=None if policy_row is None else _policy(policy_row),
             nodes=[_node(r) for r in node_rows],
             links=[_link(r) for r in link_rows],
+            samples=[_sample(r) for r in sample_rows],
             maps={r.node_id: MapState(r.serial, r.digest) for r in map_rows},
             holds=[_hold(r) for r in hold_rows],
             rotations=[_rotation(r.record) for r in rotation_rows],
@@ -403,11 +423,15 @@ class SqlStore:
                 if node_ids
                 else []
             )
-            link_rows = (
-                c.execute(sa.select(links).where(sa.tuple_(links.c.a, links.c.b).in_(pairs))).all()
-                if pairs
-                else []
-            )
+            link_rows: Sequence[sa.Row[Any]] = []
+            sample_rows: Sequence[sa.Row[Any]] = []
+            if pairs:
+                link_rows = c.execute(
+                    sa.select(links).where(sa.tuple_(links.c.a, links.c.b).in_(pairs))
+                ).all()
+                sample_rows = c.execute(
+                    sa.select(link_samples).where(sa.tuple_(link_samples.c.a, link_samples.c.b).in_(pairs))
+                ).all()
             hold_rows = c.execute(sa.select(address_holds)).all()
             policy_row = None
             if any(r.kind == "policy" for r in rows):
@@ -427,6 +451,7 @@ class SqlStore:
             nodes=[_node(r) for r in node_rows],
             removed=sorted(node_ids - present),
             links=[_link(r) for r in link_rows],
+            samples=[_sample(r) for r in sample_rows],
             holds=[_hold(r) for r in hold_rows],
             policy=None if policy_row is None else _policy(policy_row),
             rotations=[_rotation(r.record) for r in rotation_rows],
@@ -622,28 +647,42 @@ class SqlStore:
             if rows:
                 c.execute(stmt, rows)
 
-    def save_links(self, records: Sequence[LinkRecord]) -> int:
+    def save_links(self, records: Sequence[LinkRecord], samples: Sequence[SampleRecord] = ()) -> int:
         stmt = self._upsert(links)
         stmt = stmt.on_conflict_do_update(
             index_elements=[links.c.a, links.c.b],
             set_={"weight": stmt.excluded.weight, "down_since": stmt.excluded.down_since},
         )
+        keep = self._upsert(link_samples)
+        keep = keep.on_conflict_do_update(
+            index_elements=[link_samples.c.a, link_samples.c.b, link_samples.c.reporter],
+            set_={name: keep.excluded[name] for name in _SAMPLE_VALUES},
+        )
         with self._tx() as c:
             version = self._lock_version(c, None)
-            if not records:
+            if not records and not samples:
                 return version
-            present = set(
-                c.execute(
-                    sa.select(nodes.c.id).where(nodes.c.id.in_({n for r in records for n in (r.a, r.b)}))
-                ).scalars()
-            )
+            ends = {n for r in records for n in (r.a, r.b)} | {n for r in samples for n in (r.a, r.b)}
+            present = set(c.execute(sa.select(nodes.c.id).where(nodes.c.id.in_(ends))).scalars())
             kept = [r for r in records if r.a in present and r.b in present]
-            if not kept:
+            shared = [r for r in samples if r.a in present and r.b in present]
+            if not kept and not shared:
                 return version
-            c.execute(
-                stmt, [{"a": r.a, "b": r.b, "weight": r.weight, "down_since": r.down_since} for r in kept]
-            )
-            return self._bump(c, version, [("link", r.a, r.b) for r in kept])
+            if kept:
+                c.execute(
+                    stmt, [{"a": r.a, "b": r.b, "weight": r.weight, "down_since": r.down_since} for r in kept]
+                )
+                # a link written keeps exactly the samples its writer held
+                c.execute(
+                    link_samples.delete().where(
+                        link_samples.c.a == sa.bindparam("la"), link_samples.c.b == sa.bindparam("lb")
+                    ),
+                    [{"la": r.a, "lb": r.b} for r in kept],
+                )
+            if shared:
+                c.execute(keep, [_sample_row(r) for r in shared])
+            touched = sorted({(r.a, r.b) for r in kept} | {(r.a, r.b) for r in shared})
+            return self._bump(c, version, [("link", a, b) for a, b in touched])
 
     def release_holds(self, released: Mapping[int, int]) -> None:
         if not released:
@@ -923,6 +962,30 @@ def _node(r: sa.Row[Any]) -> NodeRecord:
 
 def _link(r: sa.Row[Any]) -> LinkRecord:
     return LinkRecord(r.a, r.b, r.weight, r.down_since)
+
+
+_SAMPLE_VALUES = ("rtt_ms", "loss", "handshake_age_s", "at", "smoothed", "far_below")
+
+
+def _sample_row(r: SampleRecord) -> dict[str, Any]:
+    s = r.sample
+    age = None if s.handshake_age_s is None else min(s.handshake_age_s, MAX_HANDSHAKE_AGE_S)
+    return {
+        "a": r.a,
+        "b": r.b,
+        "reporter": r.end,
+        "rtt_ms": s.rtt_ms,
+        "loss": s.loss,
+        "handshake_age_s": age,
+        "at": s.at,
+        "smoothed": s.smoothed,
+        "far_below": s.far_below,
+    }
+
+
+def _sample(r: sa.Row[Any]) -> SampleRecord:
+    sample = Sample(r.rtt_ms, r.loss, r.handshake_age_s, r.at, r.smoothed, bool(r.far_below))
+    return SampleRecord(r.a, r.b, r.reporter, sample)
 
 
 def _hold(r: sa.Row[Any]) -> AddressHold:

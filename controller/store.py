@@ -36,7 +36,7 @@ from typing import ParamSpec, Protocol, TypeVar
 from controller.ipam import AddressHold
 from controller.mesh import MapState
 from controller.rotation import NodeRotation
-from controller.topology import LinkRecord
+from controller.topology import LinkRecord, SampleRecord
 from wire.audit import AuditEvent
 from wire.models import IPAddress
 
@@ -189,6 +189,7 @@ class Snapshot:
     policy: PolicyRecord | None = None  # the policy in force; None: none was ever set (full mesh)
     version: int = 0
     rotations: list[NodeRotation] = field(default_factory=list)
+    samples: list[SampleRecord] = field(default_factory=list)  # link samples replicas shared
 
 
 @dataclass(frozen=True)
@@ -196,7 +197,8 @@ class ChangeBatch:
     """What changed after version `since` up to `version`, read in one transaction.
 
     `nodes`: the current rows of nodes enrolled or changed; `removed`: ids of nodes gone; `links`: the
-    current records of links written; `holds`: every address hold now (the table is small).
+    current records of links written; `holds`: every address hold now (the table is small);
+    `samples`: the shared link samples of the links written.
     """
 
     since: int
@@ -207,6 +209,7 @@ class ChangeBatch:
     holds: list[AddressHold]
     policy: PolicyRecord | None = None  # the policy now, when a change set it; None: unchanged
     rotations: list[NodeRotation] = field(default_factory=list)  # the current records of those written
+    samples: list[SampleRecord] = field(default_factory=list)
 
 
 class Store(Protocol):
@@ -293,8 +296,10 @@ class Store(Protocol):
         """Keep the map serials (a stored serial only grows)."""
         ...
 
-    def save_links(self, links: Sequence[LinkRecord]) -> int:
-        """Write link state; the mesh version after it (unchanged when `links` is empty)."""
+    def save_links(self, links: Sequence[LinkRecord], samples: Sequence[SampleRecord] = ()) -> int:
+        """Write link state and shared link samples as one change; the mesh version after it (unchanged
+        when both are empty). A link written has exactly the samples given for it kept afterwards; a
+        sample of a link not written replaces the one of its end."""
         ...
 
     def release_holds(self, released: Mapping[int, int]) -> None:

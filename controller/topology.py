@@ -37,6 +37,16 @@ Rules:
   its ends): symmetric, positive, and with the tiny deterministic perturbation (`routing.pair_jitter`,
   vectorized) shortest paths are unique (controller.routing relies on it).
   `default_weight_ms` < `hop_penalty_ms`, so a relay never beats a fresh direct link.
+- Replicas: the two ends of a link may report to different controller replicas, and each replica holds
+  the samples of the reports it took. So an end's sample is shared (`LinkGraphUpdate.samples`, kept in
+  the store, given to the other replicas' graphs by `set_records`) when it is CONTESTED: this replica
+  has no fresh sample of the other end, and the sample would lower the link's weight (its smoothed
+  value below the band) or bring a down link back (it sees it working after the hold-down). A
+  contested end is shared at most every `share_every_s`. A record written carries every sample the
+  deciding replica holds for the link (the smoothing restarts there travel with it; a newer sample held
+  elsewhere restarts at its own latest report when the record lowers the weight). Both rules above
+  hold across replicas: a replica decides on both ends' samples only when it holds both. Noise inside
+  the band shares nothing.
 - Time is an input (`now`); nothing here reads a clock.
 """
 
@@ -78,6 +88,7 @@ class LinkPolicy:
     implausible_ratio: float = 0.25
     implausible_gap_ms: float = 10.0
     unmeasured_retry_s: float = 300.0
+    share_every_s: float = 10.0
 
     def problems(self) -> list[str]:
         """What is wrong with these values, one sentence each (empty: usable)."""
@@ -98,6 +109,7 @@ class LinkPolicy:
             "hold_down_s",
             "min_rtt_ms",
             "implausible_gap_ms",
+            "share_every_s",
         ):
             if not getattr(self, name) >= 0:
                 out.append(f"{name} must be >= 0")
@@ -151,17 +163,31 @@ class LinkRecord:
     down_since: datetime | None = None  # None: up
 
 
+@dataclass(frozen=True, slots=True)
+class SampleRecord:
+    """One end's sample of the link a-b (a < b), as replicas share it through the store."""
+
+    a: int
+    b: int
+    end: int
+    sample: Sample
+
+
 @dataclass(slots=True)
 class LinkState:
     a: int
     b: int
     weight: float | None = None
     down_since: datetime | None = None
-    samples: dict[int, Sample] = field(default_factory=dict)  # by reporting end; not persisted
+    samples: dict[int, Sample] = field(default_factory=dict)  # by reporting end (shared when contested)
     measured_at: datetime | None = None  # when an end last reported an rtt (or first reported); not persisted
+    shared: dict[int, datetime] = field(default_factory=dict)  # end -> when its contested sample was shared
 
     def record(self) -> LinkRecord:
         return LinkRecord(self.a, self.b, self.weight, self.down_since)
+
+    def sample_records(self) -> list[SampleRecord]:
+        return [SampleRecord(self.a, self.b, end, s) for end, s in sorted(self.samples.items())]
 
 
 @dataclass(frozen=True)
@@ -169,6 +195,7 @@ class LinkGraphUpdate:
     edges: list[EdgeCost]  # routing changes: cost None = edge removed
     records: list[LinkRecord]  # link state to persist
     flags: list[Flag] = field(default_factory=list)  # implausible reports in this batch
+    samples: list[SampleRecord] = field(default_factory=list)  # samples to share (see the module rules)
 
 
 def pair(a: int, b: int) -> tuple[int, int]:
@@ -180,7 +207,11 @@ class LinkGraph:
     default weight)."""
 
     def __init__(
-        self, policy: LinkPolicy, node_ids: Iterable[int], records: Iterable[LinkRecord] = ()
+        self,
+        policy: LinkPolicy,
+        node_ids: Iterable[int],
+        records: Iterable[LinkRecord] = (),
+        samples: Iterable[SampleRecord] = (),
     ) -> None:
         self.policy = policy
         self.transit: dict[int, float] = {}  # node -> what each of its edges adds (nodes that may not relay)
@@ -192,6 +223,7 @@ class LinkGraph:
             if r.a in self.nodes and r.b in self.nodes and r.a != r.b:
                 a, b = pair(r.a, r.b)
                 self.links[a, b] = LinkState(a, b, r.weight, r.down_since)
+        self._take_samples(samples)
 
     # --- policy ----------------------------------------------------------------------------------
 
@@ -278,6 +310,7 @@ class LinkGraph:
         edges: list[EdgeCost] = []
         records: list[LinkRecord] = []
         flags: list[Flag] = []
+        shared: list[SampleRecord] = []
         for m in measurements:
             a, b = pair(reporter, m.peer_id)
             if not self.allowed(a, b):
@@ -292,13 +325,21 @@ class LinkGraph:
             before = (state.weight, state.down_since)
             self._take(state, reporter, m, now, far_below)
             if (state.weight, state.down_since) == before:
+                if self._contested(state, reporter, now):
+                    state.shared[reporter] = now
+                    shared.append(SampleRecord(a, b, reporter, state.samples[reporter]))
                 continue
             records.append(state.record())
+            shared += state.sample_records()
             edges += self._place_edge(a, b, state, before[1] is None)
-        return LinkGraphUpdate(edges, records, flags)
+        return LinkGraphUpdate(edges, records, flags, shared)
 
-    def set_records(self, records: Iterable[LinkRecord]) -> list[EdgeCost]:
-        """Take link state another replica decided (from the store); the samples here stay as they are."""
+    def set_records(
+        self, records: Iterable[LinkRecord], samples: Iterable[SampleRecord] = ()
+    ) -> list[EdgeCost]:
+        """Take link state and samples another replica decided or shared (from the store). A link that
+        went down forgets its samples here too (as where it was decided); a sample replaces this one's
+        of the same end unless that is newer."""
         edges: list[EdgeCost] = []
         for r in records:
             a, b = pair(r.a, r.b)
@@ -310,11 +351,59 @@ class LinkGraph:
             if (state.weight, state.down_since) == (r.weight, r.down_since):
                 continue
             was_up = state.down_since is None
+            if r.down_since is not None and r.down_since != state.down_since:
+                state.samples.clear()
+            elif r.weight is not None and state.weight is not None and r.weight < state.weight:
+                self._restart_smoothing(state)
             state.weight, state.down_since = r.weight, r.down_since
             edges += self._place_edge(a, b, state, was_up)
+        self._take_samples(samples)
         return edges
 
     # --- internals -------------------------------------------------------------------------------
+
+    def _restart_smoothing(self, state: LinkState) -> None:
+        """Another replica lowered the weight, restarting both ends' smoothing at their latest reports
+        (`_dropped`): the samples held here that are newer than those it sent restart at theirs."""
+        p = self.policy
+        for end, s in state.samples.items():
+            if s.rtt_ms is None or s.smoothed is None:
+                continue
+            value = s.rtt_ms + p.loss_penalty_ms * (s.loss or 0.0)
+            if value < s.smoothed:
+                state.samples[end] = replace(s, smoothed=value)
+
+    def _take_samples(self, samples: Iterable[SampleRecord]) -> None:
+        for r in samples:
+            a, b = pair(r.a, r.b)
+            if r.end not in (a, b) or a not in self.nodes or b not in self.nodes or not self.allowed(a, b):
+                continue
+            state = self.links.get((a, b))
+            if state is None:
+                state = self.links[a, b] = LinkState(a, b)
+            own = state.samples.get(r.end)
+            if own is None or r.sample.at >= own.at:
+                state.samples[r.end] = r.sample
+
+    def _contested(self, state: LinkState, reporter: int, now: datetime) -> bool:
+        """The reporter's sample would lower the weight or bring the link back, but this replica holds
+        no fresh sample of the other end to decide with; not shared again within `share_every_s`."""
+        p = self.policy
+        last = state.shared.get(reporter)
+        if last is not None and now - last < timedelta(seconds=p.share_every_s):
+            return False
+        other = state.samples.get(state.b if reporter == state.a else state.a)
+        if other is not None and now - other.at <= timedelta(seconds=p.sample_max_age_s):
+            return False
+        s = state.samples.get(reporter)
+        if s is None:
+            return False
+        if state.down_since is not None:
+            return self._sees_it_working(s, state.down_since)
+        w = state.weight
+        return (
+            w is not None and s.smoothed is not None and s.smoothed < w - max(p.band_abs_ms, p.band_rel * w)
+        )
 
     def _place_edge(self, a: int, b: int, state: LinkState, was_up: bool) -> list[EdgeCost]:
         """The routing change of the a-b edge after its link's state changed: gone while it is down,

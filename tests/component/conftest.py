@@ -8,6 +8,8 @@ SQLite and on PostgreSQL (`store_url` in tests/conftest.py).
   `.transport` (for agents' own clients), `.admin` (headers), `.new_key()`, `.enroll()`, `.restart()`.
 - `replicas`: (cluster, database URL, [replica a, replica b]): two `Replica`s (harnesses with their
   follower running) on one new PostgreSQL database.
+- `store_replicas`: [replica a, replica b] on one database, SQLite (a file both open; no
+  notifications, the followers' periodic check) or PostgreSQL: for what must hold on both stores.
 - `mesh`: an `AgentMesh`, agents around an in-process controller with its managed CA.
 - `mesh_factory`: makes `NodeMesh`es of p2p nodes on loopback, closed at the end.
 
@@ -39,6 +41,18 @@ async def controller(
         yield harness
     finally:
         await harness.close()
+
+
+@pytest.fixture
+async def store_replicas(
+    tmp_path: Path, store_url: str, controller_clock: ManualClock
+) -> AsyncIterator[list[Replica]]:
+    made = [Replica(name, tmp_path / "controller", controller_clock, store_url) for name in ("a", "b")]
+    try:
+        yield made
+    finally:
+        for r in made:
+            await r.close()
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from controller.ipam import AddressHold
 from controller.mesh import MapState
 from controller.sqlstore import SCHEMA_VERSION, SqlStore, StoreError, _alembic_config, engine_url, metadata
 from controller.store import KeyRefused, NodeRemoved, NodeWrite, StaleVersion, StoreConflict
-from controller.topology import LinkRecord
+from controller.topology import MAX_HANDSHAKE_AGE_S, LinkRecord, Sample, SampleRecord
 from lab.postgres import PostgresCluster, free_port
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -150,6 +150,27 @@ def test_every_change_bumps_the_version_and_another_store_catches_up(url: str):
     assert batch is not None and batch.version == 4 and batch.removed == [n2.node_id] and batch.nodes == []
     assert batch.holds == [AddressHold(n2.tunnel_address, n1.node_id, 4)]
     assert b.changes_since(4) == type(batch)(4, 4, [], [], [], [])
+    a.close()
+    b.close()
+
+
+def test_shared_link_samples_reach_another_store_and_a_written_link_keeps_only_its_writers(url: str):
+    a, b = SqlStore(url), SqlStore(url)
+    a.create_preauth_key(credential_hash("k"), "node", True, NOW, None)
+    n1, n2 = (a.enroll(credential_hash("k"), node(i), NOW) for i in (1, 2))
+    lo, hi = n1.node_id, n2.node_id
+    slow = SampleRecord(lo, hi, lo, Sample(80.0, 0.0, 2.0, NOW, 80.0))
+    healed = SampleRecord(lo, hi, lo, Sample(1.0, 0.0, 2.0, NOW + timedelta(seconds=2), 40.5))
+    assert a.save_links([LinkRecord(lo, hi, 80.0, None)], [slow]) == 3
+    assert a.save_links([], [healed]) == 4  # a sample alone is a change too
+    batch = b.changes_since(3)
+    assert batch is not None and batch.links == [LinkRecord(lo, hi, 80.0, None)] and batch.samples == [healed]
+    other = SampleRecord(lo, hi, hi, Sample(None, None, float("inf"), NOW, None, True))
+    assert a.save_links([LinkRecord(lo, hi, 1.0, None)], [other]) == 5
+    (kept,) = b.load().samples  # the end's older sample went with the record that did not carry it
+    assert kept.end == hi and kept.sample.far_below and kept.sample.handshake_age_s == MAX_HANDSHAKE_AGE_S
+    a.remove_node(hi, [], NOW)
+    assert b.load().samples == []
     a.close()
     b.close()
 

@@ -199,6 +199,32 @@ def test_a_healed_link_comes_down_in_one_step_once_both_ends_see_it():
     assert topo.weight(1, 2) == 6.5
 
 
+def test_two_replicas_sharing_contested_samples_decide_like_one_graph():
+    """Ends 1 and 2 report to different replicas (two graphs): what one shares, the other takes; a
+    contested end is shared once per `share_every_s`, an end whose peer's sample is at hand never."""
+    here, there = LinkGraph(POLICY, [1, 2]), LinkGraph(POLICY, [1, 2])
+
+    def carry(update, to):  # the store carrying a change to the other replica
+        to.set_records(update.records, update.samples)
+
+    for t in range(4):
+        carry(here.report(1, [healthy(2, rtt=80.0)], at(2 * t)), there)
+        carry(there.report(2, [healthy(1, rtt=80.0)], at(2 * t + 1)), here)
+    assert here.weight(1, 2) == there.weight(1, 2) == 80.0
+    healed = here.report(1, [healthy(2, rtt=1.0)], at(10))
+    assert [s.end for s in healed.samples] == [1] and not healed.records  # contested: shared, not decided
+    assert (here.weight(1, 2) or 0) > 70
+    again = here.report(1, [healthy(2, rtt=1.0)], at(11))
+    assert again.samples == []  # shared a moment ago
+    carry(healed, there)
+    decided = there.report(2, [healthy(1, rtt=1.5)], at(12))
+    assert there.weight(1, 2) == 1.5 and {s.end for s in decided.samples} == {1, 2}
+    carry(decided, here)
+    assert here.weight(1, 2) == 1.5
+    noisy = here.report(1, [healthy(2, rtt=1.2)], at(13))  # the smoothing restarted here too
+    assert noisy.records == [] and noisy.samples == [] and here.weight(1, 2) == 1.5
+
+
 def test_a_fresh_handshake_with_heavy_loss_does_not_bring_a_link_back():
     topo = LinkGraph(POLICY, [1, 2])
     topo.report(1, [M(peer_id=2, loss=1.0)], at(0))
