@@ -101,7 +101,9 @@ def test_rotating_n_loses_no_ping_in_any_direction(lab: Lab) -> None:
     for host in ("h1", "h2", "h3"):
         keys = wait_until(
             f"{host} to hold only N's new key with a fresh handshake",
-            lambda host=host: (k := wg_keys(lab, host)) and old not in k and k.get(new, 0) >= started_second and k,
+            lambda host=host: (
+                (k := wg_keys(lab, host)) and old not in k and k.get(new, 0) >= started_second and k
+            ),
             30,
             show=lambda: logs(lab),
         )
