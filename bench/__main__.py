@@ -18,6 +18,7 @@ BENCHES = [
     "abandoned_polls",
     "controller_api",
     "slow_clients",
+    "ui_watch",
 ]
 
 

@@ -42,6 +42,18 @@ GOAL_S = 0.2
 GOAL_BYTES = 2_000_000
 
 
+def seed_links(db_url: str, ids: list[int], links: int) -> None:
+    """Write `links` measured links between random pairs of `ids` (weights 1 to 100 ms) into the store."""
+    rng = random.Random(SEED)
+    pairs: set[tuple[int, int]] = set()
+    while len(pairs) < links:
+        a, b = sorted(rng.sample(ids, 2))
+        pairs.add((a, b))
+    store = SqlStore(db_url)
+    store.save_links([LinkRecord(a, b, round(rng.uniform(1.0, 100.0), 2)) for a, b in sorted(pairs)])
+    store.close()
+
+
 async def measured(
     client: httpx.AsyncClient, call: Callable[[], Awaitable[httpx.Response]]
 ) -> tuple[float, int, float]:
@@ -109,15 +121,7 @@ def main() -> int:
         agents = seed(state_dir, NODES)
         admin, _ = ensure_admin_credential(state_dir)
         settings = Settings(state_dir=state_dir, mesh_cidr=ipaddress.ip_network("198.19.0.0/16"))
-        rng = random.Random(SEED)
-        ids = [a.node_id for a in agents]
-        pairs: set[tuple[int, int]] = set()
-        while len(pairs) < LINKS:
-            a, b = sorted(rng.sample(ids, 2))
-            pairs.add((a, b))
-        store = SqlStore(settings.database_url)
-        store.save_links([LinkRecord(a, b, round(rng.uniform(1.0, 100.0), 2)) for a, b in sorted(pairs)])
-        store.close()
+        seed_links(settings.database_url, [a.node_id for a in agents], LINKS)
         print(f"{NODES} nodes, {LINKS} measured links\n")
         rows = asyncio.run(run(settings, admin))
     finally:

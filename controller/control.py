@@ -149,6 +149,11 @@ class ControlPlane:
         self.nonces = EnrollNonces(store)
         self.clock = clock
         self._wake = on_maps_changed
+        self.changes = 0
+        """Moves whenever what the plane shows may have changed: nodes, their keys and rotations, links
+        and routes (not polls): what watchers such as the topology page wait for, instead of looking."""
+        self.polls = 0
+        """Moves with every poll (a node's `last_seen`)."""
         admin, _created = ensure_admin_credential(settings.state_dir)
         self._admin_hash = credential_hash(admin)
         self.pool = AddressPool(settings.mesh_cidr)
@@ -265,7 +270,7 @@ class ControlPlane:
         self.version = batch.version
         # The replica that made the change keeps the serials (every replica gives them the same):
         # writing them again here would cost each replica a row per node per change.
-        self._wake([*maps, *wake])
+        self._changed([*maps, *wake])
 
     async def _resync(self) -> None:
         snapshot = await self.db(self.store.load)
@@ -273,7 +278,7 @@ class ControlPlane:
         self.db.background(self.store.save_rotations, self._load(snapshot, before))
         changed = [n for n in before if n not in self.nodes or self.mesh.map_state(n) != before[n]]
         self._persist_maps(self.mesh.initial.maps)
-        self._wake([*changed, *self.mesh.initial.maps])
+        self._changed([*changed, *self.mesh.initial.maps])
 
     def _take(self, record: NodeRecord) -> dict[int, MapState]:
         """Make `record` (new or changed) part of the view; the maps that changed."""
@@ -489,6 +494,7 @@ class ControlPlane:
             self._policy_held[node_id] = policy_version
         now = self.clock.now()
         self._last_seen[node_id] = now
+        self.polls += 1
         if self.unavailable is not None:
             return
         written = self._seen_written.get(node_id)
@@ -567,7 +573,7 @@ class ControlPlane:
             if written == self.version + 1:
                 self.version = written
         self._persist_maps(change.maps)
-        self._wake(change.maps)
+        self._changed(change.maps)
 
     # --- admin -------------------------------------------------------------------------------------
 
@@ -981,10 +987,15 @@ class ControlPlane:
             if r.node_id in self.nodes:
                 self._apply(self.mesh.upsert(self._card(r.node_id)))
 
+    def _changed(self, nodes: Iterable[int]) -> None:
+        """The view changed (maps of `nodes` among it): tell the watchers, wake those nodes' agents."""
+        self.changes += 1
+        self._wake(nodes)
+
     def _apply(self, change: MeshChange, also_wake: Iterable[int] = ()) -> None:
         """A change this replica already committed: persist the serials, wake the agents."""
         self._persist_maps(change.maps)
-        self._wake([*change.maps, *also_wake])
+        self._changed([*change.maps, *also_wake])
 
 
 def _doc_of(record: PolicyRecord | None) -> PolicyDocument | None:

@@ -10,9 +10,9 @@ Browser authentication (the admin credential never goes into a URL, a cookie or 
   (or another replica) asks for a new login and nothing about sessions is stored.
 - Everything under /ui/ but the login and the static files needs the session; the data routes answer
   401 JSON without one, the page answers with the login form.
-- The event stream checks for changes every POLL_S and sends the view when it differs (the page thus
-  follows a change within a second), a comment every KEEPALIVE_S otherwise, and ends when the session
-  expires. All streams of an app share one computation of the view per half poll.
+- The event stream looks at the shared view (controller.ui_feed: computed again only when the plane
+  changed, once for every browser) every POLL_S and sends it when it differs (the page thus follows a
+  change within a second), a comment every KEEPALIVE_S otherwise, and ends when the session expires.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import asyncio
 import hashlib
 import hmac
 import html
-import json
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
@@ -33,6 +32,7 @@ from fastapi import Request, Response
 from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
 
 from controller.audit import ADMIN
+from controller.ui_feed import ViewFeed
 from controller.ui_view import LastMeasured, mesh_view
 from wire import api
 from wire.ui import UiTicket
@@ -258,14 +258,8 @@ def add_ui_routes(app: FastAPI, plane: AuditedControlPlane, admin: Depends) -> U
         last_measured.fill(shown["links"])
         return shown
 
-    shared: list[tuple[float, str]] = []  # (monotonic time, view text): one computation per tick
-
-    def view_text() -> str:
-        """The view as JSON, computed at most once per half poll however many browsers watch."""
-        t = time.monotonic()
-        if not shared or t - shared[0][0] >= POLL_S / 2:
-            shared[:] = [(t, json.dumps(view(), separators=(",", ":")))]
-        return shared[0][1]
+    feed = ViewFeed(plane, view)
+    app.state.ui_feed = feed
 
     def now() -> float:
         return plane.clock.now().timestamp()
@@ -277,7 +271,8 @@ def add_ui_routes(app: FastAPI, plane: AuditedControlPlane, admin: Depends) -> U
     async def ui_view(request: Request) -> Response:
         if not signed_in(request):
             return unauthorized()
-        return JSONResponse({"now": now(), **view()}, headers={"Cache-Control": "no-store"})
+        text = _stamped(feed.current(fresh=True)[1], now())
+        return Response(text, media_type="application/json", headers={"Cache-Control": "no-store"})
 
     @app.get(UI + "/api/events", include_in_schema=False)
     async def ui_events(request: Request) -> Response:
@@ -285,7 +280,7 @@ def add_ui_routes(app: FastAPI, plane: AuditedControlPlane, admin: Depends) -> U
         if not expiry:
             return unauthorized()
         return StreamingResponse(
-            _events(request, view_text, now, expiry, sessions.clock),
+            _events(request, feed, now, expiry, sessions.clock),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
@@ -295,27 +290,32 @@ def add_ui_routes(app: FastAPI, plane: AuditedControlPlane, admin: Depends) -> U
 
 async def _events(
     request: Request,
-    view_text: Callable[[], str],
+    feed: ViewFeed,
     now: Callable[[], float],
     expiry: float,
     clock: Callable[[], float],
 ) -> AsyncIterator[bytes]:
     """The view now, then again each time it changes (with the controller's time, for ages); a comment
     now and then keeps proxies patient."""
-    last = ""
+    sent, last = 0, ""
     quiet_since = time.monotonic()
     yield b"retry: 1000\n\n"
     while clock() < expiry:
         if await request.is_disconnected():
             return
-        text = view_text()
-        if text != last:
+        serial, text = feed.current()
+        if serial != sent and text != last:
             last = text
             quiet_since = time.monotonic()
-            stamped = f'{{"now":{now():.1f},{text[1:]}'
-            yield f"event: view\ndata: {stamped}\n\n".encode()
+            yield f"event: view\ndata: {_stamped(text, now())}\n\n".encode()
         elif time.monotonic() - quiet_since >= KEEPALIVE_S:
             quiet_since = time.monotonic()
             yield b": still here\n\n"
+        sent = serial
         await asyncio.sleep(POLL_S)
     yield b"event: expired\ndata: {}\n\n"
+
+
+def _stamped(view_text: str, now: float) -> str:
+    """The view's JSON object with the controller's time first (for the ages the page shows)."""
+    return f'{{"now":{now:.1f},{view_text[1:]}'

@@ -82,17 +82,17 @@ def mesh_view(plane: ControlPlane) -> dict[str, Any]:
         )
     used = mesh.link_use()
     links = []
-    for e in mesh.edges():
+    for a, b, weight, rtt_ms, loss in mesh.edge_rows():
         links.append(
             {
-                "a": e.a,
-                "b": e.b,
+                "a": a,
+                "b": b,
                 "up": True,
-                "rtt_ms": e.rtt_ms,
-                "loss": e.loss,
-                "weight": e.weight,
-                "carries_routes": used(e.a, e.b),
-                "health": link_health(True, e.rtt_ms, e.loss),
+                "rtt_ms": rtt_ms,
+                "loss": loss,
+                "weight": weight,
+                "carries_routes": used(a, b),
+                "health": link_health(True, rtt_ms, loss),
             }
         )
     for (a, b), state in sorted(mesh.topology.links.items()):

@@ -4,8 +4,10 @@ the view says which links are down and which routes are relayed."""
 
 from __future__ import annotations
 
+import json
 import re
 
+from controller.ui_feed import MIN_GAP_S, SEEN_EVERY_S
 from tests.support import ControllerHarness
 from wire import api
 
@@ -158,3 +160,41 @@ async def test_a_link_routed_around_keeps_showing_what_it_measured_before(contro
     assert slow["earlier"] is True and slow["rtt_ms"] is not None and slow["rtt_ms"] >= 50
     assert slow["health"] == "slow"
     assert [r["text"] for r in view["relayed"]] == [f"{a.name} ↔ {b.name} via {c.name}"]
+
+
+async def test_every_browser_shares_one_view_made_again_only_when_the_mesh_changes(
+    controller: ControllerHarness,
+):
+    a, b = [await controller.enroll() for _ in range(2)]
+    feed = controller.app.state.ui_feed
+    t = [1000.0]
+    feed.clock = lambda: t[0]
+
+    def rtt_shown() -> float | None:
+        links = json.loads(feed.current()[1])["links"]
+        return next((lk["rtt_ms"] for lk in links), None)
+
+    first = feed.current()
+    for _ in range(40):  # 5 browsers for 2 s of a still mesh: what the first one got, made once
+        t[0] += 0.25
+        assert feed.current() == first
+    await controller.report(a, {"peer_id": b.node_id, "rtt_ms": 4.0, "loss": 0.0, "handshake_age_s": 3})
+    assert rtt_shown() == 4.0 and feed.current()[0] == first[0] + 1
+    # a burst of changes makes one view per MIN_GAP_S, the last one shown when it is due
+    await controller.report(a, {"peer_id": b.node_id, "rtt_ms": 8.0, "loss": 0.0, "handshake_age_s": 3})
+    await controller.report(a, {"peer_id": b.node_id, "rtt_ms": 8.0, "loss": 0.0, "handshake_age_s": 3})
+    assert rtt_shown() == 4.0
+    t[0] += MIN_GAP_S
+    shown = rtt_shown()
+    assert shown is not None and shown > 4.0 and feed.current()[0] == first[0] + 2
+    # polls move only `last_seen`: shown when SEEN_EVERY_S has passed, not at once
+    await controller.netmap(a)
+    t[0] += MIN_GAP_S
+    assert json.loads(feed.current()[1])["nodes"][0]["last_seen"] is None
+    t[0] += SEEN_EVERY_S
+    assert json.loads(feed.current()[1])["nodes"][0]["last_seen"] is not None
+    # a single answer (GET /ui/api/view) is made whenever the mesh moved
+    await controller.netmap(b)
+    cookie = await session(controller)
+    view = (await controller.client.get("/ui/api/view", headers=cookie)).json()
+    assert all(n["last_seen"] is not None for n in view["nodes"])

@@ -14,7 +14,8 @@ import httpx
 
 from tests.support import start_controller
 
-# The stream sends a change within a poll (0.25 s) of it; a read waiting longer than this has failed.
+# The stream sends a change within a second of it (controller.ui_feed); a read waiting longer than this
+# has failed.
 EVENT_DEADLINE_S = 2.0
 
 
