@@ -49,7 +49,7 @@ from agent.state import (
 from agent.status import AgentStatus, StatusError, render_table, with_live_device
 from agent.targets import split_urls, url_problem
 from keys.store import SecretFileError, read_secret_line
-from wgmesh.argparser import OneLineParser
+from wgmesh.argparser import USAGE_EXIT, OneLineParser, UsageError
 from wgmesh.metrics_listen import DEFAULT_AGENT_METRICS_PORT, MetricsListenError, parse_metrics_listen
 from wgmesh.systemd import Notifier
 from wire.fields import Hostname, parse_endpoint
@@ -61,10 +61,6 @@ if TYPE_CHECKING:
     from agent.metrics import MetricsListener
 
 IFNAME_MAX = 15
-
-
-class UsageError(Exception):
-    """Bad command-line input; the message is the one line shown."""
 
 
 # --- argument checks (each raises argparse.ArgumentTypeError with one clear line) -------------------
@@ -248,7 +244,10 @@ def main(argv: Sequence[str], prog: str = "wgmesh agent") -> int:
     command = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "export": cmd_export}[args.cmd]
     try:
         return command(args)
-    except (AgentError, StateError, StatusError, BackendError, UsageError, ConfigError) as e:
+    except UsageError as e:
+        print(f"{prog} {args.cmd}: {e}", file=sys.stderr)
+        return USAGE_EXIT
+    except (AgentError, StateError, StatusError, BackendError, ConfigError) as e:
         print(f"{prog} {args.cmd}: {e}", file=sys.stderr)
         return 1
 
@@ -450,7 +449,7 @@ def cmd_down(args: argparse.Namespace) -> int:
         )
     running = _running_agent_pid(args.state_dir)
     if running is not None:
-        raise UsageError(
+        raise AgentError(
             f"the agent (pid {running}) still runs and would bring {ifname} back: "
             "stop it first (or run it with --down)"
         )
@@ -529,7 +528,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     try:
         device = open_backend(state.backend).read(state.interface)
     except (BackendError, OSError) as e:
-        raise UsageError(f"cannot read interface {state.interface}: {e}") from None
+        raise AgentError(f"cannot read interface {state.interface}: {e}") from None
     names = {}
     try:
         netmap = load_netmap(args.state_dir)
@@ -541,13 +540,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     try:
         text = render_wgquick(device, [address], peer_names=names)
     except ValueError as e:
-        raise UsageError(str(e)) from None
+        raise AgentError(str(e)) from None
     if args.output is None:
         sys.stdout.write(text)
         return 0
     try:
         write_wgquick(args.output, text)
     except OSError as e:
-        raise UsageError(f"cannot write {args.output}: {e.strerror}") from None
+        raise AgentError(f"cannot write {args.output}: {e.strerror}") from None
     print(f"wrote {args.output} (mode 0600; it holds the private key)", file=sys.stderr)
     return 0

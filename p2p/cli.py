@@ -36,17 +36,13 @@ from p2p.core.message import PRIORITY_DEFAULT, PRIORITY_MAX, PRIORITY_MIN, Messa
 from p2p.directory import FILE_NAME, DirectoryError, load_directory
 from p2p.errors import P2PError
 from p2p.events import PeerDown
-from wgmesh.argparser import OneLineParser
+from wgmesh.argparser import USAGE_EXIT, OneLineParser, UsageError
 
 DEFAULT_STATE_DIR = Path("/var/lib/wgmesh")
 # Names the state directory when --state-dir is not given (an empty value counts as unset).
 STATE_DIR_ENV = "WGMESH_STATE_DIR"
 IDENTITY_FILE = "identity.key"
 REFUSALS_EVERY_S = 1.0
-
-
-class UsageError(Exception):
-    """Bad input: one line, exit 2."""
 
 
 def _priority(text: str) -> int:
@@ -369,7 +365,7 @@ def main(argv: Sequence[str], prog: str = "wgmesh p2p") -> int:
         return asyncio.run(run(args, directory, key))
     except UsageError as e:
         print(f"{prog} {args.cmd}: {e}", file=sys.stderr)
-        return 2
+        return USAGE_EXIT
     except (P2PError, ValueError) as e:
         print(f"{prog} {args.cmd}: {e}", file=sys.stderr)
         return 1

@@ -60,7 +60,7 @@ def test_bad_arguments_are_one_line_and_exit_2(capsys, args, message):
 
 def test_up_without_enrollment_or_token_says_what_to_give(capsys, tmp_path):
     code, _, err = run(capsys, "up", "--backend", "fake", "--state-dir", str(tmp_path / "s"))
-    assert code == 1
+    assert code == 2  # a usage error, as argparse's
     assert err.strip().splitlines() == [
         f"wgmesh agent up: this host has not enrolled yet ({tmp_path / 's' / 'node.json'} is missing): "
         "give --controller URL and --token-file FILE (the pre-auth key)"
@@ -89,7 +89,7 @@ def test_a_bad_token_file_is_one_line_and_names_the_file(capsys, tmp_path, text,
         capsys, "up", "--backend", "fake", "--state-dir", str(tmp_path / "s"),
         "--controller", "https://127.0.0.1:9", "--token-file", path,
     )  # fmt: skip
-    assert code == 1
+    assert code == 2  # a usage error, as argparse's
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"wgmesh agent up: pre-auth key file {path}{message}")
     assert not (tmp_path / "s" / "node.json").exists()
@@ -97,7 +97,7 @@ def test_a_bad_token_file_is_one_line_and_names_the_file(capsys, tmp_path, text,
 
 def test_a_missing_token_file_is_one_line(capsys, tmp_path):
     code, _, err = run(capsys, "up", "--backend", "fake", "--token-file", str(tmp_path / "nope"))
-    assert code == 1
+    assert code == 2  # a usage error, as argparse's
     assert err.strip() == f"wgmesh agent up: pre-auth key file {tmp_path / 'nope'} does not exist"
 
 
@@ -265,7 +265,7 @@ def test_a_plain_http_controller_is_refused_unless_insecure(capsys, tmp_path):
     args = ["up", "--backend", "fake", "--state-dir", str(tmp_path / "s"), "--hostname", "h1"]
     args += ["--controller", "http://127.0.0.1:9", "--token-file", key_file(tmp_path)]
     code, _, err = run(capsys, *args)
-    assert code == 1
+    assert code == 2  # a usage error, as argparse's
     assert err.strip() == (
         "wgmesh agent up: controller URL http://127.0.0.1:9 is plain http: the pre-auth key and the node "
         "credential would cross the network in clear; use https:// (or pass --insecure)"
@@ -291,7 +291,7 @@ def test_a_metrics_address_the_host_lacks_stops_up_with_one_line_and_writes_noth
 def test_a_bad_metrics_address_in_the_environment_names_the_variable(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("WGMESH_METRICS_LISTEN", "127.0.0.1:http")
     code, _, err = run(capsys, "up", "--backend", "fake", "--state-dir", str(tmp_path / "s"))
-    assert code == 1
+    assert code == 2  # a usage error, as argparse's
     assert err.strip().splitlines() == [
         "wgmesh agent up: WGMESH_METRICS_LISTEN: metrics address '127.0.0.1:http': port must be 1-65535"
     ]
