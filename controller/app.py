@@ -33,6 +33,7 @@ from controller.audit import AuditOrigin
 from controller.audit_routes import add_audit_routes
 from controller.audited import AuditedControlPlane
 from controller.auth import ADMIN, AuthFirstRoute, NodeCaller
+from controller.chunked import ChunkedResponse
 from controller.clock import Clock, SystemClock
 from controller.control import ApiError
 from controller.longpoll import PollEnded, PollSlots
@@ -428,7 +429,7 @@ def create_app(
         if not plane.has_node(node):
             raise ApiError(410, f"node {node} was removed from the mesh")
         body = plane.netmap_update_json(node, since) if delta else plane.netmap_json(node)
-        return Response(body, media_type="application/json")
+        return ChunkedResponse(body, media_type="application/json")
 
     @app.post(
         api.LINKS,

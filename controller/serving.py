@@ -8,6 +8,12 @@ Rules:
   long-poll) is not counted; between requests the keep-alive timeout applies, as in uvicorn.
 - A TLS connection has the same REQUEST_DEADLINE_S to finish its handshake (asyncio's default is 60 s and
   uvicorn does not pass one): GuardedServer sets it on every listening socket it opens.
+- A connection's buffers stay small whatever it was sent (at 5,000 agents every byte kept per connection
+  is multiplied by 5,000): asyncio's TLS layer reads into TLS_READ_BUFFER bytes instead of its own
+  256 KiB (zeroed, so resident, for each connection), and a connection's writing pauses above
+  WRITE_HIGH_WATER bytes not yet on the socket. TLS encrypts into a memory buffer that keeps the size
+  of the largest burst it held for the connection's life: a large answer is written in chunks
+  (controller.poll_route), so what it keeps is about a chunk plus WRITE_HIGH_WATER.
 - Errors the event loop reports again and again with the same message (accept() failing with EMFILE
   while every descriptor is taken) are logged once, then counted and summed up at most once per
   LOG_EVERY_S: a flood of connections never becomes a flood of log lines.
@@ -16,6 +22,7 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import asyncio.sslproto
 import logging
 import resource
 import time
@@ -28,6 +35,8 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 REQUEST_DEADLINE_S = 10.0
 LOG_EVERY_S = 10.0
+TLS_READ_BUFFER = 16 * 1024  # one TLS record's plaintext: a request head reads in one go
+WRITE_HIGH_WATER = 16 * 1024
 
 log = logging.getLogger("wgmesh.controller")
 
@@ -42,6 +51,7 @@ class GuardedH11Protocol(H11Protocol):
         self._deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         super().connection_made(transport)
         self._arm()
 
@@ -92,8 +102,15 @@ class GuardedServer(uvicorn.Server):
     handshake_deadline_s = REQUEST_DEADLINE_S
 
     async def startup(self, sockets: list[Any] | None = None) -> None:
+        small_tls_buffers()
         with handshake_deadline(asyncio.get_running_loop(), self.handshake_deadline_s):
             await super().startup(sockets)
+
+
+def small_tls_buffers(size: int = TLS_READ_BUFFER) -> None:
+    """TLS connections made from now on in this process read into `size` bytes each (asyncio's
+    SSLProtocol allocates, and zeroes, its `max_size` for every connection; it has no other knob)."""
+    asyncio.sslproto.SSLProtocol.max_size = size
 
 
 @contextmanager

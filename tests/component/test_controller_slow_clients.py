@@ -18,11 +18,13 @@ from typing import Any
 import pytest
 import uvicorn
 
+from controller.chunked import CHUNK, send_body
 from controller.serving import GuardedH11Protocol, GuardedServer, ThrottledLoopErrors
 from controller.tls import ServerTls, managed_tls
 
 DEADLINE_S = 0.5
 ANSWER_AFTER_S = 2.0  # a held answer, longer than the deadline
+BIG = bytes(range(256)) * (128 * CHUNK // 256) + b"end"  # 2 MB (a map at 5,000 nodes), the last chunk short
 
 
 class QuickGuard(GuardedH11Protocol):
@@ -40,6 +42,11 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         pass
     if scope["path"] == "/held":
         await asyncio.sleep(ANSWER_AFTER_S)
+    if scope["path"] == "/big":
+        length = str(len(BIG)).encode()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", length)]})
+        await send_body(send, BIG)
+        return
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
     await send({"type": "http.response.body", "body": b"ok"})
 
@@ -127,6 +134,22 @@ async def test_a_request_being_answered_is_not_cut_and_keep_alive_still_works(po
     await writer.drain()
     await asyncio.sleep(DEADLINE_S / 5)
     writer.write(b"host: x\r\n\r\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert head.startswith(b"HTTP/1.1 200")
+    writer.close()
+
+
+async def test_a_large_answer_reaches_a_tls_client_that_reads_late_whole_and_in_order(
+    tls: ServerTls, tls_port: int
+):
+    context = ssl.create_default_context(cadata=(tls.ca_pem or b"").decode())
+    reader, writer = await asyncio.open_connection("127.0.0.1", tls_port, ssl=context, limit=4 * len(BIG))
+    writer.write(b"GET /big HTTP/1.1\r\nhost: x\r\n\r\n")
+    await asyncio.sleep(0.5)  # the server fills what the connection buffers and waits
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert head.startswith(b"HTTP/1.1 200") and f"content-length: {len(BIG)}".encode() in head.lower()
+    assert await asyncio.wait_for(reader.readexactly(len(BIG)), 10) == BIG
+    writer.write(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")  # and the connection still serves
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
     assert head.startswith(b"HTTP/1.1 200")
     writer.close()
