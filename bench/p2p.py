@@ -254,27 +254,37 @@ async def node_child(
     report_to: int | None,
     config: dict[str, Any] | None = None,
     await_peers: list[int] | None = None,
+    batch: bool = False,
 ) -> None:
     """A node that counts messages of type "m" (direct or relayed), answers "echo" requests, and when it
     has counted `count`, says so with the CPU time its process has used so far: to node `report_to` as
-    a "done" message, or on the pipe."""
+    a "done" message, or on the pipe. With `batch`, "m" has a batch handler (many messages a call)."""
     node = Node(directory, IdentityPrivateKey(key), config=NodeConfig(**(config or {})))
     received = 0
 
-    async def on_message(message: Message) -> None:
+    async def counted(n: int) -> None:
         nonlocal received
-        received += 1
-        if received == count:
-            received = 0
+        received += n
+        if received >= count:
+            received -= count
             if report_to is not None:
                 await node.send(report_to, "done", time.process_time())
             else:
                 pipe.send(time.process_time())
 
+    async def on_message(message: Message) -> None:
+        await counted(1)
+
+    async def on_messages(messages: list[Message]) -> None:
+        await counted(len(messages))
+
     async def on_echo(message: Message) -> Any:
         return message.data
 
-    node.handle("m", on_message)
+    if batch:
+        node.handle("m", on_messages, batch=True)
+    else:
+        node.handle("m", on_message)
     node.handle("echo", on_echo)
     async with node:
         pipe.send("ready")
@@ -461,12 +471,21 @@ async def baseline_rtt() -> list[float]:
 
 
 class NodeSender:
-    """One Node (here) sending 200-byte direct messages to another (a child)."""
+    """One Node (here) sending 200-byte direct messages to another (a child), whose handler takes them
+    in batches (`batch`) or one at a time."""
+
+    def __init__(self, batch: bool = True) -> None:
+        self.batch = batch
 
     async def start(self) -> None:
         keys, entries = make_mesh(2)
         self.child = Child(
-            "node", key=keys[2].raw(), directory=directory(2, entries, [1]), count=DIRECT_N, report_to=1
+            "node",
+            key=keys[2].raw(),
+            directory=directory(2, entries, [1]),
+            count=DIRECT_N,
+            report_to=1,
+            batch=self.batch,
         )
         self.node = Node(directory(1, entries, [2]), keys[1])
         self.done: asyncio.Queue[float] = asyncio.Queue()

@@ -15,7 +15,7 @@ from typing import Any
 
 from websockets.asyncio.connection import Connection
 
-from p2p.core.admission import Delivery
+from p2p.core.admission import Delivery, RunDelivery
 from p2p.core.directory import DirectoryEntry
 from p2p.core.frame import Item
 from p2p.core.queue import BoundedPriorityQueue
@@ -43,7 +43,7 @@ class PeerConnection:
 class PeerLink:
     entry: DirectoryEntry
     outbox: BoundedPriorityQueue[Item]
-    inbox: BoundedPriorityQueue[Delivery]
+    inbox: BoundedPriorityQueue[Delivery | RunDelivery]  # a run is one entry, charged all its bytes
     connection: PeerConnection | None = None
     # set when the outbox has items or a connection attached: the writer looks again
     outbox_ready: asyncio.Event = field(default_factory=asyncio.Event)
@@ -92,13 +92,16 @@ class PeerLink:
                 return False
         return True
 
-    def push_inbox(self, delivery: Delivery, size: int) -> bool:
-        if not self.inbox.push(delivery, delivery.message.priority, size):
+    def push_inbox(self, delivery: Delivery | RunDelivery, size: int) -> bool:
+        message = delivery.message if type(delivery) is Delivery else delivery.messages[0]  # type: ignore[union-attr]
+        if not self.inbox.push(delivery, message.priority, size):
             return False
         self.inbox_ready.set()
         return True
 
-    async def wait_inbox_room(self, delivery: Delivery, size: int, conn: PeerConnection) -> None:
+    async def wait_inbox_room(
+        self, delivery: Delivery | RunDelivery, size: int, conn: PeerConnection
+    ) -> None:
         """Queue an inbound delivery, holding the connection unread until there is room. Wakes the
         handler first: the reader may have queued messages without waking it (once a frame)."""
         self.inbox_ready.set()

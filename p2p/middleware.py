@@ -23,6 +23,7 @@ from p2p.core.pacing import TokenBucket
 from wire.policy import Subject, selects
 
 Handler = Callable[[Message], Awaitable[Any]]
+BatchHandler = Callable[[list[Message]], Awaitable[Any]]  # takes a run's messages in one call (handlers.py)
 Next = Callable[[Delivery], Awaitable[Any]]
 Middleware = Callable[[Delivery, Next], Awaitable[Any]]
 Guard = Callable[[Delivery], None]  # a plain check before the middlewares; raises Refused

@@ -46,7 +46,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from keys.types import IdentityPrivateKey
 from p2p.config import NodeConfig
-from p2p.core.admission import Admission, Delivery, verify_signatures
+from p2p.core.admission import Admission, Delivery, RunDelivery, verify_signatures
 from p2p.core.codec import BodyCodec, BodyError, BodyTooLarge
 from p2p.core.counters import Counters
 from p2p.core.directory import Directory, DirectoryEntry
@@ -55,6 +55,7 @@ from p2p.core.frame import (
     FLAG_IDEMPOTENT,
     FLAG_REPLY,
     FLAG_REQUEST,
+    DirectRun,
     Envelope,
     Item,
     direct_item,
@@ -93,7 +94,7 @@ from p2p.errors import NodeClosed, PayloadError, RequestFailed, RequestTimeout, 
 from p2p.events import PeerDown, PeerEvent, PeerEventStream, PeerUp
 from p2p.handlers import Answer, HandlerTable
 from p2p.link import PeerConnection, PeerLink
-from p2p.middleware import Handler, Middleware, policy_check
+from p2p.middleware import BatchHandler, Handler, Middleware, policy_check
 from p2p.requests import PendingRequests
 
 ITEM_OVERHEAD = 64  # bytes charged per queued item besides its body
@@ -238,14 +239,18 @@ class Node:
 
     # --- handlers --------------------------------------------------------------------------------------
 
-    def handle(self, message_type: str, handler: Handler | None = None) -> Any:
+    def handle(
+        self, message_type: str, handler: Handler | BatchHandler | None = None, *, batch: bool = False
+    ) -> Any:
         """Register `handler` for `message_type`; usable as a decorator: `@node.handle("x")`. A handler
-        is `async def handler(message) -> reply`; the reply goes back when the sender made a request."""
-        return self.handlers.handle(message_type, handler)
+        is `async def handler(message) -> reply`; the reply goes back when the sender made a request.
+        With `batch=True` it is `async def handler(messages: list[Message])`, called once for many
+        messages of its type from one peer (docs/p2p.md, "Batch handlers")."""
+        return self.handlers.handle(message_type, handler, batch=batch)
 
-    def handle_any(self, handler: Handler) -> Handler:
-        """The handler for every type without its own."""
-        return self.handlers.handle_any(handler)
+    def handle_any(self, handler: Handler | BatchHandler, *, batch: bool = False) -> Any:
+        """The handler for every type without its own (with `batch`, taking lists of messages)."""
+        return self.handlers.handle_any(handler, batch=batch)
 
     def use(self, middleware: Middleware) -> None:
         """Add a middleware around every handler; the first added is the outermost."""
@@ -722,7 +727,16 @@ class Node:
         admit_direct, now = self._admission.direct, self._clock()  # a frame's messages arrive together
         queued = False  # direct messages pushed to the inbox without waking its handler yet
         for event in events:
-            if isinstance(event, Envelope):
+            if isinstance(event, DirectRun):
+                assert link is not None
+                run = self._admission.direct_run(event, link.entry, now)
+                if run is not None:
+                    size = event.size * len(run.messages)
+                    if link.inbox.push(run, event.priority, size):
+                        queued = True
+                    else:
+                        await link.wait_inbox_room(run, size, conn)
+            elif isinstance(event, Envelope):
                 assert link is not None
                 if event.reply_to is not None:
                     self._on_reply(link, event)
@@ -846,6 +860,9 @@ class Node:
                 await link.inbox_ready.wait()
                 continue
             inbox_room.set()
+            if isinstance(delivery, RunDelivery):
+                await self._handle_run(delivery)
+                continue
             # HandlerTable.run inline: the handler's own coroutine is the only one per message
             pending = start(delivery)
             if type(pending) is Answer:
@@ -859,6 +876,25 @@ class Node:
                     answer = failed(delivery, e)
             if delivery.expects_reply:
                 await self._reply(link, delivery.message, answer.data, answer.error)
+
+    async def _handle_run(self, run: RunDelivery) -> None:
+        """A run's messages: in one call to a batch handler, else one by one (none is a request)."""
+        handlers = self.handlers
+        batch = handlers.batch_handler(run.messages[0].type)
+        if batch is not None:
+            await handlers.run_batch(batch, run)
+            return
+        start, failed = handlers.start, handlers.failed
+        for delivery in run.deliveries():
+            pending = start(delivery)
+            if type(pending) is Answer:
+                continue
+            try:
+                await pending  # type: ignore[misc]
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                failed(delivery, e)
 
     async def _reply(self, link: PeerLink, request: Message, data: Any, error: bool) -> None:
         try:

@@ -24,7 +24,15 @@ from typing import Any, NamedTuple
 from p2p.core.codec import BodyCodec, BodyError, BodyTooLarge
 from p2p.core.counters import Counters
 from p2p.core.directory import Directory, DirectoryEntry
-from p2p.core.frame import FLAG_ERROR, FLAG_REQUEST, Envelope, GossipMessage, SignedBatch, new_tuple
+from p2p.core.frame import (
+    FLAG_ERROR,
+    FLAG_REQUEST,
+    DirectRun,
+    Envelope,
+    GossipMessage,
+    SignedBatch,
+    new_tuple,
+)
 from p2p.core.history import History
 from p2p.core.message import Message
 from p2p.core.replay import Freshness, ReplayWindow
@@ -42,6 +50,24 @@ class Delivery(NamedTuple):
     @property
     def relayed(self) -> bool:
         return self.via != self.sender.node_id
+
+
+class RunDelivery(NamedTuple):
+    """The admitted messages of one DIRECT_RUN on their way to the handler(s) of their type: one type,
+    one priority, one sender (the session's peer), none a request. Immutable."""
+
+    messages: list[Message]
+    sender: DirectoryEntry
+    via: int
+
+    @property
+    def relayed(self) -> bool:
+        return False
+
+    def deliveries(self) -> list[Delivery]:
+        """One Delivery per message, for the handlers that take messages one at a time."""
+        sender, via = self.sender, self.via
+        return [new_tuple(Delivery, (m, sender, via, False)) for m in self.messages]
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +141,27 @@ class Admission:
         )
         self.history.add(message, len(envelope.body), now)
         return new_tuple(Delivery, (message, peer, node_id, envelope.flags & FLAG_REQUEST != 0))
+
+    def direct_run(self, run: DirectRun, peer: DirectoryEntry, now: float) -> RunDelivery | None:
+        """The messages of a run whose ids are new (each recorded in the history), or None when none
+        is; every other one counted as a duplicate."""
+        ids, timestamps, type_, priority, node_id = (
+            run.ids,
+            run.timestamps,
+            run.type,
+            run.priority,
+            peer.node_id,
+        )
+        messages = [
+            new_tuple(Message, (type_, data, timestamps[i], node_id, ids[i * 16 : i * 16 + 16], priority))
+            for i, data in enumerate(run.data)
+        ]
+        admitted = self.history.add_many(messages, run.size, now)
+        if len(admitted) != len(messages):
+            self.counters.duplicate += len(messages) - len(admitted)
+            if not admitted:
+                return None
+        return new_tuple(RunDelivery, (admitted, peer, node_id))
 
     def reply(self, envelope: Envelope) -> Reply | None:
         assert envelope.reply_to is not None

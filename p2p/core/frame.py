@@ -9,6 +9,8 @@
     item       = [DIRECT, id, type, timestamp, priority, flags, body, reply_to | nil]
                | [GOSSIP, ttl, signed, signature]        one relayable message
                | [GOSSIP_BATCH, ttl, batch, signature]   1..MAX_BATCH_MESSAGES relayable messages of one origin
+               | [DIRECT_RUN, type, priority, ids, timestamps, data]
+                                 2..MAX_RUN_MESSAGES plain direct messages of one type and priority
                | [PING]           a heartbeat beacon, sent after an interval with nothing else sent
     signed     = msgpack [version, id, type, origin, timestamp, priority, flags, body]
     batch      = msgpack [version, origin, [[id, type, timestamp, priority, flags, body], ...]]
@@ -25,12 +27,21 @@ An origin sends the broadcasts that leave in one frame as one batch (one signatu
 sent alone as a GOSSIP item: nothing waits for a batch to fill.
 `body` is the msgpack-encoded data, zstd-compressed when `flags & FLAG_COMPRESSED` (see codec.py).
 
+A DIRECT_RUN item is how consecutive DIRECT items of a frame with the same type and priority, flags 0
+(uncompressed, neither request nor reply) and no reply_to leave: `ids` is their 16-byte ids end to end,
+`timestamps` an array of their timestamps, and `data` an array of their decoded data (each message's
+`body` placed as it is: a body is the msgpack encoding of its data). The receiver decodes a run with
+the frame's one msgpack call and no per-message header; every message keeps its own id and timestamp,
+so de-duplication works per message as before. The sender is still the session's peer.
+
 Version history (PROTOCOL_VERSION):
   1  2025-11-24  first version.
      2026-12-02  flag FLAG_IDEMPOTENT on requests (absent: the request is sent once); a receiver that
                  does not know a flag ignores it, so nodes without it run every copy as a new request.
   2  2026-12-02  GOSSIP_BATCH items (one origin signature over many broadcasts). Version 1 nodes would
                  count them as malformed and lose those broadcasts, so the handshake refuses them.
+  3  2026-12-02  DIRECT_RUN items (many direct messages under one header). Version 2 nodes would count
+                 them as malformed and lose those messages, so the handshake refuses them.
 """
 
 from __future__ import annotations
@@ -44,12 +55,13 @@ import msgpack
 
 from p2p.core.message import MAX_TYPE_LEN, MESSAGE_ID_LEN, PRIORITY_MAX, PRIORITY_MIN
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 VERSION_BYTE = bytes([PROTOCOL_VERSION])
 MAC_LEN = 16
 GOSSIP_DOMAIN = b"wgmesh-p2p-gossip-v1\n"
 GOSSIP_BATCH_DOMAIN = b"wgmesh-p2p-gossip-batch-v1\n"
 MAX_BATCH_MESSAGES = 1024  # messages in one GOSSIP_BATCH; more is refused as oversized
+MAX_RUN_MESSAGES = 4096  # messages in one DIRECT_RUN; more is refused as oversized
 
 # handshake frame kinds
 HELLO = 10
@@ -61,6 +73,7 @@ DIRECT = 0
 GOSSIP = 1
 PING = 2
 GOSSIP_BATCH = 3
+DIRECT_RUN = 4
 # Never on the wire: one of this node's broadcasts waiting in a send queue, signed by the writer
 # together with the others of its frame (`sign_broadcasts`).
 # [LOCAL_GOSSIP, ttl, id, type, timestamp, priority, flags, body]
@@ -86,7 +99,7 @@ class FrameError(ValueError):
 
 
 class BatchTooLarge(FrameError):
-    """A GOSSIP_BATCH holds more than MAX_BATCH_MESSAGES messages."""
+    """A GOSSIP_BATCH holds more than MAX_BATCH_MESSAGES messages (a DIRECT_RUN more than MAX_RUN_MESSAGES)."""
 
 
 # tuple.__new__(NamedTupleClass, (fields...)) builds a NamedTuple without the Python-level __new__ the
@@ -151,6 +164,19 @@ class SignedBatch:
         return (self.kind, ttl, self.signed, self.signature)
 
 
+@dataclass(slots=True)
+class DirectRun:
+    """The messages of a DIRECT_RUN item as they arrived: n ids, timestamps and decoded data. `size` is
+    what each message is charged in the history (its share of the frame), set by the session."""
+
+    type: str
+    priority: int
+    ids: bytes  # n 16-byte ids end to end
+    timestamps: list[float]
+    data: list[Any]
+    size: int = 0
+
+
 def local_gossip_item(
     ttl: int, id: bytes, type: str, timestamp: float, priority: int, flags: int, body: bytes
 ) -> Item:
@@ -171,6 +197,56 @@ def pack(obj: Any) -> bytes:
         packer.reset()
         raise
     return packed
+
+
+def pack_items(items: list[Item]) -> bytes:
+    """The msgpack array of a data frame's items, consecutive plain DIRECT items of one type and
+    priority (flags 0, no reply_to) packed as one DIRECT_RUN item (see the module's grammar)."""
+    packer = getattr(_local, "packer", None)
+    if packer is None:
+        packer = _local.packer = msgpack.Packer(use_bin_type=True)
+    n = len(items)
+    parts: list[bytes] = []
+    count = 0  # items of the frame
+    i = 0
+    try:
+        while i < n:
+            item = items[i]
+            count += 1
+            # only items built by direct_item (tuples): their flags-0 bodies are the codec's msgpack
+            if type(item) is not tuple or item[0] != DIRECT or item[5] != 0 or item[7] is not None:
+                parts.append(packer.pack(item))
+                i += 1
+                continue
+            type_, priority = item[2], item[4]
+            j = i + 1
+            while j < n:
+                other = items[j]
+                if type(other) is not tuple or other[0] != DIRECT or other[5] != 0 or other[7] is not None:
+                    break
+                if other[2] != type_ or other[4] != priority:
+                    break
+                j += 1
+                if j - i == MAX_RUN_MESSAGES:
+                    break
+            if j - i == 1:
+                parts.append(packer.pack(item))
+            else:
+                run = items[i:j]
+                parts.append(packer.pack_array_header(6))
+                parts.append(packer.pack(DIRECT_RUN))
+                parts.append(packer.pack(type_))
+                parts.append(packer.pack(priority))
+                parts.append(packer.pack(b"".join([m[1] for m in run])))
+                parts.append(packer.pack([m[3] for m in run]))
+                parts.append(packer.pack_array_header(j - i))
+                parts.append(b"".join([m[6] for m in run]))  # each body is its data's msgpack encoding
+            i = j
+        parts[0:0] = [packer.pack_array_header(count)]
+    except BaseException:
+        packer.reset()
+        raise
+    return b"".join(parts)
 
 
 def unpack(data: bytes | memoryview) -> Any:
@@ -329,3 +405,29 @@ def parse_gossip_batch(item: Item) -> tuple[int, SignedBatch]:
         _check_common(id, type_, timestamp, priority, flags, body)
         messages.append(GossipMessage(id, type_, float(timestamp), priority, flags, body))
     return ttl, SignedBatch(GOSSIP_BATCH, origin, messages, batch, signature)
+
+
+def parse_direct_run(item: Item) -> DirectRun:
+    """The messages of a DIRECT_RUN item; one bad field refuses the whole item (BatchTooLarge above
+    MAX_RUN_MESSAGES). Its data is already decoded (by the frame's msgpack call)."""
+    if len(item) != 6:
+        raise FrameError("direct run must have 6 fields")
+    _, type_, priority, ids, timestamps, data = item
+    if type(type_) is not str or not 0 < len(type_) <= MAX_TYPE_LEN:
+        raise FrameError("message type must be a string of 1-64 characters")
+    if type(priority) is not int or not PRIORITY_MIN <= priority <= PRIORITY_MAX:
+        raise FrameError("priority must be an integer 1..10")
+    if type(data) is not list or type(timestamps) is not list or type(ids) is not bytes:
+        raise FrameError("direct run must carry ids (bytes), timestamps and data (arrays)")
+    n = len(data)
+    if n > MAX_RUN_MESSAGES:
+        raise BatchTooLarge(f"direct run holds {n} messages, the limit is {MAX_RUN_MESSAGES}")
+    if not n or len(timestamps) != n or len(ids) != n * MESSAGE_ID_LEN:
+        raise FrameError("direct run must hold as many 16-byte ids and timestamps as messages, at least one")
+    for ts in timestamps:
+        if type(ts) is not float:
+            if type(ts) is not int:
+                raise FrameError("timestamp must be a number")
+            timestamps = [float(t) for t in timestamps]
+            break
+    return DirectRun(type_, priority, ids, timestamps, data)

@@ -262,6 +262,29 @@ class History:
             self._next_expiry = expires
         return True
 
+    def add_many(self, messages: list[Message], payload_size: int, now: float) -> list[Message]:
+        """Record each of `messages` (each charged `payload_size`) as `add` would, in order; the ones
+        recorded (those whose id was not, also not earlier in the list)."""
+        entries = self._entries
+        size = payload_size + ENTRY_OVERHEAD
+        if not self._lru or size > self.max_bytes:
+            return [m for m in messages if self.add(m, payload_size, now)]
+        added: list[Message] = []
+        append, popitem = added.append, entries.popitem
+        max_entries, max_bytes = self.max_entries, self.max_bytes - size
+        total = self._bytes
+        for message in messages:  # add's LRU branch, inline
+            key = message[4]  # .id
+            if key in entries:
+                continue
+            while entries and (len(entries) >= max_entries or total > max_bytes):
+                total -= popitem(last=False)[1][_LRU_SIZE]
+            entries[key] = (*message, size, now)
+            total += size
+            append(message)
+        self._bytes = total
+        return added
+
     def get(self, message_id: bytes, now: float | None = None) -> Message | None:
         """The message with this id, or None. With `now`, expired messages are dropped first."""
         if now is not None and now >= self._next_expiry:

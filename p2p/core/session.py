@@ -44,6 +44,7 @@ from p2p.core.directory import Directory, DirectoryEntry
 from p2p.core.frame import (
     CHALLENGE,
     DIRECT,
+    DIRECT_RUN,
     GOSSIP,
     GOSSIP_BATCH,
     HELLO,
@@ -55,12 +56,15 @@ from p2p.core.frame import (
     REJECT,
     VERSION_BYTE,
     BatchTooLarge,
+    DirectRun,
     Envelope,
     FrameError,
     Item,
     SignedBatch,
     pack,
+    pack_items,
     parse_direct,
+    parse_direct_run,
     parse_gossip,
     parse_gossip_batch,
     unpack,
@@ -127,8 +131,8 @@ class GossipArrived:
     batch: SignedBatch
 
 
-# Envelope (a direct message) is an event too.
-Event = Outgoing | Opened | Closed | HeartbeatDue | GossipArrived | Envelope
+# Envelope (a direct message) and DirectRun (many) are events too.
+Event = Outgoing | Opened | Closed | HeartbeatDue | GossipArrived | Envelope | DirectRun
 
 
 def _mac_keys(shared: bytes, transcript: bytes) -> tuple[bytes, bytes]:
@@ -235,7 +239,7 @@ class Session:
         """A data frame carrying `items` (each an item array, e.g. `Envelope.item()`)."""
         if self.state is not SessionState.OPEN:
             raise RuntimeError(f"session is {self.state.value}, not open")
-        body = VERSION_BYTE + pack(items)
+        body = VERSION_BYTE + pack_items(items)
         mac = hashlib.blake2b(key=self._send_key, digest_size=MAC_LEN)
         mac.update(self._send_seq.to_bytes(8, "big"))
         mac.update(body)
@@ -447,13 +451,18 @@ class Session:
             self.counters.malformed += 1
             return []
         events: list[Event] = []
+        runs: list[DirectRun] = []
         for item in items:
             if type(item) is not list or not item:
                 self.counters.malformed += 1
                 continue
             kind = item[0]
             try:
-                if kind == DIRECT:
+                if kind == DIRECT_RUN:
+                    run = parse_direct_run(item)
+                    events.append(run)
+                    runs.append(run)
+                elif kind == DIRECT:
                     events.append(parse_direct(item))
                 elif kind == GOSSIP_BATCH:
                     ttl, batch = parse_gossip_batch(item)
@@ -469,4 +478,8 @@ class Session:
                 self.counters.oversized += 1
             except FrameError:
                 self.counters.malformed += 1
+        if runs:  # each message of a run is charged its share of the frame in the history
+            share = len(frame) // (len(events) - len(runs) + sum(len(r.data) for r in runs))
+            for run in runs:
+                run.size = share
         return events

@@ -17,6 +17,7 @@ from p2p.core.frame import (
     FLAG_REPLY,
     FLAG_REQUEST,
     GOSSIP_BATCH,
+    DirectRun,
     Envelope,
     batch_bytes,
     batch_signing_input,
@@ -95,6 +96,24 @@ def test_direct_duplicate_and_malformed_bodies_are_dropped_and_counted(admission
     assert admission.direct(Envelope(mid(3), "t", NOW, 5, FLAG_COMPRESSED, b"nope"), ENTRIES[2], NOW) is None
     c = admission.counters
     assert (c.duplicate, c.malformed) == (1, 2)
+
+
+def test_a_run_delivers_its_new_messages_in_order_with_the_peer_as_sender(admission):
+    admission.direct(Envelope(mid(2), "t", NOW, 5, 0, pack("seen")), ENTRIES[2], NOW)
+    ids = b"".join(mid(n) for n in (1, 2, 3, 1, 4))  # 2 was seen before, 1 comes twice
+    run = admission.direct_run(
+        DirectRun("t", 7, ids, [NOW + n for n in range(5)], list("abcde"), 50), ENTRIES[2], NOW
+    )
+    assert run is not None and run.sender == ENTRIES[2] and run.via == 2
+    assert [(m.id, m.data, m.timestamp, m.sender, m.priority) for m in run.messages] == [
+        (mid(1), "a", NOW, 2, 7),
+        (mid(3), "c", NOW + 2, 2, 7),
+        (mid(4), "e", NOW + 4, 2, 7),
+    ]
+    assert [d.message for d in run.deliveries()] == run.messages
+    assert admission.counters.duplicate == 2
+    assert admission.direct_run(DirectRun("t", 7, mid(3), [NOW], ["c"], 50), ENTRIES[2], NOW) is None
+    assert admission.counters.duplicate == 3
 
 
 def test_relayed_message_verified_against_the_origin_delivered_once_and_relayed_on(admission):

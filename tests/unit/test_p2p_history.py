@@ -114,6 +114,15 @@ def test_history_stays_bounded_and_consistent_whatever_arrives(kind, operations,
         assert h.total_bytes == sum(entry_parts(e)[1] for e in h._entries.values())
 
 
+@pytest.mark.parametrize("retention", [LeastRecentlyUsed, lambda: MaxAge(10.0)])
+@given(st.lists(st.integers(0, 30), max_size=40), st.integers(1, 12), st.integers(1, 900))
+def test_adding_many_keeps_what_adding_one_by_one_keeps(retention, ns, max_entries, size):
+    one, many = (History(retention(), max_entries=max_entries, max_bytes=4000) for _ in range(2))
+    added_one = [msg(n) for n in ns if one.add(msg(n), size, 1.0)]
+    assert many.add_many([msg(n) for n in ns], size, 1.0) == added_one  # repeats in the list too
+    assert list(many._entries) == list(one._entries) and many.total_bytes == one.total_bytes
+
+
 def test_bounds_must_be_positive():
     with pytest.raises(ValueError):
         History(max_entries=0)

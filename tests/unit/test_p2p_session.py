@@ -13,7 +13,18 @@ from hypothesis import strategies as st
 from keys.types import IdentityPrivateKey
 from p2p.core.counters import Counters
 from p2p.core.directory import Directory, DirectoryEntry
-from p2p.core.frame import DIRECT, HELLO, PING_ITEM, VERSION_BYTE, Envelope, pack
+from p2p.core.frame import (
+    DIRECT,
+    DIRECT_RUN,
+    FLAG_REQUEST,
+    HELLO,
+    MAX_RUN_MESSAGES,
+    PING_ITEM,
+    VERSION_BYTE,
+    DirectRun,
+    Envelope,
+    pack,
+)
 from p2p.core.session import (
     Closed,
     GossipArrived,
@@ -109,9 +120,52 @@ def test_both_ends_learn_who_is_on_the_other_side(mesh):
 def test_messages_flow_both_ways_in_one_frame_each(pair):
     client, server = pair
     env = Envelope(ID, "grad", 1.0, 7, 0, b"\x01", None)
-    events = server.receive(client.seal([env.item(), env.item()], 1.0), 1.0)
-    assert events == [env, env]
+    request = env._replace(flags=FLAG_REQUEST)
+    events = server.receive(client.seal([request.item(), request.item()], 1.0), 1.0)
+    assert events == [request, request]
     assert client.receive(server.seal([env.item()], 1.0), 1.0) == [env]
+
+
+def test_plain_messages_of_one_type_and_priority_travel_as_one_run(pair):
+    client, server = pair
+    ids = [bytes([n]) * 16 for n in range(4)]
+    items = [Envelope(i, "grad", 1.0 + n, 7, 0, pack(f"d{n}"), None).item() for n, i in enumerate(ids)]
+    other = Envelope(ID, "other", 9.0, 7, 0, pack("o"), None)
+    events = server.receive(client.seal([*items[:3], other.item(), items[3]], 1.0), 1.0)
+    run, alone, last = events
+    assert isinstance(run, DirectRun) and (run.type, run.priority) == ("grad", 7)
+    assert run.ids == b"".join(ids[:3]) and run.timestamps == [1.0, 2.0, 3.0]
+    assert run.data == ["d0", "d1", "d2"] and run.size > 0
+    assert alone == other
+    assert last == Envelope(ids[3], "grad", 4.0, 7, 0, pack("d3"), None)  # a run of one is a direct item
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        [DIRECT_RUN, "t", 5, ID, [1.0]],  # a field missing
+        [DIRECT_RUN, "", 5, ID, [1.0], [1]],
+        [DIRECT_RUN, "t", 11, ID, [1.0], [1]],
+        [DIRECT_RUN, "t", 5, ID[:15], [1.0], [1]],  # ids do not match the messages
+        [DIRECT_RUN, "t", 5, ID, [1.0, 2.0], [1]],
+        [DIRECT_RUN, "t", 5, b"", [], []],
+        [DIRECT_RUN, "t", 5, ID, ["now"], [1]],
+        [DIRECT_RUN, "t", 5, "ids", [1.0], [1]],
+    ],
+)
+def test_a_malformed_run_is_counted_and_the_rest_delivered(pair, item):
+    client, server = pair
+    good = Envelope(ID, "t", 1.0, 5, 0, b"abc", None)
+    assert server.receive(client.seal([item, good.item()], 1.0), 1.0) == [good]
+    assert server.counters.malformed == 1 and server.state is SessionState.OPEN
+
+
+def test_a_run_above_the_limit_is_refused_as_too_large(pair):
+    client, server = pair
+    n = MAX_RUN_MESSAGES + 1
+    item = [DIRECT_RUN, "t", 5, ID * n, [1.0] * n, [1] * n]
+    assert server.receive(client.seal([item], 1.0), 1.0) == []
+    assert server.counters.oversized == 1
 
 
 def test_a_node_with_the_wrong_key_cannot_pose_as_a_directory_node(mesh):
@@ -240,9 +294,9 @@ def test_garbage_before_authentication_closes_without_raising(mesh):
 
 def test_a_version_mismatch_is_answered_with_a_reason(mesh):
     _, hello = mesh.dialer(1, 2)
-    # a version 1 node (before GOSSIP_BATCH) is refused with the reason, not half understood
-    events = mesh.listener(2).receive(b"\x01" + hello[1:], 0.0)
-    assert b"protocol version 1 not supported, this node speaks 2" in frames(events)[0]
+    # a version 2 node (before DIRECT_RUN) is refused with the reason, not half understood
+    events = mesh.listener(2).receive(b"\x02" + hello[1:], 0.0)
+    assert b"protocol version 2 not supported, this node speaks 3" in frames(events)[0]
 
 
 def test_data_before_the_handshake_finished_is_refused(mesh):
@@ -356,5 +410,8 @@ def test_arbitrary_items_from_an_authenticated_peer_never_raise(pair, items):
     events = server.receive(client.seal(items, 1.0), 1.0)
     # whatever was not a valid item was counted, and the connection stays open
     assert server.state is SessionState.OPEN
-    assert all(isinstance(e, Envelope | GossipArrived) for e in events)
-    assert len(events) + server.counters.malformed >= sum(1 for i in items if i != [2])
+    assert all(isinstance(e, Envelope | GossipArrived | DirectRun) for e in events)
+    delivered = sum(len(e.data) if isinstance(e, DirectRun) else 1 for e in events)
+    assert delivered + server.counters.malformed + server.counters.oversized >= sum(
+        1 for i in items if i != [2]
+    )
