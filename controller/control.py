@@ -28,6 +28,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import threading
 from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import Any, Literal
@@ -48,6 +49,7 @@ from controller.nonces import EnrollNonces
 from controller.rotation import NodeRotation, RotationBook, RotationRefused
 from controller.settings import Settings
 from controller.store import (
+    CLOSE_S,
     ChangeBatch,
     KeyRefused,
     NodeRecord,
@@ -919,14 +921,27 @@ class ControlPlane:
             return _policy_info(record, with_text=False)
 
     def close(self) -> None:
-        """Write what is left of the bookkeeping and close the store (at shutdown: the calls block)."""
+        """Write what is left of the bookkeeping and close the store (at shutdown: this blocks, at most
+        about 2 * CLOSE_S; a database that does not answer is left behind, in daemon threads)."""
         self.db.close()
-        with contextlib.suppress(StoreUnavailable):
-            if self._releases:
-                self.store.release_holds(self._releases)
-            pending = {n: t for n, t in self._last_seen.items() if t and self._seen_written.get(n) != t}
-            self.store.touch(pending)
-        self.store.close()
+        releases = dict(self._releases)
+        pending = {n: t for n, t in self._last_seen.items() if t and self._seen_written.get(n) != t}
+
+        def last_writes() -> None:
+            with contextlib.suppress(StoreUnavailable):
+                if self.unavailable is None:
+                    if releases:
+                        self.store.release_holds(releases)
+                    self.store.touch(pending)
+            self.store.close()
+
+        done = threading.Thread(target=last_writes, name="wgmesh-store-close", daemon=True)
+        done.start()
+        done.join(CLOSE_S)
+        if done.is_alive():
+            log.warning(
+                "the database did not answer within %g s at shutdown: last bookkeeping not written", CLOSE_S
+            )
 
     # --- internals ---------------------------------------------------------------------------------
 

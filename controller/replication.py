@@ -2,7 +2,8 @@
 
 `Follower.run()` is one asyncio task per controller. It wakes when a notification arrives or every
 `CHECK_EVERY_S` (the fallback: notifications can be lost), reads the change log after the plane's
-version in a worker thread (a query must never stall the event loop), and hands the batch to
+version in a worker thread (a query must never stall the event loop; a daemon thread, so a read stuck on
+the database never holds up the exit), and hands the batch to
 `ControlPlane.apply` on the loop under the plane's lock (a write that holds it for longer than
 CHECK_EVERY_S catches up itself; the follower reads again meanwhile, so health is judged on). Each successful read proves the database is there; when
 reads fail or none has succeeded for `UNHEALTHY_AFTER_S`, or one has not answered in that time, the
@@ -29,6 +30,7 @@ from typing import Any
 
 from controller.control import ControlPlane
 from controller.store import ChangeBatch, StoreUnavailable
+from controller.workers import DaemonPool, in_daemon_thread
 
 CHECK_EVERY_S = 0.5
 # A read slower than this is a database that is away. Not less: a loaded replica's reads wait on its own
@@ -48,6 +50,7 @@ class Follower:
         self._listen_url = listen_url
         self._read: asyncio.Future[tuple[ChangeBatch | None, float]] | None = None
         self._began: list[float] = []
+        self._reads = DaemonPool(1, "wgmesh-follow")  # one read at a time
 
     def wake(self) -> None:
         self._wake.set()
@@ -87,8 +90,9 @@ class Follower:
                     await asyncio.sleep(0.2)  # one failed read is not yet an outage: again soon
                     self._wake.set()
         finally:
+            self._reads.shutdown()
             if self._listener is not None:
-                await asyncio.to_thread(self._listener.stop)
+                await in_daemon_thread(self._listener.stop, "wgmesh-listen-stop")
 
     async def _catch_up(self) -> str | None:
         """Read and apply what changed; None when the database answered, else why not (_BUSY: it
@@ -104,7 +108,7 @@ class Follower:
                 finally:
                     began.append(time.monotonic())  # ended (the loop may take a moment to see it)
 
-            self._read, self._began = asyncio.ensure_future(asyncio.to_thread(timed_read)), began
+            self._read, self._began = asyncio.wrap_future(self._reads.submit(timed_read)), began
         read = self._read
         while not read.done():
             await asyncio.wait({read}, timeout=UNHEALTHY_AFTER_S)

@@ -19,6 +19,8 @@ Rules every implementation keeps:
 Store methods block (a query waits on the database): the controller never calls them on its event
 loop but through `StoreCalls`, a bounded pool of worker threads with a deadline per call, so a hung
 or unreachable database costs a request a 503, never the loop (health, held long-polls) its answers.
+Those threads are daemon threads (controller.workers): a call stuck on the database never keeps the
+controller from exiting; `close` waits for calls under way up to a deadline.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from controller.ipam import AddressHold
 from controller.mesh import MapState
 from controller.rotation import NodeRotation
 from controller.topology import LinkRecord, SampleRecord
+from controller.workers import DaemonPool
 from wire.audit import AuditEvent
 from wire.models import IPAddress
 
@@ -373,6 +376,10 @@ by the database driver's own timeouts; what it commits is picked up like another
 A database found away (`outage`) ends every wait at once."""
 
 
+CLOSE_S = 3.0
+"""How long stopping waits for the store calls under way (and then for its last bookkeeping writes)."""
+
+
 class StoreCalls:
     """Store calls off the event loop: `await calls(store.method, *args)` runs it in a bounded pool of
     worker threads and raises StoreUnavailable when it has not answered within `deadline_s`.
@@ -383,8 +390,8 @@ class StoreCalls:
 
     def __init__(self, workers: int = STORE_WORKERS, deadline_s: float = STORE_DEADLINE_S) -> None:
         self.deadline_s = deadline_s
-        self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="wgmesh-store")
-        self._serial = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="wgmesh-store-ordered")
+        self._pool = DaemonPool(workers, "wgmesh-store")
+        self._serial = DaemonPool(1, "wgmesh-store-ordered")
         self._pending: set[concurrent.futures.Future[object]] = set()
         self._lock = threading.Lock()
         self._outage: str | None = None
@@ -428,17 +435,17 @@ class StoreCalls:
         with self._lock:
             return len(self._pending)
 
-    def close(self, timeout: float = 5.0) -> None:
-        """Let what was submitted end (up to `timeout`: a hung call is left behind), then stop."""
+    def close(self, timeout: float = CLOSE_S) -> bool:
+        """Let what was submitted end (up to `timeout`: a hung call is left behind, in a daemon thread
+        that does not hold up the exit), then stop. False: some call did not end."""
         with self._lock:
             pending = set(self._pending)
-        concurrent.futures.wait(pending, timeout=timeout)
+        _done, left = concurrent.futures.wait(pending, timeout=timeout)
         for pool in (self._pool, self._serial):
-            pool.shutdown(wait=False, cancel_futures=True)
+            pool.shutdown()
+        return not left
 
-    def _submit(
-        self, pool: concurrent.futures.ThreadPoolExecutor, call: Callable[[], T]
-    ) -> concurrent.futures.Future[T]:
+    def _submit(self, pool: DaemonPool, call: Callable[[], T]) -> concurrent.futures.Future[T]:
         future = pool.submit(call)
         with self._lock:
             self._pending.add(future)  # type: ignore[arg-type]
