@@ -12,7 +12,7 @@ import time
 from ipaddress import IPv4Address
 
 import pytest
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 
 from keys.types import IdentityPrivateKey
 from p2p import (
@@ -77,6 +77,18 @@ async def rogue_session(mesh: NodeMesh, me: int, peer: int, key: IdentityPrivate
         if session.state.value == "closed":
             return ws, session, False
     return ws, session, True
+
+
+async def rogue_member(mesh_factory) -> tuple[NodeMesh, Node, Node, ClientConnection, Session]:
+    """Nodes 1, 2 and 4 run and are connected; node 3, a directory member, is a hand-driven connection
+    to node 1 (up there): (mesh, node 1, node 4, node 3's websocket, its session)."""
+    mesh = mesh_factory(4)
+    a, _, d = [await mesh.start(i) for i in (1, 2, 4)]
+    await a.wait_connected([2, 4], timeout=5)
+    ws, session, opened = await rogue_session(mesh, 3, 1)
+    assert opened
+    await eventually("node 3 up", lambda: 3 in a.connected_peers)
+    return mesh, a, d, ws, session
 
 
 # --- send, broadcast, request ---------------------------------------------------------------------------
@@ -158,13 +170,8 @@ async def test_a_burst_of_broadcasts_reaches_every_node_once_in_order_through_a_
 
 
 async def test_malformed_oversized_and_forged_batches_are_refused_counted_and_not_relayed(mesh_factory):
-    mesh = mesh_factory(4)
-    a, _, d = [await mesh.start(i) for i in (1, 2, 4)]
-    await a.wait_connected([2, 4], timeout=5)
     # node 3 is a directory member but malicious: it sends batches in node 2's name
-    ws, session, opened = await rogue_session(mesh, 3, 1)
-    assert opened
-    await eventually("node 3 up", lambda: 3 in a.connected_peers)
+    mesh, a, d, ws, session = await rogue_member(mesh_factory)
 
     def batch(bodies: list[bytes], *, signer: int = 2, messages: list | None = None) -> list:
         now = time.time()
@@ -460,13 +467,8 @@ async def test_an_unknown_node_is_refused(mesh_factory):
 
 
 async def test_forged_and_replayed_relayed_messages_are_dropped_counted_and_not_relayed(mesh_factory):
-    mesh = mesh_factory(4)
-    a, _, d = [await mesh.start(i) for i in (1, 2, 4)]
-    await a.wait_connected([2, 4], timeout=5)
     # node 3 is a real directory member but malicious: it relays "blocks" in node 2's name
-    ws, session, opened = await rogue_session(mesh, 3, 1)
-    assert opened
-    await eventually("node 3 up", lambda: 3 in a.connected_peers)
+    mesh, a, d, ws, session = await rogue_member(mesh_factory)
 
     def gossip(body: bytes, *, signer: int = 2, age: float = 0.0) -> list:
         signed = signed_bytes(
