@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Address, ip_address, ip_network
@@ -199,6 +199,53 @@ def read_until(process: subprocess.Popen[str], marker: str, timeout: float) -> l
 
 CONTROLLER_URL = "http://controller"
 MESH_CIDR = ip_network("198.19.0.0/16")
+
+
+class SyncClient:
+    """A synchronous HTTP client of an ASGI app in this process (httpx over its ASGI transport, on an
+    event loop of its own), for tests that cannot await: what Starlette's TestClient did before it
+    wanted another HTTP package. An exception in the app is raised here. As a context manager it also
+    runs the app's lifespan (its background tasks run while a request is under way)."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+        self._loop = asyncio.new_event_loop()
+        self._client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver")
+        self._lifespan: contextlib.AbstractAsyncContextManager[Any] | None = None
+
+    def __enter__(self) -> SyncClient:
+        self._lifespan = self.app.router.lifespan_context(self.app)
+        self._loop.run_until_complete(self._lifespan.__aenter__())
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._lifespan is not None:
+            self._loop.run_until_complete(self._lifespan.__aexit__(None, None, None))
+        self.close()
+
+    def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        content = kwargs.get("content")
+        if isinstance(content, Iterator):  # a body in chunks, without Content-Length
+            kwargs["content"] = _async_chunks(content)
+        return self._loop.run_until_complete(self._client.request(method, url, **kwargs))
+
+    def get(self, url: str, **kwargs: Any) -> httpx.Response:
+        return self.request("GET", url, **kwargs)
+
+    def post(self, url: str, **kwargs: Any) -> httpx.Response:
+        return self.request("POST", url, **kwargs)
+
+    def put(self, url: str, **kwargs: Any) -> httpx.Response:
+        return self.request("PUT", url, **kwargs)
+
+    def close(self) -> None:
+        self._loop.run_until_complete(self._client.aclose())
+        self._loop.close()
+
+
+async def _async_chunks(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        yield chunk
 
 
 class ManualClock:

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -19,7 +18,7 @@ from controller.app import create_app
 from controller.credentials import admin_credential_path
 from controller.settings import Settings
 from controller.sqlstore import SqlStore
-from tests.support import MESH_CIDR, ManualClock, enroll_request, make_host
+from tests.support import MESH_CIDR, ManualClock, SyncClient, enroll_request, make_host
 from wire import api
 
 ROUTES = [
@@ -39,14 +38,12 @@ MAX_BODY = 4096
 
 
 class World:
-    """A controller with two nodes and a key, reached through Starlette's synchronous TestClient."""
+    """A controller with two nodes and a key, reached through a synchronous client."""
 
     def __init__(self, tmp: Path) -> None:
         settings = Settings(state_dir=tmp, mesh_cidr=MESH_CIDR, max_body_bytes=MAX_BODY)
         self.store = SqlStore(settings.database_url)
-        self.client = TestClient(
-            create_app(settings, self.store, ManualClock()), raise_server_exceptions=True
-        )
+        self.client = SyncClient(create_app(settings, self.store, ManualClock()))
         admin = admin_credential_path(tmp).read_text().strip()
         self.admin = {"Authorization": f"Bearer {admin}"}
         self.nodes = []

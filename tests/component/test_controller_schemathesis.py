@@ -28,9 +28,8 @@ from pathlib import Path
 import pytest
 import schemathesis
 from schemathesis.engine import events, from_schema
-from starlette.testclient import TestClient
 
-from tests.support import ControllerHarness, ManualClock, enroll_request
+from tests.support import ControllerHarness, ManualClock, SyncClient, enroll_request
 from wire import api
 from wire.preauth import parse_preauth_key
 
@@ -135,11 +134,12 @@ def fresh_controller(tmp_path: Path) -> Iterator[ControllerHarness]:
 
 def enrolled_node(controller: ControllerHarness) -> str:
     """A node's credential (the harness's host 1), enrolled through the API."""
-    client = TestClient(controller.app)
+    client = SyncClient(controller.app)
     key = client.post(api.PREAUTH_KEYS, json={}, headers=controller.admin).json()["key"]
     nonce = client.post(api.ENROLL_NONCE).json()["nonce"]
     body = enroll_request(controller.new_host(), parse_preauth_key(key).secret, nonce).model_dump_json()
     r = client.post(api.ENROLL, content=body, headers={"Content-Type": "application/json"})
+    client.close()
     assert r.status_code == 200, r.text
     return str(r.json()["node_credential"])
 
