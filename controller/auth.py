@@ -7,6 +7,8 @@ Rules:
   API's validation or the mesh's state reaches a caller who is not authenticated. `AuthFirstRoute`
   does this for every route whose dependencies name `caller_node` or `caller_admin`; those
   dependencies then only hand the already checked caller to the route.
+- Every replica answers a credential alike: one it does not know yet catches it up once (a node
+  enrolled through another replica a moment ago is a node here: 403 on an admin route, not 401).
 - Only `Authorization: Bearer <credential>` counts; any other scheme is a missing credential.
 """
 
@@ -81,7 +83,8 @@ async def authenticate_admin(request: Request) -> None:
     if credential is None:
         refusal = ApiError(401, "missing credential: send 'Authorization: Bearer <admin credential>'")
     elif not plane.is_admin(credential):
-        if plane.known_node(credential) is not None:
+        # a node enrolled through another replica a moment ago is a node here too (node_of catches up)
+        if await plane.node_of(credential) is not None:
             refusal = ApiError(403, "this route needs the admin credential, not a node credential")
         else:
             refusal = ApiError(401, "wrong admin credential")
