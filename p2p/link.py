@@ -57,6 +57,9 @@ class PeerLink:
     disconnected: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     dial_task: asyncio.Task[None] | None = None
+    # True while outbox_ready is set and outbox_idle clear since the writer last looked: a push then
+    # needs neither call (`poke`)
+    poked: bool = False
 
     def __post_init__(self) -> None:
         self.outbox_idle.set()
@@ -73,9 +76,15 @@ class PeerLink:
     def push_outbox(self, item: Item, priority: int, size: int) -> bool:
         if not self.outbox.push(item, priority, size):
             return False
+        if not self.poked:
+            self.poke()
+        return True
+
+    def poke(self) -> None:
+        """Something was queued: wake the writer, and drain() waits."""
+        self.poked = True
         self.outbox_idle.clear()
         self.outbox_ready.set()
-        return True
 
     async def wait_outbox_room(self, item: Item, priority: int, size: int, deadline: float) -> bool:
         """Queue `item`, waiting for room until the loop time `deadline`. False on timeout."""

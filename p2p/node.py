@@ -51,6 +51,7 @@ from p2p.core.codec import BodyCodec, BodyError, BodyTooLarge
 from p2p.core.counters import Counters
 from p2p.core.directory import Directory, DirectoryEntry
 from p2p.core.frame import (
+    DIRECT,
     FLAG_ERROR,
     FLAG_IDEMPOTENT,
     FLAG_REPLY,
@@ -64,7 +65,7 @@ from p2p.core.frame import (
     sign_broadcasts,
 )
 from p2p.core.gate import GateVerdict, admit_handshake
-from p2p.core.history import History
+from p2p.core.history import ENTRY_OVERHEAD, History
 from p2p.core.message import (
     MAX_TYPE_LEN,
     PRIORITY_DEFAULT,
@@ -143,6 +144,11 @@ class Node:
         self._backoff = Backoff(self.config.backoff_initial, self.config.backoff_max)
         self._random = random.Random()
         self._ids = MessageIds(os.urandom(8))
+        self._node_id = directory.own.node_id  # never changes (set_directory refuses another node's)
+        # what `send` inlines of the codec and the history (once per message)
+        self._plain_pack = self._codec.plain_pack
+        self._plain_limit = min(self._codec.threshold, self._codec.max_bytes)
+        self._record_sent = self.history.deferred.append
         self._links: dict[int, PeerLink] = {}
         self._connections: set[PeerConnection] = set()
         # unfinished inbound handshakes and their remote address, oldest first (p2p/core/gate.py)
@@ -376,9 +382,36 @@ class Node:
             check_type(message_type)
         if type(priority) is not int or not PRIORITY_MIN <= priority <= PRIORITY_MAX:
             check_priority(priority)
-        message_id, item, size = self._direct(message_type, data, priority)
-        if not link.push_outbox(item, priority, size):
+        try:
+            body = self._plain_pack(data)
+        except Exception:
+            body = None  # _direct raises the PayloadError that says why
+        if body is None or len(body) > self._plain_limit:  # to compress, too large, or not encodable
+            message_id, item, size = self._direct(message_type, data, priority)
+        else:  # _direct inline, the history's entry deferred (p2p/core/history.py)
+            message_id = next(self._ids.stream)
+            now = self._clock()
+            item = (DIRECT, message_id, message_type, now, priority, 0, body, None)
+            size = len(body) + ITEM_OVERHEAD
+            record = self._record_sent
+            record(
+                (
+                    message_type,
+                    data,
+                    now,
+                    self._node_id,
+                    message_id,
+                    priority,
+                    len(body) + ENTRY_OVERHEAD,
+                    now,
+                )
+            )
+            if len(self.history.deferred) >= 512:
+                self.history.flush()
+        if not link.outbox.push(item, priority, size):  # link.push_outbox inline
             await self._enqueue(link, item, priority, size)
+        elif not link.poked:
+            link.poke()
         return message_id
 
     def try_send(
@@ -923,6 +956,7 @@ class Node:
         while True:
             await link.outbox_ready.wait()
             link.outbox_ready.clear()
+            link.poked = False
             while len(link.outbox):
                 conn = link.connection
                 if conn is None or conn.session.state is not SessionState.OPEN:

@@ -124,7 +124,10 @@ class Admission:
         return False, None
 
     def direct(self, envelope: Envelope, peer: DirectoryEntry, now: float) -> Delivery | None:
-        if envelope.id in self.history.ids:
+        history = self.history
+        if history.deferred:
+            history.flush()
+        if envelope.id in history.ids:
             self.counters.duplicate += 1
             return None
         try:  # _decode inline: once per message
@@ -139,7 +142,7 @@ class Admission:
         message: Message = new_tuple(
             Message, (envelope.type, data, envelope.timestamp, node_id, envelope.id, envelope.priority)
         )
-        self.history.add(message, len(envelope.body), now)
+        history.add(message, len(envelope.body), now)
         return new_tuple(Delivery, (message, peer, node_id, envelope.flags & FLAG_REQUEST != 0))
 
     def direct_run(self, run: DirectRun, peer: DirectoryEntry, now: float) -> RunDelivery | None:

@@ -35,7 +35,7 @@ class BodyTooLarge(BodyError):
 class BodyCodec:
     """Encodes and decodes message bodies. Holds reusable zstd contexts (not thread-safe)."""
 
-    __slots__ = ("_compressor", "_decompressor", "_packer", "max_bytes", "threshold")
+    __slots__ = ("_compressor", "_decompressor", "_packer", "max_bytes", "plain_pack", "threshold")
 
     def __init__(self, *, max_bytes: int, threshold: int = COMPRESSION_THRESHOLD, level: int = ZSTD_LEVEL):
         self.max_bytes = max_bytes
@@ -43,6 +43,9 @@ class BodyCodec:
         self._compressor = zstandard.ZstdCompressor(level=level)
         self._decompressor = zstandard.ZstdDecompressor()
         self._packer = msgpack.Packer(use_bin_type=True)  # packb builds one per call
+        # the msgpack encoding alone, for a caller that checks the size itself (a body of at most
+        # `threshold` and `max_bytes` is that); when it raises, `encode` says why (and resets it)
+        self.plain_pack = self._packer.pack
 
     def encode(self, data: Any) -> tuple[int, bytes]:
         """(flags, body) for `data`; raises BodyError for data msgpack cannot carry, BodyTooLarge above

@@ -190,7 +190,17 @@ class ByPriority:
 
 
 class History:
-    __slots__ = ("_bytes", "_entries", "_lru", "_next_expiry", "ids", "max_bytes", "max_entries", "retention")
+    __slots__ = (
+        "_bytes",
+        "_entries",
+        "_lru",
+        "_next_expiry",
+        "deferred",
+        "ids",
+        "max_bytes",
+        "max_entries",
+        "retention",
+    )
 
     def __init__(
         self,
@@ -214,22 +224,56 @@ class History:
         # entries passing through every generation cost the node a third of its CPU (measured).
         self._lru = type(self.retention) is LeastRecentlyUsed
         self._entries: OrderedDict[bytes, Any] = OrderedDict()
-        # the kept ids, to test `id in history.ids` without a Python-level __contains__ (per message)
+        # the kept ids, to test `id in history.ids` without a Python-level __contains__ (per message);
+        # `flush()` first when something may be deferred
         self.ids: Container[bytes] = self._entries
+        # Messages recorded by appending here, for a caller that records one per message and cannot
+        # afford a call (the node's send): plain tuples (type, data, timestamp, sender, id, priority,
+        # payload_size + ENTRY_OVERHEAD, recorded_at). Taken in, in order and as `add` would, by
+        # `flush`, which every method here runs first.
+        self.deferred: list[tuple[Any, ...]] = []
 
     def __len__(self) -> int:
+        if self.deferred:
+            self.flush()
         return len(self._entries)
 
     def __contains__(self, message_id: object) -> bool:
+        if self.deferred:
+            self.flush()
         return message_id in self._entries
 
     @property
     def total_bytes(self) -> int:
+        if self.deferred:
+            self.flush()
         return self._bytes
+
+    def flush(self) -> None:
+        """Take in the deferred entries."""
+        pending = self.deferred[:]
+        self.deferred.clear()  # in place: callers keep its `append`
+        if not self._lru:
+            for entry in pending:
+                self.add(_new_tuple(Message, entry[:_LRU_SIZE]), entry[_LRU_SIZE] - ENTRY_OVERHEAD, entry[-1])
+            return
+        entries, popitem = self._entries, self._entries.popitem
+        max_entries, max_bytes, total = self.max_entries, self.max_bytes, self._bytes
+        for entry in pending:  # add's LRU branch, inline
+            key, size = entry[4], entry[_LRU_SIZE]
+            if key in entries or size > max_bytes:
+                continue
+            while entries and (len(entries) >= max_entries or total + size > max_bytes):
+                total -= popitem(last=False)[1][_LRU_SIZE]
+            entries[key] = entry
+            total += size
+        self._bytes = total
 
     def add(self, message: Message, payload_size: int, now: float) -> bool:
         """Record `message`. False (and nothing changes) when its id is already recorded or it is
         larger than the whole history may hold."""
+        if self.deferred:
+            self.flush()
         entries = self._entries
         key = message.id
         if key in entries:
@@ -265,6 +309,8 @@ class History:
     def add_many(self, messages: list[Message], payload_size: int, now: float) -> list[Message]:
         """Record each of `messages` (each charged `payload_size`) as `add` would, in order; the ones
         recorded (those whose id was not, also not earlier in the list)."""
+        if self.deferred:
+            self.flush()
         entries = self._entries
         size = payload_size + ENTRY_OVERHEAD
         if not self._lru or size > self.max_bytes:
@@ -287,6 +333,8 @@ class History:
 
     def get(self, message_id: bytes, now: float | None = None) -> Message | None:
         """The message with this id, or None. With `now`, expired messages are dropped first."""
+        if self.deferred:
+            self.flush()
         if now is not None and now >= self._next_expiry:
             self.prune(now)
         entry = self._entries.get(message_id)
@@ -301,6 +349,8 @@ class History:
 
     def prune(self, now: float) -> int:
         """Drop expired messages; returns how many."""
+        if self.deferred:
+            self.flush()
         expired = self.retention.expired(now)
         for key in expired:
             self._bytes -= self._entries.pop(key).size

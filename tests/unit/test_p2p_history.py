@@ -123,6 +123,17 @@ def test_adding_many_keeps_what_adding_one_by_one_keeps(retention, ns, max_entri
     assert list(many._entries) == list(one._entries) and many.total_bytes == one.total_bytes
 
 
+@pytest.mark.parametrize("retention", [LeastRecentlyUsed, lambda: MaxAge(10.0)])
+def test_deferred_entries_count_as_added_in_order_before_anything_is_read(retention):
+    one, deferred = (History(retention(), max_entries=3) for _ in range(2))
+    for n in (1, 2, 3, 4):
+        one.add(msg(n), 10, 1.0)
+        deferred.deferred.append((*msg(n), 10 + ENTRY_OVERHEAD, 1.0))
+    assert msg(4).id in deferred and msg(1).id not in deferred
+    assert deferred.get(msg(2).id) == one.get(msg(2).id) == msg(2) and len(deferred) == 3
+    assert list(deferred._entries) == list(one._entries) and deferred.total_bytes == one.total_bytes
+
+
 def test_bounds_must_be_positive():
     with pytest.raises(ValueError):
         History(max_entries=0)
