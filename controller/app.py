@@ -454,6 +454,7 @@ def create_app(
         responses={200: {"content": {"application/json": {"example": [ex.NODE_INFO]}}}, **_errors(401, 403)},
     )
     async def list_nodes() -> list[NodeInfo]:
+        await plane.caught_up(last_seen=True)
         return plane.node_infos()
 
     @app.get(
@@ -467,6 +468,7 @@ def create_app(
         },
     )
     async def show_node(node_id: IdPath) -> NodeInfo:
+        await plane.caught_up(last_seen=True)
         return plane.node_info(node_id)
 
     @app.delete(
@@ -636,7 +638,9 @@ def create_app(
         ] = None,
     ) -> Any:
         """Nodes and up links with their weights; with `source`, that node's chosen routes. Made off the
-        event loop: a large mesh never holds up the other requests."""
+        event loop: a large mesh never holds up the other requests. Any replica shows what was written
+        through any replica before the read."""
+        await plane.caught_up(last_seen=True)
         if format == "dot":
             text = await asyncio.to_thread(plane.topology_dot())
             return PlainTextResponse(text, media_type="text/vnd.graphviz")

@@ -30,7 +30,7 @@ import functools
 import logging
 import threading
 from collections.abc import Callable, Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from controller.clock import Clock
@@ -172,6 +172,7 @@ class ControlPlane:
         # cost thousands of transactions when every agent acknowledges a removal at once).
         self._seen_due: set[int] = set()  # nodes whose last_seen is due to be written
         self._releases: dict[int, int] = {}  # holder -> the serial it acknowledged (holds to release)
+        self._seen_stored: dict[int, datetime] = {}  # last seen as the store had it (other replicas' polls)
 
     def _load(self, snapshot: Snapshot, maps: dict[int, MapState]) -> list[NodeRotation]:
         """Take `snapshot` as the view; the rotation records it lacks (for the caller to write)."""
@@ -601,7 +602,7 @@ class ControlPlane:
         rotation = self.rotations.get(node_id)
         return {
             "enrolled_at": record.enrolled_at,
-            "last_seen": self._last_seen.get(node_id),
+            "last_seen": _latest(self._last_seen.get(node_id), self._seen_stored.get(node_id)),
             "serial": self.mesh.serial(node_id),
             "key_created_at": rotation.key_created_at,
             "rotation": rotation.state,
@@ -612,6 +613,19 @@ class ControlPlane:
 
     def node_infos(self) -> list[NodeInfo]:
         return [self.node_info(n) for n in sorted(self.nodes)]
+
+    async def caught_up(self, last_seen: bool = False) -> None:
+        """Catch up with what the other replicas wrote, before an admin read: any replica shows what
+        was written anywhere before the read (a database away leaves the view as it is); `last_seen`:
+        and when each node was seen by any replica (as written: within LAST_SEEN_WRITE_EVERY)."""
+        if self.unavailable is not None:
+            return
+        with contextlib.suppress(ApiError):
+            async with self.lock:
+                await self.sync()
+        if last_seen:
+            with contextlib.suppress(StoreUnavailable):
+                self._seen_stored = await self.db(self.store.last_seen)
 
     async def remove_node(self, node_id: int) -> None:
         async with self.lock:
@@ -1011,6 +1025,10 @@ class ControlPlane:
         """A change this replica already committed: persist the serials, wake the agents."""
         self._persist_maps(change.maps)
         self._changed([*change.maps, *also_wake])
+
+
+def _latest(a: datetime | None, b: datetime | None) -> datetime | None:
+    return b if a is None else a if b is None else max(a, b)
 
 
 def _doc_of(record: PolicyRecord | None) -> PolicyDocument | None:

@@ -761,6 +761,11 @@ class SqlStore:
                 [{"node_id": n, "seen": t} for n, t in last_seen.items()],
             )
 
+    def last_seen(self) -> dict[int, datetime]:
+        with self._tx() as c:
+            rows = c.execute(sa.select(nodes.c.id, nodes.c.last_seen).where(nodes.c.last_seen.is_not(None)))
+            return {r.id: r.last_seen for r in rows}
+
     # --- enrollment nonces and the managed CA ------------------------------------------------------
 
     def add_nonce(self, nonce: str, expires_at: datetime, now: datetime, capacity: int) -> None:

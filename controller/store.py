@@ -333,6 +333,10 @@ class Store(Protocol):
 
     def touch(self, last_seen: Mapping[int, datetime]) -> None: ...
 
+    def last_seen(self) -> dict[int, datetime]:
+        """Each node's last seen time as written (`touch`), by node id (never seen: absent)."""
+        ...
+
     def add_policy(
         self, text: str, author: str, action: str, restored: int | None, now: datetime
     ) -> PolicyRecord:
