@@ -36,10 +36,11 @@ from controller.auth import ADMIN, AuthFirstRoute, NodeCaller
 from controller.chunked import ChunkedResponse
 from controller.clock import Clock, SystemClock
 from controller.control import ApiError
-from controller.longpoll import PollEnded, PollSlots
+from controller.longpoll import PollSlots
 from controller.metrics import ControllerMetrics, add_metrics
 from controller.openapi_errors import document_errors
 from controller.policy_routes import add_policy_routes
+from controller.poll_route import MAX_ID, MapPolls, PollFront
 from controller.push import MapNotifier
 from controller.replication import Follower
 from controller.settings import Settings
@@ -64,7 +65,6 @@ from wire.models import (
 )
 from wire.rotation import KeyReport, KeyReportAnswer, RotationInfo, RotationProgress
 
-MAX_ID = 2**62
 ROTATION_TICK_S = 5.0  # how often rotations that never answered are given up and the schedule runs
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -230,8 +230,9 @@ def create_app(
     app.state.plane = plane
     app.state.notifier = notifier
     app.state.follower = follower
-    polls = PollSlots()
+    polls = PollSlots(notifier)
     app.state.polls = polls
+    map_polls = MapPolls(plane, polls)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(AuditOrigin)
 
@@ -404,31 +405,11 @@ def create_app(
         """The caller's network map: at once when its serial differs from `since`, otherwise as soon as
         it changes, or 204 after `timeout` seconds. With `delta=1`, only what changed since `since`
         when possible. A node holds at most a few polls: a newer one ends its oldest with 429."""
-        plane.polled(node, since, policy)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        if plane.health() is None and plane.has_node(node) and plane.serial(node) == since and timeout > 0:
-            async with polls.hold(node, request.receive) as guarded:
-                while plane.health() is None and plane.has_node(node) and plane.serial(node) == since:
-                    remaining = deadline - loop.time()
-                    if remaining <= 0:
-                        return Response(status_code=204)
-                    try:
-                        await guarded(notifier.wait(node, remaining))
-                    except PollEnded as e:
-                        if e.evicted:
-                            raise ApiError(
-                                429, f"node {node} holds too many polls; this one was the oldest"
-                            ) from None
-                        return Response(status_code=204)  # nobody reads it
-        if plane.health() is None and plane.has_node(node) and plane.serial(node) == since:
+        # Polls in the form agents send are answered by controller.poll_route.PollFront before they
+        # get here; this route documents them and answers the others, with the same MapPolls.
+        body = await map_polls.answer(node, since, timeout, delta, policy, request.receive)
+        if body is None:
             return Response(status_code=204)
-        problem = plane.health()
-        if problem is not None:
-            raise ApiError(503, f"this controller cannot reach its database: {problem}")
-        if not plane.has_node(node):
-            raise ApiError(410, f"node {node} was removed from the mesh")
-        body = plane.netmap_update_json(node, since) if delta else plane.netmap_json(node)
         return ChunkedResponse(body, media_type="application/json")
 
     @app.post(
@@ -656,6 +637,7 @@ def create_app(
     add_policy_routes(app, plane, ADMIN, _errors)
     add_audit_routes(app, plane, ADMIN, _errors)
     add_metrics(app, metrics, plane, notifier, ADMIN)
+    app.add_middleware(PollFront, polls=map_polls, metrics=metrics)  # outermost: in front of them all
     add_ui_routes(app, plane, ADMIN)
     _literal_paths_win(app.routes)
     return app

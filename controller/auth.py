@@ -46,7 +46,12 @@ def _plane(request: Request) -> AuditedControlPlane:
 
 
 def bearer_of(request: Request) -> str | None:
-    scheme, _, credential = request.headers.get("authorization", "").partition(" ")
+    return bearer_credential(request.headers.get("authorization", ""))
+
+
+def bearer_credential(authorization: str) -> str | None:
+    """The credential of an `Authorization` header's value (None: none, or not `Bearer`)."""
+    scheme, _, credential = authorization.partition(" ")
     credential = credential.strip()
     if scheme.lower() != "bearer" or not credential:
         return None
@@ -55,8 +60,14 @@ def bearer_of(request: Request) -> str | None:
 
 async def authenticate_node(request: Request) -> int:
     """The node whose credential the request carries (ApiError 401/403 otherwise)."""
-    plane = _plane(request)
-    credential = bearer_of(request)
+    node = await node_of_credential(_plane(request), bearer_of(request))
+    request.scope[_CALLER_NODE] = node
+    return node
+
+
+async def node_of_credential(plane: AuditedControlPlane, credential: str | None) -> int:
+    """The node whose credential this is (ApiError 401 none or unknown, 403 the admin's, 410 a removed
+    node's)."""
     if credential is None:
         raise ApiError(401, "missing credential: send 'Authorization: Bearer <node credential>'")
     node = await plane.node_of(credential)
@@ -71,7 +82,6 @@ async def authenticate_node(request: Request) -> int:
                 f"refused for good (an admin can allow its keys again: wgmesh nodes allow {removed.node_id})",
             )
         raise ApiError(401, "unknown node credential (was the node removed or re-enrolled?)")
-    request.scope[_CALLER_NODE] = node
     return node
 
 

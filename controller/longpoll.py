@@ -6,19 +6,23 @@ Rules:
 - A node holds at most `per_node` polls at once (an agent needs one; a few allow a restart whose old
   connection is not closed yet). A new poll beyond that ends the node's oldest one, which is answered
   429: the newest request is the one a live agent waits on.
+
+A held poll is one future that whichever comes first settles: the node's map changing (the notifier),
+its timeout (a timer), its client going (a task reading the connection's ASGI messages), a newer poll
+of the node (eviction). Nothing else is made per poll: this is the cost every agent pays per change.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from controller.push import MapNotifier, settle
+
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Guard = Callable[[Awaitable[Any]], Awaitable[Any]]
 POLLS_PER_NODE = 4
+_GONE, _EVICTED = object(), object()
 
 
 class PollEnded(Exception):
@@ -30,59 +34,52 @@ class PollEnded(Exception):
 
 
 class PollSlots:
-    def __init__(self, per_node: int = POLLS_PER_NODE) -> None:
+    def __init__(self, notifier: MapNotifier, per_node: int = POLLS_PER_NODE) -> None:
+        self.notifier = notifier
         self.per_node = per_node
-        self._held: dict[int, OrderedDict[int, asyncio.Event]] = {}
+        self._held: dict[int, dict[int, asyncio.Future[Any]]] = {}  # node -> ticket -> its poll, oldest first
         self._next = 0
 
-    @contextlib.asynccontextmanager
-    async def hold(self, node: int, receive: Receive) -> AsyncIterator[Guard]:
-        """A slot for one held poll of `node`; yields `guarded(awaitable)`, which runs the awaitable
-        unless the client goes (PollEnded(False)) or a newer poll evicts this one (PollEnded(True))."""
+    async def wait(self, node: int, receive: Receive, timeout: float) -> bool:
+        """Hold a poll of `node` until its map may have changed (True) or `timeout` seconds pass
+        (False); PollEnded(False) when the client goes, PollEnded(True) when a newer poll evicts it."""
+        loop = asyncio.get_running_loop()
+        ended: asyncio.Future[Any] = loop.create_future()
         self._next += 1
         ticket = self._next
-        evicted = asyncio.Event()
-        held = self._held.setdefault(node, OrderedDict())
-        held[ticket] = evicted
+        held = self._held.setdefault(node, {})
+        held[ticket] = ended
         while len(held) > self.per_node:
-            _, oldest = held.popitem(last=False)
-            oldest.set()
-        gone = asyncio.ensure_future(_disconnected(receive))
-        kicked = asyncio.ensure_future(evicted.wait())
-
-        async def guarded(work: Awaitable[Any]) -> Any:
-            task = asyncio.ensure_future(work)
-            try:
-                await asyncio.wait({task, gone, kicked}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                if not task.done():
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
-            if task.done() and not task.cancelled():
-                return task.result()
-            raise PollEnded(evicted=kicked.done())
-
+            settle(held.pop(next(iter(held))), _EVICTED)
+        self.notifier.park(node, ended)
+        timer = loop.call_later(timeout, settle, ended, False)
+        watch = loop.create_task(_watch(receive, ended))
         try:
-            yield guarded
+            outcome = await ended
         finally:
-            for t in (gone, kicked):
-                t.cancel()
-            await asyncio.gather(gone, kicked, return_exceptions=True)
+            timer.cancel()
+            watch.cancel()
+            self.notifier.unpark(node, ended)
             mine = self._held.get(node)
             if mine is not None:
                 mine.pop(ticket, None)
                 if not mine:
                     del self._held[node]
+        if outcome is _EVICTED or outcome is _GONE:
+            raise PollEnded(evicted=outcome is _EVICTED)
+        return bool(outcome)
 
     def held(self, node: int) -> int:
         """How many polls `node` holds now."""
         return len(self._held.get(node, ()))
 
 
-async def _disconnected(receive: Receive) -> None:
-    """Returns when the client has gone. A GET has no body: anything but a disconnect is ignored."""
-    while True:
-        message = await receive()
-        if message.get("type") == "http.disconnect":
-            return
+async def _watch(receive: Receive, ended: asyncio.Future[Any]) -> None:
+    """Settles `ended` when the client has gone (or its connection cannot be read). A GET has no body:
+    anything but a disconnect is ignored."""
+    try:
+        while (await receive()).get("type") != "http.disconnect":
+            pass
+    except Exception:  # a connection that cannot be read is gone
+        pass
+    settle(ended, _GONE)

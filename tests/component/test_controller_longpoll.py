@@ -129,3 +129,19 @@ async def test_holds_acknowledged_by_polls_reach_the_store_at_the_next_tick_and_
     await controller.netmap(d, since=await serial_of(controller, d))
     await controller.restart()
     assert controller.store.load().holds == []
+
+
+async def test_a_poll_in_another_form_than_agents_send_gets_the_same_answer(controller: ControllerHarness):
+    # controller.poll_route answers the plain form agents send; the app's route answers the others
+    a = await controller.enroll()
+    serial = await serial_of(controller, a)
+    await controller.enroll()
+    plain = await controller.client.get(f"{api.NETMAP}?since={serial}&delta=1", headers=a.auth)
+    encoded = "".join(f"%3{digit}" for digit in str(serial))  # the same serial, percent-encoded
+    other = await controller.client.get(f"{api.NETMAP}?since={encoded}&delta=yes", headers=a.auth)
+    assert plain.status_code == other.status_code == 200
+    assert plain.json()["kind"] == "delta" and plain.content == other.content
+    assert plain.headers["content-type"] == other.headers["content-type"] == "application/json"
+    for query, wrong in (("since=-1", "since"), ("delta=maybe", "delta"), ("timeout=301", "timeout")):
+        r = await controller.client.get(f"{api.NETMAP}?{query}", headers=a.auth)
+        assert r.status_code == 422 and wrong in r.json()["detail"], (query, r.text)
