@@ -45,6 +45,9 @@ GOAL_LATENCY_S = 1.0
 MESH = ipaddress.ip_network("198.19.0.0/16")
 
 
+Row = tuple[float, list[float], int, int]
+
+
 def serve(state_dir: Path, port: int) -> None:
     """The bench's controller: the real app with the baseline stream beside the real one."""
     import uvicorn
@@ -63,24 +66,27 @@ def serve(state_dir: Path, port: int) -> None:
         app.state.plane.close()
 
 
-async def watch(client: httpx.AsyncClient, path: str, cookie: str, arrivals: list[float]) -> None:
-    """One browser: the time of every view that arrives."""
+async def watch(
+    client: httpx.AsyncClient, path: str, cookie: str, arrivals: list[float], size: list[int]
+) -> None:
+    """One browser: the time of every view or delta that arrives, and the bytes of their data."""
     async with client.stream("GET", path, headers={"Cookie": f"wgmesh_ui={cookie}"}) as events:
         events.raise_for_status()
         async for line in events.aiter_lines():
-            if line == "event: view":
+            if line in ("event: view", "event: delta"):
                 arrivals.append(time.monotonic())
+            elif line.startswith("data: "):
+                size[0] += len(line)
 
 
-async def phase(
-    base: str, path: str, cookie: str, pid: int, reporter: SimAgent | None, peer: int
-) -> tuple[float, list[float], int]:
+async def phase(base: str, path: str, cookie: str, pid: int, reporter: SimAgent | None, peer: int) -> Row:
     """(controller CPU seconds over WATCH_S, seconds from each report until every browser had a view
-    after it, views received) with BROWSERS watching `path`."""
+    after it, views and deltas received, bytes of them while measured) with BROWSERS watching `path`."""
     timeout = httpx.Timeout(30.0, read=None)
     async with httpx.AsyncClient(base_url=base, timeout=timeout) as client:
         arrivals: list[list[float]] = [[] for _ in range(BROWSERS)]
-        watchers = [asyncio.create_task(watch(client, path, cookie, a)) for a in arrivals]
+        size = [0]
+        watchers = [asyncio.create_task(watch(client, path, cookie, a, size)) for a in arrivals]
         try:
             deadline = time.monotonic() + FIRST_VIEW_DEADLINE_S
             while not all(arrivals):
@@ -88,6 +94,7 @@ async def phase(
                     raise RuntimeError(f"{path}: no first view within {FIRST_VIEW_DEADLINE_S} s")
                 await asyncio.sleep(0.1)
             await asyncio.sleep(1.0)  # settled: the first views sent
+            size[0] = 0
             sent: list[float] = []
             cpu0, t0 = cpu_seconds(pid), time.monotonic()
             while time.monotonic() - t0 < WATCH_S:
@@ -112,7 +119,7 @@ async def phase(
         after = [next((x for x in a if x >= t), None) for a in arrivals]
         if all(x is not None for x in after):
             latencies.append(max(x for x in after if x is not None) - t)
-    return cpu, latencies, sum(len(a) for a in arrivals)
+    return cpu, latencies, sum(len(a) for a in arrivals), size[0]
 
 
 async def login(base: str, admin: str) -> str:
@@ -134,20 +141,18 @@ async def login(base: str, admin: str) -> str:
         return str(r.cookies["wgmesh_ui"])
 
 
-Row = tuple[float, list[float], int]
-
-
 async def run(base: str, admin: str, pid: int, agents: list[SimAgent]) -> dict[str, Row]:
     cookie = await login(base, admin)
     rows: dict[str, Row] = {}
     for scenario, reporter in (("still", None), ("a report a second", agents[0])):
         for label, path in (("baseline", POLLED_PATH), ("change-driven", "/ui/api/events")):
-            cpu, latencies, views = await phase(base, path, cookie, pid, reporter, agents[1].node_id)
-            rows[f"{label}, {scenario}"] = (cpu, latencies, views)
+            row = await phase(base, path, cookie, pid, reporter, agents[1].node_id)
+            rows[f"{label}, {scenario}"] = row
+            cpu, latencies, views, size = row
             late = f"{max(latencies):.2f}" if latencies else "-"
             median = f"{statistics.median(latencies):.2f}" if latencies else "-"
             print(
-                f"{label + ', ' + scenario:<36} CPU {cpu:6.2f} s in {WATCH_S:.0f} s   views sent {views:>4}"
+                f"{label + ', ' + scenario:<36} CPU {cpu:6.2f} s in {WATCH_S:.0f} s   sent {views:>4} ({size / 1e6:6.2f} MB)"
                 f"   report to every browser: median {median} s, worst {late} s   load {load()}",
                 flush=True,
             )

@@ -11,8 +11,9 @@ Browser authentication (the admin credential never goes into a URL, a cookie or 
 - Everything under /ui/ but the login and the static files needs the session; the data routes answer
   401 JSON without one, the page answers with the login form.
 - The event stream looks at the shared view (controller.ui_feed: computed again only when the plane
-  changed, once for every browser) every POLL_S and sends it when it differs (the page thus follows a
-  change within a second), a comment every KEEPALIVE_S otherwise, and ends when the session expires.
+  changed, once for every browser) every POLL_S and, when it differs, sends what changed (`delta`, after
+  the view before it) or the whole `view` (first, or after a view it did not send): the page follows a
+  change within a second. A comment every KEEPALIVE_S otherwise; it ends when the session expires.
 """
 
 from __future__ import annotations
@@ -295,8 +296,8 @@ async def _events(
     expiry: float,
     clock: Callable[[], float],
 ) -> AsyncIterator[bytes]:
-    """The view now, then again each time it changes (with the controller's time, for ages); a comment
-    now and then keeps proxies patient."""
+    """The view now, then what changed each time it changes (a delta after the view before, else the
+    view; each with the controller's time, for ages); a comment now and then keeps proxies patient."""
     sent, last = 0, ""
     quiet_since = time.monotonic()
     yield b"retry: 1000\n\n"
@@ -305,9 +306,13 @@ async def _events(
             return
         serial, text = feed.current()
         if serial != sent and text != last:
+            change = feed.delta_text(serial) if last and serial == sent + 1 else None
             last = text
             quiet_since = time.monotonic()
-            yield f"event: view\ndata: {_stamped(text, now())}\n\n".encode()
+            if change is None:
+                yield f"event: view\ndata: {_stamped(text, now())}\n\n".encode()
+            else:
+                yield f"event: delta\ndata: {_stamped(change, now())}\n\n".encode()
         elif time.monotonic() - quiet_since >= KEEPALIVE_S:
             quiet_since = time.monotonic()
             yield b": still here\n\n"

@@ -248,6 +248,25 @@ async def _async_chunks(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
         yield chunk
 
 
+def ui_delta_applied(view: dict[str, Any], delta: dict[str, Any]) -> dict[str, Any]:
+    """A topology page view (controller.ui_feed) with `delta` applied, as the page's script does."""
+    nodes = {n["id"]: n for n in view["nodes"]}
+    links = {(lk["a"], lk["b"]): lk for lk in view["links"]}
+    for i in delta["nodes_gone"]:
+        del nodes[i]
+    for a, b in delta["links_gone"]:
+        del links[(a, b)]
+    nodes.update((n["id"], n) for n in delta["nodes"])
+    links.update(((lk["a"], lk["b"]), lk) for lk in delta["links"])
+    whole = {k: v for k, v in delta.items() if k not in ("nodes", "nodes_gone", "links", "links_gone")}
+    return {
+        **view,
+        **whole,
+        "nodes": sorted(nodes.values(), key=lambda n: n["id"]),
+        "links": sorted(links.values(), key=lambda lk: (lk["a"], lk["b"])),
+    }
+
+
 class ManualClock:
     """A clock that moves only when told to."""
 

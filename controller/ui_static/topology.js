@@ -1,6 +1,7 @@
 // The wgmesh topology page: draws the view the controller streams (GET /ui/api/events, server-sent
-// events) as SVG, nodes on a circle, links coloured by health, relayed routes as dashed curves through
-// their relays, and tables of nodes, links and relayed routes. No library; text only via textContent.
+// events: the view, then deltas to it) as SVG, nodes on a circle, links coloured by health, relayed
+// routes as dashed curves through their relays, and tables of nodes, links and relayed routes. No
+// library; text only via textContent.
 "use strict";
 (function () {
   const SVG = "http://www.w3.org/2000/svg";
@@ -175,14 +176,37 @@
     live.className = cls;
   }
 
+  function merged(v, d) {
+    // a delta: the nodes and links new or changed (by id, by a-b), those gone, the relayed routes whole
+    const nodes = new Map(v.nodes.map((n) => [n.id, n]));
+    for (const id of d.nodes_gone) nodes.delete(id);
+    for (const n of d.nodes) nodes.set(n.id, n);
+    const links = new Map(v.links.map((l) => [l.a + "-" + l.b, l]));
+    for (const [a, b] of d.links_gone) links.delete(a + "-" + b);
+    for (const l of d.links) links.set(l.a + "-" + l.b, l);
+    return {
+      now: d.now,
+      version: d.version,
+      nodes: Array.from(nodes.values()),
+      links: Array.from(links.values()).sort((x, y) => x.a - y.a || x.b - y.b),
+      relayed: d.relayed,
+      relayed_total: d.relayed_total,
+    };
+  }
+
+  function show(v) {
+    skew = v.now - Date.now() / 1000;
+    view = v;
+    draw(v);
+    status("live · mesh version " + v.version, "live");
+  }
+
   function connect() {
     const events = new EventSource("/ui/api/events");
-    events.addEventListener("view", (e) => {
-      const v = JSON.parse(e.data);
-      skew = v.now - Date.now() / 1000;
-      view = v;
-      draw(v);
-      status("live · mesh version " + v.version, "live");
+    events.addEventListener("view", (e) => show(JSON.parse(e.data)));
+    events.addEventListener("delta", (e) => {
+      // a stream sends a delta only after the view it applies to
+      if (view) show(merged(view, JSON.parse(e.data)));
     });
     events.addEventListener("expired", () => {
       events.close();

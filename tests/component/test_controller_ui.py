@@ -8,7 +8,7 @@ import json
 import re
 
 from controller.ui_feed import MIN_GAP_S, SEEN_EVERY_S
-from tests.support import ControllerHarness
+from tests.support import ControllerHarness, ui_delta_applied
 from wire import api
 
 
@@ -180,6 +180,11 @@ async def test_every_browser_shares_one_view_made_again_only_when_the_mesh_chang
         assert feed.current() == first
     await controller.report(a, {"peer_id": b.node_id, "rtt_ms": 4.0, "loss": 0.0, "handshake_age_s": 3})
     assert rtt_shown() == 4.0 and feed.current()[0] == first[0] + 1
+    # what a stream that sent the first view gets: only the link that changed
+    change = json.loads(feed.delta_text(first[0] + 1))
+    assert change["nodes"] == [] and [lk["rtt_ms"] for lk in change["links"]] == [4.0]
+    assert ui_delta_applied(json.loads(first[1]), change) == json.loads(feed.current()[1])
+    assert feed.delta_text(first[0]) is None  # not the current view: a stream that far behind gets it whole
     # a burst of changes makes one view per MIN_GAP_S, the last one shown when it is due
     await controller.report(a, {"peer_id": b.node_id, "rtt_ms": 8.0, "loss": 0.0, "handshake_age_s": 3})
     await controller.report(a, {"peer_id": b.node_id, "rtt_ms": 8.0, "loss": 0.0, "handshake_age_s": 3})

@@ -1,6 +1,6 @@
 """The topology page's live data as a browser gets it from a served controller: `wgmesh controller
 ui-url` prints a one-time link (never the credential), the link gives a session, and the event stream
-sends the view at once and again as soon as the mesh changes."""
+sends the view at once and what changed as soon as the mesh changes."""
 
 from __future__ import annotations
 
@@ -12,20 +12,26 @@ from pathlib import Path
 
 import httpx
 
-from tests.support import start_controller
+from tests.support import start_controller, ui_delta_applied
 
 # The stream sends a change within a second of it (controller.ui_feed); a read waiting longer than this
 # has failed.
 EVENT_DEADLINE_S = 2.0
 
 
-def views(lines: Iterator[str]) -> Iterator[dict]:
-    event = None
+def views(lines: Iterator[str]) -> Iterator[tuple[str, dict]]:
+    """(event, the view a page draws): each `view`, and the one before with each `delta` applied."""
+    event, view = None, None
     for line in lines:
         if line.startswith("event: "):
             event = line.removeprefix("event: ")
-        elif line.startswith("data: ") and event == "view":
-            yield json.loads(line.removeprefix("data: "))
+        elif line.startswith("data: ") and event in ("view", "delta"):
+            data = json.loads(line.removeprefix("data: "))
+            if event == "delta":
+                assert view is not None, "a delta before any view"
+                data = ui_delta_applied(view, data)
+            view = data
+            yield event, data
 
 
 def test_a_one_time_link_opens_a_session_whose_event_stream_follows_the_mesh(tmp_path: Path):
@@ -47,12 +53,14 @@ def test_a_one_time_link_opens_a_session_whose_event_stream_follows_the_mesh(tmp
             with browser.stream("GET", "/ui/api/events", headers=cookie) as events:
                 assert events.headers["content-type"].startswith("text/event-stream")
                 stream = views(events.iter_lines())
-                first = next(stream)
+                kind, first = next(stream)
+                assert kind == "view"
                 assert first["nodes"] == [] and first["now"] > 0
                 key = served.cli("controller", "token", "create").stdout.strip()
                 changed = time.monotonic()
                 assert served.enroll("watched", key).status_code == 200
-                second = next(stream)
+                kind, second = next(stream)
+                assert kind == "delta"  # only what changed
                 print(f"the stream showed the new node {time.monotonic() - changed:.2f} s after enrolling")
                 assert [n["name"] for n in second["nodes"]] == ["watched"]
                 assert second["version"] > first["version"]
