@@ -88,7 +88,7 @@ class LinkPolicy:
     implausible_ratio: float = 0.25
     implausible_gap_ms: float = 10.0
     unmeasured_retry_s: float = 300.0
-    share_every_s: float = 10.0
+    share_every_s: float = 30.0  # half of sample_max_age_s: what was shared stays fresh
 
     def problems(self) -> list[str]:
         """What is wrong with these values, one sentence each (empty: usable)."""
@@ -400,10 +400,8 @@ class LinkGraph:
             return False
         if state.down_since is not None:
             return self._sees_it_working(s, state.down_since)
-        w = state.weight
-        return (
-            w is not None and s.smoothed is not None and s.smoothed < w - max(p.band_abs_ms, p.band_rel * w)
-        )
+        w = p.default_weight_ms if state.weight is None else state.weight
+        return s.smoothed is not None and s.smoothed < w - max(p.band_abs_ms, p.band_rel * w)
 
     def _place_edge(self, a: int, b: int, state: LinkState, was_up: bool) -> list[EdgeCost]:
         """The routing change of the a-b edge after its link's state changed: gone while it is down,
