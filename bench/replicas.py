@@ -70,6 +70,7 @@ from wire import api
 ROUNDS = 3
 ENROLLMENTS = 150
 ENROLLERS = 8
+PREFIX = os.environ.get("WGMESH_BENCH_PREFIX", "wgq")  # of its temporary directories (the cluster's too)
 
 
 def load() -> str:
@@ -336,10 +337,10 @@ def main() -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < 4 * AGENTS:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8 * AGENTS), hard))
-    work = Path(tempfile.mkdtemp(prefix="wgq-bench-replicas-"))
+    work = Path(tempfile.mkdtemp(prefix=f"{PREFIX}-bench-replicas-"))
     processes: list[subprocess.Popen[str]] = []
     try:
-        with PostgresCluster(prefix="wgq-bench-pg-") as pg:
+        with PostgresCluster(prefix=f"{PREFIX}-bench-pg-") as pg:
             url = pg.create_database()
             dir_a, dir_b = work / "a", work / "b"
             dir_a.mkdir(mode=0o700)
