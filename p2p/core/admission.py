@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any, NamedTuple
 
 from p2p.core.codec import BodyCodec, BodyError, BodyTooLarge
@@ -155,10 +156,10 @@ class Admission:
             run.priority,
             peer.node_id,
         )
-        messages = [
-            new_tuple(Message, (type_, data, timestamps[i], node_id, ids[i * 16 : i * 16 + 16], priority))
-            for i, data in enumerate(run.data)
-        ]
+        id_list = [ids[i : i + 16] for i in range(0, len(ids), 16)]
+        # Message(type, data, timestamp, sender, id, priority) for each, built in C calls
+        fields = zip(repeat(type_), run.data, timestamps, repeat(node_id), id_list, repeat(priority))
+        messages: list[Message] = list(map(new_tuple, repeat(Message), fields))
         admitted = self.history.add_many(messages, run.size, now)
         if len(admitted) != len(messages):
             self.counters.duplicate += len(messages) - len(admitted)

@@ -16,7 +16,9 @@ T = TypeVar("T")
 
 
 class BoundedPriorityQueue(Generic[T]):
-    __slots__ = ("_buckets", "_bytes", "_descending", "_len", "max_bytes", "max_items")
+    # Each priority's items and their sizes are in two deques side by side, not one of (item, size)
+    # pairs: a tuple per queued item is one more object the garbage collector tracks (per message).
+    __slots__ = ("_buckets", "_bytes", "_descending", "_len", "_sizes", "max_bytes", "max_items")
 
     def __init__(self, max_items: int, max_bytes: int) -> None:
         if max_items < 1 or max_bytes < 1:
@@ -24,8 +26,12 @@ class BoundedPriorityQueue(Generic[T]):
         self.max_items = max_items
         self.max_bytes = max_bytes
         # index = priority; index 0 unused
-        self._buckets: list[deque[tuple[T, int]]] = [deque() for _ in range(PRIORITY_MAX + 1)]
-        self._descending = self._buckets[PRIORITY_MAX : PRIORITY_MIN - 1 : -1]  # the same deques
+        self._buckets: list[deque[T]] = [deque() for _ in range(PRIORITY_MAX + 1)]
+        self._sizes: list[deque[int]] = [deque() for _ in range(PRIORITY_MAX + 1)]
+        # (items, sizes) from the highest priority down: the same deques
+        self._descending = [
+            (self._buckets[p], self._sizes[p]) for p in range(PRIORITY_MAX, PRIORITY_MIN - 1, -1)
+        ]
         self._len = 0
         self._bytes = 0
 
@@ -49,7 +55,8 @@ class BoundedPriorityQueue(Generic[T]):
         n = self._len
         if n and (n >= self.max_items or self._bytes + size > self.max_bytes):  # has_room, inline
             return False
-        self._buckets[priority].append((item, size))
+        self._buckets[priority].append(item)
+        self._sizes[priority].append(size)
         self._len = n + 1
         self._bytes += size
         return True
@@ -57,12 +64,11 @@ class BoundedPriorityQueue(Generic[T]):
     def pop(self) -> T | None:
         if not self._len:
             return None
-        for bucket in self._descending:
+        for bucket, sizes in self._descending:
             if bucket:
-                item, size = bucket.popleft()
                 self._len -= 1
-                self._bytes -= size
-                return item
+                self._bytes -= sizes.popleft()
+                return bucket.popleft()
         raise AssertionError("length and buckets disagree")
 
     def pop_batch(self, max_items: int, max_bytes: int) -> list[T]:
@@ -70,14 +76,13 @@ class BoundedPriorityQueue(Generic[T]):
         (the first item is always taken)."""
         out: list[T] = []
         total = 0
-        for priority in range(PRIORITY_MAX, PRIORITY_MIN - 1, -1):
-            bucket = self._buckets[priority]
+        for bucket, sizes in self._descending:
             while bucket and len(out) < max_items:
-                item, size = bucket[0]
+                size = sizes[0]
                 if out and total + size > max_bytes:
                     return self._taken(out, total)
-                bucket.popleft()
-                out.append(item)
+                sizes.popleft()
+                out.append(bucket.popleft())
                 total += size
             if len(out) >= max_items:
                 break
@@ -91,5 +96,7 @@ class BoundedPriorityQueue(Generic[T]):
     def clear(self) -> None:
         for bucket in self._buckets:
             bucket.clear()
+        for sizes in self._sizes:
+            sizes.clear()
         self._len = 0
         self._bytes = 0
