@@ -239,7 +239,7 @@ class Node:
             "compression": None,  # payloads are compressed above the threshold by the codec
             "max_size": self.config.max_frame_bytes,
             "max_queue": self.config.ws_max_queue,
-            "ping_interval": None,  # heartbeats are the session's, inside the MAC'd stream
+            "ping_interval": None,  # heartbeats are the session's, inside the sealed stream
             "close_timeout": 1.0,
         }
 

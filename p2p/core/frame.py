@@ -1,6 +1,8 @@
 """The p2p wire format, defined once. Every WebSocket binary message is one frame.
 
-    frame      = version byte | msgpack array | MAC (16 bytes, only once the session is open)
+    frame      = version byte | msgpack array                  (handshake frames)
+               | version byte | AES-256-GCM(msgpack array) | 16-byte tag   (once the session is open,
+                 session.py: the data frames are encrypted)
     handshake  = [HELLO, client_id, server_id, client_nonce, client_ephemeral]
                  [CHALLENGE, server_id, server_nonce, server_ephemeral, server_signature]
                  [PROOF, client_signature]
@@ -40,8 +42,9 @@ Version history (PROTOCOL_VERSION):
                  does not know a flag ignores it, so nodes without it run every copy as a new request.
   2  2026-12-02  GOSSIP_BATCH items (one origin signature over many broadcasts). Version 1 nodes would
                  count them as malformed and lose those broadcasts, so the handshake refuses them.
-  3  2026-12-02  DIRECT_RUN items (many direct messages under one header). Version 2 nodes would count
-                 them as malformed and lose those messages, so the handshake refuses them.
+  3  2026-12-02  DIRECT_RUN items (many direct messages under one header), and data frames encrypted
+                 with AES-256-GCM instead of a BLAKE2b MAC. Version 2 nodes could read neither, so the
+                 handshake refuses them.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ from p2p.core.message import MAX_TYPE_LEN, MESSAGE_ID_LEN, PRIORITY_MAX, PRIORIT
 
 PROTOCOL_VERSION = 3
 VERSION_BYTE = bytes([PROTOCOL_VERSION])
-MAC_LEN = 16
+MAC_LEN = 16  # the AES-GCM tag ending a data frame
 GOSSIP_DOMAIN = b"wgmesh-p2p-gossip-v1\n"
 GOSSIP_BATCH_DOMAIN = b"wgmesh-p2p-gossip-batch-v1\n"
 MAX_BATCH_MESSAGES = 1024  # messages in one GOSSIP_BATCH; more is refused as oversized

@@ -1,5 +1,5 @@
-"""One p2p connection as a sans-I/O state machine: mutual authentication, then MAC'd data frames and
-heartbeats.
+"""One p2p connection as a sans-I/O state machine: mutual authentication, then encrypted and
+authenticated data frames and heartbeats.
 
 Authentication (once per connection, DESIGN "Security model"): a tunnel source address proves nothing
 once routes go through a relay, so both ends prove their identity key from the directory.
@@ -10,10 +10,13 @@ once routes go through a relay, so both ends prove their identity key from the d
     transcript = pack([client_id, server_id, nonce_c, nonce_s, eph_c, eph_s])
 
 Both signatures cover both fresh nonces, so a recorded handshake cannot be replayed. The ephemeral
-X25519 keys give a shared secret only the two ends know; from it come one MAC key per direction. Every
-data frame then ends in a 16-byte keyed BLAKE2b MAC over (sequence number, frame). So a relay on the path
-can neither inject, change, reorder nor replay frames after the handshake: a frame failing its MAC
-closes the connection. This costs well under a microsecond per frame, against ~100 us for an Ed25519
+X25519 keys give a shared secret only the two ends know; from it come one key per direction. Every
+data frame is then sealed with AES-256-GCM under its direction's key, its sequence number as the nonce
+and the version byte as associated data (frame = version byte | ciphertext | 16-byte tag): it is
+encrypted, and a relay on the path can neither read, inject, change, reorder nor replay frames after
+the handshake: a frame failing its tag closes the connection. A nonce is never used twice under a key
+(one sequence per direction and connection, keys new for every connection). This costs ~5 us per
+64 KB frame (AES-NI; a keyed BLAKE2b MAC, protocol 2, cost ~70 us), against ~100 us for an Ed25519
 signature: messages on the connection need no signature of their own.
 
 Rules:
@@ -30,13 +33,14 @@ Rules:
 from __future__ import annotations
 
 import hashlib
-import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric import x25519
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from keys.types import IdentityPrivateKey
 from p2p.core.counters import Counters
@@ -135,7 +139,7 @@ class GossipArrived:
 Event = Outgoing | Opened | Closed | HeartbeatDue | GossipArrived | Envelope | DirectRun
 
 
-def _mac_keys(shared: bytes, transcript: bytes) -> tuple[bytes, bytes]:
+def _session_keys(shared: bytes, transcript: bytes) -> tuple[bytes, bytes]:
     """(client->server key, server->client key)."""
     digest = hashlib.blake2b(transcript, digest_size=32).digest()
     c2s = hashlib.blake2b(shared + digest, digest_size=32, person=b"wgm-p2p-c2s").digest()
@@ -174,8 +178,8 @@ class Session:
         self._last_received = now
         self._last_sent = now
         self._last_ping = -1.0
-        self._send_key = b""
-        self._recv_key = b""
+        self._send_aead: AESGCM | None = None
+        self._recv_aead: AESGCM | None = None
         self._send_seq = 0
         self._recv_seq = 0
         self._pending_proof: Callable[[bytes], list[Event]] | None = None
@@ -239,13 +243,11 @@ class Session:
         """A data frame carrying `items` (each an item array, e.g. `Envelope.item()`)."""
         if self.state is not SessionState.OPEN:
             raise RuntimeError(f"session is {self.state.value}, not open")
-        body = VERSION_BYTE + pack_items(items)
-        mac = hashlib.blake2b(key=self._send_key, digest_size=MAC_LEN)
-        mac.update(self._send_seq.to_bytes(8, "big"))
-        mac.update(body)
+        assert self._send_aead is not None
+        sealed = self._send_aead.encrypt(self._send_seq.to_bytes(12, "big"), pack_items(items), VERSION_BYTE)
         self._send_seq += 1
         self._last_sent = now
-        return body + mac.digest()
+        return VERSION_BYTE + sealed
 
     # --- receiving ------------------------------------------------------------------------------------
 
@@ -257,7 +259,7 @@ class Session:
             self.counters.oversized += 1
             if self.state is SessionState.HANDSHAKE:
                 return self._fail("handshake frame too large")
-            # An open session keeps going: the frame is dropped, the MAC sequence moves on with it.
+            # An open session keeps going: the frame is dropped, the nonce sequence moves on with it.
             self._recv_seq += 1
             return []
         if self.state is SessionState.HANDSHAKE:
@@ -371,7 +373,7 @@ class Session:
             return self._fail("peer sent an invalid ephemeral key", reject="invalid ephemeral key")
         transcript = pack([client_id, server_id, nonce_c, self._nonce, eph_c, self._ephemeral_public])
         signature = self._own_key.sign(_SERVER_SIG + transcript)
-        c2s, s2c = _mac_keys(shared, transcript)
+        c2s, s2c = _session_keys(shared, transcript)
 
         def on_proof(client_signature: bytes) -> list[Event]:
             self._pending_proof = None
@@ -419,31 +421,30 @@ class Session:
         except ValueError:
             self.counters.handshake_failed += 1
             return self._fail("peer sent an invalid ephemeral key", reject="invalid ephemeral key")
-        c2s, s2c = _mac_keys(shared, transcript)
+        c2s, s2c = _session_keys(shared, transcript)
         proof = VERSION_BYTE + pack([PROOF, self._own_key.sign(_CLIENT_SIG + transcript)])
         self._open(server, send_key=c2s, recv_key=s2c)
         return [Outgoing(proof), Opened(server)]
 
     def _open(self, peer: DirectoryEntry, *, send_key: bytes, recv_key: bytes) -> None:
         self.peer = peer
-        self._send_key = send_key
-        self._recv_key = recv_key
+        self._send_aead = AESGCM(send_key)
+        self._recv_aead = AESGCM(recv_key)
         self.state = SessionState.OPEN
 
     def _receive_data(self, frame: bytes) -> list[Event]:
         if len(frame) < 1 + MAC_LEN + 1:
             self.counters.malformed += 1
             return self._fail("data frame too short")
-        body = frame[:-MAC_LEN]
-        mac = hashlib.blake2b(key=self._recv_key, digest_size=MAC_LEN)
-        mac.update(self._recv_seq.to_bytes(8, "big"))
-        mac.update(body)
-        if not hmac.compare_digest(mac.digest(), frame[-MAC_LEN:]):
+        assert self._recv_aead is not None
+        try:
+            body = self._recv_aead.decrypt(self._recv_seq.to_bytes(12, "big"), frame[1:], frame[:1])
+        except InvalidTag:
             self.counters.bad_mac += 1
-            return self._fail("frame failed its MAC: the stream was altered")
+            return self._fail("frame failed its authentication tag: the stream was altered")
         self._recv_seq += 1
         try:
-            items = unpack(memoryview(body)[1:])
+            items = unpack(body)
         except FrameError:
             self.counters.malformed += 1
             return []

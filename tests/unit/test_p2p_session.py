@@ -226,6 +226,15 @@ def test_a_recorded_handshake_cannot_be_replayed(mesh):
     assert second.state is SessionState.CLOSED
 
 
+def test_data_frames_are_encrypted_and_two_seals_of_the_same_items_differ(pair):
+    client, server = pair
+    secret = pack("the gradient nobody on the path may read")
+    item = Envelope(ID, "grad", 1.0, 7, 0, secret, None).item()
+    first, second = client.seal([item], 1.0), client.seal([item], 1.0)
+    assert secret[1:] not in first and b"grad" not in first and first != second  # a new nonce each
+    assert [e.body for e in server.receive(first, 1.0) + server.receive(second, 1.0)] == [secret, secret]
+
+
 def test_a_changed_frame_fails_its_mac_and_closes(pair):
     client, server = pair
     frame = bytearray(client.seal([Envelope(ID, "t", 1.0, 5, 0, b"abc", None).item()], 1.0))
