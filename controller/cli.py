@@ -319,11 +319,12 @@ def _notifying_server_class() -> type:
             self._companion_tasks: list[asyncio.Task[None]] = []
 
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-            from controller.serving import ThrottledLoopErrors
+            from controller.serving import ThrottledLoopErrors, settle_gc
 
             asyncio.get_running_loop().set_exception_handler(ThrottledLoopErrors())
             await super().startup(sockets)
             if self.started:
+                settle_gc()
                 # Servers on other sockets in the same loop (the metrics listener): they share the
                 # app's objects without threads, and stop with this one.
                 self._companion_tasks = [

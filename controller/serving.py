@@ -14,6 +14,10 @@ Rules:
   WRITE_HIGH_WATER bytes not yet on the socket. TLS encrypts into a memory buffer that keeps the size
   of the largest burst it held for the connection's life: a large answer is written in chunks
   (controller.poll_route), so what it keeps is about a chunk plus WRITE_HIGH_WATER.
+- Once serving (controller.cli calls `settle_gc`), what start-up built (the mesh, its cards, the code) is frozen out of the cyclic garbage
+  collector's scans (`gc.freeze`), and its youngest generation is collected every GC_YOUNG allocations
+  instead of 700: at 5,000 agents a change makes some 100,000 short-lived objects, and the collector's
+  passes over everything long-lived were a tenth of the controller's CPU per change.
 - Errors the event loop reports again and again with the same message (accept() failing with EMFILE
   while every descriptor is taken) are logged once, then counted and summed up at most once per
   LOG_EVERY_S: a flood of connections never becomes a flood of log lines.
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import asyncio.sslproto
+import gc
 import logging
 import resource
 import time
@@ -37,6 +42,7 @@ REQUEST_DEADLINE_S = 10.0
 LOG_EVERY_S = 10.0
 TLS_READ_BUFFER = 16 * 1024  # one TLS record's plaintext: a request head reads in one go
 WRITE_HIGH_WATER = 16 * 1024
+GC_YOUNG = 20_000
 
 log = logging.getLogger("wgmesh.controller")
 
@@ -111,6 +117,15 @@ def small_tls_buffers(size: int = TLS_READ_BUFFER) -> None:
     """TLS connections made from now on in this process read into `size` bytes each (asyncio's
     SSLProtocol allocates, and zeroes, its `max_size` for every connection; it has no other knob)."""
     asyncio.sslproto.SSLProtocol.max_size = size
+
+
+def settle_gc(young: int = GC_YOUNG) -> None:
+    """Everything alive now is left out of the collector's scans from now on; the youngest generation
+    is collected every `young` allocations (the older ones as before, relative to it)."""
+    gc.collect()
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(young, middle, old)
 
 
 @contextmanager
