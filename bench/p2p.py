@@ -4,13 +4,15 @@
 - format: a 200-byte message envelope and a gradient payload, JSON against msgpack (encode + decode).
 - compression: a 1.2 MB float32 gradient (300k normal floats), zstd against zlib; and what the node's
   codec does with it.
-- direct: one-way 200-byte messages/s from one Node to another, counted in the receiver's handler,
-  against two baselines: websockets sending 200-byte frames one-way (goal: >= 0.75x), and what a user
-  would pick instead for authenticated, encrypted messaging: ZeroMQ PUSH/PULL with CURVE (pyzmq, the
-  `bench` extra; goal: >= 0.5x). Our rounds and pyzmq's alternate (a warm-up each, then 3 pairs) so
-  both see the same load; the ratio is the median of the pairs', and the CPU time per message of the
-  sending and the receiving process is printed too (it holds up on a loaded machine where wall-clock
-  rates do not). Without pyzmq (or without CURVE in its libzmq) those rows say why.
+- direct: one-way 200-byte messages/s from one Node to another (`await node.send(...)` per message),
+  counted in the receiver's batch handler (`handle("m", fn, batch=True)`; the same with a handler
+  taking one message at a time is printed beside it), against two baselines: websockets sending
+  200-byte frames one-way (goal: >= 0.75x), and what a user would pick instead for authenticated,
+  encrypted messaging: ZeroMQ PUSH/PULL with CURVE (pyzmq, the `bench` extra; goal: >= 0.5x). Our
+  rounds and pyzmq's alternate (a warm-up each, then 3 rounds of each) so all see the same load; the
+  ratio is the median of the pairs', and the CPU time per message of the sending and the receiving
+  process is printed too (it holds up on a loaded machine where wall-clock rates do not). Without
+  pyzmq (or without CURVE in its libzmq) those rows say why.
 - signed: broadcasts (origin-signed) received and verified by one node; and arriving at a third node
   through a relay (both verify), against the same with a signature per message (the path before batch
   signatures, by sending one message a frame), alternated; with the CPU time per message of relay and
@@ -528,11 +530,13 @@ class NodeSender:
         self.child.close()
 
 
-async def direct_against_zmq() -> tuple[Rounds, Rounds | None, str | None, list[float]]:
-    """Our rounds and pyzmq CURVE's, interleaved (a warm-up each, then ROUNDS pairs), so both see the
-    same load; and the idle round trip."""
-    ours = NodeSender()
+async def direct_against_zmq() -> tuple[Rounds, Rounds, Rounds | None, str | None, list[float]]:
+    """Our rounds (a receiver with a batch handler, and one with a one-message handler) and pyzmq
+    CURVE's, interleaved (a warm-up each, then ROUNDS triples), so all see the same load; and the idle
+    round trip."""
+    ours, single = NodeSender(batch=True), NodeSender(batch=False)
     await ours.start()
+    await single.start()
     zmq_missing = zmq_curve_missing()
     zmq = ZmqCurvePush() if zmq_missing is None else None
     try:
@@ -540,11 +544,13 @@ async def direct_against_zmq() -> tuple[Rounds, Rounds | None, str | None, list[
             if zmq is not None:
                 zmq.round()
             await ours.round()
-        return ours.rounds, zmq.rounds if zmq else None, zmq_missing, await ours.rtt()
+            await single.round()
+        return ours.rounds, single.rounds, zmq.rounds if zmq else None, zmq_missing, await ours.rtt()
     finally:
         if zmq is not None:
             zmq.close()
         await ours.close()
+        await single.close()
 
 
 # The origin sends one message a frame: every broadcast signed on its own, as before batch signatures
@@ -634,10 +640,13 @@ async def run() -> int:
     encodings = measure_gradient_encodings()
     base_rate = await baseline_one_way()
     base_rtt = await baseline_rtt()
-    ours, zmq, zmq_missing, rtt = await direct_against_zmq()
+    ours, single, zmq, zmq_missing, rtt = await direct_against_zmq()
     direct_rate = ours.rate
     # interleaved rounds: each pair saw the same load; the median of the pair-wise ratios
     zmq_ratio = statistics.median(a / b for a, b in zip(ours.rates, zmq.rates, strict=True)) if zmq else None
+    single_ratio = (
+        statistics.median(a / b for a, b in zip(single.rates, zmq.rates, strict=True)) if zmq else None
+    )
     send_us, recv_us = ours.cpu_us
     at_relay = await node_signed_one_hop()
     # relayed, per-message signatures (the old path: one message a frame) against batch signatures,
@@ -650,7 +659,7 @@ async def run() -> int:
     single_rate, single_cpu = max(relayed["single"])
     relay_gain = at_sink / single_rate
     ratio = direct_rate / base_rate
-    if zmq and zmq_ratio:
+    if zmq and zmq_ratio and single_ratio:
         zsend, zrecv = zmq.cpu_us
         zmq_rows = [
             [
@@ -659,6 +668,13 @@ async def run() -> int:
                 f"{zmq.rate:,.0f} (pyzmq PUSH/PULL, CURVE)",
                 f"{zmq_ratio:.2f}x",
                 ">= 0.5x",
+            ],
+            [
+                "  one-message handler instead",
+                f"{single.rate:,.0f}",
+                f"{zmq.rate:,.0f} (pyzmq)",
+                f"{single_ratio:.2f}x",
+                "-",
             ],
             [
                 "  CPU per message, sender",
@@ -672,6 +688,13 @@ async def run() -> int:
                 f"{recv_us:.2f} us",
                 f"{zrecv:.2f} us (pyzmq)",
                 f"{zrecv / recv_us:.2f}x",
+                "-",
+            ],
+            [
+                "  ... with a one-message handler",
+                f"{single.cpu_us[1]:.2f} us",
+                f"{zrecv:.2f} us (pyzmq)",
+                f"{zrecv / single.cpu_us[1]:.2f}x",
                 "-",
             ],
         ]
@@ -697,8 +720,9 @@ async def run() -> int:
     zmq_fields = (
         f"zmq_curve_msgs_per_s={zmq.rate:.0f} zmq_curve_ratio={zmq_ratio:.2f} "
         f"send_cpu_us={send_us:.2f} recv_cpu_us={recv_us:.2f} zmq_send_cpu_us={zmq.cpu_us[0]:.2f} "
-        f"zmq_recv_cpu_us={zmq.cpu_us[1]:.2f} "
-        if zmq and zmq_ratio
+        f"zmq_recv_cpu_us={zmq.cpu_us[1]:.2f} direct_single_handler_msgs_per_s={single.rate:.0f} "
+        f"direct_single_handler_ratio={single_ratio:.2f} single_handler_recv_cpu_us={single.cpu_us[1]:.2f} "
+        if zmq and zmq_ratio and single_ratio
         else "zmq_curve_skipped=1 "
     )
     print(
