@@ -316,7 +316,7 @@ def enroll_request(key: str, nonce: str, i: int) -> tuple[EnrollRequest, str]:
 
 HEADER = (
     f"{'push':<6} {'round':>5} {'enroll s':>9} {'first s':>8} {'p50 s':>7} {'p99 s':>7} {'all s':>7} "
-    f"{'KB/agent':>9} {'server CPU s':>12} {'agents CPU s':>12} {'load1':>6}"
+    f"{'KB/agent':>9} {'server CPU s':>12} {'agents CPU s':>12} {'load1':>6} {'RSS MB':>7}"
 )
 
 
@@ -401,12 +401,13 @@ async def measured_change(
         "all": arrivals[-1],
         "kb": statistics.mean(a.got_bytes for a in agents) / 1024,
         "load": os.getloadavg()[0],
+        "rss": resident_mb(controller_pid)[0],  # the controller's, after the round
     }
     if show:
         print(
             f"{name:<6} {number:>5} {x['enroll']:>9.3f} {x['first']:>8.3f} {x['p50']:>7.3f} {x['p99']:>7.3f} "
             f"{x['all']:>7.3f} {x['kb']:>9.1f} {x['server_cpu']:>12.2f} {x['agents_cpu']:>12.2f} "
-            f"{x['load']:>6.1f}",
+            f"{x['load']:>6.1f} {x['rss']:>7.0f}",
             flush=True,
         )
     return x
@@ -496,11 +497,12 @@ async def policy_round(
         "server_cpu": cpu_held,
         "agents_cpu": agents_held,
         "load": os.getloadavg()[0],
+        "rss": resident_mb(controller_pid)[0],  # the controller's, after the round
     }
     if show:
         print(
             f"{'policy':<6} {number:>5} {x['put']:>9.3f} {'':>8} {x['p50']:>7.3f} {'':>7} {x['all']:>7.3f} "
-            f"{'':>9} {x['server_cpu']:>12.2f} {x['agents_cpu']:>12.2f} {x['load']:>6.1f}   affected "
+            f"{'':>9} {x['server_cpu']:>12.2f} {x['agents_cpu']:>12.2f} {x['load']:>6.1f} {x['rss']:>7.0f}   affected "
             f"{len(want)}, other agents with a new map: {int(x['others'])}",
             flush=True,
         )
@@ -603,7 +605,8 @@ async def run(
                 await fetch_all(agents)  # connections up
                 baseline = min([await fetch_all(agents) for _ in range(2 if full_rounds > 1 else 1)])
             print(
-                f"{'fetch':<6} {'':>5} {'':>9} {'':>8} {'':>7} {'':>7} {baseline:>7.3f}  (all fetch at once)"
+                f"{'fetch':<6} {'':>5} {'':>9} {'':>8} {'':>7} {'':>7} {baseline:>7.3f} {'':>9} {'':>12} {'':>12} {'':>6} "
+                f"{resident_mb(controller_pid)[0]:>7.0f}  (all fetch at once)"
             )
             polling = Polling()
             tasks = [asyncio.create_task(poll_forever(a, polling)) for a in agents]
