@@ -35,7 +35,7 @@ from controller.audited import AuditedControlPlane
 from controller.auth import ADMIN, AuthFirstRoute, NodeCaller
 from controller.chunked import ChunkedResponse
 from controller.clock import Clock, SystemClock
-from controller.control import ApiError
+from controller.control import ApiError, database_unreachable
 from controller.longpoll import PollSlots
 from controller.metrics import ControllerMetrics, add_metrics
 from controller.openapi_errors import document_errors
@@ -243,7 +243,8 @@ def create_app(
 
     @app.exception_handler(StoreUnavailable)
     async def _unavailable(_req: Request, exc: StoreUnavailable) -> JSONResponse:
-        return JSONResponse({"detail": f"this controller cannot reach its database: {exc}"}, status_code=503)
+        refusal = database_unreachable(exc)
+        return JSONResponse({"detail": refusal.detail}, status_code=refusal.status)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(req: Request, exc: RequestValidationError) -> JSONResponse:

@@ -113,6 +113,11 @@ class ApiError(Exception):
         self.detail = detail
 
 
+def database_unreachable(problem: object) -> ApiError:
+    """The 503 of a replica that cannot reach its database (`problem`: what went wrong)."""
+    return ApiError(503, f"this controller cannot reach its database: {problem}")
+
+
 def card_of(
     record: NodeRecord, policy: PolicyDocument | None = None, key_rotation: int | None = None
 ) -> NodeCard:
@@ -232,7 +237,7 @@ class ControlPlane:
             await self.apply(batch)
         except StoreUnavailable as e:
             # Health is the follower's to judge (it also sees the database come back).
-            raise ApiError(503, f"this controller cannot reach its database: {e}") from None
+            raise database_unreachable(e) from None
 
     async def apply(self, batch: ChangeBatch | None) -> None:
         """Take a batch of others' changes read after `self.version` (None: the log no longer reaches
@@ -308,7 +313,7 @@ class ControlPlane:
 
     def _writable(self) -> None:
         if self.unavailable is not None:
-            raise ApiError(503, f"this controller cannot reach its database: {self.unavailable}")
+            raise database_unreachable(self.unavailable)
 
     def _persist_maps(self, maps: dict[int, MapState]) -> None:
         # Serials are a convenience across restarts; losing one write costs agents a full map.
@@ -371,7 +376,7 @@ class ControlPlane:
         try:
             taken = await self.db(self.nonces.take, req.nonce, self.clock.now())
         except StoreUnavailable as e:
-            raise ApiError(503, f"this controller cannot reach its database: {e}") from None
+            raise database_unreachable(e) from None
         if not taken:
             raise ApiError(
                 403,
@@ -414,7 +419,7 @@ class ControlPlane:
             except StoreConflict as e:
                 raise ApiError(409, str(e)) from None
             except StoreUnavailable as e:
-                raise ApiError(503, f"this controller cannot reach its database: {e}") from None
+                raise database_unreachable(e) from None
             break
         else:
             raise ApiError(503, "the mesh changed on every attempt to enroll; try again")
@@ -431,7 +436,7 @@ class ControlPlane:
         try:
             key = await self.db(self.store.find_preauth_key, credential_hash(_secret_of(req.preauth_key)))
         except StoreUnavailable as e:
-            raise ApiError(503, f"this controller cannot reach its database: {e}") from None
+            raise database_unreachable(e) from None
         if key is None:
             raise ApiError(401, "unknown pre-auth key")
         refusal = key_refusal(key, self.clock.now())
@@ -571,7 +576,7 @@ class ControlPlane:
             try:
                 written = await self.db(self.store.save_links, change.links, change.samples)
             except StoreUnavailable as e:
-                raise ApiError(503, f"this controller cannot reach its database: {e}") from None
+                raise database_unreachable(e) from None
             # Another replica's change may have come first: then catching up takes this one too.
             if written == self.version + 1:
                 self.version = written
@@ -657,7 +662,7 @@ class ControlPlane:
             except StaleVersion:
                 continue
             except StoreUnavailable as e:
-                raise ApiError(503, f"this controller cannot reach its database: {e}") from None
+                raise database_unreachable(e) from None
             if not gone:
                 raise ApiError(404, f"no node {node_id}")
             break
@@ -689,7 +694,7 @@ class ControlPlane:
             except KeyError:
                 raise ApiError(404, f"no node {node_id}") from None
             except StoreUnavailable as e:
-                raise ApiError(503, f"this controller cannot reach its database: {e}") from None
+                raise database_unreachable(e) from None
             self.mesh.version = self.version + 1
             if version == self.version + 1:
                 self.version += 1  # else another replica's change came first: catching up takes both
@@ -705,7 +710,7 @@ class ControlPlane:
         try:
             record = await self.db(self.store.allow_removed, node_id)
         except StoreUnavailable as e:
-            raise ApiError(503, f"this controller cannot reach its database: {e}") from None
+            raise database_unreachable(e) from None
         if record is None:
             raise ApiError(404, f"no removed node {node_id}")
         return _removed_info(record)

@@ -28,7 +28,7 @@ from starlette.responses import JSONResponse
 from controller.audited import AuditedControlPlane
 from controller.auth import bearer_credential, node_of_credential
 from controller.chunked import send_body
-from controller.control import ApiError
+from controller.control import ApiError, database_unreachable
 from controller.longpoll import PollEnded, PollSlots
 from controller.metrics import ControllerMetrics, refusal_reason
 from controller.store import StoreUnavailable
@@ -82,7 +82,7 @@ class MapPolls:
             return None
         problem = plane.health()
         if problem is not None:
-            raise ApiError(503, f"this controller cannot reach its database: {problem}")
+            raise database_unreachable(problem)
         if not plane.has_node(node):
             raise ApiError(410, f"node {node} was removed from the mesh")
         return plane.netmap_update_json(node, since) if delta else plane.netmap_json(node)
@@ -150,11 +150,9 @@ class PollFront:
         try:
             node = await node_of_credential(self.polls.plane, bearer_credential(authorization))
             body = await self.polls.answer(node, *poll, receive)
-        except ApiError as e:
-            await self._refuse(scope, receive, send, e.status, e.detail)
-            return
-        except StoreUnavailable as e:
-            await self._refuse(scope, receive, send, 503, f"this controller cannot reach its database: {e}")
+        except (ApiError, StoreUnavailable) as e:
+            refusal = e if isinstance(e, ApiError) else database_unreachable(e)
+            await self._refuse(scope, receive, send, refusal.status, refusal.detail)
             return
         if body is None:
             await send({"type": "http.response.start", "status": 204, "headers": []})
